@@ -1,0 +1,287 @@
+//! `DatabaseCluster`: the topology (regions and zones), replication and durability, node
+//! software version, placement, rebalancing, change-approval and failure-detection policy
+//! of one sharded database. Written by users, through git.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// The desired shape and policies of one sharded database cluster.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "shardplane.io",
+    version = "v1alpha1",
+    kind = "DatabaseCluster",
+    namespaced,
+    status = "DatabaseClusterStatus",
+    shortname = "dbc",
+    category = "shardplane",
+    doc = "A sharded SQL database cluster: its regions and zones, replication, software version and the policies the operator follows.",
+    printcolumn(name = "RF", type_ = "integer", json_path = ".spec.replicationFactor", description = "Replicas per shard"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Desired node software version"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes", description = "Registered nodes"),
+    printcolumn(name = "Online", type_ = "integer", json_path = ".status.onlineNodes", description = "Nodes online"),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards", description = "Shards of all tables"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.durability) || self.durability.mode != 'Quorum' || self.durability.syncReplicas < self.replicationFactor",
+        "message": "spec.durability.syncReplicas must be less than spec.replicationFactor: a primary can wait only for its own secondaries",
+        "fieldPath": ".durability.syncReplicas"
+    }
+]))]
+pub struct DatabaseClusterSpec {
+    /// The regions the cluster spans, each with its zones. Losing one zone never loses a
+    /// shard's quorum; losing one region does not either when the replication factor is at
+    /// least 3 across at least 3 regions.
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub regions: Vec<Region>,
+    /// How many replicas each shard has (one primary, the rest secondaries), 1 to 7.
+    #[schemars(range(min = 1, max = 7))]
+    pub replication_factor: i32,
+    /// The node software version the cluster should run (for example `15.8-shardplane.0.1.0`);
+    /// changing it starts a rolling upgrade, node by node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub version: Option<String>,
+    /// How commits wait for secondaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// Where replicas may be placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementPolicy>,
+    /// When and how fast the operator moves shards to even out load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalancing: Option<RebalancingPolicy>,
+    /// Which plans run without a human's approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicy>,
+    /// How fast a dead node is detected and its replicas replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_detection: Option<FailureDetection>,
+    /// PostgreSQL server parameters applied to every replica (for example
+    /// `work_mem: 8MB`). Parameters the agent manages itself (ports, replication,
+    /// `synchronous_standby_names`) are refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(k, !(k in ['port', 'listen_addresses', 'synchronous_standby_names', 'primary_conninfo', 'hot_standby', 'wal_level', 'data_directory']))",
+            "message": "spec.postgresParameters must not set port, listen_addresses, synchronous_standby_names, primary_conninfo, hot_standby, wal_level or data_directory: the agent manages them"
+        }
+    ]))]
+    #[schemars(extend("maxProperties" = 256))]
+    pub postgres_parameters: std::collections::BTreeMap<String, String>,
+    /// The Secret (in this namespace) with the PostgreSQL superuser and replication
+    /// credentials (keys `superuser-password`, `replication-password`). Passwords never
+    /// appear in any resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+/// One region of the cluster and its zones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct Region {
+    /// The region's name, as nodes report it (for example `eu-west`).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The zones (failure domains) inside the region.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub zones: Vec<String>,
+}
+
+/// How commits wait for secondaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct Durability {
+    /// `Async`: commits return at once, a failover may lose the last commits. `Quorum`:
+    /// commits wait for `syncReplicas` secondaries (`ANY k (...)`), so no acknowledged write
+    /// is lost by a failover.
+    pub mode: DurabilityMode,
+    /// With `Quorum`: how many secondaries each commit waits for; less than the replication
+    /// factor.
+    #[serde(default = "default_sync_replicas")]
+    #[schemars(range(min = 1, max = 6))]
+    pub sync_replicas: i32,
+}
+
+fn default_sync_replicas() -> i32 {
+    1
+}
+
+/// Whether commits wait for secondaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum DurabilityMode {
+    /// Commits do not wait for secondaries.
+    Async,
+    /// Commits wait for a quorum of secondaries.
+    Quorum,
+}
+
+/// Where replicas may be placed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementPolicy {
+    /// The failure domain replicas of one shard are spread across: `Zone` (default) or
+    /// `Region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_across: Option<FailureDomain>,
+    /// The most replicas one node may hold, whatever its capacity; absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas_per_node: Option<i32>,
+}
+
+/// A failure domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum FailureDomain {
+    /// A zone inside a region.
+    Zone,
+    /// A whole region.
+    Region,
+}
+
+/// When and how fast the operator moves shards to even out load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalancingPolicy {
+    /// Whether the operator plans rebalancing on its own (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The tolerated deviation of a node's bytes and shard count from the mean, in percent
+    /// of the mean (default 5). A cluster inside it yields an empty plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_imbalance_percent: Option<i32>,
+    /// How many replica moves may touch one node at a time (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrent_moves_per_node: Option<i32>,
+    /// How many replica moves may run in the whole cluster at a time (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_concurrent_moves: Option<i32>,
+}
+
+/// Which plans run without a human's approval, by risk class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicy {
+    /// Plans that lose no availability (moves, online DDL): `Automatic` (default) or
+    /// `Manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe: Option<Approval>,
+    /// Plans that briefly disrupt clients (primary transfers, write fences, restarts):
+    /// `Automatic` or `Manual` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruptive: Option<Approval>,
+    /// Plans that destroy data (dropping a column or a table): always `Manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == 'Manual'", "message": "spec.approval.destructive must be Manual: destructive plans never run without approval"}
+    ]))]
+    pub destructive: Option<Approval>,
+}
+
+/// Whether a plan needs a human's approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum Approval {
+    /// The plan runs as soon as it is made.
+    Automatic,
+    /// The plan waits until it is approved, by patching the Plan or by an annotation with
+    /// its hash on the target object.
+    Manual,
+}
+
+/// How fast a dead node is detected and its replicas replaced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.heartbeatIntervalMs < self.suspectAfterMs && self.suspectAfterMs < self.deadAfterMs",
+        "message": "spec.failureDetection must satisfy heartbeatIntervalMs < suspectAfterMs < deadAfterMs"
+    }
+]))]
+pub struct FailureDetection {
+    /// How often each agent reports that its node is alive, in milliseconds (default 500).
+    #[serde(default = "default_heartbeat_ms")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub heartbeat_interval_ms: i64,
+    /// Silence after which a node is suspect (no new primaries placed on it), in
+    /// milliseconds (default 1000).
+    #[serde(default = "default_suspect_ms")]
+    #[schemars(range(min = 200, max = 600000))]
+    pub suspect_after_ms: i64,
+    /// Silence after which a node is dead and its primaries fail over, in milliseconds
+    /// (default 2000).
+    #[serde(default = "default_dead_ms")]
+    #[schemars(range(min = 300, max = 3600000))]
+    pub dead_after_ms: i64,
+    /// How long a dead node's replicas wait before they are re-created elsewhere, in
+    /// seconds (default 300), so a node that merely restarts does not cause a copy.
+    #[serde(default = "default_replace_after_s")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub replace_replicas_after_seconds: i64,
+}
+
+fn default_heartbeat_ms() -> i64 {
+    500
+}
+fn default_suspect_ms() -> i64 {
+    1000
+}
+fn default_dead_ms() -> i64 {
+    2000
+}
+fn default_replace_after_s() -> i64 {
+    300
+}
+
+/// What the operator observes of the cluster as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with reasons a user can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Registered nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<i32>,
+    /// Nodes whose phase is Online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_nodes: Option<i32>,
+    /// Shards of all tables in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i32>,
+    /// Tables in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<i32>,
+    /// Plans not yet finished (awaiting approval or running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_plans: Option<i32>,
+    /// The lowest software version any node runs, while a rolling upgrade is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_node_version: Option<String>,
+}

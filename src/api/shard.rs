@@ -1,0 +1,230 @@
+//! `Shard`: one half-open key range of one table and its placement wishes (spec), and what
+//! is: the replicas the operator wants and the agents report, the primary and its epoch, the
+//! phase (status).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// One key range of one table, served by a replica set of PostgreSQL instances.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "shardplane.io",
+    version = "v1alpha1",
+    kind = "Shard",
+    namespaced,
+    status = "ShardStatus",
+    shortname = "sh",
+    category = "shardplane",
+    doc = "One key range of one table and its replicas. Absent range ends mean the edges of the key space.",
+    printcolumn(name = "Table", type_ = "string", json_path = ".spec.table"),
+    printcolumn(name = "Start", type_ = "string", json_path = ".spec.range.start", description = "First key (inclusive); none = start of key space"),
+    printcolumn(name = "End", type_ = "string", json_path = ".spec.range.end", description = "Key after the range (exclusive); none = end of key space"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary.node"),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.primary.epoch", priority = 1),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas in sync"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicaCount", description = "Replicas wanted"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSpec {
+    /// The Table (in this namespace) whose rows the shard holds; immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "spec.table is immutable"}
+    ]))]
+    pub table: String,
+    /// The half-open key range `[start, end)` the shard owns; immutable — a split or merge
+    /// replaces Shards instead of changing one.
+    pub range: KeyRangeSpec,
+    /// Placement wishes for this shard's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<ShardPlacement>,
+}
+
+/// A half-open range `[start, end)` of the signed 64-bit key space.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.start) || !has(self.end) || self.start < self.end",
+        "message": "spec.range.start must be less than spec.range.end (the range is [start, end))",
+        "fieldPath": ".start"
+    },
+    {
+        "rule": "has(self.start) == has(oldSelf.start) && (!has(self.start) || self.start == oldSelf.start) && has(self.end) == has(oldSelf.end) && (!has(self.end) || self.end == oldSelf.end)",
+        "message": "spec.range is immutable: split or merge by replacing Shards in one change"
+    }
+]))]
+pub struct KeyRangeSpec {
+    /// The first key of the range (inclusive); absent means the start of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// The key after the range (exclusive); absent means the end of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+}
+
+/// Placement wishes for one shard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardPlacement {
+    /// DatabaseNodes that must hold a replica of this shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub pinned_nodes: Vec<String>,
+    /// The region the primary should be in, when it can be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub preferred_primary_region: Option<String>,
+}
+
+/// The role of a replica in its shard's replica set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum ReplicaRole {
+    /// Accepts writes; secondaries stream from it.
+    Primary,
+    /// Streams from the primary; a failover candidate when in sync.
+    Secondary,
+    /// Holds no data; counts towards quorum only.
+    Witness,
+}
+
+/// The state of one replica as its agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum ReplicaState {
+    /// Being created (initdb or base backup).
+    Creating,
+    /// Catching up with the primary.
+    CatchingUp,
+    /// Streaming and within the lag bound.
+    InSync,
+    /// Refusing writes (self-fenced, or fenced for a split/merge switch).
+    Fenced,
+    /// Not running or unreachable.
+    Down,
+    /// Being removed.
+    Removing,
+}
+
+/// The lifecycle phase of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum ShardPhase {
+    /// Replicas are being created.
+    Provisioning,
+    /// Serving reads and writes.
+    Serving,
+    /// Being split into narrower shards.
+    Splitting,
+    /// Being merged with a neighbour.
+    Merging,
+    /// A replica is moving to another node.
+    Migrating,
+    /// Replaced by a split or merge; held by a finalizer until data moved and routing switched.
+    Retiring,
+    /// No primary can serve: needs attention.
+    Failed,
+}
+
+/// A replica the operator wants on a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredReplica {
+    /// The DatabaseNode that should hold the replica.
+    pub node: String,
+    /// The role it should have.
+    pub role: ReplicaRole,
+}
+
+/// A replica as its node's agent observes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedReplica {
+    /// The DatabaseNode holding the replica.
+    pub node: String,
+    /// The role the replica has now.
+    pub role: ReplicaRole,
+    /// The replica's state.
+    pub state: ReplicaState,
+    /// `host:port` of the replica's PostgreSQL instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// How far behind the primary it is, in bytes of WAL (0 for the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// The epoch the replica last acted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// When the agent last reported this replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_time: Option<Time>,
+}
+
+/// The shard's current primary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct PrimaryRef {
+    /// The DatabaseNode holding the primary.
+    pub node: String,
+    /// The epoch the primary holds; every promotion bumps it, fencing older primaries.
+    pub epoch: i64,
+}
+
+/// What is: the replicas wanted and observed, the primary, the phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with reasons a user can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The shard's lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ShardPhase>,
+    /// The primary and its epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryRef>,
+    /// The replicas the operator wants, written by the operator; agents act on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub desired_replicas: Vec<DesiredReplica>,
+    /// The replicas as the agents report them, one entry per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub replicas: Vec<ObservedReplica>,
+    /// How many replicas are wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replica_count: Option<i32>,
+    /// How many replicas are in sync (the primary included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Bytes the shard's data takes on its primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// Rows in the shard, as last counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<i64>,
+    /// Writes per second on the primary, averaged over the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_per_second: Option<i64>,
+    /// The SchemaVersion every replica of this shard has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+}

@@ -1,0 +1,296 @@
+//! `Table`: a sharded table's schema (columns, primary key, indexes, checks), its shard key
+//! and sharding mode, and in status the authoritative routing map (key range → shard →
+//! primary, epoch), switched in one optimistic-concurrency write.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// The SQL types a column may have. Anything else is refused at `kubectl apply`.
+pub const COLUMN_TYPE_PATTERN: &str = r"^(smallint|integer|bigint|real|double precision|numeric|numeric\([1-9][0-9]{0,2}(,[0-9]{1,3})?\)|boolean|text|varchar\([1-9][0-9]{0,6}\)|char\([1-9][0-9]{0,6}\)|bytea|date|time|timestamp|timestamptz|interval|uuid|json|jsonb|inet)$";
+
+/// A sharded table of a DatabaseCluster.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "shardplane.io",
+    version = "v1alpha1",
+    kind = "Table",
+    namespaced,
+    status = "TableStatus",
+    shortname = "tbl",
+    category = "shardplane",
+    doc = "A sharded table: its schema, its shard key and how it is split into shards; status holds the routing map.",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Shard Key", type_ = "string", json_path = ".spec.shardKey"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.sharding.mode"),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards"),
+    printcolumn(name = "Schema", type_ = "integer", json_path = ".status.schemaVersion", description = "Schema version fully rolled out"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.columns.exists(c, c.name == self.shardKey)",
+        "message": "spec.shardKey must name one of spec.columns",
+        "fieldPath": ".shardKey"
+    },
+    {
+        "rule": "self.shardKey in self.primaryKey",
+        "message": "spec.shardKey must be part of spec.primaryKey, so every row's shard follows from its key",
+        "fieldPath": ".shardKey"
+    },
+    {
+        "rule": "self.columns.exists(c, c.name == self.shardKey && (c.type in ['smallint', 'integer', 'bigint', 'text'] || c.type.startsWith('varchar')))",
+        "message": "spec.shardKey must name a column of type smallint, integer, bigint, text or varchar",
+        "fieldPath": ".shardKey"
+    },
+    {
+        "rule": "self.primaryKey.all(k, self.columns.exists(c, c.name == k))",
+        "message": "spec.primaryKey must list only columns of spec.columns",
+        "fieldPath": ".primaryKey"
+    },
+    {
+        "rule": "self.columns.all(c, !(c.name in self.primaryKey) || !has(c.nullable) || !c.nullable)",
+        "message": "spec.columns: a primary-key column cannot be nullable",
+        "fieldPath": ".columns"
+    },
+    {
+        "rule": "!has(self.indexes) || self.indexes.all(i, i.columns.all(k, self.columns.exists(c, c.name == k)))",
+        "message": "spec.indexes must index only columns of spec.columns",
+        "fieldPath": ".indexes"
+    }
+]))]
+pub struct TableSpec {
+    /// The DatabaseCluster (in this namespace) that stores the table; immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "spec.cluster is immutable: a table cannot move to another cluster"}
+    ]))]
+    pub cluster: String,
+    /// The column whose value decides a row's shard; part of the primary key; immutable.
+    #[schemars(length(min = 1, max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "spec.shardKey is immutable: changing it would move every row; create a new table instead"}
+    ]))]
+    pub shard_key: String,
+    /// How the table is split into shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<Sharding>,
+    /// The table's schema.
+    #[serde(flatten)]
+    pub schema: TableSchema,
+}
+
+/// A table's schema: what a SchemaVersion freezes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct TableSchema {
+    /// The columns, in order; names are unique.
+    #[schemars(length(min = 1, max = 1600))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub columns: Vec<Column>,
+    /// The columns of the primary key, in order; must include the shard key.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub primary_key: Vec<String>,
+    /// Secondary indexes; names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub indexes: Vec<Index>,
+    /// CHECK constraints; names are unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub checks: Vec<Check>,
+}
+
+/// One column of a table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct Column {
+    /// The column's name: a lower-case SQL identifier.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+    /// The SQL type: smallint, integer, bigint, real, double precision, numeric,
+    /// numeric(p[,s]), boolean, text, varchar(n), char(n), bytea, date, time, timestamp,
+    /// timestamptz, interval, uuid, json, jsonb or inet.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = COLUMN_TYPE_PATTERN))]
+    pub type_: String,
+    /// Whether the column accepts NULL (default true; primary-key columns must say false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nullable: Option<bool>,
+    /// A SQL expression for the column's default value (for example `now()` or `0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub default: Option<String>,
+    /// The column's previous name, when this change renames it. A rename is only ever done
+    /// this way, never as a drop plus an add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub renamed_from: Option<String>,
+    /// Marks the column as on its way out (expand/contract): applications stop using it, and
+    /// a later change that removes it drops it after approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<bool>,
+}
+
+/// A secondary index, built with `CREATE INDEX CONCURRENTLY`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct Index {
+    /// The index's name: a lower-case SQL identifier.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+    /// The indexed columns, in order.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
+    pub columns: Vec<String>,
+    /// Whether the index enforces uniqueness (a unique index must include the shard key to be
+    /// enforceable per shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<bool>,
+}
+
+/// A CHECK constraint, added `NOT VALID` and then validated, so it never blocks writes long.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// The constraint's name: a lower-case SQL identifier.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+    /// The SQL boolean expression every row must satisfy.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expression: String,
+}
+
+/// How a table is split into shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.splitAboveBytes) || !has(self.mergeBelowBytes) || self.mergeBelowBytes * 2 < self.splitAboveBytes",
+        "message": "spec.sharding.mergeBelowBytes must be less than half of spec.sharding.splitAboveBytes, or a merge would be split again at once",
+        "fieldPath": ".mergeBelowBytes"
+    }
+]))]
+pub struct Sharding {
+    /// `Declared` (default): the shards are Shard manifests, in git; a split is a pull request
+    /// replacing one Shard with two. `Automatic`: the operator creates, splits and merges
+    /// Shards by the thresholds below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ShardingMode>,
+    /// `Hash` (default): a row's key is PostgreSQL's `hashint8extended`/`hashtextextended` of
+    /// the shard key with seed 0. `Range`: the shard key's own integer value. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "spec.sharding.keySpace is immutable: every row would change shard"}
+    ]))]
+    pub key_space: Option<KeySpace>,
+    /// With `Automatic`: how many equal shards the table starts with (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub initial_shards: Option<i32>,
+    /// With `Automatic`: a shard larger than this many bytes is split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub split_above_bytes: Option<i64>,
+    /// With `Automatic`: adjacent shards both smaller than this many bytes are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub merge_below_bytes: Option<i64>,
+    /// With `Automatic`: a shard taking more writes per second than this is split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub split_above_writes_per_second: Option<i64>,
+}
+
+/// Who decides a table's shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum ShardingMode {
+    /// Shards are declared as Shard resources, by users through git.
+    Declared,
+    /// The operator creates, splits and merges shards by size and load.
+    Automatic,
+}
+
+/// How a row's position in the 64-bit key space is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum KeySpace {
+    /// PostgreSQL's built-in hash of the shard key with seed 0.
+    Hash,
+    /// The integer shard key itself.
+    Range,
+}
+
+/// What the operator observes of a table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct TableStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`; a refused schema change or a topology that does
+    /// not tile the key space is explained here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The SchemaVersion fully rolled out to every shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    /// How many shards serve the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i32>,
+    /// The authoritative routing map clients follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingMap>,
+}
+
+/// Which shard and primary serve each key range of a table. Replaced whole, in one write
+/// that carries the resourceVersion it was computed from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingMap {
+    /// Bumped by every switch, so clients can tell a newer map from an older one.
+    pub version: i64,
+    /// The ranges, ordered by start, tiling the key space.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub ranges: Vec<RouteEntry>,
+}
+
+/// One key range and where it is served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteEntry {
+    /// The first key of the range (inclusive); absent means the start of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// The key after the range (exclusive); absent means the end of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    /// The Shard serving the range.
+    pub shard: String,
+    /// The DatabaseNode holding the shard's primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// `host:port` of the primary's PostgreSQL instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The primary's epoch; writes carry it so a deposed primary's are refused.
+    #[serde(default)]
+    pub epoch: i64,
+}

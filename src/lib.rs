@@ -1,0 +1,6 @@
+//! Shardplane: a Kubernetes-native control plane for a sharded SQL database whose storage
+//! nodes are PostgreSQL servers. The binary `shardplane` is a thin shell over this library.
+
+pub mod api;
+pub mod plan;
+pub mod sandbox;
