@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Shardplane: a Kubernetes-native control plane for a sharded SQL database on PostgreSQL.
@@ -16,7 +17,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the CustomResourceDefinitions of every Shardplane resource as YAML.
-    Crds,
+    Crds {
+        /// Write one file per resource into this folder instead (as in the repository's
+        /// `crds/` and the Helm chart's `crds/`).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Run the operator (reconcilers and plan executor). Not available yet.
     Operator,
     /// Run the node agent beside a storage node's PostgreSQL instances. Not available yet.
@@ -39,8 +45,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Crds => {
+        Command::Crds { dir: None } => {
             print!("{}", shardplane::api::crds_yaml()?);
+            Ok(())
+        }
+        Command::Crds { dir: Some(dir) } => {
+            for (file, yaml) in shardplane::api::crd_files()? {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(())
         }
         Command::Operator => not_available("operator"),
@@ -52,5 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Subcommands whose implementation has not landed say so instead of pretending to work.
 fn not_available(name: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`shardplane {name}` is not available in this build yet; see the README's status section")
+    anyhow::bail!(
+        "`shardplane {name}` is not available in this build yet; see the README's status section"
+    )
 }

@@ -19,13 +19,46 @@ use super::Condition;
     shortname = "dbc",
     category = "shardplane",
     doc = "A sharded SQL database cluster: its regions and zones, replication, software version and the policies the operator follows.",
-    printcolumn(name = "RF", type_ = "integer", json_path = ".spec.replicationFactor", description = "Replicas per shard"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version", description = "Desired node software version"),
-    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes", description = "Registered nodes"),
-    printcolumn(name = "Online", type_ = "integer", json_path = ".status.onlineNodes", description = "Nodes online"),
-    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards", description = "Shards of all tables"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "RF",
+        type_ = "integer",
+        json_path = ".spec.replicationFactor",
+        description = "Replicas per shard"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.version",
+        description = "Desired node software version"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".status.nodes",
+        description = "Registered nodes"
+    ),
+    printcolumn(
+        name = "Online",
+        type_ = "integer",
+        json_path = ".status.onlineNodes",
+        description = "Nodes online"
+    ),
+    printcolumn(
+        name = "Shards",
+        type_ = "integer",
+        json_path = ".status.shards",
+        description = "Shards of all tables"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -91,7 +124,10 @@ pub struct DatabaseClusterSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Region {
     /// The region's name, as nodes report it (for example `eu-west`).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The zones (failure domains) inside the region.
     #[schemars(length(min = 1, max = 16))]
@@ -256,7 +292,6 @@ fn default_replace_after_s() -> i64 {
 
 /// What the operator observes of the cluster as a whole.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseClusterStatus {
     /// The `metadata.generation` this status describes.

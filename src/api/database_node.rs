@@ -24,11 +24,30 @@ use super::Condition;
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas", description = "Shard replicas on the node"),
-    printcolumn(name = "Primaries", type_ = "integer", json_path = ".status.primaries", description = "Shard primaries on the node"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Shard replicas on the node"
+    ),
+    printcolumn(
+        name = "Primaries",
+        type_ = "integer",
+        json_path = ".status.primaries",
+        description = "Shard primaries on the node"
+    ),
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeatTime", description = "Last durable liveness record"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeatTime",
+        description = "Last durable liveness record"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseNodeSpec {
@@ -139,7 +158,6 @@ pub enum NodePhase {
 
 /// What the agent and the operator observe of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseNodeStatus {
     /// The `metadata.generation` this status describes.

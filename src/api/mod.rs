@@ -42,12 +42,22 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// The CRDs as one multi-document YAML stream, as `shardplane crds` prints it.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
-    let mut out = String::new();
-    for crd in crds() {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
-    }
-    Ok(out)
+    Ok(crd_files()?
+        .into_iter()
+        .map(|(_, yaml)| format!("---\n{yaml}"))
+        .collect())
+}
+
+/// The CRDs as files: `(file name, YAML)`, the file named after the CRD
+/// (`shardplane.io_shards.yaml`), as `crds/` holds them.
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{GROUP}_{}.yaml", crd.spec.names.plural);
+            Ok((file, serde_yaml::to_string(&crd)?))
+        })
+        .collect()
 }
 
 /// Drops a nested type's own description from its schema, so every field that uses the type
@@ -56,4 +66,92 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 /// where the field's belong.
 pub(crate) fn describe_by_field(schema: &mut schemars::Schema) {
     schema.remove("description");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Collects the JSON paths of schema properties that have no description.
+    fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                let top_level =
+                    path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
+                if prop.get("description").is_none() && !top_level {
+                    out.push(here.clone());
+                }
+                undocumented(prop, &here, out);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            undocumented(items, &format!("{path}[]"), out);
+        }
+        if let Some(values) = schema.get("additionalProperties") {
+            undocumented(values, &format!("{path}{{}}"), out);
+        }
+    }
+
+    #[test]
+    fn every_field_of_every_kind_has_a_description() {
+        for crd in crds() {
+            let version = &crd.spec.versions[0];
+            let schema = serde_json::to_value(&version.schema).unwrap();
+            let mut missing = Vec::new();
+            undocumented(&schema["openAPIV3Schema"], "", &mut missing);
+            assert!(
+                missing.is_empty(),
+                "{}: fields without a description: {missing:?}",
+                crd.spec.names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn every_kind_has_status_short_name_category_and_printer_columns() {
+        for crd in crds() {
+            let names = &crd.spec.names;
+            let version = &crd.spec.versions[0];
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(version.name, VERSION);
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{}: no status subresource",
+                names.kind
+            );
+            assert!(
+                names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+                "{}: no short name",
+                names.kind
+            );
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&[CATEGORY.to_string()][..]),
+                "{}",
+                names.kind
+            );
+            let columns = version
+                .additional_printer_columns
+                .as_deref()
+                .unwrap_or_default();
+            assert!(
+                columns.len() >= 4,
+                "{}: only {} printer columns",
+                names.kind,
+                columns.len()
+            );
+            assert!(
+                columns.iter().any(|c| c.name == "Age"),
+                "{}: no Age column",
+                names.kind
+            );
+        }
+    }
 }

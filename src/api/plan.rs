@@ -26,11 +26,25 @@ use super::Condition;
     printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind"),
     printcolumn(name = "Risk", type_ = "string", json_path = ".spec.risk"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Done", type_ = "integer", json_path = ".status.completedSteps", description = "Steps finished"),
+    printcolumn(
+        name = "Done",
+        type_ = "integer",
+        json_path = ".status.completedSteps",
+        description = "Steps finished"
+    ),
     printcolumn(name = "Steps", type_ = "integer", json_path = ".status.totalSteps"),
     printcolumn(name = "Cause", type_ = "string", json_path = ".spec.cause.kind"),
-    printcolumn(name = "Hash", type_ = "string", json_path = ".spec.hash", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Hash",
+        type_ = "string",
+        json_path = ".spec.hash",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -150,7 +164,9 @@ pub enum CauseKind {
 }
 
 /// What a plan risks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[schemars(transform = super::describe_by_field)]
 pub enum RiskClass {
     /// Loses no availability.
@@ -234,7 +250,6 @@ pub enum StepPhase {
 
 /// The progress of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
     /// The step's id.
@@ -257,7 +272,6 @@ pub struct StepStatus {
 
 /// A plan's progress.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanStatus {
     /// The `metadata.generation` this status describes.

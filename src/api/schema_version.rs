@@ -26,7 +26,11 @@ use super::table::TableSchema;
     printcolumn(name = "Class", type_ = "string", json_path = ".spec.compatibility"),
     printcolumn(name = "Commit", type_ = "string", json_path = ".spec.source.commit"),
     printcolumn(name = "Rollout", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -137,7 +141,6 @@ pub struct ShardRollout {
 
 /// The rollout of a schema version.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct SchemaVersionStatus {
     /// The `metadata.generation` this status describes.

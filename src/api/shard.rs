@@ -21,14 +21,43 @@ use super::Condition;
     category = "shardplane",
     doc = "One key range of one table and its replicas. Absent range ends mean the edges of the key space.",
     printcolumn(name = "Table", type_ = "string", json_path = ".spec.table"),
-    printcolumn(name = "Start", type_ = "string", json_path = ".spec.range.start", description = "First key (inclusive); none = start of key space"),
-    printcolumn(name = "End", type_ = "string", json_path = ".spec.range.end", description = "Key after the range (exclusive); none = end of key space"),
+    printcolumn(
+        name = "Start",
+        type_ = "string",
+        json_path = ".spec.range.start",
+        description = "First key (inclusive); none = start of key space"
+    ),
+    printcolumn(
+        name = "End",
+        type_ = "string",
+        json_path = ".spec.range.end",
+        description = "Key after the range (exclusive); none = end of key space"
+    ),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary.node"),
-    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.primary.epoch", priority = 1),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas in sync"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicaCount", description = "Replicas wanted"),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.primary.epoch",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas in sync"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicaCount",
+        description = "Replicas wanted"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ShardSpec {
@@ -185,7 +214,6 @@ pub struct PrimaryRef {
 
 /// What is: the replicas wanted and observed, the primary, the phase.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct ShardStatus {
     /// The `metadata.generation` this status describes.

@@ -26,9 +26,22 @@ pub const COLUMN_TYPE_PATTERN: &str = r"^(smallint|integer|bigint|real|double pr
     printcolumn(name = "Shard Key", type_ = "string", json_path = ".spec.shardKey"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.sharding.mode"),
     printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards"),
-    printcolumn(name = "Schema", type_ = "integer", json_path = ".status.schemaVersion", description = "Schema version fully rolled out"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Schema",
+        type_ = "integer",
+        json_path = ".status.schemaVersion",
+        description = "Schema version fully rolled out"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -235,7 +248,6 @@ pub enum KeySpace {
 
 /// What the operator observes of a table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct TableStatus {
     /// The `metadata.generation` this status describes.
