@@ -1,0 +1,12 @@
+//! A local Shardplane environment on this machine: a real etcd and kube-apiserver built from
+//! Go modules, used by the integration tests and by `shardplane demo`.
+
+mod binaries;
+mod certificates;
+mod control_plane;
+mod error;
+mod process;
+mod work_dir;
+
+pub use control_plane::ControlPlane;
+pub use error::SandboxError;
