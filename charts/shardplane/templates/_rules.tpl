@@ -1,0 +1,85 @@
+{{/*
+RBAC rules of each component, shared by their ClusterRole or Roles. Every verb, resource and
+API group is named: no wildcards, so a new resource or verb is never granted by accident.
+*/}}
+
+{{/* The operator: owns every Shardplane resource and reports on it. */}}
+{{- define "shardplane.operatorRules" -}}
+- apiGroups: ["shardplane.io"]
+  resources: ["databaseclusters", "databasenodes", "tables", "shards", "schemaversions", "plans"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["shardplane.io"]
+  resources:
+    - databaseclusters/status
+    - databasenodes/status
+    - tables/status
+    - shards/status
+    - schemaversions/status
+    - plans/status
+  verbs: ["get", "update", "patch"]
+{{- /* A replaced Shard is held by a finalizer until its data has moved (OwnerReferencesPermissionEnforcement also asks for this). */}}
+- apiGroups: ["shardplane.io"]
+  resources:
+    - databaseclusters/finalizers
+    - databasenodes/finalizers
+    - tables/finalizers
+    - shards/finalizers
+    - schemaversions/finalizers
+    - plans/finalizers
+  verbs: ["update"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- /* Leader election, and node liveness when an agent's own lease must be read or fenced. */}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
+{{- /* PostgreSQL credentials of the clusters it manages. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{/*
+The node agent: registers and updates its DatabaseNode, reports the replicas it observes on
+Shards, reads the schema it must apply. It never creates, deletes or re-specifies Shards,
+Tables or Plans: those decisions are the operator's.
+*/}}
+{{- define "shardplane.agentRules" -}}
+- apiGroups: ["shardplane.io"]
+  resources: ["databasenodes"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
+- apiGroups: ["shardplane.io"]
+  resources: ["databasenodes/status", "shards/status"]
+  verbs: ["get", "update", "patch"]
+- apiGroups: ["shardplane.io"]
+  resources: ["shards", "tables", "schemaversions"]
+  verbs: ["get", "list", "watch"]
+{{- /* Its node liveness lease. */}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- /* PostgreSQL credentials by name; no list, so it cannot enumerate Secrets. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end -}}
+
+{{/*
+git-sync: applies what is in git and prunes what was removed from it. It writes specs only,
+never status, and only reads Plans (to see approvals).
+*/}}
+{{- define "shardplane.gitSyncRules" -}}
+- apiGroups: ["shardplane.io"]
+  resources: ["databaseclusters", "databasenodes", "tables", "shards"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["shardplane.io"]
+  resources: ["plans"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
