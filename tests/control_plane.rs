@@ -323,7 +323,8 @@ async fn processes_do_not_outlive_a_test_binary_that_panics() {
     );
     let pids: Vec<(String, u32)> = stdout
         .lines()
-        .filter_map(|line| line.strip_prefix(PID_LINE))
+        // libtest may print "test <name> ... " on the same line before the first one.
+        .filter_map(|line| line.split_once(PID_LINE).map(|(_, rest)| rest))
         .filter_map(|rest| {
             let (name, pid) = rest.trim().split_once(' ')?;
             Some((name.to_owned(), pid.parse().ok()?))
