@@ -102,8 +102,9 @@ pub struct TableSpec {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct TableSchema {
-    /// The columns, in order; names are unique.
-    #[schemars(length(min = 1, max = 1600))]
+    /// The columns, in order; names are unique; at most 1000 (CEL rules that cross-check
+    /// columns and indexes must fit the API server's cost budget).
+    #[schemars(length(min = 1, max = 1000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub columns: Vec<Column>,
     /// The columns of the primary key, in order; must include the shard key.
@@ -162,8 +163,8 @@ pub struct Index {
     /// The index's name: a lower-case SQL identifier.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
     pub name: String,
-    /// The indexed columns, in order.
-    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 63)))]
+    /// The indexed columns, in order; at most 8.
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 63)))]
     pub columns: Vec<String>,
     /// Whether the index enforces uniqueness (a unique index must include the shard key to be
     /// enforceable per shard).

@@ -1,0 +1,739 @@
+//! The six resources against a real kube-apiserver: the CRDs install and become Established,
+//! every kind round-trips (spec and status), `kubectl get` prints the printer columns,
+//! `kubectl explain` shows field descriptions, and invalid manifests are refused by
+//! `kubectl apply` with a message naming the offending field.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use shardplane::api::{
+    DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, ShardStatus, Table, crds,
+};
+use support::{TestEnv, eventually, test_env};
+use tokio::sync::OnceCell;
+
+/// Installs the CRDs from `crds/` once per test binary, as a user would, and waits until the
+/// API server serves them.
+async fn env_with_crds() -> TestEnv {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    let env = test_env().await;
+    INSTALLED
+        .get_or_init(|| async {
+            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+            let out = env
+                .kubectl(["apply", "--server-side", "-f", crds_dir])
+                .await;
+            assert!(
+                out.status.success(),
+                "kubectl apply crds/: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let api: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+            for crd in crds() {
+                let name = crd.metadata.name.clone().unwrap();
+                let established = eventually(Duration::from_secs(30), || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move { is_established(&api.get(&name).await.unwrap()) }
+                })
+                .await;
+                assert!(established, "CRD {name} never became Established");
+            }
+        })
+        .await;
+    env
+}
+
+fn is_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conds| {
+            conds
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}
+
+/// Applies `manifest` with `kubectl apply` (client-side, as most users do) from a file.
+async fn kubectl_apply(env: &TestEnv, manifest: &Value) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.yaml");
+    std::fs::write(&path, serde_yaml::to_string(manifest).unwrap()).unwrap();
+    env.kubectl(["apply", "-f", path.to_str().unwrap()]).await
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn cluster() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "commerce"},
+        "spec": {
+            "regions": [
+                {"name": "eu", "zones": ["eu-a", "eu-b"]},
+                {"name": "us", "zones": ["us-a"]},
+                {"name": "ap", "zones": ["ap-a"]}
+            ],
+            "replicationFactor": 3,
+            "durability": {"mode": "Quorum", "syncReplicas": 1},
+            "approval": {"destructive": "Manual"},
+            "failureDetection": {"heartbeatIntervalMs": 500, "suspectAfterMs": 1000, "deadAfterMs": 2000}
+        }
+    })
+}
+
+fn node() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+        "metadata": {"name": "eu-a-1"},
+        "spec": {
+            "cluster": "commerce", "region": "eu", "zone": "eu-a", "address": "127.0.0.1",
+            "ports": {"first": 20000, "last": 20031},
+            "capacity": {"storageBytes": 1_000_000_000i64}
+        }
+    })
+}
+
+fn table() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": "orders"},
+        "spec": {
+            "cluster": "commerce",
+            "shardKey": "customer_id",
+            "sharding": {"mode": "Declared", "keySpace": "Hash", "splitAboveBytes": 1_073_741_824i64, "mergeBelowBytes": 100_000_000},
+            "columns": [
+                {"name": "customer_id", "type": "bigint", "nullable": false},
+                {"name": "order_id", "type": "bigint", "nullable": false},
+                {"name": "note", "type": "varchar(200)"}
+            ],
+            "primaryKey": ["customer_id", "order_id"],
+            "indexes": [{"name": "orders_note", "columns": ["note"]}]
+        }
+    })
+}
+
+fn shard() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": "orders-0"},
+        "spec": {"table": "orders", "range": {"start": -100, "end": 100}}
+    })
+}
+
+const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn schema_version() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "SchemaVersion",
+        "metadata": {"name": "orders-v2"},
+        "spec": {
+            "table": "orders", "version": 2, "previousVersion": 1,
+            "schema": {
+                "columns": [
+                    {"name": "customer_id", "type": "bigint", "nullable": false},
+                    {"name": "order_id", "type": "bigint", "nullable": false}
+                ],
+                "primaryKey": ["customer_id", "order_id"]
+            },
+            "ddl": ["ALTER TABLE orders DROP COLUMN note"],
+            "compatibility": "Destructive",
+            "source": {"commit": "4f1c2a9", "path": "tables/orders.yaml"}
+        }
+    })
+}
+
+fn plan() -> Value {
+    json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
+        "metadata": {"name": "orders-v2-rollout"},
+        "spec": {
+            "cluster": "commerce",
+            "target": {"kind": "SchemaVersion", "name": "orders-v2"},
+            "cause": {"kind": "GitCommit", "commit": "4f1c2a9", "detail": "drop column note"},
+            "risk": "Destructive",
+            "hash": HASH,
+            "summary": "drop column orders.note on 1 shard",
+            "steps": [
+                {"id": 0, "action": "ApplyDdl", "shard": "orders-0", "reason": "canary wave"},
+                {"id": 1, "action": "VerifyDdl", "shard": "orders-0", "args": {"replicas": "3"}, "reason": "every replica replayed it"}
+            ],
+            "facts": {"bytesToCopy": "0"}
+        }
+    })
+}
+
+#[tokio::test]
+async fn crds_install_and_become_established() {
+    let env = env_with_crds().await;
+    let api: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    for crd in crds() {
+        let served = api
+            .get(crd.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            is_established(&served),
+            "{:?} not established",
+            served.metadata.name
+        );
+        assert_eq!(
+            served.spec.names.categories,
+            Some(vec!["shardplane".to_string()])
+        );
+    }
+}
+
+/// Creates `manifest` through the typed API, reads it back, and asserts the spec survived
+/// (with the server's defaults, which the typed value fills in the same way).
+async fn round_trip<K>(env: &TestEnv, manifest: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(manifest.clone()).unwrap();
+    let api: Api<K> = env.api();
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    let read = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+    let sent = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        read["spec"], sent["spec"],
+        "{name}: spec changed in the round trip"
+    );
+}
+
+#[tokio::test]
+async fn every_kind_round_trips_through_the_api() {
+    let env = env_with_crds().await;
+    round_trip::<DatabaseCluster>(&env, cluster()).await;
+    round_trip::<DatabaseNode>(&env, node()).await;
+    round_trip::<Table>(&env, table()).await;
+    round_trip::<Shard>(&env, shard()).await;
+    round_trip::<SchemaVersion>(&env, schema_version()).await;
+    round_trip::<Plan>(&env, plan()).await;
+
+    // Status is a subresource: written through /status, it survives; a spec write cannot
+    // touch it.
+    let shards: Api<Shard> = env.api();
+    let status: ShardStatus = serde_json::from_value(json!({
+        "phase": "Serving",
+        "primary": {"node": "eu-a-1", "epoch": 3},
+        "desiredReplicas": [{"node": "eu-a-1", "role": "Primary"}],
+        "replicas": [{"node": "eu-a-1", "role": "Primary", "state": "InSync", "lagBytes": 0, "epoch": 3}],
+        "desiredReplicaCount": 3, "readyReplicas": 1
+    }))
+    .unwrap();
+    shards
+        .patch_status(
+            "orders-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .unwrap();
+    let read = shards.get("orders-0").await.unwrap();
+    assert_eq!(read.status, Some(status));
+}
+
+#[tokio::test]
+async fn kubectl_get_prints_the_printer_columns() {
+    let env = env_with_crds().await;
+    for manifest in [
+        cluster(),
+        node(),
+        table(),
+        shard(),
+        schema_version(),
+        plan(),
+    ] {
+        let out = kubectl_apply(&env, &manifest).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let expected: [(&str, &[&str]); 6] = [
+        (
+            "databaseclusters",
+            &[
+                "NAME", "RF", "VERSION", "NODES", "ONLINE", "SHARDS", "READY", "AGE",
+            ],
+        ),
+        (
+            "dbn",
+            &[
+                "NAME",
+                "CLUSTER",
+                "REGION",
+                "ZONE",
+                "PHASE",
+                "REPLICAS",
+                "PRIMARIES",
+                "VERSION",
+                "HEARTBEAT",
+            ],
+        ),
+        (
+            "tables",
+            &[
+                "NAME",
+                "CLUSTER",
+                "SHARD KEY",
+                "MODE",
+                "SHARDS",
+                "SCHEMA",
+                "READY",
+            ],
+        ),
+        (
+            "shards",
+            &[
+                "NAME", "TABLE", "START", "END", "PRIMARY", "READY", "DESIRED", "PHASE", "AGE",
+            ],
+        ),
+        (
+            "sv",
+            &["NAME", "TABLE", "VERSION", "CLASS", "COMMIT", "ROLLOUT"],
+        ),
+        (
+            "plans",
+            &[
+                "NAME", "TARGET", "KIND", "RISK", "PHASE", "DONE", "STEPS", "CAUSE",
+            ],
+        ),
+    ];
+    for (resource, columns) in expected {
+        let out = env.kubectl(["get", resource]).await;
+        let stdout = text(&out.stdout);
+        let header = stdout.lines().next().unwrap_or_default();
+        for column in columns {
+            assert!(
+                header.contains(column),
+                "`kubectl get {resource}` header {header:?} lacks {column}"
+            );
+        }
+    }
+    let out = env.kubectl(["get", "shards"]).await;
+    let row = text(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("orders-0")
+            && row.contains("orders")
+            && row.contains("-100")
+            && row.contains("100"),
+        "{row}"
+    );
+
+    let out = env.kubectl(["get", "shardplane"]).await;
+    let all = text(&out.stdout);
+    for name in [
+        "databasecluster.shardplane.io/commerce",
+        "databasenode.shardplane.io/eu-a-1",
+        "table.shardplane.io/orders",
+        "shard.shardplane.io/orders-0",
+        "schemaversion.shardplane.io/orders-v2",
+        "plan.shardplane.io/orders-v2-rollout",
+    ] {
+        assert!(
+            all.contains(name),
+            "`kubectl get shardplane` lacks {name}:\n{all}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_field_descriptions() {
+    let env = env_with_crds().await;
+    let cases = [
+        ("shards.spec.range", "half-open"),
+        ("shards.spec.range.end", "exclusive"),
+        ("tables.spec.shardKey", "immutable"),
+        (
+            "tables.spec.columns.renamedFrom",
+            "never as a drop plus an add",
+        ),
+        (
+            "databaseclusters.spec.approval.destructive",
+            "always `Manual`",
+        ),
+        ("databasenodes.status.lastHeartbeatTime", "liveness"),
+        ("plans.spec.hash", "Approvals name it"),
+        ("schemaversions.spec.compatibility", "Destructive"),
+    ];
+    for (field, words) in cases {
+        let out = env.kubectl(["explain", field]).await;
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kubectl explain {field}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains(words),
+            "kubectl explain {field} lacks {words:?}:\n{stdout}"
+        );
+    }
+}
+
+/// An invalid manifest and the words the API server's refusal must contain: the offending
+/// field's path, and what is wrong with it.
+struct Refusal {
+    what: &'static str,
+    /// Applied first, and must succeed (for rules about changes).
+    before: Option<Value>,
+    manifest: Value,
+    expect: &'static [&'static str],
+}
+
+/// `base` with the field at `pointer` set to `value` (added if absent; arrays by index).
+fn with(mut base: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    match base
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("no {parent}"))
+    {
+        Value::Object(map) => {
+            map.insert(key.to_string(), value);
+        }
+        Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+        other => panic!("{parent} is {other}"),
+    }
+    base
+}
+
+fn without(mut base: Value, pointer: &str) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    base.pointer_mut(parent)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove(key);
+    base
+}
+
+fn named(base: Value, name: &str) -> Value {
+    with(base, "/metadata/name", json!(name))
+}
+
+fn refusals() -> Vec<Refusal> {
+    let refuse = |what, manifest, expect| Refusal {
+        what,
+        before: None,
+        manifest,
+        expect,
+    };
+    let change = |what, before: Value, manifest, expect| Refusal {
+        what,
+        before: Some(before),
+        manifest,
+        expect,
+    };
+    vec![
+        refuse(
+            "a shard range whose start is after its end",
+            named(
+                with(shard(), "/spec/range", json!({"start": 50, "end": -50})),
+                "bad-range",
+            ),
+            &["spec.range.start", "must be less than spec.range.end"],
+        ),
+        refuse(
+            "an empty shard range",
+            named(
+                with(shard(), "/spec/range", json!({"start": 7, "end": 7})),
+                "empty-range",
+            ),
+            &["spec.range.start", "must be less than spec.range.end"],
+        ),
+        change(
+            "a changed shard range",
+            named(shard(), "moving-range"),
+            named(with(shard(), "/spec/range/end", json!(200)), "moving-range"),
+            &["spec.range", "immutable"],
+        ),
+        refuse(
+            "replication factor 0",
+            named(
+                with(cluster(), "/spec/replicationFactor", json!(0)),
+                "rf-zero",
+            ),
+            &["spec.replicationFactor", "greater than or equal to 1"],
+        ),
+        refuse(
+            "replication factor 8",
+            named(
+                with(cluster(), "/spec/replicationFactor", json!(8)),
+                "rf-eight",
+            ),
+            &["spec.replicationFactor", "less than or equal to 7"],
+        ),
+        refuse(
+            "a quorum as large as the replication factor",
+            named(
+                with(cluster(), "/spec/durability/syncReplicas", json!(3)),
+                "big-quorum",
+            ),
+            &[
+                "spec.durability.syncReplicas",
+                "less than spec.replicationFactor",
+            ],
+        ),
+        refuse(
+            "destructive plans approved automatically",
+            named(
+                with(cluster(), "/spec/approval/destructive", json!("Automatic")),
+                "auto-destroy",
+            ),
+            &["spec.approval.destructive", "must be Manual"],
+        ),
+        refuse(
+            "a dead timeout shorter than the suspect timeout",
+            named(
+                with(cluster(), "/spec/failureDetection/deadAfterMs", json!(900)),
+                "dead-early",
+            ),
+            &["spec.failureDetection", "suspectAfterMs < deadAfterMs"],
+        ),
+        refuse(
+            "two regions with one name",
+            named(
+                with(
+                    cluster(),
+                    "/spec/regions/1",
+                    json!({"name": "eu", "zones": ["eu-c"]}),
+                ),
+                "twin-regions",
+            ),
+            &["spec.regions[1]", "Duplicate value"],
+        ),
+        refuse(
+            "a PostgreSQL parameter the agent manages",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"port": "5433"}),
+                ),
+                "own-port",
+            ),
+            &["spec.postgresParameters", "must not set port"],
+        ),
+        refuse(
+            "an unknown field",
+            named(with(cluster(), "/spec/replicationFactr", json!(3)), "typo"),
+            &["unknown field", "spec.replicationFactr"],
+        ),
+        refuse(
+            "an unknown column type",
+            named(
+                with(table(), "/spec/columns/2/type", json!("money2")),
+                "odd-type",
+            ),
+            &["spec.columns[2].type", "should match"],
+        ),
+        refuse(
+            "duplicate column names",
+            named(
+                with(
+                    table(),
+                    "/spec/columns/2",
+                    json!({"name": "order_id", "type": "text"}),
+                ),
+                "twin-columns",
+            ),
+            &["spec.columns[2]", "Duplicate value"],
+        ),
+        refuse(
+            "a column name that is not an SQL identifier",
+            named(
+                with(table(), "/spec/columns/2/name", json!("Order-Note")),
+                "bad-name",
+            ),
+            &["spec.columns[2].name", "should match"],
+        ),
+        refuse(
+            "a missing shard key",
+            named(without(table(), "/spec/shardKey"), "no-key"),
+            &["spec.shardKey", "Required value"],
+        ),
+        refuse(
+            "a shard key that is not a column",
+            named(
+                with(
+                    with(table(), "/spec/shardKey", json!("tenant_id")),
+                    "/spec/primaryKey",
+                    json!(["tenant_id"]),
+                ),
+                "ghost-key",
+            ),
+            &["spec.shardKey", "must name one of spec.columns"],
+        ),
+        refuse(
+            "a shard key outside the primary key",
+            named(
+                with(table(), "/spec/primaryKey", json!(["order_id"])),
+                "key-outside-pk",
+            ),
+            &["spec.shardKey", "must be part of spec.primaryKey"],
+        ),
+        refuse(
+            "a shard key of an unshardable type",
+            named(
+                with(
+                    with(table(), "/spec/columns/0/type", json!("jsonb")),
+                    "/spec/columns/0/nullable",
+                    json!(false),
+                ),
+                "json-key",
+            ),
+            &[
+                "spec.shardKey",
+                "smallint, integer, bigint, text or varchar",
+            ],
+        ),
+        refuse(
+            "a nullable primary-key column",
+            named(
+                with(table(), "/spec/columns/1/nullable", json!(true)),
+                "nullable-pk",
+            ),
+            &["spec.columns", "primary-key column cannot be nullable"],
+        ),
+        refuse(
+            "an index on a column that does not exist",
+            named(
+                with(table(), "/spec/indexes/0/columns", json!(["missing"])),
+                "ghost-index",
+            ),
+            &["spec.indexes", "only columns of spec.columns"],
+        ),
+        refuse(
+            "merge and split thresholds that would fight",
+            named(
+                with(
+                    table(),
+                    "/spec/sharding/mergeBelowBytes",
+                    json!(600_000_000),
+                ),
+                "thrash",
+            ),
+            &["spec.sharding.mergeBelowBytes", "less than half"],
+        ),
+        change(
+            "a changed shard key",
+            named(table(), "rekeyed"),
+            named(
+                with(
+                    with(table(), "/spec/shardKey", json!("order_id")),
+                    "/spec/primaryKey",
+                    json!(["order_id", "customer_id"]),
+                ),
+                "rekeyed",
+            ),
+            &["spec.shardKey", "immutable"],
+        ),
+        refuse(
+            "a node port range that runs backwards",
+            named(
+                with(
+                    node(),
+                    "/spec/ports",
+                    json!({"first": 20010, "last": 20000}),
+                ),
+                "backwards-ports",
+            ),
+            &[
+                "spec.ports",
+                "first must not be greater than spec.ports.last",
+            ],
+        ),
+        change(
+            "a node moved to another region",
+            named(node(), "wanderer"),
+            named(with(node(), "/spec/region", json!("us")), "wanderer"),
+            &["spec.region", "immutable"],
+        ),
+        change(
+            "an edited schema version",
+            named(schema_version(), "frozen"),
+            named(
+                with(schema_version(), "/spec/ddl", json!(["DROP TABLE orders"])),
+                "frozen",
+            ),
+            &[
+                "spec",
+                "immutable: a schema change creates the next SchemaVersion",
+            ],
+        ),
+        refuse(
+            "an approval naming another plan's hash",
+            named(
+                with(
+                    plan(),
+                    "/spec/approval",
+                    json!({"planHash": HASH.replace('0', "f"), "approvedBy": "alice"}),
+                ),
+                "wrong-approval",
+            ),
+            &["spec.approval.planHash", "must equal spec.hash"],
+        ),
+        change(
+            "edited plan steps",
+            named(plan(), "rewritten"),
+            named(
+                with(plan(), "/spec/steps/0/action", json!("DropTable")),
+                "rewritten",
+            ),
+            &["spec.steps", "immutable"],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_naming_the_field() {
+    let env = env_with_crds().await;
+    let cases = refusals();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for case in &cases {
+        if let Some(before) = &case.before {
+            let out = kubectl_apply(&env, before).await;
+            assert!(
+                out.status.success(),
+                "{}: the valid original was refused: {}",
+                case.what,
+                text(&out.stderr)
+            );
+        }
+        let out = kubectl_apply(&env, &case.manifest).await;
+        let stderr = text(&out.stderr);
+        eprintln!("refused {}: {}", case.what, stderr.trim());
+        if out.status.success() {
+            failures.push(format!("{}: accepted", case.what));
+        } else if let Some(missing) = case.expect.iter().find(|w| !stderr.contains(*w)) {
+            failures.push(format!(
+                "{}: message lacks {missing:?}: {stderr}",
+                case.what
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
