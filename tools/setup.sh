@@ -1,0 +1,35 @@
+# Sourced by tools/test.sh and tools/demo.sh: makes a fresh machine of this kind ready.
+# Installs the Debian packages the project needs when missing, checks the toolchains, builds
+# the test control plane from Go modules (cached outside the clone, rebuilt only when missing
+# or at another version), and exports where everything is.
+
+export SHARDPLANE_CACHE=${SHARDPLANE_CACHE:-$HOME/.cache/shardplane}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SHARDPLANE_CACHE/target}
+mkdir -p "$SHARDPLANE_CACHE"
+
+step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+# PostgreSQL 15 runs the shard replicas; git is used by git-sync's tests; pkg-config and the
+# OpenSSL headers build libgit2's HTTPS transport.
+debian_packages=(postgresql-15 postgresql-contrib git pkg-config libssl-dev ca-certificates)
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing Debian packages: ${missing[*]}"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+export PATH="/usr/lib/postgresql/15/bin:$PATH"
+
+for tool in go cargo; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is not installed; this machine kind ships it" >&2; exit 1; }
+done
+
+step "test control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm)"
+SHARDPLANE_TESTENV_BIN=$(bash "$(dirname "${BASH_SOURCE[0]}")/testenv/build.sh" | tail -n 1)
+export SHARDPLANE_TESTENV_BIN
+export PATH="$SHARDPLANE_TESTENV_BIN:$PATH"

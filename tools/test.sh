@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check and test of the repository, on a fresh machine of this kind too: set-up
+# (Debian packages, the Go-built test control plane), then format check, clippy and all tests.
+# Build caches live in ${SHARDPLANE_CACHE:-~/.cache/shardplane}, outside the clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+source tools/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+step "all checks passed in $(( $(date +%s) - started )) s"
