@@ -4,6 +4,7 @@
 mod binaries;
 mod certificates;
 mod control_plane;
+pub mod demo;
 mod error;
 mod process;
 mod work_dir;
