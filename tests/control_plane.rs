@@ -242,6 +242,61 @@ async fn dump_shows_the_objects_in_the_namespace() {
     assert!(dump.contains("service/dumped"), "{dump}");
 }
 
+#[tokio::test]
+async fn missing_binaries_are_named_with_the_way_to_build_them() {
+    let empty = tempfile::tempdir().unwrap();
+    let error = ControlPlane::start_with_binaries(empty.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&empty.path().display().to_string()),
+        "{error}"
+    );
+    assert!(error.contains("kube-apiserver"), "{error}");
+    assert!(error.contains("tools/testenv/build.sh"), "{error}");
+}
+
+#[tokio::test]
+async fn a_process_that_fails_to_start_is_reported_with_its_log() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let fakes = tempfile::tempdir().unwrap();
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+        "helm",
+    ] {
+        let path = fakes.path().join(name);
+        let script = "#!/bin/sh\necho \"fake $0: flag provided but not defined\" >&2\nexit 3\n";
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let error = ControlPlane::start_with_binaries(fakes.path())
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.starts_with("etcd exited during startup"),
+        "{message}"
+    );
+    assert!(
+        message.contains("flag provided but not defined"),
+        "{message}"
+    );
+    // The log named in the message is kept for reading after a failed start.
+    let log = message
+        .split_once("last lines of ")
+        .and_then(|(_, rest)| rest.split_once(":\n"))
+        .map(|(path, _)| std::path::PathBuf::from(path))
+        .unwrap();
+    let kept = std::fs::read_to_string(&log).unwrap();
+    assert!(kept.contains("flag provided but not defined"), "{kept}");
+    std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
+}
+
 /// Whether process `pid` is running and still the `name` it was (not a zombie, not reused).
 fn is_running(name: &str, pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

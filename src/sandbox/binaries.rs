@@ -40,7 +40,7 @@ impl TestenvBinaries {
     }
 
     /// Checks that `dir` holds every required binary.
-    fn in_dir(dir: PathBuf) -> Result<Self, SandboxError> {
+    pub(crate) fn in_dir(dir: PathBuf) -> Result<Self, SandboxError> {
         let missing: Vec<&str> = REQUIRED
             .into_iter()
             .filter(|name| !dir.join(name).is_file())

@@ -64,7 +64,16 @@ impl ControlPlane {
     /// `tools/testenv/build.sh` puts them. The processes are spawned with `std::process`, so
     /// they keep running after the tokio runtime that called `start` is gone.
     pub async fn start() -> Result<Self, SandboxError> {
-        let binaries = TestenvBinaries::locate()?;
+        Self::start_from(TestenvBinaries::locate()?).await
+    }
+
+    /// Like [`ControlPlane::start`], with the binaries (etcd, kube-apiserver,
+    /// kube-controller-manager, kubectl, helm) taken from `dir`.
+    pub async fn start_with_binaries(dir: impl Into<PathBuf>) -> Result<Self, SandboxError> {
+        Self::start_from(TestenvBinaries::in_dir(dir.into())?).await
+    }
+
+    async fn start_from(binaries: TestenvBinaries) -> Result<Self, SandboxError> {
         WorkDir::remove_stale();
         let mut attempt = 1;
         loop {
@@ -80,13 +89,14 @@ impl ControlPlane {
     async fn start_once(binaries: &TestenvBinaries) -> Result<Self, SandboxError> {
         let work_dir = WorkDir::create()?;
         let certificates = write_certificates(work_dir.path())?;
-        let [
-            etcd_port,
-            etcd_peer_port,
-            apiserver_port,
-            controller_manager_port,
-        ] = free_ports()?;
-        let server_url = format!("https://127.0.0.1:{apiserver_port}");
+        let [etcd, etcd_peer, apiserver, controller_manager] = free_ports()?;
+        let ports = Ports {
+            etcd,
+            etcd_peer,
+            apiserver,
+            controller_manager,
+        };
+        let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
         let kubeconfig = work_dir.path().join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server_url, &certificates)?;
         work_dir.subdir("kube-cache")?;
@@ -101,12 +111,33 @@ impl ControlPlane {
             server_url,
             work_dir,
         };
-        // From here on, an early return drops `control_plane`, which kills what was started.
+        match control_plane.launch(&certificates, ports).await {
+            Ok(()) => Ok(control_plane),
+            Err(error) => {
+                // Dropping `control_plane` kills what was started; its logs stay for reading.
+                control_plane.work_dir.keep();
+                Err(error)
+            }
+        }
+    }
 
+    /// Starts the processes one after the other, each once its dependency is ready.
+    async fn launch(
+        &mut self,
+        certificates: &CertificateFiles,
+        ports: Ports,
+    ) -> Result<(), SandboxError> {
+        let started = Instant::now();
+        let Ports {
+            etcd: etcd_port,
+            etcd_peer: etcd_peer_port,
+            apiserver: apiserver_port,
+            controller_manager: controller_manager_port,
+        } = ports;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
-        let etcd_data = control_plane.work_dir.subdir("etcd")?;
-        control_plane.spawn(
+        let etcd_data = self.work_dir.subdir("etcd")?;
+        self.spawn(
             "etcd",
             vec![
                 "--name=sandbox".into(),
@@ -120,12 +151,12 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        control_plane
-            .wait_until_ready("etcd", || etcd_is_healthy(etcd_port))
+        self.wait_until_ready("etcd", || etcd_is_healthy(etcd_port))
             .await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "etcd is ready");
 
-        let cert_dir = control_plane.work_dir.subdir("kube-apiserver-certs")?;
-        control_plane.spawn(
+        let cert_dir = self.work_dir.subdir("kube-apiserver-certs")?;
+        self.spawn(
             "kube-apiserver",
             vec![
                 format!("--etcd-servers={etcd_url}"),
@@ -150,17 +181,17 @@ impl ControlPlane {
                 flag("cert-dir", &cert_dir),
             ],
         )?;
-        let apiserver = client_for(&control_plane.kubeconfig, None).await?;
-        control_plane
-            .wait_until_ready("kube-apiserver", || endpoint_is_ok(&apiserver, "readyz"))
+        let apiserver = client_for(&self.kubeconfig, None).await?;
+        self.wait_until_ready("kube-apiserver", || endpoint_is_ok(&apiserver, "readyz"))
             .await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "kube-apiserver is ready");
 
-        control_plane.spawn(
+        self.spawn(
             "kube-controller-manager",
             vec![
-                flag("kubeconfig", &control_plane.kubeconfig),
-                flag("authentication-kubeconfig", &control_plane.kubeconfig),
-                flag("authorization-kubeconfig", &control_plane.kubeconfig),
+                flag("kubeconfig", &self.kubeconfig),
+                flag("authentication-kubeconfig", &self.kubeconfig),
+                flag("authorization-kubeconfig", &self.kubeconfig),
                 "--leader-elect=false".into(),
                 format!("--controllers={CONTROLLERS}"),
                 flag(
@@ -176,16 +207,16 @@ impl ControlPlane {
             ],
         )?;
         let controller_manager = client_for(
-            &control_plane.kubeconfig,
+            &self.kubeconfig,
             Some(format!("https://127.0.0.1:{controller_manager_port}")),
         )
         .await?;
-        control_plane
-            .wait_until_ready("kube-controller-manager", || {
-                endpoint_is_ok(&controller_manager, "healthz")
-            })
-            .await?;
-        Ok(control_plane)
+        self.wait_until_ready("kube-controller-manager", || {
+            endpoint_is_ok(&controller_manager, "healthz")
+        })
+        .await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "kube-controller-manager is ready");
+        Ok(())
     }
 
     /// Starts one component; its output goes to `<work dir>/<name>.log`.
@@ -319,6 +350,19 @@ impl Drop for ControlPlane {
             process.kill();
         }
     }
+}
+
+/// The loopback ports of one control plane.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    /// etcd's client port.
+    etcd: u16,
+    /// etcd's peer port: unused by a single member, but it must not collide with others'.
+    etcd_peer: u16,
+    /// kube-apiserver's secure port.
+    apiserver: u16,
+    /// kube-controller-manager's secure port, for its health check.
+    controller_manager: u16,
 }
 
 /// `--name=<path>`.

@@ -1,7 +1,7 @@
 //! The control plane's private folder under the system temp directory: certificates,
 //! kubeconfig, etcd data, helm state and one log per process. Removed when the control plane
-//! drops; folders left by processes that exited without dropping theirs (a control plane in a
-//! `static`) are removed by the next start.
+//! drops (kept after a failed start, for its logs); folders of processes that exited without
+//! dropping theirs (a control plane in a `static`) are removed by the next start.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ const PREFIX: &str = "shardplane-sandbox-";
 #[derive(Debug)]
 pub(crate) struct WorkDir {
     path: PathBuf,
+    keep: bool,
 }
 
 impl WorkDir {
@@ -39,7 +40,7 @@ impl WorkDir {
                 path: path.clone(),
                 source,
             })?;
-        Ok(WorkDir { path })
+        Ok(WorkDir { path, keep: false })
     }
 
     /// The directory's path.
@@ -50,11 +51,21 @@ impl WorkDir {
     /// Creates a subdirectory and returns its path.
     pub(crate) fn subdir(&self, name: &str) -> Result<PathBuf, SandboxError> {
         let path = self.path.join(name);
-        std::fs::create_dir_all(&path).map_err(|source| SandboxError::WorkDir {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| SandboxError::WorkDir {
+                path: path.clone(),
+                source,
+            })?;
         Ok(path)
+    }
+
+    /// Keeps the directory when this value drops, so that the logs of a failed start can be
+    /// read; [`WorkDir::remove_stale`] removes it once this process has exited.
+    pub(crate) fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// Removes work directories whose owning process no longer runs. Best-effort: a folder
@@ -82,6 +93,8 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
