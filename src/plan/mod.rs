@@ -1,0 +1,45 @@
+//! The pure planning core: every decision as a function from observed state to a plan.
+//! No I/O, no async, no clock reads; nothing here imports kube.
+//!
+//! Inputs are plain domain types ([`Topology`], [`Node`], [`Shard`], [`KeyRange`]); outputs
+//! are hashed [`Plan`]s of ordered, explained steps. See `docs/planning.md` for the design.
+
+mod cluster;
+mod drain;
+mod error;
+mod failover;
+mod hash;
+mod keyspace;
+mod moves;
+mod placement;
+mod rebalance;
+mod reshard;
+mod rollout;
+mod simulate;
+mod steps;
+mod topology;
+
+#[cfg(test)]
+mod testkit;
+
+pub use drain::{DrainGoal, plan_drain};
+pub use error::PlanError;
+pub use failover::{
+    Candidate, FailoverDecision, FailoverPlan, FailoverPolicy, Rejection, plan_failover,
+};
+pub use keyspace::{
+    KEYSPACE_END, KEYSPACE_START, KeyRange, KeyRangeError, TilingError, TilingProblem,
+    WireKeyRange, check_tiling, check_tiling_of,
+};
+pub use placement::{SpreadLimits, plan_placement, spread_limits};
+pub use rebalance::{
+    Imbalance, RebalancePlan, RebalancePolicy, RebalanceReport, measure_imbalance, plan_rebalance,
+};
+pub use reshard::{NewShard, ReshardRequest, plan_reshard};
+pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};
+pub use simulate::apply_plan;
+pub use steps::{
+    BlockReason, Blocker, ConcurrencyLimits, Operation, PlacementRejection, Plan, PlanKind,
+    RiskClass, Step, StepAction, TargetShard,
+};
+pub use topology::{Node, NodePhase, Replica, ReplicaRole, Shard, ShardPlacement, Topology};
