@@ -1,0 +1,895 @@
+//! The Helm chart `charts/shardplane`: its values schema refuses unknown keys, the RBAC it
+//! renders is least-privilege without wildcards, and an install on a real API server creates
+//! the identities, the operator and Established CRDs, grants exactly the intended rights
+//! (checked with `kubectl auth can-i`), and is removed again by `helm uninstall`.
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+use serde_yaml::Value;
+use support::{TestEnv, control_plane, eventually, test_env};
+
+/// The chart, by absolute path so that helm finds it whatever the working directory.
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/shardplane");
+
+/// How long the API server may take to establish CRDs, update its RBAC cache, or (with
+/// kube-controller-manager) collect garbage.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Values that turn on everything optional, so that every template renders.
+const EVERYTHING_ON: [&str; 6] = [
+    "--set",
+    "gitSync.enabled=true",
+    "--set",
+    "gitSync.repository=https://git.example.com/databases.git",
+    "--set",
+    "gitSync.credentialsSecret=git-credentials",
+];
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// stdout and stderr of a finished command, for assertion messages.
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs helm (no namespace needed) and returns its output.
+async fn helm(args: &[&str]) -> Output {
+    control_plane()
+        .await
+        .helm(args)
+        .await
+        .unwrap_or_else(|error| panic!("cannot run helm: {error}"))
+}
+
+/// `helm template <release> <chart> --namespace shardplane-system <extra>`, parsed into
+/// one YAML value per object.
+async fn render(release: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        "shardplane-system",
+    ];
+    args.extend_from_slice(extra);
+    let output = helm(&args).await;
+    assert!(
+        output.status.success(),
+        "helm template: {}",
+        describe(&output)
+    );
+    let text = String::from_utf8(output.stdout).expect("helm template prints UTF-8");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| {
+            serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|error| panic!("helm template printed invalid YAML: {error}"))
+        })
+        .filter(|object: &Value| !object.is_null())
+        .collect()
+}
+
+fn kind(object: &Value) -> &str {
+    object["kind"].as_str().unwrap_or_default()
+}
+
+fn name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// The rendered object of `kind` named `name`; panics with the names present if missing.
+fn find<'a>(objects: &'a [Value], wanted_kind: &str, wanted_name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| kind(object) == wanted_kind && name(object) == wanted_name)
+        .unwrap_or_else(|| {
+            let present: Vec<String> = objects
+                .iter()
+                .map(|object| format!("{}/{}", kind(object), name(object)))
+                .collect();
+            panic!("no {wanted_kind}/{wanted_name} rendered; rendered: {present:?}")
+        })
+}
+
+/// One RBAC rule, as rendered.
+#[derive(Debug)]
+struct Rule {
+    api_groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    resource_names: Vec<String>,
+}
+
+fn string_list(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .unwrap_or_else(|| panic!("non-string in an RBAC rule: {item:?}"))
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules of a rendered Role or ClusterRole.
+fn rules(role: &Value) -> Vec<Rule> {
+    role["rules"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{} has no rules", name(role)))
+        .iter()
+        .map(|rule| {
+            assert!(
+                rule.get("nonResourceURLs").is_none(),
+                "{} grants non-resource URLs: {rule:?}",
+                name(role)
+            );
+            Rule {
+                api_groups: string_list(&rule["apiGroups"]),
+                resources: string_list(&rule["resources"]),
+                verbs: string_list(&rule["verbs"]),
+                resource_names: string_list(&rule["resourceNames"]),
+            }
+        })
+        .collect()
+}
+
+/// Whether `rules` allow `verb` on every object of `resource` (e.g. "shards" or
+/// "shards/status") in `group`. Rules limited to named objects do not count.
+fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
+    rules.iter().any(|rule| {
+        rule.resource_names.is_empty()
+            && rule.api_groups.iter().any(|g| g == group || g == "*")
+            && rule.resources.iter().any(|r| r == resource || r == "*")
+            && rule.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+/// Installs the chart as `release` into the test's namespace without `--wait`: there is no
+/// kubelet, so pods never run; the objects are what is under test.
+async fn install(env: &TestEnv, release: &str, extra: &[&str]) {
+    let mut args = vec!["install", release, CHART];
+    args.extend_from_slice(extra);
+    let output = env.helm(&args).await;
+    assert!(
+        output.status.success(),
+        "helm install: {}",
+        describe(&output)
+    );
+}
+
+/// `kubectl auth can-i <args>` as a ServiceAccount of the test's namespace.
+async fn can_i(env: &TestEnv, service_account: &str, args: &[&str]) -> bool {
+    let impersonate = format!(
+        "--as=system:serviceaccount:{}:{service_account}",
+        env.namespace
+    );
+    let mut full = vec!["auth", "can-i"];
+    full.extend_from_slice(args);
+    full.push(&impersonate);
+    let output = env.kubectl(&full).await;
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl auth can-i {args:?}: {}", describe(&output)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lint and values schema
+
+#[tokio::test]
+async fn lint_strict_passes_with_default_and_optional_values() {
+    let default = helm(&["lint", "--strict", CHART]).await;
+    assert!(
+        default.status.success(),
+        "helm lint: {}",
+        describe(&default)
+    );
+
+    let mut args = vec!["lint", "--strict", CHART];
+    args.extend_from_slice(&EVERYTHING_ON);
+    args.extend_from_slice(&["--set", "operator.watchNamespaces={team-a,team-b}"]);
+    let everything = helm(&args).await;
+    assert!(
+        everything.status.success(),
+        "helm lint with optional values: {}",
+        describe(&everything)
+    );
+}
+
+#[tokio::test]
+async fn lint_rejects_unknown_values_and_names_them() {
+    for (set, location) in [
+        ("bogus=1", "at '':"),
+        ("operator.bogus=1", "at '/operator':"),
+        ("operator.service.bogus=1", "at '/operator/service':"),
+        ("gitSync.bogus=1", "at '/gitSync':"),
+        ("image.bogus=1", "at '/image':"),
+    ] {
+        let output = helm(&["lint", "--strict", CHART, "--set", set]).await;
+        let text = describe(&output);
+        assert!(!output.status.success(), "--set {set} was accepted: {text}");
+        assert!(
+            text.contains(location) && text.contains("additional properties 'bogus' not allowed"),
+            "--set {set}: the error should name the key 'bogus' {location}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn values_of_the_wrong_type_or_missing_are_refused() {
+    for (set, expected) in [
+        ("operator.replicas=two", "/operator/replicas"),
+        ("operator.replicas=0", "/operator/replicas"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        (
+            "operator.watchNamespaces={Not_A_Namespace}",
+            "/operator/watchNamespaces/0",
+        ),
+        // Enabled without a repository: git-sync would have nothing to follow.
+        ("gitSync.enabled=true", "/gitSync/repository"),
+    ] {
+        let output = helm(&["template", "r", CHART, "--set", set]).await;
+        let text = describe(&output);
+        assert!(!output.status.success(), "--set {set} was accepted: {text}");
+        assert!(
+            text.contains(expected),
+            "--set {set} should name {expected}: {text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendered manifests
+
+#[tokio::test]
+async fn rendered_rbac_has_no_wildcards() {
+    let scoped = ["--set", "operator.watchNamespaces={team-a,team-b}"];
+    for extra in [&[][..], &EVERYTHING_ON[..], &scoped[..]] {
+        let objects = render("wild", extra).await;
+        let roles: Vec<&Value> = objects
+            .iter()
+            .filter(|object| matches!(kind(object), "Role" | "ClusterRole"))
+            .collect();
+        assert!(
+            roles.len() >= 2,
+            "expected the operator's and the agent's roles with {extra:?}, got {}",
+            roles.len()
+        );
+        for role in roles {
+            assert!(
+                role.get("aggregationRule").is_none(),
+                "{} aggregates other roles",
+                name(role)
+            );
+            for rule in rules(role) {
+                assert!(
+                    !rule.verbs.is_empty() && !rule.resources.is_empty(),
+                    "{}: rule without verbs or resources: {rule:?}",
+                    name(role)
+                );
+                for field in [
+                    &rule.api_groups,
+                    &rule.resources,
+                    &rule.verbs,
+                    &rule.resource_names,
+                ] {
+                    assert!(
+                        field.iter().all(|entry| !entry.contains('*')),
+                        "{} ({extra:?}) has a wildcard: {rule:?}",
+                        name(role)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
+    let objects = render("least", &EVERYTHING_ON).await;
+
+    let agent = rules(find(&objects, "Role", "least-shardplane-agent"));
+    for resource in ["shards", "tables", "plans"] {
+        for verb in ["create", "delete", "deletecollection"] {
+            assert!(
+                !allows(&agent, "shardplane.io", resource, verb),
+                "the agent may {verb} {resource}"
+            );
+        }
+    }
+    for verb in ["update", "patch"] {
+        for resource in ["plans", "plans/status", "shards", "tables"] {
+            assert!(
+                !allows(&agent, "shardplane.io", resource, verb),
+                "the agent may {verb} {resource}"
+            );
+        }
+    }
+    assert!(
+        !allows(&agent, "", "secrets", "list"),
+        "the agent may enumerate Secrets"
+    );
+    // What it needs, so that the checks above are not vacuous.
+    assert!(allows(
+        &agent,
+        "shardplane.io",
+        "databasenodes/status",
+        "patch"
+    ));
+    assert!(allows(&agent, "shardplane.io", "shards/status", "patch"));
+    assert!(allows(&agent, "shardplane.io", "databasenodes", "create"));
+    assert!(allows(&agent, "coordination.k8s.io", "leases", "update"));
+
+    let git_sync = rules(find(&objects, "Role", "least-shardplane-git-sync"));
+    assert!(
+        git_sync
+            .iter()
+            .flat_map(|rule| &rule.resources)
+            .all(|resource| !resource.contains('/')),
+        "git-sync writes specs only, no subresources: {git_sync:?}"
+    );
+    assert!(!allows(&git_sync, "", "secrets", "get"));
+    assert!(!allows(&git_sync, "shardplane.io", "plans", "patch"));
+    assert!(!allows(
+        &git_sync,
+        "shardplane.io",
+        "schemaversions",
+        "create"
+    ));
+    assert!(allows(&git_sync, "shardplane.io", "shards", "delete"));
+    let credentials = rules(find(
+        &objects,
+        "Role",
+        "least-shardplane-git-sync-credentials",
+    ));
+    assert!(
+        credentials.len() == 1
+            && credentials[0].resource_names == ["git-credentials"]
+            && credentials[0].verbs == ["get"],
+        "git-sync may read only its credentials Secret: {credentials:?}"
+    );
+}
+
+#[tokio::test]
+async fn operator_is_cluster_wide_by_default_and_namespaced_when_scoped() {
+    let cluster_wide = render("wide", &[]).await;
+    let cluster_scoped: Vec<String> = cluster_wide
+        .iter()
+        .filter(|object| matches!(kind(object), "ClusterRole" | "ClusterRoleBinding"))
+        .map(|object| format!("{}/{}", kind(object), name(object)))
+        .collect();
+    assert_eq!(
+        cluster_scoped,
+        [
+            "ClusterRole/wide-shardplane-operator",
+            "ClusterRoleBinding/wide-shardplane-operator"
+        ],
+        "only the operator is granted rights cluster-wide"
+    );
+
+    let scoped = render(
+        "narrow",
+        &["--set", "operator.watchNamespaces={team-a,team-b}"],
+    )
+    .await;
+    assert!(
+        scoped
+            .iter()
+            .all(|object| !kind(object).starts_with("Cluster")),
+        "a scoped operator needs nothing cluster-scoped"
+    );
+    let operator_roles: Vec<(&str, &str)> = scoped
+        .iter()
+        .filter(|object| kind(object) == "Role" && name(object).contains("operator"))
+        .map(|object| {
+            (
+                object["metadata"]["namespace"].as_str().unwrap_or_default(),
+                name(object),
+            )
+        })
+        .collect();
+    assert_eq!(
+        operator_roles,
+        [
+            ("team-a", "narrow-shardplane-operator"),
+            ("team-b", "narrow-shardplane-operator"),
+            (
+                "shardplane-system",
+                "narrow-shardplane-operator-leader-election"
+            ),
+        ]
+    );
+    let deployment = find(&scoped, "Deployment", "narrow-shardplane-operator");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_sequence().is_some_and(|vars| vars.iter().any(|var| {
+            var["name"] == "SHARDPLANE_WATCH_NAMESPACES" && var["value"] == "team-a,team-b"
+        })),
+        "the operator is told which namespaces to watch: {env:?}"
+    );
+}
+
+#[tokio::test]
+async fn object_names_are_prefixed_with_the_release_name() {
+    let alpha = render("alpha", &EVERYTHING_ON).await;
+    let beta = render("beta", &EVERYTHING_ON).await;
+    for (release, objects) in [("alpha", &alpha), ("beta", &beta)] {
+        for object in objects.iter() {
+            assert!(
+                name(object).starts_with(&format!("{release}-")),
+                "{}/{} is not prefixed with the release name {release}",
+                kind(object),
+                name(object)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn operator_deployment_is_hardened_and_probed() {
+    let objects = render("hard", &[]).await;
+    let deployment = find(&objects, "Deployment", "hard-shardplane-operator");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "hard-shardplane-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let anti_affinity =
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        anti_affinity["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        anti_affinity["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"],
+        "the anti-affinity must select the operator's own pods"
+    );
+
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["command"],
+        serde_yaml::to_value(["shardplane", "operator"]).unwrap()
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        security["capabilities"]["drop"],
+        serde_yaml::to_value(["ALL"]).unwrap()
+    );
+    assert_eq!(container["ports"][0]["name"], "metrics");
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    for bound in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                !container["resources"][bound][resource].is_null(),
+                "no {bound}.{resource}"
+            );
+        }
+    }
+    assert_eq!(
+        container["image"], "ghcr.io/shardplane/shardplane:0.1.0",
+        "the image tag defaults to the appVersion"
+    );
+
+    // Optional parts stay off by default: no git-sync, no agent workload.
+    for object in &objects {
+        assert!(
+            !name(object).contains("git-sync"),
+            "git-sync rendered by default: {}/{}",
+            kind(object),
+            name(object)
+        );
+        assert!(
+            !matches!(kind(object), "DaemonSet" | "StatefulSet"),
+            "an agent workload rendered by default: {}",
+            name(object)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Against the API server
+
+#[tokio::test]
+async fn install_creates_identities_rbac_operator_service_and_established_crds() {
+    let env = test_env().await;
+    install(&env, "inst", &EVERYTHING_ON).await;
+    let ns = env.namespace.as_str();
+
+    let service_accounts: Api<ServiceAccount> = env.api();
+    for component in ["operator", "agent", "git-sync"] {
+        let wanted = format!("inst-shardplane-{component}");
+        service_accounts
+            .get(&wanted)
+            .await
+            .unwrap_or_else(|error| panic!("ServiceAccount {wanted}: {error}"));
+    }
+
+    let roles: Api<Role> = env.api();
+    let bindings: Api<RoleBinding> = env.api();
+    for (role, service_account) in [
+        ("inst-shardplane-agent", "inst-shardplane-agent"),
+        ("inst-shardplane-git-sync", "inst-shardplane-git-sync"),
+        (
+            "inst-shardplane-git-sync-credentials",
+            "inst-shardplane-git-sync",
+        ),
+    ] {
+        let made = roles
+            .get(role)
+            .await
+            .unwrap_or_else(|error| panic!("Role {role}: {error}"));
+        assert!(
+            made.rules.is_some_and(|rules| !rules.is_empty()),
+            "{role} has no rules"
+        );
+        let binding = bindings
+            .get(role)
+            .await
+            .unwrap_or_else(|error| panic!("RoleBinding {role}: {error}"));
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("Role", role)
+        );
+        let subjects = binding.subjects.unwrap_or_default();
+        assert!(
+            subjects.len() == 1
+                && subjects[0].kind == "ServiceAccount"
+                && subjects[0].name == service_account
+                && subjects[0].namespace.as_deref() == Some(ns),
+            "RoleBinding {role} binds {subjects:?}"
+        );
+    }
+    let cluster_role = Api::<ClusterRole>::all(env.client.clone())
+        .get("inst-shardplane-operator")
+        .await
+        .expect("the operator's ClusterRole");
+    assert!(cluster_role.rules.is_some_and(|rules| rules.len() >= 5));
+    let cluster_binding = Api::<ClusterRoleBinding>::all(env.client.clone())
+        .get("inst-shardplane-operator")
+        .await
+        .expect("the operator's ClusterRoleBinding");
+    assert_eq!(cluster_binding.role_ref.name, "inst-shardplane-operator");
+    let subjects = cluster_binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "inst-shardplane-operator");
+    assert_eq!(subjects[0].namespace.as_deref(), Some(ns));
+
+    let deployment = env
+        .api::<Deployment>()
+        .get("inst-shardplane-operator")
+        .await
+        .expect("the operator Deployment");
+    let spec = deployment.spec.expect("a Deployment has a spec");
+    assert_eq!(spec.replicas, Some(2));
+    let pod_labels = spec
+        .template
+        .metadata
+        .and_then(|meta| meta.labels)
+        .unwrap_or_default();
+    env.api::<Deployment>()
+        .get("inst-shardplane-git-sync")
+        .await
+        .expect("the git-sync Deployment, enabled for this install");
+
+    let service = env
+        .api::<Service>()
+        .get("inst-shardplane-operator-metrics")
+        .await
+        .expect("the metrics Service");
+    let service_spec = service.spec.expect("a Service has a spec");
+    let ports = service_spec.ports.unwrap_or_default();
+    assert!(
+        ports.len() == 1 && ports[0].port == 9090 && ports[0].name.as_deref() == Some("metrics"),
+        "metrics Service ports: {ports:?}"
+    );
+    let selector = service_spec.selector.unwrap_or_default();
+    assert!(
+        !selector.is_empty()
+            && selector
+                .iter()
+                .all(|(key, value)| pod_labels.get(key) == Some(value)),
+        "the metrics Service selector {selector:?} must match the operator pods {pod_labels:?}"
+    );
+
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    for crd in shardplane::api::crds() {
+        let crd_name = crd.metadata.name.expect("a CRD has a name");
+        let established = eventually(SETTLE_TIMEOUT, || {
+            let crds = crds.clone();
+            let crd_name = crd_name.clone();
+            async move {
+                crds.get(&crd_name).await.is_ok_and(|crd| {
+                    crd.status
+                        .and_then(|status| status.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|condition| {
+                            condition.type_ == "Established" && condition.status == "True"
+                        })
+                })
+            }
+        })
+        .await;
+        assert!(established, "CRD {crd_name} is not Established");
+    }
+}
+
+#[tokio::test]
+async fn service_accounts_get_exactly_their_rights() {
+    let env = test_env().await;
+    install(&env, "authz", &EVERYTHING_ON).await;
+    let ns = env.namespace.as_str();
+    let agent = "authz-shardplane-agent";
+    let git_sync = "authz-shardplane-git-sync";
+    let operator = "authz-shardplane-operator";
+
+    // The RBAC authorizer learns of new bindings through a watch; give it a moment.
+    let ready = eventually(SETTLE_TIMEOUT, || {
+        can_i(
+            &env,
+            agent,
+            &[
+                "patch",
+                "databasenodes.shardplane.io",
+                "--subresource=status",
+            ],
+        )
+    })
+    .await;
+    assert!(ready, "the agent cannot patch databasenodes/status");
+
+    let expectations: [(&str, &[&str], bool); 22] = [
+        (
+            agent,
+            &["patch", "shards.shardplane.io", "--subresource=status"],
+            true,
+        ),
+        (agent, &["create", "databasenodes.shardplane.io"], true),
+        (agent, &["watch", "schemaversions.shardplane.io"], true),
+        (agent, &["update", "leases.coordination.k8s.io"], true),
+        (agent, &["get", "secrets"], true),
+        (agent, &["list", "secrets"], false),
+        (agent, &["get", "secrets", "--namespace=default"], false),
+        (agent, &["delete", "shards.shardplane.io"], false),
+        (agent, &["create", "shards.shardplane.io"], false),
+        (agent, &["patch", "shards.shardplane.io"], false),
+        (agent, &["delete", "tables.shardplane.io"], false),
+        (agent, &["create", "plans.shardplane.io"], false),
+        (agent, &["patch", "plans.shardplane.io"], false),
+        (
+            agent,
+            &["list", "databasenodes.shardplane.io", "--all-namespaces"],
+            false,
+        ),
+        (git_sync, &["patch", "shards.shardplane.io"], true),
+        (git_sync, &["delete", "tables.shardplane.io"], true),
+        (git_sync, &["get", "secrets/git-credentials"], true),
+        (
+            git_sync,
+            &["patch", "shards.shardplane.io", "--subresource=status"],
+            false,
+        ),
+        (git_sync, &["get", "secrets/another-secret"], false),
+        (git_sync, &["create", "plans.shardplane.io"], false),
+        (
+            operator,
+            &[
+                "patch",
+                "plans.shardplane.io",
+                "--subresource=status",
+                "--all-namespaces",
+            ],
+            true,
+        ),
+        (operator, &["create", "deployments.apps"], false),
+    ];
+    let mut wrong = Vec::new();
+    for (service_account, args, expected) in expectations {
+        if can_i(&env, service_account, args).await != expected {
+            wrong.push(format!("{service_account} {args:?}: expected {expected}"));
+        }
+    }
+    for (args, expected) in [
+        (
+            &["list", "shards.shardplane.io", "--all-namespaces"][..],
+            true,
+        ),
+        (
+            &[
+                "update",
+                "shards.shardplane.io",
+                "--subresource=finalizers",
+                "--namespace=default",
+            ][..],
+            true,
+        ),
+        (&["create", "leases.coordination.k8s.io"][..], true),
+        (&["delete", "secrets"][..], false),
+        (
+            &["create", "customresourcedefinitions.apiextensions.k8s.io"][..],
+            false,
+        ),
+    ] {
+        if can_i(&env, operator, args).await != expected {
+            wrong.push(format!("{operator} {args:?}: expected {expected}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "in namespace {ns}, wrong rights:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn scoped_operator_has_no_rights_outside_its_namespaces() {
+    let release_env = test_env().await;
+    let watched = test_env().await;
+    let set = format!("operator.watchNamespaces={{{}}}", watched.namespace);
+    install(&release_env, "scoped", &["--set", &set]).await;
+    let operator = "scoped-shardplane-operator";
+    let in_watched = format!("--namespace={}", watched.namespace);
+
+    let patch_watched_shards = ["patch", "shards.shardplane.io", in_watched.as_str()];
+    let ready = eventually(SETTLE_TIMEOUT, || {
+        can_i(&release_env, operator, &patch_watched_shards)
+    })
+    .await;
+    assert!(
+        ready,
+        "the scoped operator cannot patch shards in its watched namespace"
+    );
+    // Leader election in its own namespace, nothing else there.
+    assert!(
+        can_i(
+            &release_env,
+            operator,
+            &["update", "leases.coordination.k8s.io"]
+        )
+        .await
+    );
+    assert!(!can_i(&release_env, operator, &["list", "shards.shardplane.io"]).await);
+    assert!(!can_i(&release_env, operator, &["get", "secrets"]).await);
+    assert!(
+        !can_i(
+            &release_env,
+            operator,
+            &["list", "shards.shardplane.io", "--all-namespaces"]
+        )
+        .await
+    );
+    assert!(
+        !can_i(
+            &release_env,
+            operator,
+            &["get", "secrets", "--namespace=default"]
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn uninstall_removes_the_release_and_keeps_the_crds() {
+    let env = test_env().await;
+    install(&env, "gone", &[]).await;
+    let deployments: Api<Deployment> = env.api();
+    let deployment = deployments
+        .get("gone-shardplane-operator")
+        .await
+        .expect("the operator Deployment");
+
+    // In a cluster the Deployment owns ReplicaSets; there is no deployment controller here,
+    // so make one as it would, and check that uninstalling leaves it to the garbage collector.
+    let replica_set: ReplicaSet = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "gone-shardplane-operator-1",
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": deployment.metadata.name,
+                "uid": deployment.metadata.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "replicas": 0,
+            "selector": deployment.spec.as_ref().map(|spec| &spec.selector),
+            "template": deployment.spec.as_ref().map(|spec| &spec.template),
+        },
+    }))
+    .expect("a valid ReplicaSet");
+    env.api::<ReplicaSet>()
+        .create(&PostParams::default(), &replica_set)
+        .await
+        .expect("create the operator's ReplicaSet");
+
+    let output = env.helm(["uninstall", "gone"]).await;
+    assert!(
+        output.status.success(),
+        "helm uninstall: {}",
+        describe(&output)
+    );
+
+    let gone = eventually(SETTLE_TIMEOUT, || async {
+        deployments
+            .get_opt("gone-shardplane-operator")
+            .await
+            .is_ok_and(|d| d.is_none())
+            && env
+                .api::<ReplicaSet>()
+                .get_opt("gone-shardplane-operator-1")
+                .await
+                .is_ok_and(|r| r.is_none())
+    })
+    .await;
+    assert!(
+        gone,
+        "the operator Deployment or its ReplicaSet outlived helm uninstall"
+    );
+    for component in ["operator", "agent"] {
+        let left = env
+            .api::<ServiceAccount>()
+            .get_opt(&format!("gone-shardplane-{component}"))
+            .await
+            .expect("get ServiceAccount");
+        assert!(
+            left.is_none(),
+            "ServiceAccount of the {component} outlived helm uninstall"
+        );
+    }
+    let cluster_role = Api::<ClusterRole>::all(env.client.clone())
+        .get_opt("gone-shardplane-operator")
+        .await
+        .expect("get ClusterRole");
+    assert!(
+        cluster_role.is_none(),
+        "the operator's ClusterRole outlived helm uninstall"
+    );
+    let output = env.helm(["list", "--short"]).await;
+    assert!(
+        output.status.success() && output.stdout.trim_ascii().is_empty(),
+        "releases left: {}",
+        describe(&output)
+    );
+
+    // Helm never deletes CRDs: doing so would delete every Shard and Table in the cluster.
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    for crd in shardplane::api::crds() {
+        let crd_name = crd.metadata.name.expect("a CRD has a name");
+        assert!(
+            crds.get_opt(&crd_name).await.expect("get CRD").is_some(),
+            "CRD {crd_name} was deleted by helm uninstall"
+        );
+    }
+}
