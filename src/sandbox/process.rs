@@ -20,6 +20,7 @@ const TAIL_LINES: usize = 40;
 #[derive(Debug)]
 pub(crate) struct ManagedProcess {
     name: &'static str,
+    binary: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -49,7 +50,12 @@ impl ManagedProcess {
             .stdout(file)
             .stderr(stderr);
         let child = spawn_tied_to_this_process(command).map_err(spawn_error)?;
-        Ok(ManagedProcess { name, child, log })
+        Ok(ManagedProcess {
+            name,
+            binary: binary.to_path_buf(),
+            child,
+            log,
+        })
     }
 
     /// The component's name, which is also its binary's name.
@@ -74,7 +80,7 @@ impl ManagedProcess {
             }),
             Err(source) => Err(SandboxError::Spawn {
                 process: self.name,
-                binary: PathBuf::from(self.name),
+                binary: self.binary.clone(),
                 source,
             }),
         }
