@@ -5,6 +5,7 @@
 pub mod condition;
 pub mod database_cluster;
 pub mod database_node;
+pub mod git_sync;
 pub mod plan;
 pub mod schema_version;
 pub mod shard;
@@ -16,6 +17,7 @@ use kube::CustomResourceExt;
 pub use condition::{Condition, ConditionStatus};
 pub use database_cluster::{DatabaseCluster, DatabaseClusterSpec, DatabaseClusterStatus};
 pub use database_node::{DatabaseNode, DatabaseNodeSpec, DatabaseNodeStatus, NodePhase};
+pub use git_sync::{GitSync, GitSyncSpec, GitSyncStatus};
 pub use plan::{Plan, PlanSpec, PlanStatus};
 pub use schema_version::{SchemaVersion, SchemaVersionSpec, SchemaVersionStatus};
 pub use shard::{Shard, ShardSpec, ShardStatus};
@@ -37,6 +39,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Shard::crd(),
         SchemaVersion::crd(),
         Plan::crd(),
+        GitSync::crd(),
     ]
 }
 
