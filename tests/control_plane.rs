@@ -91,6 +91,24 @@ async fn another_test_gets_another_namespace_on_the_same_control_plane() {
     check_own_namespace().await;
 }
 
+#[tokio::test]
+async fn dropping_a_test_env_deletes_its_namespace() {
+    let env = test_env().await;
+    let namespaces = Api::<Namespace>::all(env.client.clone());
+    let inner = test_env().await;
+    let name = inner.namespace.clone();
+    assert!(namespaces.get_opt(&name).await.unwrap().is_some());
+    drop(inner);
+    // The drop asks for deletion without waiting: the namespace is terminating or gone.
+    let namespace = namespaces.get_opt(&name).await.unwrap();
+    assert!(
+        namespace
+            .as_ref()
+            .is_none_or(|namespace| namespace.metadata.deletion_timestamp.is_some()),
+        "namespace {name} is neither gone nor terminating: {namespace:?}"
+    );
+}
+
 fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
