@@ -193,6 +193,31 @@ async fn can_i(env: &TestEnv, service_account: &str, args: &[&str]) -> bool {
     }
 }
 
+/// How long a right that should be granted may take to show: the RBAC authorizer learns of
+/// new bindings through a watch.
+const RBAC_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks `(service account, kubectl auth can-i arguments, expected answer)` and describes
+/// each that is wrong. A right that should be granted is polled for (a lagging cache can only
+/// say "no"); one that should be refused is asked once.
+async fn wrong_rights(env: &TestEnv, expectations: &[(&str, &[&str], bool)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for &(service_account, args, expected) in expectations {
+        let answer = if expected {
+            eventually(RBAC_SETTLE_TIMEOUT, || can_i(env, service_account, args)).await
+        } else {
+            can_i(env, service_account, args).await
+        };
+        if answer != expected {
+            wrong.push(format!(
+                "{service_account} {args:?}: expected {}",
+                if expected { "yes" } else { "no" }
+            ));
+        }
+    }
+    wrong
+}
+
 // ---------------------------------------------------------------------------------------
 // Lint and values schema
 
@@ -648,105 +673,94 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
 async fn service_accounts_get_exactly_their_rights() {
     let env = test_env().await;
     install(&env, "authz", &EVERYTHING_ON).await;
-    let ns = env.namespace.as_str();
     let agent = "authz-shardplane-agent";
     let git_sync = "authz-shardplane-git-sync";
     let operator = "authz-shardplane-operator";
-
-    // The RBAC authorizer learns of new bindings through a watch; give it a moment.
-    let ready = eventually(SETTLE_TIMEOUT, || {
-        can_i(
-            &env,
-            agent,
-            &[
-                "patch",
-                "databasenodes.shardplane.io",
-                "--subresource=status",
-            ],
-        )
-    })
+    let wrong = wrong_rights(
+        &env,
+        &[
+            (
+                agent,
+                &[
+                    "patch",
+                    "databasenodes.shardplane.io",
+                    "--subresource=status",
+                ],
+                true,
+            ),
+            (
+                agent,
+                &["patch", "shards.shardplane.io", "--subresource=status"],
+                true,
+            ),
+            (agent, &["create", "databasenodes.shardplane.io"], true),
+            (agent, &["watch", "schemaversions.shardplane.io"], true),
+            (agent, &["update", "leases.coordination.k8s.io"], true),
+            (agent, &["get", "secrets"], true),
+            (agent, &["list", "secrets"], false),
+            (agent, &["get", "secrets", "--namespace=default"], false),
+            (agent, &["delete", "shards.shardplane.io"], false),
+            (agent, &["create", "shards.shardplane.io"], false),
+            (agent, &["patch", "shards.shardplane.io"], false),
+            (agent, &["delete", "tables.shardplane.io"], false),
+            (agent, &["create", "plans.shardplane.io"], false),
+            (agent, &["patch", "plans.shardplane.io"], false),
+            (
+                agent,
+                &["list", "databasenodes.shardplane.io", "--all-namespaces"],
+                false,
+            ),
+            (git_sync, &["patch", "shards.shardplane.io"], true),
+            (git_sync, &["delete", "tables.shardplane.io"], true),
+            (git_sync, &["get", "secrets/git-credentials"], true),
+            (
+                git_sync,
+                &["patch", "shards.shardplane.io", "--subresource=status"],
+                false,
+            ),
+            (git_sync, &["get", "secrets/another-secret"], false),
+            (git_sync, &["create", "plans.shardplane.io"], false),
+            (git_sync, &["create", "schemaversions.shardplane.io"], false),
+            (
+                operator,
+                &["list", "shards.shardplane.io", "--all-namespaces"],
+                true,
+            ),
+            (
+                operator,
+                &[
+                    "patch",
+                    "plans.shardplane.io",
+                    "--subresource=status",
+                    "--all-namespaces",
+                ],
+                true,
+            ),
+            (
+                operator,
+                &[
+                    "update",
+                    "shards.shardplane.io",
+                    "--subresource=finalizers",
+                    "--namespace=default",
+                ],
+                true,
+            ),
+            (operator, &["create", "leases.coordination.k8s.io"], true),
+            (operator, &["delete", "secrets"], false),
+            (operator, &["create", "deployments.apps"], false),
+            (
+                operator,
+                &["create", "customresourcedefinitions.apiextensions.k8s.io"],
+                false,
+            ),
+        ],
+    )
     .await;
-    assert!(ready, "the agent cannot patch databasenodes/status");
-
-    let expectations: [(&str, &[&str], bool); 22] = [
-        (
-            agent,
-            &["patch", "shards.shardplane.io", "--subresource=status"],
-            true,
-        ),
-        (agent, &["create", "databasenodes.shardplane.io"], true),
-        (agent, &["watch", "schemaversions.shardplane.io"], true),
-        (agent, &["update", "leases.coordination.k8s.io"], true),
-        (agent, &["get", "secrets"], true),
-        (agent, &["list", "secrets"], false),
-        (agent, &["get", "secrets", "--namespace=default"], false),
-        (agent, &["delete", "shards.shardplane.io"], false),
-        (agent, &["create", "shards.shardplane.io"], false),
-        (agent, &["patch", "shards.shardplane.io"], false),
-        (agent, &["delete", "tables.shardplane.io"], false),
-        (agent, &["create", "plans.shardplane.io"], false),
-        (agent, &["patch", "plans.shardplane.io"], false),
-        (
-            agent,
-            &["list", "databasenodes.shardplane.io", "--all-namespaces"],
-            false,
-        ),
-        (git_sync, &["patch", "shards.shardplane.io"], true),
-        (git_sync, &["delete", "tables.shardplane.io"], true),
-        (git_sync, &["get", "secrets/git-credentials"], true),
-        (
-            git_sync,
-            &["patch", "shards.shardplane.io", "--subresource=status"],
-            false,
-        ),
-        (git_sync, &["get", "secrets/another-secret"], false),
-        (git_sync, &["create", "plans.shardplane.io"], false),
-        (
-            operator,
-            &[
-                "patch",
-                "plans.shardplane.io",
-                "--subresource=status",
-                "--all-namespaces",
-            ],
-            true,
-        ),
-        (operator, &["create", "deployments.apps"], false),
-    ];
-    let mut wrong = Vec::new();
-    for (service_account, args, expected) in expectations {
-        if can_i(&env, service_account, args).await != expected {
-            wrong.push(format!("{service_account} {args:?}: expected {expected}"));
-        }
-    }
-    for (args, expected) in [
-        (
-            &["list", "shards.shardplane.io", "--all-namespaces"][..],
-            true,
-        ),
-        (
-            &[
-                "update",
-                "shards.shardplane.io",
-                "--subresource=finalizers",
-                "--namespace=default",
-            ][..],
-            true,
-        ),
-        (&["create", "leases.coordination.k8s.io"][..], true),
-        (&["delete", "secrets"][..], false),
-        (
-            &["create", "customresourcedefinitions.apiextensions.k8s.io"][..],
-            false,
-        ),
-    ] {
-        if can_i(&env, operator, args).await != expected {
-            wrong.push(format!("{operator} {args:?}: expected {expected}"));
-        }
-    }
     assert!(
         wrong.is_empty(),
-        "in namespace {ns}, wrong rights:\n{}",
+        "in namespace {}, wrong rights:\n{}",
+        env.namespace,
         wrong.join("\n")
     );
 }
@@ -759,42 +773,34 @@ async fn scoped_operator_has_no_rights_outside_its_namespaces() {
     install(&release_env, "scoped", &["--set", &set]).await;
     let operator = "scoped-shardplane-operator";
     let in_watched = format!("--namespace={}", watched.namespace);
-
-    let patch_watched_shards = ["patch", "shards.shardplane.io", in_watched.as_str()];
-    let ready = eventually(SETTLE_TIMEOUT, || {
-        can_i(&release_env, operator, &patch_watched_shards)
-    })
+    let wrong = wrong_rights(
+        &release_env,
+        &[
+            (
+                operator,
+                &["patch", "shards.shardplane.io", &in_watched],
+                true,
+            ),
+            (operator, &["get", "secrets", &in_watched], true),
+            // Leader election in its own namespace, and nothing else there.
+            (operator, &["update", "leases.coordination.k8s.io"], true),
+            (operator, &["list", "shards.shardplane.io"], false),
+            (operator, &["get", "secrets"], false),
+            (
+                operator,
+                &["list", "shards.shardplane.io", "--all-namespaces"],
+                false,
+            ),
+            (operator, &["get", "secrets", "--namespace=default"], false),
+        ],
+    )
     .await;
     assert!(
-        ready,
-        "the scoped operator cannot patch shards in its watched namespace"
-    );
-    // Leader election in its own namespace, nothing else there.
-    assert!(
-        can_i(
-            &release_env,
-            operator,
-            &["update", "leases.coordination.k8s.io"]
-        )
-        .await
-    );
-    assert!(!can_i(&release_env, operator, &["list", "shards.shardplane.io"]).await);
-    assert!(!can_i(&release_env, operator, &["get", "secrets"]).await);
-    assert!(
-        !can_i(
-            &release_env,
-            operator,
-            &["list", "shards.shardplane.io", "--all-namespaces"]
-        )
-        .await
-    );
-    assert!(
-        !can_i(
-            &release_env,
-            operator,
-            &["get", "secrets", "--namespace=default"]
-        )
-        .await
+        wrong.is_empty(),
+        "operator in {} watching {}, wrong rights:\n{}",
+        release_env.namespace,
+        watched.namespace,
+        wrong.join("\n")
     );
 }
 
