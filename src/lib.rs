@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod plan;
+pub mod routing;
 pub mod sandbox;
