@@ -157,13 +157,14 @@ fn plan() -> Value {
         "spec": {
             "cluster": "commerce",
             "target": {"kind": "SchemaVersion", "name": "orders-v2"},
+            "purpose": "SchemaRollout",
             "cause": {"kind": "GitCommit", "commit": "4f1c2a9", "detail": "drop column note"},
             "risk": "Destructive",
             "hash": HASH,
             "summary": "drop column orders.note on 1 shard",
             "steps": [
-                {"id": 0, "action": "ApplyDdl", "shard": "orders-0", "reason": "canary wave"},
-                {"id": 1, "action": "VerifyDdl", "shard": "orders-0", "args": {"replicas": "3"}, "reason": "every replica replayed it"}
+                {"id": 0, "action": "ApplySchema", "shard": "orders-0", "detail": "{\"ApplySchema\":{\"shard\":\"orders-0\",\"version\":2}}", "reason": "canary wave"},
+                {"id": 1, "wave": 1, "action": "AwaitNodeHealthy", "node": "eu-a-1", "detail": "{\"AwaitNodeHealthy\":{\"node\":\"eu-a-1\"}}", "reason": "every replica replayed it"}
             ],
             "facts": {"bytesToCopy": "0"}
         }

@@ -24,6 +24,7 @@ use super::Condition;
     doc = "An explicit, ordered plan for one change: its steps, risk class, hash, cause, approval and progress.",
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name"),
     printcolumn(name = "Kind", type_ = "string", json_path = ".spec.target.kind"),
+    printcolumn(name = "Purpose", type_ = "string", json_path = ".spec.purpose"),
     printcolumn(name = "Risk", type_ = "string", json_path = ".spec.risk"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -63,6 +64,8 @@ pub struct PlanSpec {
         {"rule": "self == oldSelf", "message": "spec.target is immutable"}
     ]))]
     pub target: PlanTarget,
+    /// What the plan is for.
+    pub purpose: PlanPurpose,
     /// Why the plan exists, for the audit trail.
     pub cause: PlanCause,
     /// What the plan risks: `Safe`, `Disruptive` or `Destructive`; decides whether it needs
@@ -90,6 +93,10 @@ pub struct PlanSpec {
         ]
     ))]
     pub steps: Vec<PlanStep>,
+    /// What the planner could not handle, and why (for example a shard with nowhere to go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub blocked: Vec<PlanBlocker>,
     /// What else the plan reports beside its steps (for example bytes to copy, the lower
     /// bound on bytes that must move, blocked shards and why).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -98,6 +105,39 @@ pub struct PlanSpec {
     /// The approval, when a human gave it by patching the Plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<PlanApproval>,
+}
+
+/// What a plan is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum PlanPurpose {
+    /// Bring under-replicated shards up to the replication factor.
+    Placement,
+    /// Even out bytes, replica counts and primaries across nodes.
+    Rebalance,
+    /// Replace the primaries lost with a dead node, then re-replicate.
+    Failover,
+    /// Move every replica and primary off a node.
+    Drain,
+    /// Drain a node, then remove it from the cluster.
+    Decommission,
+    /// Replace shards by others covering the same keys (split or merge).
+    Reshard,
+    /// Upgrade or restart nodes in waves.
+    NodeRollout,
+    /// Apply a schema version to shards in waves.
+    SchemaRollout,
+}
+
+/// Something a plan could not handle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanBlocker {
+    /// The shard or node concerned.
+    pub subject: String,
+    /// Why, and what a user can do about it.
+    pub reason: String,
 }
 
 /// The object a plan changes.
@@ -182,9 +222,14 @@ pub enum RiskClass {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanStep {
-    /// The step's position, from 0.
+    /// The step's position, from 0; steps run in this order.
     #[schemars(range(min = 0))]
     pub id: i32,
+    /// The wave the step belongs to: steps of one wave may run concurrently, a wave starts
+    /// after the previous one finished.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub wave: i32,
     /// What the step does, in the planner's vocabulary (for example `AddReplica`,
     /// `TransferPrimary`, `SwitchRouting`); see docs/planning.md.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Z][A-Za-z]*$"))]
@@ -195,9 +240,10 @@ pub struct PlanStep {
     /// The DatabaseNode the step acts on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// The step's other arguments.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub args: BTreeMap<String, String>,
+    /// The whole action with all its arguments, as JSON in the planner's vocabulary; what the
+    /// executor runs.
+    #[schemars(length(min = 2, max = 65536))]
+    pub detail: String,
     /// Why the planner chose this step, in a sentence.
     #[serde(default)]
     pub reason: String,
