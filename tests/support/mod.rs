@@ -20,28 +20,33 @@ use tokio::sync::OnceCell;
 /// Label on every namespace made by [`test_env`], so leftovers are easy to find.
 pub const TEST_NAMESPACE_LABEL: &str = "shardplane.io/test-namespace";
 
-/// The control plane of this test binary. Never dropped: its processes die with the test
-/// process (see `shardplane::sandbox::ControlPlane`).
-static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+/// The control plane of this test binary, or why it could not start (kept, so that the other
+/// tests fail at once with the same message instead of each trying again). Never dropped:
+/// its processes die with the test process (see `shardplane::sandbox::ControlPlane`).
+static CONTROL_PLANE: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
 
 /// The control plane shared by the tests of this binary, started on first use. Panics with
 /// the start error (which says what to do) if it cannot start.
 pub async fn control_plane() -> &'static ControlPlane {
-    CONTROL_PLANE
+    let started = CONTROL_PLANE
         .get_or_init(|| async {
             let started = Instant::now();
             let control_plane = ControlPlane::start()
                 .await
-                .unwrap_or_else(|error| panic!("cannot start the test control plane: {error}"));
+                .map_err(|error| error.to_string())?;
             eprintln!(
                 "test control plane at {} started in {:.1?}; kubeconfig {}",
                 control_plane.server_url(),
                 started.elapsed(),
                 control_plane.kubeconfig_path().display()
             );
-            control_plane
+            Ok(control_plane)
         })
-        .await
+        .await;
+    match started {
+        Ok(control_plane) => control_plane,
+        Err(error) => panic!("cannot start the test control plane: {error}"),
+    }
 }
 
 /// What one test works with: its own client and namespace on the shared control plane.
