@@ -25,14 +25,7 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/shardplane");
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Values that turn on everything optional, so that every template renders.
-const EVERYTHING_ON: [&str; 6] = [
-    "--set",
-    "gitSync.enabled=true",
-    "--set",
-    "gitSync.repository=https://git.example.com/databases.git",
-    "--set",
-    "gitSync.credentialsSecret=git-credentials",
-];
+const EVERYTHING_ON: [&str; 2] = ["--set", "gitSync.enabled=true"];
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -248,6 +241,10 @@ async fn lint_rejects_unknown_values_and_names_them() {
         ("operator.bogus=1", "at '/operator':"),
         ("operator.service.bogus=1", "at '/operator/service':"),
         ("gitSync.bogus=1", "at '/gitSync':"),
+        (
+            "gitSync.webhook.service.bogus=1",
+            "at '/gitSync/webhook/service':",
+        ),
         ("image.bogus=1", "at '/image':"),
     ] {
         let output = helm(&["lint", "--strict", CHART, "--set", set]).await;
@@ -270,8 +267,12 @@ async fn values_of_the_wrong_type_or_missing_are_refused() {
             "operator.watchNamespaces={Not_A_Namespace}",
             "/operator/watchNamespaces/0",
         ),
-        // Enabled without a repository: git-sync would have nothing to follow.
-        ("gitSync.enabled=true", "/gitSync/repository"),
+        ("gitSync.webhook.port=0", "/gitSync/webhook/port"),
+        // Repositories are GitSync resources now, not chart values.
+        (
+            "gitSync.repository=https://git.example.com/x.git",
+            "'repository'",
+        ),
     ] {
         let output = helm(&["template", "r", CHART, "--set", set]).await;
         let text = describe(&output);
@@ -366,14 +367,18 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
     assert!(allows(&agent, "coordination.k8s.io", "leases", "update"));
 
     let git_sync = rules(find(&objects, "Role", "least-shardplane-git-sync"));
-    assert!(
-        git_sync
-            .iter()
-            .flat_map(|rule| &rule.resources)
-            .all(|resource| !resource.contains('/')),
-        "git-sync writes specs only, no subresources: {git_sync:?}"
+    let subresources: Vec<&String> = git_sync
+        .iter()
+        .flat_map(|rule| &rule.resources)
+        .filter(|resource| resource.contains('/'))
+        .collect();
+    assert_eq!(
+        subresources,
+        ["gitsyncs/status"],
+        "git-sync writes specs, and status only of GitSyncs: {git_sync:?}"
     );
-    assert!(!allows(&git_sync, "", "secrets", "get"));
+    assert!(!allows(&git_sync, "", "secrets", "list"));
+    assert!(!allows(&git_sync, "shardplane.io", "gitsyncs", "create"));
     assert!(!allows(&git_sync, "shardplane.io", "plans", "patch"));
     assert!(!allows(
         &git_sync,
@@ -382,17 +387,24 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
         "create"
     ));
     assert!(allows(&git_sync, "shardplane.io", "shards", "delete"));
-    let credentials = rules(find(
-        &objects,
-        "Role",
-        "least-shardplane-git-sync-credentials",
+    assert!(allows(
+        &git_sync,
+        "shardplane.io",
+        "gitsyncs/status",
+        "patch"
     ));
-    assert!(
-        credentials.len() == 1
-            && credentials[0].resource_names == ["git-credentials"]
-            && credentials[0].verbs == ["get"],
-        "git-sync may read only its credentials Secret: {credentials:?}"
-    );
+    assert!(allows(&git_sync, "", "secrets", "get"));
+    // Neither the agent nor the operator touches GitSyncs.
+    let operator = rules(find(&objects, "ClusterRole", "least-shardplane-operator"));
+    for (who, rules) in [("agent", &agent), ("operator", &operator)] {
+        assert!(
+            rules
+                .iter()
+                .flat_map(|rule| &rule.resources)
+                .all(|resource| !resource.starts_with("gitsyncs")),
+            "the {who} has rights on GitSyncs: {rules:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -561,10 +573,6 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
     for (role, service_account) in [
         ("inst-shardplane-agent", "inst-shardplane-agent"),
         ("inst-shardplane-git-sync", "inst-shardplane-git-sync"),
-        (
-            "inst-shardplane-git-sync-credentials",
-            "inst-shardplane-git-sync",
-        ),
     ] {
         let made = roles
             .get(role)
@@ -625,6 +633,10 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
         .get("inst-shardplane-git-sync")
         .await
         .expect("the git-sync Deployment, enabled for this install");
+    env.api::<Service>()
+        .get("inst-shardplane-git-sync-webhook")
+        .await
+        .expect("the git-sync webhook Service");
 
     let service = env
         .api::<Service>()
@@ -705,6 +717,7 @@ async fn service_accounts_get_exactly_their_rights() {
             (agent, &["delete", "tables.shardplane.io"], false),
             (agent, &["create", "plans.shardplane.io"], false),
             (agent, &["patch", "plans.shardplane.io"], false),
+            (agent, &["get", "gitsyncs.shardplane.io"], false),
             (
                 agent,
                 &["list", "databasenodes.shardplane.io", "--all-namespaces"],
@@ -712,13 +725,21 @@ async fn service_accounts_get_exactly_their_rights() {
             ),
             (git_sync, &["patch", "shards.shardplane.io"], true),
             (git_sync, &["delete", "tables.shardplane.io"], true),
-            (git_sync, &["get", "secrets/git-credentials"], true),
+            (git_sync, &["get", "secrets"], true),
+            (git_sync, &["watch", "gitsyncs.shardplane.io"], true),
+            (
+                git_sync,
+                &["patch", "gitsyncs.shardplane.io", "--subresource=status"],
+                true,
+            ),
+            (git_sync, &["list", "secrets"], false),
+            (git_sync, &["get", "secrets", "--namespace=default"], false),
+            (git_sync, &["create", "gitsyncs.shardplane.io"], false),
             (
                 git_sync,
                 &["patch", "shards.shardplane.io", "--subresource=status"],
                 false,
             ),
-            (git_sync, &["get", "secrets/another-secret"], false),
             (git_sync, &["create", "plans.shardplane.io"], false),
             (git_sync, &["create", "schemaversions.shardplane.io"], false),
             (
@@ -748,6 +769,11 @@ async fn service_accounts_get_exactly_their_rights() {
             ),
             (operator, &["create", "leases.coordination.k8s.io"], true),
             (operator, &["delete", "secrets"], false),
+            (
+                operator,
+                &["patch", "gitsyncs.shardplane.io", "--subresource=status"],
+                false,
+            ),
             (operator, &["create", "deployments.apps"], false),
             (
                 operator,

@@ -69,10 +69,18 @@ Tables or Plans: those decisions are the operator's.
 {{- end -}}
 
 {{/*
-git-sync: applies what is in git and prunes what was removed from it. It writes specs only,
-never status, and only reads Plans (to see approvals).
+git-sync: serves GitSyncs, applies what is in git into each GitSync's own namespace and prunes
+what was removed from it. It writes the specs of the kinds a repository may declare, never
+their status, and the status (inventory, conditions) of GitSyncs only. It cannot create
+GitSyncs, so a repository cannot add repositories, and only reads Plans (to see approvals).
 */}}
 {{- define "shardplane.gitSyncRules" -}}
+- apiGroups: ["shardplane.io"]
+  resources: ["gitsyncs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["shardplane.io"]
+  resources: ["gitsyncs/status"]
+  verbs: ["get", "update", "patch"]
 - apiGroups: ["shardplane.io"]
   resources: ["databaseclusters", "databasenodes", "tables", "shards"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -82,4 +90,8 @@ never status, and only reads Plans (to see approvals).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- /* The credentials and webhook Secrets a GitSync names; no list, so it cannot enumerate Secrets. */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end -}}
