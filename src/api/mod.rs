@@ -2,6 +2,10 @@
 //! types every kind shares. Only types and their schema live here: decisions are in
 //! `crate::plan`, side effects in the processes that read and write these objects.
 
+// kube's derive repeats keys such as `type_` across `printcolumn(...)` entries, which clippy
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod condition;
 pub mod database_cluster;
 pub mod database_node;
