@@ -52,10 +52,11 @@ pub(crate) fn content_hash(
             .collect(),
         blocked,
     };
-    // Serializing plain structs, enums, strings and integers cannot fail; an empty buffer
-    // would still hash deterministically.
-    let bytes = serde_json::to_vec(&hashed).unwrap_or_default();
-    Sha256::digest(&bytes)
+    let mut hasher = Sha256::new();
+    // Serializing plain structs, enums, strings and integers into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut hasher, &hashed);
+    hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

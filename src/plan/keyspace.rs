@@ -325,3 +325,182 @@ pub fn check_tiling_of<'a>(
         Err(TilingError { span, problems })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kr(start: i128, end: i128) -> KeyRange {
+        KeyRange::new(start, end).expect("valid range")
+    }
+
+    #[test]
+    fn wire_bounds_round_trip_and_absent_means_the_ends() {
+        let full = KeyRange::from_wire(None, None).expect("full");
+        assert_eq!(full, KeyRange::FULL);
+        assert_eq!(full.to_wire(), WireKeyRange::default());
+        assert_eq!(full.key_count(), 1u128 << 64);
+        let r = KeyRange::from_wire(Some(-5), Some(7)).expect("range");
+        assert_eq!((r.start(), r.end()), (-5, 7));
+        assert_eq!(
+            r.to_wire(),
+            WireKeyRange {
+                start: Some(-5),
+                end: Some(7)
+            }
+        );
+        assert!(r.contains(-5) && r.contains(6) && !r.contains(7));
+        assert!(KeyRange::FULL.contains(i64::MAX) && KeyRange::FULL.contains(i64::MIN));
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert_eq!(json, r#"{"start":-5,"end":7}"#);
+        assert_eq!(serde_json::from_str::<KeyRange>("{}").expect("parse"), full);
+    }
+
+    #[test]
+    fn empty_and_reversed_ranges_are_refused() {
+        assert!(matches!(
+            KeyRange::from_wire(Some(3), Some(3)),
+            Err(KeyRangeError::Empty { .. })
+        ));
+        assert!(serde_json::from_str::<KeyRange>(r#"{"start":9,"end":2}"#).is_err());
+        assert!(matches!(
+            KeyRange::new(KEYSPACE_START - 1, 0),
+            Err(KeyRangeError::OutOfKeySpace { .. })
+        ));
+    }
+
+    #[test]
+    fn split_merge_and_their_refusals() {
+        let (a, b) = KeyRange::FULL.split_at(0).expect("split");
+        assert_eq!(a.to_wire().end, Some(0));
+        assert_eq!(
+            b.to_wire(),
+            WireKeyRange {
+                start: Some(0),
+                end: None
+            }
+        );
+        assert_eq!(a.merge(b), Ok(KeyRange::FULL));
+        assert_eq!(b.merge(a), Ok(KeyRange::FULL));
+        assert!(KeyRange::FULL.split_at(i64::MIN).is_err());
+        assert!(kr(0, 3).split_even(4).is_err());
+        assert!(kr(0, 3).merge(kr(4, 6)).is_err());
+        let quarters = KeyRange::FULL.split_even(4).expect("quarters");
+        assert_eq!(quarters[1].to_wire().start, Some(i64::MIN / 2));
+        assert_eq!(quarters[2].to_wire().start, Some(0));
+    }
+
+    #[test]
+    fn tiling_errors_name_the_gap_and_the_overlap() {
+        let ok = [("a", kr(KEYSPACE_START, 0)), ("b", kr(0, KEYSPACE_END))];
+        assert!(check_tiling(ok).is_ok());
+        let err = check_tiling([
+            ("a", kr(KEYSPACE_START, 0)),
+            ("b", kr(-10, 100)),
+            ("c", kr(200, KEYSPACE_END)),
+        ])
+        .expect_err("broken tiling");
+        assert_eq!(
+            err.problems,
+            vec![
+                TilingProblem::Overlap {
+                    first: "a".into(),
+                    second: "b".into(),
+                    keys: kr(-10, 0)
+                },
+                TilingProblem::Gap(kr(100, 200)),
+            ]
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("overlap: a and b both own keys [-10, 0)"),
+            "{msg}"
+        );
+        assert!(msg.contains("gap: no shard owns keys [100, 200)"), "{msg}");
+        let outside = check_tiling_of(kr(0, 10), [("x", kr(0, 20))]).expect_err("outside");
+        assert!(outside.to_string().contains("x owns [0, 20)"));
+        assert!(check_tiling(std::iter::empty()).is_err());
+    }
+
+    fn arb_points() -> impl Strategy<Value = Vec<i64>> {
+        prop::collection::btree_set(
+            any::<i64>().prop_filter("inside", |p| *p != i64::MIN),
+            0..20,
+        )
+        .prop_map(|s| s.into_iter().collect())
+    }
+
+    /// Ranges between sorted split points.
+    fn ranges_from(points: &[i64]) -> Vec<KeyRange> {
+        let mut bounds = vec![KEYSPACE_START];
+        bounds.extend(points.iter().map(|&p| i128::from(p)));
+        bounds.push(KEYSPACE_END);
+        bounds.windows(2).map(|w| kr(w[0], w[1])).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn split_points_tile_the_key_space(points in arb_points()) {
+            let ranges = ranges_from(&points);
+            let names: Vec<String> = (0..ranges.len()).map(|i| format!("s{i}")).collect();
+            prop_assert!(check_tiling(names.iter().map(String::as_str).zip(ranges.iter().copied())).is_ok());
+            let keys: u128 = ranges.iter().map(|r| r.key_count()).sum();
+            prop_assert_eq!(keys, 1u128 << 64);
+        }
+
+        #[test]
+        fn even_splits_tile_their_parent_and_merge_back(points in arb_points(), pick in any::<prop::sample::Index>(), parts in 1u64..50) {
+            let ranges = ranges_from(&points);
+            let parent = ranges[pick.index(ranges.len())];
+            prop_assume!(u128::from(parts) <= parent.key_count());
+            let children = parent.split_even(parts).expect("split");
+            prop_assert_eq!(children.len() as u64, parts);
+            let named: Vec<(&str, KeyRange)> = children.iter().map(|&r| ("child", r)).collect();
+            prop_assert!(check_tiling_of(parent, named).is_ok());
+            let merged = children[1..].iter().try_fold(children[0], |acc, &r| acc.merge(r));
+            prop_assert_eq!(merged, Ok(parent));
+            let smallest = children.iter().map(|r| r.key_count()).min().unwrap_or(0);
+            let largest = children.iter().map(|r| r.key_count()).max().unwrap_or(0);
+            prop_assert!(largest - smallest <= 1);
+        }
+
+        #[test]
+        fn a_missing_or_doubled_range_is_reported(points in arb_points(), pick in any::<prop::sample::Index>(), double in any::<bool>()) {
+            let mut ranges = ranges_from(&points);
+            let i = pick.index(ranges.len());
+            let victim = ranges[i];
+            if double {
+                ranges.push(victim);
+            } else {
+                ranges.remove(i);
+            }
+            let err = check_tiling(ranges.iter().map(|&r| ("s", r))).expect_err("not a tiling");
+            let expected = if double {
+                TilingProblem::Overlap { first: "s".into(), second: "s".into(), keys: victim }
+            } else {
+                TilingProblem::Gap(victim)
+            };
+            prop_assert_eq!(err.problems, vec![expected]);
+        }
+
+        #[test]
+        fn wire_form_round_trips(start in any::<Option<i64>>(), end in any::<Option<i64>>()) {
+            match KeyRange::from_wire(start, end) {
+                Ok(r) => {
+                    let w = r.to_wire();
+                    prop_assert_eq!(KeyRange::from_wire(w.start, w.end), Ok(r));
+                    let start_is_min = start.is_none() || start == Some(i64::MIN);
+                    prop_assert_eq!(w.start.is_none(), start_is_min);
+                    prop_assert_eq!(w.end, end);
+                }
+                Err(_) => prop_assert!(
+                    i128::from(start.unwrap_or(i64::MIN)) >= end.map_or(KEYSPACE_END, i128::from)
+                ),
+            }
+        }
+    }
+}

@@ -101,3 +101,162 @@ pub fn plan_placement(topology: &Topology, limits: ConcurrencyLimits) -> Result<
     }
     Ok(plan.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::simulate::apply_plan;
+    use crate::plan::steps::{PlacementRejection, StepAction};
+    use crate::plan::testkit::{mk_node, mk_nodes, mk_unplaced, spread_violations};
+    use crate::plan::topology::NodePhase;
+
+    #[test]
+    fn spread_rule_follows_the_quorum() {
+        assert_eq!(
+            spread_limits(3, 3),
+            SpreadLimits {
+                per_zone: 1,
+                per_region: 1
+            }
+        );
+        assert_eq!(spread_limits(3, 2).per_region, u32::MAX);
+        assert_eq!(
+            spread_limits(5, 3),
+            SpreadLimits {
+                per_zone: 2,
+                per_region: 2
+            }
+        );
+        assert_eq!(spread_limits(1, 5).per_zone, 1);
+        assert_eq!(spread_limits(2, 5).per_region, u32::MAX);
+    }
+
+    #[test]
+    fn replicas_land_one_per_region_and_the_first_is_promoted() {
+        let topology = Topology {
+            replication_factor: 3,
+            nodes: mk_nodes(3, 1, 2),
+            shards: mk_unplaced(&[100, 100]),
+        };
+        let plan = plan_placement(&topology, ConcurrencyLimits::default()).expect("plan");
+        assert!(plan.blocked.is_empty());
+        assert!(matches!(
+            plan.operations[0].steps[1].action,
+            StepAction::Promote { epoch: 2, .. }
+        ));
+        let after = apply_plan(&topology, &plan);
+        assert!(spread_violations(&after).is_empty());
+        assert!(
+            after
+                .shards
+                .iter()
+                .all(|s| s.replicas.len() == 3 && s.primary_node().is_some())
+        );
+        // The two shards use different nodes: load spreads.
+        assert_ne!(
+            after.shards[0].replicas[0].node,
+            after.shards[1].replicas[0].node
+        );
+    }
+
+    #[test]
+    fn too_few_zones_block_with_the_reason() {
+        let topology = Topology {
+            replication_factor: 3,
+            nodes: vec![
+                mk_node("a", "r", "z1"),
+                mk_node("b", "r", "z2"),
+                mk_node("c", "r", "z2"),
+            ],
+            shards: mk_unplaced(&[100]),
+        };
+        let plan = plan_placement(&topology, ConcurrencyLimits::default()).expect("plan");
+        assert_eq!(plan.blocked.len(), 1);
+        let BlockReason::NoPlacement { missing, rejected } = &plan.blocked[0].reason else {
+            panic!("unexpected {:?}", plan.blocked[0]);
+        };
+        assert_eq!(*missing, 1);
+        assert!(rejected.contains(&(PlacementRejection::ZoneFull, 1)));
+        let msg = plan.blocked[0].reason.to_string();
+        assert!(msg.contains("no node can take 1 more replica(s)"), "{msg}");
+        // The two replicas that could be placed are still planned.
+        assert_eq!(apply_plan(&topology, &plan).shards[0].replicas.len(), 2);
+    }
+
+    #[test]
+    fn pins_are_honoured_and_unavailable_nodes_skipped() {
+        let mut nodes = mk_nodes(3, 1, 3);
+        nodes[0].cordoned = true;
+        nodes[3].phase = NodePhase::Draining;
+        nodes[6].phase = NodePhase::Offline;
+        let mut shards = mk_unplaced(&[100; 6]);
+        shards[0].placement.pinned_nodes = vec!["r1z0n2".into()];
+        let topology = Topology {
+            replication_factor: 3,
+            nodes,
+            shards,
+        };
+        let after = apply_plan(
+            &topology,
+            &plan_placement(&topology, ConcurrencyLimits::default()).expect("plan"),
+        );
+        assert!(after.shards[0].has_replica_on("r1z0n2"));
+        for s in &after.shards {
+            for bad in ["r0z0n0", "r1z0n0", "r2z0n0"] {
+                assert!(!s.has_replica_on(bad), "{} on {bad}", s.name);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn placement_spreads_or_says_why(
+            regions in 1usize..=4, zones in 1usize..=3, per_zone in 1usize..=3,
+            rf in 1u32..=5, shards in 1usize..20,
+            phases in prop::collection::vec(0u8..6, 36),
+        ) {
+            let mut nodes = mk_nodes(regions, zones, per_zone);
+            for (n, p) in nodes.iter_mut().zip(&phases) {
+                match p {
+                    0 => n.cordoned = true,
+                    1 => n.phase = NodePhase::Offline,
+                    _ => {}
+                }
+            }
+            let topology = Topology {
+                replication_factor: rf,
+                nodes: nodes.clone(),
+                shards: mk_unplaced(&vec![100; shards]),
+            };
+            let plan = plan_placement(&topology, ConcurrencyLimits::default()).expect("plan");
+            let after = apply_plan(&topology, &plan);
+            prop_assert!(spread_violations(&after).is_empty(), "{:?}", spread_violations(&after));
+            for s in &after.shards {
+                let missing: u32 = plan.blocked.iter().filter(|b| b.subject == s.name).map(|b| match b.reason {
+                    BlockReason::NoPlacement { missing, .. } => missing,
+                    _ => 0,
+                }).sum();
+                // Never silently under-replicated: placed + reported missing = RF.
+                prop_assert_eq!(s.replicas.len() as u32 + missing, rf, "{}", s.name);
+                for r in &s.replicas {
+                    let n = nodes.iter().find(|n| n.name == r.node).expect("known node");
+                    prop_assert!(n.accepts_replicas());
+                }
+                // With RF ≥ 3, losing any one zone leaves a quorum.
+                if rf >= 3 && missing == 0 {
+                    let quorum = rf / 2 + 1;
+                    for n in &nodes {
+                        let lost = s.replicas.iter().filter(|r| {
+                            nodes.iter().any(|m| m.name == r.node && m.zone == n.zone && m.region == n.region)
+                        }).count() as u32;
+                        prop_assert!(rf - lost >= quorum);
+                    }
+                }
+            }
+        }
+    }
+}

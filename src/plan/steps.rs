@@ -2,11 +2,11 @@
 //! orders operations into waves under per-node and per-cluster concurrency limits.
 //! Planners decide *what* to do; this module only records it and schedules it.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::NameMap;
 use super::hash::content_hash;
 use super::keyspace::KeyRange;
 
@@ -453,8 +453,8 @@ pub(crate) struct PlanBuilder {
     operations: Vec<Operation>,
     blocked: Vec<Blocker>,
     per_wave: Vec<u32>,
-    per_node_wave: HashMap<String, Vec<u32>>,
-    last_wave_of_subject: HashMap<String, u32>,
+    per_node_wave: NameMap<String, Vec<u32>>,
+    last_wave_of_subject: NameMap<String, u32>,
     first_open_wave: u32,
 }
 
@@ -469,8 +469,8 @@ impl PlanBuilder {
             operations: Vec::new(),
             blocked: Vec::new(),
             per_wave: Vec::new(),
-            per_node_wave: HashMap::new(),
-            last_wave_of_subject: HashMap::new(),
+            per_node_wave: NameMap::default(),
+            last_wave_of_subject: NameMap::default(),
             first_open_wave: 0,
         }
     }
