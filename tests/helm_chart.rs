@@ -550,6 +550,76 @@ async fn operator_deployment_is_hardened_and_probed() {
     }
 }
 
+#[tokio::test]
+async fn git_sync_serves_exactly_the_namespaces_it_has_roles_in() {
+    for (extra, expected) in [
+        (&EVERYTHING_ON[..], &["shardplane-system"][..]),
+        (
+            &[
+                "--set",
+                "gitSync.enabled=true",
+                "--set",
+                "gitSync.namespaces={db-a,db-b}",
+            ][..],
+            &["db-a", "db-b"][..],
+        ),
+    ] {
+        let objects = render("gs", extra).await;
+        let role_namespaces: Vec<&str> = objects
+            .iter()
+            .filter(|object| kind(object) == "Role" && name(object) == "gs-shardplane-git-sync")
+            .map(|object| object["metadata"]["namespace"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(role_namespaces, expected, "git-sync's Roles with {extra:?}");
+
+        let deployment = find(&objects, "Deployment", "gs-shardplane-git-sync");
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "gs-shardplane-git-sync");
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["command"],
+            serde_yaml::to_value(["shardplane", "git-sync"]).unwrap()
+        );
+        let env = container["env"].as_sequence().expect("git-sync has env");
+        let served = env
+            .iter()
+            .find(|var| var["name"] == "SHARDPLANE_WATCH_NAMESPACES")
+            .and_then(|var| var["value"].as_str())
+            .expect("git-sync is told which namespaces to serve");
+        assert_eq!(
+            served,
+            expected.join(","),
+            "served namespaces != Role namespaces"
+        );
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            security["capabilities"]["drop"],
+            serde_yaml::to_value(["ALL"]).unwrap()
+        );
+        // The checkout must be writable although the root filesystem is not.
+        let checkout = env
+            .iter()
+            .find(|var| var["name"] == "SHARDPLANE_GIT_CHECKOUT_DIR")
+            .and_then(|var| var["value"].as_str())
+            .expect("git-sync is told where to clone");
+        assert!(
+            container["volumeMounts"]
+                .as_sequence()
+                .is_some_and(|mounts| mounts.iter().any(|m| m["mountPath"] == checkout)),
+            "nothing writable is mounted at {checkout}"
+        );
+
+        let service = find(&objects, "Service", "gs-shardplane-git-sync-webhook");
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+        assert_eq!(container["ports"][0]["name"], "webhook");
+        assert_eq!(
+            service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"],
+            "the webhook Service must select the git-sync pod"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Against the API server
 
