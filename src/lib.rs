@@ -1,7 +1,9 @@
 //! Shardplane: a Kubernetes-native control plane for a sharded SQL database whose storage
 //! nodes are PostgreSQL servers. The binary `shardplane` is a thin shell over this library.
 
+pub mod agent;
 pub mod api;
+pub mod gitsync;
 pub mod plan;
 pub mod routing;
 pub mod sandbox;

@@ -45,8 +45,29 @@ enum Command {
     Operator,
     /// Run the node agent beside a storage node's PostgreSQL instances. Not available yet.
     Agent,
-    /// Pull manifests from a git repository and apply them. Not available yet.
-    GitSync,
+    /// Apply git repositories to the cluster: every GitSync object's branch and path is
+    /// validated as a whole, applied with server-side apply and pruned (see docs/gitops.md).
+    GitSync {
+        /// The namespaces whose GitSync objects are synced (repeat or comma-separate); every
+        /// namespace when none is given.
+        #[arg(
+            long = "namespace",
+            env = "SHARDPLANE_GIT_NAMESPACES",
+            value_delimiter = ','
+        )]
+        namespaces: Vec<String>,
+        /// Where the bare repositories are kept between syncs.
+        #[arg(
+            long,
+            env = "SHARDPLANE_GIT_CHECKOUT_DIR",
+            default_value = "/var/lib/shardplane/git"
+        )]
+        checkout_dir: PathBuf,
+        /// Serve the push webhook (`POST /hooks/{namespace}/{name}`) on this address, for
+        /// example `0.0.0.0:9292`.
+        #[arg(long, env = "SHARDPLANE_GIT_WEBHOOK_LISTEN", value_name = "ADDR")]
+        webhook_listen: Option<std::net::SocketAddr>,
+    },
     /// Show what a pull request would cause. Not available yet.
     Plan,
 }
@@ -94,7 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Operator => not_available("operator"),
         Command::Agent => not_available("agent"),
-        Command::GitSync => not_available("git-sync"),
+        Command::GitSync {
+            namespaces,
+            checkout_dir,
+            webhook_listen,
+        } => git_sync(namespaces, checkout_dir, webhook_listen).await,
         Command::Plan => not_available("plan"),
     }
 }
@@ -113,6 +138,34 @@ async fn demo(options: DemoOptions, exit: bool) -> anyhow::Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+async fn git_sync(
+    namespaces: Vec<String>,
+    checkout_dir: PathBuf,
+    webhook_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster service account)")?;
+    let webhook = match webhook_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for webhooks on {addr}"))?,
+        ),
+        None => None,
+    };
+    let options = shardplane::gitsync::Options {
+        namespaces,
+        checkout_dir,
+        webhook,
+    };
+    shardplane::gitsync::run(client, options).await?;
     Ok(())
 }
 

@@ -1,0 +1,165 @@
+//! Reporting a sync: `GitSync.status` (the applied commit, the inventory, `Ready` /
+//! `Progressing` / `Degraded` conditions, written in one patch) and one Event per sync.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::apply::FIELD_MANAGER;
+use super::error::SyncError;
+use super::sync::SyncOutcome;
+use crate::api::{Condition, ConditionStatus, GitSync, GitSyncStatus};
+
+/// Sets condition `type_` in `conditions`, keeping its `lastTransitionTime` when its status
+/// did not change.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    });
+}
+
+/// The status after a sync: on success the new commit and inventory; on failure the last
+/// applied commit stays, and the conditions say what was refused and why.
+pub fn next_status(
+    object: &GitSync,
+    result: &Result<SyncOutcome, SyncError>,
+    now: Timestamp,
+) -> GitSyncStatus {
+    let mut status = object.status.clone().unwrap_or_default();
+    let now = Time(now);
+    let generation = object.metadata.generation;
+    status.observed_generation = generation;
+    status.last_sync_time = Some(now.clone());
+    let conditions = &mut status.conditions;
+    match result {
+        Ok(outcome) => {
+            status.last_applied_commit = Some(outcome.commit.clone());
+            status.last_attempted_commit = Some(outcome.commit.clone());
+            status.inventory = outcome.inventory.clone();
+            status.object_count = Some(outcome.inventory.len() as i64);
+            set_condition(
+                conditions,
+                "Ready",
+                ConditionStatus::True,
+                "Applied",
+                outcome.summary(),
+                generation,
+                &now,
+            );
+            set_condition(
+                conditions,
+                "Degraded",
+                ConditionStatus::False,
+                "Applied",
+                String::new(),
+                generation,
+                &now,
+            );
+        }
+        Err(error) => {
+            if let Some(commit) = error.commit() {
+                status.last_attempted_commit = Some(commit.to_owned());
+            }
+            if let SyncError::Apply { inventory, .. } = error {
+                status.object_count = Some(inventory.len() as i64);
+                status.inventory = inventory.clone();
+            }
+            set_condition(
+                conditions,
+                "Ready",
+                ConditionStatus::False,
+                error.reason(),
+                error.to_string(),
+                generation,
+                &now,
+            );
+            set_condition(
+                conditions,
+                "Degraded",
+                ConditionStatus::True,
+                error.reason(),
+                error.to_string(),
+                generation,
+                &now,
+            );
+        }
+    }
+    set_condition(
+        conditions,
+        "Progressing",
+        ConditionStatus::False,
+        "SyncFinished",
+        String::new(),
+        generation,
+        &now,
+    );
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    status
+}
+
+/// Writes `status` to the GitSync in one merge patch (lists are replaced whole).
+pub async fn write_status(
+    api: &Api<GitSync>,
+    name: &str,
+    status: &GitSyncStatus,
+) -> Result<(), SyncError> {
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(drop)
+    .map_err(SyncError::kube(format!(
+        "writing the status of GitSync {name}"
+    )))
+}
+
+/// Records one Event on the GitSync for the sync that just finished.
+pub async fn publish_event(
+    recorder: &Recorder,
+    object: &GitSync,
+    result: &Result<SyncOutcome, SyncError>,
+) -> Result<(), SyncError> {
+    let (type_, reason, note) = match result {
+        Ok(outcome) => (EventType::Normal, outcome.event_reason(), outcome.summary()),
+        Err(error) => (EventType::Warning, error.reason(), error.to_string()),
+    };
+    // The Events API caps a note at 1 kB.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Sync".to_owned(),
+        secondary: None,
+    };
+    recorder
+        .publish(&event, &object.object_ref(&()))
+        .await
+        .map_err(SyncError::kube(format!(
+            "recording an Event for GitSync {}",
+            object.name_any()
+        )))
+}
