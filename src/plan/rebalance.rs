@@ -2,7 +2,8 @@
 //! imbalance with few, well-chosen moves, then even out primaries by leadership transfers.
 //! Reports a lower bound on the bytes any plan must move, beside the plan.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use serde::{Deserialize, Serialize};
 
@@ -481,7 +482,8 @@ impl<'s, 'a> Balancer<'s, 'a> {
                 }
                 break;
             }
-            if donors >= max_donors {
+            // A near-perfect fit will not be beaten by less loaded donors.
+            if donors >= max_donors || best.is_some_and(|(m, _, _)| m <= ideal / 32) {
                 break;
             }
         }
@@ -800,24 +802,33 @@ fn balance_primaries(
     t: f64,
     plan: &mut PlanBuilder,
 ) -> u32 {
-    let n = state.topo.nodes.len();
-    let mut stuck = vec![false; n];
+    let outside = |state: &ClusterState<'_>, i: usize| {
+        let dev = f64::from(state.primaries[i]) - shares.primaries[i];
+        let v = dev.abs() - count_slack(shares.primaries[i], t);
+        (v > 1e-9).then(|| ((v * 1e9) as u64, dev > 0.0))
+    };
+    // Nodes outside their band, furthest first (lowest index on ties); entries go stale as
+    // counts change and are re-checked when popped.
+    let mut heap: BinaryHeap<(u64, Reverse<usize>)> = shares
+        .members
+        .iter()
+        .filter_map(|&i| outside(state, i).map(|(k, _)| (k, Reverse(i))))
+        .collect();
     let mut transfers = 0u32;
     let budget = state.topo.shards.len() + 16;
     while (transfers as usize) < budget {
-        let dev = |i: usize| f64::from(state.primaries[i]) - shares.primaries[i];
-        let slack = |i: usize| count_slack(shares.primaries[i], t);
-        let worst = shares
-            .members
-            .iter()
-            .copied()
-            .filter(|&i| !stuck[i])
-            .map(|i| (dev(i).abs() - slack(i), i))
-            .filter(|&(v, _)| v > 1e-9)
-            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-        let Some((_, node)) = worst else { break };
-        let Some(chain) = transfer_chain(state, shares, t, node, dev(node) > 0.0) else {
-            stuck[node] = true;
+        let Some((key, Reverse(node))) = heap.pop() else {
+            break;
+        };
+        let Some((current, over)) = outside(state, node) else {
+            continue;
+        };
+        if current != key {
+            heap.push((current, Reverse(node)));
+            continue;
+        }
+        // A node with no chain is left as it is (it cannot be helped by transfers).
+        let Some(chain) = transfer_chain(state, shares, t, node, over) else {
             continue;
         };
         for (shard, to) in chain {
@@ -835,6 +846,11 @@ fn balance_primaries(
             if let Some(step) = transfer_primary(state, shard, to, &why) {
                 plan.schedule(state.shard_name(shard), vec![step], None);
                 transfers += 1;
+            }
+            for i in [from, to] {
+                if let Some((k, _)) = outside(state, i) {
+                    heap.push((k, Reverse(i)));
+                }
             }
         }
     }
