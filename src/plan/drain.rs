@@ -96,3 +96,98 @@ pub fn plan_drain(
     }
     Ok(plan.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::simulate::apply_plan;
+    use crate::plan::steps::{BlockReason, PlacementRejection, RiskClass, StepAction};
+    use crate::plan::testkit::{arb_cluster, mk_nodes, mk_placed, mk_shard, spread_violations};
+
+    #[test]
+    fn a_drain_hands_off_primaries_first_then_moves_everything() {
+        let topology = mk_placed(3, mk_nodes(3, 2, 2), &[100; 12]);
+        let node = "r0z0n0";
+        let plan = plan_drain(&topology, node, DrainGoal::Drain, ConcurrencyLimits::default())
+            .expect("plan");
+        assert!(plan.blocked.is_empty());
+        let led: Vec<&str> = topology
+            .shards
+            .iter()
+            .filter(|s| s.primary_node() == Some(node))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(!led.is_empty());
+        for shard in &led {
+            let first = plan.operations.iter().find(|op| op.subject == *shard).expect("op");
+            assert!(matches!(&first.steps[0].action, StepAction::TransferPrimary { from, .. } if from == node));
+        }
+        let after = apply_plan(&topology, &plan);
+        assert!(after.shards.iter().all(|s| !s.has_replica_on(node) && s.replicas.len() == 3));
+        assert!(spread_violations(&after).is_empty());
+        assert!(!plan.steps().any(|s| matches!(s.action, StepAction::RemoveNode { .. })));
+    }
+
+    #[test]
+    fn decommission_removes_the_node_last_and_needs_approval() {
+        let topology = mk_placed(3, mk_nodes(3, 1, 2), &[100; 4]);
+        let plan = plan_drain(&topology, "r1z0n1", DrainGoal::Decommission, ConcurrencyLimits::default())
+            .expect("plan");
+        let last = plan.operations.last().expect("ops");
+        assert_eq!(last.steps[0].action, StepAction::RemoveNode { node: "r1z0n1".into() });
+        assert!(plan.operations.iter().all(|op| op.wave < last.wave || op.subject == "r1z0n1"));
+        assert_eq!(plan.risk, RiskClass::Destructive);
+    }
+
+    #[test]
+    fn pins_and_missing_room_block_and_say_why() {
+        let mut topology = Topology {
+            replication_factor: 3,
+            nodes: mk_nodes(3, 1, 1),
+            shards: vec![
+                mk_shard("pinned", 100, &["r0z0n0", "r1z0n0", "r2z0n0"]),
+                mk_shard("stuck", 100, &["r1z0n0", "r0z0n0", "r2z0n0"]),
+            ],
+        };
+        topology.shards[0].placement.pinned_nodes = vec!["r0z0n0".into()];
+        let plan = plan_drain(&topology, "r0z0n0", DrainGoal::Decommission, ConcurrencyLimits::default())
+            .expect("plan");
+        assert_eq!(plan.blocked[0].subject, "pinned");
+        assert_eq!(plan.blocked[0].reason, BlockReason::Pinned { node: "r0z0n0".into() });
+        let BlockReason::NoPlacement { rejected, .. } = &plan.blocked[1].reason else {
+            panic!("{:?}", plan.blocked);
+        };
+        assert_eq!(rejected, &vec![(PlacementRejection::HoldsReplica, 3)]);
+        assert!(!plan.steps().any(|s| matches!(s.action, StepAction::RemoveNode { .. })));
+        assert!(plan.blocked[0].reason.to_string().contains("placement.pinnedNodes"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn a_drained_node_ends_empty_or_the_plan_says_why(topology in arb_cluster(), pick in any::<prop::sample::Index>()) {
+            let node = topology.nodes[pick.index(topology.nodes.len())].name.clone();
+            let limits = ConcurrencyLimits { per_node: 1, per_cluster: 4 };
+            let plan = plan_drain(&topology, &node, DrainGoal::Drain, limits).expect("plan");
+            let after = apply_plan(&topology, &plan);
+            for s in &after.shards {
+                let blocked = plan.blocked.iter().any(|b| b.subject == s.name);
+                prop_assert!(blocked || !s.has_replica_on(&node), "{} still on {node}", s.name);
+                prop_assert_eq!(s.replicas.len(), 3);
+                prop_assert!(s.primary_node().is_some());
+            }
+            prop_assert!(spread_violations(&after).is_empty());
+            // Concurrency limits hold in every wave.
+            let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
+            for op in &plan.operations {
+                *per_wave.entry(op.wave).or_default() += 1;
+            }
+            prop_assert!(per_wave.values().all(|&n| n <= 4));
+        }
+    }
+}

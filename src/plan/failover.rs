@@ -261,3 +261,210 @@ fn choose_primary(
     };
     (decision, chosen.map(|c| c.4))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::simulate::apply_plan;
+    use crate::plan::testkit::{mk_nodes, mk_shard, spread_violations};
+
+    /// Nine nodes in three regions; shard `s` has its primary on `r0z0n0`.
+    fn cluster() -> Topology {
+        let mut nodes = mk_nodes(3, 1, 3);
+        nodes[0].phase = NodePhase::Offline;
+        let mut shard = mk_shard("s", 100, &["r0z0n0", "r1z0n0", "r2z0n0"]);
+        shard.replicas[1].lag_bytes = 40;
+        shard.replicas[2].lag_bytes = 10;
+        Topology {
+            replication_factor: 3,
+            nodes,
+            shards: vec![shard],
+        }
+    }
+
+    fn policy() -> FailoverPolicy {
+        FailoverPolicy {
+            max_lag_bytes: 64,
+            re_replication_delay_ms: 1_000,
+            limits: ConcurrencyLimits::default(),
+        }
+    }
+
+    #[test]
+    fn the_most_caught_up_in_sync_secondary_wins_at_a_new_epoch() {
+        let topology = cluster();
+        let out = plan_failover(&topology, "r0z0n0", 5_000, &policy()).expect("plan");
+        let d = &out.decisions[0];
+        assert_eq!(d.new_primary.as_deref(), Some("r2z0n0"));
+        assert_eq!(d.new_epoch, Some(2));
+        assert_eq!(
+            d.candidates[0].rejected,
+            Some(Rejection::BehindChosen {
+                chosen: "r2z0n0".into()
+            })
+        );
+        let first = &out.plan.operations[0];
+        assert_eq!(first.wave, 0);
+        assert!(
+            matches!(&first.steps[0].action, StepAction::Promote { node, epoch: 2, .. } if node == "r2z0n0")
+        );
+        assert!(first.steps[0].reason.contains("lag 10 bytes"));
+        // Re-replication waits for the delay, then replaces the dead replica in region r0.
+        let rerep: Vec<&StepAction> = out.plan.operations[1]
+            .steps
+            .iter()
+            .map(|s| &s.action)
+            .collect();
+        assert_eq!(
+            rerep[0],
+            &StepAction::WaitUntil {
+                not_before_ms: 6_000
+            }
+        );
+        assert!(matches!(rerep[1], StepAction::AddReplica { node, .. } if node.starts_with("r0")));
+        assert!(matches!(rerep[3], StepAction::RemoveReplica { node, .. } if node == "r0z0n0"));
+        let after = apply_plan(&topology, &out.plan);
+        assert_eq!(after.shards[0].primary_node(), Some("r2z0n0"));
+        assert_eq!(after.shards[0].epoch, 2);
+        assert!(spread_violations(&after).is_empty());
+        assert_eq!(out.plan.risk, crate::plan::steps::RiskClass::Disruptive);
+    }
+
+    #[test]
+    fn lagging_witness_and_dead_replicas_are_rejected_with_reasons() {
+        let mut topology = cluster();
+        topology.shards[0].replicas[1].lag_bytes = 1_000;
+        topology.shards[0].replicas[2].in_sync = false;
+        let out = plan_failover(&topology, "r0z0n0", 0, &policy()).expect("plan");
+        let d = &out.decisions[0];
+        assert_eq!(d.new_primary, None);
+        assert_eq!(
+            d.candidates[0].rejected,
+            Some(Rejection::LagTooHigh { max_lag_bytes: 64 })
+        );
+        assert_eq!(d.candidates[1].rejected, Some(Rejection::NotInSync));
+        assert_eq!(out.plan.blocked[0].reason, BlockReason::NoInSyncReplica);
+        assert!(
+            !out.plan
+                .steps()
+                .any(|s| matches!(s.action, StepAction::Promote { .. }))
+        );
+
+        topology.shards[0].replicas[2].in_sync = true;
+        topology.shards[0].replicas[2].role = ReplicaRole::Witness;
+        topology.nodes[3].phase = NodePhase::Offline;
+        let out = plan_failover(&topology, "r0z0n0", 0, &policy()).expect("plan");
+        let d = &out.decisions[0];
+        assert_eq!(d.candidates[0].rejected, Some(Rejection::NodeDown));
+        assert_eq!(d.candidates[1].rejected, Some(Rejection::Witness));
+    }
+
+    #[test]
+    fn the_preferred_region_beats_lower_lag() {
+        let mut topology = cluster();
+        topology.shards[0].placement.preferred_primary_region = Some("r1".into());
+        let out = plan_failover(&topology, "r0z0n0", 0, &policy()).expect("plan");
+        assert_eq!(out.decisions[0].new_primary.as_deref(), Some("r1z0n0"));
+        assert_eq!(
+            out.decisions[0].candidates[1].rejected,
+            Some(Rejection::OutsidePreferredRegion)
+        );
+    }
+
+    #[test]
+    fn an_unknown_node_is_an_error() {
+        let err = plan_failover(&cluster(), "nope", 0, &policy()).expect_err("unknown");
+        assert_eq!(
+            err,
+            PlanError::UnknownNode {
+                node: "nope".into()
+            }
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    struct Other {
+        region: usize,
+        live: bool,
+        in_sync: bool,
+        lag: u64,
+        witness: bool,
+    }
+
+    fn arb_other() -> impl Strategy<Value = Other> {
+        (
+            0usize..3,
+            prop::bool::weighted(0.8),
+            any::<bool>(),
+            0u64..200,
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(|(region, live, in_sync, lag, witness)| Other {
+                region,
+                live,
+                in_sync,
+                lag,
+                witness,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn failover_never_prefers_a_lagging_or_misplaced_replica(
+            others in prop::collection::vec(arb_other(), 1..5),
+            preferred in prop::option::of(0usize..3),
+        ) {
+            let mut nodes = mk_nodes(3, 1, 5);
+            nodes[0].phase = NodePhase::Offline;
+            let mut names = vec!["r0z0n0".to_owned()];
+            for (k, o) in others.iter().enumerate() {
+                let i = o.region * 5 + 1 + k;
+                if !o.live {
+                    nodes[i].phase = NodePhase::Offline;
+                }
+                names.push(nodes[i].name.clone());
+            }
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut shard = mk_shard("s", 100, &refs);
+            for (r, o) in shard.replicas[1..].iter_mut().zip(&others) {
+                r.in_sync = o.in_sync;
+                r.lag_bytes = o.lag;
+                if o.witness {
+                    r.role = ReplicaRole::Witness;
+                }
+            }
+            shard.placement.preferred_primary_region = preferred.map(|p| format!("r{p}"));
+            let topology = Topology { replication_factor: 3, nodes, shards: vec![shard] };
+            let policy = FailoverPolicy { max_lag_bytes: 100, ..FailoverPolicy::default() };
+            let out = plan_failover(&topology, "r0z0n0", 0, &policy).expect("plan");
+            let eligible: Vec<(usize, &Other)> = others.iter().enumerate()
+                .filter(|(_, o)| o.live && o.in_sync && !o.witness && o.lag <= 100)
+                .collect();
+            let chosen = out.decisions[0].new_primary.clone();
+            match chosen {
+                None => {
+                    prop_assert!(eligible.is_empty());
+                    prop_assert_eq!(&out.plan.blocked[0].reason, &BlockReason::NoInSyncReplica);
+                }
+                Some(node) => {
+                    let k = names.iter().position(|n| *n == node).expect("a replica") - 1;
+                    let c = &others[k];
+                    prop_assert!(c.live && c.in_sync && !c.witness && c.lag <= 100, "{c:?}");
+                    let in_pref = |o: &Other| preferred.is_none_or(|p| o.region == p);
+                    if eligible.iter().any(|(_, o)| in_pref(o)) {
+                        prop_assert!(in_pref(c));
+                    }
+                    let best_lag = eligible.iter().filter(|(_, o)| in_pref(o) == in_pref(c)).map(|(_, o)| o.lag).min();
+                    prop_assert_eq!(Some(c.lag), best_lag);
+                    prop_assert_eq!(out.decisions[0].new_epoch, Some(2));
+                }
+            }
+            // Every other replica got a verdict.
+            prop_assert_eq!(out.decisions[0].candidates.len(), others.len());
+        }
+    }
+}

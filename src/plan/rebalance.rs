@@ -161,13 +161,23 @@ fn spread_shares(
     let regions = group_by(members, |i| state.region_of[i]);
     let region_weights: Vec<(f64, f64)> = regions
         .iter()
-        .map(|g| (g.iter().map(|&i| weight(i)).sum(), cap(state.spread.per_region)))
+        .map(|g| {
+            (
+                g.iter().map(|&i| weight(i)).sum(),
+                cap(state.spread.per_region),
+            )
+        })
         .collect();
     for (region, region_share) in regions.iter().zip(water_fill(total, &region_weights)) {
         let zones = group_by(region, |i| state.zone_of[i]);
         let zone_weights: Vec<(f64, f64)> = zones
             .iter()
-            .map(|g| (g.iter().map(|&i| weight(i)).sum(), cap(state.spread.per_zone)))
+            .map(|g| {
+                (
+                    g.iter().map(|&i| weight(i)).sum(),
+                    cap(state.spread.per_zone),
+                )
+            })
             .collect();
         for (zone, zone_share) in zones.iter().zip(water_fill(region_share, &zone_weights)) {
             let zone_weight: f64 = zone.iter().map(|&i| weight(i)).sum();
@@ -672,11 +682,29 @@ pub fn plan_rebalance(
             if v.short {
                 balancer
                     .pick_for_receiver(node, v.dimension, thorough)
-                    .map(|(shard, from)| [Some(Move { shard, from, to: node }), None])
+                    .map(|(shard, from)| {
+                        [
+                            Some(Move {
+                                shard,
+                                from,
+                                to: node,
+                            }),
+                            None,
+                        ]
+                    })
             } else {
                 balancer
                     .pick_for_donor(node, v.dimension, thorough)
-                    .map(|(shard, to)| [Some(Move { shard, from: node, to }), None])
+                    .map(|(shard, to)| {
+                        [
+                            Some(Move {
+                                shard,
+                                from: node,
+                                to,
+                            }),
+                            None,
+                        ]
+                    })
             }
         };
         let single = single(false).or_else(|| single(true));
@@ -889,9 +917,8 @@ fn transfer_chain(
                     .preferred_primary_region
                     .as_deref();
                 let keeps_region = |from: usize, to: usize| {
-                    preferred.is_none_or(|r| {
-                        state.node(from).region != r || state.node(to).region == r
-                    })
+                    preferred
+                        .is_none_or(|r| state.node(from).region != r || state.node(to).region == r)
                 };
                 let neighbours: Vec<usize> = if push {
                     if primary != x {
@@ -908,9 +935,9 @@ fn transfer_chain(
                         .map(|s| s.node)
                         .collect()
                 } else {
-                    let in_sync_here = state.slots[shard].iter().any(|s| {
-                        s.node == x && s.role == ReplicaRole::Secondary && s.in_sync
-                    });
+                    let in_sync_here = state.slots[shard]
+                        .iter()
+                        .any(|s| s.node == x && s.role == ReplicaRole::Secondary && s.in_sync);
                     if primary == x || !in_sync_here || !keeps_region(primary, x) {
                         continue;
                     }
@@ -930,7 +957,13 @@ fn transfer_chain(
                     };
                     // Among the ends at the shortest distance, the one furthest on the
                     // other side of its share.
-                    let better = |e: usize| if push { dev(y) < dev(e) } else { dev(y) > dev(e) };
+                    let better = |e: usize| {
+                        if push {
+                            dev(y) < dev(e)
+                        } else {
+                            dev(y) > dev(e)
+                        }
+                    };
                     if room && end.is_none_or(better) {
                         end = Some(y);
                     }
@@ -1053,7 +1086,6 @@ mod tests {
             assert!((3..=5).contains(&led), "{n} leads {led}");
         }
     }
-
 
     /// Many similar shards on a cluster grown by empty nodes: reaching 5% is possible.
     fn arb_feasible() -> impl Strategy<Value = Topology> {

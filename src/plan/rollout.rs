@@ -223,3 +223,92 @@ pub fn plan_schema_rollout(
     }
     Ok(plan.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::testkit::{arb_cluster, mk_nodes, mk_placed};
+
+    #[test]
+    fn waves_start_with_a_canary_and_grow() {
+        let policy = RolloutPolicy::default();
+        let sizes: Vec<usize> = (0..7).map(|w| policy.wave_size(w)).collect();
+        assert_eq!(sizes, vec![1, 2, 4, 8, 16, 16, 16]);
+    }
+
+    #[test]
+    fn an_upgrade_hands_off_primaries_and_never_takes_two_replicas_of_a_shard() {
+        let topology = mk_placed(3, mk_nodes(3, 2, 2), &[100; 8]);
+        let work = NodeWork::Upgrade { version: "16.4".into() };
+        let plan = plan_node_rollout(&topology, &[], &work, &RolloutPolicy::default()).expect("plan");
+        assert!(plan.blocked.is_empty());
+        assert_eq!(plan.operations.len(), 12);
+        assert_eq!(plan.operations.iter().filter(|op| op.wave == 0).count(), 1);
+        let canary = &plan.operations[0];
+        let led = topology.shards.iter().filter(|s| s.primary_node() == Some(&canary.subject)).count();
+        let transfers = canary.steps.iter().filter(|s| matches!(s.action, StepAction::TransferPrimary { .. })).count();
+        assert_eq!(transfers, led);
+        assert!(matches!(canary.steps[led].action, StepAction::UpgradeNode { .. }));
+        assert!(matches!(canary.steps[led + 1].action, StepAction::AwaitNodeHealthy { .. }));
+        assert_eq!(plan.risk, RiskClass::Disruptive);
+    }
+
+    #[test]
+    fn a_shard_already_missing_a_replica_blocks_its_other_nodes() {
+        let mut topology = mk_placed(3, mk_nodes(3, 1, 1), &[100; 2]);
+        topology.nodes[0].phase = NodePhase::Offline;
+        let plan = plan_node_rollout(&topology, &[], &NodeWork::Restart, &RolloutPolicy::default())
+            .expect("plan");
+        assert!(plan.operations.is_empty());
+        assert_eq!(plan.blocked[0].reason, BlockReason::NodeNotLive);
+        assert!(matches!(plan.blocked[1].reason, BlockReason::WouldLoseQuorum { .. }));
+    }
+
+    #[test]
+    fn schema_changes_roll_shard_by_shard_with_the_given_risk() {
+        let topology = mk_placed(3, mk_nodes(3, 1, 1), &[100; 7]);
+        let plan = plan_schema_rollout(&topology, "t", 4, RiskClass::Disruptive, &RolloutPolicy::default())
+            .expect("plan");
+        let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
+        assert_eq!(waves, vec![0, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(plan.risk, RiskClass::Disruptive);
+        assert!(plan.operations[0].steps[0].reason.contains("canary"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn no_wave_takes_down_a_quorum(topology in arb_cluster(), down in prop::option::of(any::<prop::sample::Index>()), policy_size in 1u32..6) {
+            let mut topology = topology;
+            if let Some(i) = down {
+                let n = i.index(topology.nodes.len());
+                topology.nodes[n].phase = NodePhase::Offline;
+            }
+            let policy = RolloutPolicy { canary: 1, growth: 2, max_wave: policy_size };
+            let plan = plan_node_rollout(&topology, &[], &NodeWork::Restart, &policy).expect("plan");
+            let node_of = |name: &str| topology.nodes.iter().find(|n| n.name == name).expect("node");
+            let mut waves: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+            for op in &plan.operations {
+                waves.entry(op.wave).or_default().insert(&op.subject);
+            }
+            for (wave, nodes) in &waves {
+                prop_assert!(nodes.len() <= policy.wave_size(*wave));
+                for s in &topology.shards {
+                    let already = s.replicas.iter().filter(|r| !node_of(&r.node).is_live()).count();
+                    let taken = s.replicas.iter().filter(|r| nodes.contains(r.node.as_str())).count();
+                    prop_assert!(already + taken <= 1, "wave {wave} takes {taken} of {} ({already} down)", s.name);
+                }
+            }
+            // Every node is either rolled exactly once or blocked with a reason.
+            let rolled: Vec<&str> = plan.operations.iter().map(|op| op.subject.as_str()).collect();
+            let unique: BTreeSet<&str> = rolled.iter().copied().collect();
+            prop_assert_eq!(rolled.len(), unique.len());
+            prop_assert_eq!(unique.len() + plan.blocked.len(), topology.nodes.len());
+        }
+    }
+}
