@@ -61,3 +61,29 @@ pub(crate) fn content_hash(
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::steps::{ConcurrencyLimits, PlanBuilder, PlanKind, Step, StepAction};
+
+    fn plan(reason: &str, node: &str) -> crate::plan::steps::Plan {
+        let mut b = PlanBuilder::new(PlanKind::Drain, ConcurrencyLimits::default());
+        let action = StepAction::RemoveReplica {
+            shard: "s".into(),
+            node: node.into(),
+        };
+        b.schedule("s", vec![Step::new(action, reason)], None);
+        b.finish()
+    }
+
+    #[test]
+    fn the_hash_covers_actions_not_reasons() {
+        let a = plan("because", "n1");
+        assert_eq!(a.hash.len(), 64);
+        assert!(a.hash.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.hash, plan("because", "n1").hash);
+        assert_eq!(a.hash, plan("reworded", "n1").hash);
+        assert_ne!(a.hash, plan("because", "n2").hash);
+        assert_eq!(a.content_hash(), a.hash);
+    }
+}

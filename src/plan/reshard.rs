@@ -260,3 +260,106 @@ fn estimated_size(sources: &[&Shard], range: KeyRange) -> u64 {
         })
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan::keyspace::check_tiling;
+    use crate::plan::simulate::apply_plan;
+    use crate::plan::steps::RiskClass;
+    use crate::plan::testkit::{mk_nodes, mk_placed, spread_violations};
+
+    fn table() -> Topology {
+        mk_placed(3, mk_nodes(3, 1, 2), &[400, 400, 400])
+    }
+
+    fn tiles(topology: &Topology) -> bool {
+        check_tiling(topology.shards.iter().map(|s| (s.name.as_str(), s.range))).is_ok()
+    }
+
+    #[test]
+    fn a_split_runs_the_full_step_list_and_keeps_the_tiling() {
+        let topology = table();
+        let request = ReshardRequest::split_even(&topology.shards[1], 2).expect("split");
+        let plan = plan_reshard(&topology, &request, 1_000, 60_000).expect("plan");
+        assert!(plan.blocked.is_empty(), "{:?}", plan.blocked);
+        let kinds: Vec<&str> = plan
+            .steps()
+            .map(|s| match s.action {
+                StepAction::PrepareTargets { .. } => "prepare",
+                StepAction::CopyRows { .. } => "copy",
+                StepAction::CatchUpTarget { .. } => "catch-up",
+                StepAction::FenceWrites { .. } => "fence",
+                StepAction::VerifyRanges { .. } => "verify",
+                StepAction::SwitchRouting { .. } => "switch",
+                StepAction::DropShards { .. } => "drop",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["prepare", "copy", "copy", "catch-up", "catch-up", "fence", "verify", "switch", "drop"]
+        );
+        assert!(plan.steps().any(|s| s.action
+            == StepAction::DropShards { shards: vec!["s1".into()], not_before_ms: 61_000 }));
+        assert_eq!(plan.risk, RiskClass::Destructive);
+        let after = apply_plan(&topology, &plan);
+        assert!(tiles(&after));
+        let names: Vec<&str> = after.shards.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s0", "s2", "s1-0", "s1-1"]);
+        // Half the keys, so about half the bytes.
+        assert!((199..=200).contains(&after.shards[2].size_bytes));
+        assert!(spread_violations(&after).is_empty());
+    }
+
+    #[test]
+    fn a_merge_copies_both_sources_into_one_target() {
+        let topology = table();
+        let request = ReshardRequest::merge(&topology.shards[0], &topology.shards[1], "s01")
+            .expect("adjacent");
+        let plan = plan_reshard(&topology, &request, 0, 0).expect("plan");
+        let copies = plan.steps().filter(|s| matches!(s.action, StepAction::CopyRows { .. })).count();
+        assert_eq!(copies, 2);
+        let after = apply_plan(&topology, &plan);
+        assert!(tiles(&after));
+        assert_eq!(after.shards.iter().find(|s| s.name == "s01").map(|s| s.size_bytes), Some(800));
+        assert!(ReshardRequest::merge(&topology.shards[0], &topology.shards[2], "x").is_err());
+    }
+
+    #[test]
+    fn a_request_that_does_not_tile_is_refused_with_the_gap() {
+        let topology = table();
+        let mut request = ReshardRequest::split_even(&topology.shards[1], 3).expect("split");
+        request.targets.remove(1);
+        let plan = plan_reshard(&topology, &request, 0, 0).expect("plan");
+        assert!(plan.operations.is_empty());
+        let BlockReason::InvalidReshard { detail } = &plan.blocked[0].reason else {
+            panic!("{:?}", plan.blocked);
+        };
+        assert!(detail.contains("gap: no shard owns keys"), "{detail}");
+        let err = plan_reshard(&topology, &ReshardRequest { sources: vec!["nope".into()], ..request }, 0, 0)
+            .expect_err("unknown shard");
+        assert_eq!(err, PlanError::UnknownShard { shard: "nope".into() });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn splitting_any_shard_keeps_the_table_tiled(pick in any::<prop::sample::Index>(), parts in 2u64..6, point in any::<i64>()) {
+            let topology = mk_placed(3, mk_nodes(3, 1, 2), &[100; 5]);
+            let source = &topology.shards[pick.index(5)];
+            let request = match ReshardRequest::split_at(source, point) {
+                Ok(r) if point % 2 == 0 => r,
+                _ => ReshardRequest::split_even(source, parts).expect("wide range"),
+            };
+            let plan = plan_reshard(&topology, &request, 0, 0).expect("plan");
+            prop_assert!(plan.blocked.is_empty());
+            let after = apply_plan(&topology, &plan);
+            prop_assert!(tiles(&after));
+            prop_assert_eq!(after.shards.len(), 4 + request.targets.len());
+        }
+    }
+}

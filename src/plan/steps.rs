@@ -577,3 +577,54 @@ impl PlanBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(shard: &str, node: &str) -> Vec<Step> {
+        vec![Step::new(
+            StepAction::AddReplica {
+                shard: shard.into(),
+                node: node.into(),
+            },
+            "test",
+        )]
+    }
+
+    #[test]
+    fn waves_respect_node_cluster_and_subject_limits() {
+        let limits = ConcurrencyLimits {
+            per_node: 1,
+            per_cluster: 2,
+        };
+        let mut b = PlanBuilder::new(PlanKind::Rebalance, limits);
+        assert_eq!(b.schedule("a", add("a", "n1"), None), 0);
+        assert_eq!(b.schedule("b", add("b", "n1"), None), 1, "n1 is busy in wave 0");
+        assert_eq!(b.schedule("c", add("c", "n2"), None), 0);
+        assert_eq!(b.schedule("d", add("d", "n3"), None), 1, "wave 0 is full");
+        assert_eq!(b.schedule("a", add("a", "n4"), None), 2, "wave 1 is full too");
+        assert_eq!(b.schedule("e", add("e", "n5"), Some(3)), 4);
+        let plan = b.finish();
+        let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
+        assert_eq!(waves, [0, 0, 1, 1, 2, 4]);
+        assert_eq!(plan.risk, RiskClass::Safe);
+    }
+
+    #[test]
+    fn blockers_read_as_instructions() {
+        let reason = BlockReason::NoPlacement {
+            missing: 1,
+            rejected: vec![
+                (PlacementRejection::NotOnline, 2),
+                (PlacementRejection::RegionFull, 3),
+            ],
+        };
+        assert_eq!(
+            reason.to_string(),
+            "no node can take 1 more replica(s): 2 node(s) not online, 3 node(s) are in a region \
+             already holding as many replicas as losing one region allows; add nodes in other \
+             zones/regions or free capacity"
+        );
+    }
+}
