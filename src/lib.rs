@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod controller;
 pub mod gitsync;
 pub mod plan;
 pub mod routing;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shardplane::controller::{self, OperatorConfig};
 use shardplane::sandbox::demo::{Demo, DemoOptions};
 
 /// Shardplane: a Kubernetes-native control plane for a sharded SQL database on PostgreSQL.
@@ -41,8 +42,23 @@ enum Command {
         #[arg(long)]
         exit: bool,
     },
-    /// Run the operator (reconcilers and plan executor). Not available yet.
-    Operator,
+    /// Run the operator: reconcilers and the plan executor (while elected leader), node
+    /// liveness, and the metrics, health and heartbeat server.
+    Operator {
+        /// Watch only this namespace (default: every namespace).
+        #[arg(long, env = "SHARDPLANE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// The namespace of the leader-election Lease (default: the watched namespace, or
+        /// `shardplane-system`).
+        #[arg(long, env = "SHARDPLANE_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// This replica's identity in leader election (default: host name and process id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Address of the metrics, health and heartbeat server.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        listen: std::net::SocketAddr,
+    },
     /// Run the node agent beside a storage node's PostgreSQL instances. Not available yet.
     Agent,
     /// Apply git repositories to the cluster: every GitSync object's branch and path is
@@ -52,7 +68,7 @@ enum Command {
         /// namespace when none is given.
         #[arg(
             long = "namespace",
-            env = "SHARDPLANE_GIT_NAMESPACES",
+            env = "SHARDPLANE_WATCH_NAMESPACES",
             value_delimiter = ','
         )]
         namespaces: Vec<String>,
@@ -65,7 +81,7 @@ enum Command {
         checkout_dir: PathBuf,
         /// Serve the push webhook (`POST /hooks/{namespace}/{name}`) on this address, for
         /// example `0.0.0.0:9292`.
-        #[arg(long, env = "SHARDPLANE_GIT_WEBHOOK_LISTEN", value_name = "ADDR")]
+        #[arg(long, env = "SHARDPLANE_WEBHOOK_ADDRESS", value_name = "ADDR")]
         webhook_listen: Option<std::net::SocketAddr>,
     },
     /// Show what a pull request would cause. Not available yet.
@@ -113,7 +129,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Operator => not_available("operator"),
+        Command::Operator {
+            namespace,
+            lease_namespace,
+            identity,
+            listen,
+        } => {
+            let identity = identity.unwrap_or_else(default_identity);
+            let lease_namespace = lease_namespace
+                .or_else(|| namespace.clone())
+                .unwrap_or_else(|| "shardplane-system".into());
+            let mut config = OperatorConfig::new(identity, lease_namespace);
+            config.namespace = namespace;
+            config.listen = listen;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+            controller::run(client, config).await?;
+            Ok(())
+        }
         Command::Agent => not_available("agent"),
         Command::GitSync {
             namespaces,
@@ -167,6 +201,12 @@ async fn git_sync(
     };
     shardplane::gitsync::run(client, options).await?;
     Ok(())
+}
+
+/// Host name and process id: unique among replicas on one machine and across pods.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// Subcommands whose implementation has not landed say so instead of pretending to work.

@@ -19,6 +19,7 @@ use super::Condition;
     status = "ShardStatus",
     shortname = "sh",
     category = "shardplane",
+    selectable = ".spec.table",
     doc = "One key range of one table and its replicas. Absent range ends mean the edges of the key space.",
     printcolumn(name = "Table", type_ = "string", json_path = ".spec.table"),
     printcolumn(

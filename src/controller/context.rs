@@ -1,0 +1,177 @@
+//! What every reconciler shares: the client, the configuration, the leadership guard, the
+//! liveness table, metrics and the event recorder.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::task::JoinHandle;
+
+use super::leader::LeaderGuard;
+use super::liveness::Liveness;
+use super::metrics::Metrics;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// The namespace to watch; `None` watches every namespace.
+    pub namespace: Option<String>,
+    /// This replica's identity in leader election (a pod name, or host and pid).
+    pub identity: String,
+    /// Where the leader-election Lease lives.
+    pub lease_namespace: String,
+    /// How long a leader's Lease is valid after its last renewal.
+    pub lease_duration: Duration,
+    /// Address of the metrics, health and heartbeat server.
+    pub listen: SocketAddr,
+    /// How often a waiting plan step is checked again.
+    pub step_poll: Duration,
+}
+
+impl OperatorConfig {
+    /// Defaults for a replica called `identity` whose Lease lives in `lease_namespace`.
+    pub fn new(identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
+        OperatorConfig {
+            namespace: None,
+            identity: identity.into(),
+            lease_namespace: lease_namespace.into(),
+            lease_duration: Duration::from_secs(4),
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            step_poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Shared by every reconciler of one operator process.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The configuration.
+    pub config: OperatorConfig,
+    /// Whether, and at which epoch, this replica may act.
+    pub leader: LeaderGuard,
+    /// When each node was last heard from.
+    pub liveness: Liveness,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Publishes Kubernetes Events: the human-readable audit trail of every decision.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for one operator process.
+    pub fn new(client: Client, config: OperatorConfig) -> Self {
+        let reporter = Reporter {
+            controller: "shardplane-operator".into(),
+            instance: Some(config.identity.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            leader: LeaderGuard::default(),
+            liveness: Liveness::default(),
+            metrics: Metrics::default(),
+            client,
+            config,
+        }
+    }
+
+    /// An `Api` for `K` in the watched namespace, or in all namespaces.
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.config.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Publishes a Normal or Warning Event about `object`; failures are logged, never fatal.
+    pub async fn event<K>(&self, object: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock the planner is given (it reads none itself).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// An in-memory, watch-fed copy of every `K` in the watched namespace(s); the watch stops
+/// when the cache is dropped (reconcilers are aborted when leadership is lost).
+pub struct Cache<K: kube::Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store: Store<K>,
+    task: JoinHandle<()>,
+}
+
+impl<K> Cache<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    /// Starts watching and returns once the first list is in.
+    pub async fn start(ctx: &Context) -> Self {
+        let (store, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher(ctx.watched::<K>(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects();
+        let task = tokio::spawn(async move {
+            stream.for_each(|_| async {}).await;
+        });
+        if store.wait_until_ready().await.is_err() {
+            tracing::warn!("a watch cache stopped before its first list");
+        }
+        Cache { store, task }
+    }
+
+    /// Every cached object.
+    pub fn state(&self) -> Vec<std::sync::Arc<K>> {
+        self.store.state()
+    }
+}
+
+impl<K: kube::Resource + 'static> Drop for Cache<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,233 @@
+//! What each plan step does to the world, and how the executor knows it is done. Effects are
+//! written as desired state on `Shard.status` (the replicas the operator wants, the primary
+//! and its epoch), which the node agents act on; completion is read back from what the
+//! agents report. Every effect is idempotent: applying it twice leaves the same state, and
+//! an epoch is fixed by the plan, so a resumed step never bumps it twice.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::api::shard::{DesiredReplica, PrimaryRef, ReplicaRole, ReplicaState};
+use crate::api::{DatabaseNode, NodePhase, Shard};
+use crate::plan::StepAction;
+
+use super::context::{Context, now_ms};
+use super::observe::observed_on;
+
+/// The field manager of the executor's writes to `Shard.status`.
+pub const EXECUTOR_MANAGER: &str = "shardplane-operator/executor";
+
+/// Where a step stands after one look.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Its effect holds; the next step may start.
+    Done,
+    /// Its effect is written; the world has not caught up yet (why, in a sentence).
+    Waiting(String),
+}
+
+/// Why a step cannot proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// It never will: the plan fails here, data intact, and says why.
+    #[error("{0}")]
+    Permanent(String),
+    /// The API failed; the step is retried.
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] super::leader::NotLeader),
+}
+
+/// Applies `action`'s effect (idempotently) in `namespace` and reports whether it holds.
+pub async fn advance(
+    ctx: &Context,
+    namespace: &str,
+    action: &StepAction,
+) -> Result<Progress, StepError> {
+    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
+    match action {
+        StepAction::AddReplica { shard, node } => {
+            let current = get_shard(&shards, shard).await?;
+            let mut desired = desired(&current);
+            if !desired.iter().any(|r| &r.node == node) {
+                desired.push(DesiredReplica {
+                    node: node.clone(),
+                    role: ReplicaRole::Secondary,
+                });
+                write_desired(ctx, &shards, &current, desired, primary(&current)).await?;
+            }
+            Ok(Progress::Done)
+        }
+        StepAction::CatchUp { shard, node } => {
+            let current = get_shard(&shards, shard).await?;
+            let status = current.status.unwrap_or_default();
+            match observed_on(&status.replicas, node) {
+                Some(r) if r.state == ReplicaState::InSync => Ok(Progress::Done),
+                Some(r) => Ok(Progress::Waiting(format!(
+                    "replica of {shard} on {node} is {:?}",
+                    r.state
+                ))),
+                None => Ok(Progress::Waiting(format!(
+                    "no report yet of the replica of {shard} on {node}"
+                ))),
+            }
+        }
+        StepAction::TransferPrimary {
+            shard, to, epoch, ..
+        }
+        | StepAction::Promote {
+            shard,
+            node: to,
+            epoch,
+        } => {
+            let current = get_shard(&shards, shard).await?;
+            let epoch = *epoch as i64;
+            let target = PrimaryRef {
+                node: to.clone(),
+                epoch,
+            };
+            if primary(&current).as_ref() != Some(&target) {
+                if primary(&current).is_some_and(|p| p.epoch > epoch) {
+                    return Err(StepError::Permanent(format!(
+                        "shard {shard} is already at an epoch above {epoch}: another promotion happened since this plan was made"
+                    )));
+                }
+                let desired = desired(&current)
+                    .into_iter()
+                    .map(|r| DesiredReplica {
+                        role: if &r.node == to {
+                            ReplicaRole::Primary
+                        } else if r.role == ReplicaRole::Primary {
+                            ReplicaRole::Secondary
+                        } else {
+                            r.role
+                        },
+                        node: r.node,
+                    })
+                    .collect();
+                write_desired(ctx, &shards, &current, desired, Some(target)).await?;
+                return Ok(Progress::Waiting(format!(
+                    "{to} is to serve {shard} at epoch {epoch}"
+                )));
+            }
+            let status = current.status.unwrap_or_default();
+            match observed_on(&status.replicas, to) {
+                Some(r)
+                    if r.role == ReplicaRole::Primary
+                        && r.epoch == Some(epoch)
+                        && r.state == ReplicaState::InSync =>
+                {
+                    Ok(Progress::Done)
+                }
+                _ => Ok(Progress::Waiting(format!(
+                    "waiting for {to} to report {shard} primary at epoch {epoch}"
+                ))),
+            }
+        }
+        StepAction::RemoveReplica { shard, node } => {
+            let current = get_shard(&shards, shard).await?;
+            let mut desired = desired(&current);
+            if desired
+                .iter()
+                .any(|r| &r.node == node && r.role == ReplicaRole::Primary)
+            {
+                return Err(StepError::Permanent(format!(
+                    "refusing to remove the primary of {shard} on {node}; transfer it first"
+                )));
+            }
+            if desired.iter().any(|r| &r.node == node) {
+                desired.retain(|r| &r.node != node);
+                write_desired(ctx, &shards, &current, desired, primary(&current)).await?;
+            }
+            let status = current.status.unwrap_or_default();
+            if observed_on(&status.replicas, node).is_none()
+                || !node_live(ctx, namespace, node).await?
+            {
+                Ok(Progress::Done)
+            } else {
+                Ok(Progress::Waiting(format!(
+                    "waiting for {node} to remove its replica of {shard}"
+                )))
+            }
+        }
+        StepAction::WaitUntil { not_before_ms } => {
+            let now = now_ms();
+            if now >= *not_before_ms {
+                Ok(Progress::Done)
+            } else {
+                Ok(Progress::Waiting(format!(
+                    "waiting {} s more",
+                    (not_before_ms - now).div_ceil(1000)
+                )))
+            }
+        }
+        other => Err(StepError::Permanent(format!(
+            "{} needs data-plane support this operator build does not have yet; nothing was changed",
+            serde_json::to_string(other).unwrap_or_default()
+        ))),
+    }
+}
+
+async fn get_shard(shards: &Api<Shard>, name: &str) -> Result<Shard, StepError> {
+    match shards.get_opt(name).await? {
+        Some(shard) => Ok(shard),
+        None => Err(StepError::Permanent(format!(
+            "shard {name} no longer exists"
+        ))),
+    }
+}
+
+fn desired(shard: &Shard) -> Vec<DesiredReplica> {
+    shard
+        .status
+        .as_ref()
+        .map(|s| s.desired_replicas.clone())
+        .unwrap_or_default()
+}
+
+fn primary(shard: &Shard) -> Option<PrimaryRef> {
+    shard.status.as_ref().and_then(|s| s.primary.clone())
+}
+
+/// Writes the desired replica set and primary with server-side apply under the executor's
+/// own field manager (agents own their `replicas` entries, other reconcilers other fields),
+/// conditional on the resourceVersion read, so a decision made on stale state is refused.
+async fn write_desired(
+    ctx: &Context,
+    shards: &Api<Shard>,
+    shard: &Shard,
+    desired: Vec<DesiredReplica>,
+    primary: Option<PrimaryRef>,
+) -> Result<(), StepError> {
+    ctx.leader.ensure()?;
+    let mut status = json!({"desiredReplicaCount": desired.len(), "desiredReplicas": desired});
+    if let Some(primary) = primary {
+        status["primary"] = json!(primary);
+    }
+    let patch = json!({
+        "apiVersion": "shardplane.io/v1alpha1",
+        "kind": "Shard",
+        "metadata": {"name": shard.name_any(), "resourceVersion": shard.resource_version()},
+        "status": status,
+    });
+    let params = PatchParams::apply(EXECUTOR_MANAGER).force();
+    shards
+        .patch_status(&shard.name_any(), &params, &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+async fn node_live(ctx: &Context, namespace: &str, node: &str) -> Result<bool, StepError> {
+    let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
+    let phase = nodes
+        .get_opt(node)
+        .await?
+        .and_then(|n| n.status.and_then(|s| s.phase));
+    Ok(!matches!(
+        phase,
+        Some(NodePhase::Offline | NodePhase::Decommissioned) | None
+    ))
+}

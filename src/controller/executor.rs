@@ -1,0 +1,491 @@
+//! The plan executor: one reconcile per `Plan`. It decides approval (cluster policy, a patch
+//! of `spec.approval`, or an annotation carrying the plan's hash on the target object), then
+//! executes the steps in order, one at a time: a step is marked Running in status *before*
+//! its effect is applied, and Succeeded once the effect holds. Every status write carries
+//! the resourceVersion it was computed from, so a deposed leader's stale write is refused;
+//! a restarted operator finds the Running step and re-applies its idempotent effect.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::database_cluster::Approval;
+use crate::api::plan::{
+    PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
+};
+use crate::api::{DatabaseCluster, Plan};
+
+use super::APPROVE_ANNOTATION;
+use super::conditions::{self, Observation};
+use super::context::Context;
+use super::effects::{self, Progress, StepError};
+use super::leader::NotLeader;
+use super::metrics::StepLabels;
+use super::plan_wire;
+
+/// Why a plan reconcile failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The API server refused or failed a request (a 409 means the plan changed meanwhile).
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// Runs the executor while this replica leads.
+pub async fn run(ctx: Arc<Context>) {
+    Controller::new(ctx.watched::<Plan>(), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(_: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "plan reconcile failed");
+    let result = match error {
+        ExecutorError::NotLeader(_) => "not_leader",
+        ExecutorError::Api(_) => "api",
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&super::metrics::ReconcileLabels {
+            kind: "Plan",
+            result,
+        })
+        .inc();
+    Action::requeue(Duration::from_millis(500))
+}
+
+async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ExecutorError> {
+    let started = Instant::now();
+    ctx.leader.ensure()?;
+    let mut writer = StatusWriter::new(&ctx, &plan);
+    let action = match writer.status.phase {
+        Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
+            Action::await_change()
+        }
+        Some(PlanPhase::Running) => execute(&ctx, &plan, &mut writer).await?,
+        None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
+            match approval(&ctx, &plan).await? {
+                Verdict::Approved(by) => {
+                    start(&ctx, &plan, &mut writer, by).await?;
+                    execute(&ctx, &plan, &mut writer).await?
+                }
+                Verdict::Waiting { reason, message } => {
+                    let generation = plan.meta().generation;
+                    writer.status.phase = Some(PlanPhase::AwaitingApproval);
+                    writer.status.total_steps = Some(plan.spec.steps.len() as i32);
+                    conditions::set(
+                        &mut writer.status.conditions,
+                        generation,
+                        Observation {
+                            type_: "Approved",
+                            holds: false,
+                            reason,
+                            message,
+                        },
+                    );
+                    writer.flush_if_changed(&plan).await?;
+                    // The target's annotation is not watched here: look again shortly.
+                    Action::requeue(Duration::from_secs(1))
+                }
+            }
+        }
+    };
+    ctx.metrics.reconciled("Plan", "ok", started);
+    Ok(action)
+}
+
+/// Whether a plan may run.
+enum Verdict {
+    Approved(String),
+    Waiting {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+async fn approval(ctx: &Context, plan: &Plan) -> Result<Verdict, ExecutorError> {
+    let namespace = plan.namespace().unwrap_or_default();
+    let clusters: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let policy = clusters
+        .get_opt(&plan.spec.cluster)
+        .await?
+        .and_then(|c| c.spec.approval);
+    let needed = match plan.spec.risk {
+        // A failover restores service; waiting for a human would prolong the outage.
+        _ if plan.spec.purpose == PlanPurpose::Failover => Approval::Automatic,
+        RiskClass::Safe => policy
+            .as_ref()
+            .and_then(|p| p.safe)
+            .unwrap_or(Approval::Automatic),
+        RiskClass::Disruptive => policy
+            .as_ref()
+            .and_then(|p| p.disruptive)
+            .unwrap_or(Approval::Manual),
+        RiskClass::Destructive => Approval::Manual,
+    };
+    if needed == Approval::Automatic {
+        return Ok(Verdict::Approved(
+            format!("policy:{:?}", plan.spec.risk).to_lowercase(),
+        ));
+    }
+    if let Some(approval) = &plan.spec.approval {
+        // CEL guarantees approval.planHash == spec.hash.
+        return Ok(Verdict::Approved(format!("user:{}", approval.approved_by)));
+    }
+    let annotation = target_annotation(ctx, plan).await?;
+    match annotation {
+        Some(hash) if hash == plan.spec.hash => Ok(Verdict::Approved(format!(
+            "annotation:{}/{}",
+            kind_name(plan.spec.target.kind),
+            plan.spec.target.name
+        ))),
+        Some(hash) => Ok(Verdict::Waiting {
+            reason: "HashMismatch",
+            message: format!(
+                "{} {} carries {APPROVE_ANNOTATION}={hash}, which is not this plan's hash {}; \
+                 the approved plan is not this one (its inputs changed?) — review this plan and \
+                 approve its hash",
+                kind_name(plan.spec.target.kind),
+                plan.spec.target.name,
+                plan.spec.hash
+            ),
+        }),
+        None => Ok(Verdict::Waiting {
+            reason: "AwaitingApproval",
+            message: format!(
+                "{:?} plans need approval: annotate {} {} with {APPROVE_ANNOTATION}={} or set spec.approval",
+                plan.spec.risk,
+                kind_name(plan.spec.target.kind),
+                plan.spec.target.name,
+                plan.spec.hash
+            ),
+        }),
+    }
+}
+
+fn kind_name(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::DatabaseCluster => "DatabaseCluster",
+        TargetKind::DatabaseNode => "DatabaseNode",
+        TargetKind::Table => "Table",
+        TargetKind::Shard => "Shard",
+        TargetKind::SchemaVersion => "SchemaVersion",
+    }
+}
+
+/// The approval annotation on the plan's target object, if any.
+async fn target_annotation(ctx: &Context, plan: &Plan) -> Result<Option<String>, ExecutorError> {
+    let kind = kind_name(plan.spec.target.kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    let gvk = GroupVersionKind::gvk(crate::api::GROUP, crate::api::VERSION, kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &plan.namespace().unwrap_or_default(),
+        &resource,
+    );
+    let target = api.get_opt(&plan.spec.target.name).await?;
+    Ok(target.and_then(|t| t.annotations().get(APPROVE_ANNOTATION).cloned()))
+}
+
+async fn start(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+    by: String,
+) -> Result<(), ExecutorError> {
+    let generation = plan.meta().generation;
+    let status = &mut writer.status;
+    status.phase = Some(PlanPhase::Running);
+    status.approved_by = Some(by.clone());
+    status.total_steps = Some(plan.spec.steps.len() as i32);
+    status.completed_steps = Some(0);
+    status.started_at = Some(Time(Timestamp::now()));
+    status.executor_epoch = Some(ctx.leader.epoch());
+    status.steps = plan
+        .spec
+        .steps
+        .iter()
+        .map(|s| StepStatus {
+            id: s.id,
+            phase: StepPhase::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        })
+        .collect();
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Approved",
+            holds: true,
+            reason: "Approved",
+            message: format!("approved by {by}"),
+        },
+    );
+    set_progress(
+        status,
+        generation,
+        "Running",
+        format!("executing {} step(s)", plan.spec.steps.len()),
+    );
+    writer.flush(plan).await?;
+    ctx.event(
+        plan,
+        false,
+        "PlanApproved",
+        format!(
+            "plan {} (hash {}) approved by {by}",
+            plan.name_any(),
+            plan.spec.hash
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Executes steps in order until one must wait, the plan fails, or every step is done.
+async fn execute(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+) -> Result<Action, ExecutorError> {
+    let namespace = plan.namespace().unwrap_or_default();
+    let generation = plan.meta().generation;
+    for step in &plan.spec.steps {
+        let index = match writer.status.steps.iter().position(|s| s.id == step.id) {
+            Some(index) => index,
+            None => {
+                writer.status.steps.push(StepStatus {
+                    id: step.id,
+                    phase: StepPhase::Pending,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    message: None,
+                });
+                writer.status.steps.len() - 1
+            }
+        };
+        match writer.status.steps[index].phase {
+            StepPhase::Succeeded => continue,
+            StepPhase::Failed => return Ok(Action::await_change()),
+            StepPhase::Pending => {
+                // Recorded before acting: a restarted operator resumes this step.
+                let state = &mut writer.status.steps[index];
+                state.phase = StepPhase::Running;
+                state.attempts += 1;
+                state.started_at = Some(Time(Timestamp::now()));
+                writer.status.executor_epoch = Some(ctx.leader.epoch());
+                writer.flush(plan).await?;
+            }
+            StepPhase::Running => {
+                if writer.status.executor_epoch != Some(ctx.leader.epoch()) {
+                    // Resumed by a new leader: count the attempt.
+                    writer.status.steps[index].attempts += 1;
+                    writer.status.executor_epoch = Some(ctx.leader.epoch());
+                    writer.flush(plan).await?;
+                }
+            }
+        }
+        let outcome = match plan_wire::step_action(step) {
+            Ok(action) => effects::advance(ctx, &namespace, &action).await,
+            Err(error) => Err(StepError::Permanent(format!(
+                "step {} cannot be read: {error}",
+                step.id
+            ))),
+        };
+        match outcome {
+            Ok(Progress::Done) => {
+                let state = &mut writer.status.steps[index];
+                state.phase = StepPhase::Succeeded;
+                state.finished_at = Some(Time(Timestamp::now()));
+                state.message = None;
+                let done = writer
+                    .status
+                    .steps
+                    .iter()
+                    .filter(|s| s.phase == StepPhase::Succeeded)
+                    .count();
+                writer.status.completed_steps = Some(done as i32);
+                writer.flush(plan).await?;
+                ctx.metrics
+                    .plan_steps
+                    .get_or_create(&StepLabels {
+                        action: step.action.clone(),
+                        result: "succeeded",
+                    })
+                    .inc();
+            }
+            Ok(Progress::Waiting(why)) => {
+                writer.status.steps[index].message = Some(why.clone());
+                set_progress(
+                    &mut writer.status,
+                    generation,
+                    "Running",
+                    format!("step {} ({}): {why}", step.id, step.action),
+                );
+                writer.flush_if_changed(plan).await?;
+                return Ok(Action::requeue(ctx.config.step_poll));
+            }
+            Err(StepError::Permanent(why)) => {
+                let state = &mut writer.status.steps[index];
+                state.phase = StepPhase::Failed;
+                state.finished_at = Some(Time(Timestamp::now()));
+                state.message = Some(why.clone());
+                writer.status.phase = Some(PlanPhase::Failed);
+                writer.status.finished_at = Some(Time(Timestamp::now()));
+                let message = format!("step {} ({}) failed: {why}", step.id, step.action);
+                set_progress(
+                    &mut writer.status,
+                    generation,
+                    "StepFailed",
+                    message.clone(),
+                );
+                conditions::set(
+                    &mut writer.status.conditions,
+                    generation,
+                    Observation {
+                        type_: "Degraded",
+                        holds: true,
+                        reason: "StepFailed",
+                        message: message.clone(),
+                    },
+                );
+                writer.flush(plan).await?;
+                ctx.metrics
+                    .plan_steps
+                    .get_or_create(&StepLabels {
+                        action: step.action.clone(),
+                        result: "failed",
+                    })
+                    .inc();
+                ctx.event(plan, true, "PlanFailed", message).await;
+                return Ok(Action::await_change());
+            }
+            Err(StepError::Api(error)) => return Err(error.into()),
+            Err(StepError::NotLeader(error)) => return Err(error.into()),
+        }
+    }
+    writer.status.phase = Some(PlanPhase::Succeeded);
+    writer.status.finished_at = Some(Time(Timestamp::now()));
+    let message = format!("all {} step(s) succeeded", plan.spec.steps.len());
+    set_progress(&mut writer.status, generation, "Succeeded", message.clone());
+    writer.flush(plan).await?;
+    ctx.event(
+        plan,
+        false,
+        "PlanSucceeded",
+        format!(
+            "plan {} (hash {}): {message}",
+            plan.name_any(),
+            plan.spec.hash
+        ),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn set_progress(
+    status: &mut PlanStatus,
+    generation: Option<i64>,
+    reason: &'static str,
+    message: String,
+) {
+    let running = status.phase == Some(PlanPhase::Running);
+    let succeeded = status.phase == Some(PlanPhase::Succeeded);
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Progressing",
+            holds: running,
+            reason,
+            message: message.clone(),
+        },
+    );
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Ready",
+            holds: succeeded,
+            reason,
+            message,
+        },
+    );
+}
+
+/// The plan's status as this reconcile changes it, written with the resourceVersion of the
+/// last read or write, so concurrent writers (a deposed leader) are refused with a conflict.
+struct StatusWriter<'a> {
+    ctx: &'a Context,
+    status: PlanStatus,
+    written: PlanStatus,
+    resource_version: Option<String>,
+}
+
+impl<'a> StatusWriter<'a> {
+    fn new(ctx: &'a Context, plan: &Plan) -> Self {
+        let status = plan.status.clone().unwrap_or_default();
+        StatusWriter {
+            ctx,
+            written: status.clone(),
+            status,
+            resource_version: plan.resource_version(),
+        }
+    }
+
+    async fn flush_if_changed(&mut self, plan: &Plan) -> Result<(), ExecutorError> {
+        let same = conditions::same(&self.status.conditions, &self.written.conditions)
+            && PlanStatus {
+                conditions: Vec::new(),
+                ..self.status.clone()
+            } == PlanStatus {
+                conditions: Vec::new(),
+                ..self.written.clone()
+            };
+        if same {
+            return Ok(());
+        }
+        self.flush(plan).await
+    }
+
+    async fn flush(&mut self, plan: &Plan) -> Result<(), ExecutorError> {
+        self.ctx.leader.ensure()?;
+        self.status.observed_generation = plan.meta().generation;
+        let plans: Api<Plan> = Api::namespaced(
+            self.ctx.client.clone(),
+            &plan.namespace().unwrap_or_default(),
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": self.resource_version},
+            "status": self.status,
+        });
+        let written = plans
+            .patch_status(
+                &plan.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        self.resource_version = written.resource_version();
+        self.written = self.status.clone();
+        Ok(())
+    }
+}

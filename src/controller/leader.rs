@@ -1,0 +1,151 @@
+//! Leader election of operator replicas (kube-lease-manager over a coordination Lease), and
+//! the fence that keeps a deposed leader from acting: a leader may act only until the moment
+//! its own last confirmed renewal expires, as read back from the Lease itself. A replica cut
+//! off from the API server therefore stops acting before another could take the Lease, even
+//! if the election library has not noticed. The Lease's `leaseTransitions` is the leader
+//! epoch that plans record as their executor.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
+
+use super::context::Context;
+
+/// The Lease the operator replicas compete for.
+pub const LEASE_NAME: &str = "shardplane-operator";
+
+/// Whether this replica may act now, and at which leader epoch.
+#[derive(Default)]
+pub struct LeaderGuard {
+    epoch: AtomicI64,
+    valid_until: Mutex<Option<Instant>>,
+}
+
+/// A write was about to be made by a replica that is not (or no longer provably) the leader.
+#[derive(Debug, thiserror::Error)]
+#[error("this operator replica is not the leader (or cannot prove it still is); it does not act")]
+pub struct NotLeader;
+
+impl LeaderGuard {
+    /// Ok while this replica provably leads; call before every write that matters.
+    pub fn ensure(&self) -> Result<(), NotLeader> {
+        let valid_until = *self.valid_until.lock().map_err(|_| NotLeader)?;
+        match valid_until {
+            Some(until) if Instant::now() < until => Ok(()),
+            _ => Err(NotLeader),
+        }
+    }
+
+    /// The leader epoch (the Lease's transition count) this replica leads at.
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn confirm(&self, until: Instant, epoch: i64) {
+        self.epoch.store(epoch, Ordering::Release);
+        if let Ok(mut valid_until) = self.valid_until.lock() {
+            *valid_until = Some(until);
+        }
+    }
+
+    fn revoke(&self) {
+        if let Ok(mut valid_until) = self.valid_until.lock() {
+            *valid_until = None;
+        }
+    }
+}
+
+/// This replica's part in the election.
+pub struct Leadership {
+    elected: watch::Receiver<bool>,
+    ctx: Arc<Context>,
+}
+
+/// Joins the election and starts confirming leadership from the Lease.
+pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, LeaseManagerError> {
+    let config = &ctx.config;
+    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(config.lease_namespace.clone())
+        .with_identity(config.identity.clone())
+        .with_duration(config.lease_duration.as_secs().max(2))
+        .with_grace(1)
+        .build()
+        .await?;
+    let (elected, _task) = manager.watch().await;
+    let leases: Api<Lease> = Api::namespaced(client, &config.lease_namespace);
+    tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone()));
+    Ok(Leadership { elected, ctx })
+}
+
+impl Leadership {
+    /// Returns once this replica leads and has confirmed it from the Lease.
+    pub async fn became_leader(&mut self) {
+        loop {
+            if *self.elected.borrow() && self.ctx.leader.ensure().is_ok() {
+                self.ctx.metrics.leader.set(1);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Returns once this replica lost leadership or can no longer prove it has it.
+    pub async fn lost_leadership(&mut self) {
+        loop {
+            if !*self.elected.borrow() || self.ctx.leader.ensure().is_err() {
+                self.ctx.metrics.leader.set(0);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reads the Lease back every few hundred milliseconds while elected: the guard is valid
+/// until the holder's last renewal plus the Lease duration, minus a safety margin for clock
+/// skew and the time a write can take once started.
+async fn confirm_loop(leases: Api<Lease>, ctx: Arc<Context>, elected: watch::Receiver<bool>) {
+    let safety = Duration::from_millis(1000);
+    loop {
+        if *elected.borrow() {
+            match leases.get(LEASE_NAME).await {
+                Ok(lease) => match held_until(&lease, &ctx.config.identity) {
+                    Some((expires, epoch)) => {
+                        let remaining = expires
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default()
+                            .saturating_sub(safety);
+                        ctx.leader.confirm(Instant::now() + remaining, epoch);
+                    }
+                    None => ctx.leader.revoke(),
+                },
+                Err(error) => tracing::warn!(%error, "cannot read the leader Lease"),
+            }
+        } else {
+            ctx.leader.revoke();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// When `identity`'s hold on `lease` expires, and the epoch, if `identity` holds it.
+fn held_until(lease: &Lease, identity: &str) -> Option<(SystemTime, i64)> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed = spec.renew_time.as_ref()?.0;
+    let duration = Duration::from_secs(spec.lease_duration_seconds?.max(0) as u64);
+    let renewed =
+        SystemTime::UNIX_EPOCH + Duration::from_millis(renewed.as_millisecond().max(0) as u64);
+    Some((
+        renewed + duration,
+        i64::from(spec.lease_transitions.unwrap_or(0)),
+    ))
+}

@@ -1,0 +1,251 @@
+//! Node liveness. Agents send a heartbeat to the operator's HTTP server every
+//! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 5 s as the durable
+//! fallback (one API write per node per 5 s). The leader keeps the last heartbeat of every
+//! node in memory and, every 100 ms, derives each node's phase: Online, Suspect after
+//! `suspectAfterMs` of silence, Offline after `deadAfterMs` — unless the node's Lease was
+//! renewed meanwhile, which means the node lives and only its path to this operator broke.
+//! A new leader starts every live node's silence at its own start, so a takeover never
+//! causes a false failover. Phase changes are the only writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api::database_cluster::FailureDetection;
+use crate::api::database_node::NodeDesiredState;
+use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
+
+use super::context::{Cache, Context};
+
+/// The HTTP path agents post heartbeats to.
+pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
+
+/// The Lease a node's agent renews as its durable liveness record.
+pub fn node_lease_name(node: &str) -> String {
+    format!("shardplane-node-{node}")
+}
+
+/// One heartbeat of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// The namespace of the node's DatabaseNode.
+    pub namespace: String,
+    /// The DatabaseNode's name.
+    pub node: String,
+    /// Bumped each time the agent starts.
+    pub agent_epoch: i64,
+}
+
+/// When each node was last heard from, as seen by this operator process.
+#[derive(Default)]
+pub struct Liveness {
+    heard: Mutex<HashMap<(String, String), Instant>>,
+    leading_since: Mutex<Option<Instant>>,
+}
+
+impl Liveness {
+    /// Records a heartbeat.
+    pub fn record(&self, heartbeat: &Heartbeat) {
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.insert(
+                (heartbeat.namespace.clone(), heartbeat.node.clone()),
+                Instant::now(),
+            );
+        }
+    }
+
+    fn last_heard(&self, namespace: &str, node: &str) -> Option<Instant> {
+        let heard = self.heard.lock().ok()?;
+        heard.get(&(namespace.to_owned(), node.to_owned())).copied()
+    }
+
+    fn leading_since(&self) -> Instant {
+        let mut since = match self.leading_since.lock() {
+            Ok(since) => since,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *since.get_or_insert_with(Instant::now)
+    }
+
+    fn stop_leading(&self) {
+        if let Ok(mut since) = self.leading_since.lock() {
+            *since = None;
+        }
+    }
+}
+
+/// Timings of failure detection, from the cluster's spec or the defaults.
+#[derive(Clone, Copy)]
+struct Timings {
+    suspect: Duration,
+    dead: Duration,
+}
+
+impl Timings {
+    fn of(cluster: Option<&DatabaseCluster>) -> Self {
+        let spec: Option<&FailureDetection> =
+            cluster.and_then(|c| c.spec.failure_detection.as_ref());
+        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+        Timings {
+            suspect: spec.map_or(Duration::from_millis(1000), |s| ms(s.suspect_after_ms)),
+            dead: spec.map_or(Duration::from_millis(2000), |s| ms(s.dead_after_ms)),
+        }
+    }
+}
+
+/// Derives node phases from heartbeats every 100 ms while this replica leads.
+pub async fn run(ctx: Arc<Context>) {
+    let nodes = Cache::<DatabaseNode>::start(&ctx).await;
+    let clusters = Cache::<DatabaseCluster>::start(&ctx).await;
+    let _stop_leading = scopeguard(ctx.clone());
+    ctx.liveness.leading_since();
+    let mut lease_checked: HashMap<(String, String), (Instant, bool)> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for node in nodes.state() {
+            let namespace = node.namespace().unwrap_or_default();
+            let cluster = clusters.state().into_iter().find(|c| {
+                c.namespace().as_deref() == Some(namespace.as_str())
+                    && c.name_any() == node.spec.cluster
+            });
+            let timings = Timings::of(cluster.as_deref());
+            let current = node.status.as_ref().and_then(|s| s.phase);
+            let heard = ctx.liveness.last_heard(&namespace, &node.name_any());
+            let Some(silence) = silence(heard, current, ctx.liveness.leading_since()) else {
+                continue;
+            };
+            let mut alive = silence < timings.dead;
+            if !alive {
+                let key = (namespace.clone(), node.name_any());
+                let checked = lease_checked.get(&key).copied();
+                alive = match checked {
+                    Some((at, renewed)) if at.elapsed() < Duration::from_secs(1) => renewed,
+                    _ => {
+                        let renewed =
+                            lease_renewed_within(&ctx, &namespace, &node.name_any(), timings.dead)
+                                .await;
+                        lease_checked.insert(key, (Instant::now(), renewed));
+                        renewed
+                    }
+                };
+            }
+            let liveness_phase = if !alive {
+                NodePhase::Offline
+            } else if silence >= timings.suspect && heard.is_some() {
+                NodePhase::Suspect
+            } else {
+                NodePhase::Online
+            };
+            let phase = with_desired_state(liveness_phase, node.spec.desired_state);
+            if current != Some(phase) {
+                set_phase(&ctx, &node, phase, silence).await;
+            }
+        }
+    }
+}
+
+/// How long the node has been silent, counting from this leader's start for nodes it has
+/// not heard yet; `None` for nodes never heard of that are not known to have been live.
+fn silence(
+    heard: Option<Instant>,
+    current: Option<NodePhase>,
+    leading_since: Instant,
+) -> Option<Duration> {
+    match (heard, current) {
+        (Some(at), _) => Some(at.max(leading_since).elapsed()),
+        (
+            None,
+            Some(
+                NodePhase::Online
+                | NodePhase::Suspect
+                | NodePhase::Draining
+                | NodePhase::Maintenance,
+            ),
+        ) => Some(leading_since.elapsed()),
+        _ => None,
+    }
+}
+
+/// The phase a user's wish turns a liveness phase into.
+fn with_desired_state(liveness: NodePhase, desired: Option<NodeDesiredState>) -> NodePhase {
+    match (liveness, desired) {
+        (NodePhase::Offline, _) => NodePhase::Offline,
+        (_, Some(NodeDesiredState::Drained | NodeDesiredState::Decommissioned)) => {
+            NodePhase::Draining
+        }
+        (_, Some(NodeDesiredState::Maintenance)) => NodePhase::Maintenance,
+        (phase, _) => phase,
+    }
+}
+
+async fn lease_renewed_within(
+    ctx: &Context,
+    namespace: &str,
+    node: &str,
+    within: Duration,
+) -> bool {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), namespace);
+    let Ok(Some(lease)) = leases.get_opt(&node_lease_name(node)).await else {
+        return false;
+    };
+    let Some(renewed) = lease.spec.and_then(|s| s.renew_time) else {
+        return false;
+    };
+    let renewed =
+        SystemTime::UNIX_EPOCH + Duration::from_millis(renewed.0.as_millisecond().max(0) as u64);
+    SystemTime::now()
+        .duration_since(renewed)
+        .is_ok_and(|age| age < within)
+}
+
+async fn set_phase(ctx: &Context, node: &DatabaseNode, phase: NodePhase, silence: Duration) {
+    if ctx.leader.ensure().is_err() {
+        return;
+    }
+    let namespace = node.namespace().unwrap_or_default();
+    let api: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({"status": {"phase": phase, "lastHeartbeatTime": Time(Timestamp::now())}});
+    if let Err(error) = api
+        .patch_status(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        tracing::warn!(%error, node = %node.name_any(), "cannot record node phase");
+        return;
+    }
+    tracing::info!(node = %node.name_any(), ?phase, silence_ms = silence.as_millis() as u64, "node phase changed");
+    if phase == NodePhase::Offline {
+        ctx.metrics.detection_seconds.observe(silence.as_secs_f64());
+        let note = format!(
+            "no heartbeat for {} ms; its primaries fail over",
+            silence.as_millis()
+        );
+        ctx.event(node, true, "NodeOffline", note).await;
+    }
+}
+
+/// Forgets the leadership start when the liveness task ends (it is aborted on lost leadership).
+struct LeadingGuard(Arc<Context>);
+
+impl Drop for LeadingGuard {
+    fn drop(&mut self) {
+        self.0.liveness.stop_leading();
+    }
+}
+
+fn scopeguard(ctx: Arc<Context>) -> LeadingGuard {
+    LeadingGuard(ctx)
+}

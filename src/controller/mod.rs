@@ -1,0 +1,100 @@
+//! The operator (`shardplane operator`): reconcilers for every kind and the plan executor,
+//! run only by the elected leader. Each reconcile reads state, asks `crate::plan` for a
+//! decision, persists it as a `Plan`, and executes one step at a time, recording progress in
+//! status before acting, so a killed operator resumes from what the API server holds.
+//!
+//! Node liveness (agents heartbeat the leader over HTTP, a per-node Lease is the durable
+//! fallback), metrics and health endpoints live here too. No decision is made here that the
+//! planner could make; no I/O happens in the planner.
+
+mod cluster;
+mod conditions;
+mod context;
+mod effects;
+mod executor;
+mod leader;
+mod liveness;
+mod metrics;
+mod observe;
+mod plan_wire;
+mod server;
+mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::task::JoinSet;
+
+pub use context::{Context, OperatorConfig};
+pub use leader::LeaderGuard;
+pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness};
+
+/// Field manager of the operator's writes that do not belong to one reconciler.
+pub const FIELD_MANAGER: &str = "shardplane-operator";
+
+/// Annotation on a plan's target object that approves the plan whose hash it carries, so a
+/// reviewed pull request can approve exactly the plan it previewed.
+pub const APPROVE_ANNOTATION: &str = "shardplane.io/approve-plan";
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The metrics, health and heartbeat server could not listen.
+    #[error("cannot listen on {addr} for metrics, health and heartbeats: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Leader election failed in a way it cannot retry.
+    #[error("leader election failed: {0}")]
+    Leader(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+/// Runs the operator until the process is stopped: serves metrics, health and heartbeats,
+/// takes part in leader election, and runs the reconcilers while it leads.
+pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let ctx = Arc::new(Context::new(client.clone(), config));
+    tracing::info!(addr = %ctx.config.listen, "serving metrics, health and heartbeats");
+    let server = tokio::spawn(server::serve(listener, ctx.clone()));
+
+    let mut leadership = leader::campaign(client, ctx.clone()).await?;
+    loop {
+        leadership.became_leader().await;
+        tracing::info!(identity = %ctx.config.identity, epoch = ctx.leader.epoch(), "leading");
+        let mut reconcilers = spawn_reconcilers(ctx.clone());
+        tokio::select! {
+            _ = leadership.lost_leadership() => {
+                tracing::warn!("lost leadership; stopping every reconciler");
+            }
+            Some(done) = reconcilers.join_next() => {
+                tracing::error!(?done, "a reconciler stopped; restarting them all");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        reconcilers.shutdown().await;
+        if server.is_finished() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The reconcilers one leader runs, in a set that is aborted as a whole when it stops leading.
+fn spawn_reconcilers(ctx: Arc<Context>) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    set.spawn(liveness::run(ctx.clone()));
+    set.spawn(cluster::run(ctx.clone()));
+    set.spawn(executor::run(ctx.clone()));
+    set.spawn(table::run(ctx));
+    set
+}

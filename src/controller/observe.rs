@@ -1,0 +1,181 @@
+//! Observe: the objects of one cluster, gathered from the watch caches, and their conversion
+//! into the planner's plain domain types. Invalid objects are reported and left out, never
+//! crashed on.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use crate::api::NodePhase as WireNodePhase;
+use crate::api::database_node::NodeDesiredState;
+use crate::api::shard::ReplicaRole as WireRole;
+use crate::api::shard::{ObservedReplica, ReplicaState};
+use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
+use crate::plan::{self, KeyRange, Topology};
+
+use super::context::Cache;
+
+/// Everything the operator knows about one cluster at one moment.
+pub struct ClusterView {
+    /// The cluster.
+    pub cluster: Arc<DatabaseCluster>,
+    /// Its nodes.
+    pub nodes: Vec<Arc<DatabaseNode>>,
+    /// Its tables.
+    pub tables: Vec<Arc<Table>>,
+    /// The shards of its tables.
+    pub shards: Vec<Arc<Shard>>,
+    /// Its plans.
+    pub plans: Vec<Arc<Plan>>,
+}
+
+/// The watch caches a cluster view is gathered from.
+pub struct Caches {
+    /// Nodes.
+    pub nodes: Cache<DatabaseNode>,
+    /// Tables.
+    pub tables: Cache<Table>,
+    /// Shards.
+    pub shards: Cache<Shard>,
+    /// Plans.
+    pub plans: Cache<Plan>,
+}
+
+impl ClusterView {
+    /// Gathers `cluster`'s objects from `caches`.
+    pub fn gather(cluster: Arc<DatabaseCluster>, caches: &Caches) -> Self {
+        let namespace = cluster.namespace();
+        let name = cluster.name_any();
+        let here = |ns: Option<String>| ns == namespace;
+        let tables: Vec<_> = caches
+            .tables
+            .state()
+            .into_iter()
+            .filter(|t| here(t.namespace()) && t.spec.cluster == name)
+            .collect();
+        let shards = caches
+            .shards
+            .state()
+            .into_iter()
+            .filter(|s| here(s.namespace()) && tables.iter().any(|t| t.name_any() == s.spec.table))
+            .collect();
+        ClusterView {
+            nodes: caches
+                .nodes
+                .state()
+                .into_iter()
+                .filter(|n| here(n.namespace()) && n.spec.cluster == name)
+                .collect(),
+            plans: caches
+                .plans
+                .state()
+                .into_iter()
+                .filter(|p| here(p.namespace()) && p.spec.cluster == name)
+                .collect(),
+            tables,
+            shards,
+            cluster,
+        }
+    }
+
+    /// The planner's view: nodes, and shards with the replica set the operator wants,
+    /// marked in sync where the agents report so. Shards with an invalid range are left out
+    /// and named in the second value.
+    pub fn topology(&self) -> (Topology, Vec<String>) {
+        let mut invalid = Vec::new();
+        let shards = self
+            .shards
+            .iter()
+            .filter_map(|shard| match domain_shard(shard) {
+                Ok(shard) => Some(shard),
+                Err(error) => {
+                    invalid.push(format!("{}: {error}", shard.name_any()));
+                    None
+                }
+            })
+            .collect();
+        let topology = Topology {
+            replication_factor: self.cluster.spec.replication_factor.max(0) as u32,
+            nodes: self.nodes.iter().map(|n| domain_node(n)).collect(),
+            shards,
+        };
+        (topology, invalid)
+    }
+}
+
+/// A DatabaseNode as the planner sees it.
+pub fn domain_node(node: &DatabaseNode) -> plan::Node {
+    let phase = node
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(WireNodePhase::Pending);
+    plan::Node {
+        name: node.name_any(),
+        region: node.spec.region.clone(),
+        zone: node.spec.zone.clone(),
+        capacity_bytes: node.spec.capacity.storage_bytes.max(0) as u64,
+        weight: node.spec.weight.unwrap_or(100).max(0) as u32,
+        phase: domain_phase(phase),
+        cordoned: node.spec.desired_state == Some(NodeDesiredState::Cordoned),
+    }
+}
+
+fn domain_phase(phase: WireNodePhase) -> plan::NodePhase {
+    match phase {
+        WireNodePhase::Pending => plan::NodePhase::Pending,
+        WireNodePhase::Online => plan::NodePhase::Online,
+        WireNodePhase::Suspect => plan::NodePhase::Suspect,
+        WireNodePhase::Offline => plan::NodePhase::Offline,
+        WireNodePhase::Draining => plan::NodePhase::Draining,
+        WireNodePhase::Maintenance => plan::NodePhase::Maintenance,
+        WireNodePhase::Decommissioned => plan::NodePhase::Decommissioned,
+    }
+}
+
+/// The role of a replica in the planner's words.
+pub fn domain_role(role: WireRole) -> plan::ReplicaRole {
+    match role {
+        WireRole::Primary => plan::ReplicaRole::Primary,
+        WireRole::Secondary => plan::ReplicaRole::Secondary,
+        WireRole::Witness => plan::ReplicaRole::Witness,
+    }
+}
+
+/// A Shard as the planner sees it: the desired replica set, with what agents observe.
+pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
+    let range = KeyRange::from_wire(shard.spec.range.start, shard.spec.range.end)?;
+    let status = shard.status.clone().unwrap_or_default();
+    let epoch = status.primary.as_ref().map_or(0, |p| p.epoch.max(0) as u64);
+    let replicas = status
+        .desired_replicas
+        .iter()
+        .map(|desired| {
+            let observed = observed_on(&status.replicas, &desired.node);
+            plan::Replica {
+                node: desired.node.clone(),
+                role: domain_role(desired.role),
+                in_sync: observed.is_some_and(|o| o.state == ReplicaState::InSync),
+                lag_bytes: observed.and_then(|o| o.lag_bytes).unwrap_or(0).max(0) as u64,
+            }
+        })
+        .collect();
+    let placement = shard.spec.placement.clone().unwrap_or_default();
+    Ok(plan::Shard {
+        name: shard.name_any(),
+        table: shard.spec.table.clone(),
+        range,
+        size_bytes: status.size_bytes.unwrap_or(0).max(0) as u64,
+        epoch,
+        replicas,
+        placement: plan::ShardPlacement {
+            pinned_nodes: placement.pinned_nodes,
+            preferred_primary_region: placement.preferred_primary_region,
+        },
+    })
+}
+
+/// The replica an agent reports on `node`, if any.
+pub fn observed_on<'a>(replicas: &'a [ObservedReplica], node: &str) -> Option<&'a ObservedReplica> {
+    replicas.iter().find(|r| r.node == node)
+}

@@ -1,0 +1,147 @@
+//! The planner's `Plan` in its wire form (`Plan.spec`) and back: steps carry their wave, a
+//! readable action name, shard and node, and the whole action as JSON, which is what the
+//! executor runs. The plan's name derives from its cluster, purpose and hash, so creating
+//! the same plan twice is one object.
+
+use std::collections::BTreeMap;
+
+use crate::api::plan::{
+    PlanBlocker, PlanCause, PlanPurpose, PlanSpec, PlanStep, PlanTarget, RiskClass,
+};
+use crate::plan::{self, PlanKind, StepAction};
+
+/// What the operator adds to a planner's plan to make it a `Plan` object.
+pub struct PlanContext {
+    /// The cluster.
+    pub cluster: String,
+    /// What the plan changes.
+    pub target: PlanTarget,
+    /// Why it exists.
+    pub cause: PlanCause,
+    /// One line for humans.
+    pub summary: String,
+    /// Figures the planner reported beside the steps.
+    pub facts: BTreeMap<String, String>,
+}
+
+/// The `Plan` spec of a planner's plan.
+pub fn to_spec(plan: &plan::Plan, context: PlanContext) -> Result<PlanSpec, serde_json::Error> {
+    let mut steps = Vec::new();
+    for operation in &plan.operations {
+        for step in &operation.steps {
+            let (shard, node) = subjects(&step.action);
+            steps.push(PlanStep {
+                id: steps.len() as i32,
+                wave: operation.wave as i32,
+                action: action_name(&step.action).to_string(),
+                shard,
+                node,
+                detail: serde_json::to_string(&step.action)?,
+                reason: step.reason.clone(),
+            });
+        }
+    }
+    Ok(PlanSpec {
+        cluster: context.cluster,
+        target: context.target,
+        purpose: purpose(plan.kind),
+        cause: context.cause,
+        risk: risk(plan.risk),
+        hash: plan.hash.clone(),
+        summary: context.summary,
+        steps,
+        blocked: plan
+            .blocked
+            .iter()
+            .map(|b| PlanBlocker {
+                subject: b.subject.clone(),
+                reason: b.reason.to_string(),
+            })
+            .collect(),
+        facts: context.facts,
+        approval: None,
+    })
+}
+
+/// The action a wire step runs.
+pub fn step_action(step: &PlanStep) -> Result<StepAction, serde_json::Error> {
+    serde_json::from_str(&step.detail)
+}
+
+/// The deterministic name of a plan: cluster, purpose and the start of its hash.
+pub fn plan_name(cluster: &str, purpose: PlanPurpose, hash: &str) -> String {
+    let purpose = format!("{purpose:?}").to_lowercase();
+    let prefix: String = cluster.chars().take(40).collect();
+    format!("{prefix}-{purpose}-{}", &hash[..hash.len().min(10)])
+}
+
+/// The wire purpose of a planner's plan kind.
+pub fn purpose(kind: PlanKind) -> PlanPurpose {
+    match kind {
+        PlanKind::Placement => PlanPurpose::Placement,
+        PlanKind::Rebalance => PlanPurpose::Rebalance,
+        PlanKind::Failover => PlanPurpose::Failover,
+        PlanKind::Drain => PlanPurpose::Drain,
+        PlanKind::Decommission => PlanPurpose::Decommission,
+        PlanKind::Reshard => PlanPurpose::Reshard,
+        PlanKind::NodeRollout => PlanPurpose::NodeRollout,
+        PlanKind::SchemaRollout => PlanPurpose::SchemaRollout,
+    }
+}
+
+fn risk(risk: plan::RiskClass) -> RiskClass {
+    match risk {
+        plan::RiskClass::Safe => RiskClass::Safe,
+        plan::RiskClass::Disruptive => RiskClass::Disruptive,
+        plan::RiskClass::Destructive => RiskClass::Destructive,
+    }
+}
+
+/// The action's name as `kubectl get plan -o yaml` shows it.
+fn action_name(action: &StepAction) -> &'static str {
+    match action {
+        StepAction::AddReplica { .. } => "AddReplica",
+        StepAction::CatchUp { .. } => "CatchUp",
+        StepAction::TransferPrimary { .. } => "TransferPrimary",
+        StepAction::Promote { .. } => "Promote",
+        StepAction::RemoveReplica { .. } => "RemoveReplica",
+        StepAction::WaitUntil { .. } => "WaitUntil",
+        StepAction::PrepareTargets { .. } => "PrepareTargets",
+        StepAction::CopyRows { .. } => "CopyRows",
+        StepAction::CatchUpTarget { .. } => "CatchUpTarget",
+        StepAction::FenceWrites { .. } => "FenceWrites",
+        StepAction::VerifyRanges { .. } => "VerifyRanges",
+        StepAction::SwitchRouting { .. } => "SwitchRouting",
+        StepAction::DropShards { .. } => "DropShards",
+        StepAction::RestartNode { .. } => "RestartNode",
+        StepAction::UpgradeNode { .. } => "UpgradeNode",
+        StepAction::AwaitNodeHealthy { .. } => "AwaitNodeHealthy",
+        StepAction::ApplySchema { .. } => "ApplySchema",
+        StepAction::RemoveNode { .. } => "RemoveNode",
+    }
+}
+
+/// The shard and node a step is about, for readers of the plan.
+fn subjects(action: &StepAction) -> (Option<String>, Option<String>) {
+    let some = |s: &String| Some(s.clone());
+    match action {
+        StepAction::AddReplica { shard, node }
+        | StepAction::CatchUp { shard, node }
+        | StepAction::Promote { shard, node, .. }
+        | StepAction::RemoveReplica { shard, node } => (some(shard), some(node)),
+        StepAction::TransferPrimary { shard, to, .. } => (some(shard), some(to)),
+        StepAction::CopyRows { source, .. } => (some(source), None),
+        StepAction::CatchUpTarget { target } => (some(target), None),
+        StepAction::ApplySchema { shard, .. } => (some(shard), None),
+        StepAction::RestartNode { node }
+        | StepAction::UpgradeNode { node, .. }
+        | StepAction::AwaitNodeHealthy { node }
+        | StepAction::RemoveNode { node } => (None, some(node)),
+        StepAction::WaitUntil { .. }
+        | StepAction::PrepareTargets { .. }
+        | StepAction::FenceWrites { .. }
+        | StepAction::VerifyRanges { .. }
+        | StepAction::SwitchRouting { .. }
+        | StepAction::DropShards { .. } => (None, None),
+    }
+}
