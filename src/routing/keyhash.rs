@@ -190,6 +190,9 @@ mod tests {
     #[test]
     fn seeds_match_postgresql() {
         assert_eq!(hash_int8_extended(42, 1), 3812564155960986560);
-        assert_eq!(hash_bytes_extended(b"abc", 12345678901), 7771095233771874284);
+        assert_eq!(
+            hash_bytes_extended(b"abc", 12345678901),
+            7771095233771874284
+        );
     }
 }

@@ -1,0 +1,5 @@
+//! The node agent's library: the PostgreSQL mechanics it carries out on its node. Which
+//! replicas a node should run, and in which role, is the operator's decision (recorded in
+//! `Shard.status.desiredReplicas`); nothing here decides that.
+
+pub mod postgres;

@@ -1,0 +1,94 @@
+//! The write fence: makes a primary refuse writes quickly and verifiably, for the brief
+//! handover of a split, merge or move and for a primary that cannot prove it is still live.
+//!
+//! Three layers, each persisted with `ALTER SYSTEM` so a restart keeps the fence:
+//! 1. `default_transaction_read_only = on`, reloaded and confirmed from a fresh session:
+//!    every new transaction fails its first write with SQLSTATE 25006.
+//! 2. Every client session is terminated, so none keeps an open read-write transaction or a
+//!    session-level override. WAL senders stay, so standbys keep streaming.
+//! 3. `synchronous_standby_names` names a standby that never exists: a session that
+//!    deliberately overrides layer 1 (`SET default_transaction_read_only = off`) still gets
+//!    no acknowledged commit; it waits.
+//!
+//! Limits: a superuser, or a role allowed to `SET synchronous_commit = local`, can still write
+//! on purpose, and a commit wait cancelled by the client is reported committed locally. The
+//! fence stops well-behaved and stale writers (routers, pools), not a hostile one; the
+//! routing switch and epochs are what exclude a fenced primary for good, and stopping the
+//! postmaster is the fence of last resort.
+
+use std::time::{Duration, Instant};
+
+use super::PostgresError;
+use super::instance::Instance;
+use super::replication::SyncQuorum;
+
+/// The quorum that fences commits: no replica can have this name (replica names have no
+/// uppercase letters).
+const FENCE_QUORUM: &str = "ANY 1 (\"FENCED\")";
+
+/// How long fencing waits for the reloaded setting to reach new sessions.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Instance {
+    /// Fences writes (see the module documentation) and returns once a fresh session is
+    /// read-only and every other client session is gone.
+    pub async fn fence_writes(&self) -> Result<(), PostgresError> {
+        self.alter_system(
+            "fencing writes",
+            &[
+                ("default_transaction_read_only", Some("on")),
+                ("synchronous_standby_names", Some(FENCE_QUORUM)),
+            ],
+        )
+        .await?;
+        // The reload is asynchronous: wait until sessions forked from now on see it, so
+        // that no session started after the terminations below can write.
+        let started = Instant::now();
+        while !self.is_write_fenced().await? {
+            if started.elapsed() > RELOAD_TIMEOUT {
+                return Err(PostgresError::FenceNotApplied {
+                    instance: self.name().to_owned(),
+                    timeout: RELOAD_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.connect()
+            .await?
+            .execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|source| self.sql_error("terminating write sessions", source))?;
+        Ok(())
+    }
+
+    /// Lifts the fence: new sessions may write again, and commits wait for `quorum`.
+    pub async fn unfence_writes(&self, quorum: &SyncQuorum) -> Result<(), PostgresError> {
+        self.alter_system(
+            "lifting the write fence",
+            &[
+                ("default_transaction_read_only", None),
+                ("synchronous_standby_names", Some(&quorum.setting()?)),
+            ],
+        )
+        .await
+    }
+
+    /// Whether a new session on this instance starts read-only.
+    pub async fn is_write_fenced(&self) -> Result<bool, PostgresError> {
+        let value: String = self
+            .connect()
+            .await?
+            .query_one(
+                "SELECT current_setting('default_transaction_read_only')",
+                &[],
+            )
+            .await
+            .map_err(|source| self.sql_error("reading the write fence", source))?
+            .get(0);
+        Ok(value == "on")
+    }
+}

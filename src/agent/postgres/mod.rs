@@ -1,0 +1,43 @@
+//! PostgreSQL instances as the agent runs them, one per shard replica: creation, start and
+//! stop, quorum replication, promotion, rewind, the write fence, observed state, and copying
+//! and verifying key ranges between instances. Every operation is idempotent or says why it
+//! cannot be repeated; none decides *whether* to act — that is the operator's plan.
+
+mod copy;
+mod error;
+mod fence;
+mod instance;
+mod replication;
+mod settings;
+mod sql;
+mod status;
+mod toolchain;
+
+pub use copy::{
+    CopyStats, KeyKind, RangeDigest, ShardedTable, copy_range, pipe_copy, range_digest,
+    verify_range,
+};
+pub use error::PostgresError;
+pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
+pub use replication::SyncQuorum;
+pub use settings::{Credentials, InstanceSettings, REPLICATION_USER, SUPERUSER, WalLevel};
+pub use status::{InstanceStatus, Role, StandbyStatus};
+pub use toolchain::{OsUser, PG_BIN_ENV, Toolchain};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a new instance. Another program
+/// may take it before the instance binds it; the start then fails with "could not bind" and
+/// can be retried with a new port.
+pub fn free_loopback_port() -> Result<u16, PostgresError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| PostgresError::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })?;
+    listener
+        .local_addr()
+        .map(|address| address.port())
+        .map_err(|source| PostgresError::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })
+}
