@@ -50,10 +50,7 @@ impl Applier {
     }
 
     /// Resolves the kind of every id (by discovery, once per kind); problems name the file.
-    pub async fn resolve<'a>(
-        &mut self,
-        ids: impl IntoIterator<Item = (&'a ObjectId, &'a str)>,
-    ) -> Vec<Invalid> {
+    pub async fn resolve(&mut self, ids: Vec<(&ObjectId, &str)>) -> Vec<Invalid> {
         let mut problems = Vec::new();
         for (id, file) in ids {
             let key = (id.api_version.clone(), id.kind.clone());
@@ -129,24 +126,35 @@ impl Applier {
         manifests: &[Manifest],
         params: &PatchParams,
     ) -> Vec<(usize, Result<Option<String>, String>)> {
-        stream::iter(manifests.iter().enumerate())
-            .map(|(index, manifest)| async move {
-                let result = match self.api(&manifest.id) {
-                    Ok(api) => api
-                        .patch(&manifest.id.name, params, &Patch::Apply(&manifest.object))
-                        .await
-                        .map(|object| {
-                            object
-                                .meta()
-                                .resource_version
-                                .clone()
-                                .filter(|v| !v.is_empty())
-                        })
-                        .map_err(|error| describe(&error)),
-                    Err(reason) => Err(reason),
-                };
-                (index, result)
+        // Owned futures: the stream then needs no borrow, which keeps the whole sync `Send`.
+        let requests: Vec<_> = manifests
+            .iter()
+            .enumerate()
+            .map(|(index, manifest)| {
+                let api = self.api(&manifest.id);
+                let name = manifest.id.name.clone();
+                let object = manifest.object.clone();
+                let params = params.clone();
+                async move {
+                    let result = match api {
+                        Ok(api) => api
+                            .patch(&name, &params, &Patch::Apply(&object))
+                            .await
+                            .map(|applied| {
+                                applied
+                                    .meta()
+                                    .resource_version
+                                    .clone()
+                                    .filter(|v| !v.is_empty())
+                            })
+                            .map_err(|error| describe(&error)),
+                        Err(reason) => Err(reason),
+                    };
+                    (index, result)
+                }
             })
+            .collect();
+        stream::iter(requests)
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await
@@ -158,24 +166,26 @@ impl Applier {
         let mut failed = Vec::new();
         for id in ids {
             // Cached after the first id of each kind.
-            if let Some(problem) = self.resolve([(id, "status.inventory")]).await.pop() {
+            if let Some(problem) = self.resolve(vec![(id, "status.inventory")]).await.pop() {
                 failed.push((id.clone(), problem.reason));
             }
         }
-        let this = &*self;
-        let deletions: Vec<(ObjectId, String)> =
-            stream::iter(ids.iter().filter_map(|id| Some((id, this.api(id).ok()?))))
-                .map(|(id, api)| async move {
-                    match api.delete(&id.name, &DeleteParams::background()).await {
-                        Ok(_) => None,
-                        Err(kube::Error::Api(status)) if status.code == 404 => None,
-                        Err(error) => Some((id.clone(), describe(&error))),
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .filter_map(|failure| async move { failure })
-                .collect()
-                .await;
+        let deletions: Vec<_> = ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), self.api(id).ok()?)))
+            .map(|(id, api)| async move {
+                match api.delete(&id.name, &DeleteParams::background()).await {
+                    Ok(_) => None,
+                    Err(kube::Error::Api(status)) if status.code == 404 => None,
+                    Err(error) => Some((id, describe(&error))),
+                }
+            })
+            .collect();
+        let deletions: Vec<(ObjectId, String)> = stream::iter(deletions)
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(|failure| async move { failure })
+            .collect()
+            .await;
         failed.extend(deletions);
         failed
     }

@@ -29,6 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub use error::{Invalid, SyncError};
 pub use sync::{SyncOutcome, Syncer};
@@ -119,8 +120,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
             };
             let span =
                 tracing::info_span!("sync", namespace = %target.namespace, name = %target.name);
-            let _enter = span.enter();
-            match syncer.sync_and_report(&object).await {
+            match syncer.sync_and_report(&object).instrument(span).await {
                 Ok(Ok(outcome)) => tracing::info!("{}", outcome.summary()),
                 Ok(Err(error)) => tracing::warn!(reason = error.reason(), "{error}"),
                 Err(error) => tracing::warn!("sync not reported: {error}"),

@@ -167,7 +167,7 @@ impl Syncer {
         let mut applier = Applier::new(self.client.clone());
         problems.extend(
             applier
-                .resolve(manifests.iter().map(|m| (&m.id, m.file.as_str())))
+                .resolve(manifests.iter().map(|m| (&m.id, m.file.as_str())).collect())
                 .await,
         );
         if !problems.is_empty() {

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
 use kube::Client;
 use kube::api::Api;
@@ -32,11 +32,13 @@ struct WebhookState {
     triggers: mpsc::Sender<Target>,
 }
 
-/// The webhook's routes; verified requests are sent to `triggers`. `namespaces` empty means
+/// The webhook's routes (and `GET /healthz` for probes); verified requests are sent to
+/// `triggers`. `namespaces` empty means
 /// every namespace.
 pub fn router(client: Client, namespaces: Vec<String>, triggers: mpsc::Sender<Target>) -> Router {
     Router::new()
         .route("/hooks/{namespace}/{name}", post(receive))
+        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(WebhookState {
             client,
             namespaces,
