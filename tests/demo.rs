@@ -26,5 +26,8 @@ fn demo_applies_every_example_and_lists_it() {
         assert!(stdout.contains(name), "demo output lacks {name}:\n{stdout}");
     }
     // The printer columns make the listing useful on its own: the shard key and the ranges.
-    assert!(stdout.contains("customer_id") && stdout.contains("4611686018427387904"), "{stdout}");
+    assert!(
+        stdout.contains("customer_id") && stdout.contains("4611686018427387904"),
+        "{stdout}"
+    );
 }
