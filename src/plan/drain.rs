@@ -112,8 +112,13 @@ mod tests {
     fn a_drain_hands_off_primaries_first_then_moves_everything() {
         let topology = mk_placed(3, mk_nodes(3, 2, 2), &[100; 12]);
         let node = "r0z0n0";
-        let plan = plan_drain(&topology, node, DrainGoal::Drain, ConcurrencyLimits::default())
-            .expect("plan");
+        let plan = plan_drain(
+            &topology,
+            node,
+            DrainGoal::Drain,
+            ConcurrencyLimits::default(),
+        )
+        .expect("plan");
         assert!(plan.blocked.is_empty());
         let led: Vec<&str> = topology
             .shards
@@ -123,23 +128,52 @@ mod tests {
             .collect();
         assert!(!led.is_empty());
         for shard in &led {
-            let first = plan.operations.iter().find(|op| op.subject == *shard).expect("op");
-            assert!(matches!(&first.steps[0].action, StepAction::TransferPrimary { from, .. } if from == node));
+            let first = plan
+                .operations
+                .iter()
+                .find(|op| op.subject == *shard)
+                .expect("op");
+            assert!(
+                matches!(&first.steps[0].action, StepAction::TransferPrimary { from, .. } if from == node)
+            );
         }
         let after = apply_plan(&topology, &plan);
-        assert!(after.shards.iter().all(|s| !s.has_replica_on(node) && s.replicas.len() == 3));
+        assert!(
+            after
+                .shards
+                .iter()
+                .all(|s| !s.has_replica_on(node) && s.replicas.len() == 3)
+        );
         assert!(spread_violations(&after).is_empty());
-        assert!(!plan.steps().any(|s| matches!(s.action, StepAction::RemoveNode { .. })));
+        assert!(
+            !plan
+                .steps()
+                .any(|s| matches!(s.action, StepAction::RemoveNode { .. }))
+        );
     }
 
     #[test]
     fn decommission_removes_the_node_last_and_needs_approval() {
         let topology = mk_placed(3, mk_nodes(3, 1, 2), &[100; 4]);
-        let plan = plan_drain(&topology, "r1z0n1", DrainGoal::Decommission, ConcurrencyLimits::default())
-            .expect("plan");
+        let plan = plan_drain(
+            &topology,
+            "r1z0n1",
+            DrainGoal::Decommission,
+            ConcurrencyLimits::default(),
+        )
+        .expect("plan");
         let last = plan.operations.last().expect("ops");
-        assert_eq!(last.steps[0].action, StepAction::RemoveNode { node: "r1z0n1".into() });
-        assert!(plan.operations.iter().all(|op| op.wave < last.wave || op.subject == "r1z0n1"));
+        assert_eq!(
+            last.steps[0].action,
+            StepAction::RemoveNode {
+                node: "r1z0n1".into()
+            }
+        );
+        assert!(
+            plan.operations
+                .iter()
+                .all(|op| op.wave < last.wave || op.subject == "r1z0n1")
+        );
         assert_eq!(plan.risk, RiskClass::Destructive);
     }
 
@@ -154,16 +188,35 @@ mod tests {
             ],
         };
         topology.shards[0].placement.pinned_nodes = vec!["r0z0n0".into()];
-        let plan = plan_drain(&topology, "r0z0n0", DrainGoal::Decommission, ConcurrencyLimits::default())
-            .expect("plan");
+        let plan = plan_drain(
+            &topology,
+            "r0z0n0",
+            DrainGoal::Decommission,
+            ConcurrencyLimits::default(),
+        )
+        .expect("plan");
         assert_eq!(plan.blocked[0].subject, "pinned");
-        assert_eq!(plan.blocked[0].reason, BlockReason::Pinned { node: "r0z0n0".into() });
+        assert_eq!(
+            plan.blocked[0].reason,
+            BlockReason::Pinned {
+                node: "r0z0n0".into()
+            }
+        );
         let BlockReason::NoPlacement { rejected, .. } = &plan.blocked[1].reason else {
             panic!("{:?}", plan.blocked);
         };
         assert_eq!(rejected, &vec![(PlacementRejection::HoldsReplica, 3)]);
-        assert!(!plan.steps().any(|s| matches!(s.action, StepAction::RemoveNode { .. })));
-        assert!(plan.blocked[0].reason.to_string().contains("placement.pinnedNodes"));
+        assert!(
+            !plan
+                .steps()
+                .any(|s| matches!(s.action, StepAction::RemoveNode { .. }))
+        );
+        assert!(
+            plan.blocked[0]
+                .reason
+                .to_string()
+                .contains("placement.pinnedNodes")
+        );
     }
 
     proptest! {

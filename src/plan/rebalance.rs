@@ -833,7 +833,7 @@ fn balance_primaries(
     let outside = |state: &ClusterState<'_>, i: usize| {
         let dev = f64::from(state.primaries[i]) - shares.primaries[i];
         let v = dev.abs() - count_slack(shares.primaries[i], t);
-        (v > 1e-9).then(|| ((v * 1e9) as u64, dev > 0.0))
+        (v > 1e-9).then_some(((v * 1e9) as u64, dev > 0.0))
     };
     // Nodes outside their band, furthest first (lowest index on ties); entries go stale as
     // counts change and are re-checked when popped.

@@ -300,10 +300,16 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["prepare", "copy", "copy", "catch-up", "catch-up", "fence", "verify", "switch", "drop"]
+            [
+                "prepare", "copy", "copy", "catch-up", "catch-up", "fence", "verify", "switch",
+                "drop"
+            ]
         );
         assert!(plan.steps().any(|s| s.action
-            == StepAction::DropShards { shards: vec!["s1".into()], not_before_ms: 61_000 }));
+            == StepAction::DropShards {
+                shards: vec!["s1".into()],
+                not_before_ms: 61_000
+            }));
         assert_eq!(plan.risk, RiskClass::Destructive);
         let after = apply_plan(&topology, &plan);
         assert!(tiles(&after));
@@ -320,11 +326,21 @@ mod tests {
         let request = ReshardRequest::merge(&topology.shards[0], &topology.shards[1], "s01")
             .expect("adjacent");
         let plan = plan_reshard(&topology, &request, 0, 0).expect("plan");
-        let copies = plan.steps().filter(|s| matches!(s.action, StepAction::CopyRows { .. })).count();
+        let copies = plan
+            .steps()
+            .filter(|s| matches!(s.action, StepAction::CopyRows { .. }))
+            .count();
         assert_eq!(copies, 2);
         let after = apply_plan(&topology, &plan);
         assert!(tiles(&after));
-        assert_eq!(after.shards.iter().find(|s| s.name == "s01").map(|s| s.size_bytes), Some(800));
+        assert_eq!(
+            after
+                .shards
+                .iter()
+                .find(|s| s.name == "s01")
+                .map(|s| s.size_bytes),
+            Some(800)
+        );
         assert!(ReshardRequest::merge(&topology.shards[0], &topology.shards[2], "x").is_err());
     }
 
@@ -339,9 +355,22 @@ mod tests {
             panic!("{:?}", plan.blocked);
         };
         assert!(detail.contains("gap: no shard owns keys"), "{detail}");
-        let err = plan_reshard(&topology, &ReshardRequest { sources: vec!["nope".into()], ..request }, 0, 0)
-            .expect_err("unknown shard");
-        assert_eq!(err, PlanError::UnknownShard { shard: "nope".into() });
+        let err = plan_reshard(
+            &topology,
+            &ReshardRequest {
+                sources: vec!["nope".into()],
+                ..request
+            },
+            0,
+            0,
+        )
+        .expect_err("unknown shard");
+        assert_eq!(
+            err,
+            PlanError::UnknownShard {
+                shard: "nope".into()
+            }
+        );
     }
 
     proptest! {

@@ -243,17 +243,34 @@ mod tests {
     #[test]
     fn an_upgrade_hands_off_primaries_and_never_takes_two_replicas_of_a_shard() {
         let topology = mk_placed(3, mk_nodes(3, 2, 2), &[100; 8]);
-        let work = NodeWork::Upgrade { version: "16.4".into() };
-        let plan = plan_node_rollout(&topology, &[], &work, &RolloutPolicy::default()).expect("plan");
+        let work = NodeWork::Upgrade {
+            version: "16.4".into(),
+        };
+        let plan =
+            plan_node_rollout(&topology, &[], &work, &RolloutPolicy::default()).expect("plan");
         assert!(plan.blocked.is_empty());
         assert_eq!(plan.operations.len(), 12);
         assert_eq!(plan.operations.iter().filter(|op| op.wave == 0).count(), 1);
         let canary = &plan.operations[0];
-        let led = topology.shards.iter().filter(|s| s.primary_node() == Some(&canary.subject)).count();
-        let transfers = canary.steps.iter().filter(|s| matches!(s.action, StepAction::TransferPrimary { .. })).count();
+        let led = topology
+            .shards
+            .iter()
+            .filter(|s| s.primary_node() == Some(&canary.subject))
+            .count();
+        let transfers = canary
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::TransferPrimary { .. }))
+            .count();
         assert_eq!(transfers, led);
-        assert!(matches!(canary.steps[led].action, StepAction::UpgradeNode { .. }));
-        assert!(matches!(canary.steps[led + 1].action, StepAction::AwaitNodeHealthy { .. }));
+        assert!(matches!(
+            canary.steps[led].action,
+            StepAction::UpgradeNode { .. }
+        ));
+        assert!(matches!(
+            canary.steps[led + 1].action,
+            StepAction::AwaitNodeHealthy { .. }
+        ));
         assert_eq!(plan.risk, RiskClass::Disruptive);
     }
 
@@ -261,18 +278,32 @@ mod tests {
     fn a_shard_already_missing_a_replica_blocks_its_other_nodes() {
         let mut topology = mk_placed(3, mk_nodes(3, 1, 1), &[100; 2]);
         topology.nodes[0].phase = NodePhase::Offline;
-        let plan = plan_node_rollout(&topology, &[], &NodeWork::Restart, &RolloutPolicy::default())
-            .expect("plan");
+        let plan = plan_node_rollout(
+            &topology,
+            &[],
+            &NodeWork::Restart,
+            &RolloutPolicy::default(),
+        )
+        .expect("plan");
         assert!(plan.operations.is_empty());
         assert_eq!(plan.blocked[0].reason, BlockReason::NodeNotLive);
-        assert!(matches!(plan.blocked[1].reason, BlockReason::WouldLoseQuorum { .. }));
+        assert!(matches!(
+            plan.blocked[1].reason,
+            BlockReason::WouldLoseQuorum { .. }
+        ));
     }
 
     #[test]
     fn schema_changes_roll_shard_by_shard_with_the_given_risk() {
         let topology = mk_placed(3, mk_nodes(3, 1, 1), &[100; 7]);
-        let plan = plan_schema_rollout(&topology, "t", 4, RiskClass::Disruptive, &RolloutPolicy::default())
-            .expect("plan");
+        let plan = plan_schema_rollout(
+            &topology,
+            "t",
+            4,
+            RiskClass::Disruptive,
+            &RolloutPolicy::default(),
+        )
+        .expect("plan");
         let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
         assert_eq!(waves, vec![0, 1, 1, 2, 2, 2, 2]);
         assert_eq!(plan.risk, RiskClass::Disruptive);

@@ -600,10 +600,18 @@ mod tests {
         };
         let mut b = PlanBuilder::new(PlanKind::Rebalance, limits);
         assert_eq!(b.schedule("a", add("a", "n1"), None), 0);
-        assert_eq!(b.schedule("b", add("b", "n1"), None), 1, "n1 is busy in wave 0");
+        assert_eq!(
+            b.schedule("b", add("b", "n1"), None),
+            1,
+            "n1 is busy in wave 0"
+        );
         assert_eq!(b.schedule("c", add("c", "n2"), None), 0);
         assert_eq!(b.schedule("d", add("d", "n3"), None), 1, "wave 0 is full");
-        assert_eq!(b.schedule("a", add("a", "n4"), None), 2, "wave 1 is full too");
+        assert_eq!(
+            b.schedule("a", add("a", "n4"), None),
+            2,
+            "wave 1 is full too"
+        );
         assert_eq!(b.schedule("e", add("e", "n5"), Some(3)), 4);
         let plan = b.finish();
         let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
