@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use shardplane::plan::{
     ConcurrencyLimits, DrainGoal, FailoverPolicy, KeyRange, Node, NodePhase, RebalancePolicy,
-    RebalanceReport,
-    ReplicaRole, Shard, ShardPlacement, Topology, apply_plan, measure_imbalance, plan_drain,
-    plan_failover, plan_placement, plan_rebalance, spread_limits,
+    RebalanceReport, ReplicaRole, Shard, ShardPlacement, Topology, apply_plan, measure_imbalance,
+    plan_drain, plan_failover, plan_placement, plan_rebalance, spread_limits,
 };
 
 const NODES: usize = 1_000;
@@ -342,7 +341,8 @@ fn run() -> Result<bool, String> {
     let default_policy = RebalancePolicy::default();
     let (ours, t_ours) = time(|| plan_rebalance(&grown, &default_policy));
     let ours = ours.map_err(|e| e.to_string())?;
-    let simulated = measure_imbalance(&apply_plan(&grown, &ours.plan)).map_err(|e| e.to_string())?;
+    let simulated =
+        measure_imbalance(&apply_plan(&grown, &ours.plan)).map_err(|e| e.to_string())?;
     let same_target = RebalancePolicy {
         max_imbalance_pct: 10.0,
         ..RebalancePolicy::default()
@@ -459,7 +459,9 @@ fn run() -> Result<bool, String> {
         ms(t_drain.max)
     );
     println!();
-    println!("at equal targets (10%), ours moves no more bytes and ends better balanced: {at_same}");
+    println!(
+        "at equal targets (10%), ours moves no more bytes and ends better balanced: {at_same}"
+    );
     println!("at our default target (5%) against greedy's 10%, the same holds: {at_default}");
     // The pass/fail check compares like with like: both planners at the same target.
     Ok(at_same)

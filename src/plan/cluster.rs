@@ -115,7 +115,14 @@ impl<'a> ClusterState<'a> {
             counts: vec![0; topo.nodes.len()],
             primaries: vec![0; topo.nodes.len()],
             epochs: topo.shards.iter().map(|s| s.epoch).collect(),
-            node_shards: vec![Vec::new(); topo.nodes.len()],
+            node_shards: {
+                // Room for an even share plus some, so building rarely reallocates.
+                let replicas: usize = topo.shards.iter().map(|s| s.replicas.len()).sum();
+                let per_node = replicas / topo.nodes.len().max(1) + 8;
+                (0..topo.nodes.len())
+                    .map(|_| Vec::with_capacity(per_node))
+                    .collect()
+            },
         };
         let mut shard_names: HashSet<&str, BuildHasherDefault<NameHasher>> =
             HashSet::with_capacity_and_hasher(topo.shards.len(), BuildHasherDefault::default());
@@ -140,7 +147,8 @@ impl<'a> ClusterState<'a> {
                     lag_bytes: r.lag_bytes,
                 });
             }
-            state.slots.push(Vec::new());
+            // One spare slot: a move adds the new replica before removing the old one.
+            state.slots.push(Vec::with_capacity(slots.len() + 1));
             for slot in slots {
                 state.attach(si, slot);
             }

@@ -279,7 +279,7 @@ struct Balancer<'s, 'a> {
     /// the cluster is already closer, so a plan never raises the maximum byte deviation.
     byte_limit: f64,
     /// Movable replicas per node, ordered by size.
-    by_size: Vec<BTreeSet<(u64, usize)>>,
+    by_size: Vec<Vec<(u64, usize)>>,
     /// Balanced nodes ordered by bytes, and by replicas, relative to their share (ppm).
     by_bytes: BTreeSet<(u64, usize)>,
     by_count: BTreeSet<(u64, usize)>,
@@ -298,16 +298,19 @@ impl<'s, 'a> Balancer<'s, 'a> {
         before: &Imbalance,
     ) -> Self {
         let n = state.topo.nodes.len();
-        let mut by_size = vec![BTreeSet::new(); n];
+        let mut by_size = vec![Vec::new(); n];
         for (shard, slots) in state.slots.iter().enumerate() {
             for slot in slots {
                 if shares.member[slot.node]
                     && slot.role != ReplicaRole::Witness
                     && !state.is_pinned(shard, slot.node)
                 {
-                    by_size[slot.node].insert((state.shard(shard).size_bytes, shard));
+                    by_size[slot.node].push((state.shard(shard).size_bytes, shard));
                 }
             }
+        }
+        for sizes in &mut by_size {
+            sizes.sort_unstable();
         }
         let mut balancer = Balancer {
             state,
@@ -428,19 +431,23 @@ impl<'s, 'a> Balancer<'s, 'a> {
 
     /// Replicas on `node` ordered by closeness of size to `ideal` (nearest first).
     fn nearest(&self, node: usize, ideal: u64) -> impl Iterator<Item = (u64, usize)> + '_ {
-        let set = &self.by_size[node];
-        let mut below = set.range(..(ideal, 0)).rev().peekable();
-        let mut above = set.range((ideal, 0)..).peekable();
-        std::iter::from_fn(move || match (below.peek(), above.peek()) {
-            (Some(&&(b, _)), Some(&&(a, _))) => {
-                if ideal - b <= a - ideal {
-                    below.next().copied()
-                } else {
-                    above.next().copied()
-                }
+        let sizes = &self.by_size[node];
+        let split = sizes.partition_point(|&(size, _)| size < ideal);
+        let (mut below, mut above) = (split, split);
+        std::iter::from_fn(move || {
+            let take_below = match (below.checked_sub(1), sizes.get(above)) {
+                (Some(b), Some(&(a, _))) => ideal - sizes[b].0 <= a - ideal,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            if take_below {
+                below -= 1;
+                Some(sizes[below])
+            } else {
+                above += 1;
+                Some(sizes[above - 1])
             }
-            (Some(_), None) => below.next().copied(),
-            (None, _) => above.next().copied(),
         })
     }
 
@@ -634,8 +641,12 @@ impl<'s, 'a> Balancer<'s, 'a> {
 
     fn apply(&mut self, shard: usize, from: usize, to: usize) {
         let size = self.state.shard(shard).size_bytes;
-        self.by_size[from].remove(&(size, shard));
-        self.by_size[to].insert((size, shard));
+        if let Ok(i) = self.by_size[from].binary_search(&(size, shard)) {
+            self.by_size[from].remove(i);
+        }
+        if let Err(i) = self.by_size[to].binary_search(&(size, shard)) {
+            self.by_size[to].insert(i, (size, shard));
+        }
         self.reindex(from);
         self.reindex(to);
     }
@@ -842,6 +853,11 @@ fn balance_primaries(
         .iter()
         .filter_map(|&i| outside(state, i).map(|(k, _)| (k, Reverse(i))))
         .collect();
+    let mut search = ChainSearch {
+        round: 0,
+        seen: vec![0; state.topo.nodes.len()],
+        came_from: vec![None; state.topo.nodes.len()],
+    };
     let mut transfers = 0u32;
     let budget = state.topo.shards.len() + 16;
     while (transfers as usize) < budget {
@@ -856,7 +872,7 @@ fn balance_primaries(
             continue;
         }
         // A node with no chain is left as it is (it cannot be helped by transfers).
-        let Some(chain) = transfer_chain(state, shares, t, node, over) else {
+        let Some(chain) = transfer_chain(state, shares, t, node, over, &mut search) else {
             continue;
         };
         for (shard, to) in chain {
@@ -885,6 +901,14 @@ fn balance_primaries(
     transfers
 }
 
+/// Scratch space for [`transfer_chain`], reused across searches: `seen[i] == round` marks
+/// the nodes reached in the current search, `came_from` how (previous node, shard).
+struct ChainSearch {
+    round: u32,
+    seen: Vec<u32>,
+    came_from: Vec<Option<(usize, usize)>>,
+}
+
 /// Breadth-first search for the shortest chain of leadership transfers that takes one
 /// primary off `start` (when `push`) or brings one to it (otherwise), ending at a node that
 /// stays inside its band and ends no further from its share than `start` was. Returns the
@@ -895,13 +919,17 @@ fn transfer_chain(
     t: f64,
     start: usize,
     push: bool,
+    search: &mut ChainSearch,
 ) -> Option<Vec<(usize, usize)>> {
     let dev = |i: usize| f64::from(state.primaries[i]) - shares.primaries[i];
     let slack = |i: usize| count_slack(shares.primaries[i], t);
-    // How the search reached each node: (previous node, shard transferred).
-    let mut came_from: Vec<Option<(usize, usize)>> = vec![None; state.topo.nodes.len()];
-    let mut seen = vec![false; state.topo.nodes.len()];
-    seen[start] = true;
+    search.round += 1;
+    let round = search.round;
+    let ChainSearch {
+        seen, came_from, ..
+    } = search;
+    seen[start] = round;
+    came_from[start] = None;
     let mut frontier = vec![start];
     let mut end: Option<usize> = None;
     while !frontier.is_empty() && end.is_none() {
@@ -944,10 +972,10 @@ fn transfer_chain(
                     vec![primary]
                 };
                 for y in neighbours {
-                    if seen[y] {
+                    if seen[y] == round {
                         continue;
                     }
-                    seen[y] = true;
+                    seen[y] = round;
                     came_from[y] = Some((x, shard));
                     let room = if push {
                         dev(y) + 1.0 <= slack(y) + 1e-9 && dev(y) + 1.0 < dev(start) - 1e-9

@@ -209,8 +209,8 @@ impl StepAction {
         }
     }
 
-    /// The nodes whose concurrency budget the action uses.
-    fn nodes(&self) -> Vec<&str> {
+    /// Adds the nodes whose concurrency budget the action uses to `out`.
+    fn add_nodes<'s>(&'s self, out: &mut Vec<&'s str>) {
         match self {
             StepAction::AddReplica { node, .. }
             | StepAction::CatchUp { node, .. }
@@ -219,12 +219,15 @@ impl StepAction {
             | StepAction::RestartNode { node }
             | StepAction::UpgradeNode { node, .. }
             | StepAction::AwaitNodeHealthy { node }
-            | StepAction::RemoveNode { node } => vec![node],
-            StepAction::TransferPrimary { from, to, .. } => vec![from, to],
-            StepAction::PrepareTargets { targets } => targets
-                .iter()
-                .flat_map(|t| t.nodes.iter().map(String::as_str))
-                .collect(),
+            | StepAction::RemoveNode { node } => out.push(node),
+            StepAction::TransferPrimary { from, to, .. } => out.extend([from.as_str(), to]),
+            StepAction::PrepareTargets { targets } => {
+                out.extend(
+                    targets
+                        .iter()
+                        .flat_map(|t| t.nodes.iter().map(String::as_str)),
+                );
+            }
             StepAction::WaitUntil { .. }
             | StepAction::CopyRows { .. }
             | StepAction::CatchUpTarget { .. }
@@ -232,7 +235,7 @@ impl StepAction {
             | StepAction::VerifyRanges { .. }
             | StepAction::SwitchRouting { .. }
             | StepAction::DropShards { .. }
-            | StepAction::ApplySchema { .. } => Vec::new(),
+            | StepAction::ApplySchema { .. } => {}
         }
     }
 }
@@ -478,11 +481,10 @@ impl PlanBuilder {
     /// Adds an operation in the earliest wave that has room on every node it touches and
     /// comes after the subject's previous operation and `after` (if given).
     pub(crate) fn schedule(&mut self, subject: &str, steps: Vec<Step>, after: Option<u32>) -> u32 {
-        let mut nodes: Vec<String> = steps
-            .iter()
-            .flat_map(|s| s.action.nodes())
-            .map(str::to_owned)
-            .collect();
+        let mut nodes: Vec<&str> = Vec::with_capacity(4);
+        for step in &steps {
+            step.action.add_nodes(&mut nodes);
+        }
         nodes.sort_unstable();
         nodes.dedup();
         let mut wave = self.first_open_wave;
@@ -495,6 +497,7 @@ impl PlanBuilder {
         while !self.has_room(wave, &nodes) {
             wave += 1;
         }
+        let nodes: Vec<String> = nodes.into_iter().map(str::to_owned).collect();
         self.place(subject, steps, wave, &nodes);
         wave
     }
@@ -515,14 +518,14 @@ impl PlanBuilder {
         !self.blocked.is_empty()
     }
 
-    fn has_room(&self, wave: u32, nodes: &[String]) -> bool {
+    fn has_room(&self, wave: u32, nodes: &[&str]) -> bool {
         let w = wave as usize;
         if self.per_wave.get(w).copied().unwrap_or(0) >= self.limits.per_cluster {
             return false;
         }
         nodes.iter().all(|n| {
             self.per_node_wave
-                .get(n)
+                .get(*n)
                 .and_then(|v| v.get(w))
                 .copied()
                 .unwrap_or(0)
@@ -537,7 +540,10 @@ impl PlanBuilder {
         }
         self.per_wave[w] += 1;
         for n in nodes {
-            let v = self.per_node_wave.entry(n.clone()).or_default();
+            let v = match self.per_node_wave.get_mut(n.as_str()) {
+                Some(v) => v,
+                None => self.per_node_wave.entry(n.clone()).or_default(),
+            };
             if v.len() <= w {
                 v.resize(w + 1, 0);
             }
@@ -550,7 +556,12 @@ impl PlanBuilder {
         {
             self.first_open_wave += 1;
         }
-        self.last_wave_of_subject.insert(subject.to_owned(), wave);
+        match self.last_wave_of_subject.get_mut(subject) {
+            Some(last) => *last = wave,
+            None => {
+                self.last_wave_of_subject.insert(subject.to_owned(), wave);
+            }
+        }
         self.operations.push(Operation {
             wave,
             subject: subject.to_owned(),
