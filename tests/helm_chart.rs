@@ -15,6 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::api::PostParams;
 use serde_yaml::Value;
+use shardplane::api::{GitSync, GitSyncSpec};
 use support::{TestEnv, control_plane, eventually, test_env};
 
 /// The chart, by absolute path so that helm finds it whatever the working directory.
@@ -96,6 +97,13 @@ fn find<'a>(objects: &'a [Value], wanted_kind: &str, wanted_name: &str) -> &'a V
                 .collect();
             panic!("no {wanted_kind}/{wanted_name} rendered; rendered: {present:?}")
         })
+}
+
+/// The `value` of the environment variable `name` in a rendered container's `env`, or, for one
+/// set from a field, its `valueFrom`.
+fn env_value<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
+    let var = env.as_sequence()?.iter().find(|var| var["name"] == name)?;
+    var.get("value").or_else(|| var.get("valueFrom"))
 }
 
 /// One RBAC rule, as rendered.
@@ -225,7 +233,7 @@ async fn lint_strict_passes_with_default_and_optional_values() {
 
     let mut args = vec!["lint", "--strict", CHART];
     args.extend_from_slice(&EVERYTHING_ON);
-    args.extend_from_slice(&["--set", "operator.watchNamespaces={team-a,team-b}"]);
+    args.extend_from_slice(&["--set", "operator.watchNamespace=team-a"]);
     let everything = helm(&args).await;
     assert!(
         everything.status.success(),
@@ -264,8 +272,8 @@ async fn values_of_the_wrong_type_or_missing_are_refused() {
         ("operator.replicas=0", "/operator/replicas"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         (
-            "operator.watchNamespaces={Not_A_Namespace}",
-            "/operator/watchNamespaces/0",
+            "operator.watchNamespace=Not_A_Namespace",
+            "/operator/watchNamespace",
         ),
         ("gitSync.webhook.port=0", "/gitSync/webhook/port"),
         // Repositories are GitSync resources now, not chart values.
@@ -289,7 +297,7 @@ async fn values_of_the_wrong_type_or_missing_are_refused() {
 
 #[tokio::test]
 async fn rendered_rbac_has_no_wildcards() {
-    let scoped = ["--set", "operator.watchNamespaces={team-a,team-b}"];
+    let scoped = ["--set", "operator.watchNamespace=team-a"];
     for extra in [&[][..], &EVERYTHING_ON[..], &scoped[..]] {
         let objects = render("wild", extra).await;
         let roles: Vec<&Value> = objects
@@ -424,11 +432,15 @@ async fn operator_is_cluster_wide_by_default_and_namespaced_when_scoped() {
         "only the operator is granted rights cluster-wide"
     );
 
-    let scoped = render(
-        "narrow",
-        &["--set", "operator.watchNamespaces={team-a,team-b}"],
-    )
-    .await;
+    let wide_env = &find(&cluster_wide, "Deployment", "wide-shardplane-operator")["spec"]["template"]
+        ["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env_value(wide_env, "SHARDPLANE_WATCH_NAMESPACE"),
+        None,
+        "an unscoped operator must not be told to watch one namespace"
+    );
+
+    let scoped = render("narrow", &["--set", "operator.watchNamespace=team-a"]).await;
     assert!(
         scoped
             .iter()
@@ -449,21 +461,41 @@ async fn operator_is_cluster_wide_by_default_and_namespaced_when_scoped() {
         operator_roles,
         [
             ("team-a", "narrow-shardplane-operator"),
-            ("team-b", "narrow-shardplane-operator"),
             (
                 "shardplane-system",
                 "narrow-shardplane-operator-leader-election"
             ),
         ]
     );
+    let leader_election = rules(find(
+        &scoped,
+        "Role",
+        "narrow-shardplane-operator-leader-election",
+    ));
+    assert!(
+        leader_election.len() == 1 && leader_election[0].resources == ["leases"],
+        "the release namespace grants the operator its Lease and nothing else: {leader_election:?}"
+    );
     let deployment = find(&scoped, "Deployment", "narrow-shardplane-operator");
     let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
-    assert!(
-        env.as_sequence().is_some_and(|vars| vars.iter().any(|var| {
-            var["name"] == "SHARDPLANE_WATCH_NAMESPACES" && var["value"] == "team-a,team-b"
-        })),
-        "the operator is told which namespaces to watch: {env:?}"
+    assert_eq!(
+        env_value(env, "SHARDPLANE_WATCH_NAMESPACE"),
+        Some(&Value::from("team-a")),
+        "the operator is told which namespace to watch"
     );
+
+    // Watching the release namespace itself: one Role there, no separate leader-election Role.
+    let own = render(
+        "own",
+        &["--set", "operator.watchNamespace=shardplane-system"],
+    )
+    .await;
+    let own_roles: Vec<&str> = own
+        .iter()
+        .filter(|object| kind(object) == "Role" && name(object).contains("operator"))
+        .map(name)
+        .collect();
+    assert_eq!(own_roles, ["own-shardplane-operator"]);
 }
 
 #[tokio::test]
@@ -517,6 +549,16 @@ async fn operator_deployment_is_hardened_and_probed() {
     );
     assert_eq!(container["ports"][0]["name"], "metrics");
     assert_eq!(container["ports"][0]["containerPort"], 9090);
+    assert_eq!(
+        container["args"],
+        serde_yaml::to_value(["--listen=0.0.0.0:9090"]).unwrap(),
+        "the operator must serve on the port the probes and the Service use"
+    );
+    assert_eq!(
+        env_value(&container["env"], "SHARDPLANE_LEASE_NAMESPACE"),
+        Some(&serde_yaml::from_str("fieldRef: {fieldPath: metadata.namespace}").unwrap()),
+        "the leader-election Lease belongs in the release namespace, where the RBAC allows it"
+    );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
@@ -865,7 +907,7 @@ async fn service_accounts_get_exactly_their_rights() {
 async fn scoped_operator_has_no_rights_outside_its_namespaces() {
     let release_env = test_env().await;
     let watched = test_env().await;
-    let set = format!("operator.watchNamespaces={{{}}}", watched.namespace);
+    let set = format!("operator.watchNamespace={}", watched.namespace);
     install(&release_env, "scoped", &["--set", &set]).await;
     let operator = "scoped-shardplane-operator";
     let in_watched = format!("--namespace={}", watched.namespace);
@@ -992,6 +1034,229 @@ async fn uninstall_removes_the_release_and_keeps_the_crds() {
         assert!(
             crds.get_opt(&crd_name).await.expect("get CRD").is_some(),
             "CRD {crd_name} was deleted by helm uninstall"
+        );
+    }
+}
+
+/// A `shardplane git-sync` process, killed when dropped (also when the test panics).
+struct GitSyncProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl GitSyncProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GitSyncProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `git <args>` in `repo`, panicking with its output on failure; returns stdout.
+fn git(repo: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(repo)
+        .args([
+            "-c",
+            "user.name=Shardplane Test",
+            "-c",
+            "user.email=test@shardplane.invalid",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        describe(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A kubeconfig for the test control plane whose only credential is a token of `service_account`.
+async fn service_account_kubeconfig(env: &TestEnv, service_account: &str, path: &std::path::Path) {
+    let output = env
+        .kubectl(["create", "token", service_account, "--duration=1h"])
+        .await;
+    assert!(
+        output.status.success(),
+        "kubectl create token: {}",
+        describe(&output)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let admin: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(env.control_plane.kubeconfig_path()).expect("admin kubeconfig"),
+    )
+    .expect("admin kubeconfig is YAML");
+    let ca = admin["clusters"][0]["cluster"]["certificate-authority"].clone();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sandbox", "cluster": {
+            "server": env.control_plane.server_url(),
+            "certificate-authority": ca,
+        }}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": "sandbox", "context": {
+            "cluster": "sandbox", "user": service_account, "namespace": env.namespace,
+        }}],
+        "current-context": "sandbox",
+    });
+    std::fs::write(path, serde_yaml::to_string(&kubeconfig).unwrap()).expect("write kubeconfig");
+}
+
+/// The `Ready` condition of a GitSync: (status, message), once it has one.
+async fn git_sync_ready(
+    api: &Api<GitSync>,
+    name: &str,
+) -> Option<(String, String, Option<String>)> {
+    let object = api.get(name).await.ok()?;
+    let status = object.status?;
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let ready_status = serde_json::to_value(&ready.status).ok()?;
+    Some((
+        ready_status.as_str()?.to_owned(),
+        ready.message.clone(),
+        status.last_attempted_commit,
+    ))
+}
+
+#[tokio::test]
+async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
+    let env = test_env().await;
+    install(&env, "e2e", &EVERYTHING_ON).await;
+    let work = tempfile::tempdir().expect("temporary folder");
+
+    // A repository holding the examples, as a team's database repository would.
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), repo.join(entry.file_name())).unwrap();
+    }
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "the examples"]);
+
+    // git-sync as the chart deploys it: the chart's ServiceAccount, its namespaces only.
+    let kubeconfig = work.path().join("kubeconfig");
+    service_account_kubeconfig(&env, "e2e-shardplane-git-sync", &kubeconfig).await;
+    let log = work.path().join("git-sync.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let process = GitSyncProcess {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .arg("git-sync")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SHARDPLANE_WATCH_NAMESPACES", &env.namespace)
+            .env("SHARDPLANE_GIT_CHECKOUT_DIR", work.path().join("checkout"))
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start shardplane git-sync"),
+        log,
+    };
+
+    let spec: GitSyncSpec = serde_json::from_value(serde_json::json!({
+        "url": format!("file://{}", repo.display()),
+        "intervalSeconds": 5,
+    }))
+    .expect("a valid GitSync spec");
+    let git_syncs: Api<GitSync> = env.api();
+    git_syncs
+        .create(&PostParams::default(), &GitSync::new("databases", spec))
+        .await
+        .expect("create the GitSync");
+
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    let applied = eventually(SETTLE_TIMEOUT, || async {
+        git_sync_ready(&git_syncs, "databases")
+            .await
+            .is_some_and(|(status, _, commit)| {
+                status == "True" && commit.as_deref() == Some(first.as_str())
+            })
+    })
+    .await;
+    assert!(
+        applied,
+        "git-sync did not apply the examples with its chart rights: {:?}\n--- git-sync log\n{}",
+        git_sync_ready(&git_syncs, "databases").await,
+        process.log()
+    );
+    for (kind, name) in [
+        ("databasecluster", "commerce"),
+        ("table", "customers"),
+        ("shard", "customers-0"),
+    ] {
+        let output = env
+            .kubectl(["get", &format!("{kind}.shardplane.io/{name}")])
+            .await;
+        assert!(
+            output.status.success(),
+            "{kind}/{name} was not applied: {}",
+            describe(&output)
+        );
+    }
+
+    // A commit declaring a kind outside git-sync's rights is refused as a whole: the API
+    // server forbids it at the dry-run, so the valid object beside it is not applied either.
+    let staging = std::fs::read_to_string(repo.join("cluster.yaml"))
+        .unwrap()
+        .replace("name: commerce", "name: staging");
+    std::fs::write(repo.join("staging.yaml"), staging).unwrap();
+    std::fs::write(
+        repo.join("smuggled.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smuggled\ndata:\n  a: b\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(
+        &repo,
+        &[
+            "commit",
+            "--quiet",
+            "-m",
+            "a ConfigMap git-sync may not write",
+        ],
+    );
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    let refused = eventually(SETTLE_TIMEOUT, || async {
+        git_sync_ready(&git_syncs, "databases")
+            .await
+            .is_some_and(|(status, _, commit)| {
+                status == "False" && commit.as_deref() == Some(second.as_str())
+            })
+    })
+    .await;
+    let ready = git_sync_ready(&git_syncs, "databases").await;
+    assert!(
+        refused,
+        "git-sync did not refuse the commit: {ready:?}\n--- git-sync log\n{}",
+        process.log()
+    );
+    let (_, message, _) = ready.unwrap_or_default();
+    assert!(
+        message.contains("ConfigMap/smuggled") && message.contains("forbidden"),
+        "the refusal should name the object and say it is forbidden: {message}"
+    );
+    for (kind, name) in [
+        ("configmap", "smuggled"),
+        ("databasecluster.shardplane.io", "staging"),
+    ] {
+        let output = env
+            .kubectl(["get", kind, name, "--ignore-not-found", "-o", "name"])
+            .await;
+        assert!(
+            output.status.success() && output.stdout.trim_ascii().is_empty(),
+            "{kind}/{name} was applied from a refused commit: {}",
+            describe(&output)
         );
     }
 }
