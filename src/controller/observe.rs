@@ -42,36 +42,25 @@ pub struct Caches {
 }
 
 impl ClusterView {
-    /// Gathers `cluster`'s objects from `caches`.
+    /// Gathers `cluster`'s objects from `caches`, each kind sorted by name: a watch cache
+    /// has no order, and the planner's answer (and so its hash) must not depend on one.
     pub fn gather(cluster: Arc<DatabaseCluster>, caches: &Caches) -> Self {
         let namespace = cluster.namespace();
         let name = cluster.name_any();
         let here = |ns: Option<String>| ns == namespace;
-        let tables: Vec<_> = caches
-            .tables
-            .state()
-            .into_iter()
-            .filter(|t| here(t.namespace()) && t.spec.cluster == name)
-            .collect();
-        let shards = caches
-            .shards
-            .state()
-            .into_iter()
-            .filter(|s| here(s.namespace()) && tables.iter().any(|t| t.name_any() == s.spec.table))
-            .collect();
+        let tables = by_name(caches.tables.state(), |t| {
+            here(t.namespace()) && t.spec.cluster == name
+        });
+        let shards = by_name(caches.shards.state(), |s| {
+            here(s.namespace()) && tables.iter().any(|t| t.name_any() == s.spec.table)
+        });
         ClusterView {
-            nodes: caches
-                .nodes
-                .state()
-                .into_iter()
-                .filter(|n| here(n.namespace()) && n.spec.cluster == name)
-                .collect(),
-            plans: caches
-                .plans
-                .state()
-                .into_iter()
-                .filter(|p| here(p.namespace()) && p.spec.cluster == name)
-                .collect(),
+            nodes: by_name(caches.nodes.state(), |n| {
+                here(n.namespace()) && n.spec.cluster == name
+            }),
+            plans: by_name(caches.plans.state(), |p| {
+                here(p.namespace()) && p.spec.cluster == name
+            }),
             tables,
             shards,
             cluster,
@@ -101,6 +90,13 @@ impl ClusterView {
         };
         (topology, invalid)
     }
+}
+
+/// The objects that pass `keep`, sorted by name.
+fn by_name<K: kube::Resource>(objects: Vec<Arc<K>>, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+    let mut kept: Vec<Arc<K>> = objects.into_iter().filter(|o| keep(o)).collect();
+    kept.sort_by_key(|o| o.name_any());
+    kept
 }
 
 /// A DatabaseNode as the planner sees it.
