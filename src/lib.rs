@@ -6,5 +6,6 @@ pub mod api;
 pub mod controller;
 pub mod gitsync;
 pub mod plan;
+pub mod planpreview;
 pub mod routing;
 pub mod sandbox;

@@ -84,8 +84,33 @@ enum Command {
         #[arg(long, env = "SHARDPLANE_WEBHOOK_ADDRESS", value_name = "ADDR")]
         webhook_listen: Option<std::net::SocketAddr>,
     },
-    /// Show what a pull request would cause. Not available yet.
-    Plan,
+    /// Show what a change between two commits would cause: shards split, merged, added,
+    /// dropped or moved, bytes to copy, table changes, the risk class and the plan hashes to
+    /// approve. Compared with the live cluster (kubeconfig) when it answers, else with the
+    /// base commit.
+    Plan {
+        /// The git repository (any folder inside it).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The base revision: the branch the change goes into.
+        #[arg(long)]
+        base: String,
+        /// The head revision: the change.
+        #[arg(long, default_value = "HEAD")]
+        head: String,
+        /// The folder of manifests inside the repository (as a GitSync's spec.path).
+        #[arg(long, default_value = "")]
+        path: String,
+        /// The namespace the manifests are applied to.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Markdown)]
+        format: PlanFormat,
+        /// Do not contact a cluster: compare with the base commit only.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 #[tokio::main]
@@ -154,7 +179,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             checkout_dir,
             webhook_listen,
         } => git_sync(namespaces, checkout_dir, webhook_listen).await,
-        Command::Plan => not_available("plan"),
+        Command::Plan {
+            repo,
+            base,
+            head,
+            path,
+            namespace,
+            format,
+            offline,
+        } => {
+            let request = shardplane::planpreview::PreviewRequest {
+                repo,
+                base,
+                head,
+                path,
+                namespace,
+            };
+            plan_preview(request, format, offline).await
+        }
     }
 }
 
@@ -207,6 +249,34 @@ async fn git_sync(
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// The output formats of `shardplane plan`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanFormat {
+    /// A pull-request comment.
+    Markdown,
+    /// For machines.
+    Json,
+}
+
+async fn plan_preview(
+    request: shardplane::planpreview::PreviewRequest,
+    format: PlanFormat,
+    offline: bool,
+) -> anyhow::Result<()> {
+    // No kubeconfig is not an error: the preview then compares with the base commit.
+    let client = if offline {
+        None
+    } else {
+        kube::Client::try_default().await.ok()
+    };
+    let preview = shardplane::planpreview::preview(&request, client).await?;
+    match format {
+        PlanFormat::Markdown => print!("{}", shardplane::planpreview::render::markdown(&preview)),
+        PlanFormat::Json => println!("{}", shardplane::planpreview::render::json(&preview)?),
+    }
+    Ok(())
 }
 
 /// Subcommands whose implementation has not landed say so instead of pretending to work.

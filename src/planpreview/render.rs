@@ -1,0 +1,167 @@
+//! The preview as Markdown (for a pull-request comment) and as JSON (for machines).
+
+use std::fmt::Write;
+
+use super::Preview;
+use super::diff::{Reshard, ShardRef, TableChangeKind};
+
+/// The preview as JSON, pretty-printed.
+pub fn json(preview: &Preview) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(preview)
+}
+
+/// The preview as a Markdown pull-request comment.
+pub fn markdown(preview: &Preview) -> String {
+    let mut out = String::new();
+    let changes = &preview.changes;
+    let _ = writeln!(
+        out,
+        "## Shardplane plan: `{}` → `{}`\n",
+        short(&preview.base),
+        short(&preview.head)
+    );
+    let risk = changes
+        .risk
+        .map_or_else(|| "none (nothing changes)".to_owned(), |r| format!("{r:?}"));
+    let _ = writeln!(
+        out,
+        "**Risk: {risk}** · compared with {}\n",
+        preview.compared_with
+    );
+    for note in &preview.notes {
+        let _ = writeln!(out, "> {note}\n");
+    }
+    if !changes.problems.is_empty() {
+        let _ = writeln!(out, "### ❌ Problems (git-sync would refuse this commit)\n");
+        for problem in &changes.problems {
+            let _ = writeln!(out, "- {problem}");
+        }
+        out.push('\n');
+    }
+    if !changes.reshards.is_empty() {
+        let _ = writeln!(out, "### Splits and merges\n");
+        for reshard in &changes.reshards {
+            reshard_section(&mut out, reshard);
+        }
+    }
+    shard_list(&mut out, "Shards added", &changes.added_shards);
+    shard_list(
+        &mut out,
+        "Shards dropped (their rows are deleted: destructive)",
+        &changes.dropped_shards,
+    );
+    if !changes.placement_changes.is_empty() {
+        let _ = writeln!(out, "### Placement changes (replicas may move)\n");
+        for change in &changes.placement_changes {
+            let _ = writeln!(
+                out,
+                "- `{}`: `{}` → `{}`",
+                change.shard, change.from, change.to
+            );
+        }
+        out.push('\n');
+    }
+    if !changes.table_changes.is_empty() {
+        let _ = writeln!(out, "### Tables and schema\n");
+        let _ = writeln!(out, "| table | change | fields | DDL | compatibility |");
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for table in &changes.table_changes {
+            let kind = match table.kind {
+                TableChangeKind::Created => "created",
+                TableChangeKind::Removed => "removed (destructive)",
+                TableChangeKind::Changed => "changed",
+            };
+            let ddl = table
+                .ddl
+                .as_ref()
+                .map_or_else(|| "not available yet".to_owned(), |d| d.join("; "));
+            let class = table
+                .compatibility
+                .as_deref()
+                .unwrap_or("not available yet");
+            let _ = writeln!(
+                out,
+                "| `{}` | {kind} | {} | {ddl} | {class} |",
+                table.table,
+                table.fields.join(", ")
+            );
+        }
+        let _ = writeln!(out, "\n{}\n", super::diff::SCHEMA_DIFF_PENDING);
+    }
+    if changes.risk.is_none() && changes.problems.is_empty() {
+        let _ = writeln!(out, "No change to shards or tables.\n");
+    }
+    out
+}
+
+fn reshard_section(out: &mut String, reshard: &Reshard) {
+    let names = |shards: &[ShardRef]| {
+        shards
+            .iter()
+            .map(|s| format!("`{}` {}", s.name, s.range))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "#### {:?} of table `{}`: {} → {}\n",
+        reshard.kind,
+        reshard.table,
+        names(&reshard.sources),
+        names(&reshard.targets)
+    );
+    let bytes = reshard.bytes_to_copy.map_or_else(
+        || "unknown (sizes come from a live cluster)".to_owned(),
+        |b| format!("{b} bytes ({})", human_bytes(b)),
+    );
+    let _ = writeln!(out, "- Bytes to copy: {bytes}");
+    let _ = writeln!(out, "- Risk: **{:?}**", reshard.risk);
+    let _ = writeln!(
+        out,
+        "- Plan hash (approve with it): `{}`",
+        reshard.plan_hash
+    );
+    if !reshard.blocked.is_empty() {
+        let _ = writeln!(out, "- Blocked:");
+        for blocked in &reshard.blocked {
+            let _ = writeln!(out, "  - {blocked}");
+        }
+    }
+    if !reshard.steps.is_empty() {
+        let _ = writeln!(out, "- Steps:");
+        for (k, step) in reshard.steps.iter().enumerate() {
+            let _ = writeln!(out, "  {}. `{step}`", k + 1);
+        }
+    }
+    out.push('\n');
+}
+
+fn shard_list(out: &mut String, title: &str, shards: &[ShardRef]) {
+    if shards.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### {title}\n");
+    for shard in shards {
+        let _ = writeln!(
+            out,
+            "- `{}` of `{}`: {}",
+            shard.name, shard.table, shard.range
+        );
+    }
+    out.push('\n');
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
