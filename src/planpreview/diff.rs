@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::snapshot::{Snapshot, range_of};
 use crate::api::{Shard, Table};
-use crate::plan::{KeyRange, NewShard, PlanError, ReshardRequest, RiskClass, plan_reshard};
+use crate::plan::{KeyRange, NewShard, ReshardRequest, RiskClass, plan_reshard};
 
 /// How long a split's or merge's retired sources are kept before they are dropped, in the
 /// preview's plans (part of each plan's hash).
@@ -74,8 +74,8 @@ pub struct Reshard {
     pub bytes_to_copy: Option<u64>,
     /// The plan's risk.
     pub risk: RiskClass,
-    /// The plan's hash, to approve it with.
-    pub plan_hash: String,
+    /// The plan's hash, to approve it with; `None` when the planner could not plan it.
+    pub plan_hash: Option<String>,
     /// The plan's steps, one line each.
     pub steps: Vec<String>,
     /// What the planner could not plan, and why.
@@ -129,12 +129,7 @@ pub const SCHEMA_DIFF_PENDING: &str = "DDL and compatibility class not available
 
 /// Compares `current` with `head`. `sizes_known` says whether `current` reports shard sizes
 /// (a live cluster); `now_ms` stamps the plans (a commit's time keeps hashes reproducible).
-pub fn diff(
-    current: &Snapshot,
-    head: &Snapshot,
-    sizes_known: bool,
-    now_ms: u64,
-) -> Result<Changes, PlanError> {
+pub fn diff(current: &Snapshot, head: &Snapshot, sizes_known: bool, now_ms: u64) -> Changes {
     let mut changes = Changes {
         problems: head.problems.clone(),
         ..Changes::default()
@@ -171,8 +166,9 @@ pub fn diff(
     for group in overlapping_groups(&removed, &added) {
         match (group.sources.is_empty(), group.targets.is_empty()) {
             (false, false) => {
-                let reshard = plan_group(current, &group, sizes_known, now_ms)?;
-                changes.reshards.push(reshard);
+                changes
+                    .reshards
+                    .push(plan_group(current, &group, sizes_known, now_ms));
             }
             (true, false) => changes
                 .added_shards
@@ -187,7 +183,7 @@ pub fn diff(
     }
     changes.table_changes = table_changes(&current.tables, &head.tables);
     changes.risk = overall_risk(&changes);
-    Ok(changes)
+    changes
 }
 
 fn by_name(shards: &[Shard]) -> BTreeMap<String, &Shard> {
@@ -276,12 +272,7 @@ fn overlaps(a: &Shard, b: &Shard) -> bool {
     }
 }
 
-fn plan_group(
-    current: &Snapshot,
-    group: &Group<'_>,
-    sizes_known: bool,
-    now_ms: u64,
-) -> Result<Reshard, PlanError> {
+fn plan_group(current: &Snapshot, group: &Group<'_>, sizes_known: bool, now_ms: u64) -> Reshard {
     let kind = match (group.sources.len(), group.targets.len()) {
         (1, _) => ReshardKind::Split,
         (_, 1) => ReshardKind::Merge,
@@ -302,7 +293,6 @@ fn plan_group(
             .collect(),
     };
     let topology = current.topology(&group.table, !sizes_known);
-    let plan = plan_reshard(&topology, &request, now_ms, GRACE_MS)?;
     let bytes_to_copy = sizes_known.then(|| {
         group
             .sources
@@ -311,24 +301,37 @@ fn plan_group(
             .map(|bytes| u64::try_from(bytes).unwrap_or(0))
             .sum()
     });
-    Ok(Reshard {
+    let mut reshard = Reshard {
         kind,
         table: group.table.clone(),
         sources: group.sources.iter().map(|s| shard_ref(s)).collect(),
         targets: group.targets.iter().map(|s| shard_ref(s)).collect(),
         bytes_to_copy,
-        risk: plan.risk,
-        plan_hash: plan.hash.clone(),
-        steps: plan
-            .steps()
-            .map(|step| step_line(&step.action, step.risk))
-            .collect(),
-        blocked: plan
-            .blocked
-            .iter()
-            .map(|b| format!("{}: {}", b.subject, b.reason))
-            .collect(),
-    })
+        // Every split or merge drops its sources after the switch.
+        risk: RiskClass::Destructive,
+        plan_hash: None,
+        steps: Vec::new(),
+        blocked: Vec::new(),
+    };
+    match plan_reshard(&topology, &request, now_ms, GRACE_MS) {
+        Ok(plan) => {
+            reshard.risk = plan.risk;
+            reshard.plan_hash = Some(plan.hash.clone());
+            reshard.steps = plan
+                .steps()
+                .map(|step| step_line(&step.action, step.risk))
+                .collect();
+            reshard.blocked = plan
+                .blocked
+                .iter()
+                .map(|b| format!("{}: {}", b.subject, b.reason))
+                .collect();
+        }
+        // The input cannot be planned (for example the table's DatabaseCluster is not
+        // declared): say why instead of failing the whole preview.
+        Err(error) => reshard.blocked.push(format!("not planned: {error}")),
+    }
+    reshard
 }
 
 /// `Action key=value ...`: the action's name and its scalar arguments.
@@ -453,4 +456,93 @@ fn overall_risk(changes: &Changes) -> Option<RiskClass> {
         risks.push(RiskClass::Safe);
     }
     risks.into_iter().max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ShardSpec;
+    use crate::api::shard::{KeyRangeSpec, ShardPlacement};
+
+    fn shard(name: &str, start: Option<i64>, end: Option<i64>) -> Shard {
+        Shard::new(
+            name,
+            ShardSpec {
+                table: "t".into(),
+                range: KeyRangeSpec { start, end },
+                placement: None,
+            },
+        )
+    }
+
+    fn snapshot(shards: Vec<Shard>) -> Snapshot {
+        Snapshot {
+            shards,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn two_adjacent_shards_replaced_by_one_are_a_merge() {
+        let current = snapshot(vec![shard("a", None, Some(0)), shard("b", Some(0), None)]);
+        let head = snapshot(vec![shard("ab", None, None)]);
+        let changes = diff(&current, &head, false, 0);
+        assert_eq!(changes.reshards.len(), 1);
+        let merge = &changes.reshards[0];
+        assert_eq!(merge.kind, ReshardKind::Merge);
+        let sources: Vec<&str> = merge.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(sources, ["a", "b"]);
+        // No DatabaseCluster declared: no replication factor, so the planner cannot place
+        // the target; the preview says so instead of failing.
+        assert_eq!(merge.plan_hash, None);
+        assert!(
+            merge.blocked[0].starts_with("not planned:"),
+            "{:?}",
+            merge.blocked
+        );
+        assert_eq!(merge.risk, RiskClass::Destructive);
+        assert!(changes.dropped_shards.is_empty() && changes.added_shards.is_empty());
+    }
+
+    #[test]
+    fn a_shard_removed_with_nothing_covering_its_keys_is_a_destructive_drop() {
+        let current = snapshot(vec![shard("a", None, Some(0)), shard("b", Some(0), None)]);
+        let head = snapshot(vec![shard("a", None, Some(0))]);
+        let changes = diff(&current, &head, false, 0);
+        assert!(changes.reshards.is_empty());
+        assert_eq!(changes.dropped_shards[0].name, "b");
+        assert_eq!(changes.risk, Some(RiskClass::Destructive));
+    }
+
+    #[test]
+    fn new_shards_placement_changes_and_in_place_range_edits_are_told_apart() {
+        let mut moved = shard("a", None, Some(0));
+        moved.spec.placement = Some(ShardPlacement {
+            pinned_nodes: vec!["n1".into()],
+            preferred_primary_region: None,
+        });
+        let current = snapshot(vec![shard("a", None, Some(0)), shard("b", Some(0), None)]);
+        let head = snapshot(vec![
+            moved,
+            shard("b", Some(5), None),
+            shard("c", Some(0), Some(5)),
+        ]);
+        let changes = diff(&current, &head, false, 0);
+        assert_eq!(changes.placement_changes[0].shard, "a");
+        assert!(changes.placement_changes[0].to.contains("n1"));
+        assert_eq!(changes.added_shards[0].name, "c");
+        assert!(
+            changes.problems[0].contains("Shard b: its range changes in place"),
+            "{:?}",
+            changes.problems
+        );
+    }
+
+    #[test]
+    fn nothing_changed_means_no_risk() {
+        let current = snapshot(vec![shard("a", None, None)]);
+        let changes = diff(&current, &current.clone(), false, 0);
+        assert_eq!(changes.risk, None);
+        assert!(changes.reshards.is_empty() && changes.problems.is_empty());
+    }
 }

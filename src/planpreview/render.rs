@@ -116,11 +116,14 @@ fn reshard_section(out: &mut String, reshard: &Reshard) {
     );
     let _ = writeln!(out, "- Bytes to copy: {bytes}");
     let _ = writeln!(out, "- Risk: **{:?}**", reshard.risk);
-    let _ = writeln!(
-        out,
-        "- Plan hash (approve with it): `{}`",
-        reshard.plan_hash
-    );
+    match &reshard.plan_hash {
+        Some(hash) => {
+            let _ = writeln!(out, "- Plan hash (approve with it): `{hash}`");
+        }
+        None => {
+            let _ = writeln!(out, "- Plan hash: none (not planned, see below)");
+        }
+    }
     if !reshard.blocked.is_empty() {
         let _ = writeln!(out, "- Blocked:");
         for blocked in &reshard.blocked {
