@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1038,19 +1039,43 @@ async fn uninstall_removes_the_release_and_keeps_the_crds() {
     }
 }
 
-/// A `shardplane git-sync` process, killed when dropped (also when the test panics).
-struct GitSyncProcess {
+/// A `shardplane` subcommand running in the background as one of the chart's ServiceAccounts,
+/// killed when dropped (also when the test panics).
+struct ShardplaneProcess {
     child: std::process::Child,
     log: std::path::PathBuf,
 }
 
-impl GitSyncProcess {
+impl ShardplaneProcess {
+    /// Starts `shardplane <args>` with `KUBECONFIG=<kubeconfig>` and `envs`, logging to
+    /// `<work>/<args[0]>.log`.
+    fn spawn(
+        work: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ShardplaneProcess {
+        let log = work.join(format!("{}.log", args[0]));
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log file"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start shardplane {args:?}: {error}"));
+        ShardplaneProcess { child, log }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-impl Drop for GitSyncProcess {
+impl Drop for ShardplaneProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1147,22 +1172,16 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
     // git-sync as the chart deploys it: the chart's ServiceAccount, its namespaces only.
     let kubeconfig = work.path().join("kubeconfig");
     service_account_kubeconfig(&env, "e2e-shardplane-git-sync", &kubeconfig).await;
-    let log = work.path().join("git-sync.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let process = GitSyncProcess {
-        child: std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
-            .arg("git-sync")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("SHARDPLANE_WATCH_NAMESPACES", &env.namespace)
-            .env("SHARDPLANE_GIT_CHECKOUT_DIR", work.path().join("checkout"))
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start shardplane git-sync"),
-        log,
-    };
+    let checkout = work.path().join("checkout");
+    let process = ShardplaneProcess::spawn(
+        work.path(),
+        &kubeconfig,
+        &["git-sync"],
+        &[
+            ("SHARDPLANE_WATCH_NAMESPACES", &env.namespace),
+            ("SHARDPLANE_GIT_CHECKOUT_DIR", &checkout.to_string_lossy()),
+        ],
+    );
 
     let spec: GitSyncSpec = serde_json::from_value(serde_json::json!({
         "url": format!("file://{}", repo.display()),
@@ -1259,4 +1278,85 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
             describe(&output)
         );
     }
+}
+
+#[tokio::test]
+async fn operator_runs_with_nothing_but_its_chart_rights() {
+    let release_env = test_env().await;
+    let watched = test_env().await;
+    let scope = format!("operator.watchNamespace={}", watched.namespace);
+    install(&release_env, "op", &["--set", &scope]).await;
+    let work = tempfile::tempdir().expect("temporary folder");
+
+    // Something to reconcile in the watched namespace.
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let applied = eventually(SETTLE_TIMEOUT, || async {
+        watched
+            .kubectl(["apply", "-f", examples])
+            .await
+            .status
+            .success()
+    })
+    .await;
+    assert!(applied, "kubectl apply examples/ kept failing");
+
+    // The operator as the chart deploys it: its ServiceAccount's token, its namespaces.
+    let kubeconfig = work.path().join("kubeconfig");
+    service_account_kubeconfig(&release_env, "op-shardplane-operator", &kubeconfig).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("--listen=127.0.0.1:{port}");
+    let process = ShardplaneProcess::spawn(
+        work.path(),
+        &kubeconfig,
+        &["operator", &listen],
+        &[
+            ("SHARDPLANE_WATCH_NAMESPACE", &watched.namespace),
+            ("SHARDPLANE_LEASE_NAMESPACE", &release_env.namespace),
+            ("POD_NAME", "operator-under-test"),
+        ],
+    );
+
+    let leases: Api<Lease> = release_env.api();
+    let leading = eventually(SETTLE_TIMEOUT, || async {
+        leases
+            .get_opt("shardplane-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|lease| lease.spec?.holder_identity)
+            .as_deref()
+            == Some("operator-under-test")
+    })
+    .await;
+    assert!(
+        leading,
+        "the operator did not take its Lease in the release namespace\n--- operator log\n{}",
+        process.log()
+    );
+
+    for object in [
+        "databasecluster.shardplane.io/commerce",
+        "table.shardplane.io/customers",
+    ] {
+        let reconciled = eventually(SETTLE_TIMEOUT, || async {
+            let output = watched
+                .kubectl(["get", object, "-o", "jsonpath={.status.observedGeneration}"])
+                .await;
+            output.status.success() && !output.stdout.trim_ascii().is_empty()
+        })
+        .await;
+        assert!(
+            reconciled,
+            "the operator wrote no status on {object}\n--- operator log\n{}",
+            process.log()
+        );
+    }
+    let log = process.log();
+    assert!(
+        !log.contains("forbidden") && !log.contains("403"),
+        "the operator was refused something its work needs:\n{log}"
+    );
 }
