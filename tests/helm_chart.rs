@@ -1135,7 +1135,7 @@ async fn service_account_kubeconfig(env: &TestEnv, service_account: &str, path: 
     std::fs::write(path, serde_yaml::to_string(&kubeconfig).unwrap()).expect("write kubeconfig");
 }
 
-/// The `Ready` condition of a GitSync: (status, message), once it has one.
+/// The `Ready` condition of a GitSync and the commit last tried: (status, message, commit).
 async fn git_sync_ready(
     api: &Api<GitSync>,
     name: &str,
@@ -1143,7 +1143,7 @@ async fn git_sync_ready(
     let object = api.get(name).await.ok()?;
     let status = object.status?;
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-    let ready_status = serde_json::to_value(&ready.status).ok()?;
+    let ready_status = serde_json::to_value(ready.status).ok()?;
     Some((
         ready_status.as_str()?.to_owned(),
         ready.message.clone(),
