@@ -88,3 +88,34 @@ pub fn verify_commit(
         })?;
     Ok(signer.principal.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP+XsMd0C5tEVScGdeJZJ6bEWIEb3r2INUFxs60nen0+";
+
+    #[test]
+    fn allowed_signers_lines_parse_with_options_comments_and_blanks() {
+        let lines = vec![
+            format!("# the release team\n\nalice@example.com {KEY} laptop"),
+            format!("bob@example.com namespaces=\"git\" {KEY}"),
+        ];
+        let signers = parse_allowed_signers(&lines).unwrap();
+        let principals: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
+        assert_eq!(principals, ["alice@example.com", "bob@example.com"]);
+    }
+
+    #[test]
+    fn malformed_or_empty_allowed_signers_are_refused_with_the_field_named() {
+        for lines in [
+            vec![KEY.to_owned()],
+            vec!["alice@example.com ssh-ed25519 not-base64".to_owned()],
+            vec!["# only a comment".to_owned()],
+        ] {
+            let error = parse_allowed_signers(&lines).unwrap_err();
+            assert!(error.starts_with("spec.verify.allowedSigners"), "{error}");
+        }
+    }
+}

@@ -163,3 +163,67 @@ pub async fn publish_event(
             object.name_any()
         )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GitSyncSpec;
+    use crate::gitsync::apply::ApplyReport;
+
+    fn object() -> GitSync {
+        let spec: GitSyncSpec = serde_json::from_value(json!({"url": "file:///repo"})).unwrap();
+        GitSync::new("gs", spec)
+    }
+
+    fn outcome(commit: &str) -> SyncOutcome {
+        SyncOutcome {
+            commit: commit.to_owned(),
+            signed_by: None,
+            applied: ApplyReport::default(),
+            same_commit: false,
+            pruned: Vec::new(),
+            inventory: vec!["shardplane.io/v1alpha1/Shard/db/a".to_owned()],
+        }
+    }
+
+    fn ready(status: &GitSyncStatus) -> &Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refused_commit_keeps_the_applied_commit_and_inventory() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let mut object = object();
+        object.status = Some(next_status(&object, &Ok(outcome("aaa")), t0));
+        let refused = Err(SyncError::Signature {
+            commit: "bbb".to_owned(),
+            reason: "it is not signed".to_owned(),
+        });
+        let status = next_status(&object, &refused, t1);
+        assert_eq!(status.last_applied_commit.as_deref(), Some("aaa"));
+        assert_eq!(status.last_attempted_commit.as_deref(), Some("bbb"));
+        assert_eq!(status.inventory.len(), 1);
+        let ready = ready(&status);
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason, "SignatureRefused");
+        assert!(ready.message.contains("not signed"));
+        assert_eq!(ready.last_transition_time, Time(t1));
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let mut object = object();
+        object.status = Some(next_status(&object, &Ok(outcome("aaa")), t0));
+        let status = next_status(&object, &Ok(outcome("bbb")), t1);
+        assert_eq!(status.last_applied_commit.as_deref(), Some("bbb"));
+        assert_eq!(ready(&status).last_transition_time, Time(t0));
+        assert_eq!(status.last_sync_time, Some(Time(t1)));
+    }
+}
