@@ -1161,9 +1161,13 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
     let repo = work.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    // The manifests only: git-sync applies every YAML file, and examples/ also holds a CI
+    // workflow in a subfolder.
     for entry in std::fs::read_dir(&examples).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), repo.join(entry.file_name())).unwrap();
+        let path = entry.unwrap().path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "yaml") {
+            std::fs::copy(&path, repo.join(path.file_name().unwrap())).unwrap();
+        }
     }
     git(&repo, &["init", "--quiet", "--initial-branch=main"]);
     git(&repo, &["add", "."]);
