@@ -1,7 +1,8 @@
 //! The Helm chart `charts/shardplane`: its values schema refuses unknown keys, the RBAC it
 //! renders is least-privilege without wildcards, and an install on a real API server creates
 //! the identities, the operator and Established CRDs, grants exactly the intended rights
-//! (checked with `kubectl auth can-i`), and is removed again by `helm uninstall`.
+//! (checked with `kubectl auth can-i`), is enough for the real operator and git-sync to work
+//! with nothing else, and is removed again by `helm uninstall`.
 
 mod support;
 
