@@ -658,3 +658,41 @@ async fn an_unknown_kind_is_refused_before_anything_is_applied() {
     assert!(message.contains("CustomResourceDefinition"), "{message}");
     assert!(shard_names(&env).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_changed_spec_is_validated_again_at_the_same_commit() {
+    let env = env_with_crds().await;
+    let repo = Repo::new();
+    repo.write("good/shards.yaml", &shard("c-0", None, None, None));
+    repo.write("bad/shards.yaml", &shard("d-0", None, None, None));
+    repo.write(
+        "bad/cluster.yaml",
+        "apiVersion: shardplane.io/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: bad}\n\
+         spec: {regions: [{name: eu, zones: [eu-a]}], replicationFactor: 0, version: '15'}\n",
+    );
+    let commit = repo.commit("two folders");
+    create_git_sync(&env, "gs", &repo, json!({"path": "good"})).await;
+    let (syncer, _checkouts) = syncer(&env);
+    sync(&env, &syncer, "gs").await.unwrap();
+    // A resync of the same commit and spec skips the dry-run and still changes nothing.
+    let outcome = sync(&env, &syncer, "gs").await.unwrap();
+    assert_eq!(
+        (outcome.commit.as_str(), outcome.applied.unchanged),
+        (commit.as_str(), 1)
+    );
+
+    env.api::<GitSync>()
+        .patch(
+            "gs",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"path": "bad"}})),
+        )
+        .await
+        .unwrap();
+    // Same commit, new spec: validated again, twice, and nothing of bad/ is applied.
+    for _ in 0..2 {
+        let error = sync(&env, &syncer, "gs").await.unwrap_err();
+        assert_eq!(error.reason(), "ValidationFailed", "{error}");
+        assert_eq!(shard_names(&env).await, ["c-0"]);
+    }
+}

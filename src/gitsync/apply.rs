@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, stream};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Client, Resource};
@@ -96,8 +96,63 @@ impl Applier {
         collect(manifests, results)
     }
 
-    /// Server-side applies every manifest; `live_versions` are [`Applier::dry_run`]'s
-    /// result, which tell created, changed and unchanged objects apart.
+    /// The live resourceVersion of each manifest's object (`None`: it does not exist), in
+    /// manifest order, from one metadata-only list per kind: what a resync of an already
+    /// validated commit needs instead of a dry-run per object.
+    pub async fn live_versions(
+        &self,
+        manifests: &[Manifest],
+    ) -> Result<Vec<Option<String>>, Vec<Invalid>> {
+        let mut live = HashMap::<(String, String, String), HashMap<String, String>>::new();
+        for manifest in manifests {
+            let id = &manifest.id;
+            let key = (
+                id.api_version.clone(),
+                id.kind.clone(),
+                id.namespace.clone(),
+            );
+            if live.contains_key(&key) {
+                continue;
+            }
+            let invalid = |reason: String| {
+                vec![Invalid {
+                    file: manifest.file.clone(),
+                    object: Some(id.short()),
+                    reason,
+                }]
+            };
+            let list = self
+                .api(id)
+                .map_err(invalid)?
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(|error| invalid(describe(&error)))?;
+            let versions = list
+                .items
+                .into_iter()
+                .filter_map(|object| {
+                    Some((object.metadata.name?, object.metadata.resource_version?))
+                })
+                .collect();
+            live.insert(key, versions);
+        }
+        Ok(manifests
+            .iter()
+            .map(|m| {
+                let key = (
+                    m.id.api_version.clone(),
+                    m.id.kind.clone(),
+                    m.id.namespace.clone(),
+                );
+                live.get(&key)
+                    .and_then(|names| names.get(&m.id.name))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    /// Server-side applies every manifest; `live_versions` ([`Applier::dry_run`]'s or
+    /// [`Applier::live_versions`]' result) tell created, changed and unchanged objects apart.
     pub async fn apply(
         &self,
         manifests: &[Manifest],

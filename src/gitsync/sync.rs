@@ -17,7 +17,7 @@ use super::manifests::{parse, validate};
 use super::signature::{parse_allowed_signers, verify_commit};
 use super::source::{Credentials, fetch, open_or_init, read_manifests, repository_dir};
 use super::status::{next_status, publish_event, write_status};
-use crate::api::GitSync;
+use crate::api::{ConditionStatus, GitSync};
 
 /// What a successful sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +173,23 @@ impl Syncer {
         if !problems.is_empty() {
             return Err(refused(problems));
         }
-        let live_versions = applier.dry_run(&manifests).await.map_err(refused)?;
+        // When the last sync applied this very commit under this very spec, every object
+        // passed the dry-run then: a resync (the drift check) reads the live versions with
+        // one list per kind instead of dry-running every object again. Anything else —
+        // a new commit, a changed spec, a failed last sync — is dry-run first.
+        let last_sync_succeeded = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
+        let validated = last_sync_succeeded
+            && status.last_applied_commit.as_deref() == Some(commit.as_str())
+            && status.observed_generation == object.metadata.generation;
+        let live_versions = if validated {
+            applier.live_versions(&manifests).await
+        } else {
+            applier.dry_run(&manifests).await
+        }
+        .map_err(refused)?;
 
         let current: BTreeSet<ObjectId> = manifests.iter().map(|m| m.id.clone()).collect();
         let applied = applier
