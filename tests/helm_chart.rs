@@ -108,6 +108,19 @@ fn env_value<'a>(env: &'a Value, name: &str) -> Option<&'a Value> {
     var.get("value").or_else(|| var.get("valueFrom"))
 }
 
+/// Whether a rendered ClusterRole only extends Kubernetes' built-in roles (by aggregation
+/// labels), granting nothing by itself.
+fn is_aggregated(role: &Value) -> bool {
+    role["metadata"]["labels"]
+        .as_mapping()
+        .is_some_and(|labels| {
+            labels.keys().any(|key| {
+                key.as_str()
+                    .is_some_and(|key| key.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
+        })
+}
+
 /// One RBAC rule, as rendered.
 #[derive(Debug)]
 struct Rule {
@@ -181,12 +194,14 @@ async fn install(env: &TestEnv, release: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `kubectl auth can-i <args>` as a ServiceAccount of the test's namespace.
-async fn can_i(env: &TestEnv, service_account: &str, args: &[&str]) -> bool {
-    let impersonate = format!(
-        "--as=system:serviceaccount:{}:{service_account}",
-        env.namespace
-    );
+/// The user name of a ServiceAccount of the test's namespace, for `kubectl --as`.
+fn service_account(env: &TestEnv, name: &str) -> String {
+    format!("system:serviceaccount:{}:{name}", env.namespace)
+}
+
+/// `kubectl auth can-i <args>` as `user`.
+async fn can_i(env: &TestEnv, user: &str, args: &[&str]) -> bool {
+    let impersonate = format!("--as={user}");
     let mut full = vec!["auth", "can-i"];
     full.extend_from_slice(args);
     full.push(&impersonate);
@@ -202,20 +217,20 @@ async fn can_i(env: &TestEnv, service_account: &str, args: &[&str]) -> bool {
 /// new bindings through a watch.
 const RBAC_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Checks `(service account, kubectl auth can-i arguments, expected answer)` and describes
+/// Checks `(user, kubectl auth can-i arguments, expected answer)` and describes
 /// each that is wrong. A right that should be granted is polled for (a lagging cache can only
 /// say "no"); one that should be refused is asked once.
 async fn wrong_rights(env: &TestEnv, expectations: &[(&str, &[&str], bool)]) -> Vec<String> {
     let mut wrong = Vec::new();
-    for &(service_account, args, expected) in expectations {
+    for &(user, args, expected) in expectations {
         let answer = if expected {
-            eventually(RBAC_SETTLE_TIMEOUT, || can_i(env, service_account, args)).await
+            eventually(RBAC_SETTLE_TIMEOUT, || can_i(env, user, args)).await
         } else {
-            can_i(env, service_account, args).await
+            can_i(env, user, args).await
         };
         if answer != expected {
             wrong.push(format!(
-                "{service_account} {args:?}: expected {}",
+                "{user} {args:?}: expected {}",
                 if expected { "yes" } else { "no" }
             ));
         }
@@ -422,19 +437,17 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
 #[tokio::test]
 async fn operator_is_cluster_wide_by_default_and_namespaced_when_scoped() {
     let cluster_wide = render("wide", &[]).await;
-    let cluster_scoped: Vec<String> = cluster_wide
+    let cluster_bindings: Vec<&str> = cluster_wide
         .iter()
-        .filter(|object| matches!(kind(object), "ClusterRole" | "ClusterRoleBinding"))
-        .map(|object| format!("{}/{}", kind(object), name(object)))
+        .filter(|object| kind(object) == "ClusterRoleBinding")
+        .map(name)
         .collect();
     assert_eq!(
-        cluster_scoped,
-        [
-            "ClusterRole/wide-shardplane-operator",
-            "ClusterRoleBinding/wide-shardplane-operator"
-        ],
+        cluster_bindings,
+        ["wide-shardplane-operator"],
         "only the operator is granted rights cluster-wide"
     );
+    find(&cluster_wide, "ClusterRole", "wide-shardplane-operator");
 
     let wide_env = &find(&cluster_wide, "Deployment", "wide-shardplane-operator")["spec"]["template"]
         ["spec"]["containers"][0]["env"];
@@ -448,8 +461,25 @@ async fn operator_is_cluster_wide_by_default_and_namespaced_when_scoped() {
     assert!(
         scoped
             .iter()
-            .all(|object| !kind(object).starts_with("Cluster")),
+            .all(|object| kind(object) != "ClusterRoleBinding"
+                && (kind(object) != "ClusterRole" || is_aggregated(object))),
         "a scoped operator needs nothing cluster-scoped"
+    );
+    let strictly_namespaced = render(
+        "strict",
+        &[
+            "--set",
+            "operator.watchNamespace=team-a",
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+        ],
+    )
+    .await;
+    assert!(
+        strictly_namespaced
+            .iter()
+            .all(|object| !kind(object).starts_with("Cluster")),
+        "nothing cluster-scoped is left when the built-in roles are left alone too"
     );
     let operator_roles: Vec<(&str, &str)> = scoped
         .iter()
@@ -666,6 +696,40 @@ async fn git_sync_serves_exactly_the_namespaces_it_has_roles_in() {
     }
 }
 
+#[tokio::test]
+async fn people_rights_extend_the_built_in_view_edit_and_admin_roles() {
+    let objects = render("people", &[]).await;
+    for (role, built_in) in [
+        ("people-shardplane-view", &["view", "edit", "admin"][..]),
+        ("people-shardplane-edit", &["edit", "admin"][..]),
+        ("people-shardplane-admin", &["admin"][..]),
+    ] {
+        let labels = &find(&objects, "ClusterRole", role)["metadata"]["labels"];
+        let mut aggregated_into: Vec<&str> = labels
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter(|(_, value)| value.as_str() == Some("true"))
+            .filter_map(|(key, _)| {
+                key.as_str()?
+                    .strip_prefix("rbac.authorization.k8s.io/aggregate-to-")
+            })
+            .collect();
+        aggregated_into.sort_unstable();
+        let mut expected = built_in.to_vec();
+        expected.sort_unstable();
+        assert_eq!(
+            aggregated_into, expected,
+            "{role} extends the wrong built-in roles"
+        );
+    }
+    let off = render("people", &["--set", "rbac.aggregateToDefaultRoles=false"]).await;
+    assert!(
+        off.iter().all(|object| !is_aggregated(object)),
+        "rbac.aggregateToDefaultRoles=false still extends the built-in roles"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Against the API server
 
@@ -816,9 +880,12 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
 async fn service_accounts_get_exactly_their_rights() {
     let env = test_env().await;
     install(&env, "authz", &EVERYTHING_ON).await;
-    let agent = "authz-shardplane-agent";
-    let git_sync = "authz-shardplane-git-sync";
-    let operator = "authz-shardplane-operator";
+    let agent = service_account(&env, "authz-shardplane-agent");
+    let agent = agent.as_str();
+    let git_sync = service_account(&env, "authz-shardplane-git-sync");
+    let git_sync = git_sync.as_str();
+    let operator = service_account(&env, "authz-shardplane-operator");
+    let operator = operator.as_str();
     let wrong = wrong_rights(
         &env,
         &[
@@ -928,7 +995,8 @@ async fn scoped_operator_has_no_rights_outside_its_namespaces() {
     let watched = test_env().await;
     let set = format!("operator.watchNamespace={}", watched.namespace);
     install(&release_env, "scoped", &["--set", &set]).await;
-    let operator = "scoped-shardplane-operator";
+    let operator = service_account(&release_env, "scoped-shardplane-operator");
+    let operator = operator.as_str();
     let in_watched = format!("--namespace={}", watched.namespace);
     let wrong = wrong_rights(
         &release_env,
@@ -1381,4 +1449,77 @@ async fn operator_runs_with_nothing_but_its_chart_rights() {
         !log.to_lowercase().contains("forbidden"),
         "the operator was refused something its work needs:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn people_can_read_declare_and_approve_according_to_their_role() {
+    let env = test_env().await;
+    install(&env, "people", &[]).await;
+    // The test control plane runs no clusterrole-aggregation controller, so bind the roles
+    // as the built-in view, edit and admin would contain them.
+    for (user, roles) in [
+        ("viewer", &["view"][..]),
+        ("editor", &["view", "edit"][..]),
+        ("approver", &["view", "edit", "admin"][..]),
+    ] {
+        for role in roles {
+            let output = env
+                .kubectl([
+                    "create",
+                    "rolebinding",
+                    &format!("{user}-{role}"),
+                    &format!("--clusterrole=people-shardplane-{role}"),
+                    &format!("--user={user}"),
+                ])
+                .await;
+            assert!(
+                output.status.success(),
+                "create rolebinding: {}",
+                describe(&output)
+            );
+        }
+    }
+    let wrong = wrong_rights(
+        &env,
+        &[
+            ("viewer", &["list", "tables.shardplane.io"][..], true),
+            ("viewer", &["watch", "plans.shardplane.io"][..], true),
+            ("viewer", &["get", "gitsyncs.shardplane.io"][..], true),
+            ("viewer", &["create", "tables.shardplane.io"][..], false),
+            ("viewer", &["get", "secrets"][..], false),
+            ("editor", &["create", "tables.shardplane.io"][..], true),
+            ("editor", &["delete", "shards.shardplane.io"][..], true),
+            (
+                "editor",
+                &["patch", "databasenodes.shardplane.io"][..],
+                true,
+            ),
+            ("editor", &["create", "gitsyncs.shardplane.io"][..], true),
+            ("editor", &["patch", "plans.shardplane.io"][..], false),
+            (
+                "editor",
+                &["create", "schemaversions.shardplane.io"][..],
+                false,
+            ),
+            (
+                "editor",
+                &["patch", "shards.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
+            ("approver", &["patch", "plans.shardplane.io"][..], true),
+            (
+                "approver",
+                &["patch", "plans.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
+            ("approver", &["create", "plans.shardplane.io"][..], false),
+            (
+                "approver",
+                &["list", "tables.shardplane.io", "--all-namespaces"][..],
+                false,
+            ),
+        ],
+    )
+    .await;
+    assert!(wrong.is_empty(), "wrong rights:\n{}", wrong.join("\n"));
 }
