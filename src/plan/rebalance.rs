@@ -100,8 +100,17 @@ impl Shares {
         let shard_bytes: f64 = data_shards.map(|s| s.size_bytes as f64).sum();
         let shard_count = state.topo.shards.len() as f64;
         let counts: Vec<u64> = state.counts.iter().map(|&c| u64::from(c)).collect();
-        let bytes = spread_shares(state, &members, &state.bytes, shard_bytes);
-        let replicas = spread_shares(state, &members, &counts, shard_count);
+        // A node holds at most its capacity, and about that many average replicas.
+        let mean_replica = shard_bytes / shard_count.max(1.0);
+        let capacity = |i: usize| state.node(i).capacity_bytes as f64;
+        let bytes = spread_shares(state, &members, &state.bytes, shard_bytes, capacity);
+        let replicas = spread_shares(state, &members, &counts, shard_count, |i| {
+            if mean_replica > 0.0 {
+                (capacity(i) / mean_replica).floor()
+            } else {
+                f64::INFINITY
+            }
+        });
         // A node should lead its fair part of the replicas it holds.
         let total_primaries: f64 = members.iter().map(|&i| f64::from(state.primaries[i])).sum();
         let total_replicas: f64 = members.iter().map(|&i| replicas[i]).sum();
@@ -140,49 +149,44 @@ impl Shares {
 }
 
 /// Splits the members' total `load` into node shares: regions first, then zones, then
-/// nodes, each in proportion to weight but capped by the spread rule (`per_region` or
-/// `per_zone` times `per_shard_total`, the load of one replica of every shard).
+/// nodes, each in proportion to weight but capped — a region (zone) by the spread rule
+/// (`per_region` or `per_zone` times `per_shard_total`, the load of one replica of every
+/// shard) and by what its nodes can hold, a node by `node_cap`.
 fn spread_shares(
     state: &ClusterState<'_>,
     members: &[usize],
     load: &[u64],
     per_shard_total: f64,
+    node_cap: impl Fn(usize) -> f64,
 ) -> Vec<f64> {
     let total: f64 = members.iter().map(|&i| load[i] as f64).sum();
     let weight = |i: usize| f64::from(state.node(i).weight);
-    let cap = |per: u32| {
-        if per == u32::MAX {
+    let group = |nodes: &[usize], per: u32| -> (f64, f64) {
+        let spread_cap = if per == u32::MAX {
             f64::INFINITY
         } else {
             f64::from(per) * per_shard_total
-        }
+        };
+        let room: f64 = nodes.iter().map(|&i| node_cap(i)).sum();
+        (nodes.iter().map(|&i| weight(i)).sum(), spread_cap.min(room))
     };
     let mut shares = vec![0.0; state.topo.nodes.len()];
     let regions = group_by(members, |i| state.region_of[i]);
-    let region_weights: Vec<(f64, f64)> = regions
+    let region_groups: Vec<(f64, f64)> = regions
         .iter()
-        .map(|g| {
-            (
-                g.iter().map(|&i| weight(i)).sum(),
-                cap(state.spread.per_region),
-            )
-        })
+        .map(|g| group(g, state.spread.per_region))
         .collect();
-    for (region, region_share) in regions.iter().zip(water_fill(total, &region_weights)) {
+    for (region, region_share) in regions.iter().zip(water_fill(total, &region_groups)) {
         let zones = group_by(region, |i| state.zone_of[i]);
-        let zone_weights: Vec<(f64, f64)> = zones
+        let zone_groups: Vec<(f64, f64)> = zones
             .iter()
-            .map(|g| {
-                (
-                    g.iter().map(|&i| weight(i)).sum(),
-                    cap(state.spread.per_zone),
-                )
-            })
+            .map(|g| group(g, state.spread.per_zone))
             .collect();
-        for (zone, zone_share) in zones.iter().zip(water_fill(region_share, &zone_weights)) {
-            let zone_weight: f64 = zone.iter().map(|&i| weight(i)).sum();
-            for &i in zone {
-                shares[i] = zone_share * weight(i) / zone_weight;
+        for (zone, zone_share) in zones.iter().zip(water_fill(region_share, &zone_groups)) {
+            let node_groups: Vec<(f64, f64)> =
+                zone.iter().map(|&i| (weight(i), node_cap(i))).collect();
+            for (&i, share) in zone.iter().zip(water_fill(zone_share, &node_groups)) {
+                shares[i] = share;
             }
         }
     }
@@ -661,6 +665,11 @@ impl<'s, 'a> Balancer<'s, 'a> {
     }
 }
 
+/// How many thorough (exhaustive) searches one plan may run.
+const THOROUGH_SEARCHES: u32 = 64;
+/// How many times nodes set aside as unhelpable get another chance.
+const UNSTICK_ROUNDS: u32 = 2;
+
 /// Plans moves and leadership transfers that bring every balanced node (online, not
 /// cordoned, weight > 0) within `policy.max_imbalance_pct` of its weighted share of bytes,
 /// replicas and primaries. A cluster already within it gets an empty plan.
@@ -679,11 +688,16 @@ pub fn plan_rebalance(
     let mut balancer = Balancer::new(&mut state, &shares, t, &before);
     let budget = topology.shards.len() * topology.replication_factor as usize * 2 + 16;
     let mut moves_since_unstick = 0;
+    // Thorough searches scan every donor and replica; a cluster whose targets cannot be met
+    // would otherwise pay for one per stuck node per round.
+    let mut thorough_left = THOROUGH_SEARCHES;
+    let mut unstick_rounds_left = UNSTICK_ROUNDS;
     while (moves as usize) < budget {
         let Some(&(_, node)) = balancer.outside.iter().next_back() else {
-            if moves_since_unstick == 0 {
+            if moves_since_unstick == 0 || unstick_rounds_left == 0 {
                 break;
             }
+            unstick_rounds_left -= 1;
             moves_since_unstick = 0;
             balancer.unstick();
             continue;
@@ -718,7 +732,10 @@ pub fn plan_rebalance(
                     })
             }
         };
-        let single = single(false).or_else(|| single(true));
+        let single = single(false).or_else(|| {
+            thorough_left = thorough_left.checked_sub(1)?;
+            single(true)
+        });
         // Exchanges keep both counts, so they only help a node out of balance in bytes.
         let Some(decided) = single.or_else(|| {
             (v.dimension == Dimension::Bytes)
