@@ -106,7 +106,9 @@ mod tests {
     use super::*;
     use crate::plan::simulate::apply_plan;
     use crate::plan::steps::{BlockReason, PlacementRejection, RiskClass, StepAction};
-    use crate::plan::testkit::{arb_cluster, mk_nodes, mk_placed, mk_shard, spread_violations};
+    use crate::plan::testkit::{
+        arb_cluster, fewest_replicas_during, mk_nodes, mk_placed, mk_shard, spread_violations,
+    };
 
     #[test]
     fn a_drain_hands_off_primaries_first_then_moves_everything() {
@@ -235,6 +237,9 @@ mod tests {
                 prop_assert!(s.primary_node().is_some());
             }
             prop_assert!(spread_violations(&after).is_empty());
+            // A replica leaves only after its replacement exists.
+            let fewest = fewest_replicas_during(&topology, &plan);
+            prop_assert!(fewest.iter().all(|&n| n == 3));
             // Concurrency limits hold in every wave.
             let mut per_wave: BTreeMap<u32, usize> = BTreeMap::new();
             for op in &plan.operations {

@@ -1041,7 +1041,8 @@ mod tests {
     use crate::plan::simulate::apply_plan;
     use crate::plan::steps::StepAction;
     use crate::plan::testkit::{
-        arb_cluster, mk_node, mk_nodes, mk_placed, mk_shard, spread_violations,
+        arb_cluster, fewest_replicas_during, mk_node, mk_nodes, mk_placed, mk_shard,
+        spread_violations,
     };
 
     fn rebalance(topology: &Topology) -> RebalancePlan {
@@ -1173,6 +1174,15 @@ mod tests {
             prop_assert!((measured.bytes_pct - out.report.after.bytes_pct).abs() < 1e-9);
             prop_assert!(spread_violations(&after).is_empty(), "{:?}", spread_violations(&after));
             prop_assert!(after.shards.iter().all(|s| s.replicas.len() == 3 && s.primary_node().is_some()));
+        }
+
+        #[test]
+        fn no_shard_loses_a_replica_while_the_plan_runs(topology in arb_cluster()) {
+            let out = rebalance(&topology);
+            let fewest = fewest_replicas_during(&topology, &out.plan);
+            for (shard, min) in topology.shards.iter().zip(fewest) {
+                prop_assert_eq!(min, shard.replicas.len(), "{}", shard.name);
+            }
         }
 
         #[test]

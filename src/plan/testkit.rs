@@ -157,3 +157,27 @@ pub(crate) fn spread_violations(topology: &Topology) -> Vec<String> {
     }
     bad
 }
+
+/// The fewest replicas each shard (in topology order) has at any point while `plan` runs step
+/// by step, to check that no step sequence dips below where it started.
+pub(crate) fn fewest_replicas_during(topology: &Topology, plan: &super::steps::Plan) -> Vec<usize> {
+    use super::steps::{Operation, Plan};
+    let mut current = topology.clone();
+    let mut fewest: Vec<usize> = current.shards.iter().map(|s| s.replicas.len()).collect();
+    for step in plan.steps() {
+        let one = Plan {
+            operations: vec![Operation {
+                wave: 0,
+                subject: String::new(),
+                steps: vec![step.clone()],
+            }],
+            blocked: Vec::new(),
+            ..plan.clone()
+        };
+        current = apply_plan(&current, &one);
+        for (f, s) in fewest.iter_mut().zip(&current.shards) {
+            *f = (*f).min(s.replicas.len());
+        }
+    }
+    fewest
+}
