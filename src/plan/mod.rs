@@ -10,11 +10,13 @@ mod error;
 mod failover;
 mod hash;
 mod keyspace;
+mod leadership;
 mod moves;
 mod placement;
 mod rebalance;
 mod reshard;
 mod rollout;
+mod shares;
 mod simulate;
 mod steps;
 mod topology;
@@ -32,11 +34,10 @@ pub use keyspace::{
     WireKeyRange, check_tiling, check_tiling_of,
 };
 pub use placement::{SpreadLimits, plan_placement, spread_limits};
-pub use rebalance::{
-    Imbalance, RebalancePlan, RebalancePolicy, RebalanceReport, measure_imbalance, plan_rebalance,
-};
+pub use rebalance::{RebalancePlan, RebalancePolicy, RebalanceReport, plan_rebalance};
 pub use reshard::{NewShard, ReshardRequest, plan_reshard};
 pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};
+pub use shares::{Imbalance, measure_imbalance};
 pub use simulate::apply_plan;
 pub use steps::{
     BlockReason, Blocker, ConcurrencyLimits, Operation, PlacementRejection, Plan, PlanKind,

@@ -2,14 +2,15 @@
 //! imbalance with few, well-chosen moves, then even out primaries by leadership transfers.
 //! Reports a lower bound on the bytes any plan must move, beside the plan.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterState;
 use super::error::PlanError;
-use super::moves::{move_replica, transfer_primary};
+use super::leadership::balance_primaries;
+use super::moves::move_replica;
+use super::shares::{Imbalance, Shares, count_slack};
 use super::steps::{BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind};
 use super::topology::{ReplicaRole, Topology};
 
@@ -32,18 +33,6 @@ impl Default for RebalancePolicy {
         }
     }
 }
-
-/// The largest deviation of any node from its weighted share, in percent of that share.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Imbalance {
-    /// By bytes stored.
-    pub bytes_pct: f64,
-    /// By number of data-holding replicas.
-    pub replicas_pct: f64,
-    /// By number of primaries.
-    pub primaries_pct: f64,
-}
-
 /// What a rebalance plan achieves, for the plan's reviewers.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RebalanceReport {
@@ -71,185 +60,6 @@ pub struct RebalancePlan {
     /// What it achieves.
     pub report: RebalanceReport,
 }
-
-/// Each balanced node's weighted share of bytes, replicas and primaries.
-struct Shares {
-    members: Vec<usize>,
-    member: Vec<bool>,
-    bytes: Vec<f64>,
-    replicas: Vec<f64>,
-    primaries: Vec<f64>,
-}
-
-impl Shares {
-    /// Shares over the nodes that may take replicas; other nodes are drained, cordoned or
-    /// offline and are handled by their own plans. A node's share is its weight's part of
-    /// what its zone can hold, and a zone's of what its region can hold, where the spread rule
-    /// caps a region (zone) at `per_region` (`per_zone`) replicas of every shard: with 3
-    /// regions and RF 3, each region holds exactly a third, however many nodes it has.
-    fn of(state: &ClusterState<'_>) -> Self {
-        let n = state.topo.nodes.len();
-        let member: Vec<bool> = state
-            .topo
-            .nodes
-            .iter()
-            .map(|node| node.accepts_replicas())
-            .collect();
-        let members: Vec<usize> = (0..n).filter(|&i| member[i]).collect();
-        let data_shards = state.topo.shards.iter().filter(|s| s.size_bytes > 0);
-        let shard_bytes: f64 = data_shards.map(|s| s.size_bytes as f64).sum();
-        let shard_count = state.topo.shards.len() as f64;
-        let counts: Vec<u64> = state.counts.iter().map(|&c| u64::from(c)).collect();
-        // A node holds at most its capacity, and about that many average replicas.
-        let mean_replica = shard_bytes / shard_count.max(1.0);
-        let capacity = |i: usize| state.node(i).capacity_bytes as f64;
-        let bytes = spread_shares(state, &members, &state.bytes, shard_bytes, capacity);
-        let replicas = spread_shares(state, &members, &counts, shard_count, |i| {
-            if mean_replica > 0.0 {
-                (capacity(i) / mean_replica).floor()
-            } else {
-                f64::INFINITY
-            }
-        });
-        // A node should lead its fair part of the replicas it holds.
-        let total_primaries: f64 = members.iter().map(|&i| f64::from(state.primaries[i])).sum();
-        let total_replicas: f64 = members.iter().map(|&i| replicas[i]).sum();
-        let primaries = (0..n)
-            .map(|i| {
-                if member[i] && total_replicas > 0.0 {
-                    total_primaries * replicas[i] / total_replicas
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Shares {
-            bytes,
-            replicas,
-            primaries,
-            members,
-            member,
-        }
-    }
-
-    fn imbalance(&self, state: &ClusterState<'_>) -> Imbalance {
-        let worst = |load: &dyn Fn(usize) -> f64, target: &[f64]| -> f64 {
-            self.members
-                .iter()
-                .filter(|&&i| target[i] > 0.0)
-                .map(|&i| (load(i) - target[i]).abs() / target[i] * 100.0)
-                .fold(0.0, f64::max)
-        };
-        Imbalance {
-            bytes_pct: worst(&|i| state.bytes[i] as f64, &self.bytes),
-            replicas_pct: worst(&|i| f64::from(state.counts[i]), &self.replicas),
-            primaries_pct: worst(&|i| f64::from(state.primaries[i]), &self.primaries),
-        }
-    }
-}
-
-/// Splits the members' total `load` into node shares: regions first, then zones, then
-/// nodes, each in proportion to weight but capped — a region (zone) by the spread rule
-/// (`per_region` or `per_zone` times `per_shard_total`, the load of one replica of every
-/// shard) and by what its nodes can hold, a node by `node_cap`.
-fn spread_shares(
-    state: &ClusterState<'_>,
-    members: &[usize],
-    load: &[u64],
-    per_shard_total: f64,
-    node_cap: impl Fn(usize) -> f64,
-) -> Vec<f64> {
-    let total: f64 = members.iter().map(|&i| load[i] as f64).sum();
-    let weight = |i: usize| f64::from(state.node(i).weight);
-    let group = |nodes: &[usize], per: u32| -> (f64, f64) {
-        let spread_cap = if per == u32::MAX {
-            f64::INFINITY
-        } else {
-            f64::from(per) * per_shard_total
-        };
-        let room: f64 = nodes.iter().map(|&i| node_cap(i)).sum();
-        (nodes.iter().map(|&i| weight(i)).sum(), spread_cap.min(room))
-    };
-    let mut shares = vec![0.0; state.topo.nodes.len()];
-    let regions = group_by(members, |i| state.region_of[i]);
-    let region_groups: Vec<(f64, f64)> = regions
-        .iter()
-        .map(|g| group(g, state.spread.per_region))
-        .collect();
-    for (region, region_share) in regions.iter().zip(water_fill(total, &region_groups)) {
-        let zones = group_by(region, |i| state.zone_of[i]);
-        let zone_groups: Vec<(f64, f64)> = zones
-            .iter()
-            .map(|g| group(g, state.spread.per_zone))
-            .collect();
-        for (zone, zone_share) in zones.iter().zip(water_fill(region_share, &zone_groups)) {
-            let node_groups: Vec<(f64, f64)> =
-                zone.iter().map(|&i| (weight(i), node_cap(i))).collect();
-            for (&i, share) in zone.iter().zip(water_fill(zone_share, &node_groups)) {
-                shares[i] = share;
-            }
-        }
-    }
-    shares
-}
-
-/// Members grouped by a key, groups in order of first appearance.
-fn group_by(members: &[usize], key: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut slot_of: BTreeMap<usize, usize> = BTreeMap::new();
-    for &i in members {
-        let slot = *slot_of.entry(key(i)).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[slot].push(i);
-    }
-    groups
-}
-
-/// Divides `total` among groups in proportion to weight, none above its cap: capped groups
-/// take their cap and the rest is shared again among the others (water-filling).
-fn water_fill(total: f64, groups: &[(f64, f64)]) -> Vec<f64> {
-    let mut shares = vec![0.0; groups.len()];
-    let mut open: Vec<usize> = (0..groups.len()).collect();
-    let mut remaining = total;
-    loop {
-        let weight: f64 = open.iter().map(|&g| groups[g].0).sum();
-        if weight <= 0.0 {
-            break;
-        }
-        let capped: Vec<usize> = open
-            .iter()
-            .copied()
-            .filter(|&g| remaining * groups[g].0 / weight > groups[g].1)
-            .collect();
-        if capped.is_empty() {
-            for &g in &open {
-                shares[g] = remaining * groups[g].0 / weight;
-            }
-            break;
-        }
-        for &g in &capped {
-            shares[g] = groups[g].1;
-            remaining -= groups[g].1;
-        }
-        open.retain(|g| !capped.contains(g));
-    }
-    shares
-}
-
-/// Half-width of a count band: the percentage of the share, but never under one, so a band
-/// always contains a whole number.
-fn count_slack(share: f64, t: f64) -> f64 {
-    (share * t).max(1.0)
-}
-
-/// Measures how far each node is from its weighted share.
-pub fn measure_imbalance(topology: &Topology) -> Result<Imbalance, PlanError> {
-    let state = ClusterState::new(topology)?;
-    Ok(Shares::of(&state).imbalance(&state))
-}
-
 /// Which load a node is most out of balance in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dimension {
@@ -847,190 +657,6 @@ fn lower_bound_bytes(state: &ClusterState<'_>, shares: &Shares, t: f64) -> u64 {
     };
     (inflow.max(outflow).ceil() as u64).max(by_count)
 }
-
-/// Evens out primaries by leadership transfers to in-sync secondaries (no data moves).
-/// The node furthest outside its band hands one primary on (or takes one over) along the
-/// shortest chain of transfers that ends at a node with room, so every node on the chain
-/// but the two ends keeps its count. Returns the number of transfers planned.
-fn balance_primaries(
-    state: &mut ClusterState<'_>,
-    shares: &Shares,
-    t: f64,
-    plan: &mut PlanBuilder,
-) -> u32 {
-    let outside = |state: &ClusterState<'_>, i: usize| {
-        let dev = f64::from(state.primaries[i]) - shares.primaries[i];
-        let v = dev.abs() - count_slack(shares.primaries[i], t);
-        (v > 1e-9).then_some(((v * 1e9) as u64, dev > 0.0))
-    };
-    // Nodes outside their band, furthest first (lowest index on ties); entries go stale as
-    // counts change and are re-checked when popped.
-    let mut heap: BinaryHeap<(u64, Reverse<usize>)> = shares
-        .members
-        .iter()
-        .filter_map(|&i| outside(state, i).map(|(k, _)| (k, Reverse(i))))
-        .collect();
-    let mut search = ChainSearch {
-        round: 0,
-        seen: vec![0; state.topo.nodes.len()],
-        came_from: vec![None; state.topo.nodes.len()],
-    };
-    let mut transfers = 0u32;
-    let budget = state.topo.shards.len() + 16;
-    while (transfers as usize) < budget {
-        let Some((key, Reverse(node))) = heap.pop() else {
-            break;
-        };
-        let Some((current, over)) = outside(state, node) else {
-            continue;
-        };
-        if current != key {
-            heap.push((current, Reverse(node)));
-            continue;
-        }
-        // A node with no chain is left as it is (it cannot be helped by transfers).
-        let Some(chain) = transfer_chain(state, shares, t, node, over, &mut search) else {
-            continue;
-        };
-        for (shard, to) in chain {
-            let from = state.primary_of(shard).unwrap_or(to);
-            let why = format!(
-                "balancing primaries: {} leads {} shards against a share of {:.1}, {} leads {} \
-                 against {:.1}; a leadership transfer moves no data",
-                state.node_name(from),
-                state.primaries[from],
-                shares.primaries[from],
-                state.node_name(to),
-                state.primaries[to],
-                shares.primaries[to],
-            );
-            if let Some(step) = transfer_primary(state, shard, to, &why) {
-                plan.schedule(state.shard_name(shard), vec![step], None);
-                transfers += 1;
-            }
-            for i in [from, to] {
-                if let Some((k, _)) = outside(state, i) {
-                    heap.push((k, Reverse(i)));
-                }
-            }
-        }
-    }
-    transfers
-}
-
-/// Scratch space for [`transfer_chain`], reused across searches: `seen[i] == round` marks
-/// the nodes reached in the current search, `came_from` how (previous node, shard).
-struct ChainSearch {
-    round: u32,
-    seen: Vec<u32>,
-    came_from: Vec<Option<(usize, usize)>>,
-}
-
-/// Breadth-first search for the shortest chain of leadership transfers that takes one
-/// primary off `start` (when `push`) or brings one to it (otherwise), ending at a node that
-/// stays inside its band and ends no further from its share than `start` was. Returns the
-/// transfers (shard, new primary node) in the order to run them.
-fn transfer_chain(
-    state: &ClusterState<'_>,
-    shares: &Shares,
-    t: f64,
-    start: usize,
-    push: bool,
-    search: &mut ChainSearch,
-) -> Option<Vec<(usize, usize)>> {
-    let dev = |i: usize| f64::from(state.primaries[i]) - shares.primaries[i];
-    let slack = |i: usize| count_slack(shares.primaries[i], t);
-    search.round += 1;
-    let round = search.round;
-    let ChainSearch {
-        seen, came_from, ..
-    } = search;
-    seen[start] = round;
-    came_from[start] = None;
-    let mut frontier = vec![start];
-    let mut end: Option<usize> = None;
-    while !frontier.is_empty() && end.is_none() {
-        let mut next = Vec::new();
-        for &x in &frontier {
-            for &shard in &state.node_shards[x] {
-                let Some(primary) = state.primary_of(shard) else {
-                    continue;
-                };
-                let preferred = state
-                    .shard(shard)
-                    .placement
-                    .preferred_primary_region
-                    .as_deref();
-                let keeps_region = |from: usize, to: usize| {
-                    preferred
-                        .is_none_or(|r| state.node(from).region != r || state.node(to).region == r)
-                };
-                let neighbours: Vec<usize> = if push {
-                    if primary != x {
-                        continue;
-                    }
-                    state.slots[shard]
-                        .iter()
-                        .filter(|s| {
-                            s.role == ReplicaRole::Secondary
-                                && s.in_sync
-                                && shares.member[s.node]
-                                && keeps_region(x, s.node)
-                        })
-                        .map(|s| s.node)
-                        .collect()
-                } else {
-                    let in_sync_here = state.slots[shard]
-                        .iter()
-                        .any(|s| s.node == x && s.role == ReplicaRole::Secondary && s.in_sync);
-                    if primary == x || !in_sync_here || !keeps_region(primary, x) {
-                        continue;
-                    }
-                    vec![primary]
-                };
-                for y in neighbours {
-                    if seen[y] == round {
-                        continue;
-                    }
-                    seen[y] = round;
-                    came_from[y] = Some((x, shard));
-                    let room = if push {
-                        dev(y) + 1.0 <= slack(y) + 1e-9 && dev(y) + 1.0 < dev(start) - 1e-9
-                    } else {
-                        (!shares.member[y] || dev(y) - 1.0 >= -slack(y) - 1e-9)
-                            && dev(y) - 1.0 > dev(start) + 1e-9
-                    };
-                    // Among the ends at the shortest distance, the one furthest on the
-                    // other side of its share.
-                    let better = |e: usize| {
-                        if push {
-                            dev(y) < dev(e)
-                        } else {
-                            dev(y) > dev(e)
-                        }
-                    };
-                    if room && end.is_none_or(better) {
-                        end = Some(y);
-                    }
-                    next.push(y);
-                }
-            }
-        }
-        frontier = next;
-    }
-    let mut chain = Vec::new();
-    let mut at = end?;
-    while let Some((prev, shard)) = came_from[at] {
-        // Pushing: the primary of `shard` moves prev → at. Pulling: at → prev.
-        chain.push((shard, if push { at } else { prev }));
-        at = prev;
-    }
-    if !push {
-        chain.reverse();
-    }
-    Some(chain)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1038,6 +664,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::plan::shares::measure_imbalance;
     use crate::plan::simulate::apply_plan;
     use crate::plan::steps::StepAction;
     use crate::plan::testkit::{
