@@ -78,9 +78,13 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 async fn truncate(target: &Client) {
     target
-        .batch_execute("TRUNCATE orders; CHECKPOINT")
+        .batch_execute("TRUNCATE orders")
         .await
         .expect("truncate the target");
+    target
+        .batch_execute("CHECKPOINT")
+        .await
+        .expect("checkpoint the target");
 }
 
 async fn copy_benchmark(sandbox: &Sandbox) -> f64 {
@@ -95,10 +99,13 @@ async fn copy_benchmark(sandbox: &Sandbox) -> f64 {
         .batch_execute(&format!(
             "INSERT INTO orders SELECT g, g % 100000, md5(g::text), g * 0.25, \
                '2026-01-01'::timestamptz + g * interval '1 second' \
-             FROM generate_series(1, {ROWS}) g; VACUUM ANALYZE orders; CHECKPOINT"
+             FROM generate_series(1, {ROWS}) g"
         ))
         .await
         .expect("load the source");
+    for statement in ["VACUUM ANALYZE orders", "CHECKPOINT"] {
+        source.batch_execute(statement).await.expect(statement);
+    }
     let size: String = source
         .query_one(
             "SELECT pg_size_pretty(pg_total_relation_size('orders'))",
@@ -270,10 +277,9 @@ fn main() -> ExitCode {
         .prefix("shardplane-bench-")
         .tempdir()
         .expect("a temporary folder");
-    if let Some(user) = toolchain.run_as() {
-        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))
-            .expect("give the folder to the PostgreSQL user");
-    }
+    toolchain
+        .hand_over(dir.path())
+        .expect("give the folder to the PostgreSQL user");
     let salt = std::process::id();
     let sandbox = Sandbox {
         dir,

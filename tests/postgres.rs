@@ -31,9 +31,7 @@ impl Sandbox {
             .prefix("shardplane-pg-test-")
             .tempdir()
             .unwrap();
-        if let Some(user) = toolchain.run_as() {
-            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-        }
+        toolchain.hand_over(dir.path()).unwrap();
         // Test-only passwords, different per sandbox; never printed.
         let salt = std::process::id();
         Sandbox {

@@ -50,6 +50,10 @@ pub enum PostgresError {
         source: std::io::Error,
     },
 
+    /// No free TCP port could be found on 127.0.0.1.
+    #[error("cannot find a free port on 127.0.0.1 for a new instance: {0}")]
+    NoFreePort(#[source] std::io::Error),
+
     /// A PostgreSQL program could not be started at all.
     #[error("cannot run {}: {source}", program.display())]
     Spawn {

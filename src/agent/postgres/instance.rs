@@ -276,7 +276,7 @@ impl Instance {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
-                self.shutdown(StopMode::Immediate);
+                self.kill();
                 return Err(PostgresError::NotReady {
                     instance: self.name.clone(),
                     timeout: START_TIMEOUT,
@@ -302,40 +302,19 @@ impl Instance {
     /// Stops the instance and waits for the postmaster to exit (killing it after 30 s).
     pub async fn stop(&mut self, mode: StopMode) {
         if let Some(child) = self.postmaster.as_mut() {
-            let signal = match mode {
-                StopMode::Fast => libc::SIGINT,
-                StopMode::Immediate => libc::SIGQUIT,
-            };
-            signal_process(child, signal);
+            signal_process(child, mode.signal());
             let started = Instant::now();
             while matches!(child.try_wait(), Ok(None)) && started.elapsed() < STOP_TIMEOUT {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        self.shutdown(mode);
+        self.kill();
     }
 
     /// Kills the postmaster with SIGKILL, as a crash would; its backends notice and exit.
     /// The data directory is left as a crash leaves it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.postmaster.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Blocking stop, for `Drop` and failure paths: signal, wait up to 30 s, then SIGKILL.
-    fn shutdown(&mut self, mode: StopMode) {
-        if let Some(mut child) = self.postmaster.take() {
-            let signal = match mode {
-                StopMode::Fast => libc::SIGINT,
-                StopMode::Immediate => libc::SIGQUIT,
-            };
-            signal_process(&child, signal);
-            let started = Instant::now();
-            while matches!(child.try_wait(), Ok(None)) && started.elapsed() < STOP_TIMEOUT {
-                std::thread::sleep(Duration::from_millis(5));
-            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -373,11 +352,6 @@ impl Instance {
     /// The loopback port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The postmaster's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.postmaster.as_ref().map(Child::id)
     }
 
     /// This instance as the upstream of a standby on the same machine.
@@ -553,8 +527,26 @@ pub(crate) async fn ensure_replication_slot(
 }
 
 impl Drop for Instance {
+    /// Immediate shutdown (blocking: the runtime may be gone), SIGKILL after 30 s.
     fn drop(&mut self) {
-        self.shutdown(StopMode::Immediate);
+        if let Some(child) = self.postmaster.as_mut() {
+            signal_process(child, StopMode::Immediate.signal());
+            let started = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && started.elapsed() < STOP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.kill();
+    }
+}
+
+impl StopMode {
+    /// The signal that asks the postmaster for this shutdown.
+    fn signal(self) -> libc::c_int {
+        match self {
+            StopMode::Fast => libc::SIGINT,
+            StopMode::Immediate => libc::SIGQUIT,
+        }
     }
 }
 

@@ -28,16 +28,8 @@ pub use toolchain::{OsUser, PG_BIN_ENV, Toolchain};
 /// may take it before the instance binds it; the start then fails with "could not bind" and
 /// can be retried with a new port.
 pub fn free_loopback_port() -> Result<u16, PostgresError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| PostgresError::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })?;
-    listener
-        .local_addr()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
-        .map_err(|source| PostgresError::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })
+        .map_err(PostgresError::NoFreePort)
 }

@@ -73,8 +73,9 @@ impl Toolchain {
         self.run_as
     }
 
-    /// Gives a file or folder this process created to the user PostgreSQL runs as.
-    pub(crate) fn hand_over(&self, path: &Path) -> Result<(), PostgresError> {
+    /// Gives a file or folder this process created to the user PostgreSQL runs as (nothing
+    /// to do when that is this process's own user).
+    pub fn hand_over(&self, path: &Path) -> Result<(), PostgresError> {
         match self.run_as {
             Some(user) => {
                 std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|source| {
