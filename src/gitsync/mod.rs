@@ -97,22 +97,30 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
                 "the webhook server task ended",
             )));
         }
-        let objects: Vec<_> = stores.iter().flat_map(Store::state).collect();
         let now = Instant::now();
-        for object in objects {
-            let target = Target {
-                namespace: object.namespace().unwrap_or_default(),
-                name: object.name_any(),
-            };
-            let is_urgent = urgent.as_ref() == Some(&target);
-            if object.spec.suspend || !(is_urgent || schedule.is_due(&target, &object, now)) {
-                continue;
-            }
+        let mut due: Vec<Target> = stores
+            .iter()
+            .flat_map(Store::state)
+            .filter_map(|object| {
+                let target = Target {
+                    namespace: object.namespace().unwrap_or_default(),
+                    name: object.name_any(),
+                };
+                (!object.spec.suspend && schedule.is_due(&target, &object, now)).then_some(target)
+            })
+            .collect();
+        // A webhook for a GitSync the watch has not delivered yet is served all the same.
+        if let Some(target) = urgent
+            && !due.contains(&target)
+        {
+            due.push(target);
+        }
+        for target in due {
             // Read it fresh: the store may lag behind the status written by the last sync.
             let api = Api::<GitSync>::namespaced(client.clone(), &target.namespace);
             let object = match api.get_opt(&target.name).await {
-                Ok(Some(object)) => object,
-                Ok(None) => continue,
+                Ok(Some(object)) if !object.spec.suspend => object,
+                Ok(_) => continue,
                 Err(error) => {
                     tracing::warn!(%error, namespace = %target.namespace, name = %target.name, "cannot read GitSync");
                     continue;
