@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use shardplane::agent::postgres::{
     Credentials, Instance, InstanceSettings, InstanceSpec, KeyKind, PostgresError, Role,
-    ShardedTable, SyncQuorum, Toolchain, copy_range, free_loopback_port, range_digest,
-    verify_range,
+    ShardedTable, StopMode, SyncQuorum, Toolchain, WalLevel, copy_range, free_loopback_port,
+    range_digest, verify_range,
 };
 use shardplane::plan::KeyRange;
 use shardplane::routing::{ShardKeyValue, keyspace_id};
@@ -570,4 +570,109 @@ async fn text_key_range_copy() {
             "{email}"
         );
     }
+}
+
+#[tokio::test]
+async fn instance_reopens_after_stop() {
+    let sandbox = Sandbox::new();
+    let spec = sandbox.spec("reopened");
+    let mut instance = Instance::create_primary(&sandbox.toolchain, &spec, &sandbox.credentials)
+        .await
+        .unwrap();
+    instance
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE kept (id int8); INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+    instance.stop(StopMode::Fast).await;
+    assert!(!instance.is_running());
+    drop(instance);
+
+    // A new agent process adopts the instance from its folder.
+    let mut instance = Instance::open(&sandbox.toolchain, &spec, &sandbox.credentials).unwrap();
+    instance.start().await.unwrap();
+    let client = instance.connect().await.unwrap();
+    assert_eq!(query_count(&client, "SELECT count(*) FROM kept").await, 1);
+
+    let empty = sandbox.spec("never_created");
+    let error = Instance::open(&sandbox.toolchain, &empty, &sandbox.credentials).unwrap_err();
+    assert!(
+        matches!(error, PostgresError::NotAnInstance { .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn row_filtered_subscription_catches_up() {
+    let sandbox = Sandbox::new();
+    let mut logical = sandbox.spec("lsource");
+    logical.settings.wal_level = WalLevel::Logical;
+    let (source, target) = tokio::join!(
+        Instance::create_primary(&sandbox.toolchain, &logical, &sandbox.credentials),
+        sandbox.primary("ltarget")
+    );
+    let (source, target) = (source.unwrap(), target);
+    let source_client = source.connect().await.unwrap();
+    let target_client = target.connect().await.unwrap();
+    for client in [&source_client, &target_client] {
+        client.batch_execute(ORDERS).await.unwrap();
+    }
+    let insert = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO orders SELECT g % 700, g, md5(g::text), g, now() \
+             FROM generate_series({from}, {to}) g"
+        )
+    };
+    source_client.batch_execute(&insert(1, 3000)).await.unwrap();
+    let table = ShardedTable {
+        name: "orders".to_owned(),
+        key_column: "customer_id".to_owned(),
+        key_kind: KeyKind::Integer,
+    };
+    let (_, range) = KeyRange::FULL.split_at(i64::MIN / 2).unwrap();
+    source_client
+        .batch_execute(&table.range_publication("split_high", range))
+        .await
+        .unwrap();
+    target
+        .subscribe("split_high", &source.upstream(), "split_high", true)
+        .await
+        .unwrap();
+    // Writes after the subscription started: inserts, an update, a delete.
+    source_client
+        .batch_execute(&insert(3001, 4000))
+        .await
+        .unwrap();
+    source_client
+        .batch_execute(
+            "UPDATE orders SET note = 'changed' WHERE order_id % 10 = 0; \
+             DELETE FROM orders WHERE order_id % 7 = 0",
+        )
+        .await
+        .unwrap();
+    let expected = range_digest(&source_client, "source", &table, range)
+        .await
+        .unwrap();
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if range_digest(&target_client, "target", &table, range)
+            .await
+            .unwrap()
+            == expected
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the target did not catch up with {expected}");
+    // Only the range's rows arrived.
+    let total = query_count(&target_client, "SELECT count(*) FROM orders").await;
+    assert_eq!(total, expected.rows);
+    verify_range(&source_client, &target_client, &table, range)
+        .await
+        .unwrap();
+    target.unsubscribe("split_high").await.unwrap();
 }

@@ -41,6 +41,17 @@ pub enum PostgresError {
         name: String,
     },
 
+    /// An instance was to be opened where none was created.
+    #[error(
+        "{} holds no PostgreSQL data directory (no PG_VERSION); create the instance \
+         instead of opening it",
+        dir.display()
+    )]
+    NotAnInstance {
+        /// The data directory looked at.
+        dir: PathBuf,
+    },
+
     /// A file or folder of the instance could not be written or read.
     #[error("cannot prepare {}: {source}", path.display())]
     Io {

@@ -154,7 +154,26 @@ impl Instance {
         Ok(instance)
     }
 
-    /// The folder, settings file, HBA file and password file of a new instance.
+    /// Adopts an instance created earlier (by this or a previous agent process) in
+    /// `spec.dir`, with `spec`'s port and settings (rewritten, so a changed setting applies
+    /// at the next start). The instance is not started.
+    pub fn open(
+        toolchain: &Toolchain,
+        spec: &InstanceSpec,
+        credentials: &Credentials,
+    ) -> Result<Self, PostgresError> {
+        let instance = Instance::prepare(toolchain, spec, credentials)?;
+        let version = instance.data_dir().join("PG_VERSION");
+        if !version.is_file() {
+            return Err(PostgresError::NotAnInstance {
+                dir: instance.data_dir(),
+            });
+        }
+        instance.write_settings(&spec.settings)?;
+        Ok(instance)
+    }
+
+    /// The folder and password file of an instance, created if missing.
     fn prepare(
         toolchain: &Toolchain,
         spec: &InstanceSpec,

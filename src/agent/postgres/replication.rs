@@ -1,7 +1,8 @@
 //! Replication within one shard's replica set: physical streaming with a slot per standby,
 //! quorum synchronous commit (`ANY k (…)`), promotion with the new quorum set in the same
 //! step, re-pointing a standby at a new primary, and `pg_rewind` of a former primary so it
-//! can only come back as a standby.
+//! can only come back as a standby; and logical subscriptions for catching a copied key
+//! range up.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use super::PostgresError;
 use super::instance::{Instance, StopMode, Upstream, connect, ensure_replication_slot};
 use super::settings::SUPERUSER;
-use super::sql::{check_replica_name, quote_conninfo};
+use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 
 /// How long a promotion may take before it is reported as stuck.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -185,6 +186,50 @@ impl Instance {
         self.run("pg_rewind", &mut rewind).await?;
         self.configure_standby(upstream)?;
         self.start().await
+    }
+}
+
+impl Instance {
+    /// Subscribes this instance to `publication` on `upstream` (logical replication: the
+    /// catch-up of a split, merge or move target). With `copy_data`, PostgreSQL first copies
+    /// the published rows (applying a publication's row filter), then streams changes from a
+    /// consistent point; without it, only changes from now on are streamed. Connects as the
+    /// superuser through the password file. The upstream needs `wal_level = logical`.
+    pub async fn subscribe(
+        &self,
+        subscription: &str,
+        upstream: &Upstream,
+        publication: &str,
+        copy_data: bool,
+    ) -> Result<(), PostgresError> {
+        check_replica_name(subscription)?;
+        let conninfo = format!(
+            "host={} port={} user={SUPERUSER} dbname=postgres passfile={} sslmode=disable",
+            quote_conninfo(&upstream.host),
+            upstream.port,
+            quote_conninfo(&self.pgpass_path().to_string_lossy())
+        );
+        let statement = format!(
+            "CREATE SUBSCRIPTION {subscription} CONNECTION {} PUBLICATION {} \
+             WITH (copy_data = {copy_data})",
+            quote_literal(&conninfo),
+            quote_ident(publication)
+        );
+        self.connect()
+            .await?
+            .batch_execute(&statement)
+            .await
+            .map_err(|source| self.sql_error("subscribing", source))
+    }
+
+    /// Drops a subscription and its slot on the upstream (after the routing switch).
+    pub async fn unsubscribe(&self, subscription: &str) -> Result<(), PostgresError> {
+        check_replica_name(subscription)?;
+        self.connect()
+            .await?
+            .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {subscription}"))
+            .await
+            .map_err(|source| self.sql_error("dropping a subscription", source))
     }
 }
 
