@@ -696,3 +696,59 @@ async fn a_changed_spec_is_validated_again_at_the_same_commit() {
         assert_eq!(shard_names(&env).await, ["c-0"]);
     }
 }
+
+#[tokio::test]
+async fn credentials_never_reach_status_or_events() {
+    let env = env_with_crds().await;
+    let token = "tok-SECRET-4711";
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"},
+        "stringData": {"username": "bot", "token": token},
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // Nothing listens on port 1: the fetch fails at once.
+    let object: GitSync = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "GitSync",
+        "metadata": {"name": "gs"},
+        "spec": {
+            "url": "https://127.0.0.1:1/team/db.git",
+            "credentialsSecretRef": {"name": "creds"},
+        },
+    }))
+    .unwrap();
+    env.api::<GitSync>()
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let (syncer, _checkouts) = syncer(&env);
+    let error = sync(&env, &syncer, "gs").await.unwrap_err();
+    assert_eq!(error.reason(), "FetchFailed", "{error}");
+    let status = env.kubectl(["get", "gitsync", "gs", "-o", "yaml"]).await;
+    let events = env.kubectl(["get", "events", "-o", "yaml"]).await;
+    let shown = String::from_utf8_lossy(&status.stdout).to_string()
+        + &String::from_utf8_lossy(&events.stdout);
+    assert!(shown.contains("FetchFailed"), "{shown}");
+    assert!(!shown.contains(token), "the token leaked: {shown}");
+
+    // A URL that carries a password is refused by the API server itself.
+    let out = env
+        .kubectl([
+            "patch",
+            "gitsync",
+            "gs",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"url":"https://bot:tok@example.com/db.git"}}"#,
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must not carry a password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

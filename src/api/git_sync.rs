@@ -61,6 +61,10 @@ pub struct GitSyncSpec {
         {
             "rule": "self.startsWith('file://') || self.startsWith('https://') || self.startsWith('ssh://')",
             "message": "spec.url must start with file://, https:// or ssh://"
+        },
+        {
+            "rule": "!self.matches('^[a-z]+://[^/@]*:[^/@]*@')",
+            "message": "spec.url must not carry a password or token: put it in the Secret of spec.credentialsSecretRef"
         }
     ]))]
     pub url: String,

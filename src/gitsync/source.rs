@@ -102,7 +102,7 @@ pub fn fetch(
     credentials: &Credentials,
 ) -> Result<git2::Oid, SyncError> {
     let fetch_error = |error: git2::Error| SyncError::Fetch {
-        url: url.to_owned(),
+        url: redact_url(url),
         branch: branch.to_owned(),
         message: error.message().to_owned(),
     };
@@ -116,6 +116,19 @@ pub fn fetch(
         .fetch(&[refspec.as_str()], Some(&mut options), None)
         .map_err(fetch_error)?;
     repo.refname_to_id(&tracking).map_err(fetch_error)
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for messages. The CRD refuses such
+/// URLs; this keeps a credential out of errors even if one slips through.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if rest[..at].contains(':') => format!("{scheme}://***@{}", &rest[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// Opens the bare repository at `dir`, or makes one.
@@ -266,6 +279,19 @@ mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(shown.contains("bot"), "{shown}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_plain_users_kept() {
+        assert_eq!(
+            redact_url("https://bot:ghp_secret@github.com/a/b.git"),
+            "https://***@github.com/a/b.git"
+        );
+        assert_eq!(
+            redact_url("ssh://git@github.com/a/b.git"),
+            "ssh://git@github.com/a/b.git"
+        );
+        assert_eq!(redact_url("file:///tmp/a@b:c"), "file:///tmp/a@b:c");
     }
 
     #[test]
