@@ -1,7 +1,9 @@
-//! The operator against a real API server, with test agents that follow the agents'
-//! protocol (heartbeat the operator over HTTP; act on `Shard.status.desiredReplicas`;
-//! report their replicas in `Shard.status.replicas` under their own field manager) but run
-//! no PostgreSQL: placement across zones, failover of a dead node, approval by annotation.
+//! The operator against a real API server, with stand-in agents that follow the agents'
+//! protocol (heartbeat the operator over HTTP, renew a node Lease, act on
+//! `Shard.status.desiredReplicas`, report their replicas in `Shard.status.replicas` under
+//! their own field manager) but run no PostgreSQL: placement across zones, failover of a
+//! dead node, approval by annotation, a drain whose operator is SIGKILLed at every step,
+//! decommissioning, rebalancing onto new nodes, and leader takeover.
 
 mod support;
 
@@ -9,16 +11,18 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use shardplane::api::plan::PlanPhase;
+use shardplane::api::plan::StepPhase;
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
-use shardplane::controller::{self, HEARTBEAT_PATH, Heartbeat, OperatorConfig};
+use shardplane::controller::{self, OperatorConfig};
+use shardplane::sandbox::stand_in_agent::StandInAgent;
 use support::{TestEnv, eventually, test_env};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
@@ -74,91 +78,6 @@ fn start_operator(env: &TestEnv, identity: &str) -> (JoinHandle<()>, SocketAddr)
         controller::run(client, config).await.unwrap();
     });
     (task, addr)
-}
-
-/// A stand-in for a node's agent: heartbeats, and reports every replica the operator wants
-/// on its node as in sync, in the role and at the epoch it is asked for.
-struct TestAgent {
-    task: JoinHandle<()>,
-}
-
-impl TestAgent {
-    fn start(client: Client, namespace: &str, node: &str, operators: Vec<SocketAddr>) -> Self {
-        let namespace = namespace.to_string();
-        let node = node.to_string();
-        let task = tokio::spawn(async move {
-            let shards: Api<Shard> = Api::namespaced(client, &namespace);
-            let manager = format!("shardplane-agent-{node}");
-            let beat = Heartbeat {
-                namespace: namespace.clone(),
-                node: node.clone(),
-                agent_epoch: 1,
-            };
-            loop {
-                for operator in &operators {
-                    let _ = post_heartbeat(*operator, &beat).await;
-                }
-                if let Ok(list) = shards.list(&Default::default()).await {
-                    for shard in list {
-                        let status = shard.status.clone().unwrap_or_default();
-                        let desired = status.desired_replicas.iter().find(|d| d.node == node);
-                        let reported = status.replicas.iter().find(|r| r.node == node);
-                        let epoch = status.primary.as_ref().map_or(0, |p| p.epoch);
-                        let entry = desired.map(|d| {
-                            json!({"node": node, "role": d.role, "state": "InSync", "lagBytes": 0,
-                                   "epoch": epoch, "endpoint": format!("127.0.0.1:{}", 20000 + epoch)})
-                        });
-                        let same = match (reported, desired) {
-                            (Some(r), Some(d)) => r.role == d.role && r.epoch == Some(epoch),
-                            (None, None) => true,
-                            _ => false,
-                        };
-                        if same {
-                            continue;
-                        }
-                        let replicas: Vec<_> = entry.into_iter().collect();
-                        let patch = json!({"apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
-                                           "metadata": {"name": shard.name_any()},
-                                           "status": {"replicas": replicas}});
-                        let _ = shards
-                            .patch_status(
-                                &shard.name_any(),
-                                &PatchParams::apply(&manager).force(),
-                                &Patch::Apply(patch),
-                            )
-                            .await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        TestAgent { task }
-    }
-
-    /// The node dies: no more heartbeats, no more reports.
-    fn kill(&self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A minimal HTTP/1.1 POST of a heartbeat, as an agent sends it.
-async fn post_heartbeat(operator: SocketAddr, beat: &Heartbeat) -> std::io::Result<String> {
-    let body = serde_json::to_string(beat)?;
-    let mut stream = tokio::net::TcpStream::connect(operator).await?;
-    let request = format!(
-        "POST {HEARTBEAT_PATH} HTTP/1.1\r\nHost: {operator}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 /// Five nodes in five zones of three regions.
@@ -239,13 +158,13 @@ async fn create_cluster(env: &TestEnv, approval: &str) {
     }
 }
 
-fn start_agents(env: &TestEnv, operators: Vec<SocketAddr>) -> Vec<(String, TestAgent)> {
+fn start_agents(env: &TestEnv, operators: Vec<SocketAddr>) -> Vec<(String, StandInAgent)> {
     NODES
         .iter()
         .map(|(name, _, _)| {
             (
                 name.to_string(),
-                TestAgent::start(env.client.clone(), &env.namespace, name, operators.clone()),
+                StandInAgent::start(env.client.clone(), &env.namespace, name, operators.clone()),
             )
         })
         .collect()
@@ -545,4 +464,418 @@ async fn manual_approval_by_annotation_checks_the_hash() {
         .unwrap();
     assert_eq!(approved_by, "annotation:DatabaseCluster/main");
     operator.abort();
+}
+
+/// An operator as its own process, so it can be SIGKILLed.
+struct OperatorProcess {
+    child: std::process::Child,
+}
+
+impl OperatorProcess {
+    fn spawn(env: &TestEnv, identity: &str, addr: SocketAddr) -> Self {
+        let log = std::fs::File::create(
+            env.control_plane
+                .work_dir()
+                .join(format!("operator-{identity}.log")),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .args([
+                "operator",
+                "--namespace",
+                &env.namespace,
+                "--identity",
+                identity,
+            ])
+            .args(["--listen", &addr.to_string()])
+            .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        OperatorProcess { child }
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn shard_map(shards: &Api<Shard>) -> Vec<Shard> {
+    shards.list(&Default::default()).await.unwrap().items
+}
+
+async fn plan_of(plans: &Api<Plan>, purpose: &str) -> Option<Plan> {
+    plans
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| format!("{:?}", p.spec.purpose) == purpose)
+}
+
+#[tokio::test]
+async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let addr = free_addr();
+    let mut operator = OperatorProcess::spawn(&env, "op", addr);
+    let _agents = start_agents(&env, vec![addr]);
+    let shards: Api<Shard> = env.api();
+    assert!(
+        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
+        "shards never all served"
+    );
+
+    let before = shard_map(&shards).await;
+    let holds = |node: &str| {
+        before
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .unwrap()
+                    .desired_replicas
+                    .iter()
+                    .any(|r| r.node == node)
+            })
+            .count()
+    };
+    let nodes: Api<DatabaseNode> = env.api();
+    let drain = |node: &'static str, state: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let patch = json!({"spec": {"desiredState": state}});
+            nodes
+                .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .unwrap();
+        }
+    };
+
+    // n5 is region r3's only node: with RF 3 over 3 regions its replicas have nowhere to go,
+    // and the cluster says so instead of draining it into a region already holding one.
+    drain("n5", "Drained").await;
+    let clusters: Api<DatabaseCluster> = env.api();
+    let explained = eventually(Duration::from_secs(20), || async {
+        let status = clusters
+            .get("main")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        status.conditions.iter().any(|c| {
+            c.type_ == "Degraded"
+                && c.reason == "PlanBlocked"
+                && c.message.contains("region already holding")
+        })
+    })
+    .await;
+    assert!(
+        explained,
+        "a drain that cannot complete must say why in the cluster's conditions"
+    );
+    drain("n5", "Active").await;
+
+    let victim = ["n1", "n2", "n3", "n4"]
+        .into_iter()
+        .max_by_key(|n| (holds(n), *n))
+        .unwrap();
+    drain(victim, "Drained").await;
+
+    let plans: Api<Plan> = env.api();
+    let mut kills = 0;
+    let mut last_progress = None;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let plan = loop {
+        if Instant::now() > deadline {
+            let out = env.kubectl(["get", "plans", "-o", "yaml"]).await;
+            panic!(
+                "the drain plan did not finish:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        if let Some(plan) = plan_of(&plans, "Drain").await {
+            let status = plan.status.clone().unwrap_or_default();
+            if status.phase == Some(PlanPhase::Succeeded) {
+                break plan;
+            }
+            assert_ne!(
+                status.phase,
+                Some(PlanPhase::Failed),
+                "{:?}",
+                status.conditions
+            );
+            // Kill the operator once at every point of progress: right after each step is
+            // recorded Running (before or while its effect is applied).
+            let running = status
+                .steps
+                .iter()
+                .find(|s| s.phase == StepPhase::Running)
+                .map(|s| s.id);
+            let progress = (status.completed_steps, running);
+            if running.is_some() && last_progress != Some(progress) {
+                last_progress = Some(progress);
+                operator.sigkill();
+                kills += 1;
+                operator = OperatorProcess::spawn(&env, "op", addr);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let steps = plan.spec.steps.len();
+    eprintln!("drain of {victim}: {steps} steps, operator SIGKILLed {kills} times");
+    assert!(
+        kills * 2 >= steps,
+        "killed only {kills} times in {steps} steps"
+    );
+
+    // No step's effect happened twice: every epoch moved by exactly the plan's transfers,
+    // and every shard has exactly its replication factor of distinct replicas, one primary.
+    let after = shard_map(&shards).await;
+    for shard in &after {
+        let name = shard.name_any();
+        let status = shard.status.clone().unwrap();
+        let was = before
+            .iter()
+            .find(|b| b.name_any() == name)
+            .unwrap()
+            .status
+            .clone()
+            .unwrap();
+        let transfers = plan
+            .spec
+            .steps
+            .iter()
+            .filter(|s| {
+                s.shard.as_deref() == Some(name.as_str())
+                    && (s.action == "TransferPrimary" || s.action == "Promote")
+            })
+            .count() as i64;
+        assert_eq!(
+            status.primary.as_ref().unwrap().epoch,
+            was.primary.unwrap().epoch + transfers,
+            "{name}: epoch"
+        );
+        let nodes: BTreeSet<&str> = status
+            .desired_replicas
+            .iter()
+            .map(|r| r.node.as_str())
+            .collect();
+        assert_eq!(nodes.len(), 3, "{name}: {nodes:?}");
+        assert_eq!(status.desired_replicas.len(), 3, "{name}");
+        assert!(!nodes.contains(victim), "{name} still on {victim}");
+        assert_eq!(
+            status
+                .desired_replicas
+                .iter()
+                .filter(|r| r.role == ReplicaRole::Primary)
+                .count(),
+            1
+        );
+    }
+    let attempts: i32 = plan.status.unwrap().steps.iter().map(|s| s.attempts).sum();
+    assert!(
+        attempts as usize >= steps,
+        "attempts {attempts} < steps {steps}"
+    );
+    assert!(eventually(Duration::from_secs(30), || all_serving(&shards)).await);
+}
+
+#[tokio::test]
+async fn decommission_moves_everything_off_then_removes_the_node() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let (operator, addr) = start_operator(&env, "op-a");
+    let _agents = start_agents(&env, vec![addr]);
+    let shards: Api<Shard> = env.api();
+    assert!(
+        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
+        "shards never all served"
+    );
+    let nodes: Api<DatabaseNode> = env.api();
+    let patch = json!({"spec": {"desiredState": "Decommissioned"}});
+    nodes
+        .patch("n2", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    // Removing a node is destructive: the plan waits for approval, here by annotating the
+    // node with the plan's hash.
+    let plans: Api<Plan> = env.api();
+    let awaiting = eventually(Duration::from_secs(30), || async {
+        plan_of(&plans, "Decommission")
+            .await
+            .is_some_and(|p| p.status.and_then(|s| s.phase) == Some(PlanPhase::AwaitingApproval))
+    })
+    .await;
+    assert!(awaiting, "the decommission plan did not wait for approval");
+    let plan = plan_of(&plans, "Decommission").await.unwrap();
+    assert_eq!(format!("{:?}", plan.spec.risk), "Destructive");
+    let patch =
+        json!({"metadata": {"annotations": {"shardplane.io/approve-plan": plan.spec.hash}}});
+    nodes
+        .patch("n2", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(90), || async {
+        nodes.get("n2").await.unwrap().status.and_then(|s| s.phase)
+            == Some(NodePhase::Decommissioned)
+    })
+    .await;
+    assert!(gone, "n2 never reached Decommissioned");
+    for shard in shard_map(&shards).await {
+        let status = shard.status.unwrap();
+        assert!(
+            status.desired_replicas.iter().all(|r| r.node != "n2"),
+            "{:?}",
+            status.desired_replicas
+        );
+        assert_eq!(status.desired_replicas.len(), 3);
+    }
+    let plans: Api<Plan> = env.api();
+    let plan = plan_of(&plans, "Decommission")
+        .await
+        .expect("a decommission plan");
+    assert_eq!(plan.spec.steps.last().unwrap().action, "RemoveNode");
+    operator.abort();
+}
+
+#[tokio::test]
+async fn new_nodes_receive_shards_through_rebalancing() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let (operator, addr) = start_operator(&env, "op-a");
+    let mut agents = start_agents(&env, vec![addr]);
+    let shards: Api<Shard> = env.api();
+    assert!(
+        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
+        "shards never all served"
+    );
+
+    for (name, region, zone) in [("n6", "r2", "r2-b"), ("n7", "r3", "r3-a")] {
+        let node: DatabaseNode = serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+            "metadata": {"name": name},
+            "spec": {"cluster": "main", "region": region, "zone": zone, "address": "127.0.0.1",
+                     "ports": {"first": 20000, "last": 20099}, "capacity": {"storageBytes": 100_000_000_000i64}}
+        }))
+        .unwrap();
+        env.api::<DatabaseNode>()
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+        agents.push((
+            name.to_string(),
+            StandInAgent::start(env.client.clone(), &env.namespace, name, vec![addr]),
+        ));
+    }
+    let clusters: Api<DatabaseCluster> = env.api();
+    let patch = json!({"spec": {"rebalancing": {"enabled": true}}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+
+    let plans: Api<Plan> = env.api();
+    let rebalanced = eventually(Duration::from_secs(120), || async {
+        let done = plan_of(&plans, "Rebalance")
+            .await
+            .is_some_and(|p| p.status.and_then(|s| s.phase) == Some(PlanPhase::Succeeded));
+        let list = shard_map(&shards).await;
+        let on = |n: &str| {
+            list.iter()
+                .filter(|s| {
+                    s.status
+                        .as_ref()
+                        .unwrap()
+                        .desired_replicas
+                        .iter()
+                        .any(|r| r.node == n)
+                })
+                .count()
+        };
+        done && on("n6") > 0 && on("n7") > 0
+    })
+    .await;
+    assert!(rebalanced, "the new nodes received no shards");
+    assert!(eventually(Duration::from_secs(30), || all_serving(&shards)).await);
+    let plan = plan_of(&plans, "Rebalance").await.unwrap();
+    assert!(
+        plan.spec.facts.contains_key("lowerBoundBytes"),
+        "{:?}",
+        plan.spec.facts
+    );
+    operator.abort();
+}
+
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt("shardplane-operator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+#[tokio::test]
+async fn a_standby_operator_takes_over_when_the_leader_dies() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut a = OperatorProcess::spawn(&env, "op-a", a_addr);
+    let leases: Api<Lease> = env.api();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&leases).await.as_deref() == Some("op-a")
+        })
+        .await
+    );
+    let mut b = OperatorProcess::spawn(&env, "op-b", b_addr);
+    let mut agents = start_agents(&env, vec![a_addr, b_addr]);
+    let shards: Api<Shard> = env.api();
+    assert!(
+        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
+        "shards never all served"
+    );
+    assert_eq!(
+        lease_holder(&leases).await.as_deref(),
+        Some("op-a"),
+        "the standby must not have taken the lease"
+    );
+
+    let killed = Instant::now();
+    a.sigkill();
+    let took_over = eventually(Duration::from_secs(20), || async {
+        lease_holder(&leases).await.as_deref() == Some("op-b")
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(took_over, "op-b never took over");
+    eprintln!("takeover {:.2}s", takeover.as_secs_f64());
+    assert!(
+        takeover < Duration::from_secs(10),
+        "takeover took {takeover:?}"
+    );
+
+    // The new leader acts: a node dying now fails over.
+    let nodes: Api<DatabaseNode> = env.api();
+    let n1 = agents.iter().position(|(n, _)| n == "n1").unwrap();
+    drop(agents.remove(n1));
+    let detected = eventually(Duration::from_secs(20), || async {
+        nodes.get("n1").await.unwrap().status.and_then(|s| s.phase) == Some(NodePhase::Offline)
+    })
+    .await;
+    assert!(detected, "the new leader did not detect n1's death");
+    b.sigkill();
 }

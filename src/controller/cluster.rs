@@ -220,8 +220,10 @@ fn decide(
         }));
     }
 
+    // A placement that is only blocked (no step possible) must not hide a drain or a
+    // rebalance that can proceed; its blockers still reach the cluster's conditions.
     let placement = plan::plan_placement(topology, limits)?;
-    if !placement.is_empty() {
+    if !placement.operations.is_empty() {
         let shards = placement.operations.len();
         return Ok(Some(Decision {
             context: PlanContext {
@@ -310,7 +312,22 @@ fn decide(
             }));
         }
     }
-    Ok(None)
+    if placement.blocked.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Decision {
+        context: PlanContext {
+            cluster: cluster.clone(),
+            target: target(TargetKind::DatabaseCluster, &cluster),
+            cause: cause(
+                CauseKind::Policy,
+                "shards below the replication factor".into(),
+            ),
+            summary: "no placement possible".into(),
+            facts: BTreeMap::new(),
+        },
+        plan: placement,
+    }))
 }
 
 fn limits(view: &ClusterView) -> ConcurrencyLimits {

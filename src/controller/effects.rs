@@ -164,6 +164,33 @@ pub async fn advance(
                 )))
             }
         }
+        StepAction::RemoveNode { node } => {
+            let shards_on_node = shards
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|s| {
+                    s.status
+                        .as_ref()
+                        .is_some_and(|st| st.desired_replicas.iter().any(|r| &r.node == node))
+                })
+                .map(|s| s.name_any())
+                .collect::<Vec<_>>();
+            if !shards_on_node.is_empty() {
+                return Err(StepError::Permanent(format!(
+                    "node {node} still holds replicas of {}; it cannot leave the cluster",
+                    shards_on_node.join(", ")
+                )));
+            }
+            ctx.leader.ensure()?;
+            let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
+            let patch = json!({"status": {"phase": NodePhase::Decommissioned, "replicas": 0, "primaries": 0}});
+            nodes
+                .patch_status(node, &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            Ok(Progress::Done)
+        }
         other => Err(StepError::Permanent(format!(
             "{} needs data-plane support this operator build does not have yet; nothing was changed",
             serde_json::to_string(other).unwrap_or_default()

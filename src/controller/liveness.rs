@@ -120,6 +120,10 @@ pub async fn run(ctx: Arc<Context>) {
             });
             let timings = Timings::of(cluster.as_deref());
             let current = node.status.as_ref().and_then(|s| s.phase);
+            if current == Some(NodePhase::Decommissioned) {
+                // It left the cluster for good; its agent's silence means nothing.
+                continue;
+            }
             let heard = ctx.liveness.last_heard(&namespace, &node.name_any());
             let Some(silence) = silence(heard, current, ctx.liveness.leading_since()) else {
                 continue;

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 pub use context::{Context, OperatorConfig};
 pub use leader::LeaderGuard;
-pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness};
+pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness, node_lease_name};
 
 /// Field manager of the operator's writes that do not belong to one reconciler.
 pub const FIELD_MANAGER: &str = "shardplane-operator";

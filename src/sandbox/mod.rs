@@ -7,6 +7,7 @@ mod control_plane;
 pub mod demo;
 mod error;
 mod process;
+pub mod stand_in_agent;
 mod work_dir;
 
 pub use control_plane::ControlPlane;
