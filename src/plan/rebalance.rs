@@ -559,7 +559,7 @@ pub fn plan_rebalance(
         };
         for m in decided.into_iter().flatten() {
             let why = format!(
-                "{} holds {:.1}% of its share of bytes and {} has {:.1}%; moving {} ({} bytes) \
+                "{} holds {}% of its share of bytes and {} has {}%; moving {} ({} bytes) \
                  brings both toward their share",
                 balancer.state.node_name(m.from),
                 percent_of(balancer.state.bytes[m.from], shares.bytes[m.from]),
@@ -599,11 +599,13 @@ pub fn plan_rebalance(
     })
 }
 
-fn percent_of(load: u64, share: f64) -> f64 {
+/// `load` as a whole percentage of `share` (whole numbers read as well in a reason, and
+/// formatting floats for thousands of steps is measurable).
+fn percent_of(load: u64, share: f64) -> u64 {
     if share > 0.0 {
-        load as f64 / share * 100.0
+        (load as f64 / share * 100.0).round() as u64
     } else {
-        0.0
+        0
     }
 }
 
