@@ -222,6 +222,8 @@ async fn applies_modifies_and_prunes_what_left_git() {
         &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)),
     );
     repo.write("README.md", "not a manifest\n");
+    // Not manifests: hidden folders are skipped.
+    repo.write("db/.ci/workflow.yaml", "on: push\njobs: {}\n");
     let first = repo.commit("two shards");
     create_git_sync(&env, "main", &repo, json!({"path": "db"})).await;
     let (syncer, _checkouts) = syncer(&env);
@@ -247,6 +249,9 @@ async fn applies_modifies_and_prunes_what_left_git() {
         (ready_status, reason.as_str()),
         (ConditionStatus::True, "Applied")
     );
+    let table = env.kubectl(["get", "gitsyncs"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&first) && table.contains("True"), "{table}");
 
     // Modify c-0, split c-1 into two: c-1 must be pruned.
     repo.write(

@@ -197,7 +197,8 @@ fn host_key_known(known_hosts: &str, key: &[u8]) -> bool {
     })
 }
 
-/// Reads every `*.yaml`/`*.yml` file under `path` of `commit`, sorted by path. A missing
+/// Reads every `*.yaml`/`*.yml` file under `path` of `commit` (skipping hidden files and
+/// folders), sorted by path. A missing
 /// `path` is an error, never an empty result, so a broken checkout cannot prune.
 pub fn read_manifests(
     repo: &Repository,
@@ -235,6 +236,11 @@ pub fn read_manifests(
     let mut blobs = Vec::new();
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let name = entry.name().unwrap_or_default();
+        // Hidden files and folders (`.github/workflows/*.yaml`, editor files) are not
+        // manifests.
+        if name.starts_with('.') {
+            return TreeWalkResult::Skip;
+        }
         if entry.kind() == Some(git2::ObjectType::Blob)
             && (name.ends_with(".yaml") || name.ends_with(".yml"))
         {
