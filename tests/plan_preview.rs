@@ -372,3 +372,20 @@ async fn against_a_live_cluster_the_sizes_become_bytes_to_copy() {
     assert!(split["blocked"].as_array().unwrap().is_empty(), "{split:#}");
     assert!(preview["droppedShards"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_missing_manifest_folder_fails_naming_it() {
+    let repo = repo_with_split();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardplane"))
+        .args(["plan", "--offline", "--base", "main", "--head", "split"])
+        .args(["--path", "nowhere", "--repo"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--path \"nowhere\" is not a folder in commit"),
+        "{stderr}"
+    );
+}

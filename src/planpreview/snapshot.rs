@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::PreviewError;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard, Table};
+use crate::gitsync::SyncError;
 use crate::gitsync::manifests::{self, Manifest, is_shardplane};
 use crate::gitsync::source::read_manifests;
 use crate::plan::{self, KeyRange, Topology};
@@ -58,8 +59,12 @@ pub fn read_commit(
         .revparse_single(rev)
         .and_then(|object| object.peel_to_commit())
         .map_err(git_error)?;
-    let files = read_manifests(&repository, commit.id(), path)
-        .map_err(|error| PreviewError::Manifests(error.to_string()))?;
+    let files = read_manifests(&repository, commit.id(), path).map_err(|error| match error {
+        SyncError::PathMissing { path, commit } => PreviewError::Manifests(format!(
+            "--path {path:?} is not a folder in commit {commit} (revision {rev})"
+        )),
+        other => PreviewError::Manifests(other.to_string()),
+    })?;
     let mut snapshot = Snapshot::default();
     match manifests::parse(&files, namespace) {
         Ok(parsed) => {
