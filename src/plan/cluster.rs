@@ -69,6 +69,9 @@ pub(crate) struct ClusterState<'a> {
     pub(crate) counts: Vec<u32>,
     pub(crate) primaries: Vec<u32>,
     pub(crate) epochs: Vec<u64>,
+    /// The node holding each shard's primary (the first replica marked primary), cached
+    /// because chain searches ask for it constantly.
+    primary: Vec<Option<usize>>,
     pub(crate) node_shards: Vec<Vec<usize>>,
 }
 
@@ -115,6 +118,7 @@ impl<'a> ClusterState<'a> {
             counts: vec![0; topo.nodes.len()],
             primaries: vec![0; topo.nodes.len()],
             epochs: topo.shards.iter().map(|s| s.epoch).collect(),
+            primary: vec![None; topo.shards.len()],
             node_shards: {
                 // Room for an even share plus some, so building rarely reallocates.
                 let replicas: usize = topo.shards.iter().map(|s| s.replicas.len()).sum();
@@ -197,6 +201,11 @@ impl<'a> ClusterState<'a> {
     }
 
     pub(crate) fn primary_of(&self, shard: usize) -> Option<usize> {
+        self.primary[shard]
+    }
+
+    /// The first replica marked primary, for the cache in `primary`.
+    fn find_primary(&self, shard: usize) -> Option<usize> {
         self.slots[shard]
             .iter()
             .find(|s| s.role == ReplicaRole::Primary)
@@ -304,6 +313,9 @@ impl<'a> ClusterState<'a> {
         }
         self.node_shards[slot.node].push(shard);
         self.slots[shard].push(slot);
+        if self.primary[shard].is_none() {
+            self.primary[shard] = self.find_primary(shard);
+        }
     }
 
     /// Records a new, caught-up secondary of `shard` on `node`.
@@ -331,6 +343,7 @@ impl<'a> ClusterState<'a> {
         }
         if slot.role == ReplicaRole::Primary {
             self.primaries[node] -= 1;
+            self.primary[shard] = self.find_primary(shard);
         }
         if let Some(p) = self.node_shards[node].iter().position(|&s| s == shard) {
             self.node_shards[node].swap_remove(p);
@@ -352,6 +365,7 @@ impl<'a> ClusterState<'a> {
                 self.primaries[node] += 1;
             }
         }
+        self.primary[shard] = self.find_primary(shard);
         self.epochs[shard] += 1;
         self.epochs[shard]
     }

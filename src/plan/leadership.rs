@@ -36,6 +36,7 @@ pub(crate) fn balance_primaries(
         round: 0,
         seen: vec![0; state.topo.nodes.len()],
         came_from: vec![None; state.topo.nodes.len()],
+        neighbours: Vec::new(),
     };
     let mut transfers = 0u32;
     let budget = state.topo.shards.len() + 16;
@@ -80,12 +81,17 @@ pub(crate) fn balance_primaries(
     transfers
 }
 
+/// The longest chain of leadership transfers searched for.
+const MAX_CHAIN: usize = 4;
+
 /// Scratch space for [`transfer_chain`], reused across searches: `seen[i] == round` marks
-/// the nodes reached in the current search, `came_from` how (previous node, shard).
+/// the nodes reached in the current search, `came_from` how (previous node, shard), and
+/// `neighbours` is the buffer of nodes one transfer away.
 struct ChainSearch {
     round: u32,
     seen: Vec<u32>,
     came_from: Vec<Option<(usize, usize)>>,
+    neighbours: Vec<usize>,
 }
 
 /// Breadth-first search for the shortest chain of leadership transfers that takes one
@@ -105,19 +111,30 @@ fn transfer_chain(
     search.round += 1;
     let round = search.round;
     let ChainSearch {
-        seen, came_from, ..
+        seen,
+        came_from,
+        neighbours,
+        ..
     } = search;
     seen[start] = round;
     came_from[start] = None;
     let mut frontier = vec![start];
     let mut end: Option<usize> = None;
-    while !frontier.is_empty() && end.is_none() {
+    let mut depth = 0;
+    // Chains longer than a few transfers are rare and each search level can touch every
+    // node; past the limit the node is left as it is.
+    while !frontier.is_empty() && end.is_none() && depth < MAX_CHAIN {
+        depth += 1;
         let mut next = Vec::new();
         for &x in &frontier {
             for &shard in &state.node_shards[x] {
                 let Some(primary) = state.primary_of(shard) else {
                     continue;
                 };
+                // Pushing follows the shards x leads; pulling, the shards x follows.
+                if (primary == x) != push {
+                    continue;
+                }
                 let preferred = state
                     .shard(shard)
                     .placement
@@ -127,30 +144,28 @@ fn transfer_chain(
                     preferred
                         .is_none_or(|r| state.node(from).region != r || state.node(to).region == r)
                 };
-                let neighbours: Vec<usize> = if push {
-                    if primary != x {
-                        continue;
-                    }
-                    state.slots[shard]
-                        .iter()
-                        .filter(|s| {
-                            s.role == ReplicaRole::Secondary
-                                && s.in_sync
-                                && shares.member[s.node]
-                                && keeps_region(x, s.node)
-                        })
-                        .map(|s| s.node)
-                        .collect()
+                neighbours.clear();
+                if push {
+                    neighbours.extend(
+                        state.slots[shard]
+                            .iter()
+                            .filter(|s| {
+                                s.role == ReplicaRole::Secondary
+                                    && s.in_sync
+                                    && shares.member[s.node]
+                                    && keeps_region(x, s.node)
+                            })
+                            .map(|s| s.node),
+                    );
                 } else {
                     let in_sync_here = state.slots[shard]
                         .iter()
                         .any(|s| s.node == x && s.role == ReplicaRole::Secondary && s.in_sync);
-                    if primary == x || !in_sync_here || !keeps_region(primary, x) {
-                        continue;
+                    if in_sync_here && keeps_region(primary, x) {
+                        neighbours.push(primary);
                     }
-                    vec![primary]
-                };
-                for y in neighbours {
+                }
+                for &y in neighbours.iter() {
                     if seen[y] == round {
                         continue;
                     }
