@@ -232,6 +232,7 @@ async fn promote_benchmark(sandbox: &Sandbox) -> Duration {
         a.promote(&SyncQuorum::any(1, [b.name(), primary.name()]))
             .await
             .expect("promote");
+        let promoted = started.elapsed();
         a.create_replication_slot(b.name()).await.expect("slot");
         b.follow(&a.upstream()).await.expect("re-point");
         a.connect()
@@ -252,8 +253,10 @@ async fn promote_benchmark(sandbox: &Sandbox) -> Duration {
             .await
             .expect("rewind the old primary");
         println!(
-            "round {round}: promote + re-point + first write {:.3} s (then rewind {:.2} s)",
+            "round {round}: promote + re-point + first write {:.3} s (promotion {:.3} s; \
+             then rewind {:.2} s)",
             seconds(elapsed),
+            seconds(promoted),
             seconds(rewinding.elapsed())
         );
         // The new primary is a; its standbys are b and the rewound old primary.

@@ -305,6 +305,14 @@ async fn quorum_replication_promotion_and_rewind() {
     let names: Vec<&str> = status.standbys.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["p0", "s2"], "{status:?}");
 
+    // Slots: creating is idempotent, dropping removes the slot.
+    s1.create_replication_slot("spare").await.unwrap();
+    s1.create_replication_slot("spare").await.unwrap();
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'spare'";
+    assert_eq!(query_count(&new_client, slots).await, 1);
+    s1.drop_replication_slot("spare").await.unwrap();
+    assert_eq!(query_count(&new_client, slots).await, 0);
+
     // Promoting a primary is refused with a clear error.
     let error = s1.promote(&SyncQuorum::none()).await.unwrap_err();
     assert!(matches!(error, PostgresError::WrongRole { .. }), "{error}");

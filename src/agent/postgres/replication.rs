@@ -5,7 +5,7 @@
 //! range up.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::PostgresError;
 use super::instance::{Instance, StopMode, Upstream, connect, ensure_replication_slot};
@@ -100,7 +100,7 @@ impl Instance {
     /// Promotes this standby to primary with `quorum` as its synchronous standbys. The
     /// quorum is set *before* `pg_promote()`: a standby keeps the quorum it was copied with
     /// (which names itself and the old primary), and a primary with that quorum would make
-    /// its first write wait forever.
+    /// its first write wait forever. Returns once the instance accepts writes.
     pub async fn promote(&self, quorum: &SyncQuorum) -> Result<(), PostgresError> {
         let client = self.connect().await?;
         let in_recovery: bool = client
@@ -117,21 +117,29 @@ impl Instance {
             });
         }
         self.set_sync_quorum(quorum).await?;
-        let promoted: bool = client
-            .query_one(
-                "SELECT pg_promote(true, $1)",
-                &[&(PROMOTE_TIMEOUT.as_secs() as i32)],
-            )
+        // pg_promote(wait => true) checks for the end of recovery only every 100 ms; poll
+        // more often, since writes are refused until it ends.
+        client
+            .execute("SELECT pg_promote(false)", &[])
             .await
-            .map_err(|source| self.sql_error("promoting", source))?
-            .get(0);
-        if promoted {
-            Ok(())
-        } else {
-            Err(PostgresError::PromoteTimeout {
-                instance: self.name().to_owned(),
-                timeout: PROMOTE_TIMEOUT,
-            })
+            .map_err(|source| self.sql_error("promoting", source))?;
+        let started = Instant::now();
+        loop {
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|source| self.sql_error("waiting for the promotion", source))?
+                .get(0);
+            if !in_recovery {
+                return Ok(());
+            }
+            if started.elapsed() > PROMOTE_TIMEOUT {
+                return Err(PostgresError::PromoteTimeout {
+                    instance: self.name().to_owned(),
+                    timeout: PROMOTE_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
