@@ -269,6 +269,15 @@ async fn quorum_replication_promotion_and_rewind() {
     old_primary.kill();
     let new_quorum = SyncQuorum::any(1, ["s2", "p0"]);
     s1.promote(&new_quorum).await.unwrap();
+    let quorum: String = s1
+        .connect()
+        .await
+        .unwrap()
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(quorum, "ANY 1 (s2, p0)");
     s1.create_replication_slot("s2").await.unwrap();
     s1.create_replication_slot("p0").await.unwrap();
     s2.follow(&s1.upstream()).await.unwrap();
