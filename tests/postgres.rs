@@ -693,3 +693,43 @@ async fn row_filtered_subscription_catches_up() {
         .unwrap();
     target.unsubscribe("split_high").await.unwrap();
 }
+
+/// Why `Instance::promote` takes the new quorum: a standby promoted by plain `pg_promote()`
+/// keeps the quorum it was copied with, and its first write waits forever. The same property
+/// makes a primary cut off from its quorum unable to acknowledge a commit.
+#[tokio::test]
+async fn promotion_with_the_old_quorum_blocks_writes() {
+    let sandbox = Sandbox::new();
+    let mut primary = sandbox.primary("q0").await;
+    primary
+        .set_sync_quorum(&SyncQuorum::any(1, ["q1"]))
+        .await
+        .unwrap();
+    let standby = sandbox.standby("q1", &primary).await;
+    let client = primary.connect().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int8)")
+        .await
+        .unwrap();
+    primary.kill();
+
+    let promoted = standby.connect().await.unwrap();
+    promoted
+        .batch_execute("SELECT pg_promote(true, 60)")
+        .await
+        .unwrap();
+    let write = promoted.execute("INSERT INTO t VALUES (1)", &[]);
+    tokio::pin!(write);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1000), &mut write)
+            .await
+            .is_err(),
+        "the write on a primary with a quorum of absent standbys was acknowledged"
+    );
+    // Setting the quorum to the standbys it really has releases the waiting commit.
+    standby.set_sync_quorum(&SyncQuorum::none()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the waiting commit was not released")
+        .unwrap();
+}
