@@ -114,7 +114,30 @@ async fn reconcile(
     let (topology, invalid) = view.topology();
     update_node_counts(ctx, &view, &topology).await?;
 
-    let active: Vec<&Arc<Plan>> = view.plans.iter().filter(|p| is_active(p)).collect();
+    for plan in view
+        .plans
+        .iter()
+        .filter(|p| is_active(p) && p.spec.purpose == PlanPurpose::Failover)
+    {
+        let target = topology
+            .nodes
+            .iter()
+            .find(|n| n.name == plan.spec.target.name);
+        if target.is_some_and(|n| n.phase != plan::NodePhase::Offline) {
+            let message = format!(
+                "node {} is back: its replicas rejoin instead of being replaced",
+                plan.spec.target.name
+            );
+            supersede(ctx, plan, &message).await?;
+        }
+    }
+    let active: Vec<&Arc<Plan>> = view
+        .plans
+        .iter()
+        .filter(|p| {
+            is_active(p) && !(p.spec.purpose == PlanPurpose::Failover && returned(p, &topology))
+        })
+        .collect();
     let decision = decide(&view, &topology, now_ms())?;
     let mut blocked = Vec::new();
     if let Some(decision) = decision {
@@ -162,11 +185,20 @@ fn decide(
         detail,
     };
 
-    for node in &topology.nodes {
-        let holds = topology.shards.iter().any(|s| s.has_replica_on(&node.name));
-        if node.phase != plan::NodePhase::Offline || !holds {
-            continue;
-        }
+    // Dead nodes that still lead shards first: their shards cannot take writes.
+    let mut dead: Vec<&plan::Node> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .filter(|n| topology.shards.iter().any(|s| s.has_replica_on(&n.name)))
+        .collect();
+    dead.sort_by_key(|n| {
+        !topology
+            .shards
+            .iter()
+            .any(|s| s.primary_node() == Some(n.name.as_str()))
+    });
+    if let Some(node) = dead.first() {
         let delay_s = spec
             .failure_detection
             .as_ref()
@@ -343,6 +375,14 @@ fn limits(view: &ClusterView) -> ConcurrencyLimits {
     }
 }
 
+/// Whether a failover plan's node is serving again.
+fn returned(plan: &Plan, topology: &Topology) -> bool {
+    topology
+        .nodes
+        .iter()
+        .any(|n| n.name == plan.spec.target.name && n.phase != plan::NodePhase::Offline)
+}
+
 /// Whether a plan still awaits approval or runs.
 pub fn is_active(plan: &Plan) -> bool {
     matches!(
@@ -365,19 +405,28 @@ async fn persist(
     if active.iter().any(|p| p.name_any() == name) {
         return Ok(());
     }
+    let target = &decision.context.target;
     for plan in active {
         let awaiting = plan.status.as_ref().and_then(|s| s.phase) != Some(PlanPhase::Running);
-        let same_change =
-            plan.spec.purpose == purpose && plan.spec.target == decision.context.target;
-        let supersede = (purpose == PlanPurpose::Failover
-            && plan.spec.purpose != PlanPurpose::Failover)
-            || (awaiting && same_change);
+        let same_change = plan.spec.purpose == purpose && &plan.spec.target == target;
+        // A failover preempts anything but the failover of the same node, which is under
+        // way; a plan not yet running is replaced when its inputs changed.
+        let supersede = if purpose == PlanPurpose::Failover {
+            !same_change
+        } else {
+            awaiting && same_change
+        };
         if !supersede {
             return Ok(());
         }
     }
     for plan in active {
-        supersede(ctx, plan, &name).await?;
+        supersede(
+            ctx,
+            plan,
+            &format!("superseded by plan {name}: its inputs changed before it finished"),
+        )
+        .await?;
     }
     let namespace = cluster.namespace().unwrap_or_default();
     let spec = plan_wire::to_spec(&decision.plan, decision.context)?;
