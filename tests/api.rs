@@ -5,48 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use shardplane::api::{
     DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, ShardStatus, Table, crds,
 };
-use support::{TestEnv, eventually, test_env};
-use tokio::sync::OnceCell;
-
-/// Installs the CRDs from `crds/` once per test binary, as a user would, and waits until the
-/// API server serves them.
-async fn env_with_crds() -> TestEnv {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    let env = test_env().await;
-    INSTALLED
-        .get_or_init(|| async {
-            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-            let out = env
-                .kubectl(["apply", "--server-side", "-f", crds_dir])
-                .await;
-            assert!(
-                out.status.success(),
-                "kubectl apply crds/: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let api: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-            for crd in crds() {
-                let name = crd.metadata.name.clone().unwrap();
-                let established = eventually(Duration::from_secs(30), || {
-                    let api = api.clone();
-                    let name = name.clone();
-                    async move { is_established(&api.get(&name).await.unwrap()) }
-                })
-                .await;
-                assert!(established, "CRD {name} never became Established");
-            }
-        })
-        .await;
-    env
-}
+use support::{TestEnv, env_with_crds};
 
 fn is_established(crd: &CustomResourceDefinition) -> bool {
     crd.status

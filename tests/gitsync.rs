@@ -12,55 +12,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use shardplane::api::{ConditionStatus, GitSync, Shard, crds};
+use shardplane::api::{ConditionStatus, GitSync, Shard};
 use shardplane::gitsync::{self, SyncError, SyncOutcome, Syncer, webhook};
-use support::{TestEnv, eventually, test_env};
+use support::{TestEnv, env_with_crds, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OnceCell;
-
-/// Installs the CRDs from `crds/` once per test binary and waits until they are served.
-async fn env_with_crds() -> TestEnv {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    let env = test_env().await;
-    INSTALLED
-        .get_or_init(|| async {
-            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-            let out = env
-                .kubectl(["apply", "--server-side", "-f", crds_dir])
-                .await;
-            assert!(
-                out.status.success(),
-                "kubectl apply crds/: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let api: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-            for crd in crds() {
-                let name = crd.metadata.name.clone().unwrap();
-                let established = eventually(Duration::from_secs(30), || {
-                    let api = api.clone();
-                    let name = name.clone();
-                    async move {
-                        api.get(&name)
-                            .await
-                            .unwrap()
-                            .status
-                            .and_then(|s| s.conditions)
-                            .is_some_and(|c| {
-                                c.iter()
-                                    .any(|c| c.type_ == "Established" && c.status == "True")
-                            })
-                    }
-                })
-                .await;
-                assert!(established, "CRD {name} never became Established");
-            }
-        })
-        .await;
-    env
-}
 
 /// A git repository in a tempdir, driven with the `git` CLI.
 struct Repo {

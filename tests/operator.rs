@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -22,43 +21,8 @@ use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
 use shardplane::controller::{self, OperatorConfig};
 use shardplane::sandbox::stand_in_agent::StandInAgent;
-use support::{TestEnv, eventually, test_env};
-use tokio::sync::OnceCell;
+use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
-
-async fn env_with_crds() -> TestEnv {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    let env = test_env().await;
-    INSTALLED
-        .get_or_init(|| async {
-            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-            let out = env
-                .kubectl(["apply", "--server-side", "-f", crds_dir])
-                .await;
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let out = env
-                .kubectl([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd",
-                    "--all",
-                ])
-                .await;
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let _: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-        })
-        .await;
-    env
-}
 
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -7,55 +7,11 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
-use shardplane::api::{DatabaseNode, Shard, crds};
-use support::{TestEnv, eventually, test_env};
-use tokio::sync::OnceCell;
-
-/// Installs the CRDs from `crds/` once per test binary and waits until they are served.
-async fn env_with_crds() -> TestEnv {
-    static INSTALLED: OnceCell<()> = OnceCell::const_new();
-    let env = test_env().await;
-    INSTALLED
-        .get_or_init(|| async {
-            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-            let out = env
-                .kubectl(["apply", "--server-side", "-f", crds_dir])
-                .await;
-            assert!(
-                out.status.success(),
-                "kubectl apply crds/: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let api: Api<CustomResourceDefinition> = Api::all(env.client.clone());
-            for crd in crds() {
-                let name = crd.metadata.name.clone().unwrap();
-                let established = eventually(Duration::from_secs(30), || {
-                    let api = api.clone();
-                    let name = name.clone();
-                    async move {
-                        api.get(&name)
-                            .await
-                            .unwrap()
-                            .status
-                            .and_then(|s| s.conditions)
-                            .is_some_and(|c| {
-                                c.iter()
-                                    .any(|c| c.type_ == "Established" && c.status == "True")
-                            })
-                    }
-                })
-                .await;
-                assert!(established, "CRD {name} never became Established");
-            }
-        })
-        .await;
-    env
-}
+use shardplane::api::{DatabaseNode, Shard};
+use support::env_with_crds;
 
 const SPLIT_POINT: i64 = 6_917_529_027_641_081_856;
 

@@ -227,3 +227,41 @@ fn unique_namespace_name() -> String {
     let label = label.trim_end_matches('-');
     format!("t-{label}-{}", SEQUENCE.fetch_add(1, Ordering::Relaxed))
 }
+
+/// [`test_env`] on a control plane where the Shardplane CRDs from `crds/` are installed (once
+/// per test binary, with `kubectl apply --server-side`, as a user would) and Established.
+pub async fn env_with_crds() -> TestEnv {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    let env = test_env().await;
+    INSTALLED
+        .get_or_init(|| async {
+            let crds_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+            let out = env
+                .kubectl(["apply", "--server-side", "-f", crds_dir])
+                .await;
+            assert!(
+                out.status.success(),
+                "kubectl apply crds/: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut wait = vec![
+                "wait".to_string(),
+                "--for=condition=Established".into(),
+                "--timeout=60s".into(),
+            ];
+            wait.extend(
+                shardplane::api::crds()
+                    .into_iter()
+                    .filter_map(|crd| crd.metadata.name)
+                    .map(|name| format!("crd/{name}")),
+            );
+            let out = env.kubectl(&wait).await;
+            assert!(
+                out.status.success(),
+                "CRDs not Established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
+        .await;
+    env
+}
