@@ -182,6 +182,14 @@ where
     false
 }
 
+/// Whether `node` reaches `phase` within 30 s.
+async fn reaches(nodes: &Api<DatabaseNode>, node: &str, phase: NodePhase) -> bool {
+    wait_for(Duration::from_secs(30), || async {
+        nodes.get(node).await.unwrap().status.and_then(|s| s.phase) == Some(phase)
+    })
+    .await
+}
+
 async fn serving(shards: &Api<Shard>, live: usize) -> bool {
     let Ok(list) = shards.list(&Default::default()).await else {
         return false;
@@ -236,18 +244,7 @@ async fn failover_runs(cp: &ControlPlane, client: &Client) -> (Vec<f64>, Vec<f64
             .unwrap();
         let killed = Instant::now();
         agents.remove(victim);
-        assert!(
-            wait_for(Duration::from_secs(30), || async {
-                nodes
-                    .get(victim)
-                    .await
-                    .unwrap()
-                    .status
-                    .and_then(|s| s.phase)
-                    == Some(NodePhase::Offline)
-            })
-            .await
-        );
+        assert!(reaches(&nodes, victim, NodePhase::Offline).await);
         detect.push(killed.elapsed().as_secs_f64());
         assert!(
             wait_for(Duration::from_secs(60), || async {
@@ -279,18 +276,7 @@ async fn failover_runs(cp: &ControlPlane, client: &Client) -> (Vec<f64>, Vec<f64
             victim,
             StandInAgent::start(client.clone(), ns, victim, vec![addr]),
         );
-        assert!(
-            wait_for(Duration::from_secs(30), || async {
-                nodes
-                    .get(victim)
-                    .await
-                    .unwrap()
-                    .status
-                    .and_then(|s| s.phase)
-                    == Some(NodePhase::Online)
-            })
-            .await
-        );
+        assert!(reaches(&nodes, victim, NodePhase::Online).await);
         assert!(wait_for(Duration::from_secs(60), || serving(&shards, 6)).await);
         eprintln!(
             "run {run}: {victim} detected {:.2}s, failed over {:.2}s",

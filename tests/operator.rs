@@ -53,6 +53,20 @@ const NODES: [(&str, &str, &str); 5] = [
     ("n5", "r3", "r3-a"),
 ];
 
+async fn create_node(env: &TestEnv, name: &str, region: &str, zone: &str) {
+    let node: DatabaseNode = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+        "metadata": {"name": name},
+        "spec": {"cluster": "main", "region": region, "zone": zone, "address": "127.0.0.1",
+                 "ports": {"first": 20000, "last": 20099}, "capacity": {"storageBytes": 100_000_000_000i64}}
+    }))
+    .unwrap();
+    env.api::<DatabaseNode>()
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+}
+
 async fn create_cluster(env: &TestEnv, approval: &str) {
     let cluster: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
@@ -75,17 +89,7 @@ async fn create_cluster(env: &TestEnv, approval: &str) {
         .await
         .unwrap();
     for (name, region, zone) in NODES {
-        let node: DatabaseNode = serde_json::from_value(json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
-            "metadata": {"name": name},
-            "spec": {"cluster": "main", "region": region, "zone": zone, "address": "127.0.0.1",
-                     "ports": {"first": 20000, "last": 20099}, "capacity": {"storageBytes": 100_000_000_000i64}}
-        }))
-        .unwrap();
-        env.api::<DatabaseNode>()
-            .create(&PostParams::default(), &node)
-            .await
-            .unwrap();
+        create_node(env, name, region, zone).await;
     }
     let table: Table = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
@@ -164,17 +168,27 @@ fn zone_of(node: &str) -> &'static str {
         .unwrap()
 }
 
-#[tokio::test]
-async fn placement_honours_zones_and_regions_and_routing_follows() {
-    let env = env_with_crds().await;
-    create_cluster(&env, "Automatic").await;
-    let (operator, addr) = start_operator(&env, "op-a");
-    let _agents = start_agents(&env, vec![addr]);
+/// The cluster of [`NODES`] with eight shards, an in-process operator and stand-in agents,
+/// once every shard serves.
+async fn serving_cluster(
+    env: &TestEnv,
+) -> (JoinHandle<()>, SocketAddr, Vec<(String, StandInAgent)>) {
+    create_cluster(env, "Automatic").await;
+    let (operator, addr) = start_operator(env, "op-a");
+    let agents = start_agents(env, vec![addr]);
     let shards: Api<Shard> = env.api();
     assert!(
         eventually(Duration::from_secs(60), || all_serving(&shards)).await,
         "shards never all served"
     );
+    (operator, addr, agents)
+}
+
+#[tokio::test]
+async fn placement_honours_zones_and_regions_and_routing_follows() {
+    let env = env_with_crds().await;
+    let (operator, _, _agents) = serving_cluster(&env).await;
+    let shards: Api<Shard> = env.api();
 
     for shard in shards.list(&Default::default()).await.unwrap() {
         let status = shard.status.unwrap();
@@ -236,14 +250,8 @@ async fn placement_honours_zones_and_regions_and_routing_follows() {
 #[tokio::test]
 async fn a_dead_node_fails_over_with_bumped_epochs() {
     let env = env_with_crds().await;
-    create_cluster(&env, "Automatic").await;
-    let (operator, addr) = start_operator(&env, "op-a");
-    let agents = start_agents(&env, vec![addr]);
+    let (operator, _, agents) = serving_cluster(&env).await;
     let shards: Api<Shard> = env.api();
-    assert!(
-        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
-        "shards never all served"
-    );
 
     // The node leading the most shards dies.
     let before = shards.list(&Default::default()).await.unwrap().items;
@@ -659,14 +667,8 @@ async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
 #[tokio::test]
 async fn decommission_moves_everything_off_then_removes_the_node() {
     let env = env_with_crds().await;
-    create_cluster(&env, "Automatic").await;
-    let (operator, addr) = start_operator(&env, "op-a");
-    let _agents = start_agents(&env, vec![addr]);
+    let (operator, _, _agents) = serving_cluster(&env).await;
     let shards: Api<Shard> = env.api();
-    assert!(
-        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
-        "shards never all served"
-    );
     let nodes: Api<DatabaseNode> = env.api();
     let patch = json!({"spec": {"desiredState": "Decommissioned"}});
     nodes
@@ -717,27 +719,11 @@ async fn decommission_moves_everything_off_then_removes_the_node() {
 #[tokio::test]
 async fn new_nodes_receive_shards_through_rebalancing() {
     let env = env_with_crds().await;
-    create_cluster(&env, "Automatic").await;
-    let (operator, addr) = start_operator(&env, "op-a");
-    let mut agents = start_agents(&env, vec![addr]);
+    let (operator, addr, mut agents) = serving_cluster(&env).await;
     let shards: Api<Shard> = env.api();
-    assert!(
-        eventually(Duration::from_secs(60), || all_serving(&shards)).await,
-        "shards never all served"
-    );
 
     for (name, region, zone) in [("n6", "r2", "r2-b"), ("n7", "r3", "r3-a")] {
-        let node: DatabaseNode = serde_json::from_value(json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
-            "metadata": {"name": name},
-            "spec": {"cluster": "main", "region": region, "zone": zone, "address": "127.0.0.1",
-                     "ports": {"first": 20000, "last": 20099}, "capacity": {"storageBytes": 100_000_000_000i64}}
-        }))
-        .unwrap();
-        env.api::<DatabaseNode>()
-            .create(&PostParams::default(), &node)
-            .await
-            .unwrap();
+        create_node(&env, name, region, zone).await;
         agents.push((
             name.to_string(),
             StandInAgent::start(env.client.clone(), &env.namespace, name, vec![addr]),
