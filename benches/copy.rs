@@ -88,9 +88,16 @@ async fn truncate(target: &Client) {
 }
 
 async fn copy_benchmark(sandbox: &Sandbox) -> f64 {
-    let (source, target) = tokio::join!(sandbox.primary("source"), sandbox.primary("target"));
-    let source = source.connect().await.expect("connect to the source");
-    let target = target.connect().await.expect("connect to the target");
+    let (source_instance, target_instance) =
+        tokio::join!(sandbox.primary("source"), sandbox.primary("target"));
+    let source = source_instance
+        .connect()
+        .await
+        .expect("connect to the source");
+    let target = target_instance
+        .connect()
+        .await
+        .expect("connect to the target");
     for client in [&source, &target] {
         client.batch_execute(TABLE).await.expect("create the table");
     }
@@ -184,6 +191,21 @@ async fn copy_benchmark(sandbox: &Sandbox) -> f64 {
     }
     println!(
         "verify_range of both halves ({verified} rows): {:.2} s",
+        seconds(started.elapsed())
+    );
+    // The handover of a split fences the source: time the fence on the loaded instance,
+    // with the benchmark's own session open (it is terminated).
+    let started = Instant::now();
+    source_instance.fence_writes().await.expect("fence");
+    let fenced = started.elapsed();
+    let started = Instant::now();
+    source_instance
+        .unfence_writes(&SyncQuorum::none())
+        .await
+        .expect("unfence");
+    println!(
+        "fence_writes {:.3} s, unfence_writes {:.3} s",
+        seconds(fenced),
         seconds(started.elapsed())
     );
     let plain = best(&plain_text).min(best(&plain_binary));
