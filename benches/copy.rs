@@ -4,7 +4,8 @@
 //! 1. Range copy vs plain COPY: 1,000,000 rows loaded into a source instance, then copied to
 //!    a target instance (a) by plain `COPY t TO STDOUT | COPY t FROM STDIN` in text and in
 //!    binary format and (b) by `copy_range` of the two halves of the key space (every row
-//!    passes PostgreSQL's hash filter), alternating, best of three each; then `verify_range`.
+//!    passes PostgreSQL's hash filter), alternating, best of three each; then `verify_range`
+//!    of both halves, and `fence_writes`/`unfence_writes` on the loaded source.
 //! 2. Promotion, the data-plane half of a failover: kill -9 the primary's postmaster, promote
 //!    the synchronous standby with the new quorum, re-point the other standby, first
 //!    acknowledged write; 12 rounds, each rewinding the old primary to follow the new one.
