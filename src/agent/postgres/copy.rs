@@ -193,7 +193,7 @@ pub async fn copy_range(
 }
 
 /// The row count and checksum of `range` of `table` on one instance (`side` names it in
-/// errors).
+/// errors). Leaves the session's output settings pinned (`DateStyle`, `TimeZone`, …).
 pub async fn range_digest(
     client: &Client,
     side: &str,
