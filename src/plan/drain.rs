@@ -48,7 +48,13 @@ pub fn plan_drain(
             );
             continue;
         }
-        if state.primary_of(shard) == Some(leaving) {
+        let leading = state.primary_of(shard) == Some(leaving);
+        if leading && !state.node(leaving).is_live() {
+            // A dead primary cannot hand over; that is a failover, at a new epoch.
+            plan.block(state.shard_name(shard), BlockReason::NoLivePrimary);
+            continue;
+        }
+        if leading {
             // A leadership transfer costs no data movement; do it first so the move below
             // only copies a secondary.
             if let Some(to) = leadership_heir(&state, shard, leaving) {
@@ -219,6 +225,32 @@ mod tests {
                 .to_string()
                 .contains("placement.pinnedNodes")
         );
+    }
+
+    #[test]
+    fn a_dead_node_drains_its_secondaries_but_leaves_primaries_to_failover() {
+        let mut topology = Topology {
+            replication_factor: 3,
+            nodes: mk_nodes(3, 1, 2),
+            shards: vec![
+                mk_shard("led", 100, &["r0z0n0", "r1z0n0", "r2z0n0"]),
+                mk_shard("followed", 100, &["r1z0n0", "r0z0n0", "r2z0n0"]),
+            ],
+        };
+        topology.nodes[0].phase = crate::plan::topology::NodePhase::Offline;
+        let plan = plan_drain(
+            &topology,
+            "r0z0n0",
+            DrainGoal::Drain,
+            ConcurrencyLimits::default(),
+        )
+        .expect("plan");
+        assert_eq!(plan.blocked.len(), 1);
+        assert_eq!(plan.blocked[0].subject, "led");
+        assert_eq!(plan.blocked[0].reason, BlockReason::NoLivePrimary);
+        let after = apply_plan(&topology, &plan);
+        assert!(after.shards[1].has_replica_on("r0z0n1"));
+        assert!(!after.shards[1].has_replica_on("r0z0n0"));
     }
 
     proptest! {
