@@ -56,6 +56,25 @@ pub enum Rejection {
     },
 }
 
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::NodeDown => write!(f, "its node is not serving"),
+            Rejection::Witness => write!(f, "a witness holds no data"),
+            Rejection::NotInSync => write!(f, "not in sync; it could miss acknowledged writes"),
+            Rejection::LagTooHigh { max_lag_bytes } => {
+                write!(f, "lags more than the allowed {max_lag_bytes} bytes")
+            }
+            Rejection::OutsidePreferredRegion => write!(
+                f,
+                "outside the preferred primary region, where an in-sync candidate exists"
+            ),
+            Rejection::NodeDraining => write!(f, "its node is draining"),
+            Rejection::BehindChosen { chosen } => write!(f, "less caught up than {chosen}"),
+        }
+    }
+}
+
 /// The verdict on one replica considered for promotion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -370,6 +389,18 @@ mod tests {
         assert_eq!(
             out.decisions[0].candidates[1].rejected,
             Some(Rejection::OutsidePreferredRegion)
+        );
+    }
+
+    #[test]
+    fn rejections_read_as_reasons() {
+        let why = Rejection::BehindChosen {
+            chosen: "n2".into(),
+        };
+        assert_eq!(why.to_string(), "less caught up than n2");
+        assert_eq!(
+            Rejection::LagTooHigh { max_lag_bytes: 0 }.to_string(),
+            "lags more than the allowed 0 bytes"
         );
     }
 
