@@ -61,10 +61,19 @@ impl LeaderGuard {
     }
 }
 
-/// This replica's part in the election.
+/// This replica's part in the election; dropping it stops campaigning and confirming.
 pub struct Leadership {
     elected: watch::Receiver<bool>,
     ctx: Arc<Context>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 /// Joins the election and starts confirming leadership from the Lease.
@@ -77,10 +86,14 @@ pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, L
         .with_grace(1)
         .build()
         .await?;
-    let (elected, _task) = manager.watch().await;
+    let (elected, manager_task) = manager.watch().await;
     let leases: Api<Lease> = Api::namespaced(client, &config.lease_namespace);
-    tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone()));
-    Ok(Leadership { elected, ctx })
+    let confirm_task = tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone()));
+    Ok(Leadership {
+        elected,
+        ctx,
+        tasks: vec![manager_task.abort_handle(), confirm_task.abort_handle()],
+    })
 }
 
 impl Leadership {

@@ -65,7 +65,9 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
         })?;
     let ctx = Arc::new(Context::new(client.clone(), config));
     tracing::info!(addr = %ctx.config.listen, "serving metrics, health and heartbeats");
-    let server = tokio::spawn(server::serve(listener, ctx.clone()));
+    // Every task lives in this set, so aborting `run` (a crash, in tests) stops them all.
+    let mut server = JoinSet::new();
+    server.spawn(server::serve(listener, ctx.clone()));
 
     let mut leadership = leader::campaign(client, ctx.clone()).await?;
     loop {
@@ -82,7 +84,7 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
             }
         }
         reconcilers.shutdown().await;
-        if server.is_finished() {
+        if server.is_empty() || server.try_join_next().is_some() {
             break;
         }
     }
