@@ -14,6 +14,9 @@ step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --locked
+results=$(mktemp)
+cargo test --locked --lib --bins --tests 2>&1 | tee "$results"
 
 step "all checks passed in $(( $(date +%s) - started )) s"
+# The closing line: the totals of every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
