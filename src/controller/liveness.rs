@@ -109,7 +109,10 @@ pub async fn run(ctx: Arc<Context>) {
     let clusters = Cache::<DatabaseCluster>::start(&ctx).await;
     let _stop_leading = scopeguard(ctx.clone());
     ctx.liveness.leading_since();
-    let mut lease_checked: HashMap<(String, String), (Instant, bool)> = HashMap::new();
+    // Until when each silent node's Lease proves it alive: its renewal plus the dead timeout.
+    let mut alive_by_lease: HashMap<(String, String), Instant> = HashMap::new();
+    // When a node already declared dead may have its Lease read again (once a second).
+    let mut next_lease_read: HashMap<(String, String), Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for node in nodes.state() {
@@ -131,16 +134,24 @@ pub async fn run(ctx: Arc<Context>) {
             let mut alive = silence < timings.dead;
             if !alive {
                 let key = (namespace.clone(), node.name_any());
-                let checked = lease_checked.get(&key).copied();
-                alive = match checked {
-                    Some((at, renewed)) if at.elapsed() < Duration::from_secs(1) => renewed,
-                    _ => {
-                        let renewed =
-                            lease_renewed_within(&ctx, &namespace, &node.name_any(), timings.dead)
-                                .await;
-                        lease_checked.insert(key, (Instant::now(), renewed));
-                        renewed
+                let read_allowed = next_lease_read
+                    .get(&key)
+                    .is_none_or(|at| Instant::now() >= *at);
+                let until = match alive_by_lease.get(&key) {
+                    Some(until) if Instant::now() < *until => Some(*until),
+                    _ if read_allowed => {
+                        if current == Some(NodePhase::Offline) {
+                            next_lease_read
+                                .insert(key.clone(), Instant::now() + Duration::from_secs(1));
+                        }
+                        lease_alive_until(&ctx, &namespace, &node.name_any(), timings.dead).await
                     }
+                    _ => None,
+                };
+                alive = until.is_some_and(|until| Instant::now() < until);
+                match until {
+                    Some(until) => alive_by_lease.insert(key, until),
+                    None => alive_by_lease.remove(&key),
                 };
             }
             let liveness_phase = if !alive {
@@ -192,24 +203,22 @@ fn with_desired_state(liveness: NodePhase, desired: Option<NodeDesiredState>) ->
     }
 }
 
-async fn lease_renewed_within(
+/// Until when the node's Lease proves it alive (its last renewal plus `dead`), if it does now.
+async fn lease_alive_until(
     ctx: &Context,
     namespace: &str,
     node: &str,
-    within: Duration,
-) -> bool {
+    dead: Duration,
+) -> Option<Instant> {
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), namespace);
-    let Ok(Some(lease)) = leases.get_opt(&node_lease_name(node)).await else {
-        return false;
-    };
-    let Some(renewed) = lease.spec.and_then(|s| s.renew_time) else {
-        return false;
-    };
+    let lease = leases.get_opt(&node_lease_name(node)).await.ok()??;
+    let renewed = lease.spec?.renew_time?;
     let renewed =
         SystemTime::UNIX_EPOCH + Duration::from_millis(renewed.0.as_millisecond().max(0) as u64);
-    SystemTime::now()
+    let age = SystemTime::now()
         .duration_since(renewed)
-        .is_ok_and(|age| age < within)
+        .unwrap_or_default();
+    dead.checked_sub(age).map(|left| Instant::now() + left)
 }
 
 async fn set_phase(ctx: &Context, node: &DatabaseNode, phase: NodePhase, silence: Duration) {
