@@ -35,7 +35,6 @@ fn start_operator(env: &TestEnv, identity: &str) -> (JoinHandle<()>, SocketAddr)
     let mut config = OperatorConfig::new(identity, env.namespace.clone());
     config.namespace = Some(env.namespace.clone());
     config.listen = addr;
-    config.lease_duration = Duration::from_secs(3);
     config.step_poll = Duration::from_millis(100);
     let client = env.client.clone();
     let task = tokio::spawn(async move {
@@ -646,7 +645,13 @@ async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
             .collect();
         assert_eq!(nodes.len(), 3, "{name}: {nodes:?}");
         assert_eq!(status.desired_replicas.len(), 3, "{name}");
-        assert!(!nodes.contains(victim), "{name} still on {victim}");
+        if nodes.contains(victim) {
+            let out = env.kubectl(["get", "plans,shards", "-o", "yaml"]).await;
+            panic!(
+                "{name} still on {victim}:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
         assert_eq!(
             status
                 .desired_replicas

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -458,23 +460,27 @@ async fn persist(
     Ok(())
 }
 
-async fn supersede(ctx: &Context, plan: &Plan, by: &str) -> Result<(), ClusterError> {
+/// Marks `plan` Superseded with `message`, conditional on the version this reconciler saw:
+/// if the executor moved the plan meanwhile (approved it, started it), the write fails and
+/// the decision is taken again on fresh state.
+async fn supersede(ctx: &Context, plan: &Plan, message: &str) -> Result<(), ClusterError> {
     ctx.leader.ensure()?;
     let plans: Api<Plan> =
         Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
-    let message = format!("superseded by plan {by}: its inputs changed before it finished");
-    let patch = json!({"status": {"phase": PlanPhase::Superseded, "conditions": [{
+    let condition = json!({
         "type": "Ready", "status": "False", "reason": "Superseded", "message": message,
-        "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
-    }]}});
+        "lastTransitionTime": Time(Timestamp::now()),
+    });
+    let patch = json!({
+        "metadata": {"resourceVersion": plan.resource_version()},
+        "status": {"phase": PlanPhase::Superseded, "conditions": [condition]},
+    });
+    let params = PatchParams::default();
     plans
-        .patch_status(
-            &plan.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
+        .patch_status(&plan.name_any(), &params, &Patch::Merge(patch))
         .await?;
-    ctx.event(plan, false, "PlanSuperseded", message).await;
+    ctx.event(plan, false, "PlanSuperseded", message.to_string())
+        .await;
     Ok(())
 }
 

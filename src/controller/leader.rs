@@ -79,16 +79,23 @@ impl Drop for Leadership {
 /// Joins the election and starts confirming leadership from the Lease.
 pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, LeaseManagerError> {
     let config = &ctx.config;
+    // Renew half-way through the Lease, so the fence (valid until renewal + duration − 1 s)
+    // sees each renewal before it runs out; renewing only 1 s before expiry left the leader
+    // unable to act for a moment every cycle (seen as detection and failover delays).
+    let duration = config.lease_duration.as_secs().max(3);
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
         .with_namespace(config.lease_namespace.clone())
         .with_identity(config.identity.clone())
-        .with_duration(config.lease_duration.as_secs().max(2))
-        .with_grace(1)
+        .with_duration(duration)
+        .with_grace(duration / 2)
         .build()
         .await?;
     let (elected, manager_task) = manager.watch().await;
     let leases: Api<Lease> = Api::namespaced(client, &config.lease_namespace);
-    let confirm_task = tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone()));
+    // The fence's margin must stay below the renewal's, or the fence lapses before each
+    // renewal is seen.
+    let safety = Duration::from_secs(duration / 2).min(Duration::from_secs(2)) / 2;
+    let confirm_task = tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone(), safety));
     Ok(Leadership {
         elected,
         ctx,
@@ -121,10 +128,14 @@ impl Leadership {
 }
 
 /// Reads the Lease back every few hundred milliseconds while elected: the guard is valid
-/// until the holder's last renewal plus the Lease duration, minus a safety margin for clock
-/// skew and the time a write can take once started.
-async fn confirm_loop(leases: Api<Lease>, ctx: Arc<Context>, elected: watch::Receiver<bool>) {
-    let safety = Duration::from_millis(1000);
+/// until the holder's last renewal plus the Lease duration, minus a safety margin (half the
+/// renewal margin, at most 1 s) for clock skew and the time a write can take once started.
+async fn confirm_loop(
+    leases: Api<Lease>,
+    ctx: Arc<Context>,
+    elected: watch::Receiver<bool>,
+    safety: Duration,
+) {
     loop {
         if *elected.borrow() {
             match leases.get(LEASE_NAME).await {
