@@ -266,7 +266,7 @@ pub struct FailureDetection {
     #[schemars(range(min = 200, max = 600000))]
     pub suspect_after_ms: i64,
     /// Silence after which a node is dead and its primaries fail over, in milliseconds
-    /// (default 2000).
+    /// (default 1500: three missed heartbeats, and detection within 2 s).
     #[serde(default = "default_dead_ms")]
     #[schemars(range(min = 300, max = 3600000))]
     pub dead_after_ms: i64,
@@ -277,6 +277,17 @@ pub struct FailureDetection {
     pub replace_replicas_after_seconds: i64,
 }
 
+impl Default for FailureDetection {
+    fn default() -> Self {
+        FailureDetection {
+            heartbeat_interval_ms: default_heartbeat_ms(),
+            suspect_after_ms: default_suspect_ms(),
+            dead_after_ms: default_dead_ms(),
+            replace_replicas_after_seconds: default_replace_after_s(),
+        }
+    }
+}
+
 fn default_heartbeat_ms() -> i64 {
     500
 }
@@ -284,7 +295,7 @@ fn default_suspect_ms() -> i64 {
     1000
 }
 fn default_dead_ms() -> i64 {
-    2000
+    1500
 }
 fn default_replace_after_s() -> i64 {
     300

@@ -203,8 +203,9 @@ fn decide(
     if let Some(node) = dead.first() {
         let delay_s = spec
             .failure_detection
-            .as_ref()
-            .map_or(300, |f| f.replace_replicas_after_seconds);
+            .clone()
+            .unwrap_or_default()
+            .replace_replicas_after_seconds;
         let policy = FailoverPolicy {
             max_lag_bytes: 0,
             re_replication_delay_ms: delay_s.max(0) as u64 * 1000,

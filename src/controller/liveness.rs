@@ -20,7 +20,6 @@ use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::database_cluster::FailureDetection;
 use crate::api::database_node::NodeDesiredState;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
 
@@ -93,12 +92,13 @@ struct Timings {
 
 impl Timings {
     fn of(cluster: Option<&DatabaseCluster>) -> Self {
-        let spec: Option<&FailureDetection> =
-            cluster.and_then(|c| c.spec.failure_detection.as_ref());
+        let spec = cluster
+            .and_then(|c| c.spec.failure_detection.clone())
+            .unwrap_or_default();
         let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
         Timings {
-            suspect: spec.map_or(Duration::from_millis(1000), |s| ms(s.suspect_after_ms)),
-            dead: spec.map_or(Duration::from_millis(2000), |s| ms(s.dead_after_ms)),
+            suspect: ms(spec.suspect_after_ms),
+            dead: ms(spec.dead_after_ms),
         }
     }
 }
