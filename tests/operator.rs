@@ -834,3 +834,73 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     assert!(detected, "the new leader did not detect n1's death");
     b.sigkill();
 }
+
+#[tokio::test]
+async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
+    let env = env_with_crds().await;
+    let (operator, _, _agents) = serving_cluster(&env).await;
+    let nodes: Api<DatabaseNode> = env.api();
+    let guarded = eventually(Duration::from_secs(10), || async {
+        nodes
+            .get("n1")
+            .await
+            .unwrap()
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "shardplane.io/drain-before-delete")
+    })
+    .await;
+    assert!(guarded, "the operator did not put its finalizer on n1");
+    nodes.delete("n1", &Default::default()).await.unwrap();
+
+    // The node stays (terminating) while it holds replicas: removing it is destructive, so the
+    // decommission plan waits for approval, given here with the plan's hash.
+    let plans: Api<Plan> = env.api();
+    let awaiting = eventually(Duration::from_secs(30), || async {
+        plan_of(&plans, "Decommission")
+            .await
+            .is_some_and(|p| p.status.and_then(|s| s.phase) == Some(PlanPhase::AwaitingApproval))
+    })
+    .await;
+    assert!(awaiting, "deleting n1 did not plan its decommission");
+    let node = nodes.get("n1").await.unwrap();
+    assert!(node.metadata.deletion_timestamp.is_some());
+    let shards: Api<Shard> = env.api();
+    let held = shard_map(&shards)
+        .await
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .unwrap()
+                .desired_replicas
+                .iter()
+                .any(|r| r.node == "n1")
+        })
+        .count();
+    assert!(held > 0, "n1 held no replica, the test proves nothing");
+    let hash = plan_of(&plans, "Decommission").await.unwrap().spec.hash;
+    let patch = json!({"metadata": {"annotations": {"shardplane.io/approve-plan": hash}}});
+    nodes
+        .patch("n1", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+
+    let gone = eventually(Duration::from_secs(90), || async {
+        nodes.get_opt("n1").await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "n1 was never released");
+    for shard in shard_map(&shards).await {
+        let status = shard.status.unwrap();
+        assert!(
+            status.desired_replicas.iter().all(|r| r.node != "n1"),
+            "{:?}",
+            status.desired_replicas
+        );
+        assert_eq!(status.desired_replicas.len(), 3);
+    }
+    operator.abort();
+}

@@ -28,7 +28,7 @@ use crate::plan::{
 use super::conditions::{self, Observation};
 use super::context::{Cache, Context, now_ms};
 use super::leader::NotLeader;
-use super::observe::{Caches, ClusterView};
+use super::observe::{Caches, ClusterView, NODE_FINALIZER, desired_state};
 use super::plan_wire::{self, PlanContext};
 
 /// How many finished plans of a cluster are kept as its history.
@@ -115,6 +115,7 @@ async fn reconcile(
     let view = ClusterView::gather(cluster.clone(), &r.caches);
     let (topology, invalid) = view.topology();
     update_node_counts(ctx, &view, &topology).await?;
+    guard_node_deletion(ctx, &view, &topology).await?;
 
     for plan in view
         .plans
@@ -276,7 +277,7 @@ fn decide(
     }
 
     for node in &view.nodes {
-        let goal = match node.spec.desired_state {
+        let goal = match desired_state(node) {
             Some(NodeDesiredState::Drained) => DrainGoal::Drain,
             Some(NodeDesiredState::Decommissioned) => DrainGoal::Decommission,
             _ => continue,
@@ -502,6 +503,59 @@ async fn prune_history(ctx: &Context, view: &ClusterView) -> Result<(), ClusterE
         {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the drain-before-delete finalizer on every node, and lifts it from a deleted node
+/// once no replica is left on it (the decommission plan moved them all).
+async fn guard_node_deletion(
+    ctx: &Context,
+    view: &ClusterView,
+    topology: &Topology,
+) -> Result<(), ClusterError> {
+    for node in &view.nodes {
+        let name = node.name_any();
+        let finalizers = node.finalizers();
+        let has = finalizers.iter().any(|f| f == NODE_FINALIZER);
+        let deleting = node.metadata.deletion_timestamp.is_some();
+        let empty = !topology.shards.iter().any(|s| s.has_replica_on(&name));
+        let wanted: Option<Vec<String>> = match (deleting, has) {
+            (false, false) => Some(
+                finalizers
+                    .iter()
+                    .cloned()
+                    .chain([NODE_FINALIZER.to_string()])
+                    .collect(),
+            ),
+            (true, true) if empty => Some(
+                finalizers
+                    .iter()
+                    .filter(|f| *f != NODE_FINALIZER)
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let Some(wanted) = wanted else { continue };
+        ctx.leader.ensure()?;
+        let nodes: Api<DatabaseNode> =
+            Api::namespaced(ctx.client.clone(), &node.namespace().unwrap_or_default());
+        // Conditional on the version read: finalizers are a list others may edit too.
+        let patch =
+            json!({"metadata": {"resourceVersion": node.resource_version(), "finalizers": wanted}});
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        if deleting {
+            ctx.event(
+                node.as_ref(),
+                false,
+                "NodeRemoved",
+                format!("{name} holds no replica; it leaves the cluster"),
+            )
+            .await;
         }
     }
     Ok(())

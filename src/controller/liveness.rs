@@ -24,6 +24,7 @@ use crate::api::database_node::NodeDesiredState;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
 
 use super::context::{Cache, Context};
+use super::observe::desired_state;
 
 /// The HTTP path agents post heartbeats to.
 pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
@@ -161,7 +162,7 @@ pub async fn run(ctx: Arc<Context>) {
             } else {
                 NodePhase::Online
             };
-            let phase = with_desired_state(liveness_phase, node.spec.desired_state);
+            let phase = with_desired_state(liveness_phase, desired_state(&node));
             if current != Some(phase) {
                 set_phase(&ctx, &node, phase, silence).await;
             }
