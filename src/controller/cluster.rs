@@ -92,17 +92,9 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy(_: Arc<DatabaseCluster>, error: &ClusterError, r: Arc<Reconciler>) -> Action {
-    tracing::warn!(%error, "cluster reconcile failed");
+fn error_policy(cluster: Arc<DatabaseCluster>, error: &ClusterError, r: Arc<Reconciler>) -> Action {
     r.ctx
-        .metrics
-        .reconciles
-        .get_or_create(&super::metrics::ReconcileLabels {
-            kind: "DatabaseCluster",
-            result: error.label(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(2))
+        .retry("DatabaseCluster", cluster.as_ref(), error.label(), error)
 }
 
 async fn reconcile(
@@ -158,6 +150,7 @@ async fn reconcile(
     prune_history(ctx, &view).await?;
     ctx.metrics.active_plans.set(active.len() as i64);
     ctx.metrics.reconciled("DatabaseCluster", "ok", started);
+    ctx.reconciled("DatabaseCluster", cluster.as_ref());
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 

@@ -11,6 +11,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::task::JoinHandle;
 
+use super::backoff::Backoff;
 use super::leader::LeaderGuard;
 use super::liveness::Liveness;
 use super::metrics::Metrics;
@@ -60,6 +61,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Publishes Kubernetes Events: the human-readable audit trail of every decision.
     pub recorder: Recorder,
+    /// Retry delays of objects whose reconcile failed.
+    pub backoff: Backoff,
 }
 
 impl Context {
@@ -74,6 +77,7 @@ impl Context {
             leader: LeaderGuard::default(),
             liveness: Liveness::default(),
             metrics: Metrics::default(),
+            backoff: Backoff::default(),
             client,
             config,
         }
@@ -112,6 +116,40 @@ impl Context {
             tracing::warn!(%error, reason, "cannot publish event");
         }
     }
+}
+
+impl Context {
+    /// What a reconciler's error policy does: log, count the failure by kind and error
+    /// variant, and retry `object` after its backoff.
+    pub fn retry<K: Resource>(
+        &self,
+        kind: &'static str,
+        object: &K,
+        result: &'static str,
+        error: &dyn std::fmt::Display,
+    ) -> kube::runtime::controller::Action {
+        let key = backoff_key(kind, object);
+        tracing::warn!(%error, object = %key, "reconcile failed");
+        self.metrics
+            .reconciles
+            .get_or_create(&super::metrics::ReconcileLabels { kind, result })
+            .inc();
+        kube::runtime::controller::Action::requeue(self.backoff.failed(&key))
+    }
+
+    /// Forgets `object`'s failures after a successful reconcile.
+    pub fn reconciled<K: Resource>(&self, kind: &'static str, object: &K) {
+        self.backoff.succeeded(&backoff_key(kind, object));
+    }
+}
+
+fn backoff_key<K: Resource>(kind: &str, object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{kind}/{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 /// Milliseconds since the Unix epoch: the clock the planner is given (it reads none itself).

@@ -51,20 +51,12 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy(_: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "plan reconcile failed");
+fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
     let result = match error {
         ExecutorError::NotLeader(_) => "not_leader",
         ExecutorError::Api(_) => "api",
     };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&super::metrics::ReconcileLabels {
-            kind: "Plan",
-            result,
-        })
-        .inc();
-    Action::requeue(Duration::from_millis(500))
+    ctx.retry("Plan", plan.as_ref(), result, error)
 }
 
 async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ExecutorError> {
@@ -104,6 +96,7 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
         }
     };
     ctx.metrics.reconciled("Plan", "ok", started);
+    ctx.reconciled("Plan", plan.as_ref());
     Ok(action)
 }
 

@@ -7,6 +7,7 @@
 //! fallback), metrics and health endpoints live here too. No decision is made here that the
 //! planner could make; no I/O happens in the planner.
 
+mod backoff;
 mod cluster;
 mod conditions;
 mod context;

@@ -58,20 +58,12 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-fn error_policy(_: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "table reconcile failed");
+fn error_policy(table: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Action {
     let result = match error {
         TableError::NotLeader(_) => "not_leader",
         TableError::Api(_) => "api",
     };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&super::metrics::ReconcileLabels {
-            kind: "Table",
-            result,
-        })
-        .inc();
-    Action::requeue(Duration::from_millis(500))
+    ctx.retry("Table", table.as_ref(), result, error)
 }
 
 async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, TableError> {
@@ -89,6 +81,7 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
     }
     write_routing(&ctx, &table, &shards_of_table).await?;
     ctx.metrics.reconciled("Table", "ok", started);
+    ctx.reconciled("Table", table.as_ref());
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
