@@ -485,6 +485,15 @@ async fn shard_map(shards: &Api<Shard>) -> Vec<Shard> {
     shards.list(&Default::default()).await.unwrap().items
 }
 
+/// Asserts no shard keeps a replica on `node` and each has its three replicas.
+async fn assert_nothing_on(shards: &Api<Shard>, node: &str) {
+    for shard in shard_map(shards).await {
+        let desired = shard.status.unwrap().desired_replicas;
+        assert!(desired.iter().all(|r| r.node != node), "{desired:?}");
+        assert_eq!(desired.len(), 3);
+    }
+}
+
 async fn plan_of(plans: &Api<Plan>, purpose: &str) -> Option<Plan> {
     plans
         .list(&Default::default())
@@ -704,15 +713,7 @@ async fn decommission_moves_everything_off_then_removes_the_node() {
     })
     .await;
     assert!(gone, "n2 never reached Decommissioned");
-    for shard in shard_map(&shards).await {
-        let status = shard.status.unwrap();
-        assert!(
-            status.desired_replicas.iter().all(|r| r.node != "n2"),
-            "{:?}",
-            status.desired_replicas
-        );
-        assert_eq!(status.desired_replicas.len(), 3);
-    }
+    assert_nothing_on(&shards, "n2").await;
     let plans: Api<Plan> = env.api();
     let plan = plan_of(&plans, "Decommission")
         .await
@@ -893,14 +894,6 @@ async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
     })
     .await;
     assert!(gone, "n1 was never released");
-    for shard in shard_map(&shards).await {
-        let status = shard.status.unwrap();
-        assert!(
-            status.desired_replicas.iter().all(|r| r.node != "n1"),
-            "{:?}",
-            status.desired_replicas
-        );
-        assert_eq!(status.desired_replicas.len(), 3);
-    }
+    assert_nothing_on(&shards, "n1").await;
     operator.abort();
 }
