@@ -116,9 +116,6 @@ impl Context {
             tracing::warn!(%error, reason, "cannot publish event");
         }
     }
-}
-
-impl Context {
     /// What a reconciler's error policy does: log, count the failure by kind and error
     /// variant, and retry `object` after its backoff.
     pub fn retry<K: Resource>(
