@@ -2,28 +2,24 @@
 //! heartbeats to the operator over HTTP, a per-node Lease renewed every 5 s as the durable
 //! liveness record, replicas reported in `Shard.status.replicas` under the agent's own field
 //! manager, in the role and at the epoch `Shard.status` asks for — but runs no PostgreSQL.
-//! It lets the operator's integration tests and benchmarks run before (and independently
-//! of) the real data plane; it is never what `shardplane agent` runs.
+//! It lets the operator's integration tests and benchmarks run independently of the data
+//! plane; it is never what `shardplane agent` runs. The protocol itself (heartbeat, Lease,
+//! report) is `crate::agent::protocol`, shared with the real agent.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
+use crate::agent::protocol::{LivenessReporter, report_replica};
 use crate::api::Shard;
-use crate::controller::{HEARTBEAT_PATH, Heartbeat, node_lease_name};
+use crate::api::shard::{ObservedReplica, ReplicaState};
+use crate::controller::Heartbeat;
 
 /// How often the stand-in heartbeats and looks at its shards.
 pub const TICK: Duration = Duration::from_millis(200);
-/// How often it renews its node Lease.
-pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 
 /// A running stand-in agent; dropping it (or [`StandInAgent::kill`]) is the node dying.
 pub struct StandInAgent {
@@ -44,17 +40,9 @@ impl StandInAgent {
                 node: node.clone(),
                 agent_epoch: 1,
             };
-            let mut last_renewal: Option<tokio::time::Instant> = None;
+            let mut liveness = LivenessReporter::new(operators, beat, leases);
             loop {
-                for operator in &operators {
-                    if let Err(error) = post_heartbeat(*operator, &beat).await {
-                        tracing::debug!(%error, %operator, "heartbeat not delivered");
-                    }
-                }
-                if last_renewal.is_none_or(|at| at.elapsed() >= LEASE_RENEWAL) {
-                    renew_lease(&leases, &node).await;
-                    last_renewal = Some(tokio::time::Instant::now());
-                }
+                liveness.round(TICK).await;
                 report_replicas(&shards, &node).await;
                 tokio::time::sleep(TICK).await;
             }
@@ -80,7 +68,6 @@ async fn report_replicas(shards: &Api<Shard>, node: &str) {
     let Ok(list) = shards.list(&Default::default()).await else {
         return;
     };
-    let manager = format!("shardplane-agent-{node}");
     for shard in list {
         let status = shard.status.clone().unwrap_or_default();
         let desired = status.desired_replicas.iter().find(|d| d.node == node);
@@ -94,54 +81,17 @@ async fn report_replicas(shards: &Api<Shard>, node: &str) {
         if unchanged {
             continue;
         }
-        let replicas: Vec<_> = desired
-            .map(|d| {
-                json!({"node": node, "role": d.role, "state": "InSync", "lagBytes": 0, "epoch": epoch,
-                       "endpoint": format!("127.0.0.1:{}", 20000 + epoch)})
-            })
-            .into_iter()
-            .collect();
-        let patch = json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
-            "metadata": {"name": shard.name_any()},
-            "status": {"replicas": replicas},
+        let report = desired.map(|d| ObservedReplica {
+            node: node.to_owned(),
+            role: d.role,
+            state: ReplicaState::InSync,
+            endpoint: Some(format!("127.0.0.1:{}", 20000 + epoch)),
+            lag_bytes: Some(0),
+            epoch: Some(epoch),
+            last_seen_time: None,
         });
-        let params = PatchParams::apply(&manager).force();
-        if let Err(error) = shards
-            .patch_status(&shard.name_any(), &params, &Patch::Apply(patch))
-            .await
-        {
+        if let Err(error) = report_replica(shards, &shard.name_any(), node, report.as_ref()).await {
             tracing::debug!(%error, "replica report not written");
         }
     }
-}
-
-async fn renew_lease(leases: &Api<Lease>, node: &str) {
-    let patch = json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": node_lease_name(node)},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": 15, "renewTime": MicroTime(Timestamp::now())},
-    });
-    let params = PatchParams::apply(&format!("shardplane-agent-{node}")).force();
-    if let Err(error) = leases
-        .patch(&node_lease_name(node), &params, &Patch::Apply(patch))
-        .await
-    {
-        tracing::debug!(%error, "node lease not renewed");
-    }
-}
-
-/// A minimal HTTP/1.1 POST of a heartbeat.
-async fn post_heartbeat(operator: SocketAddr, beat: &Heartbeat) -> std::io::Result<()> {
-    let body = serde_json::to_string(beat)?;
-    let mut stream = tokio::time::timeout(TICK, tokio::net::TcpStream::connect(operator)).await??;
-    let request = format!(
-        "POST {HEARTBEAT_PATH} HTTP/1.1\r\nHost: {operator}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(TICK, stream.read_to_end(&mut response)).await??;
-    Ok(())
 }

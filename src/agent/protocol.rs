@@ -1,0 +1,187 @@
+//! The agents' side of the protocol with the operator, shared by the real agent
+//! (`shardplane agent`) and the PostgreSQL-free stand-in the operator's tests use: heartbeats
+//! POSTed to every operator replica, the node Lease renewed as the durable liveness record,
+//! and a replica's report in `Shard.status.replicas` under the agent's own field manager.
+//! It decides nothing about replicas; it only says what the agent has.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::Shard;
+use crate::api::shard::ObservedReplica;
+use crate::controller::{HEARTBEAT_PATH, Heartbeat, node_lease_name};
+
+/// How often the node Lease is renewed while the leader answers heartbeats.
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
+
+/// The field manager of everything a node's agent writes: its Lease, its DatabaseNode's
+/// agent-owned status fields, and its entries in `Shard.status.replicas`.
+pub fn field_manager(node: &str) -> String {
+    format!("shardplane-agent-{node}")
+}
+
+/// Why a heartbeat was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The operator replica could not be reached or did not answer in time.
+    #[error("heartbeat to the operator at {operator} failed: {source}")]
+    Unreachable {
+        /// The operator replica's address.
+        operator: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// It answered something other than `200 OK` with `{"leader": bool}`.
+    #[error("the operator at {operator} answered the heartbeat with {answer:?}; is it a Shardplane operator of this version?")]
+    BadAnswer {
+        /// The operator replica's address.
+        operator: SocketAddr,
+        /// The start of its answer.
+        answer: String,
+    },
+}
+
+/// POSTs `beat` to one operator replica (a minimal HTTP/1.1 request, no connection reuse)
+/// and returns whether that replica is the leader.
+pub async fn post_heartbeat(
+    operator: SocketAddr,
+    beat: &Heartbeat,
+    timeout: Duration,
+) -> Result<bool, HeartbeatError> {
+    let unreachable = |source| HeartbeatError::Unreachable { operator, source };
+    let exchange = async {
+        let body = serde_json::to_string(beat)?;
+        let mut stream = tokio::net::TcpStream::connect(operator).await?;
+        let request = format!(
+            "POST {HEARTBEAT_PATH} HTTP/1.1\r\nHost: {operator}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result.map_err(unreachable)?,
+        Err(elapsed) => return Err(unreachable(elapsed.into())),
+    };
+    let text = String::from_utf8_lossy(&response);
+    let bad = || HeartbeatError::BadAnswer {
+        operator,
+        answer: text.chars().take(120).collect(),
+    };
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(bad());
+    }
+    let answer: serde_json::Value = serde_json::from_str(body.trim()).map_err(|_| bad())?;
+    answer["leader"].as_bool().ok_or_else(bad)
+}
+
+/// Renews the node's Lease (creating it if missing) with `renewTime` = now.
+pub async fn renew_lease(leases: &Api<Lease>, node: &str) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node_lease_name(node)},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 15, "renewTime": MicroTime(Timestamp::now())},
+    });
+    let params = PatchParams::apply(&field_manager(node)).force();
+    leases
+        .patch(&node_lease_name(node), &params, &Patch::Apply(patch))
+        .await
+        .map(drop)
+}
+
+/// Writes the node's entry of `shard`'s `status.replicas` (server-side apply of the status
+/// subresource, `listType: map` keyed by node, so the agent owns only its own entry), or
+/// withdraws it with `None`.
+pub async fn report_replica(
+    shards: &Api<Shard>,
+    shard: &str,
+    node: &str,
+    report: Option<&ObservedReplica>,
+) -> Result<(), kube::Error> {
+    let replicas: Vec<&ObservedReplica> = report.into_iter().collect();
+    let patch = json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": shard},
+        "status": {"replicas": replicas},
+    });
+    let params = PatchParams::apply(&field_manager(node)).force();
+    shards
+        .patch_status(shard, &params, &Patch::Apply(patch))
+        .await
+        .map(drop)
+}
+
+/// A node's liveness towards the operator: heartbeats every operator replica each round and
+/// renews the node Lease every [`LEASE_RENEWAL`] — and every round while no leader answers, so
+/// the durable record keeps the node alive when only its path to the operator broke. Tracks
+/// when liveness was last *proven*: the send time of a heartbeat a leader answered, or the
+/// start of a Lease renewal that succeeded. The operator counts the node alive from no
+/// earlier than those instants, which is what makes self-fencing safe.
+pub struct LivenessReporter {
+    operators: Vec<SocketAddr>,
+    beat: Heartbeat,
+    leases: Api<Lease>,
+    last_renewal: Option<Instant>,
+    last_proof: Option<Instant>,
+}
+
+impl LivenessReporter {
+    /// A reporter for `beat.node`, whose Lease lives in `leases`' namespace.
+    pub fn new(operators: Vec<SocketAddr>, beat: Heartbeat, leases: Api<Lease>) -> Self {
+        LivenessReporter {
+            operators,
+            beat,
+            leases,
+            last_renewal: None,
+            last_proof: None,
+        }
+    }
+
+    /// One round: a heartbeat to every operator replica (concurrently, each bounded by
+    /// `timeout`), then the Lease renewal if it is due. Returns when liveness was last proven.
+    pub async fn round(&mut self, timeout: Duration) -> Option<Instant> {
+        let sent = Instant::now();
+        let answers = futures::future::join_all(
+            self.operators
+                .iter()
+                .map(|operator| post_heartbeat(*operator, &self.beat, timeout)),
+        )
+        .await;
+        let mut leader_answered = false;
+        for answer in answers {
+            match answer {
+                Ok(leader) => leader_answered |= leader,
+                Err(error) => tracing::debug!(%error, "heartbeat not delivered"),
+            }
+        }
+        if leader_answered {
+            self.last_proof = Some(sent);
+        }
+        let renewal_due = self
+            .last_renewal
+            .is_none_or(|at| at.elapsed() >= LEASE_RENEWAL);
+        if renewal_due || !leader_answered {
+            let started = Instant::now();
+            match renew_lease(&self.leases, &self.beat.node).await {
+                Ok(()) => {
+                    self.last_renewal = Some(started);
+                    self.last_proof = self.last_proof.max(Some(started));
+                }
+                Err(error) => tracing::debug!(%error, "node lease not renewed"),
+            }
+        }
+        self.last_proof
+    }
+}
