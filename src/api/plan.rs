@@ -36,6 +36,12 @@ use super::Condition;
     printcolumn(name = "Steps", type_ = "integer", json_path = ".status.totalSteps"),
     printcolumn(name = "Cause", type_ = "string", json_path = ".spec.cause.kind"),
     printcolumn(
+        name = "Commit",
+        type_ = "string",
+        json_path = ".spec.cause.commit",
+        description = "The git commit that caused the plan, when git-sync applied the change"
+    ),
+    printcolumn(
         name = "Hash",
         type_ = "string",
         json_path = ".spec.hash",
@@ -127,6 +133,8 @@ pub enum PlanPurpose {
     NodeRollout,
     /// Apply a schema version to shards in waves.
     SchemaRollout,
+    /// Drop the data of a deleted Table's shards, then let the Table go.
+    DropTable,
 }
 
 /// Something a plan could not handle.

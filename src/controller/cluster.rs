@@ -21,6 +21,7 @@ use crate::api::database_cluster::DatabaseClusterStatus;
 use crate::api::database_node::NodeDesiredState;
 use crate::api::plan::{CauseKind, PlanCause, PlanPhase, PlanPurpose, PlanTarget, TargetKind};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan};
+use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
 use crate::plan::{
     self, ConcurrencyLimits, DrainGoal, FailoverPolicy, PlanError, RebalancePolicy, Topology,
 };
@@ -130,7 +131,11 @@ async fn reconcile(
         .plans
         .iter()
         .filter(|p| {
-            is_active(p) && !(p.spec.purpose == PlanPurpose::Failover && returned(p, &topology))
+            // A table's drop waits for its own approval and touches no placement: it does
+            // not hold the cluster's other plans back, nor is it superseded by them.
+            is_active(p)
+                && p.spec.purpose != PlanPurpose::DropTable
+                && !(p.spec.purpose == PlanPurpose::Failover && returned(p, &topology))
         })
         .collect();
     let decision = decide(&view, &topology, now_ms())?;
@@ -155,14 +160,19 @@ async fn reconcile(
 }
 
 /// A plan the planner made, with what the operator adds to it.
-struct Decision {
-    plan: plan::Plan,
-    context: PlanContext,
+pub struct Decision {
+    /// The planner's plan.
+    pub plan: plan::Plan,
+    /// Target, cause, summary and facts.
+    pub context: PlanContext,
 }
 
 /// The planner's decision for this cluster now, by priority: failover, placement, drain,
-/// rebalance. `None` when nothing needs doing.
-fn decide(
+/// rebalance. `None` when nothing needs doing. Pure: `shardplane plan` calls it on a pull
+/// request's desired state to show (and hash) the very plan the operator will make.
+/// `now_ms` only reaches failover plans (the re-replication delay), which never wait for
+/// approval.
+pub fn decide(
     view: &ClusterView,
     topology: &Topology,
     now_ms: u64,
@@ -283,11 +293,16 @@ fn decide(
             continue;
         }
         let drain = plan::plan_drain(topology, &name, goal, limits)?;
+        let detail = if node.metadata.deletion_timestamp.is_some() {
+            format!("node {name} was deleted; it is decommissioned first")
+        } else {
+            format!("node {name} is to be {goal:?}")
+        };
         return Ok(Some(Decision {
             context: PlanContext {
                 cluster: cluster.clone(),
                 target: target(TargetKind::DatabaseNode, &name),
-                cause: cause(CauseKind::User, format!("node {name} is to be {goal:?}")),
+                cause: change_cause(node.as_ref(), detail),
                 summary: format!("move every replica and primary off {name} ({goal:?})"),
                 facts: BTreeMap::new(),
             },
@@ -357,6 +372,29 @@ fn decide(
         },
         plan: placement,
     }))
+}
+
+/// Why a user-declared change of `object` happened: the git commit git-sync stamped on it
+/// (`shardplane.io/source-commit`) when its spec came from git, else a user. A deletion is
+/// always a user's (or a prune's) act, so it is never attributed to the stamped commit.
+pub fn change_cause<K: Resource>(object: &K, detail: String) -> PlanCause {
+    let commit = object
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_COMMIT_ANNOTATION))
+        .filter(|_| object.meta().deletion_timestamp.is_none())
+        .cloned();
+    PlanCause {
+        kind: if commit.is_some() {
+            CauseKind::GitCommit
+        } else {
+            CauseKind::User
+        },
+        commit,
+        user: None,
+        detail,
+    }
 }
 
 fn limits(view: &ClusterView) -> ConcurrencyLimits {
@@ -444,8 +482,15 @@ async fn persist(
     if purpose == PlanPurpose::Failover {
         ctx.metrics.failovers.inc();
     }
+    let source = object
+        .spec
+        .cause
+        .commit
+        .as_ref()
+        .map(|c| format!(" (from commit {c})"))
+        .unwrap_or_default();
     let note = format!(
-        "plan {name} ({purpose:?}, {:?}, {} steps, hash {}): {}",
+        "plan {name} ({purpose:?}, {:?}, {} steps, hash {}): {}{source}",
         object.spec.risk,
         object.spec.steps.len(),
         object.spec.hash,

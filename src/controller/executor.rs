@@ -18,7 +18,7 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::database_cluster::Approval;
+use crate::api::database_cluster::{Approval, ApprovalPolicy};
 use crate::api::plan::{
     PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
 };
@@ -116,19 +116,7 @@ async fn approval(ctx: &Context, plan: &Plan) -> Result<Verdict, ExecutorError> 
         .get_opt(&plan.spec.cluster)
         .await?
         .and_then(|c| c.spec.approval);
-    let needed = match plan.spec.risk {
-        // A failover restores service; waiting for a human would prolong the outage.
-        _ if plan.spec.purpose == PlanPurpose::Failover => Approval::Automatic,
-        RiskClass::Safe => policy
-            .as_ref()
-            .and_then(|p| p.safe)
-            .unwrap_or(Approval::Automatic),
-        RiskClass::Disruptive => policy
-            .as_ref()
-            .and_then(|p| p.disruptive)
-            .unwrap_or(Approval::Manual),
-        RiskClass::Destructive => Approval::Manual,
-    };
+    let needed = approval_needed(plan.spec.purpose, plan.spec.risk, policy.as_ref());
     if needed == Approval::Automatic {
         return Ok(Verdict::Approved(
             format!("policy:{:?}", plan.spec.risk).to_lowercase(),
@@ -169,7 +157,26 @@ async fn approval(ctx: &Context, plan: &Plan) -> Result<Verdict, ExecutorError> 
     }
 }
 
-fn kind_name(kind: TargetKind) -> &'static str {
+/// Whether a plan of `purpose` and `risk` waits for a human under the cluster's `policy`.
+/// Shared with `shardplane plan`, which says so in the pull request.
+pub fn approval_needed(
+    purpose: PlanPurpose,
+    risk: RiskClass,
+    policy: Option<&ApprovalPolicy>,
+) -> Approval {
+    match risk {
+        // A failover restores service; waiting for a human would prolong the outage.
+        _ if purpose == PlanPurpose::Failover => Approval::Automatic,
+        RiskClass::Safe => policy.and_then(|p| p.safe).unwrap_or(Approval::Automatic),
+        RiskClass::Disruptive => policy
+            .and_then(|p| p.disruptive)
+            .unwrap_or(Approval::Manual),
+        RiskClass::Destructive => Approval::Manual,
+    }
+}
+
+/// The kind's name, as `kubectl` and the approval messages spell it.
+pub fn kind_name(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::DatabaseCluster => "DatabaseCluster",
         TargetKind::DatabaseNode => "DatabaseNode",

@@ -31,6 +31,16 @@ use tokio::task::JoinSet;
 pub use context::{Context, OperatorConfig};
 pub use leader::LeaderGuard;
 pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness, node_lease_name};
+pub(crate) use {
+    cluster::decide,
+    executor::{approval_needed, kind_name},
+    observe::ClusterView,
+    observe::domain_node,
+    observe::domain_shard,
+    plan_wire::plan_name,
+    plan_wire::purpose as plan_purpose,
+    plan_wire::risk as wire_risk,
+};
 
 /// Field manager of the operator's writes that do not belong to one reconciler.
 pub const FIELD_MANAGER: &str = "shardplane-operator";

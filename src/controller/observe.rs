@@ -42,25 +42,38 @@ pub struct Caches {
 }
 
 impl ClusterView {
-    /// Gathers `cluster`'s objects from `caches`, each kind sorted by name: a watch cache
-    /// has no order, and the planner's answer (and so its hash) must not depend on one.
+    /// Gathers `cluster`'s objects from `caches`.
     pub fn gather(cluster: Arc<DatabaseCluster>, caches: &Caches) -> Self {
+        Self::of(
+            cluster,
+            caches.nodes.state(),
+            caches.tables.state(),
+            caches.shards.state(),
+            caches.plans.state(),
+        )
+    }
+
+    /// `cluster`'s objects among the given ones, each kind sorted by name: a watch cache (or
+    /// a list) has no order the planner may depend on, and its answer (and so its hash) must
+    /// not depend on one. `shardplane plan` builds the same view from the desired state of a
+    /// pull request, so both ask the planner the same question.
+    pub fn of(
+        cluster: Arc<DatabaseCluster>,
+        nodes: Vec<Arc<DatabaseNode>>,
+        tables: Vec<Arc<Table>>,
+        shards: Vec<Arc<Shard>>,
+        plans: Vec<Arc<Plan>>,
+    ) -> Self {
         let namespace = cluster.namespace();
         let name = cluster.name_any();
         let here = |ns: Option<String>| ns == namespace;
-        let tables = by_name(caches.tables.state(), |t| {
-            here(t.namespace()) && t.spec.cluster == name
-        });
-        let shards = by_name(caches.shards.state(), |s| {
+        let tables = by_name(tables, |t| here(t.namespace()) && t.spec.cluster == name);
+        let shards = by_name(shards, |s| {
             here(s.namespace()) && tables.iter().any(|t| t.name_any() == s.spec.table)
         });
         ClusterView {
-            nodes: by_name(caches.nodes.state(), |n| {
-                here(n.namespace()) && n.spec.cluster == name
-            }),
-            plans: by_name(caches.plans.state(), |p| {
-                here(p.namespace()) && p.spec.cluster == name
-            }),
+            nodes: by_name(nodes, |n| here(n.namespace()) && n.spec.cluster == name),
+            plans: by_name(plans, |p| here(p.namespace()) && p.spec.cluster == name),
             tables,
             shards,
             cluster,

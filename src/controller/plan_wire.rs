@@ -89,7 +89,8 @@ pub fn purpose(kind: PlanKind) -> PlanPurpose {
     }
 }
 
-fn risk(risk: plan::RiskClass) -> RiskClass {
+/// The wire risk class of a planner's risk class.
+pub fn risk(risk: plan::RiskClass) -> RiskClass {
     match risk {
         plan::RiskClass::Safe => RiskClass::Safe,
         plan::RiskClass::Disruptive => RiskClass::Disruptive,

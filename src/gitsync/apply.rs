@@ -10,6 +10,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch
 use kube::core::GroupVersionKind;
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Client, Resource};
+use sha2::{Digest, Sha256};
 
 use super::error::Invalid;
 use super::inventory::ObjectId;
@@ -17,6 +18,53 @@ use super::manifests::Manifest;
 
 /// The field manager of every apply: git-sync owns exactly the fields git declares.
 pub const FIELD_MANAGER: &str = "shardplane-git-sync";
+
+/// Annotation git-sync stamps on every object it applies: the commit that last changed the
+/// object's manifest. The operator copies it into the cause of the plans the change causes,
+/// which links the audit trail to the commit.
+pub const SOURCE_COMMIT_ANNOTATION: &str = "shardplane.io/source-commit";
+
+/// Annotation beside [`SOURCE_COMMIT_ANNOTATION`]: the SHA-256 of the manifest as git
+/// declares it. A later commit that leaves the manifest unchanged keeps the older stamp, so
+/// only the commits that change an object are credited with it (and an unchanged object is
+/// not rewritten by every commit).
+pub const SOURCE_DIGEST_ANNOTATION: &str = "shardplane.io/source-digest";
+
+/// What a live object's metadata says, as far as an apply cares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveObject {
+    /// Its resourceVersion.
+    pub resource_version: Option<String>,
+    /// The commit git-sync stamped on it.
+    pub commit: Option<String>,
+    /// The digest of the manifest it was applied from.
+    pub digest: Option<String>,
+}
+
+/// Stamps every manifest with the commit that last changed it: `commit`, unless the live
+/// object (`live`, in manifest order) was applied from an identical manifest, whose stamp
+/// it keeps.
+pub fn stamp(manifests: &mut [Manifest], live: &[Option<LiveObject>], commit: &str) {
+    for (manifest, live) in manifests.iter_mut().zip(live) {
+        let bytes = serde_json::to_vec(&manifest.object).unwrap_or_default();
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let source = live
+            .as_ref()
+            .filter(|l| l.digest.as_deref() == Some(digest.as_str()))
+            .and_then(|l| l.commit.clone())
+            .unwrap_or_else(|| commit.to_owned());
+        let annotations = manifest
+            .object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert(SOURCE_COMMIT_ANNOTATION.to_owned(), source);
+        annotations.insert(SOURCE_DIGEST_ANNOTATION.to_owned(), digest);
+    }
+}
 
 /// Requests in flight at once: enough to hide round trips, few enough not to starve an API
 /// server on two cores.
@@ -96,14 +144,14 @@ impl Applier {
         collect(manifests, results)
     }
 
-    /// The live resourceVersion of each manifest's object (`None`: it does not exist), in
-    /// manifest order, from one metadata-only list per kind: what a resync of an already
-    /// validated commit needs instead of a dry-run per object.
-    pub async fn live_versions(
+    /// The live metadata of each manifest's object (`None`: it does not exist), in manifest
+    /// order, from one metadata-only list per kind: its resourceVersion (what a resync of an
+    /// already validated commit needs instead of a dry-run per object) and git-sync's stamps.
+    pub async fn live_objects(
         &self,
         manifests: &[Manifest],
-    ) -> Result<Vec<Option<String>>, Vec<Invalid>> {
-        let mut live = HashMap::<(String, String, String), HashMap<String, String>>::new();
+    ) -> Result<Vec<Option<LiveObject>>, Vec<Invalid>> {
+        let mut live = HashMap::<(String, String, String), HashMap<String, LiveObject>>::new();
         for manifest in manifests {
             let id = &manifest.id;
             let key = (
@@ -127,14 +175,22 @@ impl Applier {
                 .list_metadata(&ListParams::default())
                 .await
                 .map_err(|error| invalid(describe(&error)))?;
-            let versions = list
+            let objects = list
                 .items
                 .into_iter()
                 .filter_map(|object| {
-                    Some((object.metadata.name?, object.metadata.resource_version?))
+                    let meta = object.metadata;
+                    let annotation =
+                        |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+                    let live = LiveObject {
+                        commit: annotation(SOURCE_COMMIT_ANNOTATION),
+                        digest: annotation(SOURCE_DIGEST_ANNOTATION),
+                        resource_version: meta.resource_version,
+                    };
+                    Some((meta.name?, live))
                 })
                 .collect();
-            live.insert(key, versions);
+            live.insert(key, objects);
         }
         Ok(manifests
             .iter()
@@ -151,8 +207,8 @@ impl Applier {
             .collect())
     }
 
-    /// Server-side applies every manifest; `live_versions` ([`Applier::dry_run`]'s or
-    /// [`Applier::live_versions`]' result) tell created, changed and unchanged objects apart.
+    /// Server-side applies every manifest; `live_versions` ([`Applier::dry_run`]'s result, or
+    /// the resourceVersions of [`Applier::live_objects`]) tell created, changed and unchanged objects apart.
     pub async fn apply(
         &self,
         manifests: &[Manifest],

@@ -10,7 +10,7 @@ use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 
-use super::apply::{Applier, ApplyReport};
+use super::apply::{Applier, ApplyReport, stamp};
 use super::error::{Invalid, SyncError};
 use super::inventory::{ObjectId, to_prune};
 use super::manifests::{parse, validate};
@@ -184,12 +184,16 @@ impl Syncer {
         let validated = last_sync_succeeded
             && status.last_applied_commit.as_deref() == Some(commit.as_str())
             && status.observed_generation == object.metadata.generation;
+        let mut manifests = manifests;
+        let live = applier.live_objects(&manifests).await.map_err(refused)?;
+        stamp(&mut manifests, &live, &commit);
         let live_versions = if validated {
-            applier.live_versions(&manifests).await
+            live.into_iter()
+                .map(|l| l.and_then(|l| l.resource_version))
+                .collect()
         } else {
-            applier.dry_run(&manifests).await
-        }
-        .map_err(refused)?;
+            applier.dry_run(&manifests).await.map_err(refused)?
+        };
 
         let current: BTreeSet<ObjectId> = manifests.iter().map(|m| m.id.clone()).collect();
         let applied = applier

@@ -335,7 +335,7 @@ fn plan_group(current: &Snapshot, group: &Group<'_>, sizes_known: bool, now_ms: 
 }
 
 /// `Action key=value ...`: the action's name and its scalar arguments.
-fn step_line(action: &crate::plan::StepAction, risk: RiskClass) -> String {
+pub(crate) fn step_line(action: &crate::plan::StepAction, risk: RiskClass) -> String {
     let value = serde_json::to_value(action).unwrap_or_default();
     let (name, args) = match &value {
         serde_json::Value::Object(map) => map

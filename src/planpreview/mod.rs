@@ -8,6 +8,7 @@
 
 pub mod diff;
 pub mod error;
+pub mod operator_plan;
 pub mod render;
 pub mod snapshot;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 pub use diff::Changes;
 pub use error::PreviewError;
+pub use operator_plan::OperatorPlan;
 use snapshot::{Snapshot, read_commit};
 
 /// What to compare.
@@ -53,6 +55,9 @@ pub struct Preview {
     /// What the change causes.
     #[serde(flatten)]
     pub changes: Changes,
+    /// The plan the operator will make once the head is applied, per cluster (live only):
+    /// its hash is what an approval annotation in the pull request must carry.
+    pub operator_plans: Vec<OperatorPlan>,
 }
 
 /// How long `preview` waits for a live cluster before falling back to the base commit.
@@ -96,6 +101,17 @@ pub async fn preview(
         }
         None => None,
     };
+    let mut operator_plans = Vec::new();
+    if let Some(live) = &live {
+        let (plans, problems) =
+            operator_plan::operator_plans(live, &base.snapshot, &head.snapshot, head.time_ms);
+        operator_plans = plans;
+        notes.extend(problems);
+    } else {
+        notes.push(
+            "the operator's next plan (and its hash to approve) is shown only against a live cluster: it depends on where replicas are now".to_owned(),
+        );
+    }
     let (current, compared_with, is_live) = match live {
         Some(live) => (
             overlay(live, &base.snapshot, &head.snapshot),
@@ -124,6 +140,7 @@ pub async fn preview(
         live: is_live,
         notes,
         changes,
+        operator_plans,
     })
 }
 

@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 use super::Preview;
 use super::diff::{Reshard, ShardRef, TableChangeKind};
+use super::operator_plan::OperatorPlan;
+use crate::controller::APPROVE_ANNOTATION;
 
 /// The preview as JSON, pretty-printed.
 pub fn json(preview: &Preview) -> Result<String, serde_json::Error> {
@@ -88,10 +90,58 @@ pub fn markdown(preview: &Preview) -> String {
         }
         let _ = writeln!(out, "\n{}\n", super::diff::SCHEMA_DIFF_PENDING);
     }
+    operator_plans(&mut out, &preview.operator_plans);
     if changes.risk.is_none() && changes.problems.is_empty() {
         let _ = writeln!(out, "No change to shards or tables.\n");
     }
     out
+}
+
+fn operator_plans(out: &mut String, plans: &[OperatorPlan]) {
+    if plans.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### The operator's next plan once merged
+"
+    );
+    for plan in plans {
+        let why = if plan.caused_by_change {
+            "caused by this change"
+        } else {
+            "the operator makes it with or without this change"
+        };
+        let _ = writeln!(
+            out,
+            "#### {} of `{}` in cluster `{}` ({why})
+",
+            plan.purpose, plan.target, plan.cluster
+        );
+        let _ = writeln!(out, "- {}", plan.summary);
+        let _ = writeln!(out, "- Plan `{}`, risk **{:?}**", plan.name, plan.risk);
+        let _ = writeln!(out, "- Plan hash: `{}`", plan.hash);
+        let approval = match (plan.needs_approval, plan.approved_in_head) {
+            (false, _) => "runs without approval under the cluster's policy".to_owned(),
+            (true, true) => format!(
+                "approved by this change (`{APPROVE_ANNOTATION}` on `{}`)",
+                plan.target
+            ),
+            (true, false) => format!(
+                "needs approval: add the annotation `{APPROVE_ANNOTATION}: {}` to `{}` in this pull request",
+                plan.hash, plan.target
+            ),
+        };
+        let _ = writeln!(out, "- Approval: {approval}");
+        for blocked in &plan.blocked {
+            let _ = writeln!(out, "- Blocked: {blocked}");
+        }
+        let _ = writeln!(out, "- Steps:");
+        for (k, step) in plan.steps.iter().enumerate() {
+            let _ = writeln!(out, "  {}. `{step}`", k + 1);
+        }
+        out.push('\n');
+    }
 }
 
 fn reshard_section(out: &mut String, reshard: &Reshard) {

@@ -10,7 +10,8 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::PreviewError;
-use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard, Table};
+use crate::api::{DatabaseCluster, DatabaseNode, Shard, Table};
+use crate::controller::{domain_node, domain_shard};
 use crate::gitsync::SyncError;
 use crate::gitsync::manifests::{self, Manifest, is_shardplane};
 use crate::gitsync::source::read_manifests;
@@ -114,8 +115,9 @@ impl Snapshot {
         })
     }
 
-    /// The planner's view of the cluster that stores `table`. Nodes without a reported
-    /// phase count as Online when `assume_online` (a commit's manifests carry no status).
+    /// The planner's view of the cluster that stores `table`, converted as the operator
+    /// converts its own (`controller::observe`). Nodes without a reported phase count as
+    /// Online when `assume_online` (a commit's manifests carry no status).
     pub fn topology(&self, table: &str, assume_online: bool) -> Topology {
         let cluster = self
             .tables
@@ -133,9 +135,19 @@ impl Snapshot {
                 .nodes
                 .iter()
                 .filter(|n| Some(&n.spec.cluster) == cluster.as_ref())
-                .map(|n| domain_node(n, assume_online))
+                .map(|n| {
+                    let mut node = domain_node(n);
+                    if assume_online && n.status.as_ref().and_then(|s| s.phase).is_none() {
+                        node.phase = plan::NodePhase::Online;
+                    }
+                    node
+                })
                 .collect(),
-            shards: self.shards.iter().filter_map(domain_shard).collect(),
+            shards: self
+                .shards
+                .iter()
+                .filter_map(|s| domain_shard(s).ok())
+                .collect(),
         }
     }
 }
@@ -161,41 +173,4 @@ where
 /// The key range of a Shard, if its ends are valid.
 pub fn range_of(shard: &Shard) -> Option<KeyRange> {
     KeyRange::from_wire(shard.spec.range.start, shard.spec.range.end).ok()
-}
-
-// The operator's own conversions (`controller::observe`) are private to it; these two take
-// only what a preview needs: names, places, capacity, sizes and the desired replicas.
-fn domain_node(node: &DatabaseNode, assume_online: bool) -> plan::Node {
-    let phase = match node.status.as_ref().and_then(|s| s.phase) {
-        Some(NodePhase::Online) => plan::NodePhase::Online,
-        None if assume_online => plan::NodePhase::Online,
-        _ => plan::NodePhase::Pending,
-    };
-    plan::Node {
-        name: node.name_any(),
-        region: node.spec.region.clone(),
-        zone: node.spec.zone.clone(),
-        capacity_bytes: u64::try_from(node.spec.capacity.storage_bytes).unwrap_or(0),
-        weight: node
-            .spec
-            .weight
-            .map_or(100, |w| u32::try_from(w).unwrap_or(0)),
-        phase,
-        cordoned: false,
-    }
-}
-
-fn domain_shard(shard: &Shard) -> Option<plan::Shard> {
-    let status = shard.status.clone().unwrap_or_default();
-    Some(plan::Shard {
-        name: shard.name_any(),
-        table: shard.spec.table.clone(),
-        range: range_of(shard)?,
-        size_bytes: u64::try_from(status.size_bytes.unwrap_or(0)).unwrap_or(0),
-        epoch: status
-            .primary
-            .map_or(0, |p| u64::try_from(p.epoch).unwrap_or(0)),
-        replicas: Vec::new(),
-        placement: plan::ShardPlacement::default(),
-    })
 }
