@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use super::keyhash::ShardKeyValue;
-
 /// A routing map that cannot be used as it is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -85,12 +83,4 @@ pub enum RoutingError {
         /// What the last attempt ran into.
         last: String,
     },
-}
-
-/// A key as error messages show it.
-pub(crate) fn describe_key(key: &ShardKeyValue) -> String {
-    match key {
-        ShardKeyValue::Int(value) => value.to_string(),
-        ShardKeyValue::Text(value) => format!("{value:?}"),
-    }
 }

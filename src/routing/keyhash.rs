@@ -15,6 +15,16 @@ pub enum ShardKeyValue {
     Text(String),
 }
 
+impl std::fmt::Display for ShardKeyValue {
+    /// An integer as digits, a text key quoted (as in error messages and reports).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardKeyValue::Int(value) => write!(f, "{value}"),
+            ShardKeyValue::Text(value) => write!(f, "{value:?}"),
+        }
+    }
+}
+
 /// The keyspace id of a shard key value: the signed 64-bit result of PostgreSQL's
 /// `hashint8extended(value, 0)` or `hashtextextended(value, 0)`.
 pub fn keyspace_id(value: &ShardKeyValue) -> i64 {

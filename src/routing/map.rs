@@ -120,6 +120,11 @@ impl RouteTable {
         self.version
     }
 
+    /// How keys map to keyspace ids.
+    pub fn key_space(&self) -> KeySpace {
+        self.key_space
+    }
+
     /// Every route, ordered by range.
     pub fn routes(&self) -> &[Route] {
         &self.routes

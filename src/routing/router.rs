@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use super::error::{RoutingError, describe_key};
+use super::error::RoutingError;
 use super::keyhash::ShardKeyValue;
 use super::map::{Endpoint, Route, RouteTable};
 use super::pool::{CheckoutError, DatabaseCredentials, EndpointPool};
@@ -315,7 +315,7 @@ impl Router {
                             .keyspace_of(key)
                             .ok_or_else(|| RoutingError::KeyNotInKeySpace {
                                 table: inner.table.clone(),
-                                key: describe_key(key),
+                                key: key.to_string(),
                             })?;
                     match table.route(keyspace_id) {
                         None => (
@@ -349,7 +349,7 @@ impl Router {
                                 Ok(Err(AttemptError::Refused(source))) => {
                                     return Err(RoutingError::Refused {
                                         table: inner.table.clone(),
-                                        key: describe_key(key),
+                                        key: key.to_string(),
                                         shard: shard.clone(),
                                         endpoint: endpoint.to_string(),
                                         source,
@@ -395,7 +395,7 @@ impl Router {
             shared.gave_up.fetch_add(1, Ordering::Relaxed);
             RoutingError::DeadlineExceeded {
                 table: self.inner.table.clone(),
-                key: describe_key(key),
+                key: key.to_string(),
                 attempts,
                 waited: started.elapsed(),
                 version,
