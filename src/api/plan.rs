@@ -338,7 +338,8 @@ pub struct PlanStatus {
     /// The plan's phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<PlanPhase>,
-    /// Who or what approved it (`policy:safe`, a user, or `annotation:<target>`).
+    /// Who or what approved it (`policy:safe`, `user:<name>`, or
+    /// `annotation:<Kind>/<name>[@<commit>]` with the git commit that carried the annotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
     /// Steps finished.

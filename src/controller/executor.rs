@@ -23,6 +23,7 @@ use crate::api::plan::{
     PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
 };
 use crate::api::{DatabaseCluster, Plan};
+use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
 
 use super::APPROVE_ANNOTATION;
 use super::conditions::{self, Observation};
@@ -126,12 +127,14 @@ async fn approval(ctx: &Context, plan: &Plan) -> Result<Verdict, ExecutorError> 
         // CEL guarantees approval.planHash == spec.hash.
         return Ok(Verdict::Approved(format!("user:{}", approval.approved_by)));
     }
-    let annotation = target_annotation(ctx, plan).await?;
+    let (annotation, commit) = target_annotation(ctx, plan).await?;
     match annotation {
         Some(hash) if hash == plan.spec.hash => Ok(Verdict::Approved(format!(
-            "annotation:{}/{}",
+            "annotation:{}/{}{}",
             kind_name(plan.spec.target.kind),
-            plan.spec.target.name
+            plan.spec.target.name,
+            // The approval came from git: name the commit that carried it.
+            commit.map(|c| format!("@{c}")).unwrap_or_default()
         ))),
         Some(hash) => Ok(Verdict::Waiting {
             reason: "HashMismatch",
@@ -186,8 +189,12 @@ pub fn kind_name(kind: TargetKind) -> &'static str {
     }
 }
 
-/// The approval annotation on the plan's target object, if any.
-async fn target_annotation(ctx: &Context, plan: &Plan) -> Result<Option<String>, ExecutorError> {
+/// The approval annotation on the plan's target object, if any, and the git commit
+/// git-sync stamped on the target, if it came from git.
+async fn target_annotation(
+    ctx: &Context,
+    plan: &Plan,
+) -> Result<(Option<String>, Option<String>), ExecutorError> {
     let kind = kind_name(plan.spec.target.kind);
     let plural = format!("{}s", kind.to_lowercase());
     let gvk = GroupVersionKind::gvk(crate::api::GROUP, crate::api::VERSION, kind);
@@ -198,7 +205,11 @@ async fn target_annotation(ctx: &Context, plan: &Plan) -> Result<Option<String>,
         &resource,
     );
     let target = api.get_opt(&plan.spec.target.name).await?;
-    Ok(target.and_then(|t| t.annotations().get(APPROVE_ANNOTATION).cloned()))
+    let annotation = |key: &str| target.as_ref()?.annotations().get(key).cloned();
+    Ok((
+        annotation(APPROVE_ANNOTATION),
+        annotation(SOURCE_COMMIT_ANNOTATION),
+    ))
 }
 
 async fn start(
