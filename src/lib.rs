@@ -9,4 +9,5 @@ pub mod plan;
 pub mod planpreview;
 pub mod routing;
 pub mod sandbox;
+pub mod schema;
 pub mod workload;
