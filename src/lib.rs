@@ -10,4 +10,3 @@ pub mod planpreview;
 pub mod routing;
 pub mod sandbox;
 pub mod schema;
-pub mod workload;
