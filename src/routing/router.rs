@@ -15,8 +15,8 @@ use kube::runtime::watcher::watch_object;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
 
 use super::error::RoutingError;
 use super::keyhash::ShardKeyValue;
@@ -147,6 +147,21 @@ enum Observed {
     Unusable(String),
 }
 
+/// A statement and its parameters, and what it returns.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    /// Returns the number of rows affected.
+    Execute(&'a str, &'a [&'a (dyn ToSql + Sync)]),
+    /// Returns rows.
+    Query(&'a str, &'a [&'a (dyn ToSql + Sync)]),
+}
+
+/// What a [`Call`] returned.
+enum Reply {
+    Affected(u64),
+    Rows(Vec<Row>),
+}
+
 /// How one attempt failed.
 enum AttemptError {
     /// For a reason a routing change explains; the text says what happened where.
@@ -228,10 +243,10 @@ impl Router {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, RoutingError> {
-        self.run(key, async |client: &Client| {
-            client.execute(statement, params).await
-        })
-        .await
+        match self.run(key, Call::Execute(statement, params)).await? {
+            Reply::Affected(count) => Ok(count),
+            Reply::Rows(rows) => Ok(rows.len() as u64),
+        }
     }
 
     /// Runs the query `statement` (which should read only rows of `key`) on the primary of
@@ -242,10 +257,10 @@ impl Router {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, RoutingError> {
-        self.run(key, async |client: &Client| {
-            client.query(statement, params).await
-        })
-        .await
+        match self.run(key, Call::Query(statement, params)).await? {
+            Reply::Rows(rows) => Ok(rows),
+            Reply::Affected(_) => Ok(Vec::new()),
+        }
     }
 
     /// The routing map in use, if a usable one was observed last.
@@ -292,11 +307,7 @@ impl Router {
     /// Attempts `call` on the primary of `key` until it succeeds, fails for good, or the
     /// deadline passes. Between attempts it waits for a newer routing map or a jittered
     /// backoff, whichever comes first.
-    async fn run<T>(
-        &self,
-        key: &ShardKeyValue,
-        call: impl AsyncFn(&Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, RoutingError> {
+    async fn run(&self, key: &ShardKeyValue, call: Call<'_>) -> Result<Reply, RoutingError> {
         let inner = &*self.inner;
         let started = Instant::now();
         let deadline = started + inner.config.deadline;
@@ -338,7 +349,7 @@ impl Router {
                             epoch,
                             ..
                         }) => {
-                            let attempt = self.attempt(endpoint, &call);
+                            let attempt = self.attempt(endpoint, call);
                             match tokio::time::timeout_at(deadline, attempt).await {
                                 Ok(Ok(value)) => return Ok(value),
                                 Ok(Err(AttemptError::Retry(reason, what))) => (
@@ -417,8 +428,9 @@ impl Router {
                 .wait_for(
                     |observed| matches!(observed, Observed::Usable(t) if t.version() > version),
                 )
-                .await;
-            if changed.is_err() {
+                .await
+                .is_ok();
+            if !changed {
                 // The watch ended (the router is being dropped): the backoff decides.
                 std::future::pending::<()>().await;
             }
@@ -432,11 +444,7 @@ impl Router {
     }
 
     /// One attempt of `call` on `endpoint`.
-    async fn attempt<T>(
-        &self,
-        endpoint: &Endpoint,
-        call: &impl AsyncFn(&Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, AttemptError> {
+    async fn attempt(&self, endpoint: &Endpoint, call: Call<'_>) -> Result<Reply, AttemptError> {
         let inner = &*self.inner;
         let pool = self.pool(endpoint);
         let connection = pool
@@ -452,7 +460,16 @@ impl Router {
                     None => AttemptError::Refused(error),
                 },
             })?;
-        match call(connection.client()).await {
+        let client = connection.client();
+        let result = match call {
+            Call::Execute(statement, params) => {
+                client.execute(statement, params).await.map(Reply::Affected)
+            }
+            Call::Query(statement, params) => {
+                client.query(statement, params).await.map(Reply::Rows)
+            }
+        };
+        match result {
             Ok(value) => {
                 connection.release();
                 Ok(value)

@@ -26,7 +26,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_EXAMPLES: usize = 10;
 
 /// Checks one table of one namespace.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Checker {
     client: kube::Client,
     namespace: String,
@@ -373,14 +373,14 @@ impl Checker {
     /// for a new session.
     pub async fn check_primaries(&self) -> Result<PrimaryReport, CheckError> {
         let shards = Api::<Shard>::namespaced(self.client.clone(), &self.namespace)
-            .list(&ListParams::default())
+            .list(&ListParams::default().fields(&format!("spec.table={}", self.table)))
             .await
             .map_err(|source| self.kube_error("listing Shards", source))?;
         let mut report = PrimaryReport {
             table: self.table.clone(),
             shards: Vec::new(),
         };
-        for shard in shards.items.iter().filter(|s| s.spec.table == self.table) {
+        for shard in &shards.items {
             let name = shard.metadata.name.clone().unwrap_or_default();
             let mut primaries = ShardPrimaries {
                 shard: name,
