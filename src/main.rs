@@ -58,6 +58,16 @@ enum Command {
         /// Address of the metrics, health and heartbeat server.
         #[arg(long, default_value = "0.0.0.0:9090")]
         listen: std::net::SocketAddr,
+        /// Serve the Table admission webhook over TLS on this address (e.g. `0.0.0.0:9443`);
+        /// needs `--admission-cert` and `--admission-key`.
+        #[arg(long, env = "SHARDPLANE_ADMISSION_ADDRESS", value_name = "ADDR", requires_all = ["admission_cert", "admission_key"])]
+        admission_listen: Option<std::net::SocketAddr>,
+        /// The admission webhook's certificate chain, PEM (a mounted Secret's `tls.crt`).
+        #[arg(long, env = "SHARDPLANE_ADMISSION_CERT", value_name = "FILE")]
+        admission_cert: Option<PathBuf>,
+        /// The admission webhook's private key, PEM (`tls.key`).
+        #[arg(long, env = "SHARDPLANE_ADMISSION_KEY", value_name = "FILE")]
+        admission_key: Option<PathBuf>,
     },
     /// Run the node agent beside a storage node's PostgreSQL instances. Not available yet.
     Agent,
@@ -159,6 +169,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_namespace,
             identity,
             listen,
+            admission_listen,
+            admission_cert,
+            admission_key,
         } => {
             let identity = identity.unwrap_or_else(default_identity);
             let lease_namespace = lease_namespace
@@ -167,6 +180,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = OperatorConfig::new(identity, lease_namespace);
             config.namespace = namespace;
             config.listen = listen;
+            if let (Some(listen), Some(cert), Some(key)) =
+                (admission_listen, admission_cert, admission_key)
+            {
+                let read = |path: PathBuf| {
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))
+                };
+                config.webhook = Some(controller::WebhookServing {
+                    listen,
+                    certificate_chain_pem: read(cert)?,
+                    private_key_pem: read(key)?,
+                });
+            }
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;

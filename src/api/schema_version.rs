@@ -64,6 +64,30 @@ pub struct SchemaVersionSpec {
     /// Where the change came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ChangeSource>,
+    /// Each change from the previous version, with its class and how it is carried out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub changes: Vec<SchemaChange>,
+    /// The Table's `metadata.generation` this version was made from: the operator makes at
+    /// most one version per generation, also across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub table_generation: Option<i64>,
+}
+
+/// One change of a schema version, as the differ classified it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaChange {
+    /// The Table field that changed, e.g. `spec.columns[amount].type`.
+    #[schemars(length(min = 1, max = 512))]
+    pub field: String,
+    /// This change's class.
+    pub compatibility: Compatibility,
+    /// What changes and, for a rewrite or a drop, how it is carried out.
+    #[schemars(length(min = 1, max = 4096))]
+    pub summary: String,
 }
 
 /// How a schema change affects a running table.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::backoff::Backoff;
 use super::leader::LeaderGuard;
 use super::liveness::Liveness;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, object_key};
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -31,6 +31,8 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// How often a waiting plan step is checked again.
     pub step_poll: Duration,
+    /// The admission webhook's address and certificate; `None` serves no webhook.
+    pub webhook: Option<super::WebhookServing>,
 }
 
 impl OperatorConfig {
@@ -43,6 +45,7 @@ impl OperatorConfig {
             lease_duration: Duration::from_secs(4),
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             step_poll: Duration::from_millis(200),
+            webhook: None,
         }
     }
 }
@@ -131,7 +134,35 @@ impl Context {
             .reconciles
             .get_or_create(&super::metrics::ReconcileLabels { kind, result })
             .inc();
-        kube::runtime::controller::Action::requeue(self.backoff.failed(&key))
+        let delay = self.backoff.failed(&key);
+        self.metrics
+            .queue
+            .requeued(kind, object_key(object), Some(delay));
+        kube::runtime::controller::Action::requeue(delay)
+    }
+
+    /// Notes that a reconcile of `object` starts, for the queue depth.
+    pub fn reconcile_started<K: Resource>(&self, kind: &'static str, object: &K) {
+        self.metrics.queue.started(
+            kind,
+            object_key(object),
+            object.meta().resource_version.clone(),
+        );
+    }
+
+    /// What a reconcile returns when `object` is to be looked at again `after` from now
+    /// (`None`: only when it changes), noted for the queue depth.
+    pub fn next<K: Resource>(
+        &self,
+        kind: &'static str,
+        object: &K,
+        after: Option<Duration>,
+    ) -> kube::runtime::controller::Action {
+        self.metrics.queue.requeued(kind, object_key(object), after);
+        match after {
+            Some(after) => kube::runtime::controller::Action::requeue(after),
+            None => kube::runtime::controller::Action::await_change(),
+        }
     }
 
     /// Forgets `object`'s failures after a successful reconcile.

@@ -18,8 +18,10 @@ mod liveness;
 mod metrics;
 mod observe;
 mod plan_wire;
+mod schema;
 mod server;
 mod table;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ use tokio::task::JoinSet;
 pub use context::{Context, OperatorConfig};
 pub use leader::LeaderGuard;
 pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness, node_lease_name};
+pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_LABEL};
+pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError, WebhookServing};
 pub(crate) use {
     cluster::decide,
     executor::{approval_needed, kind_name},
@@ -63,6 +67,9 @@ pub enum OperatorError {
     /// Leader election failed in a way it cannot retry.
     #[error("leader election failed: {0}")]
     Leader(#[from] kube_lease_manager::LeaseManagerError),
+    /// The admission webhook cannot be served.
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
 
 /// Runs the operator until the process is stopped: serves metrics, health and heartbeats,
@@ -79,6 +86,12 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
     // Every task lives in this set, so aborting `run` (a crash, in tests) stops them all.
     let mut server = JoinSet::new();
     server.spawn(server::serve(listener, ctx.clone()));
+    if let Some(serving) = &ctx.config.webhook {
+        let tls = webhook::tls_config(serving)?;
+        let listener = webhook::bind(serving).await?;
+        tracing::info!(addr = %serving.listen, "serving the admission webhook");
+        server.spawn(webhook::serve(listener, tls));
+    }
 
     let mut leadership = leader::campaign(client, ctx.clone()).await?;
     loop {
@@ -108,6 +121,7 @@ fn spawn_reconcilers(ctx: Arc<Context>) -> JoinSet<()> {
     set.spawn(liveness::run(ctx.clone()));
     set.spawn(cluster::run(ctx.clone()));
     set.spawn(executor::run(ctx.clone()));
+    set.spawn(schema::run(ctx.clone()));
     set.spawn(table::run(ctx));
     set
 }

@@ -1,0 +1,424 @@
+//! The SchemaVersion controller: when a Table's spec changes, it diffs `Table.spec` against
+//! the table's newest `SchemaVersion` (`crate::schema`) and creates the next one —
+//! `<table>-v<N>`, owned by and labelled with the table, holding the schema, the DDL, the
+//! class of the change and the git commit git-sync stamped on the Table. Version 1 is the
+//! `CREATE TABLE`. A refused change creates nothing: the Table's `SchemaAccepted` condition
+//! turns False with reason `SchemaChangeRefused` and the refusal. It does not roll a version
+//! out to shards (that needs the node agent).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::schema_version::{
+    ChangeSource, Compatibility, RolloutPhase, SchemaChange, SchemaVersionSpec,
+};
+use crate::api::{SchemaVersion, Table};
+use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
+use crate::schema::{self, ChangeClass, Diff, Shape};
+
+use super::conditions::{self, Observation};
+use super::context::Context;
+use super::leader::NotLeader;
+
+/// Label on every SchemaVersion naming its Table.
+pub const TABLE_LABEL: &str = "shardplane.io/table";
+
+/// The Table condition saying whether its declared schema is accepted.
+pub const SCHEMA_ACCEPTED: &str = "SchemaAccepted";
+
+/// The reason of a refused schema change, on the condition and the Event.
+pub const REFUSED_REASON: &str = "SchemaChangeRefused";
+
+/// Why a schema reconcile failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The API server refused or failed a request (a 409: the Table changed meanwhile).
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// Runs the controller while this replica leads.
+pub async fn run(ctx: Arc<Context>) {
+    Controller::new(ctx.watched::<Table>(), watcher::Config::default())
+        .owns(ctx.watched::<SchemaVersion>(), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(table: Arc<Table>, error: &SchemaError, ctx: Arc<Context>) -> Action {
+    let result = match error {
+        SchemaError::NotLeader(_) => "not_leader",
+        SchemaError::Api(_) => "api",
+    };
+    ctx.retry("TableSchema", table.as_ref(), result, error)
+}
+
+/// What the table's schema needs.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The newest version already holds the declared schema.
+    Current {
+        /// Its number.
+        version: i64,
+    },
+    /// The next version to create.
+    Create(Box<SchemaVersion>),
+    /// The declared schema cannot be reached; nothing is created.
+    Refused {
+        /// Every refusal, naming the field and the change.
+        message: String,
+    },
+}
+
+/// The Table's declared shard key and schema, as the differ reads them.
+pub fn shape(table: &Table) -> Shape<'_> {
+    Shape {
+        shard_key: &table.spec.shard_key,
+        schema: &table.spec.schema,
+    }
+}
+
+/// Decides, without I/O, what the Table's declared schema needs given its newest version.
+pub fn decide(table: &Table, newest: Option<&SchemaVersion>) -> Outcome {
+    let name = table.name_any();
+    let generation = table.meta().generation;
+    let desired = shape(table);
+    if let Some(newest) = newest
+        && newest.spec.table_generation >= generation
+    {
+        return Outcome::Current {
+            version: newest.spec.version,
+        };
+    }
+    let diff = match newest {
+        None => schema::create(&name, desired),
+        Some(newest) => {
+            let current = Shape {
+                shard_key: &table.spec.shard_key,
+                schema: &newest.spec.schema,
+            };
+            schema::diff(&name, current, desired)
+        }
+    };
+    if let Some(message) = diff.refusal_message() {
+        return Outcome::Refused { message };
+    }
+    let Some(class) = diff.class() else {
+        return Outcome::Current {
+            version: newest.map_or(0, |n| n.spec.version),
+        };
+    };
+    let version = newest.map_or(1, |n| n.spec.version + 1);
+    Outcome::Create(Box::new(next_version(
+        table,
+        version,
+        newest.map(|n| n.spec.version),
+        &diff,
+        class,
+    )))
+}
+
+fn next_version(
+    table: &Table,
+    version: i64,
+    previous: Option<i64>,
+    diff: &Diff,
+    class: ChangeClass,
+) -> SchemaVersion {
+    let name = table.name_any();
+    let commit = table.annotations().get(SOURCE_COMMIT_ANNOTATION).cloned();
+    let compatibility = |class: ChangeClass| match class {
+        ChangeClass::Online | ChangeClass::Refused => Compatibility::Online,
+        ChangeClass::Rewrite => Compatibility::Rewrite,
+        ChangeClass::Destructive => Compatibility::Destructive,
+    };
+    SchemaVersion {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-v{version}")),
+            namespace: table.namespace(),
+            labels: Some([(TABLE_LABEL.to_owned(), name.clone())].into()),
+            owner_references: table.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: SchemaVersionSpec {
+            table: name,
+            version,
+            previous_version: previous,
+            schema: table.spec.schema.clone(),
+            ddl: diff.ddl(),
+            compatibility: compatibility(class),
+            source: commit.map(|commit| ChangeSource {
+                commit: Some(commit),
+                ..ChangeSource::default()
+            }),
+            changes: diff
+                .changes
+                .iter()
+                .map(|change| SchemaChange {
+                    field: change.field.clone(),
+                    compatibility: compatibility(change.class),
+                    summary: if change.reason.is_empty() {
+                        change.summary.clone()
+                    } else {
+                        format!("{} ({})", change.summary, change.reason)
+                    },
+                })
+                .collect(),
+            table_generation: table.meta().generation,
+        },
+        status: None,
+    }
+}
+
+async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, SchemaError> {
+    let started = Instant::now();
+    ctx.leader.ensure()?;
+    let namespace = table.namespace().unwrap_or_default();
+    let versions: Api<SchemaVersion> = Api::namespaced(ctx.client.clone(), &namespace);
+    // A consistent list, not a cache: a version created a moment ago must be seen, or a
+    // second one would be made for the same generation.
+    let selector = format!("{TABLE_LABEL}={}", table.name_any());
+    let owned = versions
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|v| {
+            v.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == table.uid().as_ref())
+        });
+    let newest = owned.max_by_key(|v| v.spec.version);
+    let observation = match decide(&table, newest.as_ref()) {
+        Outcome::Current { version } => Observation {
+            type_: SCHEMA_ACCEPTED,
+            holds: true,
+            reason: "SchemaCurrent",
+            message: format!("schema version {version} holds the declared schema"),
+        },
+        Outcome::Create(version) => {
+            create(&ctx, &table, &versions, &version).await?;
+            Observation {
+                type_: SCHEMA_ACCEPTED,
+                holds: true,
+                reason: "SchemaVersionCreated",
+                message: format!(
+                    "schema version {} ({:?}) created",
+                    version.spec.version, version.spec.compatibility
+                ),
+            }
+        }
+        Outcome::Refused { message } => Observation {
+            type_: SCHEMA_ACCEPTED,
+            holds: false,
+            reason: REFUSED_REASON,
+            message,
+        },
+    };
+    write_condition(&ctx, &table, observation).await?;
+    ctx.metrics.reconciled("TableSchema", "ok", started);
+    ctx.reconciled("TableSchema", table.as_ref());
+    Ok(Action::await_change())
+}
+
+/// Creates `version` and marks its rollout Pending; an existing one of that name (made by
+/// this replica before a restart, or by a previous leader) is left as it is.
+async fn create(
+    ctx: &Context,
+    table: &Table,
+    versions: &Api<SchemaVersion>,
+    version: &SchemaVersion,
+) -> Result<(), SchemaError> {
+    ctx.leader.ensure()?;
+    let name = version.name_any();
+    let made = match versions.create(&PostParams::default(), version).await {
+        Ok(made) => made,
+        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    let status = json!({"status": {
+        "phase": RolloutPhase::Pending,
+        "observedGeneration": made.meta().generation,
+    }});
+    versions
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    let changes: Vec<String> = version
+        .spec
+        .changes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.summary))
+        .collect();
+    ctx.event(
+        table,
+        false,
+        "SchemaVersionCreated",
+        format!(
+            "{name} ({:?}): {}",
+            version.spec.compatibility,
+            changes.join("; ")
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Sets the `SchemaAccepted` condition in one write conditional on the version read; a
+/// Warning Event accompanies a refusal the first time it is reported.
+async fn write_condition(
+    ctx: &Context,
+    table: &Table,
+    observation: Observation<'_>,
+) -> Result<(), SchemaError> {
+    let generation = table.meta().generation;
+    let old = table
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let refused = (!observation.holds).then(|| observation.message.clone());
+    let mut conditions = old.clone();
+    conditions::set(&mut conditions, generation, observation);
+    if conditions::same(&conditions, &old) {
+        return Ok(());
+    }
+    ctx.leader.ensure()?;
+    let tables: Api<Table> =
+        Api::namespaced(ctx.client.clone(), &table.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {"resourceVersion": table.resource_version()},
+        "status": {"conditions": conditions},
+    });
+    tables
+        .patch_status(
+            &table.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    if let Some(message) = refused {
+        ctx.event(table, true, REFUSED_REASON, message).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(generation: i64, columns: serde_json::Value) -> Table {
+        let mut table: Table = serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+            "metadata": {"name": "orders", "namespace": "db", "uid": "u1", "generation": generation,
+                         "annotations": {SOURCE_COMMIT_ANNOTATION: "abc123"}},
+            "spec": {"cluster": "main", "shardKey": "id", "columns": columns, "primaryKey": ["id"]}
+        }))
+        .unwrap();
+        table.metadata.generation = Some(generation);
+        table
+    }
+
+    fn created(outcome: Outcome) -> SchemaVersion {
+        match outcome {
+            Outcome::Create(version) => *version,
+            other => panic!("expected a new version, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_sight_creates_version_one_owned_labelled_and_sourced() {
+        let t = table(
+            1,
+            json!([{"name": "id", "type": "bigint", "nullable": false}]),
+        );
+        let v1 = created(decide(&t, None));
+        assert_eq!(v1.metadata.name.as_deref(), Some("orders-v1"));
+        assert_eq!(v1.spec.version, 1);
+        assert_eq!(v1.spec.previous_version, None);
+        assert_eq!(v1.spec.table_generation, Some(1));
+        assert_eq!(
+            v1.spec.ddl,
+            ["CREATE TABLE \"orders\" (\"id\" bigint NOT NULL, PRIMARY KEY (\"id\"))"]
+        );
+        assert_eq!(
+            v1.spec.source.clone().and_then(|s| s.commit).as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(v1.labels()[TABLE_LABEL], "orders");
+        assert_eq!(v1.owner_references()[0].uid, "u1");
+    }
+
+    #[test]
+    fn a_generation_already_versioned_creates_nothing() {
+        let t = table(
+            1,
+            json!([{"name": "id", "type": "bigint", "nullable": false}]),
+        );
+        let v1 = created(decide(&t, None));
+        let changed = table(
+            1,
+            json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
+        );
+        assert!(matches!(
+            decide(&changed, Some(&v1)),
+            Outcome::Current { version: 1 }
+        ));
+        let later = table(
+            2,
+            json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
+        );
+        let v2 = created(decide(&later, Some(&v1)));
+        assert_eq!((v2.spec.version, v2.spec.previous_version), (2, Some(1)));
+        assert_eq!(v2.spec.compatibility, Compatibility::Online);
+        assert_eq!(
+            v2.spec.ddl,
+            ["ALTER TABLE \"orders\" ADD COLUMN \"x\" text"]
+        );
+        // A generation that changed something else (no schema change) makes no version.
+        let unrelated = table(
+            3,
+            later
+                .spec
+                .schema
+                .columns
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap())
+                .collect(),
+        );
+        assert!(matches!(
+            decide(&unrelated, Some(&v2)),
+            Outcome::Current { version: 2 }
+        ));
+    }
+
+    #[test]
+    fn a_refused_change_creates_nothing_and_says_why() {
+        let t = table(
+            1,
+            json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
+        );
+        let v1 = created(decide(&t, None));
+        let dropped = table(
+            2,
+            json!([{"name": "id", "type": "bigint", "nullable": false}]),
+        );
+        let Outcome::Refused { message } = decide(&dropped, Some(&v1)) else {
+            panic!("a drop of a column that is not deprecated was not refused");
+        };
+        assert_eq!(
+            message,
+            "spec.columns[x]: dropping column x is refused: it is not deprecated; deprecate it first (`deprecated: true`), move applications off it, then remove it"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The validating admission webhook for Tables, served over TLS by every operator replica
+//! (it needs no leadership: it only judges the request in front of it). On UPDATE it diffs
+//! the old Table against the new one (`crate::schema`) and denies a refused change with its
+//! message; on CREATE it denies what the CRD's CEL rules cannot express. Rewrites and drops
+//! are admitted with a warning: they wait for approval later. The SchemaVersion controller
+//! checks again against the newest SchemaVersion, for changes that bypassed the webhook.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use kube::ResourceExt;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::server::TlsStream;
+
+use crate::api::Table;
+use crate::schema::{self, ChangeClass, Diff};
+
+use super::schema::shape;
+
+/// The path the API server posts Table admission reviews to.
+pub const TABLE_WEBHOOK_PATH: &str = "/validate/tables";
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and with which certificate the webhook is served.
+#[derive(Clone)]
+pub struct WebhookServing {
+    /// The address to listen on (the chart uses `0.0.0.0:9443`).
+    pub listen: SocketAddr,
+    /// The serving certificate and its chain, PEM; its names must include the address the
+    /// API server calls (the webhook Service's DNS name).
+    pub certificate_chain_pem: String,
+    /// The certificate's private key, PEM.
+    pub private_key_pem: String,
+}
+
+impl std::fmt::Debug for WebhookServing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookServing")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the webhook cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The certificate file holds no usable certificate.
+    #[error(
+        "the admission webhook's certificate cannot be read: {0}; give a PEM certificate chain (tls.crt)"
+    )]
+    Certificate(String),
+    /// The key file holds no usable key.
+    #[error(
+        "the admission webhook's private key cannot be read: {0}; give a PEM private key (tls.key)"
+    )]
+    Key(String),
+    /// The certificate and key do not make a TLS configuration.
+    #[error("the admission webhook's certificate and key are not usable together: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr} for the admission webhook: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The TLS configuration of `serving`'s certificate and key (HTTP/1.1 only).
+pub fn tls_config(serving: &WebhookServing) -> Result<Arc<ServerConfig>, WebhookError> {
+    let chain = CertificateDer::pem_slice_iter(serving.certificate_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WebhookError::Certificate(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(WebhookError::Certificate(
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(serving.private_key_pem.as_bytes())
+        .map_err(|e| WebhookError::Key(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Binds the webhook's address.
+pub async fn bind(serving: &WebhookServing) -> Result<TcpListener, WebhookError> {
+    TcpListener::bind(serving.listen)
+        .await
+        .map_err(|source| WebhookError::Listen {
+            addr: serving.listen,
+            source,
+        })
+}
+
+/// Serves admission reviews on `listener` over TLS until the task is aborted.
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>) {
+    let app = Router::new().route(TABLE_WEBHOOK_PATH, post(review_table));
+    let listener = TlsListener::new(listener, TlsAcceptor::from(tls));
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "the admission webhook server stopped");
+    }
+}
+
+/// TLS connections, handshaken concurrently so a slow client delays nobody else.
+struct TlsListener {
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: std::io::Result<SocketAddr>,
+    acceptor: JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: TlsAcceptor) -> Self {
+        let local = listener.local_addr();
+        let (send, accepted) = mpsc::channel(64);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "admission webhook: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (tls, send) = (tls.clone(), send.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = send.send((stream, peer)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "admission webhook: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "admission webhook: TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener {
+            accepted,
+            local,
+            acceptor,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The acceptor only stops when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(addr) => Ok(*addr),
+            Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+        }
+    }
+}
+
+async fn review_table(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => return Json(AdmissionResponse::invalid(error).into_review()),
+    };
+    let mut response = AdmissionResponse::from(&request);
+    match judge(&request) {
+        Ok(diff) => {
+            if let Some(message) = diff.refusal_message() {
+                tracing::info!(table = %request.name, namespace = ?request.namespace, %message, "refused a schema change");
+                response = response.deny(message);
+            } else {
+                let warnings: Vec<String> = diff
+                    .changes
+                    .iter()
+                    .filter(|c| c.class > ChangeClass::Online)
+                    .map(|c| c.to_string())
+                    .collect();
+                response.warnings = (!warnings.is_empty()).then_some(warnings);
+            }
+        }
+        Err(message) => response = response.deny(message),
+    }
+    Json(response.into_review())
+}
+
+/// The changes a request makes; the refusals of a new Table on CREATE.
+fn judge(request: &AdmissionRequest<DynamicObject>) -> Result<Diff, String> {
+    let table = |object: &Option<DynamicObject>| -> Result<Option<Table>, String> {
+        object
+            .as_ref()
+            .map(|o| {
+                serde_json::to_value(o)
+                    .and_then(serde_json::from_value::<Table>)
+                    .map_err(|e| format!("the object is not a Table this operator can read: {e}"))
+            })
+            .transpose()
+    };
+    let (old, new) = (table(&request.old_object)?, table(&request.object)?);
+    Ok(match (&request.operation, old, new) {
+        (Operation::Create, _, Some(new)) => schema::validate(shape(&new)),
+        (Operation::Update, Some(old), Some(new)) if old.spec != new.spec => {
+            schema::diff(&new.name_any(), shape(&old), shape(&new))
+        }
+        _ => Diff::default(),
+    })
+}
