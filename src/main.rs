@@ -69,8 +69,10 @@ enum Command {
         #[arg(long, env = "SHARDPLANE_ADMISSION_KEY", value_name = "FILE")]
         admission_key: Option<PathBuf>,
     },
-    /// Run the node agent beside a storage node's PostgreSQL instances. Not available yet.
-    Agent,
+    /// Run the node agent: registers the DatabaseNode, runs one PostgreSQL instance per shard
+    /// replica the operator places on the node (created, promoted, rewound and fenced as
+    /// `Shard.status` asks), reports them, and proves the node's liveness to the operator.
+    Agent(AgentArgs),
     /// Apply git repositories to the cluster: every GitSync object's branch and path is
     /// validated as a whole, applied with server-side apply and pruned (see docs/gitops.md).
     GitSync {
@@ -199,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             controller::run(client, config).await?;
             Ok(())
         }
-        Command::Agent => not_available("agent"),
+        Command::Agent(args) => agent(args).await,
         Command::GitSync {
             namespaces,
             checkout_dir,
@@ -271,6 +273,84 @@ async fn git_sync(
     Ok(())
 }
 
+/// The flags of `shardplane agent`.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The DatabaseNode this agent runs.
+    #[arg(long, env = "SHARDPLANE_NODE")]
+    node: String,
+    /// The namespace of the node and its cluster.
+    #[arg(long, env = "SHARDPLANE_NAMESPACE")]
+    namespace: String,
+    /// Where the node's PostgreSQL instances live (one folder per shard replica).
+    #[arg(
+        long,
+        env = "SHARDPLANE_DATA_DIR",
+        default_value = "/var/lib/shardplane/agent"
+    )]
+    data_dir: PathBuf,
+    /// An operator replica's heartbeat address (`host:port`); repeat for every replica.
+    #[arg(long = "operator", value_name = "ADDR", required = true)]
+    operators: Vec<std::net::SocketAddr>,
+    /// The Secret with the PostgreSQL passwords (keys superuser-password and
+    /// replication-password); default: the cluster's spec.credentialsSecret, else
+    /// shardplane-postgres.
+    #[arg(long)]
+    credentials_secret: Option<String>,
+    /// Registration: the DatabaseCluster the node joins (only used if the node does not exist).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Registration: the node's region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Registration: the node's zone.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Registration: the address other nodes and clients reach its instances at.
+    #[arg(long)]
+    address: Option<String>,
+    /// Registration: the ports its instances may listen on, FIRST-LAST.
+    #[arg(long, value_parser = shardplane::agent::config::parse_port_range)]
+    ports: Option<(u16, u16)>,
+    /// Registration: usable storage in bytes.
+    #[arg(long)]
+    storage_bytes: Option<i64>,
+    /// Run the instances without fsync: only for throwaway nodes (tests, benchmarks); a
+    /// machine crash then corrupts them.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = shardplane::agent::AgentConfig {
+        node: args.node,
+        namespace: args.namespace,
+        data_dir: args.data_dir,
+        operators: args.operators,
+        registration: shardplane::agent::Registration {
+            cluster: args.cluster,
+            region: args.region,
+            zone: args.zone,
+            address: args.address,
+            ports: args.ports,
+            storage_bytes: args.storage_bytes,
+        },
+        credentials_secret: args.credentials_secret,
+        fsync: !args.no_fsync,
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    shardplane::agent::run(client, config).await?;
+    Ok(())
+}
+
 /// Host name and process id: unique among replicas on one machine and across pods.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -303,11 +383,4 @@ async fn plan_preview(
         PlanFormat::Json => println!("{}", shardplane::planpreview::render::json(&preview)?),
     }
     Ok(())
-}
-
-/// Subcommands whose implementation has not landed say so instead of pretending to work.
-fn not_available(name: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`shardplane {name}` is not available in this build yet; see the README's status section"
-    )
 }

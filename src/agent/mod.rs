@@ -1,7 +1,20 @@
-//! The node agent's library: the PostgreSQL mechanics it carries out on its node, and the
-//! protocol it speaks with the operator. Which replicas a node should run, and in which role,
-//! is the operator's decision (recorded in `Shard.status.desiredReplicas`); nothing here
-//! decides that.
+//! The node agent (`shardplane agent`) and its library: the PostgreSQL mechanics it carries
+//! out on its node (`postgres`), the protocol it speaks with the operator (`protocol`), and
+//! the agent itself — registration, liveness and self-fencing (`node`), and one task per
+//! shard replica (`replicas`) that does what `decide` says. Which replicas a node runs, and
+//! in which role, is the operator's decision (`Shard.status.desiredReplicas`); the agent
+//! only carries it out safely.
 
+pub mod config;
+pub mod decide;
+pub mod error;
+mod node;
 pub mod postgres;
 pub mod protocol;
+pub mod record;
+mod replicas;
+pub mod shard_schema;
+
+pub use config::{AgentConfig, Registration};
+pub use error::AgentError;
+pub use node::run;

@@ -40,7 +40,9 @@ pub enum HeartbeatError {
         source: std::io::Error,
     },
     /// It answered something other than `200 OK` with `{"leader": bool}`.
-    #[error("the operator at {operator} answered the heartbeat with {answer:?}; is it a Shardplane operator of this version?")]
+    #[error(
+        "the operator at {operator} answered the heartbeat with {answer:?}; is it a Shardplane operator of this version?"
+    )]
     BadAnswer {
         /// The operator replica's address.
         operator: SocketAddr,

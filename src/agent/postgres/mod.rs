@@ -21,6 +21,7 @@ pub use error::PostgresError;
 pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
 pub use replication::SyncQuorum;
 pub use settings::{Credentials, InstanceSettings, REPLICATION_USER, SUPERUSER, WalLevel};
+pub(crate) use sql::quote_ident;
 pub use status::{InstanceStatus, Role, StandbyStatus};
 pub use toolchain::{OsUser, PG_BIN_ENV, Toolchain};
 

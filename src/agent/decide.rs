@@ -1,0 +1,485 @@
+//! What one replica on this node should do next, as a pure function of what the operator
+//! wants (`Shard.status.desiredReplicas`, `primary`), what the other agents report, whether
+//! this node can prove it is live, and what runs locally. No I/O: `replicas.rs` carries the
+//! answer out. The rules that keep one writer per shard live here:
+//!
+//! - an instance that was primary at an older epoch and is now wanted as a secondary is
+//!   never writable again: it is fenced, then rewound to follow the new primary;
+//! - a standby is promoted only once the previous primary is gone (its node Offline, its
+//!   report Down or withdrawn) or has fenced itself;
+//! - a primary that cannot prove the node is live is fenced, and is started or unfenced only
+//!   while the node is live;
+//! - an empty primary is initialised only for a shard no other node has reported data for.
+
+use std::collections::BTreeSet;
+
+use crate::api::database_cluster::{Durability, DurabilityMode};
+use crate::api::shard::{ObservedReplica, PrimaryRef, ReplicaRole, ReplicaState};
+
+use super::postgres::SyncQuorum;
+
+/// What the agent knows about one shard replica's world.
+#[derive(Clone, Debug)]
+pub struct ReplicaView<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// The role the operator wants here; `None` when the replica is not wanted (or the shard
+    /// is gone).
+    pub desired: Option<ReplicaRole>,
+    /// The shard's primary and epoch.
+    pub primary: Option<&'a PrimaryRef>,
+    /// Every agent's report (this node's included).
+    pub reports: &'a [ObservedReplica],
+    /// Nodes the operator declared Offline (or that left the cluster).
+    pub offline_nodes: &'a BTreeSet<String>,
+    /// Whether this node proved its liveness recently enough (see `node.rs`).
+    pub live: bool,
+}
+
+/// The replica's instance on this node, as found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalReplica {
+    /// No instance.
+    Absent,
+    /// A standby streaming (or configured to stream) from `upstream`.
+    Standby {
+        /// The endpoint it follows, as recorded.
+        upstream: Option<String>,
+        /// Whether its postmaster runs.
+        running: bool,
+    },
+    /// A primary (not in recovery) that last served at `epoch`.
+    Primary {
+        /// The epoch it was primary at.
+        epoch: i64,
+        /// Whether its postmaster runs.
+        running: bool,
+    },
+}
+
+/// The next thing to do for a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaAction {
+    /// Nothing can be done yet; why.
+    Wait(String),
+    /// Stop the instance and remove it.
+    Remove,
+    /// `initdb` a new primary at `epoch` with the table's schema.
+    CreatePrimary {
+        /// The primary's epoch.
+        epoch: i64,
+    },
+    /// `pg_basebackup` a new standby of `upstream`.
+    CreateStandby {
+        /// `host:port` of the primary.
+        upstream: String,
+        /// The primary's epoch.
+        epoch: i64,
+    },
+    /// Start a stopped standby.
+    StartStandby,
+    /// Re-point a running standby at a new primary.
+    Follow {
+        /// `host:port` of the new primary.
+        upstream: String,
+        /// Its epoch.
+        epoch: i64,
+    },
+    /// Promote the standby at `epoch`; first let it catch up with `catch_up_with`, a previous
+    /// primary that fenced itself (a planned handover).
+    Promote {
+        /// The new epoch.
+        epoch: i64,
+        /// `host:port` of a fenced previous primary still running.
+        catch_up_with: Option<String>,
+    },
+    /// The primary is wanted again at a higher epoch and no other primary served between:
+    /// record the new epoch.
+    AdoptEpoch {
+        /// The new epoch.
+        epoch: i64,
+    },
+    /// Fence the former primary (if it runs), rewind it and make it follow `upstream`.
+    Demote {
+        /// `host:port` of the new primary.
+        upstream: String,
+        /// The new primary's epoch.
+        epoch: i64,
+    },
+    /// Fence writes of a running primary (never start it); why.
+    Fence(String),
+    /// Serve as primary at `epoch`: start if stopped, unfence, keep quorum and slots current.
+    ServePrimary {
+        /// The epoch.
+        epoch: i64,
+    },
+    /// Keep streaming.
+    ServeStandby,
+}
+
+/// The next action for one replica.
+pub fn decide(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaAction {
+    match view.desired {
+        None => ReplicaAction::Remove,
+        Some(ReplicaRole::Primary) => decide_primary(view, local),
+        Some(ReplicaRole::Secondary | ReplicaRole::Witness) => decide_secondary(view, local),
+    }
+}
+
+fn decide_primary(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaAction {
+    let Some(primary) = view.primary.filter(|p| p.node == view.node) else {
+        return ReplicaAction::Wait(
+            "wanted as primary, but status.primary names another node".into(),
+        );
+    };
+    let epoch = primary.epoch;
+    match local {
+        LocalReplica::Absent if !view.live => {
+            ReplicaAction::Wait("not creating a primary before this node proves it is live".into())
+        }
+        LocalReplica::Absent => match view.reports.iter().find(|r| r.node != view.node) {
+            Some(other) => ReplicaAction::Wait(format!(
+                "refusing to initialise an empty primary: node {} holds a replica of this shard; \
+                     add this node as a secondary first",
+                other.node
+            )),
+            None => ReplicaAction::CreatePrimary { epoch },
+        },
+        LocalReplica::Standby { .. } if !view.live => {
+            ReplicaAction::Wait("not promoting before this node proves it is live".into())
+        }
+        LocalReplica::Standby { running: false, .. } => ReplicaAction::StartStandby,
+        LocalReplica::Standby { .. } => {
+            let previous = view.reports.iter().find(|r| {
+                r.node != view.node
+                    && r.role == ReplicaRole::Primary
+                    && r.epoch.unwrap_or(0) < epoch
+                    && !view.offline_nodes.contains(&r.node)
+            });
+            match previous {
+                Some(p) if p.state == ReplicaState::Fenced => ReplicaAction::Promote {
+                    epoch,
+                    catch_up_with: p.endpoint.clone(),
+                },
+                Some(p) if p.state != ReplicaState::Down => ReplicaAction::Wait(format!(
+                    "waiting for the previous primary on {} to fence its writes",
+                    p.node
+                )),
+                _ => ReplicaAction::Promote {
+                    epoch,
+                    catch_up_with: None,
+                },
+            }
+        }
+        LocalReplica::Primary { epoch: mine, .. } if *mine == epoch => {
+            if view.live && !view.offline_nodes.contains(view.node) {
+                ReplicaAction::ServePrimary { epoch }
+            } else {
+                ReplicaAction::Fence("this node cannot prove it is live".into())
+            }
+        }
+        LocalReplica::Primary { epoch: mine, .. } if *mine < epoch => {
+            let between = view.reports.iter().find(|r| {
+                r.node != view.node
+                    && r.role == ReplicaRole::Primary
+                    && r.epoch.is_some_and(|e| e > *mine && e < epoch)
+            });
+            match between {
+                Some(other) => ReplicaAction::Fence(format!(
+                    "this primary (epoch {mine}) missed the primary on {} at epoch {}; its data may \
+                     have diverged: move the primary elsewhere or remove this replica",
+                    other.node,
+                    other.epoch.unwrap_or_default()
+                )),
+                None => ReplicaAction::AdoptEpoch { epoch },
+            }
+        }
+        LocalReplica::Primary { epoch: mine, .. } => ReplicaAction::Fence(format!(
+            "this primary served at epoch {mine}, above the shard's epoch {epoch}"
+        )),
+    }
+}
+
+fn decide_secondary(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaAction {
+    let primary = view.primary.filter(|p| p.node != view.node);
+    // Follow a primary only once its agent reports it serving at the shard's epoch: an older
+    // report may name a dead or deposed instance.
+    let upstream = primary.and_then(|p| {
+        view.reports
+            .iter()
+            .find(|r| {
+                r.node == p.node && r.role == ReplicaRole::Primary && r.epoch == Some(p.epoch)
+            })
+            .and_then(|r| r.endpoint.clone())
+            .map(|endpoint| (endpoint, p.epoch))
+    });
+    match (local, upstream) {
+        (LocalReplica::Absent, Some((upstream, epoch))) => {
+            ReplicaAction::CreateStandby { upstream, epoch }
+        }
+        (LocalReplica::Absent, None) => {
+            ReplicaAction::Wait("no serving primary to copy from yet".into())
+        }
+        (LocalReplica::Standby { running: false, .. }, _) => ReplicaAction::StartStandby,
+        (
+            LocalReplica::Standby {
+                upstream: current, ..
+            },
+            Some((upstream, epoch)),
+        ) if current.as_ref() != Some(&upstream) => ReplicaAction::Follow { upstream, epoch },
+        (LocalReplica::Standby { .. }, _) => ReplicaAction::ServeStandby,
+        (LocalReplica::Primary { .. }, Some((upstream, epoch))) => {
+            ReplicaAction::Demote { upstream, epoch }
+        }
+        (LocalReplica::Primary { .. }, None) => ReplicaAction::Fence(
+            "a former primary, wanted as a secondary: fenced until the new primary serves".into(),
+        ),
+    }
+}
+
+/// The standbys a primary's commits wait for. `Quorum` durability: `ANY k` of the
+/// secondaries (k at most their number); `Async`: none. A cluster that does not say
+/// (`spec.durability` absent) gets `ANY 1` of its secondaries whenever it has any, so no
+/// acknowledged write is lost by a failover unless the cluster opted out.
+pub fn sync_quorum(durability: Option<&Durability>, secondaries: Vec<String>) -> SyncQuorum {
+    let wanted = match durability {
+        Some(Durability {
+            mode: DurabilityMode::Async,
+            ..
+        }) => 0,
+        Some(Durability {
+            mode: DurabilityMode::Quorum,
+            sync_replicas,
+        }) => u32::try_from(*sync_replicas).unwrap_or(1),
+        None => 1,
+    };
+    let count = wanted.min(u32::try_from(secondaries.len()).unwrap_or(u32::MAX));
+    if count == 0 {
+        SyncQuorum::none()
+    } else {
+        SyncQuorum::any(count, secondaries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(node: &str, role: ReplicaRole, state: ReplicaState, epoch: i64) -> ObservedReplica {
+        ObservedReplica {
+            node: node.into(),
+            role,
+            state,
+            endpoint: Some(format!("127.0.0.1:{}", 20000 + node.len())),
+            lag_bytes: Some(0),
+            epoch: Some(epoch),
+            last_seen_time: None,
+        }
+    }
+
+    fn view<'a>(
+        desired: Option<ReplicaRole>,
+        primary: Option<&'a PrimaryRef>,
+        reports: &'a [ObservedReplica],
+        offline: &'a BTreeSet<String>,
+        live: bool,
+    ) -> ReplicaView<'a> {
+        ReplicaView {
+            node: "n1",
+            desired,
+            primary,
+            reports,
+            offline_nodes: offline,
+            live,
+        }
+    }
+
+    fn at(node: &str, epoch: i64) -> PrimaryRef {
+        PrimaryRef {
+            node: node.into(),
+            epoch,
+        }
+    }
+
+    const STANDBY: LocalReplica = LocalReplica::Standby {
+        upstream: None,
+        running: true,
+    };
+
+    #[test]
+    fn quorum_follows_the_durability_policy() {
+        let two = || vec!["a".to_string(), "b".to_string()];
+        assert_eq!(sync_quorum(None, two()), SyncQuorum::any(1, ["a", "b"]));
+        assert_eq!(sync_quorum(None, vec![]), SyncQuorum::none());
+        let quorum = |k| Durability {
+            mode: DurabilityMode::Quorum,
+            sync_replicas: k,
+        };
+        assert_eq!(
+            sync_quorum(Some(&quorum(2)), two()),
+            SyncQuorum::any(2, ["a", "b"])
+        );
+        assert_eq!(
+            sync_quorum(Some(&quorum(3)), two()),
+            SyncQuorum::any(2, ["a", "b"])
+        );
+        let asynchronous = Durability {
+            mode: DurabilityMode::Async,
+            sync_replicas: 1,
+        };
+        assert_eq!(sync_quorum(Some(&asynchronous), two()), SyncQuorum::none());
+    }
+
+    #[test]
+    fn a_new_shard_gets_an_empty_primary_only_when_no_one_holds_data() {
+        let none = BTreeSet::new();
+        let p = at("n1", 1);
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, true);
+        assert_eq!(
+            decide(&v, &LocalReplica::Absent),
+            ReplicaAction::CreatePrimary { epoch: 1 }
+        );
+        let others = [report(
+            "n2",
+            ReplicaRole::Secondary,
+            ReplicaState::InSync,
+            1,
+        )];
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &others, &none, true);
+        assert!(matches!(
+            decide(&v, &LocalReplica::Absent),
+            ReplicaAction::Wait(_)
+        ));
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, false);
+        assert!(matches!(
+            decide(&v, &LocalReplica::Absent),
+            ReplicaAction::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn failover_promotes_once_the_old_primary_is_offline_or_fenced() {
+        let p = at("n1", 2);
+        let old = [report("n2", ReplicaRole::Primary, ReplicaState::InSync, 1)];
+        let none = BTreeSet::new();
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &old, &none, true);
+        assert!(matches!(decide(&v, &STANDBY), ReplicaAction::Wait(_)));
+        let offline: BTreeSet<String> = ["n2".to_string()].into();
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &old, &offline, true);
+        assert_eq!(
+            decide(&v, &STANDBY),
+            ReplicaAction::Promote {
+                epoch: 2,
+                catch_up_with: None
+            }
+        );
+        let fenced = [report("n2", ReplicaRole::Primary, ReplicaState::Fenced, 1)];
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &fenced, &none, true);
+        assert!(matches!(
+            decide(&v, &STANDBY),
+            ReplicaAction::Promote {
+                epoch: 2,
+                catch_up_with: Some(_)
+            }
+        ));
+    }
+
+    #[test]
+    fn a_former_primary_is_never_served_again_only_demoted() {
+        let none = BTreeSet::new();
+        let p = at("n2", 2);
+        let local = LocalReplica::Primary {
+            epoch: 1,
+            running: false,
+        };
+        // New primary not reported yet: fenced, not started.
+        let stale = [report(
+            "n2",
+            ReplicaRole::Secondary,
+            ReplicaState::InSync,
+            1,
+        )];
+        let v = view(Some(ReplicaRole::Secondary), Some(&p), &stale, &none, true);
+        assert!(matches!(decide(&v, &local), ReplicaAction::Fence(_)));
+        let serving = [report("n2", ReplicaRole::Primary, ReplicaState::InSync, 2)];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &serving,
+            &none,
+            true,
+        );
+        assert!(matches!(
+            decide(&v, &local),
+            ReplicaAction::Demote { epoch: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_primary_that_cannot_prove_liveness_is_fenced() {
+        let none = BTreeSet::new();
+        let p = at("n1", 3);
+        let local = LocalReplica::Primary {
+            epoch: 3,
+            running: true,
+        };
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, false);
+        assert!(matches!(decide(&v, &local), ReplicaAction::Fence(_)));
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, true);
+        assert_eq!(decide(&v, &local), ReplicaAction::ServePrimary { epoch: 3 });
+        let me_offline: BTreeSet<String> = ["n1".to_string()].into();
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &me_offline, true);
+        assert!(matches!(decide(&v, &local), ReplicaAction::Fence(_)));
+    }
+
+    #[test]
+    fn an_older_primary_adopts_a_new_epoch_only_if_none_served_between() {
+        let none = BTreeSet::new();
+        let p = at("n1", 5);
+        let local = LocalReplica::Primary {
+            epoch: 3,
+            running: true,
+        };
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, true);
+        assert_eq!(decide(&v, &local), ReplicaAction::AdoptEpoch { epoch: 5 });
+        let between = [report("n2", ReplicaRole::Primary, ReplicaState::Down, 4)];
+        let v = view(Some(ReplicaRole::Primary), Some(&p), &between, &none, true);
+        assert!(matches!(decide(&v, &local), ReplicaAction::Fence(_)));
+    }
+
+    #[test]
+    fn a_standby_follows_the_reported_primary_and_is_removed_when_unwanted() {
+        let none = BTreeSet::new();
+        let p = at("n2", 2);
+        let reports = [report("n2", ReplicaRole::Primary, ReplicaState::InSync, 2)];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &reports,
+            &none,
+            false,
+        );
+        let endpoint = reports[0].endpoint.clone().unwrap();
+        assert_eq!(
+            decide(&v, &STANDBY),
+            ReplicaAction::Follow {
+                upstream: endpoint.clone(),
+                epoch: 2
+            }
+        );
+        let following = LocalReplica::Standby {
+            upstream: Some(endpoint.clone()),
+            running: true,
+        };
+        assert_eq!(decide(&v, &following), ReplicaAction::ServeStandby);
+        assert_eq!(
+            decide(&v, &LocalReplica::Absent),
+            ReplicaAction::CreateStandby {
+                upstream: endpoint,
+                epoch: 2
+            }
+        );
+        let v = view(None, Some(&p), &reports, &none, true);
+        assert_eq!(decide(&v, &following), ReplicaAction::Remove);
+    }
+}

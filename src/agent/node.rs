@@ -1,0 +1,564 @@
+//! The node agent's run loop (`shardplane agent`): registers the DatabaseNode, reads the
+//! PostgreSQL credentials from a Secret, proves liveness to the operator (heartbeats and the
+//! node Lease, `protocol.rs`) and turns a lost proof into self-fencing, reports the node's
+//! version and disk use, and runs one task per shard replica wanted on (or left on) this node
+//! (`replicas.rs`), feeding each the newest Shard whenever a Shard or node changes.
+//!
+//! Self-fencing: liveness is proven at the send time of a heartbeat a leader answered, or at
+//! the start of a successful Lease renewal; the operator counts the node alive until at
+//! least that instant plus `deadAfterMs`. The agent declares itself not live once the last
+//! proof is older than `suspectAfterMs`, and its primaries then fence their writes — well
+//! before the operator can declare the node dead and promote elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::database_cluster::{Durability, FailureDetection};
+use crate::api::database_node::{DatabaseNodeSpec, NodeCapacity, PortRange};
+use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
+use crate::controller::Heartbeat;
+
+use super::config::{
+    AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
+};
+use super::error::AgentError;
+use super::postgres::{Credentials, InstanceSettings, Toolchain};
+use super::protocol::{LivenessReporter, field_manager};
+use super::record::{ReplicaRecord, replica_dir};
+use super::replicas;
+
+/// How often liveness is re-evaluated against the last proof.
+const LIVENESS_CHECK: Duration = Duration::from_millis(50);
+/// How often the node's version and disk use are reported.
+const NODE_STATUS_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the dispatcher looks at the shards even when no watch event arrived.
+const DISPATCH_TICK: Duration = Duration::from_secs(1);
+
+/// What every replica task of this node shares.
+pub(crate) struct NodeContext {
+    /// This node's name.
+    pub node: String,
+    /// The node's `spec.address`, the host of every endpoint it reports.
+    pub address: String,
+    /// The node's `spec.ports`.
+    pub ports: (u16, u16),
+    /// The agent's data folder.
+    pub data_dir: std::path::PathBuf,
+    /// PostgreSQL's programs.
+    pub toolchain: Toolchain,
+    /// The replica sets' passwords.
+    pub credentials: Credentials,
+    /// Settings of every instance.
+    pub settings: InstanceSettings,
+    /// Whether this node proved its liveness recently enough.
+    pub live: watch::Receiver<bool>,
+    client: Client,
+    namespace: String,
+    cluster: String,
+    nodes: Store<DatabaseNode>,
+    clusters: Store<DatabaseCluster>,
+    reserved_ports: Mutex<BTreeSet<u16>>,
+}
+
+impl NodeContext {
+    /// An `Api` in the node's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The Shards of the node's namespace.
+    pub fn shards(&self) -> Api<Shard> {
+        self.api()
+    }
+
+    /// `address:port` of an instance of this node.
+    pub fn endpoint(&self, port: u16) -> String {
+        format!("{}:{port}", self.address)
+    }
+
+    /// Nodes the operator declared Offline, or that left the cluster.
+    pub fn offline_nodes(&self) -> BTreeSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.status.as_ref().and_then(|s| s.phase),
+                    Some(NodePhase::Offline | NodePhase::Decommissioned)
+                )
+            })
+            .map(|n| n.name_any())
+            .collect()
+    }
+
+    fn cluster(&self) -> Option<Arc<DatabaseCluster>> {
+        self.clusters
+            .state()
+            .into_iter()
+            .find(|c| c.name_any() == self.cluster)
+    }
+
+    /// The cluster's durability policy, if it states one.
+    pub fn durability(&self) -> Option<Durability> {
+        self.cluster().and_then(|c| c.spec.durability.clone())
+    }
+
+    fn failure_detection(&self) -> FailureDetection {
+        self.cluster()
+            .and_then(|c| c.spec.failure_detection.clone())
+            .unwrap_or_default()
+    }
+
+    /// The lowest port of the node's range that no replica holds and that is free now.
+    pub fn allocate_port(&self) -> Result<u16, AgentError> {
+        let mut reserved = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (first, last) = self.ports;
+        let free = (first..=last).find(|port| {
+            !reserved.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
+        });
+        match free {
+            Some(port) => {
+                reserved.insert(port);
+                Ok(port)
+            }
+            None => Err(AgentError::NoFreePort {
+                node: self.node.clone(),
+                first,
+                last,
+            }),
+        }
+    }
+
+    /// Gives a removed replica's port back.
+    pub fn release_port(&self, port: u16) {
+        self.reserved_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&port);
+    }
+}
+
+/// Runs the agent until the process is stopped (or a start-up step fails).
+pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> {
+    let toolchain = Toolchain::detect()?;
+    let node = register(&client, &config).await?;
+    let agent_epoch = next_agent_epoch(&config.data_dir)?;
+    let watched = |client: &Client| -> Api<DatabaseCluster> {
+        Api::namespaced(client.clone(), &config.namespace)
+    };
+    let notify = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let shards = reflect(
+        Api::<Shard>::namespaced(client.clone(), &config.namespace),
+        &notify,
+        &mut tasks,
+    );
+    let nodes = reflect(
+        Api::<DatabaseNode>::namespaced(client.clone(), &config.namespace),
+        &notify,
+        &mut tasks,
+    );
+    let clusters = reflect(watched(&client), &notify, &mut tasks);
+    clusters.wait_until_ready().await.ok();
+    let cluster = clusters
+        .state()
+        .into_iter()
+        .find(|c| c.name_any() == node.spec.cluster);
+    let credentials = credentials(&client, &config, cluster.as_deref()).await?;
+
+    let (live_tx, live) = watch::channel(false);
+    let ports = (
+        u16::try_from(node.spec.ports.first).unwrap_or(u16::MAX),
+        u16::try_from(node.spec.ports.last).unwrap_or(0),
+    );
+    let ctx = Arc::new(NodeContext {
+        node: config.node.clone(),
+        address: node.spec.address.clone(),
+        ports,
+        data_dir: config.data_dir.clone(),
+        settings: InstanceSettings {
+            fsync: config.fsync,
+            ..InstanceSettings::default()
+        },
+        toolchain,
+        credentials,
+        live,
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        cluster: node.spec.cluster.clone(),
+        nodes,
+        clusters,
+        reserved_ports: Mutex::new(BTreeSet::new()),
+    });
+    let beat = Heartbeat {
+        namespace: config.namespace.clone(),
+        node: config.node.clone(),
+        agent_epoch,
+    };
+    tasks.spawn(prove_liveness(
+        ctx.clone(),
+        config.operators.clone(),
+        beat,
+        live_tx,
+    ));
+    tasks.spawn(report_node_status(ctx.clone(), agent_epoch));
+    tracing::info!(node = %config.node, agent_epoch, "agent started");
+    tokio::select! {
+        () = dispatch(ctx, shards, notify) => {}
+        Some(ended) = tasks.join_next() => {
+            tracing::error!(?ended, "an agent task ended");
+        }
+    }
+    Ok(())
+}
+
+/// A watch-fed cache of `api`'s objects; every event wakes the dispatcher.
+fn reflect<K>(api: Api<K>, notify: &Arc<Notify>, tasks: &mut tokio::task::JoinSet<()>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let notify = notify.clone();
+    tasks.spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::debug!(%error, "watch interrupted");
+            }
+            notify.notify_one();
+        }
+    });
+    reader
+}
+
+/// Creates the DatabaseNode from the registration flags unless it exists; returns it.
+async fn register(client: &Client, config: &AgentConfig) -> Result<DatabaseNode, AgentError> {
+    let nodes: Api<DatabaseNode> = Api::namespaced(client.clone(), &config.namespace);
+    let what = format!("reading DatabaseNode {}/{}", config.namespace, config.node);
+    if let Some(node) = nodes
+        .get_opt(&config.node)
+        .await
+        .map_err(AgentError::api(what))?
+    {
+        return Ok(node);
+    }
+    let r = &config.registration;
+    let missing = r.missing_flags();
+    let (
+        Some(cluster),
+        Some(region),
+        Some(zone),
+        Some(address),
+        Some((first, last)),
+        Some(storage_bytes),
+    ) = (
+        r.cluster.clone(),
+        r.region.clone(),
+        r.zone.clone(),
+        r.address.clone(),
+        r.ports,
+        r.storage_bytes,
+    )
+    else {
+        return Err(AgentError::Unregistered {
+            node: config.node.clone(),
+            namespace: config.namespace.clone(),
+            missing,
+        });
+    };
+    let node = DatabaseNode::new(
+        &config.node,
+        DatabaseNodeSpec {
+            cluster,
+            region,
+            zone,
+            address,
+            ports: PortRange {
+                first: first.into(),
+                last: last.into(),
+            },
+            capacity: NodeCapacity {
+                storage_bytes,
+                max_replicas: None,
+            },
+            weight: None,
+            desired_state: None,
+        },
+    );
+    let what = format!(
+        "registering DatabaseNode {}/{}",
+        config.namespace, config.node
+    );
+    let created = nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .map_err(AgentError::api(what))?;
+    tracing::info!(node = %config.node, "registered the DatabaseNode");
+    Ok(created)
+}
+
+/// Bumps and returns the agent epoch kept in the data folder (1 on a node's first start).
+fn next_agent_epoch(data_dir: &Path) -> Result<i64, AgentError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AgentError::Io { path, source }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let path = data_dir.join("agent-epoch");
+    let previous = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    std::fs::write(&path, (previous + 1).to_string()).map_err(io(&path))?;
+    Ok(previous + 1)
+}
+
+/// The passwords from the Secret named by the flag, else by the cluster, else the default.
+async fn credentials(
+    client: &Client,
+    config: &AgentConfig,
+    cluster: Option<&DatabaseCluster>,
+) -> Result<Credentials, AgentError> {
+    let secret_name = config
+        .credentials_secret
+        .clone()
+        .or_else(|| cluster.and_then(|c| c.spec.credentials_secret.clone()))
+        .unwrap_or_else(|| DEFAULT_CREDENTIALS_SECRET.to_owned());
+    let problem = |problem: &str| AgentError::Credentials {
+        namespace: config.namespace.clone(),
+        secret: secret_name.clone(),
+        problem: problem.to_owned(),
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let what = format!("reading Secret {}/{secret_name}", config.namespace);
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(AgentError::api(what))?
+        .ok_or_else(|| problem("does not exist"))?;
+    let data = secret.data.unwrap_or_default();
+    let key = |key: &str| -> Result<String, AgentError> {
+        let bytes = data
+            .get(key)
+            .ok_or_else(|| problem(&format!("has no key {key}")))?;
+        String::from_utf8(bytes.0.clone())
+            .ok()
+            .filter(|text| !text.is_empty())
+            .ok_or_else(|| problem(&format!("key {key} is empty or not UTF-8")))
+    };
+    Ok(Credentials::new(
+        key(SUPERUSER_PASSWORD_KEY)?,
+        key(REPLICATION_PASSWORD_KEY)?,
+    ))
+}
+
+/// Heartbeats every `heartbeatIntervalMs` and keeps `live` true exactly while the last proof
+/// of liveness is younger than `suspectAfterMs`.
+async fn prove_liveness(
+    ctx: Arc<NodeContext>,
+    operators: Vec<std::net::SocketAddr>,
+    beat: Heartbeat,
+    live: watch::Sender<bool>,
+) {
+    let mut reporter = LivenessReporter::new(operators, beat, ctx.api::<Lease>());
+    let last_proof: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let judge = {
+        let ctx = ctx.clone();
+        let last_proof = last_proof.clone();
+        async move {
+            loop {
+                let suspect = ms(ctx.failure_detection().suspect_after_ms);
+                let proof = *last_proof.lock().unwrap_or_else(|p| p.into_inner());
+                let now_live = proof.is_some_and(|at| at.elapsed() < suspect);
+                live.send_if_modified(|was| {
+                    if *was != now_live {
+                        if now_live {
+                            tracing::info!("liveness proven");
+                        } else {
+                            tracing::warn!(
+                                suspect_after_ms = suspect.as_millis() as u64,
+                                "liveness not proven; primaries fence their writes"
+                            );
+                        }
+                        *was = now_live;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                tokio::time::sleep(LIVENESS_CHECK).await;
+            }
+        }
+    };
+    let beat = async move {
+        loop {
+            let interval = ms(ctx.failure_detection().heartbeat_interval_ms);
+            let started = Instant::now();
+            let proof = reporter.round(interval.min(Duration::from_secs(1))).await;
+            *last_proof.lock().unwrap_or_else(|p| p.into_inner()) = proof;
+            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+        }
+    };
+    tokio::join!(judge, beat);
+}
+
+fn ms(value: i64) -> Duration {
+    Duration::from_millis(u64::try_from(value).unwrap_or(0))
+}
+
+/// Reports the agent-owned fields of the node's status now and every
+/// [`NODE_STATUS_INTERVAL`]: software and PostgreSQL versions, disk use, agent epoch.
+async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
+    let postgres_version = postgres_version(&ctx.toolchain).await;
+    let major = postgres_version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .unwrap_or("0")
+        .to_owned();
+    let version = format!("{major}-shardplane.{}", env!("CARGO_PKG_VERSION"));
+    loop {
+        let dir = ctx.data_dir.clone();
+        let used = tokio::task::spawn_blocking(move || disk_use(&dir))
+            .await
+            .unwrap_or(0);
+        let patch = json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+            "metadata": {"name": ctx.node},
+            "status": {
+                "version": version,
+                "postgresVersion": postgres_version,
+                "usedBytes": used,
+                "agentEpoch": agent_epoch,
+            },
+        });
+        let params = PatchParams::apply(&field_manager(&ctx.node)).force();
+        if let Err(error) = ctx
+            .api::<DatabaseNode>()
+            .patch_status(&ctx.node, &params, &Patch::Apply(patch))
+            .await
+        {
+            tracing::warn!(%error, "node status not reported");
+        }
+        tokio::time::sleep(NODE_STATUS_INTERVAL).await;
+    }
+}
+
+/// `15.8` from `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`.
+async fn postgres_version(toolchain: &Toolchain) -> Option<String> {
+    let output = tokio::process::Command::new(toolchain.bin_dir().join("postgres"))
+        .arg("--version")
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .nth(2)
+        .map(str::to_owned)
+}
+
+/// Bytes of the files under `dir` (a folder the agent cannot read counts as empty).
+fn disk_use(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => disk_use(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Keeps one replica task per shard replica wanted on this node, and per replica folder
+/// left from an earlier run, and feeds each the newest Shard.
+async fn dispatch(ctx: Arc<NodeContext>, shards: Store<Shard>, notify: Arc<Notify>) {
+    shards.wait_until_ready().await.ok();
+    let mut workers: BTreeMap<String, (watch::Sender<Option<Arc<Shard>>>, JoinHandle<()>)> =
+        BTreeMap::new();
+    // Replicas left by an earlier run: their ports are taken before any new one is chosen.
+    let mut leftovers = local_replicas(&ctx);
+    loop {
+        let current = shards.state();
+        workers.retain(|_, (_, task)| !task.is_finished());
+        for name in leftovers.drain(..) {
+            let newest = current.iter().find(|s| s.name_any() == name).cloned();
+            spawn_worker(&ctx, &mut workers, &name, newest);
+        }
+        for shard in &current {
+            let wanted = shard
+                .status
+                .as_ref()
+                .is_some_and(|s| s.desired_replicas.iter().any(|d| d.node == ctx.node));
+            let name = shard.name_any();
+            if wanted && !workers.contains_key(&name) {
+                spawn_worker(&ctx, &mut workers, &name, Some(shard.clone()));
+            }
+        }
+        for (name, (sender, _)) in &workers {
+            let newest = current.iter().find(|s| &s.name_any() == name).cloned();
+            sender.send_replace(newest);
+        }
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(DISPATCH_TICK) => {}
+        }
+    }
+}
+
+fn spawn_worker(
+    ctx: &Arc<NodeContext>,
+    workers: &mut BTreeMap<String, (watch::Sender<Option<Arc<Shard>>>, JoinHandle<()>)>,
+    shard: &str,
+    newest: Option<Arc<Shard>>,
+) {
+    let (sender, receiver) = watch::channel(newest);
+    let task = tokio::spawn(replicas::run(ctx.clone(), shard.to_owned(), receiver));
+    workers.insert(shard.to_owned(), (sender, task));
+}
+
+/// Shards with a replica folder under the data folder; reserves the recorded ports.
+fn local_replicas(ctx: &NodeContext) -> Vec<String> {
+    let root = replica_dir(&ctx.data_dir, "");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let mut shards = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(Some(record)) = ReplicaRecord::load(&entry.path()) {
+            ctx.reserved_ports
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(record.port);
+        }
+        shards.push(name);
+    }
+    shards
+}

@@ -1,0 +1,656 @@
+//! One task per shard replica on this node: it owns the replica's PostgreSQL instance, and on
+//! every change of the shard, of node liveness, or once a second, it looks at what runs,
+//! asks `decide` what to do, does it, and reports what actually runs in
+//! `Shard.status.replicas`. Replicas of different shards are created, promoted and rewound
+//! in parallel, each by its own task.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use tokio::sync::watch;
+
+use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
+use crate::api::{SchemaVersion, Shard, Table};
+
+use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, sync_quorum};
+use super::error::AgentError;
+use super::node::NodeContext;
+use super::postgres::{Instance, InstanceSpec, Role, StopMode, SyncQuorum, Upstream};
+use super::protocol::report_replica;
+use super::record::{ReplicaRecord, replica_dir, replica_name};
+use super::shard_schema::create_table_statements;
+
+/// How often a replica is looked at when nothing changes (lag and state reports).
+const TICK: Duration = Duration::from_secs(1);
+/// A report unchanged in substance is still refreshed this often (`lastSeenTime`).
+const REPORT_REFRESH: Duration = Duration::from_secs(10);
+/// A standby further behind than this many bytes of WAL is `CatchingUp`, not `InSync`.
+const IN_SYNC_LAG_BYTES: i64 = 16 * 1024 * 1024;
+/// Lag changes smaller than this do not cause a report on their own.
+const LAG_REPORT_STEP: i64 = 1024 * 1024;
+/// How long a planned handover waits for the new primary to replay the fenced old one's WAL.
+const HANDOVER_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Whether a worker goes on.
+enum Pass {
+    /// Look again at once: the local state changed.
+    Again,
+    /// Wait for a change or the next tick.
+    Idle,
+    /// The replica is gone; the worker ends.
+    Removed,
+}
+
+/// The instance and what is remembered of it.
+struct Held {
+    instance: Instance,
+    record: ReplicaRecord,
+}
+
+/// The state of one replica's task.
+struct ReplicaWorker {
+    ctx: Arc<NodeContext>,
+    shard: String,
+    dir: PathBuf,
+    held: Option<Held>,
+    loaded: bool,
+    applied_quorum: Option<SyncQuorum>,
+    last_report: Option<(Option<ObservedReplica>, Instant)>,
+    last_wait: Option<String>,
+}
+
+/// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
+/// (`None` once it is deleted); the dispatcher re-sends it when anything relevant changes.
+pub(crate) async fn run(
+    ctx: Arc<NodeContext>,
+    shard: String,
+    mut updates: watch::Receiver<Option<Arc<Shard>>>,
+) {
+    let mut live = ctx.live.clone();
+    let mut worker = ReplicaWorker {
+        dir: replica_dir(&ctx.data_dir, &shard),
+        ctx,
+        shard,
+        held: None,
+        loaded: false,
+        applied_quorum: None,
+        last_report: None,
+        last_wait: None,
+    };
+    loop {
+        let snapshot = updates.borrow_and_update().clone();
+        match worker.pass(snapshot.as_deref()).await {
+            Ok(Pass::Removed) => return,
+            Ok(Pass::Again) => continue,
+            Ok(Pass::Idle) => {}
+            Err(error) => {
+                tracing::warn!(shard = %worker.shard, %error, "replica action failed; retrying");
+                worker.report(snapshot.as_deref()).await;
+                tokio::time::sleep(TICK).await;
+            }
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            _ = live.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+impl ReplicaWorker {
+    /// One look: find what runs, decide, act, report.
+    async fn pass(&mut self, shard: Option<&Shard>) -> Result<Pass, AgentError> {
+        self.load()?;
+        let local = self.local();
+        let status = shard.and_then(|s| s.status.clone()).unwrap_or_default();
+        let offline = self.ctx.offline_nodes();
+        let view = ReplicaView {
+            node: &self.ctx.node,
+            desired: status
+                .desired_replicas
+                .iter()
+                .find(|d| d.node == self.ctx.node)
+                .map(|d| d.role),
+            primary: status.primary.as_ref(),
+            reports: &status.replicas,
+            offline_nodes: &offline,
+            live: *self.ctx.live.borrow(),
+        };
+        let action = decide(&view, &local);
+        let secondaries: Vec<String> = status
+            .desired_replicas
+            .iter()
+            .filter(|d| d.node != self.ctx.node && d.role != ReplicaRole::Primary)
+            .map(|d| replica_name(&d.node))
+            .collect();
+        let next = self.act(shard, action, secondaries).await?;
+        if !matches!(next, Pass::Removed) {
+            self.report(shard).await;
+        }
+        Ok(next)
+    }
+
+    /// Adopts an instance a previous agent process left in this replica's folder; removes the
+    /// remains of a creation that did not finish.
+    fn load(&mut self) -> Result<(), AgentError> {
+        if self.loaded {
+            return Ok(());
+        }
+        if self.dir.exists() {
+            match ReplicaRecord::load(&self.dir)? {
+                Some(record) => {
+                    let instance = Instance::open(
+                        &self.ctx.toolchain,
+                        &self.spec(record.port),
+                        &self.ctx.credentials,
+                    )?;
+                    tracing::info!(shard = %self.shard, port = record.port, epoch = record.epoch, "reopened the replica's instance");
+                    self.held = Some(Held { instance, record });
+                }
+                None => self.remove_dir()?,
+            }
+        }
+        self.loaded = true;
+        Ok(())
+    }
+
+    fn local(&mut self) -> LocalReplica {
+        let Some(held) = self.held.as_mut() else {
+            return LocalReplica::Absent;
+        };
+        let running = held.instance.is_running();
+        if held.instance.data_dir().join("standby.signal").exists() {
+            LocalReplica::Standby {
+                upstream: held.record.upstream.clone(),
+                running,
+            }
+        } else {
+            LocalReplica::Primary {
+                epoch: held.record.epoch,
+                running,
+            }
+        }
+    }
+
+    fn spec(&self, port: u16) -> InstanceSpec {
+        InstanceSpec {
+            name: replica_name(&self.ctx.node),
+            dir: self.dir.clone(),
+            port,
+            settings: self.ctx.settings.clone(),
+        }
+    }
+
+    async fn act(
+        &mut self,
+        shard: Option<&Shard>,
+        action: ReplicaAction,
+        secondaries: Vec<String>,
+    ) -> Result<Pass, AgentError> {
+        if let ReplicaAction::Wait(why) | ReplicaAction::Fence(why) = &action {
+            if self.last_wait.as_ref() != Some(why) {
+                tracing::info!(shard = %self.shard, reason = %why, "replica waits");
+                self.last_wait = Some(why.clone());
+            }
+        } else {
+            self.last_wait = None;
+            if !matches!(
+                action,
+                ReplicaAction::ServePrimary { .. } | ReplicaAction::ServeStandby
+            ) {
+                tracing::info!(shard = %self.shard, ?action, "replica action");
+            }
+        }
+        let quorum = sync_quorum(self.ctx.durability().as_ref(), secondaries.clone());
+        let quorum_changed = self.applied_quorum.as_ref() != Some(&quorum);
+        let dir = self.dir.clone();
+        let shard_name = self.shard.clone();
+        match action {
+            ReplicaAction::Wait(_) | ReplicaAction::ServeStandby => Ok(Pass::Idle),
+            ReplicaAction::Remove => {
+                if let Some(mut held) = self.held.take() {
+                    held.instance.stop(StopMode::Fast).await;
+                    self.ctx.release_port(held.record.port);
+                }
+                self.remove_dir()?;
+                if shard.is_some() {
+                    let shards = self.ctx.shards();
+                    report_replica(&shards, &self.shard, &self.ctx.node, None)
+                        .await
+                        .map_err(AgentError::api(format!(
+                            "withdrawing the report of shard {}",
+                            self.shard
+                        )))?;
+                }
+                tracing::info!(shard = %self.shard, "replica removed");
+                Ok(Pass::Removed)
+            }
+            ReplicaAction::CreatePrimary { epoch } => {
+                let Some(shard) = shard else {
+                    return Ok(Pass::Idle);
+                };
+                self.write_report(Some(self.creating_report(ReplicaRole::Primary, epoch)))
+                    .await;
+                let statements = self.table_statements(shard).await?;
+                self.create(epoch, None, |toolchain, spec, credentials| async move {
+                    let instance =
+                        Instance::create_primary(&toolchain, &spec, &credentials).await?;
+                    let client = instance.connect().await?;
+                    let ddl = format!("BEGIN; {}; COMMIT", statements.join("; "));
+                    client.batch_execute(&ddl).await.map_err(|source| {
+                        super::postgres::PostgresError::Sql {
+                            instance: spec.name.clone(),
+                            what: "creating the shard's table",
+                            source,
+                        }
+                    })?;
+                    Ok(instance)
+                })
+                .await?;
+                Ok(Pass::Again)
+            }
+            ReplicaAction::CreateStandby { upstream, epoch } => {
+                self.write_report(Some(self.creating_report(ReplicaRole::Secondary, epoch)))
+                    .await;
+                let address = parse_endpoint(&upstream)?;
+                self.create(
+                    epoch,
+                    Some(upstream),
+                    |toolchain, spec, credentials| async move {
+                        Ok(
+                            Instance::create_standby(&toolchain, &spec, &credentials, &address)
+                                .await?,
+                        )
+                    },
+                )
+                .await?;
+                Ok(Pass::Again)
+            }
+            ReplicaAction::StartStandby => {
+                self.held_mut()?.instance.start().await?;
+                Ok(Pass::Again)
+            }
+            ReplicaAction::Follow { upstream, epoch } => {
+                let held = self.held_mut()?;
+                held.instance.follow(&parse_endpoint(&upstream)?).await?;
+                held.record.upstream = Some(upstream);
+                held.record.epoch = epoch;
+                held.record.save(&dir)?;
+                Ok(Pass::Again)
+            }
+            ReplicaAction::Promote {
+                epoch,
+                catch_up_with,
+            } => {
+                let held = self.held_mut()?;
+                if catch_up_with.is_some() {
+                    wait_caught_up(&held.instance, HANDOVER_CATCH_UP).await?;
+                }
+                held.instance.promote(&quorum).await?;
+                held.record.epoch = epoch;
+                held.record.upstream = None;
+                held.record.save(&dir)?;
+                self.applied_quorum = Some(quorum);
+                ensure_slots(&self.held_mut()?.instance, &secondaries).await?;
+                tracing::info!(shard = %self.shard, epoch, "promoted");
+                Ok(Pass::Again)
+            }
+            ReplicaAction::AdoptEpoch { epoch } => {
+                let held = self.held_mut()?;
+                held.record.epoch = epoch;
+                held.record.save(&dir)?;
+                Ok(Pass::Again)
+            }
+            ReplicaAction::Demote { upstream, epoch } => {
+                let held = self.held_mut()?;
+                if held.instance.is_running()
+                    && let Err(error) = held.instance.fence_writes().await
+                {
+                    tracing::warn!(shard = %shard_name, %error, "could not fence the former primary before rewinding it");
+                }
+                held.instance
+                    .rewind_and_follow(&parse_endpoint(&upstream)?)
+                    .await?;
+                held.record.upstream = Some(upstream);
+                held.record.epoch = epoch;
+                held.record.save(&dir)?;
+                self.applied_quorum = None;
+                tracing::info!(shard = %self.shard, epoch, "former primary rewound; it follows the new primary");
+                Ok(Pass::Again)
+            }
+            ReplicaAction::Fence(_) => {
+                let held = self.held_mut()?;
+                if held.instance.is_running() && !held.instance.is_write_fenced().await? {
+                    held.instance.fence_writes().await?;
+                    tracing::warn!(shard = %self.shard, "primary fenced: it refuses writes");
+                }
+                Ok(Pass::Idle)
+            }
+            ReplicaAction::ServePrimary { .. } => {
+                let held = self.held_mut()?;
+                if !held.instance.is_running() {
+                    held.instance.start().await?;
+                }
+                if held.instance.is_write_fenced().await? {
+                    held.instance.unfence_writes(&quorum).await?;
+                    tracing::info!(shard = %self.shard, "liveness proven again: primary unfenced");
+                } else if quorum_changed {
+                    held.instance.set_sync_quorum(&quorum).await?;
+                }
+                self.applied_quorum = Some(quorum);
+                ensure_slots(&self.held_mut()?.instance, &secondaries).await?;
+                Ok(Pass::Idle)
+            }
+        }
+    }
+
+    /// Creates the instance with `make` on a newly allocated port and records it; on failure
+    /// removes whatever was made, so the next pass starts clean.
+    async fn create<F, Fut>(
+        &mut self,
+        epoch: i64,
+        upstream: Option<String>,
+        make: F,
+    ) -> Result<(), AgentError>
+    where
+        F: FnOnce(super::postgres::Toolchain, InstanceSpec, super::postgres::Credentials) -> Fut,
+        Fut: Future<Output = Result<Instance, AgentError>>,
+    {
+        self.remove_dir()?;
+        let port = self.ctx.allocate_port()?;
+        let spec = self.spec(port);
+        let made = make(
+            self.ctx.toolchain.clone(),
+            spec,
+            self.ctx.credentials.clone(),
+        )
+        .await;
+        let record = ReplicaRecord {
+            port,
+            epoch,
+            upstream,
+        };
+        let made = made.and_then(|instance| record.save(&self.dir).map(|()| instance));
+        match made {
+            Ok(instance) => {
+                self.held = Some(Held { instance, record });
+                Ok(())
+            }
+            Err(error) => {
+                self.ctx.release_port(port);
+                self.remove_dir()?;
+                Err(error)
+            }
+        }
+    }
+
+    fn held_mut(&mut self) -> Result<&mut Held, AgentError> {
+        self.held.as_mut().ok_or_else(|| AgentError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the replica has no instance",
+            ),
+        })
+    }
+
+    fn remove_dir(&self) -> Result<(), AgentError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(AgentError::Io {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The statements creating the shard's table: the Table's current SchemaVersion if one
+    /// exists, else the Table's own schema.
+    async fn table_statements(&self, shard: &Shard) -> Result<Vec<String>, AgentError> {
+        let name = &shard.spec.table;
+        let problem = |problem: String| AgentError::Schema {
+            shard: shard.name_any(),
+            table: name.clone(),
+            problem,
+        };
+        let table = self
+            .ctx
+            .api::<Table>()
+            .get_opt(name)
+            .await
+            .map_err(AgentError::api(format!("reading Table {name}")))?
+            .ok_or_else(|| problem("the Table does not exist".into()))?;
+        let current = table.status.as_ref().and_then(|s| s.schema_version);
+        let mut schema = table.spec.schema.clone();
+        if let Some(version) = current {
+            let versions = self
+                .ctx
+                .api::<SchemaVersion>()
+                .list(&Default::default())
+                .await
+                .map_err(AgentError::api(format!(
+                    "listing the SchemaVersions of {name}"
+                )))?;
+            if let Some(found) = versions
+                .items
+                .into_iter()
+                .find(|v| &v.spec.table == name && v.spec.version == version)
+            {
+                schema = found.spec.schema;
+            }
+        }
+        let key_space = table
+            .spec
+            .sharding
+            .as_ref()
+            .and_then(|s| s.key_space)
+            .unwrap_or(crate::api::table::KeySpace::Hash);
+        create_table_statements(
+            name,
+            &table.spec.shard_key,
+            key_space,
+            &schema,
+            &shard.spec.range,
+        )
+        .map_err(problem)
+    }
+
+    fn creating_report(&self, role: ReplicaRole, epoch: i64) -> ObservedReplica {
+        ObservedReplica {
+            node: self.ctx.node.clone(),
+            role,
+            state: ReplicaState::Creating,
+            endpoint: None,
+            lag_bytes: None,
+            epoch: Some(epoch),
+            last_seen_time: None,
+        }
+    }
+
+    /// What runs, as the operator should see it: nothing for no instance, `Down` for a
+    /// stopped one, else its role, state, endpoint, lag and epoch.
+    async fn observe(&mut self) -> Option<ObservedReplica> {
+        let endpoint_of = |port| self.ctx.endpoint(port);
+        let node = self.ctx.node.clone();
+        let held = self.held.as_mut()?;
+        let mut report = ObservedReplica {
+            node,
+            role: ReplicaRole::Secondary,
+            state: ReplicaState::Down,
+            endpoint: None,
+            lag_bytes: None,
+            epoch: Some(held.record.epoch),
+            last_seen_time: None,
+        };
+        let standby_file = held.instance.data_dir().join("standby.signal").exists();
+        if !standby_file {
+            report.role = ReplicaRole::Primary;
+        }
+        if !held.instance.is_running() {
+            return Some(report);
+        }
+        let status = match held.instance.status().await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::debug!(shard = %self.shard, %error, "instance status unreadable");
+                return Some(report);
+            }
+        };
+        report.endpoint = Some(endpoint_of(held.record.port));
+        match status.role {
+            Role::Primary => {
+                report.role = ReplicaRole::Primary;
+                report.lag_bytes = Some(0);
+                report.state = if status.write_fenced {
+                    ReplicaState::Fenced
+                } else {
+                    ReplicaState::InSync
+                };
+            }
+            Role::Standby => {
+                report.role = ReplicaRole::Secondary;
+                let (streaming, lag) = standby_lag(&held.instance).await.unwrap_or((false, None));
+                report.lag_bytes = lag;
+                report.state = if streaming && lag.is_some_and(|l| l <= IN_SYNC_LAG_BYTES) {
+                    ReplicaState::InSync
+                } else {
+                    ReplicaState::CatchingUp
+                };
+            }
+        }
+        Some(report)
+    }
+
+    async fn report(&mut self, shard: Option<&Shard>) {
+        if shard.is_none() {
+            return;
+        }
+        let report = self.observe().await;
+        self.write_report(report).await;
+    }
+
+    /// Writes the report if it changed in substance or is due for a refresh.
+    async fn write_report(&mut self, report: Option<ObservedReplica>) {
+        let substance = |r: &Option<ObservedReplica>| {
+            r.as_ref().map(|r| {
+                (
+                    r.role,
+                    r.state,
+                    r.endpoint.clone(),
+                    r.epoch,
+                    r.lag_bytes.map(|l| l / LAG_REPORT_STEP),
+                )
+            })
+        };
+        if let Some((last, at)) = &self.last_report
+            && substance(last) == substance(&report)
+            && (report.is_none() || at.elapsed() < REPORT_REFRESH)
+        {
+            return;
+        }
+        let stamped = report.clone().map(|mut r| {
+            r.last_seen_time = Some(Time(Timestamp::now()));
+            r
+        });
+        let shards = self.ctx.shards();
+        match report_replica(&shards, &self.shard, &self.ctx.node, stamped.as_ref()).await {
+            Ok(()) => self.last_report = Some((report, Instant::now())),
+            Err(error) => {
+                tracing::warn!(shard = %self.shard, %error, "replica report not written")
+            }
+        }
+    }
+}
+
+/// `host:port` as an upstream.
+fn parse_endpoint(endpoint: &str) -> Result<Upstream, AgentError> {
+    endpoint
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            Some(Upstream {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| AgentError::Io {
+            path: PathBuf::from(endpoint),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a reported endpoint is not host:port",
+            ),
+        })
+}
+
+/// Whether the standby's WAL receiver streams, and how many bytes of the upstream's WAL (as
+/// of its last message) the standby has not replayed.
+async fn standby_lag(instance: &Instance) -> Result<(bool, Option<i64>), AgentError> {
+    let client = instance.connect().await?;
+    let row = client
+        .query_opt(
+            "SELECT status = 'streaming', \
+               greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::int8 \
+             FROM pg_stat_wal_receiver",
+            &[],
+        )
+        .await
+        .map_err(|source| super::postgres::PostgresError::Sql {
+            instance: instance.name().to_owned(),
+            what: "reading the WAL receiver",
+            source,
+        })?;
+    Ok(match row {
+        Some(row) => (row.get::<_, Option<bool>>(0).unwrap_or(false), row.get(1)),
+        None => (false, None),
+    })
+}
+
+/// Waits (at most `limit`) until the standby has replayed everything its upstream sent.
+async fn wait_caught_up(instance: &Instance, limit: Duration) -> Result<(), AgentError> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let (true, Some(0)) = standby_lag(instance).await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(
+        instance = instance.name(),
+        "standby not caught up with the fenced primary; promoting anyway"
+    );
+    Ok(())
+}
+
+/// Makes the primary's physical replication slots exactly its wanted standbys' (a slot kept
+/// for a standby that is gone would hold WAL forever).
+async fn ensure_slots(instance: &Instance, standbys: &[String]) -> Result<(), AgentError> {
+    let existing: Vec<String> = instance
+        .connect()
+        .await?
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
+        .await
+        .map_err(|source| super::postgres::PostgresError::Sql {
+            instance: instance.name().to_owned(),
+            what: "listing replication slots",
+            source,
+        })?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for name in standbys.iter().filter(|n| !existing.contains(n)) {
+        instance.create_replication_slot(name).await?;
+    }
+    for name in existing.iter().filter(|n| !standbys.contains(n)) {
+        if let Err(error) = instance.drop_replication_slot(name).await {
+            tracing::debug!(%error, slot = %name, "slot not dropped yet");
+        }
+    }
+    Ok(())
+}
