@@ -113,10 +113,10 @@ impl Diff {
             .filter(|c| c.class == ChangeClass::Refused)
     }
 
-    /// Every refusal, one per line; `None` when nothing is refused.
+    /// Every refusal, separated by `; `; `None` when nothing is refused.
     pub fn refusal_message(&self) -> Option<String> {
         let lines: Vec<String> = self.refusals().map(|c| c.to_string()).collect();
-        (!lines.is_empty()).then(|| lines.join("\n"))
+        (!lines.is_empty()).then(|| lines.join("; "))
     }
 
     /// Every statement, in order.
