@@ -897,3 +897,161 @@ async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
     assert_nothing_on(&shards, "n1").await;
     operator.abort();
 }
+
+#[tokio::test]
+async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
+    let env = env_with_crds().await;
+    let (operator, _, _agents) = serving_cluster(&env).await;
+    let tables: Api<Table> = env.api();
+    let shards: Api<Shard> = env.api();
+    let plans: Api<Plan> = env.api();
+    let guarded = eventually(Duration::from_secs(10), || async {
+        tables
+            .get("orders")
+            .await
+            .unwrap()
+            .finalizers()
+            .iter()
+            .any(|f| f == "shardplane.io/drop-after-approval")
+    })
+    .await;
+    assert!(guarded, "the table never got its finalizer");
+
+    tables.delete("orders", &Default::default()).await.unwrap();
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let Some(plan) = plan_of(&plans, "DropTable").await else {
+            return false;
+        };
+        let table = tables.get("orders").await.unwrap();
+        table.status.unwrap_or_default().conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.reason == "AwaitingDropApproval"
+                && c.message
+                    .contains(&format!("{}/{}", plan.name_any(), plan.spec.hash))
+        })
+    })
+    .await;
+    assert!(
+        waiting,
+        "the deleted table does not say which plan it waits for\n{}",
+        env.dump()
+    );
+    let plan = plan_of(&plans, "DropTable").await.unwrap();
+    assert_eq!(format!("{:?}", plan.spec.risk), "Destructive");
+    assert_eq!(plan.spec.target.name, "orders");
+    assert_eq!(plan.spec.steps.len(), 1);
+    assert_eq!(plan.spec.steps[0].action, "DropShards");
+    // Nothing is dropped without approval.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        shards.list(&Default::default()).await.unwrap().items.len(),
+        8
+    );
+    assert!(tables.get_opt("orders").await.unwrap().is_some());
+    let status = plans.get(&plan.name_any()).await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(PlanPhase::AwaitingApproval));
+
+    let patch =
+        json!({"metadata": {"annotations": {"shardplane.io/approve-plan": plan.spec.hash}}});
+    tables
+        .patch("orders", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(30), || async {
+        shards
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+            && tables.get_opt("orders").await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "shards or table left after approval\n{}", env.dump());
+    let done = plans.get(&plan.name_any()).await.unwrap().status.unwrap();
+    assert_eq!(done.phase, Some(PlanPhase::Succeeded));
+    assert_eq!(done.approved_by.as_deref(), Some("annotation:Table/orders"));
+    operator.abort();
+}
+
+/// `/metrics` of the operator at `addr`.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The reconcile queue depth of each kind in a scrape.
+fn queue_depths(metrics: &str) -> std::collections::BTreeMap<String, i64> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("shardplane_reconcile_queue_depth{kind=\"")?;
+            let (kind, value) = rest.split_once("\"} ")?;
+            Some((kind.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_show_the_reconcile_queue_filling_and_draining() {
+    let env = env_with_crds().await;
+    let (operator, addr, _agents) = serving_cluster(&env).await;
+    let settled = eventually(Duration::from_secs(20), || async {
+        let depths = queue_depths(&scrape(addr).await);
+        depths.len() == 3 && depths.values().all(|d| *d == 0)
+    })
+    .await;
+    assert!(
+        settled,
+        "queue depths of a settled cluster: {:?}",
+        queue_depths(&scrape(addr).await)
+    );
+
+    // Forty tables at once: each is written by its own reconcile (finalizer, status), and
+    // every write is a new version to reconcile; the Table queue must show them waiting.
+    let tables: Api<Table> = env.api();
+    let creations = (0..40).map(|i| {
+        let tables = tables.clone();
+        async move {
+            let table: Table = serde_json::from_value(json!({
+                "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+                "metadata": {"name": format!("burst-{i}")},
+                "spec": {"cluster": "main", "shardKey": "id", "columns": [{"name": "id", "type": "bigint", "nullable": false}], "primaryKey": ["id"]}
+            }))
+            .unwrap();
+            tables.create(&PostParams::default(), &table).await.unwrap();
+        }
+    });
+    let watcher = async {
+        let mut deepest = 0;
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && deepest == 0 {
+            deepest = queue_depths(&scrape(addr).await)
+                .get("Table")
+                .copied()
+                .unwrap_or(0);
+        }
+        deepest
+    };
+    let (_, deepest) = tokio::join!(futures::future::join_all(creations), watcher);
+    assert!(deepest > 0, "the Table queue never showed a waiting table");
+    let drained = eventually(Duration::from_secs(30), || async {
+        queue_depths(&scrape(addr).await).get("Table") == Some(&0)
+    })
+    .await;
+    assert!(
+        drained,
+        "the Table queue never drained: {:?}",
+        queue_depths(&scrape(addr).await)
+    );
+    operator.abort();
+}

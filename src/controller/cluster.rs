@@ -86,7 +86,11 @@ pub async fn run(ctx: Arc<Context>) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Some(((), ()))
     });
-    Controller::new(ctx.watched::<DatabaseCluster>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<DatabaseCluster>(), watcher::Config::default());
+    ctx.metrics
+        .queue
+        .track("DatabaseCluster", controller.store());
+    controller
         .reconcile_all_on(ticks)
         .run(reconcile, error_policy, reconciler)
         .for_each(|_| async {})
@@ -104,6 +108,7 @@ async fn reconcile(
 ) -> Result<Action, ClusterError> {
     let started = Instant::now();
     let ctx = &r.ctx;
+    ctx.reconcile_started("DatabaseCluster", cluster.as_ref());
     ctx.leader.ensure()?;
     let view = ClusterView::gather(cluster.clone(), &r.caches);
     let (topology, invalid) = view.topology();
@@ -156,7 +161,11 @@ async fn reconcile(
     ctx.metrics.active_plans.set(active.len() as i64);
     ctx.metrics.reconciled("DatabaseCluster", "ok", started);
     ctx.reconciled("DatabaseCluster", cluster.as_ref());
-    Ok(Action::requeue(Duration::from_secs(30)))
+    Ok(ctx.next(
+        "DatabaseCluster",
+        cluster.as_ref(),
+        Some(Duration::from_secs(30)),
+    ))
 }
 
 /// A plan the planner made, with what the operator adds to it.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::backoff::Backoff;
 use super::leader::LeaderGuard;
 use super::liveness::Liveness;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, object_key};
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -134,7 +134,35 @@ impl Context {
             .reconciles
             .get_or_create(&super::metrics::ReconcileLabels { kind, result })
             .inc();
-        kube::runtime::controller::Action::requeue(self.backoff.failed(&key))
+        let delay = self.backoff.failed(&key);
+        self.metrics
+            .queue
+            .requeued(kind, object_key(object), Some(delay));
+        kube::runtime::controller::Action::requeue(delay)
+    }
+
+    /// Notes that a reconcile of `object` starts, for the queue depth.
+    pub fn reconcile_started<K: Resource>(&self, kind: &'static str, object: &K) {
+        self.metrics.queue.started(
+            kind,
+            object_key(object),
+            object.meta().resource_version.clone(),
+        );
+    }
+
+    /// What a reconcile returns when `object` is to be looked at again `after` from now
+    /// (`None`: only when it changes), noted for the queue depth.
+    pub fn next<K: Resource>(
+        &self,
+        kind: &'static str,
+        object: &K,
+        after: Option<Duration>,
+    ) -> kube::runtime::controller::Action {
+        self.metrics.queue.requeued(kind, object_key(object), after);
+        match after {
+            Some(after) => kube::runtime::controller::Action::requeue(after),
+            None => kube::runtime::controller::Action::await_change(),
+        }
     }
 
     /// Forgets `object`'s failures after a successful reconcile.

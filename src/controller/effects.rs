@@ -191,6 +191,43 @@ pub async fn advance(
                 .await?;
             Ok(Progress::Done)
         }
+        StepAction::DropShards {
+            shards: names,
+            not_before_ms,
+        } => {
+            let now = now_ms();
+            if now < *not_before_ms {
+                return Ok(Progress::Waiting(format!(
+                    "the shards are kept {} s more",
+                    (not_before_ms - now).div_ceil(1000)
+                )));
+            }
+            // Deleting a Shard is what drops its data: the agents remove the replicas of
+            // shards that no longer exist.
+            let mut left = Vec::new();
+            for name in names {
+                let Some(shard) = shards.get_opt(name).await? else {
+                    continue;
+                };
+                left.push(name.as_str());
+                if shard.metadata.deletion_timestamp.is_none() {
+                    ctx.leader.ensure()?;
+                    match shards.delete(name, &Default::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if left.is_empty() {
+                Ok(Progress::Done)
+            } else {
+                Ok(Progress::Waiting(format!(
+                    "waiting for shard(s) {} to be gone",
+                    left.join(", ")
+                )))
+            }
+        }
         other => Err(StepError::Permanent(format!(
             "{} needs data-plane support this operator build does not have yet; nothing was changed",
             serde_json::to_string(other).unwrap_or_default()

@@ -46,7 +46,9 @@ pub enum ExecutorError {
 
 /// Runs the executor while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
-    Controller::new(ctx.watched::<Plan>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<Plan>(), watcher::Config::default());
+    ctx.metrics.queue.track("Plan", controller.store());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -62,11 +64,12 @@ fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Ac
 
 async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ExecutorError> {
     let started = Instant::now();
+    ctx.reconcile_started("Plan", plan.as_ref());
     ctx.leader.ensure()?;
     let mut writer = StatusWriter::new(&ctx, &plan);
     let action = match writer.status.phase {
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
-            Action::await_change()
+            ctx.next("Plan", plan.as_ref(), None)
         }
         Some(PlanPhase::Running) => execute(&ctx, &plan, &mut writer).await?,
         None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
@@ -91,7 +94,7 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                     );
                     writer.flush_if_changed(&plan).await?;
                     // The target's annotation is not watched here: look again shortly.
-                    Action::requeue(Duration::from_secs(1))
+                    ctx.next("Plan", plan.as_ref(), Some(Duration::from_secs(1)))
                 }
             }
         }
@@ -295,7 +298,7 @@ async fn execute(
         };
         match writer.status.steps[index].phase {
             StepPhase::Succeeded => continue,
-            StepPhase::Failed => return Ok(Action::await_change()),
+            StepPhase::Failed => return Ok(ctx.next("Plan", plan, None)),
             StepPhase::Pending => {
                 // Recorded before acting: a restarted operator resumes this step.
                 let state = &mut writer.status.steps[index];
@@ -352,7 +355,7 @@ async fn execute(
                     format!("step {} ({}): {why}", step.id, step.action),
                 );
                 writer.flush_if_changed(plan).await?;
-                return Ok(Action::requeue(ctx.config.step_poll));
+                return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
             }
             Err(StepError::Permanent(why)) => {
                 let state = &mut writer.status.steps[index];
@@ -387,7 +390,7 @@ async fn execute(
                     })
                     .inc();
                 ctx.event(plan, true, "PlanFailed", message).await;
-                return Ok(Action::await_change());
+                return Ok(ctx.next("Plan", plan, None));
             }
             Err(StepError::Api(error)) => return Err(error.into()),
             Err(StepError::NotLeader(error)) => return Err(error.into()),
@@ -409,7 +412,7 @@ async fn execute(
         ),
     )
     .await;
-    Ok(Action::await_change())
+    Ok(ctx.next("Plan", plan, None))
 }
 
 fn set_progress(

@@ -1,6 +1,14 @@
 //! Prometheus metrics of the operator: reconciles and their durations and errors per kind,
-//! plan steps by action and result, failovers and detection time, leadership. Labels come
-//! from fixed vocabularies (kinds, actions, error variants), never from object names.
+//! the reconcile queue's depth per kind, plan steps by action and result, failovers and
+//! detection time, leadership. Labels come from fixed vocabularies (kinds, actions, error
+//! variants), never from object names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::Resource;
+use kube::runtime::reflector::Store;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +59,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Plans awaiting approval or running.
     pub active_plans: Gauge,
+    /// Objects per kind waiting for a reconcile (see [`ReconcileQueue`]); set at each scrape.
+    pub queue_depth: Family<KindLabels, Gauge>,
+    /// What `queue_depth` is computed from.
+    pub queue: ReconcileQueue,
 }
 
 impl Default for Metrics {
@@ -65,6 +77,12 @@ impl Default for Metrics {
         let detection_seconds = Histogram::new(exponential_buckets(0.25, 1.5, 12));
         let leader = Gauge::default();
         let active_plans = Gauge::default();
+        let queue_depth = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "reconcile_queue_depth",
+            "Objects whose current version or due requeue a reconcile has not started on yet, by kind",
+            queue_depth.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by kind and result",
@@ -105,6 +123,8 @@ impl Default for Metrics {
             detection_seconds,
             leader,
             active_plans,
+            queue_depth,
+            queue: ReconcileQueue::default(),
         }
     }
 }
@@ -112,6 +132,13 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        // Only the leader reconciles; a follower's (or a deposed leader's) caches are stale.
+        let leading = self.leader.get() == 1;
+        for (kind, depth) in self.queue.depth(Instant::now()) {
+            self.queue_depth
+                .get_or_create(&KindLabels { kind })
+                .set(if leading { depth } else { 0 });
+        }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -132,5 +159,164 @@ impl Metrics {
         self.reconcile_seconds
             .get_or_create(&KindLabels { kind })
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The current objects of one kind: `(namespace/name, resourceVersion)`.
+type Listing = Box<dyn Fn() -> Vec<(String, Option<String>)> + Send + Sync>;
+
+/// The depth of each reconciler's queue, as closely as kube-runtime lets one see it: its
+/// scheduler is private, so the depth is derived from what it acts on. An object is waiting
+/// when the controller's own watch cache holds a version of it that no reconcile has started
+/// on yet (every new version is a watch event that queues a reconcile), or when a requeue
+/// (periodic or after an error) is due and its reconcile has not started. Not counted: the
+/// cluster reconciler's 500 ms ticks, and reconciles of a Table queued by a change of one of
+/// its Shards (a mapped watch whose events leave the Table's own version unchanged).
+#[derive(Default)]
+pub struct ReconcileQueue {
+    kinds: Mutex<BTreeMap<&'static str, Tracked>>,
+}
+
+struct Tracked {
+    objects: Listing,
+    started: HashMap<String, Option<String>>,
+    due: HashMap<String, Instant>,
+}
+
+/// The key of an object in [`ReconcileQueue`]: `namespace/name`.
+pub fn object_key<K: Resource>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+impl ReconcileQueue {
+    /// Tracks `kind` through the store of its controller (replacing an earlier one: a new
+    /// leader term starts a new controller).
+    pub fn track<K>(&self, kind: &'static str, store: Store<K>)
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let objects: Listing = Box::new(move || {
+            store
+                .state()
+                .iter()
+                .map(|o: &Arc<K>| (object_key(o.as_ref()), o.meta().resource_version.clone()))
+                .collect()
+        });
+        self.lock().insert(
+            kind,
+            Tracked {
+                objects,
+                started: HashMap::new(),
+                due: HashMap::new(),
+            },
+        );
+    }
+
+    /// A reconcile of `key` started on `version`.
+    pub fn started(&self, kind: &'static str, key: String, version: Option<String>) {
+        if let Some(tracked) = self.lock().get_mut(kind) {
+            tracked.due.remove(&key);
+            tracked.started.insert(key, version);
+        }
+    }
+
+    /// `key` is to be reconciled again `after` from now (`None`: only on a change).
+    pub fn requeued(&self, kind: &'static str, key: String, after: Option<Duration>) {
+        if let Some(tracked) = self.lock().get_mut(kind) {
+            match after {
+                Some(after) => {
+                    tracked.due.insert(key, Instant::now() + after);
+                }
+                None => {
+                    tracked.due.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Objects waiting per tracked kind at `now`.
+    pub fn depth(&self, now: Instant) -> Vec<(&'static str, i64)> {
+        let mut kinds = self.lock();
+        kinds
+            .iter_mut()
+            .map(|(kind, tracked)| {
+                let objects = (tracked.objects)();
+                // Forget what left the cache, so the maps stay as large as the cache.
+                let present: std::collections::HashSet<&String> =
+                    objects.iter().map(|(key, _)| key).collect();
+                tracked.started.retain(|key, _| present.contains(key));
+                tracked.due.retain(|key, _| present.contains(key));
+                let waiting = objects
+                    .iter()
+                    .filter(|(key, version)| {
+                        tracked.started.get(key) != Some(version)
+                            || tracked.due.get(key).is_some_and(|due| *due <= now)
+                    })
+                    .count();
+                (*kind, waiting as i64)
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Tracked>> {
+        // A panic while holding the lock leaves plain maps behind: still usable.
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Plan;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn plan(name: &str, version: &str) -> Plan {
+        let mut plan: Plan = serde_json::from_value(serde_json::json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"cluster": "c", "target": {"kind": "DatabaseCluster", "name": "c"},
+                     "purpose": "Placement", "cause": {"kind": "Policy"}, "risk": "Safe",
+                     "hash": "0".repeat(64), "summary": "", "steps": []}
+        }))
+        .unwrap();
+        plan.metadata.resource_version = Some(version.into());
+        plan
+    }
+
+    #[test]
+    fn new_versions_and_due_requeues_wait_until_a_reconcile_starts() {
+        let (reader, mut writer) = store::<Plan>();
+        let queue = ReconcileQueue::default();
+        queue.track("Plan", reader);
+        let now = Instant::now();
+        writer.apply_watcher_event(&Event::Apply(plan("a", "1")));
+        writer.apply_watcher_event(&Event::Apply(plan("b", "1")));
+        assert_eq!(queue.depth(now), [("Plan", 2)]);
+        queue.started("Plan", "ns/a".into(), Some("1".into()));
+        queue.requeued("Plan", "ns/a".into(), Some(Duration::from_secs(60)));
+        assert_eq!(queue.depth(now), [("Plan", 1)]);
+        // A new version of a queues it again; its requeue comes due later still.
+        writer.apply_watcher_event(&Event::Apply(plan("a", "2")));
+        queue.started("Plan", "ns/b".into(), Some("1".into()));
+        assert_eq!(queue.depth(now), [("Plan", 1)]);
+        queue.started("Plan", "ns/a".into(), Some("2".into()));
+        queue.requeued("Plan", "ns/a".into(), Some(Duration::from_secs(60)));
+        assert_eq!(queue.depth(now), [("Plan", 0)]);
+        assert_eq!(queue.depth(now + Duration::from_secs(61)), [("Plan", 1)]);
+        // A deleted object waits for nothing.
+        writer.apply_watcher_event(&Event::Delete(plan("a", "2")));
+        assert_eq!(queue.depth(now + Duration::from_secs(61)), [("Plan", 0)]);
+        // Untracked kinds are ignored.
+        queue.started("Shard", "ns/x".into(), None);
+        assert_eq!(queue.depth(now).len(), 1);
     }
 }

@@ -8,22 +8,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::api::plan::{PlanPhase, PlanPurpose, PlanTarget, TargetKind};
 use crate::api::shard::{ReplicaRole, ReplicaState, ShardPhase};
 use crate::api::table::{RouteEntry, RoutingMap, TableStatus};
-use crate::api::{Shard, Table};
-use crate::plan::{KeyRange, check_tiling};
+use crate::api::{Plan, Shard, Table};
+use crate::plan::{self, KeyRange, Operation, PlanKind, Step, StepAction, check_tiling};
 
+use super::APPROVE_ANNOTATION;
+use super::cluster::change_cause;
 use super::conditions::{self, Observation};
 use super::context::Context;
 use super::leader::NotLeader;
 use super::observe::observed_on;
+use super::plan_wire::{self, PlanContext};
 
 /// The field manager of the shard readiness fields.
 pub const SHARD_STATUS_MANAGER: &str = "shardplane-operator/shard-status";
@@ -37,11 +41,16 @@ pub enum TableError {
     /// The API server refused or failed a request (a 409: the table changed meanwhile).
     #[error("API request failed: {0}")]
     Api(#[from] kube::Error),
+    /// A drop plan could not be serialized.
+    #[error("cannot encode the drop plan: {0}")]
+    Encode(String),
 }
 
 /// Runs the reconciler while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
-    Controller::new(ctx.watched::<Table>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<Table>(), watcher::Config::default());
+    ctx.metrics.queue.track("Table", controller.store());
+    controller
         .watches(
             ctx.watched::<Shard>(),
             watcher::Config::default(),
@@ -62,12 +71,14 @@ fn error_policy(table: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Act
     let result = match error {
         TableError::NotLeader(_) => "not_leader",
         TableError::Api(_) => "api",
+        TableError::Encode(_) => "encode",
     };
     ctx.retry("Table", table.as_ref(), result, error)
 }
 
 async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, TableError> {
     let started = Instant::now();
+    ctx.reconcile_started("Table", table.as_ref());
     ctx.leader.ensure()?;
     let namespace = table.namespace().unwrap_or_default();
     let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -79,10 +90,213 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
     for shard in &shards_of_table {
         report_readiness(&ctx, &shards, shard).await?;
     }
-    write_routing(&ctx, &table, &shards_of_table).await?;
+    let (deletion, action) = if table.metadata.deletion_timestamp.is_some() {
+        let (observation, gone) = guard_deletion(&ctx, &table, &shards_of_table).await?;
+        if gone {
+            ctx.metrics.reconciled("Table", "ok", started);
+            return Ok(ctx.next("Table", table.as_ref(), None));
+        }
+        // The plan's approval is not watched here: look again shortly.
+        (observation, Duration::from_secs(1))
+    } else {
+        ensure_finalizer(&ctx, &table).await?;
+        (None, Duration::from_secs(60))
+    };
+    write_routing(&ctx, &table, &shards_of_table, deletion).await?;
     ctx.metrics.reconciled("Table", "ok", started);
     ctx.reconciled("Table", table.as_ref());
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(ctx.next("Table", table.as_ref(), Some(action)))
+}
+
+/// The finalizer that keeps a deleted Table until an approved plan has dropped its shards.
+pub const TABLE_FINALIZER: &str = "shardplane.io/drop-after-approval";
+
+/// Writes `finalizers` on `table`, conditional on the version read (others edit the list).
+async fn set_finalizers(
+    ctx: &Context,
+    table: &Table,
+    finalizers: Vec<String>,
+) -> Result<(), TableError> {
+    ctx.leader.ensure()?;
+    let tables: Api<Table> =
+        Api::namespaced(ctx.client.clone(), &table.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"resourceVersion": table.resource_version(), "finalizers": finalizers}});
+    tables
+        .patch(
+            &table.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn ensure_finalizer(ctx: &Context, table: &Table) -> Result<(), TableError> {
+    if table.finalizers().iter().any(|f| f == TABLE_FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = table.finalizers().to_vec();
+    finalizers.push(TABLE_FINALIZER.to_string());
+    set_finalizers(ctx, table, finalizers).await
+}
+
+/// The plan that drops the data of a deleted table's `shards`: one destructive step, not
+/// before the deletion time (`not_before_ms`), so the same deletion always gives the same
+/// plan and hash. The planner has no kind of its own for it yet: it is hashed as a
+/// `Reshard` (the table's keys re-tiled by no shard) and shown with purpose `DropTable`.
+pub fn drop_plan(table: &str, mut shards: Vec<String>, not_before_ms: u64) -> plan::Plan {
+    shards.sort();
+    let count = shards.len();
+    let step = Step::new(
+        StepAction::DropShards {
+            shards,
+            not_before_ms,
+        },
+        format!("table {table} was deleted; its {count} shard(s) and their rows go with it"),
+    );
+    let mut plan = plan::Plan {
+        kind: PlanKind::Reshard,
+        risk: step.risk,
+        hash: String::new(),
+        operations: vec![Operation {
+            wave: 0,
+            subject: table.to_owned(),
+            steps: vec![step],
+        }],
+        blocked: Vec::new(),
+    };
+    plan.hash = plan.content_hash();
+    plan
+}
+
+/// A deleted table: once its shards are gone, lift the finalizer (`true`: the table goes);
+/// until then make sure a drop plan exists and say, in the returned condition, which plan
+/// and hash the drop waits for.
+async fn guard_deletion(
+    ctx: &Context,
+    table: &Table,
+    shards: &[Shard],
+) -> Result<(Option<Observation<'static>>, bool), TableError> {
+    let name = table.name_any();
+    if !table.finalizers().iter().any(|f| f == TABLE_FINALIZER) {
+        return Ok((None, false));
+    }
+    if shards.is_empty() {
+        let finalizers = table
+            .finalizers()
+            .iter()
+            .filter(|f| *f != TABLE_FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(ctx, table, finalizers).await?;
+        ctx.event(
+            table,
+            false,
+            "TableDropped",
+            format!("table {name} holds no shard any more; it goes"),
+        )
+        .await;
+        return Ok((None, true));
+    }
+    let namespace = table.namespace().unwrap_or_default();
+    let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deleted_ms = table
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(0, |t| u64::try_from(t.0.as_millisecond()).unwrap_or(0));
+    let planned = drop_plan(
+        &name,
+        shards.iter().map(ResourceExt::name_any).collect(),
+        deleted_ms,
+    );
+    let plan_name =
+        plan_wire::plan_name(&table.spec.cluster, PlanPurpose::DropTable, &planned.hash);
+    let existing = plans.get_opt(&plan_name).await?;
+    let plan = match existing {
+        Some(plan) => plan,
+        None => {
+            let context = PlanContext {
+                cluster: table.spec.cluster.clone(),
+                target: PlanTarget {
+                    kind: TargetKind::Table,
+                    name: name.clone(),
+                },
+                cause: change_cause(table, format!("table {name} was deleted")),
+                summary: format!(
+                    "drop the data of deleted table {name}: {} shard(s)",
+                    shards.len()
+                ),
+                facts: Default::default(),
+            };
+            let mut spec = plan_wire::to_spec(&planned, context)
+                .map_err(|e| TableError::Encode(e.to_string()))?;
+            spec.purpose = PlanPurpose::DropTable;
+            let mut object = Plan::new(&plan_name, spec);
+            object.metadata.namespace = Some(namespace.clone());
+            object.metadata.labels = Some(
+                [
+                    (
+                        "shardplane.io/cluster".to_string(),
+                        table.spec.cluster.clone(),
+                    ),
+                    ("shardplane.io/purpose".to_string(), "DropTable".to_string()),
+                ]
+                .into(),
+            );
+            ctx.leader.ensure()?;
+            match plans.create(&PostParams::default(), &object).await {
+                Ok(created) => {
+                    ctx.event(
+                        table,
+                        false,
+                        "PlanCreated",
+                        format!(
+                            "plan {plan_name} (DropTable, Destructive, hash {}): its shards' data is dropped once it is approved",
+                            planned.hash
+                        ),
+                    )
+                    .await;
+                    created
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok((None, false)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let phase = plan.status.as_ref().and_then(|s| s.phase);
+    let (reason, message) = match phase {
+        None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => (
+            "AwaitingDropApproval",
+            format!(
+                "table deleted: its data is dropped once plan {plan_name}/{} is approved (annotate Table {name} with {APPROVE_ANNOTATION}={} or set the plan's spec.approval)",
+                planned.hash, planned.hash
+            ),
+        ),
+        Some(PlanPhase::Running | PlanPhase::Succeeded) => (
+            "DroppingData",
+            format!(
+                "table deleted: plan {plan_name}/{} is dropping its shards",
+                planned.hash
+            ),
+        ),
+        Some(PlanPhase::Failed | PlanPhase::Superseded) => (
+            "DropPlanStopped",
+            format!(
+                "table deleted, but plan {plan_name}/{} stopped ({phase:?}); see the plan",
+                planned.hash
+            ),
+        ),
+    };
+    Ok((
+        Some(Observation {
+            type_: "Ready",
+            holds: false,
+            reason,
+            message,
+        }),
+        false,
+    ))
 }
 
 /// Writes the shard's ready-replica count and phase where they changed.
@@ -164,7 +378,14 @@ fn routing_entries(shards: &[Shard]) -> Vec<RouteEntry> {
     entries
 }
 
-async fn write_routing(ctx: &Context, table: &Table, shards: &[Shard]) -> Result<(), TableError> {
+/// Writes the routing map and the `Ready` condition; `deletion` (a deleted table's state)
+/// takes the place of the routing's own readiness.
+async fn write_routing(
+    ctx: &Context,
+    table: &Table,
+    shards: &[Shard],
+    deletion: Option<Observation<'_>>,
+) -> Result<(), TableError> {
     let generation = table.meta().generation;
     let old = table.status.clone().unwrap_or_default();
     let entries = routing_entries(shards);
@@ -229,16 +450,13 @@ async fn write_routing(ctx: &Context, table: &Table, shards: &[Shard]) -> Result
             ),
         ),
     };
-    conditions::set(
-        &mut status.conditions,
-        generation,
-        Observation {
-            type_: "Ready",
-            holds: ready,
-            reason,
-            message,
-        },
-    );
+    let observation = deletion.unwrap_or(Observation {
+        type_: "Ready",
+        holds: ready,
+        reason,
+        message,
+    });
+    conditions::set(&mut status.conditions, generation, observation);
     let unchanged = conditions::same(&status.conditions, &old.conditions)
         && TableStatus {
             conditions: Vec::new(),
