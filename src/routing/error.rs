@@ -49,7 +49,7 @@ pub enum RoutingError {
     },
     /// The server refused the statement for a reason another attempt would not fix.
     #[error(
-        "statement for key {key} of Table {table} failed on {endpoint} (shard {shard}): {source}; a retry does not fix this (SQL, parameters, a constraint, permissions or credentials): fix the statement or the router's credentials"
+        "statement for key {key} of Table {table} failed on {endpoint} (shard {shard}): {message}; a retry does not fix this (SQL, parameters, a constraint, permissions or credentials): fix the statement or the router's credentials"
     )]
     Refused {
         /// The Table.
@@ -60,6 +60,8 @@ pub enum RoutingError {
         shard: String,
         /// The primary's `host:port`.
         endpoint: String,
+        /// PostgreSQL's error in full.
+        message: String,
         /// PostgreSQL's error.
         #[source]
         source: tokio_postgres::Error,
@@ -83,4 +85,28 @@ pub enum RoutingError {
         /// What the last attempt ran into.
         last: String,
     },
+}
+
+/// A PostgreSQL error in full: its message, SQLSTATE and constraint for a server error (the
+/// driver's own `Display` says only "db error"), or the error and its causes otherwise.
+pub fn postgres_message(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(constraint) = db.constraint() {
+            text.push_str(&format!(", constraint {constraint}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

@@ -46,7 +46,7 @@ mod pool;
 mod retry;
 mod router;
 
-pub use error::{RoutingError, RoutingMapError};
+pub use error::{RoutingError, RoutingMapError, postgres_message};
 pub use keyhash::{ShardKeyValue, hash_bytes_extended, hash_int8_extended, keyspace_id};
 pub use map::{Endpoint, Route, RouteTable};
 pub use pool::DatabaseCredentials;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::error::RoutingError;
+use super::error::{RoutingError, postgres_message};
 use super::keyhash::ShardKeyValue;
 use super::map::{Endpoint, Route, RouteTable};
 use super::pool::{CheckoutError, DatabaseCredentials, EndpointPool};
@@ -363,6 +363,7 @@ impl Router {
                                         key: key.to_string(),
                                         shard: shard.clone(),
                                         endpoint: endpoint.to_string(),
+                                        message: postgres_message(&source),
                                         source,
                                     });
                                 }
@@ -456,7 +457,10 @@ impl Router {
                     "the endpoint left the routing map".to_owned(),
                 ),
                 CheckoutError::Connect(error) => match classify_connect(&error) {
-                    Some(reason) => AttemptError::Retry(reason, format!("connecting: {error}")),
+                    Some(reason) => AttemptError::Retry(
+                        reason,
+                        format!("connecting: {}", postgres_message(&error)),
+                    ),
                     None => AttemptError::Refused(error),
                 },
             })?;
@@ -476,7 +480,7 @@ impl Router {
             }
             Err(error) => match classify(&error, &inner.config.range_constraint) {
                 // The session's state is unknown: the connection is dropped, not reused.
-                Some(reason) => Err(AttemptError::Retry(reason, error.to_string())),
+                Some(reason) => Err(AttemptError::Retry(reason, postgres_message(&error))),
                 None => {
                     connection.release();
                     Err(AttemptError::Refused(error))

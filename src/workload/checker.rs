@@ -18,6 +18,7 @@ use crate::api::table::KeySpace;
 use crate::api::{Shard, Table};
 use crate::routing::{
     DatabaseCredentials, Endpoint, Route, RouteTable, RoutingMapError, ShardKeyValue,
+    postgres_message,
 };
 
 /// How long the checker waits for one connection.
@@ -90,7 +91,7 @@ pub enum CheckError {
     },
     /// A serving primary could not be reached or read.
     #[error(
-        "checker: {what} on {endpoint} (shard {shard}) failed: {source}; every serving primary must be reachable and its table readable by the checker's role"
+        "checker: {what} on {endpoint} (shard {shard}) failed: {message}; every serving primary must be reachable and its table readable by the checker's role"
     )]
     Sql {
         /// What was being done.
@@ -99,6 +100,8 @@ pub enum CheckError {
         endpoint: String,
         /// The Shard(s) it serves.
         shard: String,
+        /// PostgreSQL's error in full.
+        message: String,
         /// PostgreSQL's error.
         #[source]
         source: tokio_postgres::Error,
@@ -307,6 +310,7 @@ impl Checker {
                 what,
                 endpoint: endpoint.to_string(),
                 shard: shards.clone(),
+                message: postgres_message(&source),
                 source,
             };
             let client = self
