@@ -714,3 +714,46 @@ async fn credentials_never_reach_status_or_events() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn objects_carry_the_commit_that_last_changed_them() {
+    let env = env_with_crds().await;
+    let repo = Repo::new();
+    repo.write(
+        "shards.yaml",
+        &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)),
+    );
+    let first = repo.commit("two shards");
+    create_git_sync(&env, "main", &repo, json!({})).await;
+    let (syncer, _checkouts) = syncer(&env);
+    sync(&env, &syncer, "main").await.unwrap();
+    let stamp = |name: &'static str| {
+        let shards = env.api::<Shard>();
+        async move {
+            let shard = shards.get(name).await.unwrap();
+            let annotations = shard.metadata.annotations.unwrap_or_default();
+            annotations.get("shardplane.io/source-commit").cloned()
+        }
+    };
+    assert_eq!(stamp("c-0").await.as_deref(), Some(first.as_str()));
+
+    // Only c-1 changes: only c-1 is credited to (and rewritten by) the new commit.
+    repo.write(
+        "shards.yaml",
+        &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, Some("r2"))),
+    );
+    repo.write("README.md", "unrelated\n");
+    let second = repo.commit("c-1 prefers r2");
+    let outcome = sync(&env, &syncer, "main").await.unwrap();
+    assert_eq!(outcome.applied.unchanged, 1, "{outcome:?}");
+    assert_eq!(outcome.applied.configured.len(), 1, "{outcome:?}");
+    assert_eq!(stamp("c-0").await.as_deref(), Some(first.as_str()));
+    assert_eq!(stamp("c-1").await.as_deref(), Some(second.as_str()));
+
+    // A commit that changes nothing here changes no stamp.
+    repo.write("README.md", "still unrelated\n");
+    repo.commit("docs");
+    let outcome = sync(&env, &syncer, "main").await.unwrap();
+    assert_eq!(outcome.applied.unchanged, 2, "{outcome:?}");
+    assert_eq!(stamp("c-1").await.as_deref(), Some(second.as_str()));
+}
