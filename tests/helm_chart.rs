@@ -1523,3 +1523,276 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
     .await;
     assert!(wrong.is_empty(), "wrong rights:\n{}", wrong.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// The Table admission webhook
+
+/// The base64-decoded `key` of a rendered Secret's `data`.
+fn secret_data(secret: &Value, key: &str) -> String {
+    use std::io::Write;
+    let encoded = secret["data"][key].as_str().unwrap_or_default();
+    let mut child = std::process::Command::new("base64")
+        .arg("--decode")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(encoded.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8(output.stdout).expect("PEM is text")
+}
+
+/// Runs openssl with `args` in `dir`; returns (succeeded, stdout + stderr).
+fn openssl(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn admission_webhook_is_registered_served_and_trusted_with_the_chart_certificate() {
+    let objects = render("hook", &[]).await;
+    let hook = find(
+        &objects,
+        "ValidatingWebhookConfiguration",
+        "hook-shardplane-operator-tables",
+    );
+    let webhook = &hook["webhooks"][0];
+    assert_eq!(webhook["name"], "tables.shardplane.io");
+    assert_eq!(
+        webhook["failurePolicy"], "Ignore",
+        "the default documented in docs/helm.md"
+    );
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(
+        webhook["rules"][0]["resources"],
+        serde_yaml::to_value(["tables"]).unwrap()
+    );
+    assert_eq!(
+        webhook["rules"][0]["operations"],
+        serde_yaml::to_value(["CREATE", "UPDATE"]).unwrap()
+    );
+    assert!(
+        webhook["namespaceSelector"].is_null(),
+        "an operator of every namespace validates every namespace"
+    );
+    let client = &webhook["clientConfig"]["service"];
+    assert_eq!(client["path"], shardplane::controller::TABLE_WEBHOOK_PATH);
+    assert_eq!(client["namespace"], "shardplane-system");
+    let service = find(&objects, "Service", client["name"].as_str().unwrap());
+    assert_eq!(service["spec"]["ports"][0]["port"], client["port"]);
+    let target = &service["spec"]["ports"][0]["targetPort"];
+
+    // The operator pods listen where the Service sends, with the Secret's certificate.
+    let deployment = find(&objects, "Deployment", "hook-shardplane-operator");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let port = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| &p["name"] == target)
+        .unwrap_or_else(|| panic!("no container port named {target:?}"));
+    assert_eq!(
+        env_value(&container["env"], "SHARDPLANE_ADMISSION_ADDRESS"),
+        Some(&Value::from(format!(
+            "0.0.0.0:{}",
+            port["containerPort"].as_u64().unwrap()
+        )))
+    );
+    let mount = &container["volumeMounts"][0];
+    for (variable, file) in [
+        ("SHARDPLANE_ADMISSION_CERT", "tls.crt"),
+        ("SHARDPLANE_ADMISSION_KEY", "tls.key"),
+    ] {
+        assert_eq!(
+            env_value(&container["env"], variable),
+            Some(&Value::from(format!(
+                "{}/{file}",
+                mount["mountPath"].as_str().unwrap()
+            )))
+        );
+    }
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let secret = find(
+        &objects,
+        "Secret",
+        volume["secret"]["secretName"].as_str().unwrap(),
+    );
+    assert_eq!(
+        secret["data"]["ca.crt"], webhook["clientConfig"]["caBundle"],
+        "the API server must trust the CA that signed the serving certificate"
+    );
+
+    // The serving certificate is signed by that CA, names the Service as the API server
+    // calls it, and belongs to the key the pods are given.
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(dir.path().join(file), secret_data(secret, file)).unwrap();
+    }
+    let host = format!("{}.shardplane-system.svc", client["name"].as_str().unwrap());
+    let (verified, text) = openssl(
+        dir.path(),
+        &[
+            "verify",
+            "-CAfile",
+            "ca.crt",
+            "-verify_hostname",
+            &host,
+            "tls.crt",
+        ],
+    );
+    assert!(
+        verified,
+        "the certificate does not verify for {host}: {text}"
+    );
+    let (_, from_cert) = openssl(dir.path(), &["x509", "-in", "tls.crt", "-noout", "-pubkey"]);
+    let (_, from_key) = openssl(dir.path(), &["pkey", "-in", "tls.key", "-pubout"]);
+    assert!(from_cert.contains("BEGIN PUBLIC KEY"), "{from_cert}");
+    assert_eq!(from_cert, from_key, "tls.key is not the certificate's key");
+}
+
+#[tokio::test]
+async fn admission_webhook_values_scope_harden_or_remove_it() {
+    let scoped = render(
+        "hook",
+        &[
+            "--set",
+            "operator.watchNamespace=team-a",
+            "--set",
+            "operator.admissionWebhook.failurePolicy=Fail",
+        ],
+    )
+    .await;
+    let webhook = &find(
+        &scoped,
+        "ValidatingWebhookConfiguration",
+        "hook-shardplane-operator-tables",
+    )["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(
+        webhook["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "team-a",
+        "an operator of one namespace must not be asked about others"
+    );
+
+    let off = render(
+        "hook",
+        &["--set", "operator.admissionWebhook.enabled=false"],
+    )
+    .await;
+    for object in &off {
+        assert!(
+            !name(object).contains("webhook") && kind(object) != "ValidatingWebhookConfiguration",
+            "rendered with the webhook disabled: {}/{}",
+            kind(object),
+            name(object)
+        );
+    }
+    let container = &find(&off, "Deployment", "hook-shardplane-operator")["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert!(env_value(&container["env"], "SHARDPLANE_ADMISSION_ADDRESS").is_none());
+
+    let output = helm(&[
+        "lint",
+        "--strict",
+        CHART,
+        "--set",
+        "operator.admissionWebhook.failurePolicy=Sometimes",
+    ])
+    .await;
+    let text = describe(&output);
+    assert!(
+        !output.status.success() && text.contains("/operator/admissionWebhook/failurePolicy"),
+        "an unknown failurePolicy was accepted or not named: {text}"
+    );
+}
+
+#[tokio::test]
+async fn installed_webhook_keeps_its_certificate_on_upgrade_and_admits_tables_while_no_pod_runs() {
+    let env = test_env().await;
+    install(&env, "hook", &[]).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = env.api();
+    let ca = |secret: k8s_openapi::api::core::v1::Secret| {
+        secret
+            .data
+            .unwrap_or_default()
+            .remove("ca.crt")
+            .map(|b| b.0)
+    };
+    let before = ca(secrets
+        .get("hook-shardplane-operator-webhook-tls")
+        .await
+        .expect("the webhook's certificate Secret"));
+    assert!(before.is_some());
+    let configuration = Api::<
+        k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+    >::all(env.client.clone())
+    .get("hook-shardplane-operator-tables")
+    .await
+    .expect("the ValidatingWebhookConfiguration");
+    let bundle = configuration.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .map(|b| b.0);
+    assert_eq!(bundle, before, "the caBundle is not the Secret's CA");
+
+    let output = env.helm(["upgrade", "hook", CHART]).await;
+    assert!(
+        output.status.success(),
+        "helm upgrade: {}",
+        describe(&output)
+    );
+    let after = ca(secrets
+        .get("hook-shardplane-operator-webhook-tls")
+        .await
+        .unwrap());
+    assert_eq!(after, before, "helm upgrade replaced the webhook's CA");
+
+    // No operator pod runs here (no kubelet): with the default failurePolicy Ignore a Table is
+    // still admitted (the operator judges it when it runs).
+    let table = serde_json::json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": "orders"},
+        "spec": {"cluster": "main", "shardKey": "id", "primaryKey": ["id"],
+                 "columns": [{"name": "id", "type": "bigint", "nullable": false}]}
+    });
+    let tables: Api<shardplane::api::Table> = env.api();
+    let admitted = eventually(SETTLE_TIMEOUT, || async {
+        tables
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(table.clone()).unwrap(),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(admitted, "a Table was refused while no webhook pod runs");
+    let output = env.helm(["uninstall", "hook"]).await;
+    assert!(
+        output.status.success(),
+        "helm uninstall: {}",
+        describe(&output)
+    );
+}
