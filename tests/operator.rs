@@ -968,8 +968,25 @@ async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
     })
     .await;
     assert!(gone, "shards or table left after approval\n{}", env.dump());
+    // The step sees the shards gone at its next look.
+    let succeeded = eventually(Duration::from_secs(10), || async {
+        plans
+            .get(&plan.name_any())
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            == Some(PlanPhase::Succeeded)
+    })
+    .await;
+    assert!(
+        succeeded,
+        "the drop plan never succeeded
+{}",
+        env.dump()
+    );
     let done = plans.get(&plan.name_any()).await.unwrap().status.unwrap();
-    assert_eq!(done.phase, Some(PlanPhase::Succeeded));
     assert_eq!(done.approved_by.as_deref(), Some("annotation:Table/orders"));
     operator.abort();
 }
