@@ -314,6 +314,8 @@ impl Router {
         inner.shared.requests.fetch_add(1, Ordering::Relaxed);
         let mut map = inner.map.clone();
         let mut attempts = 0_u32;
+        // The failure before the current attempt, for a report that the deadline cut short.
+        let mut previous: Option<String> = None;
         loop {
             attempts += 1;
             let observed = map.borrow_and_update().clone();
@@ -371,7 +373,11 @@ impl Router {
                                     version,
                                     RetryReason::Connection,
                                     format!(
-                                        "the attempt on {endpoint} (shard {shard}) was still running at the deadline; its outcome is unknown"
+                                        "the attempt on {endpoint} (shard {shard}) was still running at the deadline, its outcome unknown{}",
+                                        previous
+                                            .as_deref()
+                                            .map(|p| format!("; the attempt before: {p}"))
+                                            .unwrap_or_default()
                                     ),
                                 ),
                             }
@@ -379,6 +385,7 @@ impl Router {
                     }
                 }
             };
+            previous = Some(last.clone());
             self.retry_or_give_up(
                 &mut map,
                 (version, reason, last),

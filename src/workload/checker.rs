@@ -52,7 +52,7 @@ pub enum CheckError {
         table: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The Table has no routing map to check against.
     #[error(
@@ -463,7 +463,7 @@ impl Checker {
             what,
             namespace: self.namespace.clone(),
             table: self.table.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -82,6 +82,7 @@ struct Tally {
     failed: Mutex<Vec<i64>>,
     acked_count: AtomicU64,
     already_present: AtomicU64,
+    slowest_micros: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -97,6 +98,9 @@ pub struct WorkloadReport {
     pub already_present: u64,
     /// The router's retries while the workload ran.
     pub retries: u64,
+    /// The longest time one acknowledged write took, retries included: how long a switch or
+    /// failover stalled a writer.
+    pub slowest_write: Duration,
     /// How long it ran.
     pub elapsed: Duration,
     /// The first failure's message.
@@ -118,12 +122,13 @@ impl fmt::Display for WorkloadReport {
         let seconds = self.elapsed.as_secs_f64();
         write!(
             f,
-            "workload: {} writes acknowledged ({} already applied by a lost attempt), {} failed, {} retries in {seconds:.1} s ({:.0} acknowledged writes/s)",
+            "workload: {} writes acknowledged ({} already applied by a lost attempt), {} failed, {} retries in {seconds:.1} s ({:.0} acknowledged writes/s, slowest write {:.0?})",
             self.acked.len(),
             self.already_present,
             self.failed.len(),
             self.retries,
-            self.acked.len() as f64 / seconds.max(f64::EPSILON)
+            self.acked.len() as f64 / seconds.max(f64::EPSILON),
+            self.slowest_write
         )?;
         if let Some(error) = &self.first_error {
             write!(f, "; first failure: {error}")?;
@@ -211,6 +216,7 @@ impl Workload {
             failed: take(&self.tally.failed),
             already_present: self.tally.already_present.load(Ordering::Relaxed),
             retries: stats.retries - self.retries_before,
+            slowest_write: Duration::from_micros(self.tally.slowest_micros.load(Ordering::Relaxed)),
             elapsed: self.started.elapsed(),
             first_error: lock(&self.tally.first_error).clone(),
         }
@@ -243,11 +249,14 @@ async fn write_until_stopped(
             return;
         }
         let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         match router
             .execute(&ShardKeyValue::Int(id), &statement, &[&id])
             .await
         {
             Ok(inserted) => {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tally.slowest_micros.fetch_max(micros, Ordering::Relaxed);
                 if inserted == 0 {
                     tally.already_present.fetch_add(1, Ordering::Relaxed);
                 }
