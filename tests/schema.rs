@@ -233,7 +233,7 @@ async fn accepted(env: &TestEnv) -> Option<(String, String, String)> {
         .into_iter()
         .find(|c| c.type_ == SCHEMA_ACCEPTED)?;
     Some((
-        serde_json::to_value(&condition.status)
+        serde_json::to_value(condition.status)
             .ok()?
             .as_str()?
             .to_owned(),

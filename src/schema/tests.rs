@@ -411,6 +411,15 @@ fn mutate(schema: &mut TableSchema, name: &str, mutation: Mutation) {
     }
 }
 
+/// `schema` with the i-th mutation applied to column `zq_c<i>`.
+fn mutated(schema: &TableSchema, mutations: &[Mutation]) -> TableSchema {
+    let mut new = schema.clone();
+    for (i, mutation) in mutations.iter().enumerate() {
+        mutate(&mut new, &format!("zq_c{i}"), *mutation);
+    }
+    new
+}
+
 /// Removes every double-quoted identifier (with `""` escapes) from a statement.
 fn without_quoted_identifiers(statement: &str) -> String {
     let mut out = String::new();
@@ -473,10 +482,7 @@ proptest! {
         schema in arb_schema(),
         mutations in prop::collection::vec(arb_mutation(), 8),
     ) {
-        let mut new = schema.clone();
-        for (i, mutation) in mutations.iter().enumerate() {
-            mutate(&mut new, &format!("zq_c{i}"), *mutation);
-        }
+        let mut new = mutated(&schema, &mutations);
         new.columns.push(new_column("zq_added", "text"));
         let old_shape = Shape { shard_key: "zq_key", schema: &schema };
         let new_shape = Shape { shard_key: "zq_key", schema: &new };
@@ -493,10 +499,7 @@ proptest! {
         schema in arb_schema(),
         mutations in prop::collection::vec(arb_mutation(), 8),
     ) {
-        let mut new = schema.clone();
-        for (i, mutation) in mutations.iter().enumerate() {
-            mutate(&mut new, &format!("zq_c{i}"), *mutation);
-        }
+        let new = mutated(&schema, &mutations);
         let diff = diff("t", Shape { shard_key: "zq_key", schema: &schema }, Shape { shard_key: "zq_key", schema: &new });
         for change in &diff.changes {
             prop_assert_eq!(change.class == ChangeClass::Refused, change.ddl.is_empty() && !change.summary.starts_with("deprecating") && !change.summary.starts_with("keeping"));
