@@ -189,18 +189,18 @@ mod tests {
         RoutingMap { version: 3, ranges }
     }
 
+    /// A hash-keyed table "t" routed by `ranges`.
+    fn hashed(ranges: Vec<RouteEntry>) -> RouteTable {
+        RouteTable::new("t", KeySpace::Hash, &map(ranges)).unwrap()
+    }
+
     #[test]
     fn finds_the_range_of_every_key_including_the_edges() {
-        let table = RouteTable::new(
-            "t",
-            KeySpace::Hash,
-            &map(vec![
-                entry(None, Some(-10), "a", "127.0.0.1:1"),
-                entry(Some(-10), Some(0), "b", "127.0.0.1:2"),
-                entry(Some(0), None, "c", "127.0.0.1:3"),
-            ]),
-        )
-        .unwrap();
+        let table = hashed(vec![
+            entry(None, Some(-10), "a", "127.0.0.1:1"),
+            entry(Some(-10), Some(0), "b", "127.0.0.1:2"),
+            entry(Some(0), None, "c", "127.0.0.1:3"),
+        ]);
         let shard = |key| table.route(key).map(|r| r.shard.as_str());
         assert_eq!(shard(i64::MIN), Some("a"));
         assert_eq!(shard(-11), Some("a"));
@@ -213,15 +213,10 @@ mod tests {
 
     #[test]
     fn a_gap_is_not_covered() {
-        let table = RouteTable::new(
-            "t",
-            KeySpace::Hash,
-            &map(vec![
-                entry(None, Some(-10), "a", "127.0.0.1:1"),
-                entry(Some(5), None, "c", "127.0.0.1:3"),
-            ]),
-        )
-        .unwrap();
+        let table = hashed(vec![
+            entry(None, Some(-10), "a", "127.0.0.1:1"),
+            entry(Some(5), None, "c", "127.0.0.1:3"),
+        ]);
         assert_eq!(table.route(0), None);
         assert_eq!(table.route(-10), None);
         assert_eq!(table.route(5).map(|r| r.shard.as_str()), Some("c"));
