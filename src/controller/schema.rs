@@ -184,6 +184,10 @@ fn next_version(
 async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, SchemaError> {
     let started = Instant::now();
     ctx.leader.ensure()?;
+    if table.meta().deletion_timestamp.is_some() {
+        // A table on its way out gets no new version; its versions go with it.
+        return Ok(Action::await_change());
+    }
     let namespace = table.namespace().unwrap_or_default();
     let versions: Api<SchemaVersion> = Api::namespaced(ctx.client.clone(), &namespace);
     // A consistent list, not a cache: a version created a moment ago must be seen, or a
