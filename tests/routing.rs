@@ -430,9 +430,28 @@ async fn a_stale_map_is_refused_by_the_range_constraint_and_retried_until_it_is_
     assert!(stats.retries_misrouted > 0 && stats.gave_up == 0, "{stats}");
 }
 
+/// How shard a's primary goes away in a failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failover {
+    /// A planned switch: the old primary is fenced (writes fail with 25006, sessions are
+    /// terminated) and stays up as a read-only instance.
+    Fenced,
+    /// A crash: the old primary is killed with SIGKILL (connections break and are refused).
+    Crashed,
+}
+
 #[tokio::test]
-async fn the_workload_continues_through_a_failover_and_loses_no_acknowledged_write() {
-    let fixture = Fixture::new(true).await;
+async fn the_workload_continues_through_a_fenced_failover_and_loses_no_acknowledged_write() {
+    workload_through_failover(Failover::Fenced).await;
+}
+
+#[tokio::test]
+async fn the_workload_continues_through_a_crash_failover_and_loses_no_acknowledged_write() {
+    workload_through_failover(Failover::Crashed).await;
+}
+
+async fn workload_through_failover(failover: Failover) {
+    let mut fixture = Fixture::new(true).await;
     let router = fixture.router(Duration::from_secs(20)).await;
     let config = WorkloadConfig::new(TABLE, "id", 4, 200.0);
     let workload = Workload::start(router.clone(), &config).unwrap();
@@ -444,23 +463,32 @@ async fn the_workload_continues_through_a_failover_and_loses_no_acknowledged_wri
         "the workload did not get going"
     );
 
-    // Failover of shard a: fence the old primary, promote its standby, switch the routing
-    // map in one write (new endpoint, new epoch), and report the new roles.
+    // Failover of shard a: fence or kill the old primary, promote its standby, switch the
+    // routing map in one write (new endpoint, new epoch), and report the new roles.
+    let failover_started = std::time::Instant::now();
+    match failover {
+        Failover::Fenced => fixture.a0.fence_writes().await.unwrap(),
+        Failover::Crashed => fixture.a0.kill(),
+    }
     let a1 = fixture.a1.as_ref().unwrap();
-    fixture.a0.fence_writes().await.unwrap();
     a1.promote(&SyncQuorum::none()).await.unwrap();
+    let on_a1_at_promotion = ids_on(a1).await.len();
     fixture
         .switch_routing(vec![
             fixture.route("items-a", a1, 2),
             fixture.route("items-b", &fixture.b0, 1),
         ])
         .await;
+    let switched_after = failover_started.elapsed();
     fixture
         .set_replicas(
             "items-a",
             vec![
                 ObservedReplica {
-                    state: ReplicaState::Fenced,
+                    state: match failover {
+                        Failover::Fenced => ReplicaState::Fenced,
+                        Failover::Crashed => ReplicaState::Down,
+                    },
                     ..replica(&fixture.a0, ReplicaRole::Secondary)
                 },
                 replica(a1, ReplicaRole::Primary),
@@ -476,15 +504,19 @@ async fn the_workload_continues_through_a_failover_and_loses_no_acknowledged_wri
         "the workload did not continue after the switch"
     );
     let report = workload.stop().await;
-    println!("{report}");
-    println!("router: {}", router.stats());
+    let stats = router.stats();
+    println!("{failover:?} failover: {report}");
+    println!("router: {stats}; routing switched {switched_after:.2?} after the failover began");
 
     assert!(report.failed.is_empty(), "{report}");
     assert!(report.retries > 0, "the failover caused no retry: {report}");
-    let before_failover = ids_on(&fixture.a0).await;
-    let on_new_primary = ids_on(a1).await;
+    let expected_reasons = match failover {
+        Failover::Fenced => stats.retries_read_only + stats.retries_shutdown,
+        Failover::Crashed => stats.retries_connection + stats.retries_shutdown,
+    };
+    assert!(expected_reasons > 0, "{failover:?}: {stats}");
     assert!(
-        on_new_primary.len() > before_failover.len(),
+        ids_on(a1).await.len() > on_a1_at_promotion,
         "shard a's writes did not move to the promoted standby"
     );
 
@@ -503,6 +535,11 @@ async fn the_workload_continues_through_a_failover_and_loses_no_acknowledged_wri
     assert!(check.rows.found >= report.acked.len(), "{check}");
     assert!(check.primaries.is_clean(), "{check}");
     assert_eq!(check.primaries.shards.len(), 2);
+    let unreachable = &check.primaries.shards[0].unreachable;
+    match failover {
+        Failover::Fenced => assert!(unreachable.is_empty(), "{check}"),
+        Failover::Crashed => assert_eq!(unreachable, &vec![endpoint(&fixture.a0)], "{check}"),
+    }
 }
 
 #[tokio::test]

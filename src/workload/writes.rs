@@ -122,7 +122,7 @@ impl fmt::Display for WorkloadReport {
         let seconds = self.elapsed.as_secs_f64();
         write!(
             f,
-            "workload: {} writes acknowledged ({} already applied by a lost attempt), {} failed, {} retries in {seconds:.1} s ({:.0} acknowledged writes/s, slowest write {:.0?})",
+            "workload: {} writes acknowledged ({} already applied by a lost attempt), {} failed, {} retries in {seconds:.1} s ({:.0} acknowledged writes/s, slowest write {:.2?})",
             self.acked.len(),
             self.already_present,
             self.failed.len(),
