@@ -5,19 +5,18 @@
 //! carrying the previewed hash gets exactly that plan executed, and the Plan names the
 //! commit that caused it.
 
+mod fixtures;
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use fixtures::{Repo, git, start_operator};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use shardplane::api::plan::{CauseKind, PlanPhase};
 use shardplane::api::{DatabaseNode, GitSync, NodePhase, Plan, Shard};
-use shardplane::controller::{self, OperatorConfig};
 use shardplane::gitsync::Syncer;
 use shardplane::planpreview::{self, OperatorPlan, PreviewRequest};
 use shardplane::sandbox::stand_in_agent::StandInAgent;
@@ -32,21 +31,6 @@ const NODES: [(&str, &str, &str); 6] = [
     ("n5", "r3", "r3-a"),
     ("n6", "r3", "r3-b"),
 ];
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn yaml(objects: &[Value]) -> String {
     objects
@@ -132,11 +116,14 @@ fn pull_request(dir: &Path, branch: &str, nodes: &str) -> String {
     git(dir, &["rev-parse", "HEAD"])
 }
 
-/// Merges `branch` into `main` with a merge commit, as a pull request's merge button does.
-fn merge(dir: &Path, branch: &str) -> String {
+/// Merges `branch` into `main` with a merge commit, as a pull request's merge button does,
+/// and lets git-sync apply it; returns the merge commit.
+async fn merge_and_sync(env: &TestEnv, syncer: &Syncer, dir: &Path, branch: &str) -> String {
     git(dir, &["checkout", "--quiet", "main"]);
     git(dir, &["merge", "--quiet", "--no-ff", "-m", branch, branch]);
-    git(dir, &["rev-parse", "HEAD"])
+    let merged = git(dir, &["rev-parse", "HEAD"]);
+    assert_eq!(sync(env, syncer).await, merged);
+    merged
 }
 
 /// `shardplane plan` for `branch` against `main` and the live cluster: the operator's plan.
@@ -214,41 +201,20 @@ async fn plan_with_hash(env: &TestEnv, hash: &str) -> Option<Plan> {
     plans.items.into_iter().find(|p| p.spec.hash == hash)
 }
 
-fn start_operator(env: &TestEnv) -> (tokio::task::JoinHandle<()>, SocketAddr) {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut config = OperatorConfig::new("op-loop", env.namespace.clone());
-    config.namespace = Some(env.namespace.clone());
-    config.listen = addr;
-    config.step_poll = Duration::from_millis(100);
-    let client = env.client.clone();
-    let task = tokio::spawn(async move {
-        controller::run(client, config).await.unwrap();
-    });
-    (task, addr)
-}
-
 #[tokio::test]
 async fn a_reviewed_pull_request_approves_exactly_the_plan_the_operator_runs() {
     let env = env_with_crds().await;
-    let repo = tempfile::tempdir().unwrap();
+    let repo = Repo::new();
     let dir = repo.path();
-    git(dir, &["init", "--quiet", "--initial-branch=main"]);
-    git(dir, &["config", "user.name", "Test"]);
-    git(dir, &["config", "user.email", "test@example.com"]);
-    git(dir, &["config", "commit.gpgsign", "false"]);
-    std::fs::write(dir.join("topology.yaml"), topology_yaml()).unwrap();
-    std::fs::write(dir.join("nodes.yaml"), nodes_yaml(None, None)).unwrap();
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "--quiet", "-m", "base"]);
+    repo.write("topology.yaml", &topology_yaml());
+    repo.write("nodes.yaml", &nodes_yaml(None, None));
+    repo.commit("base");
 
     // Base commit applied by git-sync; the operator places every shard.
     let git_sync: GitSync = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "GitSync",
         "metadata": {"name": "db"},
-        "spec": {"url": format!("file://{}", dir.display()), "branch": "main", "intervalSeconds": 3600}
+        "spec": {"url": repo.url(), "branch": "main", "intervalSeconds": 3600}
     }))
     .unwrap();
     env.api::<GitSync>()
@@ -258,7 +224,7 @@ async fn a_reviewed_pull_request_approves_exactly_the_plan_the_operator_runs() {
     let checkouts = tempfile::tempdir().unwrap();
     let syncer = Syncer::new(env.client.clone(), checkouts.path().to_path_buf());
     let base = sync(&env, &syncer).await;
-    let (operator, addr) = start_operator(&env);
+    let (operator, addr) = start_operator(&env, "op-loop");
     let _agents: Vec<StandInAgent> = NODES
         .iter()
         .map(|(name, _, _)| {
@@ -297,8 +263,7 @@ async fn a_reviewed_pull_request_approves_exactly_the_plan_the_operator_runs() {
         "{:?}",
         previewed.steps
     );
-    let first_merge = merge(dir, "decommission");
-    assert_eq!(sync(&env, &syncer).await, first_merge);
+    let first_merge = merge_and_sync(&env, &syncer, dir, "decommission").await;
 
     assert!(
         eventually(Duration::from_secs(30), || async {
@@ -351,8 +316,7 @@ async fn a_reviewed_pull_request_approves_exactly_the_plan_the_operator_runs() {
     let approving = preview(&env, dir, "approve").await;
     assert_eq!(approving.hash, previewed.hash);
     assert!(approving.approved_in_head && !approving.caused_by_change);
-    let second_merge = merge(dir, "approve");
-    assert_eq!(sync(&env, &syncer).await, second_merge);
+    let second_merge = merge_and_sync(&env, &syncer, dir, "approve").await;
 
     assert!(
         eventually(Duration::from_secs(60), || async {

@@ -4,12 +4,14 @@
 //! commits are refused when verification is on; an empty checkout prunes nothing; a signed
 //! webhook triggers a sync of the running loop.
 
+mod fixtures;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use fixtures::Repo;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
@@ -18,66 +20,6 @@ use shardplane::api::{ConditionStatus, GitSync, Shard};
 use shardplane::gitsync::{self, SyncError, SyncOutcome, Syncer, webhook};
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A git repository in a tempdir, driven with the `git` CLI.
-struct Repo {
-    dir: tempfile::TempDir,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let repo = Repo {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        repo.git(&["init", "--quiet", "--initial-branch=main"]);
-        repo.git(&["config", "user.name", "Test"]);
-        repo.git(&["config", "user.email", "test@example.com"]);
-        repo.git(&["config", "commit.gpgsign", "false"]);
-        repo
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.dir.path().display())
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn write(&self, path: &str, content: &str) {
-        let path = self.dir.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
-    }
-
-    fn remove(&self, path: &str) {
-        self.git(&["rm", "--quiet", "-r", path]);
-    }
-
-    /// Commits everything; `extra` goes before `commit` (for example signing options).
-    fn commit_with(&self, extra: &[&str], message: &str) -> String {
-        self.git(&["add", "-A"]);
-        let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["commit", "--quiet", "--allow-empty", "-m", message]);
-        self.git(&args);
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    fn commit(&self, message: &str) -> String {
-        self.commit_with(&[], message)
-    }
-}
 
 /// A Shard manifest of table `customers`.
 fn shard(name: &str, start: Option<i64>, end: Option<i64>, region: Option<&str>) -> String {
@@ -96,6 +38,11 @@ fn shard(name: &str, start: Option<i64>, end: Option<i64>, region: Option<&str>)
         "metadata": {"name": name}, "spec": spec,
     });
     format!("---\n{}", serde_yaml::to_string(&object).unwrap())
+}
+
+/// Two Shards `c-0` and `c-1` tiling the key space at 0.
+fn two_shards() -> String {
+    shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)
 }
 
 /// Creates a GitSync named `name` for `repo` with extra spec fields merged in.
@@ -174,10 +121,7 @@ fn syncer(env: &TestEnv) -> (Syncer, tempfile::TempDir) {
 async fn applies_modifies_and_prunes_what_left_git() {
     let env = env_with_crds().await;
     let repo = Repo::new();
-    repo.write(
-        "db/shards.yaml",
-        &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)),
-    );
+    repo.write("db/shards.yaml", &two_shards());
     repo.write("README.md", "not a manifest\n");
     // Not manifests: hidden folders are skipped.
     repo.write("db/.ci/workflow.yaml", "on: push\njobs: {}\n");
@@ -446,10 +390,7 @@ fn ssh_keygen(dir: &Path, name: &str) -> PathBuf {
 async fn an_empty_or_broken_checkout_prunes_nothing() {
     let env = env_with_crds().await;
     let repo = Repo::new();
-    repo.write(
-        "db/shards.yaml",
-        &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)),
-    );
+    repo.write("db/shards.yaml", &two_shards());
     let applied = repo.commit("two shards");
     create_git_sync(&env, "gs", &repo, json!({"path": "db"})).await;
     let (syncer, _checkouts) = syncer(&env);
@@ -719,10 +660,7 @@ async fn credentials_never_reach_status_or_events() {
 async fn objects_carry_the_commit_that_last_changed_them() {
     let env = env_with_crds().await;
     let repo = Repo::new();
-    repo.write(
-        "shards.yaml",
-        &(shard("c-0", None, Some(0), None) + &shard("c-1", Some(0), None, None)),
-    );
+    repo.write("shards.yaml", &two_shards());
     let first = repo.commit("two shards");
     create_git_sync(&env, "main", &repo, json!({})).await;
     let (syncer, _checkouts) = syncer(&env);

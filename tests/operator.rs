@@ -5,12 +5,14 @@
 //! dead node, approval by annotation, a drain whose operator is SIGKILLed at every step,
 //! decommissioning, rebalancing onto new nodes, and leader takeover.
 
+mod fixtures;
 mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use fixtures::{free_addr, start_operator};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -19,29 +21,9 @@ use shardplane::api::plan::PlanPhase;
 use shardplane::api::plan::StepPhase;
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
-use shardplane::controller::{self, OperatorConfig};
 use shardplane::sandbox::stand_in_agent::StandInAgent;
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Runs an operator in this process, scoped to one namespace; aborting the task is a crash.
-fn start_operator(env: &TestEnv, identity: &str) -> (JoinHandle<()>, SocketAddr) {
-    let addr = free_addr();
-    let mut config = OperatorConfig::new(identity, env.namespace.clone());
-    config.namespace = Some(env.namespace.clone());
-    config.listen = addr;
-    config.step_poll = Duration::from_millis(100);
-    let client = env.client.clone();
-    let task = tokio::spawn(async move {
-        controller::run(client, config).await.unwrap();
-    });
-    (task, addr)
-}
 
 /// Five nodes in five zones of three regions.
 const NODES: [(&str, &str, &str); 5] = [
@@ -385,13 +367,7 @@ async fn manual_approval_by_annotation_checks_the_hash() {
     let clusters: Api<DatabaseCluster> = env.api();
     let annotate = |hash: String| {
         let clusters = clusters.clone();
-        async move {
-            let patch = json!({"metadata": {"annotations": {"shardplane.io/approve-plan": hash}}});
-            clusters
-                .patch("main", &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .unwrap();
-        }
+        async move { approve(&clusters, "main", &hash).await }
     };
     annotate("f".repeat(64)).await;
     let refused = eventually(Duration::from_secs(10), || async {
@@ -701,12 +677,7 @@ async fn decommission_moves_everything_off_then_removes_the_node() {
     assert!(awaiting, "the decommission plan did not wait for approval");
     let plan = plan_of(&plans, "Decommission").await.unwrap();
     assert_eq!(format!("{:?}", plan.spec.risk), "Destructive");
-    let patch =
-        json!({"metadata": {"annotations": {"shardplane.io/approve-plan": plan.spec.hash}}});
-    nodes
-        .patch("n2", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    approve(&nodes, "n2", &plan.spec.hash).await;
     let gone = eventually(Duration::from_secs(90), || async {
         nodes.get("n2").await.unwrap().status.and_then(|s| s.phase)
             == Some(NodePhase::Decommissioned)
@@ -841,19 +812,7 @@ async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
     let env = env_with_crds().await;
     let (operator, _, _agents) = serving_cluster(&env).await;
     let nodes: Api<DatabaseNode> = env.api();
-    let guarded = eventually(Duration::from_secs(10), || async {
-        nodes
-            .get("n1")
-            .await
-            .unwrap()
-            .metadata
-            .finalizers
-            .unwrap_or_default()
-            .iter()
-            .any(|f| f == "shardplane.io/drain-before-delete")
-    })
-    .await;
-    assert!(guarded, "the operator did not put its finalizer on n1");
+    assert_finalizer(&nodes, "n1", "shardplane.io/drain-before-delete").await;
     nodes.delete("n1", &Default::default()).await.unwrap();
 
     // The node stays (terminating) while it holds replicas: removing it is destructive, so the
@@ -883,11 +842,7 @@ async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
         .count();
     assert!(held > 0, "n1 held no replica, the test proves nothing");
     let hash = plan_of(&plans, "Decommission").await.unwrap().spec.hash;
-    let patch = json!({"metadata": {"annotations": {"shardplane.io/approve-plan": hash}}});
-    nodes
-        .patch("n1", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    approve(&nodes, "n1", &hash).await;
 
     let gone = eventually(Duration::from_secs(90), || async {
         nodes.get_opt("n1").await.unwrap().is_none()
@@ -905,17 +860,7 @@ async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
     let tables: Api<Table> = env.api();
     let shards: Api<Shard> = env.api();
     let plans: Api<Plan> = env.api();
-    let guarded = eventually(Duration::from_secs(10), || async {
-        tables
-            .get("orders")
-            .await
-            .unwrap()
-            .finalizers()
-            .iter()
-            .any(|f| f == "shardplane.io/drop-after-approval")
-    })
-    .await;
-    assert!(guarded, "the table never got its finalizer");
+    assert_finalizer(&tables, "orders", "shardplane.io/drop-after-approval").await;
 
     tables.delete("orders", &Default::default()).await.unwrap();
     let waiting = eventually(Duration::from_secs(10), || async {
@@ -951,12 +896,7 @@ async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
     let status = plans.get(&plan.name_any()).await.unwrap().status.unwrap();
     assert_eq!(status.phase, Some(PlanPhase::AwaitingApproval));
 
-    let patch =
-        json!({"metadata": {"annotations": {"shardplane.io/approve-plan": plan.spec.hash}}});
-    tables
-        .patch("orders", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    approve(&tables, "orders", &plan.spec.hash).await;
     let gone = eventually(Duration::from_secs(30), || async {
         shards
             .list(&Default::default())
@@ -1071,4 +1011,33 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
         queue_depths(&scrape(addr).await)
     );
     operator.abort();
+}
+
+/// Approves the plan with `hash` as a reviewed pull request does: the annotation
+/// `shardplane.io/approve-plan` on the plan's target, object `name`.
+async fn approve<K>(api: &Api<K>, name: &str, hash: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"metadata": {"annotations": {"shardplane.io/approve-plan": hash}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// Waits (10 s at most) for the operator to put `finalizer` on object `name`.
+async fn assert_finalizer<K>(api: &Api<K>, name: &str, finalizer: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let placed = eventually(Duration::from_secs(10), || async {
+        api.get(name)
+            .await
+            .unwrap()
+            .finalizers()
+            .iter()
+            .any(|f| f == finalizer)
+    })
+    .await;
+    assert!(placed, "the operator did not put {finalizer} on {name}");
 }

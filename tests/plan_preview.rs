@@ -3,11 +3,13 @@
 //! plan hash; a schema change reported honestly (no DDL yet); and, against a real
 //! kube-apiserver, the live cluster's shard sizes turned into bytes to copy.
 
+mod fixtures;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
+use fixtures::{Repo, git};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use shardplane::api::{DatabaseNode, Shard};
@@ -15,30 +17,11 @@ use support::env_with_crds;
 
 const SPLIT_POINT: i64 = 6_917_529_027_641_081_856;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// A repository whose `main` holds the repository's `examples/` under `db/`, and whose
 /// branch `split` replaces `customers-3` by two shards covering its keys.
-fn repo_with_split() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    git(root, &["init", "--quiet", "--initial-branch=main"]);
-    git(root, &["config", "user.name", "Test"]);
-    git(root, &["config", "user.email", "test@example.com"]);
-    git(root, &["config", "commit.gpgsign", "false"]);
+fn repo_with_split() -> Repo {
+    let repo = Repo::new();
+    let root = repo.path();
     std::fs::create_dir(root.join("db")).unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     for entry in std::fs::read_dir(examples).unwrap() {
@@ -64,7 +47,7 @@ fn repo_with_split() -> tempfile::TempDir {
     );
     std::fs::write(&shards, text.replace(old, &new)).unwrap();
     git(root, &["commit", "--quiet", "-am", "split customers-3"]);
-    dir
+    repo
 }
 
 /// Runs `shardplane plan` with `args`; returns stdout, failing on a non-zero exit.

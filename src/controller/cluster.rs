@@ -586,14 +586,7 @@ async fn guard_node_deletion(
             _ => None,
         };
         let Some(wanted) = wanted else { continue };
-        ctx.leader.ensure()?;
-        let nodes: Api<DatabaseNode> =
-            Api::namespaced(ctx.client.clone(), &node.namespace().unwrap_or_default());
-        // Conditional on the version read: finalizers are a list others may edit too.
-        let patch =
-            json!({"metadata": {"resourceVersion": node.resource_version(), "finalizers": wanted}});
-        nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        ctx.set_finalizers::<_, ClusterError>(node.as_ref(), wanted)
             .await?;
         if deleting {
             ctx.event(

@@ -141,6 +141,34 @@ impl Context {
         kube::runtime::controller::Action::requeue(delay)
     }
 
+    /// Writes `finalizers` on `object`, conditional on the version read: finalizers are a
+    /// list others may edit too.
+    pub async fn set_finalizers<K, E>(&self, object: &K, finalizers: Vec<String>) -> Result<(), E>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        E: From<super::leader::NotLeader> + From<kube::Error>,
+    {
+        self.leader.ensure()?;
+        let meta = object.meta();
+        let api: Api<K> = Api::namespaced(
+            self.client.clone(),
+            meta.namespace.as_deref().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": meta.resource_version, "finalizers": finalizers}
+        });
+        api.patch(
+            meta.name.as_deref().unwrap_or_default(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Notes that a reconcile of `object` starts, for the queue depth.
     pub fn reconcile_started<K: Resource>(&self, kind: &'static str, object: &K) {
         self.metrics.queue.started(

@@ -111,33 +111,13 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
 /// The finalizer that keeps a deleted Table until an approved plan has dropped its shards.
 pub const TABLE_FINALIZER: &str = "shardplane.io/drop-after-approval";
 
-/// Writes `finalizers` on `table`, conditional on the version read (others edit the list).
-async fn set_finalizers(
-    ctx: &Context,
-    table: &Table,
-    finalizers: Vec<String>,
-) -> Result<(), TableError> {
-    ctx.leader.ensure()?;
-    let tables: Api<Table> =
-        Api::namespaced(ctx.client.clone(), &table.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"resourceVersion": table.resource_version(), "finalizers": finalizers}});
-    tables
-        .patch(
-            &table.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
-    Ok(())
-}
-
 async fn ensure_finalizer(ctx: &Context, table: &Table) -> Result<(), TableError> {
     if table.finalizers().iter().any(|f| f == TABLE_FINALIZER) {
         return Ok(());
     }
     let mut finalizers = table.finalizers().to_vec();
     finalizers.push(TABLE_FINALIZER.to_string());
-    set_finalizers(ctx, table, finalizers).await
+    ctx.set_finalizers(table, finalizers).await
 }
 
 /// The plan that drops the data of a deleted table's `shards`: one destructive step, not
@@ -188,7 +168,8 @@ async fn guard_deletion(
             .filter(|f| *f != TABLE_FINALIZER)
             .cloned()
             .collect();
-        set_finalizers(ctx, table, finalizers).await?;
+        ctx.set_finalizers::<_, TableError>(table, finalizers)
+            .await?;
         ctx.event(
             table,
             false,
