@@ -135,28 +135,7 @@ impl Fixture {
 
     /// Creates the Table and its two Shards, and writes their status as the operator would.
     async fn declare(&self) {
-        let column = |name: &str, type_: &str, nullable| Column {
-            name: name.to_owned(),
-            type_: type_.to_owned(),
-            nullable: Some(nullable),
-            default: None,
-            renamed_from: None,
-            deprecated: None,
-        };
-        let table = Table::new(
-            TABLE,
-            TableSpec {
-                cluster: "main".to_owned(),
-                shard_key: "id".to_owned(),
-                sharding: None,
-                schema: TableSchema {
-                    columns: vec![column("id", "bigint", false), column("note", "text", true)],
-                    primary_key: vec!["id".to_owned()],
-                    indexes: Vec::new(),
-                    checks: Vec::new(),
-                },
-            },
-        );
+        let table = items_table();
         self.tables()
             .create(&PostParams::default(), &table)
             .await
@@ -290,6 +269,32 @@ impl Fixture {
     }
 }
 
+/// The Table `items`: `id bigint` (the shard key and primary key) and `note text`.
+fn items_table() -> Table {
+    let column = |name: &str, type_: &str, nullable| Column {
+        name: name.to_owned(),
+        type_: type_.to_owned(),
+        nullable: Some(nullable),
+        default: None,
+        renamed_from: None,
+        deprecated: None,
+    };
+    Table::new(
+        TABLE,
+        TableSpec {
+            cluster: "main".to_owned(),
+            shard_key: "id".to_owned(),
+            sharding: None,
+            schema: TableSchema {
+                columns: vec![column("id", "bigint", false), column("note", "text", true)],
+                primary_key: vec!["id".to_owned()],
+                indexes: Vec::new(),
+                checks: Vec::new(),
+            },
+        },
+    )
+}
+
 fn endpoint(instance: &Instance) -> String {
     format!("127.0.0.1:{}", instance.port())
 }
@@ -325,6 +330,81 @@ async fn insert(router: &Router, id: i64) -> Result<u64, RoutingError> {
             &[&id, &note],
         )
         .await
+}
+
+#[tokio::test]
+async fn a_router_waits_for_a_usable_routing_map_and_says_what_it_saw() {
+    let env = env_with_crds().await;
+    let tables: Api<Table> = env.api();
+    // Long enough for the first watch event on a loaded machine (seen: over 1 s).
+    let config = RouterConfig {
+        first_map_timeout: Duration::from_secs(3),
+        ..RouterConfig::default()
+    };
+    let start = || {
+        Router::start(
+            env.client.clone(),
+            &env.namespace,
+            TABLE,
+            DatabaseCredentials::new(APP_USER, "unused", "postgres"),
+            config.clone(),
+        )
+    };
+    let problem = |result: Result<Router, RoutingError>| match result {
+        Err(error @ RoutingError::NoRoutingMap { .. }) => error.to_string(),
+        other => panic!("expected NoRoutingMap, got {other:?}"),
+    };
+
+    let missing = problem(start().await);
+    assert!(missing.contains("Table items does not exist"), "{missing}");
+    tables
+        .create(&PostParams::default(), &items_table())
+        .await
+        .unwrap();
+    let unrouted = problem(start().await);
+    assert!(unrouted.contains("has no status.routing yet"), "{unrouted}");
+    assert!(unrouted.contains("kubectl get table items"), "{unrouted}");
+
+    let write_map = |endpoint: &str| {
+        let routing = RoutingMap {
+            version: 1,
+            ranges: vec![RouteEntry {
+                start: None,
+                end: None,
+                shard: "items-all".to_owned(),
+                primary: None,
+                endpoint: Some(endpoint.to_owned()),
+                epoch: 1,
+            }],
+        };
+        let tables = tables.clone();
+        async move {
+            tables
+                .patch_status(
+                    TABLE,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": { "routing": routing } })),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    write_map("no-port").await;
+    let invalid = problem(start().await);
+    assert!(
+        invalid.contains("endpoint \"no-port\" is not host:port"),
+        "{invalid}"
+    );
+
+    // A router that is starting follows the map as soon as it becomes usable.
+    let (router, ()) = tokio::join!(start(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        write_map("127.0.0.1:5432").await;
+    });
+    let router = router.unwrap();
+    let route = router.route(&ShardKeyValue::Int(7)).unwrap();
+    assert_eq!(route.shard, "items-all");
+    assert_eq!(router.stats().map_version, 1);
 }
 
 #[tokio::test]
