@@ -14,9 +14,9 @@ use std::time::Duration;
 use fixtures::Repo;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use shardplane::api::{ConditionStatus, GitSync, Shard};
+use shardplane::api::{ConditionStatus, GitSync, Shard, Table};
 use shardplane::gitsync::{self, SyncError, SyncOutcome, Syncer, webhook};
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -694,4 +694,83 @@ async fn objects_carry_the_commit_that_last_changed_them() {
     let outcome = sync(&env, &syncer, "main").await.unwrap();
     assert_eq!(outcome.applied.unchanged, 2, "{outcome:?}");
     assert_eq!(stamp("c-1").await.as_deref(), Some(second.as_str()));
+}
+
+/// A Table manifest of cluster `main`.
+fn table(name: &str) -> String {
+    let object = json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": name},
+        "spec": {"cluster": "main", "shardKey": "id",
+                 "columns": [{"name": "id", "type": "bigint", "nullable": false}],
+                 "primaryKey": ["id"]},
+    });
+    format!("---\n{}", serde_yaml::to_string(&object).unwrap())
+}
+
+#[tokio::test]
+async fn a_table_removed_from_git_leaves_its_shards_to_the_operators_drop_plan() {
+    let env = env_with_crds().await;
+    let repo = Repo::new();
+    repo.write("tables.yaml", &(table("customers") + &table("orders")));
+    repo.write("shards.yaml", &two_shards());
+    repo.commit("two tables, customers sharded");
+    create_git_sync(&env, "main", &repo, json!({})).await;
+    let (syncer, _checkouts) = syncer(&env);
+    sync(&env, &syncer, "main").await.unwrap();
+    // The operator's finalizer, put by hand: no operator runs here.
+    let tables = env.api::<Table>();
+    let finalizers = |list: Vec<&str>| json!({"metadata": {"finalizers": list}});
+    tables
+        .patch(
+            "customers",
+            &PatchParams::default(),
+            &Patch::Merge(finalizers(vec!["shardplane.io/drop-after-approval"])),
+        )
+        .await
+        .unwrap();
+
+    repo.write("tables.yaml", &table("orders"));
+    repo.remove("shards.yaml");
+    repo.commit("drop customers");
+    let outcome = sync(&env, &syncer, "main").await.unwrap();
+    let pruned: Vec<String> = outcome.pruned.iter().map(|id| id.short()).collect();
+    assert_eq!(pruned, ["Table/customers"]);
+    assert!(
+        tables
+            .get("customers")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    // The data stays until the drop plan runs; the Shards are the operator's to delete now.
+    assert_eq!(shard_names(&env).await, ["c-0", "c-1"]);
+    assert!(
+        outcome
+            .inventory
+            .iter()
+            .all(|entry| !entry.contains("/Shard/"))
+    );
+
+    // Without the operator's finalizer, a removed table's Shards are pruned as before.
+    tables
+        .patch(
+            "customers",
+            &PatchParams::default(),
+            &Patch::Merge(finalizers(Vec::new())),
+        )
+        .await
+        .unwrap();
+    repo.write("tables.yaml", &(table("customers") + &table("orders")));
+    repo.write("shards.yaml", &two_shards());
+    repo.commit("customers again");
+    sync(&env, &syncer, "main").await.unwrap();
+    repo.write("tables.yaml", &table("orders"));
+    repo.remove("shards.yaml");
+    repo.commit("drop customers, unguarded");
+    let outcome = sync(&env, &syncer, "main").await.unwrap();
+    assert_eq!(outcome.pruned.len(), 3, "{:?}", outcome.pruned);
+    assert!(shard_names(&env).await.is_empty());
 }

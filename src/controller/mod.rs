@@ -44,6 +44,7 @@ pub(crate) use {
     plan_wire::plan_name,
     plan_wire::purpose as plan_purpose,
     plan_wire::risk as wire_risk,
+    table::TABLE_FINALIZER,
 };
 
 /// Field manager of the operator's writes that do not belong to one reconciler.

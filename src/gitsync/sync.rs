@@ -17,7 +17,8 @@ use super::manifests::{parse, validate};
 use super::signature::{parse_allowed_signers, verify_commit};
 use super::source::{Credentials, fetch, open_or_init, read_manifests, repository_dir};
 use super::status::{next_status, publish_event, write_status};
-use crate::api::{ConditionStatus, GitSync};
+use crate::api::{ConditionStatus, GitSync, Shard, Table};
+use crate::controller::TABLE_FINALIZER;
 
 /// What a successful sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,11 @@ impl SyncOutcome {
     }
 }
 
+/// Whether `id` is a Shardplane object of `kind`.
+fn is_kind(id: &ObjectId, kind: &str) -> bool {
+    id.kind == kind && id.api_version.starts_with("shardplane.io/")
+}
+
 /// Syncs GitSync objects: one per cluster client, sharing a checkout folder.
 pub struct Syncer {
     client: Client,
@@ -112,6 +118,49 @@ impl Syncer {
         write_status(&api, &object.name_any(), &status).await?;
         publish_event(&self.recorder, object, &result).await?;
         Ok(result)
+    }
+
+    /// `stale` without the Shards of Tables pruned with them that the operator guards with
+    /// its finalizer: a Table removed from git keeps its data until its drop plan is
+    /// approved, and that plan (not the prune) deletes its Shards. They leave the inventory:
+    /// their deletion is the operator's.
+    async fn leave_to_table_drops(
+        &self,
+        namespace: &str,
+        stale: Vec<ObjectId>,
+    ) -> Result<Vec<ObjectId>, SyncError> {
+        let kube_error = |action: &str| {
+            let action = action.to_owned();
+            move |source| SyncError::Kube { action, source }
+        };
+        let tables_api = Api::<Table>::namespaced(self.client.clone(), namespace);
+        let mut guarded = BTreeSet::new();
+        for id in stale.iter().filter(|id| is_kind(id, "Table")) {
+            let table = tables_api
+                .get_opt(&id.name)
+                .await
+                .map_err(kube_error("read a Table to prune"))?;
+            if table.is_some_and(|t| t.finalizers().iter().any(|f| f == TABLE_FINALIZER)) {
+                guarded.insert(id.name.clone());
+            }
+        }
+        if guarded.is_empty() {
+            return Ok(stale);
+        }
+        let shards = Api::<Shard>::namespaced(self.client.clone(), namespace)
+            .list(&Default::default())
+            .await
+            .map_err(kube_error("list Shards to prune"))?;
+        let held: BTreeSet<String> = shards
+            .items
+            .iter()
+            .filter(|s| guarded.contains(&s.spec.table))
+            .map(ResourceExt::name_any)
+            .collect();
+        Ok(stale
+            .into_iter()
+            .filter(|id| !(is_kind(id, "Shard") && held.contains(&id.name)))
+            .collect())
     }
 
     /// Syncs once without reporting: fetch, verify, validate the whole commit, apply, prune.
@@ -217,7 +266,9 @@ impl Syncer {
         let mut inventory: BTreeSet<ObjectId> = current;
         let mut pruned = Vec::new();
         if spec.prune {
-            let stale = to_prune(&status.inventory, &inventory);
+            let stale = self
+                .leave_to_table_drops(&namespace, to_prune(&status.inventory, &inventory))
+                .await?;
             let failed = applier.prune(&stale).await;
             for (id, reason) in &failed {
                 tracing::warn!(object = %id, %reason, "prune failed; kept in the inventory to retry");
