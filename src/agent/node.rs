@@ -11,9 +11,10 @@
 //! before the operator can declare the node dead and promote elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -44,7 +45,7 @@ use super::replicas;
 /// How often liveness is re-evaluated against the last proof.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 /// How often the node's version and disk use are reported.
-const NODE_STATUS_INTERVAL: Duration = Duration::from_secs(30);
+const NODE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the dispatcher looks at the shards even when no watch event arrived.
 const DISPATCH_TICK: Duration = Duration::from_secs(1);
 
@@ -216,12 +217,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         node: config.node.clone(),
         agent_epoch,
     };
-    tasks.spawn(prove_liveness(
-        ctx.clone(),
-        config.operators.clone(),
-        beat,
-        live_tx,
-    ));
+    spawn_liveness_thread(ctx.clone(), config.operators.clone(), beat, live_tx)?;
     tasks.spawn(report_node_status(ctx.clone(), agent_epoch));
     tracing::info!(node = %config.node, agent_epoch, "agent started");
     tokio::select! {
@@ -322,13 +318,20 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<DatabaseNode,
     Ok(created)
 }
 
-/// Bumps and returns the agent epoch kept in the data folder (1 on a node's first start).
+/// Prepares the data folder; bumps and returns the agent epoch kept there (1 on a node's
+/// first start).
 fn next_agent_epoch(data_dir: &Path) -> Result<i64, AgentError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| AgentError::Io { path, source }
     };
-    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    // PostgreSQL runs as its own user, which must traverse these folders to the instances'
+    // own (0700, its own) folders.
+    let replicas = replica_dir(data_dir, "");
+    std::fs::create_dir_all(&replicas).map_err(io(&replicas))?;
+    for dir in [data_dir, replicas.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io(dir))?;
+    }
     let path = data_dir.join("agent-epoch");
     let previous = std::fs::read_to_string(&path)
         .ok()
@@ -377,54 +380,79 @@ async fn credentials(
     ))
 }
 
-/// Heartbeats every `heartbeatIntervalMs` and keeps `live` true exactly while the last proof
-/// of liveness is younger than `suspectAfterMs`.
-async fn prove_liveness(
+/// Runs [`prove_liveness`] on a thread of its own with its own runtime and API client, so
+/// that replica work (PostgreSQL sessions' SCRAM handshakes, process starts) never delays a
+/// heartbeat or the fence decision. It runs for the life of the process.
+fn spawn_liveness_thread(
     ctx: Arc<NodeContext>,
     operators: Vec<std::net::SocketAddr>,
     beat: Heartbeat,
     live: watch::Sender<bool>,
-) {
-    let mut reporter = LivenessReporter::new(operators, beat, ctx.api::<Lease>());
-    let last_proof: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let judge = {
-        let ctx = ctx.clone();
-        let last_proof = last_proof.clone();
-        async move {
-            loop {
-                let suspect = ms(ctx.failure_detection().suspect_after_ms);
-                let proof = *last_proof.lock().unwrap_or_else(|p| p.into_inner());
-                let now_live = proof.is_some_and(|at| at.elapsed() < suspect);
-                live.send_if_modified(|was| {
-                    if *was != now_live {
-                        if now_live {
-                            tracing::info!("liveness proven");
-                        } else {
-                            tracing::warn!(
-                                suspect_after_ms = suspect.as_millis() as u64,
-                                "liveness not proven; primaries fence their writes"
-                            );
-                        }
-                        *was = now_live;
-                        true
-                    } else {
-                        false
+) -> Result<(), AgentError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io {
+            path: "liveness runtime".into(),
+            source,
+        })?;
+    let thread = std::thread::Builder::new()
+        .name("liveness".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let client = match Client::try_default().await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::error!(%error, "no API client for liveness: this node never proves it is live");
+                        return;
                     }
-                });
-                tokio::time::sleep(LIVENESS_CHECK).await;
-            }
-        }
-    };
-    let beat = async move {
+                };
+                let leases: Api<Lease> = Api::namespaced(client, &beat.namespace);
+                prove_liveness(&ctx, operators, beat, leases, &live).await;
+            });
+        });
+    thread.map(drop).map_err(|source| AgentError::Io {
+        path: "liveness thread".into(),
+        source,
+    })
+}
+
+/// Heartbeats every `heartbeatIntervalMs` and keeps `live` true exactly while the last proof
+/// of liveness is younger than `suspectAfterMs`.
+async fn prove_liveness(
+    ctx: &NodeContext,
+    operators: Vec<std::net::SocketAddr>,
+    beat: Heartbeat,
+    leases: Api<Lease>,
+    live: &watch::Sender<bool>,
+) {
+    let reporter = LivenessReporter::new(operators, beat, leases);
+    let judge = async {
         loop {
-            let interval = ms(ctx.failure_detection().heartbeat_interval_ms);
-            let started = Instant::now();
-            let proof = reporter.round(interval.min(Duration::from_secs(1))).await;
-            *last_proof.lock().unwrap_or_else(|p| p.into_inner()) = proof;
-            tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+            let suspect = ms(ctx.failure_detection().suspect_after_ms);
+            let now_live = reporter
+                .last_proof()
+                .is_some_and(|at| at.elapsed() < suspect);
+            live.send_if_modified(|was| {
+                if *was == now_live {
+                    return false;
+                }
+                if now_live {
+                    tracing::info!("liveness proven");
+                } else {
+                    tracing::warn!(
+                        suspect_after_ms = suspect.as_millis() as u64,
+                        "liveness not proven; primaries fence their writes"
+                    );
+                }
+                *was = now_live;
+                true
+            });
+            tokio::time::sleep(LIVENESS_CHECK).await;
         }
     };
-    tokio::join!(judge, beat);
+    let interval = || ms(ctx.failure_detection().heartbeat_interval_ms);
+    tokio::join!(judge, reporter.run(interval));
 }
 
 fn ms(value: i64) -> Duration {

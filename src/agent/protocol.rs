@@ -5,6 +5,7 @@
 //! It decides nothing about replicas; it only says what the agent has.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -21,6 +22,9 @@ use crate::controller::{HEARTBEAT_PATH, Heartbeat, node_lease_name};
 
 /// How often the node Lease is renewed while the leader answers heartbeats.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
+/// The least time a heartbeat's answer is awaited (its proof counts from its send time, so
+/// waiting longer on a loaded machine costs nothing).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The field manager of everything a node's agent writes: its Lease, its DatabaseNode's
 /// agent-owned status fields, and its entries in `Shard.status.replicas`.
@@ -125,35 +129,72 @@ pub async fn report_replica(
         .map(drop)
 }
 
-/// A node's liveness towards the operator: heartbeats every operator replica each round and
-/// renews the node Lease every [`LEASE_RENEWAL`] — and every round while no leader answers, so
-/// the durable record keeps the node alive when only its path to the operator broke. Tracks
-/// when liveness was last *proven*: the send time of a heartbeat a leader answered, or the
-/// start of a Lease renewal that succeeded. The operator counts the node alive from no
+/// A node's liveness towards the operator: a heartbeat to every operator replica every
+/// interval, and the node Lease renewed every [`LEASE_RENEWAL`] — and every interval while
+/// no leader has answered for two intervals, so the durable record keeps the node alive when
+/// only its path to the operator broke. The two run independently (a slow API server never
+/// delays a heartbeat), and heartbeats of one round do not wait for the last round's answers.
+/// Tracks when liveness was last *proven*: the send time of a heartbeat a leader answered, or
+/// the start of a Lease renewal that succeeded. The operator counts the node alive from no
 /// earlier than those instants, which is what makes self-fencing safe.
+#[derive(Clone)]
 pub struct LivenessReporter {
-    operators: Vec<SocketAddr>,
-    beat: Heartbeat,
+    operators: Arc<Vec<SocketAddr>>,
+    beat: Arc<Heartbeat>,
     leases: Api<Lease>,
-    last_renewal: Option<Instant>,
-    last_proof: Option<Instant>,
+    proofs: Arc<Mutex<Proofs>>,
+}
+
+#[derive(Default)]
+struct Proofs {
+    leader_answered: Option<Instant>,
+    lease_renewed: Option<Instant>,
 }
 
 impl LivenessReporter {
     /// A reporter for `beat.node`, whose Lease lives in `leases`' namespace.
     pub fn new(operators: Vec<SocketAddr>, beat: Heartbeat, leases: Api<Lease>) -> Self {
         LivenessReporter {
-            operators,
-            beat,
+            operators: Arc::new(operators),
+            beat: Arc::new(beat),
             leases,
-            last_renewal: None,
-            last_proof: None,
+            proofs: Arc::default(),
         }
     }
 
-    /// One round: a heartbeat to every operator replica (concurrently, each bounded by
-    /// `timeout`), then the Lease renewal if it is due. Returns when liveness was last proven.
-    pub async fn round(&mut self, timeout: Duration) -> Option<Instant> {
+    /// When liveness was last proven.
+    pub fn last_proof(&self) -> Option<Instant> {
+        let proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
+        proofs.leader_answered.max(proofs.lease_renewed)
+    }
+
+    /// Heartbeats and renews the Lease until dropped; `interval` is read before every round
+    /// (the cluster's `heartbeatIntervalMs` may change).
+    pub async fn run(&self, interval: impl Fn() -> Duration) {
+        let beats = async {
+            loop {
+                let period = interval();
+                let round = self.clone();
+                // Answers are awaited in their own task: a slow one never delays the next beat.
+                tokio::spawn(
+                    async move { round.heartbeat_round(period.max(HEARTBEAT_TIMEOUT)).await },
+                );
+                tokio::time::sleep(period).await;
+            }
+        };
+        let renewals = async {
+            loop {
+                let period = interval();
+                if self.renewal_due(period) {
+                    self.renew().await;
+                }
+                tokio::time::sleep(period).await;
+            }
+        };
+        tokio::join!(beats, renewals);
+    }
+
+    async fn heartbeat_round(&self, timeout: Duration) {
         let sent = Instant::now();
         let answers = futures::future::join_all(
             self.operators
@@ -169,21 +210,30 @@ impl LivenessReporter {
             }
         }
         if leader_answered {
-            self.last_proof = Some(sent);
+            let mut proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
+            proofs.leader_answered = proofs.leader_answered.max(Some(sent));
         }
-        let renewal_due = self
-            .last_renewal
+    }
+
+    fn renewal_due(&self, interval: Duration) -> bool {
+        let proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
+        let leader_silent = proofs
+            .leader_answered
+            .is_none_or(|at| at.elapsed() >= 2 * interval);
+        let renewal_old = proofs
+            .lease_renewed
             .is_none_or(|at| at.elapsed() >= LEASE_RENEWAL);
-        if renewal_due || !leader_answered {
-            let started = Instant::now();
-            match renew_lease(&self.leases, &self.beat.node).await {
-                Ok(()) => {
-                    self.last_renewal = Some(started);
-                    self.last_proof = self.last_proof.max(Some(started));
-                }
-                Err(error) => tracing::debug!(%error, "node lease not renewed"),
+        leader_silent || renewal_old
+    }
+
+    async fn renew(&self) {
+        let started = Instant::now();
+        match renew_lease(&self.leases, &self.beat.node).await {
+            Ok(()) => {
+                let mut proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
+                proofs.lease_renewed = proofs.lease_renewed.max(Some(started));
             }
+            Err(error) => tracing::debug!(%error, "node lease not renewed"),
         }
-        self.last_proof
     }
 }

@@ -19,7 +19,7 @@ use crate::api::{SchemaVersion, Shard, Table};
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, sync_quorum};
 use super::error::AgentError;
 use super::node::NodeContext;
-use super::postgres::{Instance, InstanceSpec, Role, StopMode, SyncQuorum, Upstream};
+use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
 use super::shard_schema::create_table_statements;
@@ -32,6 +32,8 @@ const REPORT_REFRESH: Duration = Duration::from_secs(10);
 const IN_SYNC_LAG_BYTES: i64 = 16 * 1024 * 1024;
 /// Lag changes smaller than this do not cause a report on their own.
 const LAG_REPORT_STEP: i64 = 1024 * 1024;
+/// How long an unused slot no wanted standby names is kept before it is dropped.
+const SLOT_GRACE: Duration = Duration::from_secs(30);
 /// How long a planned handover waits for the new primary to replay the fenced old one's WAL.
 const HANDOVER_CATCH_UP: Duration = Duration::from_secs(5);
 
@@ -45,10 +47,107 @@ enum Pass {
     Removed,
 }
 
-/// The instance and what is remembered of it.
+/// The instance, what is remembered of it, and a session kept open for the once-a-second
+/// looks (a SCRAM handshake per look would cost more than the look).
 struct Held {
     instance: Instance,
     record: ReplicaRecord,
+    session: Option<tokio_postgres::Client>,
+    /// Slots on this (primary) instance that no wanted standby uses, since when.
+    unwanted_slots: std::collections::HashMap<String, Instant>,
+}
+
+impl Held {
+    fn new(instance: Instance, record: ReplicaRecord) -> Self {
+        Held {
+            instance,
+            record,
+            session: None,
+            unwanted_slots: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Runs a read-only query on the kept session, reopening it once if it was closed (a
+    /// fence or a restart ends it).
+    async fn query(&mut self, sql: &str) -> Result<Vec<tokio_postgres::Row>, AgentError> {
+        let mut retried = false;
+        loop {
+            let session = match self.session.take().filter(|s| !s.is_closed()) {
+                Some(session) => session,
+                None => self.instance.connect().await?,
+            };
+            match session.query(sql, &[]).await {
+                Ok(rows) => {
+                    self.session = Some(session);
+                    return Ok(rows);
+                }
+                Err(_) if !retried => retried = true,
+                Err(source) => {
+                    return Err(PostgresError::Sql {
+                        instance: self.instance.name().to_owned(),
+                        what: "observing the instance",
+                        source,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// Whether sessions on the instance start read-only (the write fence).
+    async fn write_fenced(&mut self) -> Result<bool, AgentError> {
+        let rows = self
+            .query("SELECT current_setting('default_transaction_read_only') = 'on'")
+            .await?;
+        Ok(rows.first().is_some_and(|row| row.get(0)))
+    }
+
+    /// How far the standby is: whether its WAL receiver streams, how many bytes of the
+    /// upstream's WAL (as of the upstream's last message) it has not replayed, and how many
+    /// bytes it received but has not replayed.
+    async fn standby_progress(&mut self) -> Result<StandbyProgress, AgentError> {
+        let rows = self
+            .query(
+                "SELECT coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+                   (SELECT greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::int8 \
+                    FROM pg_stat_wal_receiver), \
+                   greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), \
+                     pg_last_wal_replay_lsn()), 0), 0)::int8",
+            )
+            .await?;
+        Ok(match rows.first() {
+            Some(row) => StandbyProgress {
+                streaming: row.get(0),
+                lag: row.get(1),
+                unreplayed: row.get(2),
+            },
+            None => StandbyProgress::default(),
+        })
+    }
+}
+
+/// A standby's progress, as its own instance sees it.
+#[derive(Clone, Copy, Debug, Default)]
+struct StandbyProgress {
+    streaming: bool,
+    lag: Option<i64>,
+    unreplayed: i64,
+}
+
+impl StandbyProgress {
+    /// `InSync` while streaming within the lag bound. A standby that was in sync stays so
+    /// while its upstream is unreachable and it has replayed all it received: it holds every
+    /// commit it acknowledged, which is what makes it a failover candidate when the primary
+    /// dies (the moment its stream breaks).
+    fn state(self, was_in_sync: bool) -> (ReplicaState, Option<i64>) {
+        if self.streaming && self.lag.is_some_and(|l| l <= IN_SYNC_LAG_BYTES) {
+            (ReplicaState::InSync, self.lag)
+        } else if !self.streaming && was_in_sync && self.unreplayed == 0 {
+            (ReplicaState::InSync, Some(0))
+        } else {
+            (ReplicaState::CatchingUp, self.lag)
+        }
+    }
 }
 
 /// The state of one replica's task.
@@ -149,7 +248,7 @@ impl ReplicaWorker {
                         &self.ctx.credentials,
                     )?;
                     tracing::info!(shard = %self.shard, port = record.port, epoch = record.epoch, "reopened the replica's instance");
-                    self.held = Some(Held { instance, record });
+                    self.held = Some(Held::new(instance, record));
                 }
                 None => self.remove_dir()?,
             }
@@ -242,7 +341,7 @@ impl ReplicaWorker {
                     let client = instance.connect().await?;
                     let ddl = format!("BEGIN; {}; COMMIT", statements.join("; "));
                     client.batch_execute(&ddl).await.map_err(|source| {
-                        super::postgres::PostgresError::Sql {
+                        PostgresError::Sql {
                             instance: spec.name.clone(),
                             what: "creating the shard's table",
                             source,
@@ -288,14 +387,14 @@ impl ReplicaWorker {
             } => {
                 let held = self.held_mut()?;
                 if catch_up_with.is_some() {
-                    wait_caught_up(&held.instance, HANDOVER_CATCH_UP).await?;
+                    wait_caught_up(held, HANDOVER_CATCH_UP).await?;
                 }
                 held.instance.promote(&quorum).await?;
                 held.record.epoch = epoch;
                 held.record.upstream = None;
                 held.record.save(&dir)?;
                 self.applied_quorum = Some(quorum);
-                ensure_slots(&self.held_mut()?.instance, &secondaries).await?;
+                ensure_slots(self.held_mut()?, &secondaries).await?;
                 tracing::info!(shard = %self.shard, epoch, "promoted");
                 Ok(Pass::Again)
             }
@@ -324,7 +423,7 @@ impl ReplicaWorker {
             }
             ReplicaAction::Fence(_) => {
                 let held = self.held_mut()?;
-                if held.instance.is_running() && !held.instance.is_write_fenced().await? {
+                if held.instance.is_running() && !held.write_fenced().await? {
                     held.instance.fence_writes().await?;
                     tracing::warn!(shard = %self.shard, "primary fenced: it refuses writes");
                 }
@@ -335,14 +434,14 @@ impl ReplicaWorker {
                 if !held.instance.is_running() {
                     held.instance.start().await?;
                 }
-                if held.instance.is_write_fenced().await? {
+                if held.write_fenced().await? {
                     held.instance.unfence_writes(&quorum).await?;
                     tracing::info!(shard = %self.shard, "liveness proven again: primary unfenced");
                 } else if quorum_changed {
                     held.instance.set_sync_quorum(&quorum).await?;
                 }
                 self.applied_quorum = Some(quorum);
-                ensure_slots(&self.held_mut()?.instance, &secondaries).await?;
+                ensure_slots(self.held_mut()?, &secondaries).await?;
                 Ok(Pass::Idle)
             }
         }
@@ -377,7 +476,7 @@ impl ReplicaWorker {
         let made = made.and_then(|instance| record.save(&self.dir).map(|()| instance));
         match made {
             Ok(instance) => {
-                self.held = Some(Held { instance, record });
+                self.held = Some(Held::new(instance, record));
                 Ok(())
             }
             Err(error) => {
@@ -477,6 +576,11 @@ impl ReplicaWorker {
     async fn observe(&mut self) -> Option<ObservedReplica> {
         let endpoint_of = |port| self.ctx.endpoint(port);
         let node = self.ctx.node.clone();
+        let was_in_sync = self.last_report.as_ref().is_some_and(|(last, _)| {
+            last.as_ref().is_some_and(|r| {
+                r.role == ReplicaRole::Secondary && r.state == ReplicaState::InSync
+            })
+        });
         let held = self.held.as_mut()?;
         let mut report = ObservedReplica {
             node,
@@ -494,34 +598,30 @@ impl ReplicaWorker {
         if !held.instance.is_running() {
             return Some(report);
         }
-        let status = match held.instance.status().await {
-            Ok(status) => status,
+        let rows = held
+            .query("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'")
+            .await;
+        let (in_recovery, write_fenced): (bool, bool) = match rows.as_deref() {
+            Ok([row, ..]) => (row.get(0), row.get(1)),
+            Ok([]) => return Some(report),
             Err(error) => {
-                tracing::debug!(shard = %self.shard, %error, "instance status unreadable");
+                tracing::debug!(shard = %self.shard, %error, "instance state unreadable");
                 return Some(report);
             }
         };
         report.endpoint = Some(endpoint_of(held.record.port));
-        match status.role {
-            Role::Primary => {
-                report.role = ReplicaRole::Primary;
-                report.lag_bytes = Some(0);
-                report.state = if status.write_fenced {
-                    ReplicaState::Fenced
-                } else {
-                    ReplicaState::InSync
-                };
-            }
-            Role::Standby => {
-                report.role = ReplicaRole::Secondary;
-                let (streaming, lag) = standby_lag(&held.instance).await.unwrap_or((false, None));
-                report.lag_bytes = lag;
-                report.state = if streaming && lag.is_some_and(|l| l <= IN_SYNC_LAG_BYTES) {
-                    ReplicaState::InSync
-                } else {
-                    ReplicaState::CatchingUp
-                };
-            }
+        if in_recovery {
+            report.role = ReplicaRole::Secondary;
+            let progress = held.standby_progress().await.unwrap_or_default();
+            (report.state, report.lag_bytes) = progress.state(was_in_sync);
+        } else {
+            report.role = ReplicaRole::Primary;
+            report.lag_bytes = Some(0);
+            report.state = if write_fenced {
+                ReplicaState::Fenced
+            } else {
+                ReplicaState::InSync
+            };
         }
         Some(report)
     }
@@ -586,70 +686,56 @@ fn parse_endpoint(endpoint: &str) -> Result<Upstream, AgentError> {
         })
 }
 
-/// Whether the standby's WAL receiver streams, and how many bytes of the upstream's WAL (as
-/// of its last message) the standby has not replayed.
-async fn standby_lag(instance: &Instance) -> Result<(bool, Option<i64>), AgentError> {
-    let client = instance.connect().await?;
-    let row = client
-        .query_opt(
-            "SELECT status = 'streaming', \
-               greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::int8 \
-             FROM pg_stat_wal_receiver",
-            &[],
-        )
-        .await
-        .map_err(|source| super::postgres::PostgresError::Sql {
-            instance: instance.name().to_owned(),
-            what: "reading the WAL receiver",
-            source,
-        })?;
-    Ok(match row {
-        Some(row) => (row.get::<_, Option<bool>>(0).unwrap_or(false), row.get(1)),
-        None => (false, None),
-    })
-}
-
 /// Waits (at most `limit`) until the standby has replayed everything its upstream sent.
-async fn wait_caught_up(instance: &Instance, limit: Duration) -> Result<(), AgentError> {
+async fn wait_caught_up(held: &mut Held, limit: Duration) -> Result<(), AgentError> {
     let started = Instant::now();
     while started.elapsed() < limit {
-        if let (true, Some(0)) = standby_lag(instance).await? {
+        let progress = held.standby_progress().await?;
+        if progress.streaming && progress.lag == Some(0) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::warn!(
-        instance = instance.name(),
+        instance = held.instance.name(),
         "standby not caught up with the fenced primary; promoting anyway"
     );
     Ok(())
 }
 
-/// Makes the primary's physical replication slots exactly its wanted standbys' (a slot kept
-/// for a standby that is gone would hold WAL forever).
-async fn ensure_slots(instance: &Instance, standbys: &[String]) -> Result<(), AgentError> {
-    let existing: Vec<String> = instance
-        .connect()
-        .await?
+/// Creates the slot of every wanted standby on the primary, and drops a slot once it has
+/// been unused and unwanted for [`SLOT_GRACE`] (a slot kept for a standby that is gone would
+/// hold WAL forever; the grace covers a standby that saw itself wanted — and made its slot —
+/// before this agent saw the same Shard).
+async fn ensure_slots(held: &mut Held, standbys: &[String]) -> Result<(), AgentError> {
+    let existing: Vec<(String, bool)> = held
         .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
-            &[],
+            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
         )
-        .await
-        .map_err(|source| super::postgres::PostgresError::Sql {
-            instance: instance.name().to_owned(),
-            what: "listing replication slots",
-            source,
-        })?
+        .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
-    for name in standbys.iter().filter(|n| !existing.contains(n)) {
-        instance.create_replication_slot(name).await?;
+    for name in standbys {
+        if !existing.iter().any(|(slot, _)| slot == name) {
+            held.instance.create_replication_slot(name).await?;
+        }
     }
-    for name in existing.iter().filter(|n| !standbys.contains(n)) {
-        if let Err(error) = instance.drop_replication_slot(name).await {
-            tracing::debug!(%error, slot = %name, "slot not dropped yet");
+    held.unwanted_slots
+        .retain(|slot, _| existing.iter().any(|(name, active)| name == slot && !active) && !standbys.contains(slot));
+    for (name, active) in &existing {
+        if *active || standbys.contains(name) {
+            continue;
+        }
+        let since = *held
+            .unwanted_slots
+            .entry(name.clone())
+            .or_insert_with(Instant::now);
+        if since.elapsed() >= SLOT_GRACE {
+            match held.instance.drop_replication_slot(name).await {
+                Ok(()) => tracing::info!(slot = %name, "dropped the slot of a standby no longer wanted"),
+                Err(error) => tracing::debug!(%error, slot = %name, "slot not dropped yet"),
+            }
         }
     }
     Ok(())

@@ -40,12 +40,14 @@ impl StandInAgent {
                 node: node.clone(),
                 agent_epoch: 1,
             };
-            let mut liveness = LivenessReporter::new(operators, beat, leases);
-            loop {
-                liveness.round(TICK).await;
-                report_replicas(&shards, &node).await;
-                tokio::time::sleep(TICK).await;
-            }
+            let liveness = LivenessReporter::new(operators, beat, leases);
+            let reports = async {
+                loop {
+                    report_replicas(&shards, &node).await;
+                    tokio::time::sleep(TICK).await;
+                }
+            };
+            tokio::join!(liveness.run(|| TICK), reports);
         });
         StandInAgent { task }
     }

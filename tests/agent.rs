@@ -1,0 +1,241 @@
+//! The real node agent (`shardplane agent`, three child processes) with the real operator, a
+//! real API server and real PostgreSQL: every replica of four declared shards runs as its own
+//! instance, primaries write and secondaries stream; SIGKILL of the agent holding primaries
+//! (its PostgreSQL dies with it) fails them over at epoch + 1 with no committed row lost and
+//! the routing map switched; the restarted agent brings its old primaries back as rewound,
+//! read-only standbys of the new ones.
+
+#[path = "agent/harness.rs"]
+mod harness;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::Api;
+use shardplane::api::shard::{ReplicaRole, ReplicaState};
+use shardplane::api::{DatabaseNode, Table};
+use support::{env_with_crds, eventually};
+
+use harness::{
+    DataPlane, NODES, TABLE, connect, count, insert, keys_in, report, secondaries, serving_primary,
+};
+
+const SHARDS: usize = 4;
+
+/// SQLSTATE of a write refused by a read-only transaction or a server in recovery.
+const READ_ONLY: &str = "25006";
+/// SQLSTATE of a CHECK violation (a row outside the shard's range).
+const CHECK_VIOLATION: &str = "23514";
+
+fn sqlstate(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| error.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = DataPlane::start(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(90)).await;
+    eprintln!(
+        "4 shards x 3 replicas serving after {:.1?}",
+        started.elapsed()
+    );
+
+    // The agents registered their nodes and report versions and disk use.
+    let nodes: Api<DatabaseNode> = env.api();
+    for (node, _, zone, _) in NODES {
+        let registered = nodes.get(node).await.unwrap();
+        assert_eq!(registered.spec.zone, zone);
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                let status = nodes.get(node).await.unwrap().status.unwrap_or_default();
+                status.postgres_version.is_some_and(|v| v.starts_with("15"))
+                    && status.used_bytes.is_some_and(|b| b > 1_000_000)
+                    && status.version.is_some()
+            })
+            .await,
+            "node {node} never reported its versions and disk use"
+        );
+    }
+
+    // Every primary writes (inside its range only); every secondary is in recovery, refuses
+    // writes and receives the rows.
+    let mut written: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for shard in plane.shard_list().await {
+        let status = shard.status.clone().unwrap();
+        let primary = status.primary.clone().unwrap();
+        let endpoint = report(&shard, &primary.node)
+            .and_then(|r| r.endpoint.clone())
+            .unwrap();
+        let keys = keys_in(&shard, 0, 20);
+        insert(&endpoint, &keys).await.unwrap();
+        let client = connect(&endpoint).await.unwrap();
+        let outside = (0..).find(|k| !keys_in(&shard, *k, 1).contains(k)).unwrap();
+        let misrouted = client
+            .execute(
+                &format!("INSERT INTO {TABLE} (id) VALUES ($1)"),
+                &[&outside],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&misrouted), CHECK_VIOLATION, "{misrouted}");
+        let standbys = secondaries(&shard);
+        assert_eq!(standbys.len(), 2, "{}: {standbys:?}", shard.name_any());
+        for standby in standbys {
+            let at = standby.endpoint.clone().unwrap();
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    count(&at, &keys).await.ok() == Some(20)
+                })
+                .await,
+                "secondary {} of {} never received the rows",
+                standby.node,
+                shard.name_any()
+            );
+            let client = connect(&at).await.unwrap();
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(in_recovery);
+            let refused = insert(&at, &[keys[0] + 1_000_000]).await.unwrap_err();
+            assert_eq!(sqlstate(&refused), READ_ONLY, "{refused}");
+        }
+        written.insert(shard.name_any(), keys);
+    }
+
+    // kubectl shows three ready replicas of every shard, serving.
+    let out = env.kubectl(["get", "shards", "--no-headers"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), SHARDS, "{text}");
+    for line in &lines {
+        // READY, DESIRED, PHASE, AGE are the last columns (START or END may be blank).
+        let columns: Vec<&str> = line.split_whitespace().rev().take(4).collect();
+        assert_eq!(
+            (columns[3], columns[2], columns[1]),
+            ("3", "3", "Serving"),
+            "{text}"
+        );
+    }
+
+    // SIGKILL the agent holding the most primaries.
+    let before = plane.shard_list().await;
+    let mut led: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
+    for shard in &before {
+        let primary = shard.status.clone().unwrap().primary.unwrap();
+        let endpoint = report(shard, &primary.node)
+            .unwrap()
+            .endpoint
+            .clone()
+            .unwrap();
+        led.entry(primary.node.clone()).or_default().push((
+            shard.name_any(),
+            primary.epoch,
+            endpoint,
+        ));
+    }
+    let (victim, victim_shards) = led.into_iter().max_by_key(|(_, s)| s.len()).unwrap();
+    let killed_at = Instant::now();
+    plane.agents.get_mut(&victim).unwrap().kill();
+    // Its PostgreSQL died with it.
+    for (_, _, endpoint) in &victim_shards {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                connect(endpoint).await.is_err()
+            })
+            .await,
+            "the primary at {endpoint} outlived its agent"
+        );
+    }
+
+    // The operator fails over: a new primary at epoch + 1 on another node, writable, holding
+    // every row committed before the kill, and the routing map points at it.
+    let tables: Api<Table> = env.api();
+    let mut new_primaries = BTreeMap::new();
+    for (name, epoch, _) in &victim_shards {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((node, endpoint, shard)) =
+                serving_primary(&plane, &tables, name, epoch + 1).await
+            {
+                let key = keys_in(&shard, 10_000_000, 1);
+                if insert(&endpoint, &key).await.is_ok() {
+                    new_primaries.insert(name.clone(), (node, endpoint, key[0]));
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{name} did not fail over from {victim}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "kill of {victim} -> {} primaries writable elsewhere after {:.1?}",
+        victim_shards.len(),
+        killed_at.elapsed()
+    );
+    for (name, (node, endpoint, _)) in &new_primaries {
+        assert_ne!(node, &victim);
+        assert_eq!(
+            count(endpoint, &written[name]).await.unwrap(),
+            20,
+            "{name}: rows committed before the kill are missing on the new primary"
+        );
+    }
+
+    // The restarted agent brings its former primaries back as standbys of the new ones:
+    // rewound, in recovery, receiving the new rows, refusing writes.
+    plane.start_agent(&victim);
+    for (name, epoch, _) in &victim_shards {
+        let (_, _, new_key) = new_primaries[name];
+        let back = eventually(Duration::from_secs(40), || async {
+            let shard = plane.shards().get(name).await.unwrap();
+            let Some(mine) = report(&shard, &victim) else {
+                return false;
+            };
+            let Some(endpoint) = mine.endpoint.clone() else {
+                return false;
+            };
+            mine.role == ReplicaRole::Secondary
+                && mine.state == ReplicaState::InSync
+                && mine.epoch == Some(epoch + 1)
+                && count(&endpoint, &[new_key]).await.ok() == Some(1)
+        })
+        .await;
+        assert!(
+            back,
+            "{name}'s former primary on {victim} did not come back as a standby"
+        );
+        let shard = plane.shards().get(name).await.unwrap();
+        let endpoint = report(&shard, &victim).unwrap().endpoint.clone().unwrap();
+        let client = connect(&endpoint).await.unwrap();
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(in_recovery, "{name}'s former primary is writable again");
+        let refused = insert(&endpoint, &keys_in(&shard, 20_000_000, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&refused), READ_ONLY, "{refused}");
+        assert_eq!(count(&endpoint, &written[name]).await.unwrap(), 20);
+    }
+    plane.wait_serving(SHARDS, Duration::from_secs(30)).await;
+    eprintln!("whole test took {:.1?}", started.elapsed());
+}

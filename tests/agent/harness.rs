@@ -1,0 +1,389 @@
+//! A real data plane for tests and benchmarks: three nodes in three zones, each a
+//! `shardplane agent` child process (so SIGKILL is a real node death, its PostgreSQL
+//! included), an operator running in this process, and a Table with declared Shards.
+//! Shared by `tests/agent.rs` and `benches/dataplane_failover.rs`; it needs only a client and
+//! a kubeconfig of a control plane with the CRDs installed.
+
+// The test and the benchmark each use a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use shardplane::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
+use shardplane::api::{DatabaseCluster, Shard, Table};
+use shardplane::controller::{self, OperatorConfig};
+use shardplane::routing::{ShardKeyValue, keyspace_id};
+use tokio::task::JoinHandle;
+
+/// The nodes: name, region, zone, first port of its range (20 ports each).
+pub const NODES: [(&str, &str, &str, u16); 3] = [
+    ("n1", "r1", "r1-a", 25100),
+    ("n2", "r2", "r2-a", 25200),
+    ("n3", "r3", "r3-a", 25300),
+];
+/// The superuser password of the test's replica sets.
+pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
+/// The table every shard holds.
+pub const TABLE: &str = "orders";
+
+/// One `shardplane agent` process.
+pub struct AgentProcess {
+    child: Child,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// SIGKILL: the node dies at once, with its PostgreSQL instances (their parent-death
+    /// signal).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The running data plane of one namespace.
+pub struct DataPlane {
+    /// A client of the control plane.
+    pub client: Client,
+    /// The namespace everything lives in.
+    pub namespace: String,
+    /// The control plane's kubeconfig, for the agents.
+    pub kubeconfig: PathBuf,
+    /// The operator's heartbeat address.
+    pub operator_addr: SocketAddr,
+    /// The agents by node.
+    pub agents: BTreeMap<String, AgentProcess>,
+    operator: JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        self.operator.abort();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The Secret, the cluster (RF 3, fast failure detection, replicas replaced only after
+/// 300 s), the table and `shards` declared Shards tiling the key space.
+pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("shardplane-postgres".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            [
+                ("superuser-password", SUPERUSER_PASSWORD),
+                ("replication-password", "test-replication-secret"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let cluster: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "main"},
+        "spec": {
+            "regions": [
+                {"name": "r1", "zones": ["r1-a"]},
+                {"name": "r2", "zones": ["r2-a"]},
+                {"name": "r3", "zones": ["r3-a"]}
+            ],
+            "replicationFactor": 3,
+            "durability": {"mode": "Quorum", "syncReplicas": 1},
+            "approval": {"safe": "Automatic", "disruptive": "Automatic", "destructive": "Manual"},
+            "rebalancing": {"enabled": false},
+            "failureDetection": {"heartbeatIntervalMs": 200, "suspectAfterMs": 600, "deadAfterMs": 1200, "replaceReplicasAfterSeconds": 300}
+        }
+    }))
+    .unwrap();
+    Api::<DatabaseCluster>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    let table: Table = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": TABLE},
+        "spec": {"cluster": "main", "shardKey": "id",
+                 "columns": [{"name": "id", "type": "bigint", "nullable": false}, {"name": "note", "type": "text"}],
+                 "primaryKey": ["id"]}
+    }))
+    .unwrap();
+    Api::<Table>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &table)
+        .await
+        .unwrap();
+    let step = (1i128 << 64) / shards as i128;
+    for i in 0..shards {
+        let mut range = json!({});
+        if i > 0 {
+            range["start"] = json!((i128::from(i64::MIN) + i as i128 * step) as i64);
+        }
+        if i + 1 < shards {
+            range["end"] = json!((i128::from(i64::MIN) + (i as i128 + 1) * step) as i64);
+        }
+        let shard: Shard = serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": format!("{TABLE}-{i}")},
+            "spec": {"table": TABLE, "range": range}
+        }))
+        .unwrap();
+        Api::<Shard>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &shard)
+            .await
+            .unwrap();
+    }
+}
+
+impl DataPlane {
+    /// Declares the cluster, starts the operator and the three agents (which register their
+    /// DatabaseNodes themselves).
+    pub async fn start(client: Client, namespace: &str, kubeconfig: &Path, shards: usize) -> Self {
+        declare_cluster(&client, namespace, shards).await;
+        let operator_addr = free_addr();
+        let mut config = OperatorConfig::new("op-a", namespace.to_owned());
+        config.namespace = Some(namespace.to_owned());
+        config.listen = operator_addr;
+        config.step_poll = Duration::from_millis(100);
+        let operator_client = client.clone();
+        let operator = tokio::spawn(async move {
+            controller::run(operator_client, config).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        // PostgreSQL runs as its own user, which must reach the instances' folders.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut plane = DataPlane {
+            client,
+            namespace: namespace.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+            operator_addr,
+            agents: BTreeMap::new(),
+            operator,
+            dir,
+        };
+        for (node, ..) in NODES {
+            plane.start_agent(node);
+        }
+        plane
+    }
+
+    /// Starts (or restarts, on the same data folder) the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) {
+        let (_, region, zone, first_port) = NODES.iter().find(|n| n.0 == node).unwrap();
+        let data_dir = self.dir.path().join(node);
+        let log = self.dir.path().join(format!("{node}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .args(["agent", "--node", node, "--namespace", &self.namespace])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--operator", &self.operator_addr.to_string()])
+            .args(["--cluster", "main", "--region", region, "--zone", zone])
+            .args(["--address", "127.0.0.1", "--storage-bytes", "10000000000"])
+            .args(["--ports", &format!("{first_port}-{}", first_port + 19)])
+            .arg("--no-fsync")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.agents
+            .insert(node.to_owned(), AgentProcess { child, log });
+    }
+
+    /// Prints every agent's log (for a failed test).
+    pub fn print_logs(&self) {
+        for (node, agent) in &self.agents {
+            let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("==== agent {node} (last lines) ====");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// The Shards API of the namespace.
+    pub fn shards(&self) -> Api<Shard> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Every shard, sorted by name.
+    pub async fn shard_list(&self) -> Vec<Shard> {
+        let mut list = self.shards().list(&Default::default()).await.unwrap().items;
+        list.sort_by_key(|s| s.name_any());
+        list
+    }
+
+    /// Whether each of `count` shards has 3 ready replicas and serves.
+    pub async fn all_serving(&self, count: usize) -> bool {
+        let Ok(list) = self.shards().list(&Default::default()).await else {
+            return false;
+        };
+        list.items.len() == count
+            && list.items.iter().all(|s| {
+                let st = s.status.clone().unwrap_or_default();
+                st.ready_replicas == Some(3)
+                    && st.phase == Some(shardplane::api::shard::ShardPhase::Serving)
+                    && st.replicas.iter().all(|r| r.state == ReplicaState::InSync)
+            })
+    }
+
+    /// Waits until `count` shards serve with three ready replicas; prints the logs if not.
+    pub async fn wait_serving(&self, count: usize, timeout: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.all_serving(count).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the shards did not all serve with three replicas within {timeout:?}");
+    }
+}
+
+/// The report of `node` in `shard`.
+pub fn report<'a>(shard: &'a Shard, node: &str) -> Option<&'a ObservedReplica> {
+    shard
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas.iter().find(|r| r.node == node))
+}
+
+/// The reports of `shard`'s secondaries.
+pub fn secondaries(shard: &Shard) -> Vec<ObservedReplica> {
+    shard
+        .status
+        .as_ref()
+        .map(|s| {
+            s.replicas
+                .iter()
+                .filter(|r| r.role == ReplicaRole::Secondary)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A superuser session on the instance at `endpoint` (`host:port`).
+pub async fn connect(endpoint: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port.parse().unwrap())
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(2));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `n` keys whose keyspace id lies in the shard's range, starting the search at `from`.
+pub fn keys_in(shard: &Shard, from: i64, n: usize) -> Vec<i64> {
+    let start = shard.spec.range.start.unwrap_or(i64::MIN);
+    let end = shard.spec.range.end;
+    (from..)
+        .filter(|k| {
+            let id = keyspace_id(&ShardKeyValue::Int(*k));
+            id >= start && end.is_none_or(|e| id < e)
+        })
+        .take(n)
+        .collect()
+}
+
+/// Inserts `keys` on the primary at `endpoint`, one transaction each.
+pub async fn insert(endpoint: &str, keys: &[i64]) -> Result<(), tokio_postgres::Error> {
+    let client = connect(endpoint).await?;
+    for key in keys {
+        client
+            .execute(
+                &format!("INSERT INTO {TABLE} (id, note) VALUES ($1, 'row')"),
+                &[key],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// How many of `keys` the instance at `endpoint` holds.
+pub async fn count(endpoint: &str, keys: &[i64]) -> Result<i64, tokio_postgres::Error> {
+    let client = connect(endpoint).await?;
+    let row = client
+        .query_one(
+            &format!("SELECT count(*) FROM {TABLE} WHERE id = ANY($1)"),
+            &[&keys],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The node and endpoint of `name`'s primary if it serves at `epoch` (its agent reports it
+/// in sync at that epoch) and the routing map points at it.
+pub async fn serving_primary(
+    plane: &DataPlane,
+    tables: &Api<Table>,
+    name: &str,
+    epoch: i64,
+) -> Option<(String, String, Shard)> {
+    let shard = plane.shards().get(name).await.ok()?;
+    let primary = shard.status.clone()?.primary?;
+    if primary.epoch != epoch {
+        return None;
+    }
+    let endpoint = report(&shard, &primary.node)
+        .filter(|r| {
+            r.role == ReplicaRole::Primary
+                && r.state == ReplicaState::InSync
+                && r.epoch == Some(epoch)
+        })?
+        .endpoint
+        .clone()?;
+    let routing = tables.get(TABLE).await.ok()?.status?.routing?;
+    routing
+        .ranges
+        .iter()
+        .any(|e| e.shard == name && e.endpoint.as_deref() == Some(&endpoint) && e.epoch == epoch)
+        .then_some((primary.node, endpoint, shard))
+}
