@@ -497,7 +497,13 @@ async fn a_stale_map_is_refused_by_the_range_constraint_and_retried_until_it_is_
         let router = router.clone();
         async move { insert(&router, id_a).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        support::eventually(Duration::from_secs(10), || async {
+            router.stats().retries_misrouted > 0
+        })
+        .await,
+        "the write under the crossed map was not refused"
+    );
     fixture
         .switch_routing(vec![
             fixture.route("items-a", &fixture.a0, 1),
