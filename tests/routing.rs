@@ -147,14 +147,7 @@ impl Fixture {
                 self.route("items-b", &self.b0, 1),
             ],
         };
-        self.tables()
-            .patch_status(
-                TABLE,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "routing": routing } })),
-            )
-            .await
-            .unwrap();
+        write_routing(&self.tables(), &routing).await;
         for (name, range) in [("items-a", range_a()), ("items-b", range_b())] {
             let wire = range.to_wire();
             let shard = Shard {
@@ -295,6 +288,18 @@ fn items_table() -> Table {
     )
 }
 
+/// Writes the Table's first routing map (a merge patch of its status).
+async fn write_routing(tables: &Api<Table>, routing: &RoutingMap) {
+    tables
+        .patch_status(
+            TABLE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "routing": routing } })),
+        )
+        .await
+        .unwrap();
+}
+
 fn endpoint(instance: &Instance) -> String {
     format!("127.0.0.1:{}", instance.port())
 }
@@ -378,16 +383,7 @@ async fn a_router_waits_for_a_usable_routing_map_and_says_what_it_saw() {
             }],
         };
         let tables = tables.clone();
-        async move {
-            tables
-                .patch_status(
-                    TABLE,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": { "routing": routing } })),
-                )
-                .await
-                .unwrap();
-        }
+        async move { write_routing(&tables, &routing).await }
     };
     write_map("no-port").await;
     let invalid = problem(start().await);
