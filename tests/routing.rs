@@ -625,6 +625,46 @@ async fn workload_through_failover(failover: Failover) {
 }
 
 #[tokio::test]
+async fn a_write_stuck_on_a_primary_without_its_quorum_moves_with_the_range() {
+    let fixture = Fixture::new(true).await;
+    let deadline = Duration::from_secs(30);
+    let router = fixture.router(deadline).await;
+    let id = (1..).find(|&id| in_a(id)).unwrap();
+
+    // The primary loses its quorum: a commit there waits for a standby that never comes.
+    fixture
+        .a0
+        .set_sync_quorum(&SyncQuorum::any(1, ["lost"]))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let a1 = fixture.a1.as_ref().unwrap();
+    let (inserted, ()) = tokio::join!(insert(&router, id), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(router.stats().requests, 1);
+        assert_eq!(router.stats().retries, 0, "the write did not wait on a0");
+        a1.promote(&SyncQuorum::none()).await.unwrap();
+        fixture
+            .switch_routing(vec![
+                fixture.route("items-a", a1, 2),
+                fixture.route("items-b", &fixture.b0, 1),
+            ])
+            .await;
+    });
+    let took = started.elapsed();
+    let stats = router.stats();
+    println!("stuck write: {inserted:?} after {took:.2?}; router: {stats}");
+    // 0 when the stuck commit had already streamed to a1 before its promotion.
+    assert!(matches!(inserted, Ok(0 | 1)), "{inserted:?}");
+    assert!(
+        took < deadline / 2,
+        "the write waited {took:?} for the deadline"
+    );
+    assert_eq!(stats.retries_moved, 1, "{stats}");
+    assert_eq!(ids_on(a1).await, vec![id]);
+}
+
+#[tokio::test]
 async fn the_checker_finds_lost_duplicated_and_misplaced_rows() {
     let fixture = Fixture::new(false).await;
     let router = fixture.router(Duration::from_secs(10)).await;

@@ -22,6 +22,21 @@ pub enum RetryReason {
     Shutdown,
     /// The map has no primary for the key's range, does not cover the key, or is unusable.
     NoRoute,
+    /// The attempt was still waiting (for example for a quorum its primary lost) when a
+    /// newer map moved the key's range to another primary; it was abandoned.
+    Moved,
+}
+
+impl RetryReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::Connection,
+        RetryReason::ReadOnly,
+        RetryReason::Misrouted,
+        RetryReason::Shutdown,
+        RetryReason::NoRoute,
+        RetryReason::Moved,
+    ];
 }
 
 /// The reason to retry an error PostgreSQL returned for a statement, or `None` when a retry
@@ -126,6 +141,13 @@ mod tests {
         assert_eq!(retry(&SqlState::UNIQUE_VIOLATION, None), None);
         assert_eq!(retry(&SqlState::SYNTAX_ERROR, None), None);
         assert_eq!(retry(&SqlState::INVALID_PASSWORD, None), None);
+    }
+
+    #[test]
+    fn every_reason_indexes_its_own_counter() {
+        for (index, reason) in RetryReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?}");
+        }
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct RouterStats {
     pub retries_shutdown: u64,
     /// Retries because the map had no primary for the key's range, or no usable map.
     pub retries_no_route: u64,
+    /// Retries after abandoning an attempt still waiting when a newer map moved its range
+    /// to another primary.
+    pub retries_moved: u64,
     /// Requests that failed with [`RoutingError::DeadlineExceeded`].
     pub gave_up: u64,
     /// Routing maps received, the first included.
@@ -90,7 +93,7 @@ impl fmt::Display for RouterStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests, {} retries (connection {}, read-only {}, misrouted {}, shutdown {}, no route {}), {} gave up, routing map version {} ({} maps received)",
+            "{} requests, {} retries (connection {}, read-only {}, misrouted {}, shutdown {}, no route {}, moved {}), {} gave up, routing map version {} ({} maps received)",
             self.requests,
             self.retries,
             self.retries_connection,
@@ -98,6 +101,7 @@ impl fmt::Display for RouterStats {
             self.retries_misrouted,
             self.retries_shutdown,
             self.retries_no_route,
+            self.retries_moved,
             self.gave_up,
             self.map_version,
             self.map_updates
@@ -134,7 +138,7 @@ impl Drop for Inner {
 struct Shared {
     pools: Mutex<HashMap<Endpoint, Arc<EndpointPool>>>,
     requests: AtomicU64,
-    retries: [AtomicU64; 5],
+    retries: [AtomicU64; RetryReason::ALL.len()],
     gave_up: AtomicU64,
     map_updates: AtomicU64,
     map_version: AtomicI64,
@@ -282,22 +286,16 @@ impl Router {
     pub fn stats(&self) -> RouterStats {
         let shared = &self.inner.shared;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let retries = |reason: RetryReason| load(&shared.retries[reason_index(reason)]);
-        let by_reason = [
-            retries(RetryReason::Connection),
-            retries(RetryReason::ReadOnly),
-            retries(RetryReason::Misrouted),
-            retries(RetryReason::Shutdown),
-            retries(RetryReason::NoRoute),
-        ];
+        let retries = |reason: RetryReason| load(&shared.retries[reason as usize]);
         RouterStats {
             requests: load(&shared.requests),
-            retries: by_reason.iter().sum(),
-            retries_connection: by_reason[0],
-            retries_read_only: by_reason[1],
-            retries_misrouted: by_reason[2],
-            retries_shutdown: by_reason[3],
-            retries_no_route: by_reason[4],
+            retries: RetryReason::ALL.into_iter().map(retries).sum(),
+            retries_connection: retries(RetryReason::Connection),
+            retries_read_only: retries(RetryReason::ReadOnly),
+            retries_misrouted: retries(RetryReason::Misrouted),
+            retries_shutdown: retries(RetryReason::Shutdown),
+            retries_no_route: retries(RetryReason::NoRoute),
+            retries_moved: retries(RetryReason::Moved),
             gave_up: load(&shared.gave_up),
             map_updates: load(&shared.map_updates),
             map_version: shared.map_version.load(Ordering::Relaxed),
@@ -351,8 +349,19 @@ impl Router {
                             epoch,
                             ..
                         }) => {
-                            let attempt = self.attempt(endpoint, call);
-                            match tokio::time::timeout_at(deadline, attempt).await {
+                            let attempt =
+                                tokio::time::timeout_at(deadline, self.attempt(endpoint, call));
+                            // A write waiting on a primary cut off from its quorum would wait
+                            // until the deadline; once the map moves the range, it is stale.
+                            let moved = route_moved(map.clone(), version, keyspace_id, endpoint);
+                            let outcome = tokio::select! {
+                                outcome = attempt => outcome,
+                                () = moved => Ok(Err(AttemptError::Retry(
+                                    RetryReason::Moved,
+                                    "abandoned while it waited, because a newer routing map moved the range to another primary; its outcome is unknown".to_owned(),
+                                ))),
+                            };
+                            match outcome {
                                 Ok(Ok(value)) => return Ok(value),
                                 Ok(Err(AttemptError::Retry(reason, what))) => (
                                     version,
@@ -424,7 +433,7 @@ impl Router {
         if Instant::now() >= deadline {
             return Err(give_up());
         }
-        shared.retries[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        shared.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(table = %self.inner.table, ?reason, attempt = attempts, "retrying: {last}");
         let pause = backoff(
             attempts,
@@ -518,13 +527,26 @@ impl fmt::Debug for Router {
     }
 }
 
-fn reason_index(reason: RetryReason) -> usize {
-    match reason {
-        RetryReason::Connection => 0,
-        RetryReason::ReadOnly => 1,
-        RetryReason::Misrouted => 2,
-        RetryReason::Shutdown => 3,
-        RetryReason::NoRoute => 4,
+/// Resolves once a routing map newer than `version` sends `keyspace_id` somewhere other
+/// than `endpoint` (or to no primary); never if the watch ends.
+async fn route_moved(
+    mut map: watch::Receiver<Observed>,
+    version: i64,
+    keyspace_id: i64,
+    endpoint: &Endpoint,
+) {
+    let moved = map
+        .wait_for(|observed| match observed {
+            Observed::Usable(table) => {
+                table.version() > version
+                    && table.route(keyspace_id).and_then(|r| r.endpoint.as_ref()) != Some(endpoint)
+            }
+            Observed::Unusable(_) => false,
+        })
+        .await
+        .is_ok();
+    if !moved {
+        std::future::pending::<()>().await;
     }
 }
 
