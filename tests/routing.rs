@@ -207,6 +207,18 @@ impl Fixture {
             .unwrap();
     }
 
+    /// Promotes shard a's standby and switches the map to it at epoch 2; returns it.
+    async fn promote_standby_and_switch(&self) -> &Instance {
+        let a1 = self.a1.as_ref().unwrap();
+        a1.promote(&SyncQuorum::none()).await.unwrap();
+        self.switch_routing(vec![
+            self.route("items-a", a1, 2),
+            self.route("items-b", &self.b0, 1),
+        ])
+        .await;
+        a1
+    }
+
     async fn set_replicas(&self, shard: &str, replicas: Vec<ObservedReplica>) {
         let status = ShardStatus {
             replicas,
@@ -552,16 +564,9 @@ async fn workload_through_failover(failover: Failover) {
         Failover::Fenced => fixture.a0.fence_writes().await.unwrap(),
         Failover::Crashed => fixture.a0.kill(),
     }
-    let a1 = fixture.a1.as_ref().unwrap();
-    a1.promote(&SyncQuorum::none()).await.unwrap();
-    let on_a1_at_promotion = ids_on(a1).await.len();
-    fixture
-        .switch_routing(vec![
-            fixture.route("items-a", a1, 2),
-            fixture.route("items-b", &fixture.b0, 1),
-        ])
-        .await;
+    let a1 = fixture.promote_standby_and_switch().await;
     let switched_after = failover_started.elapsed();
+    let on_a1_at_switch = ids_on(a1).await.len();
     fixture
         .set_replicas(
             "items-a",
@@ -598,7 +603,7 @@ async fn workload_through_failover(failover: Failover) {
     };
     assert!(expected_reasons > 0, "{failover:?}: {stats}");
     assert!(
-        ids_on(a1).await.len() > on_a1_at_promotion,
+        ids_on(a1).await.len() > on_a1_at_switch,
         "shard a's writes did not move to the promoted standby"
     );
 
@@ -638,18 +643,11 @@ async fn a_write_stuck_on_a_primary_without_its_quorum_moves_with_the_range() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let a1 = fixture.a1.as_ref().unwrap();
-    let (inserted, ()) = tokio::join!(insert(&router, id), async {
+    let (inserted, a1) = tokio::join!(insert(&router, id), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(router.stats().requests, 1);
         assert_eq!(router.stats().retries, 0, "the write did not wait on a0");
-        a1.promote(&SyncQuorum::none()).await.unwrap();
-        fixture
-            .switch_routing(vec![
-                fixture.route("items-a", a1, 2),
-                fixture.route("items-b", &fixture.b0, 1),
-            ])
-            .await;
+        fixture.promote_standby_and_switch().await
     });
     let took = started.elapsed();
     let stats = router.stats();
