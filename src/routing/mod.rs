@@ -52,3 +52,11 @@ pub use map::{Endpoint, Route, RouteTable};
 pub use pool::DatabaseCredentials;
 pub use retry::{RetryReason, backoff, classify, classify_connect};
 pub use router::{Router, RouterConfig, RouterStats};
+
+/// Locks `mutex`, also after a panic in another holder: every critical section of the
+/// router and the workload leaves its data valid (a push, a pop, a map update).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls};
 
+use super::lock;
 use super::map::Endpoint;
 
 /// The role, password and database a client connects with. `Debug` never shows the password,
@@ -123,7 +124,7 @@ impl EndpointPool {
             .await
             .map_err(|_| CheckoutError::Closed)?;
         let reused = loop {
-            let candidate = self.lock_idle().pop();
+            let candidate = lock(&self.idle).pop();
             match candidate {
                 Some(client) if client.is_closed() => continue,
                 other => break other,
@@ -146,14 +147,7 @@ impl EndpointPool {
     /// Drops every idle connection and refuses new checkouts (the endpoint left the map).
     pub(crate) fn close(&self) {
         self.in_use.close();
-        self.lock_idle().clear();
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        // A panic while holding the lock leaves a valid Vec behind.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle).clear();
     }
 }
 
@@ -166,7 +160,7 @@ impl PooledClient {
     /// Returns the connection to its pool for reuse, unless it closed or the pool did.
     pub(crate) fn release(self) {
         if !self.client.is_closed() && !self.pool.in_use.is_closed() {
-            self.pool.lock_idle().push(self.client);
+            lock(&self.pool.idle).push(self.client);
         }
     }
 }

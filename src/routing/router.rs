@@ -20,6 +20,7 @@ use tokio_postgres::types::ToSql;
 
 use super::error::{RoutingError, postgres_message};
 use super::keyhash::ShardKeyValue;
+use super::lock;
 use super::map::{Endpoint, Route, RouteTable};
 use super::pool::{CheckoutError, DatabaseCredentials, EndpointPool};
 use super::retry::{RetryReason, backoff, classify, classify_connect};
@@ -548,13 +549,6 @@ async fn route_moved(
     if !moved {
         std::future::pending::<()>().await;
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the map valid, so a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Follows the Table's routing map until the router is dropped: publishes each new map (or

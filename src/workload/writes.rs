@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::sql_identifier;
-use crate::routing::{Router, ShardKeyValue};
+use crate::routing::{Router, ShardKeyValue, lock};
 
 /// What the workload writes and how fast.
 #[derive(Clone, Debug, PartialEq)]
@@ -273,11 +273,4 @@ async fn write_until_stopped(
 
 fn record_error(tally: &Tally, error: String) {
     lock(&tally.first_error).get_or_insert(error);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Pushes and inserts leave the data valid, so a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
