@@ -15,8 +15,8 @@ use kube::runtime::watcher::watch_object;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
 
 use super::error::{RoutingError, postgres_message};
 use super::keyhash::ShardKeyValue;
@@ -152,19 +152,41 @@ enum Observed {
     Unusable(String),
 }
 
-/// A statement and its parameters, and what it returns.
-#[derive(Clone, Copy)]
-enum Call<'a> {
-    /// Returns the number of rows affected.
-    Execute(&'a str, &'a [&'a (dyn ToSql + Sync)]),
-    /// Returns rows.
-    Query(&'a str, &'a [&'a (dyn ToSql + Sync)]),
+/// One statement on one connection, sent again by every attempt.
+trait Call: Sync {
+    /// What the statement returns.
+    type Output: Send;
+    /// Sends the statement on `client`.
+    fn send<'a>(
+        &'a self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
 }
 
-/// What a [`Call`] returned.
-enum Reply {
-    Affected(u64),
-    Rows(Vec<Row>),
+/// A statement returning the number of rows it affected.
+struct Execute<'s>(&'s str, &'s [&'s (dyn ToSql + Sync)]);
+
+/// A statement returning rows.
+struct Query<'s>(&'s str, &'s [&'s (dyn ToSql + Sync)]);
+
+impl Call for Execute<'_> {
+    type Output = u64;
+    fn send<'a>(
+        &'a self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        client.execute(self.0, self.1)
+    }
+}
+
+impl Call for Query<'_> {
+    type Output = Vec<Row>;
+    fn send<'a>(
+        &'a self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        client.query(self.0, self.1)
+    }
 }
 
 /// How one attempt failed.
@@ -248,10 +270,7 @@ impl Router {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, RoutingError> {
-        match self.run(key, Call::Execute(statement, params)).await? {
-            Reply::Affected(count) => Ok(count),
-            Reply::Rows(rows) => Ok(rows.len() as u64),
-        }
+        self.run(key, &Execute(statement, params)).await
     }
 
     /// Runs the query `statement` (which should read only rows of `key`) on the primary of
@@ -262,10 +281,7 @@ impl Router {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, RoutingError> {
-        match self.run(key, Call::Query(statement, params)).await? {
-            Reply::Rows(rows) => Ok(rows),
-            Reply::Affected(_) => Ok(Vec::new()),
-        }
+        self.run(key, &Query(statement, params)).await
     }
 
     /// The routing map in use, if a usable one was observed last.
@@ -306,7 +322,7 @@ impl Router {
     /// Attempts `call` on the primary of `key` until it succeeds, fails for good, or the
     /// deadline passes. Between attempts it waits for a newer routing map or a jittered
     /// backoff, whichever comes first.
-    async fn run(&self, key: &ShardKeyValue, call: Call<'_>) -> Result<Reply, RoutingError> {
+    async fn run<C: Call>(&self, key: &ShardKeyValue, call: &C) -> Result<C::Output, RoutingError> {
         let inner = &*self.inner;
         let started = Instant::now();
         let deadline = started + inner.config.deadline;
@@ -462,7 +478,11 @@ impl Router {
     }
 
     /// One attempt of `call` on `endpoint`.
-    async fn attempt(&self, endpoint: &Endpoint, call: Call<'_>) -> Result<Reply, AttemptError> {
+    async fn attempt<C: Call>(
+        &self,
+        endpoint: &Endpoint,
+        call: &C,
+    ) -> Result<C::Output, AttemptError> {
         let inner = &*self.inner;
         let pool = self.pool(endpoint);
         let connection = pool
@@ -481,15 +501,7 @@ impl Router {
                     None => AttemptError::Refused(error),
                 },
             })?;
-        let client = connection.client();
-        let result = match call {
-            Call::Execute(statement, params) => {
-                client.execute(statement, params).await.map(Reply::Affected)
-            }
-            Call::Query(statement, params) => {
-                client.query(statement, params).await.map(Reply::Rows)
-            }
-        };
+        let result = call.send(connection.client()).await;
         match result {
             Ok(value) => {
                 connection.release();
