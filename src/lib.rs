@@ -10,3 +10,4 @@ pub mod planpreview;
 pub mod routing;
 pub mod sandbox;
 pub mod schema;
+pub mod workload;
