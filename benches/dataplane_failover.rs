@@ -12,7 +12,10 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use shardplane::api::Table;
 use shardplane::sandbox::ControlPlane;
 
@@ -25,25 +28,24 @@ const RUNS: usize = 12;
 async fn main() {
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client().await.expect("client");
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let applied = cp.kubectl(["apply", "--server-side", "-f", crds]).await;
-    assert!(
-        applied.is_ok_and(|out| out.status.success()),
-        "CRDs not applied"
-    );
-    let established = cp
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .await;
-    assert!(
-        established.is_ok_and(|out| out.status.success()),
-        "CRDs not Established"
-    );
+    // The CRDs from the code that generates crds/, applied and awaited through the API.
+    let definitions: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in shardplane::api::crds() {
+        let name = crd.name_any();
+        definitions
+            .patch(
+                &name,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .expect("CRD applied");
+        let established = await_condition(definitions.clone(), &name, is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .expect("CRD established in time")
+            .expect("CRD watch");
+    }
     let namespace = "bench-dataplane";
     let object = Namespace {
         metadata: ObjectMeta {
@@ -68,7 +70,7 @@ async fn main() {
             .iter()
             .filter_map(|s| s.status.clone()?.primary.map(|p| (s, p)))
             .filter(|(_, p)| p.node == victim)
-            .map(|(s, p)| (kube::ResourceExt::name_any(s), p.epoch))
+            .map(|(s, p)| (s.name_any(), p.epoch))
             .collect();
         let killed = Instant::now();
         plane.agents.get_mut(&victim).expect("agent").kill();

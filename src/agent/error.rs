@@ -29,7 +29,7 @@ pub enum AgentError {
         /// What was being done, naming the object.
         what: String,
         /// The API error.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// The credentials Secret is missing or lacks a key.
@@ -91,13 +91,22 @@ pub enum AgentError {
 
     /// A PostgreSQL operation failed.
     #[error(transparent)]
-    Postgres(#[from] PostgresError),
+    Postgres(Box<PostgresError>),
+}
+
+impl From<PostgresError> for AgentError {
+    fn from(error: PostgresError) -> Self {
+        AgentError::Postgres(Box::new(error))
+    }
 }
 
 impl AgentError {
     /// An [`AgentError::Api`] for `what`.
     pub fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> AgentError {
         let what = what.into();
-        move |source| AgentError::Api { what, source }
+        move |source| AgentError::Api {
+            what,
+            source: Box::new(source),
+        }
     }
 }

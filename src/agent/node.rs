@@ -524,12 +524,14 @@ fn disk_use(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The replica tasks by shard: the channel feeding each its newest Shard, and the task.
+type Workers = BTreeMap<String, (watch::Sender<Option<Arc<Shard>>>, JoinHandle<()>)>;
+
 /// Keeps one replica task per shard replica wanted on this node, and per replica folder
 /// left from an earlier run, and feeds each the newest Shard.
 async fn dispatch(ctx: Arc<NodeContext>, shards: Store<Shard>, notify: Arc<Notify>) {
     shards.wait_until_ready().await.ok();
-    let mut workers: BTreeMap<String, (watch::Sender<Option<Arc<Shard>>>, JoinHandle<()>)> =
-        BTreeMap::new();
+    let mut workers: Workers = BTreeMap::new();
     // Replicas left by an earlier run: their ports are taken before any new one is chosen.
     let mut leftovers = local_replicas(&ctx);
     loop {
@@ -562,7 +564,7 @@ async fn dispatch(ctx: Arc<NodeContext>, shards: Store<Shard>, notify: Arc<Notif
 
 fn spawn_worker(
     ctx: &Arc<NodeContext>,
-    workers: &mut BTreeMap<String, (watch::Sender<Option<Arc<Shard>>>, JoinHandle<()>)>,
+    workers: &mut Workers,
     shard: &str,
     newest: Option<Arc<Shard>>,
 ) {

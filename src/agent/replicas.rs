@@ -340,13 +340,14 @@ impl ReplicaWorker {
                         Instance::create_primary(&toolchain, &spec, &credentials).await?;
                     let client = instance.connect().await?;
                     let ddl = format!("BEGIN; {}; COMMIT", statements.join("; "));
-                    client.batch_execute(&ddl).await.map_err(|source| {
-                        PostgresError::Sql {
+                    client
+                        .batch_execute(&ddl)
+                        .await
+                        .map_err(|source| PostgresError::Sql {
                             instance: spec.name.clone(),
                             what: "creating the shard's table",
                             source,
-                        }
-                    })?;
+                        })?;
                     Ok(instance)
                 })
                 .await?;
@@ -721,8 +722,12 @@ async fn ensure_slots(held: &mut Held, standbys: &[String]) -> Result<(), AgentE
             held.instance.create_replication_slot(name).await?;
         }
     }
-    held.unwanted_slots
-        .retain(|slot, _| existing.iter().any(|(name, active)| name == slot && !active) && !standbys.contains(slot));
+    held.unwanted_slots.retain(|slot, _| {
+        existing
+            .iter()
+            .any(|(name, active)| name == slot && !active)
+            && !standbys.contains(slot)
+    });
     for (name, active) in &existing {
         if *active || standbys.contains(name) {
             continue;
@@ -733,7 +738,9 @@ async fn ensure_slots(held: &mut Held, standbys: &[String]) -> Result<(), AgentE
             .or_insert_with(Instant::now);
         if since.elapsed() >= SLOT_GRACE {
             match held.instance.drop_replication_slot(name).await {
-                Ok(()) => tracing::info!(slot = %name, "dropped the slot of a standby no longer wanted"),
+                Ok(()) => {
+                    tracing::info!(slot = %name, "dropped the slot of a standby no longer wanted")
+                }
                 Err(error) => tracing::debug!(%error, slot = %name, "slot not dropped yet"),
             }
         }
