@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 pub use context::{Context, OperatorConfig};
 pub use leader::LeaderGuard;
 pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness, node_lease_name};
-pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_LABEL};
+pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_LABEL, newest_owned};
 pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError, WebhookServing};
 pub(crate) use {
     cluster::decide,

@@ -89,7 +89,8 @@ pub fn shape(table: &Table) -> Shape<'_> {
     }
 }
 
-/// Decides, without I/O, what the Table's declared schema needs given its newest version.
+/// Decides, without I/O, what the Table's declared schema needs given its newest version
+/// (`schema::next_version`, which `shardplane plan` previews with too).
 pub fn decide(table: &Table, newest: Option<&SchemaVersion>) -> Outcome {
     let name = table.name_any();
     let generation = table.meta().generation;
@@ -101,35 +102,49 @@ pub fn decide(table: &Table, newest: Option<&SchemaVersion>) -> Outcome {
             version: newest.spec.version,
         };
     }
-    let diff = match newest {
-        None => schema::create(&name, desired),
-        Some(newest) => {
-            let current = Shape {
+    let next = schema::next_version(
+        &name,
+        desired,
+        newest.map(|n| schema::Newest {
+            version: n.spec.version,
+            shape: Shape {
                 shard_key: &table.spec.shard_key,
-                schema: &newest.spec.schema,
-            };
-            schema::diff(&name, current, desired)
-        }
-    };
-    if let Some(message) = diff.refusal_message() {
-        return Outcome::Refused { message };
+                schema: &n.spec.schema,
+            },
+        }),
+    );
+    match next.outcome {
+        schema::Outcome::Refused { message, .. } => Outcome::Refused { message },
+        schema::Outcome::Unchanged => Outcome::Current {
+            version: next.previous.unwrap_or(0),
+        },
+        schema::Outcome::Change { diff, class } => Outcome::Create(Box::new(version_object(
+            table,
+            next.version,
+            next.previous,
+            &diff,
+            class,
+        ))),
     }
-    let Some(class) = diff.class() else {
-        return Outcome::Current {
-            version: newest.map_or(0, |n| n.spec.version),
-        };
-    };
-    let version = newest.map_or(1, |n| n.spec.version + 1);
-    Outcome::Create(Box::new(next_version(
-        table,
-        version,
-        newest.map(|n| n.spec.version),
-        &diff,
-        class,
-    )))
 }
 
-fn next_version(
+/// The newest of `versions` that `table` owns: the one its next version is diffed against
+/// (a version left by an earlier table of the same name is not).
+pub fn newest_owned<'a>(
+    table: &Table,
+    versions: impl IntoIterator<Item = &'a SchemaVersion>,
+) -> Option<&'a SchemaVersion> {
+    versions
+        .into_iter()
+        .filter(|v| {
+            v.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == table.uid().as_ref())
+        })
+        .max_by_key(|v| v.spec.version)
+}
+
+fn version_object(
     table: &Table,
     version: i64,
     previous: Option<i64>,
@@ -193,18 +208,11 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
     // A consistent list, not a cache: a version created a moment ago must be seen, or a
     // second one would be made for the same generation.
     let selector = format!("{TABLE_LABEL}={}", table.name_any());
-    let owned = versions
+    let listed = versions
         .list(&ListParams::default().labels(&selector))
         .await?
-        .items
-        .into_iter()
-        .filter(|v| {
-            v.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == table.uid().as_ref())
-        });
-    let newest = owned.max_by_key(|v| v.spec.version);
-    let observation = match decide(&table, newest.as_ref()) {
+        .items;
+    let observation = match decide(&table, newest_owned(&table, &listed)) {
         Outcome::Current { version } => Observation {
             type_: SCHEMA_ACCEPTED,
             holds: true,

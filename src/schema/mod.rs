@@ -9,6 +9,7 @@
 mod ddl;
 mod diff;
 mod sql_type;
+mod version;
 
 #[cfg(test)]
 mod tests;
@@ -16,10 +17,12 @@ mod tests;
 use std::fmt;
 
 use crate::api::table::TableSchema;
+use crate::plan::RiskClass;
 
 pub use ddl::quote_ident;
 pub use diff::{create, diff, validate};
 pub use sql_type::{Conversion, SqlType, conversion};
+pub use version::{Newest, NextVersion, Outcome, next_version, outcome};
 
 /// A table as the differ sees it: its shard key and its schema.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +45,20 @@ pub enum ChangeClass {
     Destructive,
     /// Unsafe or impossible: refused, never carried out.
     Refused,
+}
+
+impl ChangeClass {
+    /// The risk class of carrying out a change of this class, which decides its approval:
+    /// online is safe, a rewrite disruptive, a drop destructive; `None` for a refused change,
+    /// which is never carried out.
+    pub fn risk(self) -> Option<RiskClass> {
+        match self {
+            ChangeClass::Online => Some(RiskClass::Safe),
+            ChangeClass::Rewrite => Some(RiskClass::Disruptive),
+            ChangeClass::Destructive => Some(RiskClass::Destructive),
+            ChangeClass::Refused => None,
+        }
+    }
 }
 
 impl fmt::Display for ChangeClass {
