@@ -1,12 +1,14 @@
 //! The pure part of a preview: from the current objects and the head commit's, which shards
-//! are split, merged, added, dropped or re-placed, which tables change, and, for each split
-//! or merge, the planner's own plan (steps, risk, hash). No I/O.
+//! are split, merged, added, dropped or re-placed, which tables change (their schema versions
+//! come from `super::schema`), and, for each split or merge, the planner's own plan (steps,
+//! risk, hash). No I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use serde::Serialize;
 
+use super::schema::{SchemaPreview, previews};
 use super::snapshot::{Snapshot, range_of};
 use crate::api::{Shard, Table};
 use crate::plan::{KeyRange, NewShard, ReshardRequest, RiskClass, plan_reshard};
@@ -27,10 +29,15 @@ pub struct Changes {
     pub dropped_shards: Vec<ShardRef>,
     /// Shards whose placement wishes change (replicas may move).
     pub placement_changes: Vec<PlacementChange>,
-    /// Tables created, removed or whose schema changes.
+    /// Tables created, removed or whose spec changes.
     pub table_changes: Vec<TableChange>,
+    /// The schema version each table whose schema changes would get, or its refusal.
+    pub schema_changes: Vec<SchemaPreview>,
     /// Problems that make the change invalid as it is (git-sync would refuse the commit).
     pub problems: Vec<String>,
+    /// Whether the change would be refused as it is: a problem above, or a refused schema
+    /// change (the admission webhook denies it, and the operator creates no version).
+    pub refused: bool,
     /// The highest risk of anything above; `None` when nothing changes.
     pub risk: Option<RiskClass>,
 }
@@ -105,8 +112,7 @@ pub enum TableChangeKind {
     Changed,
 }
 
-/// A table-level change. The DDL and its compatibility class come from the schema-evolution
-/// work; until then they are `None` and `note` says so.
+/// A table-level change; what a schema change does is in [`Changes::schema_changes`].
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TableChange {
@@ -116,20 +122,22 @@ pub struct TableChange {
     pub kind: TableChangeKind,
     /// Which top-level fields of the spec differ (for `Changed`).
     pub fields: Vec<String>,
-    /// The DDL, once schema diffs exist.
-    pub ddl: Option<Vec<String>>,
-    /// The compatibility class, once schema diffs exist.
-    pub compatibility: Option<String>,
-    /// What the preview cannot say yet.
-    pub note: String,
 }
 
-/// Not computed: the honest placeholder for DDL and compatibility.
-pub const SCHEMA_DIFF_PENDING: &str = "DDL and compatibility class not available yet: schema diffs arrive with schema evolution; review the Table spec change by hand";
+/// The Table fields the schema differ judges (the schema is inlined in the spec); a change of
+/// any other field (`spec.sharding`, `spec.cluster`) is not classified.
+const SCHEMA_FIELDS: [&str; 5] = [
+    "spec.columns",
+    "spec.primaryKey",
+    "spec.indexes",
+    "spec.checks",
+    "spec.shardKey",
+];
 
-/// Compares `current` with `head`. `sizes_known` says whether `current` reports shard sizes
-/// (a live cluster); `now_ms` stamps the plans (a commit's time keeps hashes reproducible).
-pub fn diff(current: &Snapshot, head: &Snapshot, sizes_known: bool, now_ms: u64) -> Changes {
+/// Compares `current` with `head`. `live` says whether `current` is the cluster (it reports
+/// shard sizes and SchemaVersions); `now_ms` stamps the plans (a commit's time keeps hashes
+/// reproducible).
+pub fn diff(current: &Snapshot, head: &Snapshot, live: bool, now_ms: u64) -> Changes {
     let mut changes = Changes {
         problems: head.problems.clone(),
         ..Changes::default()
@@ -168,7 +176,7 @@ pub fn diff(current: &Snapshot, head: &Snapshot, sizes_known: bool, now_ms: u64)
             (false, false) => {
                 changes
                     .reshards
-                    .push(plan_group(current, &group, sizes_known, now_ms));
+                    .push(plan_group(current, &group, live, now_ms));
             }
             (true, false) => changes
                 .added_shards
@@ -182,6 +190,9 @@ pub fn diff(current: &Snapshot, head: &Snapshot, sizes_known: bool, now_ms: u64)
         }
     }
     changes.table_changes = table_changes(&current.tables, &head.tables);
+    changes.schema_changes = previews(current, head, live);
+    changes.refused =
+        !changes.problems.is_empty() || changes.schema_changes.iter().any(|s| s.refusal.is_some());
     changes.risk = overall_risk(&changes);
     changes
 }
@@ -402,9 +413,6 @@ fn table_changes(current: &[Table], head: &[Table]) -> Vec<TableChange> {
                 table: name.clone(),
                 kind,
                 fields,
-                ddl: None,
-                compatibility: None,
-                note: SCHEMA_DIFF_PENDING.to_owned(),
             })
         })
         .collect()
@@ -427,10 +435,11 @@ fn changed_fields(before: &Table, after: &Table) -> Vec<String> {
         .collect()
 }
 
-/// Dropping shards or tables loses rows: destructive. A schema change whose class is not
-/// known yet counts as disruptive at least.
+/// Dropping shards or tables loses rows: destructive. A schema version carries its class's
+/// risk; a change of a table field the schema differ does not judge counts as disruptive.
 fn overall_risk(changes: &Changes) -> Option<RiskClass> {
     let mut risks: Vec<RiskClass> = changes.reshards.iter().map(|r| r.risk).collect();
+    risks.extend(changes.schema_changes.iter().filter_map(|s| s.risk));
     if !changes.dropped_shards.is_empty()
         || changes
             .table_changes
@@ -439,11 +448,12 @@ fn overall_risk(changes: &Changes) -> Option<RiskClass> {
     {
         risks.push(RiskClass::Destructive);
     }
-    if changes
-        .table_changes
-        .iter()
-        .any(|t| t.kind == TableChangeKind::Changed)
-    {
+    if changes.table_changes.iter().any(|t| {
+        t.kind == TableChangeKind::Changed
+            && t.fields
+                .iter()
+                .any(|f| !SCHEMA_FIELDS.contains(&f.as_str()))
+    }) {
         risks.push(RiskClass::Disruptive);
     }
     if !changes.added_shards.is_empty()

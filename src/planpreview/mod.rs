@@ -10,6 +10,7 @@ pub mod diff;
 pub mod error;
 pub mod operator_plan;
 pub mod render;
+pub mod schema;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -176,6 +177,7 @@ fn overlay(live: Snapshot, base: &Snapshot, head: &Snapshot) -> Snapshot {
         nodes: union(live.nodes, &base.nodes),
         tables: pick(live.tables, &base.tables, &head.tables),
         shards: pick(live.shards, &base.shards, &head.shards),
+        schema_versions: live.schema_versions,
         problems: Vec::new(),
     }
 }

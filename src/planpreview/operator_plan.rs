@@ -187,6 +187,7 @@ fn desired(live: &Snapshot, base: &Snapshot, head: &Snapshot, now_ms: u64) -> Sn
         nodes: applied(&live.nodes, &base.nodes, &head.nodes, deleted_at.clone()),
         tables: applied(&live.tables, &base.tables, &head.tables, deleted_at),
         shards: applied(&live.shards, &base.shards, &head.shards, None),
+        schema_versions: live.schema_versions.clone(),
         problems: Vec::new(),
     }
 }

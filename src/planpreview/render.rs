@@ -5,6 +5,7 @@ use std::fmt::Write;
 use super::Preview;
 use super::diff::{Reshard, ShardRef, TableChangeKind};
 use super::operator_plan::OperatorPlan;
+use super::schema::SchemaPreview;
 use crate::controller::APPROVE_ANNOTATION;
 
 /// The preview as JSON, pretty-printed.
@@ -30,6 +31,12 @@ pub fn markdown(preview: &Preview) -> String {
         "**Risk: {risk}** · compared with {}\n",
         preview.compared_with
     );
+    if changes.refused {
+        let _ = writeln!(
+            out,
+            "**❌ This change would be refused as it is**: see the problems and schema refusals below.\n"
+        );
+    }
     for note in &preview.notes {
         let _ = writeln!(out, "> {note}\n");
     }
@@ -64,37 +71,85 @@ pub fn markdown(preview: &Preview) -> String {
         out.push('\n');
     }
     if !changes.table_changes.is_empty() {
-        let _ = writeln!(out, "### Tables and schema\n");
-        let _ = writeln!(out, "| table | change | fields | DDL | compatibility |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
+        let _ = writeln!(out, "### Tables\n");
+        let _ = writeln!(out, "| table | change | fields |");
+        let _ = writeln!(out, "|---|---|---|");
         for table in &changes.table_changes {
             let kind = match table.kind {
                 TableChangeKind::Created => "created",
                 TableChangeKind::Removed => "removed (destructive)",
                 TableChangeKind::Changed => "changed",
             };
-            let ddl = table
-                .ddl
-                .as_ref()
-                .map_or_else(|| "not available yet".to_owned(), |d| d.join("; "));
-            let class = table
-                .compatibility
-                .as_deref()
-                .unwrap_or("not available yet");
             let _ = writeln!(
                 out,
-                "| `{}` | {kind} | {} | {ddl} | {class} |",
+                "| `{}` | {kind} | {} |",
                 table.table,
                 table.fields.join(", ")
             );
         }
-        let _ = writeln!(out, "\n{}\n", super::diff::SCHEMA_DIFF_PENDING);
+        out.push('\n');
+    }
+    if !changes.schema_changes.is_empty() {
+        let _ = writeln!(out, "### Schema changes\n");
+        for schema in &changes.schema_changes {
+            schema_section(&mut out, schema);
+        }
     }
     operator_plans(&mut out, &preview.operator_plans);
     if changes.risk.is_none() && changes.problems.is_empty() {
         let _ = writeln!(out, "No change to shards or tables.\n");
     }
     out
+}
+
+/// One table's next schema version: its changes with their classes, then its DDL as one SQL
+/// block; or the refusal.
+fn schema_section(out: &mut String, schema: &SchemaPreview) {
+    let version = schema.version.map_or_else(
+        || "the next version (its number is in the cluster)".to_owned(),
+        |v| format!("version {v} (`{}-v{v}`)", schema.table),
+    );
+    match &schema.refusal {
+        Some(refusal) => {
+            let _ = writeln!(
+                out,
+                "#### ❌ `{}`: refused, the operator would create no version\n",
+                schema.table
+            );
+            let _ = writeln!(out, "> {refusal}\n");
+        }
+        None => {
+            let risk = schema
+                .risk
+                .map_or_else(String::new, |r| format!(", risk **{r:?}**"));
+            let _ = writeln!(
+                out,
+                "#### `{}`: {version}, class **{}**{risk}\n",
+                schema.table, schema.class
+            );
+        }
+    }
+    let _ = writeln!(out, "Compared with {}.\n", schema.compared_with);
+    for change in &schema.changes {
+        let reason = if change.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", change.reason)
+        };
+        let _ = writeln!(
+            out,
+            "- **{}** `{}`: {}{reason}",
+            change.class, change.field, change.summary
+        );
+    }
+    if !schema.ddl.is_empty() {
+        let _ = writeln!(out, "\n```sql");
+        for statement in &schema.ddl {
+            let _ = writeln!(out, "{statement};");
+        }
+        let _ = writeln!(out, "```");
+    }
+    out.push('\n');
 }
 
 fn operator_plans(out: &mut String, plans: &[OperatorPlan]) {

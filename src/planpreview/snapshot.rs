@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::error::PreviewError;
-use crate::api::{DatabaseCluster, DatabaseNode, Shard, Table};
+use crate::api::{DatabaseCluster, DatabaseNode, SchemaVersion, Shard, Table};
 use crate::controller::{domain_node, domain_shard};
 use crate::gitsync::SyncError;
 use crate::gitsync::manifests::{self, Manifest, is_shardplane};
@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub tables: Vec<Table>,
     /// Shards.
     pub shards: Vec<Shard>,
+    /// SchemaVersions (live only: the operator makes them, git never declares them).
+    pub schema_versions: Vec<SchemaVersion>,
     /// What git-sync would refuse in this commit (empty for the live side).
     pub problems: Vec<String>,
 }
@@ -111,6 +113,7 @@ impl Snapshot {
             nodes: list(client, namespace).await?,
             tables: list(client, namespace).await?,
             shards: list(client, namespace).await?,
+            schema_versions: list(client, namespace).await?,
             problems: Vec::new(),
         })
     }
