@@ -19,7 +19,8 @@ use shardplane::api::{DatabaseNode, Table};
 use support::{env_with_crds, eventually};
 
 use harness::{
-    DataPlane, NODES, TABLE, connect, count, insert, keys_in, report, secondaries, serving_primary,
+    ApiProxy, DataPlane, NODES, TABLE, connect, count, insert, keys_in, report, secondaries,
+    serving_primary,
 };
 
 const SHARDS: usize = 4;
@@ -238,4 +239,68 @@ async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
     }
     plane.wait_serving(SHARDS, Duration::from_secs(30)).await;
     eprintln!("whole test took {:.1?}", started.elapsed());
+}
+
+/// A primary whose node can prove its liveness neither to the operator (it is down) nor
+/// through its Lease (the API server is cut off) fences its writes before the operator could
+/// declare the node dead (`deadAfterMs` 1200), keeps serving reads, and takes writes again
+/// once liveness is proven and it is still the primary at the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_cannot_prove_liveness_fences_itself_until_it_can() {
+    let env = env_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ApiProxy::start(env.control_plane.kubeconfig_path(), dir.path()).await;
+    let mut plane =
+        DataPlane::start(env.client.clone(), &env.namespace, &proxy.kubeconfig, 1).await;
+    plane.wait_serving(1, Duration::from_secs(60)).await;
+    let shard = plane.shard_list().await.remove(0);
+    let primary = shard.status.clone().unwrap().primary.unwrap();
+    let endpoint = report(&shard, &primary.node)
+        .and_then(|r| r.endpoint.clone())
+        .unwrap();
+    let keys = keys_in(&shard, 0, 400);
+    insert(&endpoint, &keys[..1]).await.unwrap();
+
+    plane.stop_operator();
+    proxy.cut();
+    let cut_at = Instant::now();
+    let mut attempt = 1;
+    let fenced_after = loop {
+        match insert(&endpoint, &keys[attempt..=attempt]).await {
+            Err(error) if sqlstate(&error) == READ_ONLY => break cut_at.elapsed(),
+            Ok(()) => attempt += 1,
+            Err(error) => panic!("unexpected error from the primary: {error}"),
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(5),
+            "the primary never fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("fenced {fenced_after:?} after the cut; {attempt} writes acknowledged meanwhile");
+    assert!(
+        fenced_after < Duration::from_millis(1200),
+        "fenced only after {fenced_after:?}: the operator could have declared the node dead first"
+    );
+    assert_eq!(
+        count(&endpoint, &keys[..attempt]).await.unwrap(),
+        attempt as i64
+    );
+
+    proxy.restore();
+    plane.restart_operator();
+    let key = keys[attempt];
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            insert(&endpoint, &[key]).await.is_ok()
+        })
+        .await,
+        "the primary was not unfenced after its liveness was proven again"
+    );
+    let after = plane.shards().get(&shard.name_any()).await.unwrap();
+    assert_eq!(
+        after.status.unwrap().primary,
+        Some(primary),
+        "no failover was due"
+    );
 }

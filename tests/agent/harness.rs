@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -71,6 +72,7 @@ pub struct DataPlane {
     /// The agents by node.
     pub agents: BTreeMap<String, AgentProcess>,
     operator: JoinHandle<()>,
+    port_offset: u16,
     dir: tempfile::TempDir,
 }
 
@@ -80,6 +82,99 @@ impl Drop for DataPlane {
             self.print_logs();
         }
         self.operator.abort();
+    }
+}
+
+/// The operator in this process, scoped to `namespace`; aborting the task is a crash.
+fn spawn_operator(client: &Client, namespace: &str, addr: SocketAddr) -> JoinHandle<()> {
+    let mut config = OperatorConfig::new("op-a", namespace.to_owned());
+    config.namespace = Some(namespace.to_owned());
+    config.listen = addr;
+    config.step_poll = Duration::from_millis(100);
+    let client = client.clone();
+    tokio::spawn(async move {
+        // A restart may find the old listener not yet closed: retry until it binds.
+        while controller::run(client.clone(), config.clone())
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// A TCP proxy in front of the API server, to cut agents off from it: every connection is
+/// forwarded until [`ApiProxy::cut`], after which open connections are dropped and new ones
+/// refused until [`ApiProxy::restore`].
+pub struct ApiProxy {
+    /// A kubeconfig that reaches the API server through the proxy.
+    pub kubeconfig: PathBuf,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl ApiProxy {
+    /// A proxy for the API server of `kubeconfig` (whose server is `https://127.0.0.1:<port>`);
+    /// its own kubeconfig is written into `dir`.
+    pub async fn start(kubeconfig: &Path, dir: &Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        let text = std::fs::read_to_string(kubeconfig).unwrap();
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let upstream: SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+        let proxied = dir.join("proxied-kubeconfig");
+        std::fs::write(
+            &proxied,
+            text.replace(&server, &format!("https://{proxy_addr}")),
+        )
+        .unwrap();
+        let (cut, watching) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *watching.borrow() {
+                    continue;
+                }
+                let mut cut_off = watching.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_off.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        ApiProxy {
+            kubeconfig: proxied,
+            cut: Arc::new(cut),
+            task,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -172,18 +267,15 @@ impl DataPlane {
     pub async fn start(client: Client, namespace: &str, kubeconfig: &Path, shards: usize) -> Self {
         declare_cluster(&client, namespace, shards).await;
         let operator_addr = free_addr();
-        let mut config = OperatorConfig::new("op-a", namespace.to_owned());
-        config.namespace = Some(namespace.to_owned());
-        config.listen = operator_addr;
-        config.step_poll = Duration::from_millis(100);
-        let operator_client = client.clone();
-        let operator = tokio::spawn(async move {
-            controller::run(operator_client, config).await.unwrap();
-        });
+        let operator = spawn_operator(&client, namespace, operator_addr);
         let dir = tempfile::tempdir().unwrap();
         // PostgreSQL runs as its own user, which must reach the instances' folders.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Planes of one test binary run at once: each gets its own port ranges.
+        static PLANES: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let port_offset = 1000 * PLANES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut plane = DataPlane {
+            port_offset,
             client,
             namespace: namespace.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
@@ -198,9 +290,21 @@ impl DataPlane {
         plane
     }
 
+    /// Stops the operator (a crash: its heartbeat endpoint stops answering).
+    pub fn stop_operator(&mut self) {
+        self.operator.abort();
+    }
+
+    /// Starts the operator again on the same heartbeat address.
+    pub fn restart_operator(&mut self) {
+        self.operator.abort();
+        self.operator = spawn_operator(&self.client, &self.namespace, self.operator_addr);
+    }
+
     /// Starts (or restarts, on the same data folder) the agent of `node`.
     pub fn start_agent(&mut self, node: &str) {
         let (_, region, zone, first_port) = NODES.iter().find(|n| n.0 == node).unwrap();
+        let first_port = first_port + self.port_offset;
         let data_dir = self.dir.path().join(node);
         let log = self.dir.path().join(format!("{node}.log"));
         let out = std::fs::OpenOptions::new()
