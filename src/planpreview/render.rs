@@ -23,9 +23,11 @@ pub fn markdown(preview: &Preview) -> String {
         short(&preview.base),
         short(&preview.head)
     );
-    let risk = changes
-        .risk
-        .map_or_else(|| "none (nothing changes)".to_owned(), |r| format!("{r:?}"));
+    let risk = match (changes.risk, changes.refused) {
+        (Some(risk), _) => format!("{risk:?}"),
+        (None, true) => "none (nothing would be carried out: refused)".to_owned(),
+        (None, false) => "none (nothing changes)".to_owned(),
+    };
     let _ = writeln!(
         out,
         "**Risk: {risk}** · compared with {}\n",
@@ -96,7 +98,7 @@ pub fn markdown(preview: &Preview) -> String {
         }
     }
     operator_plans(&mut out, &preview.operator_plans);
-    if changes.risk.is_none() && changes.problems.is_empty() {
+    if changes.risk.is_none() && !changes.refused {
         let _ = writeln!(out, "No change to shards or tables.\n");
     }
     out
