@@ -37,6 +37,19 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| error.to_string())
 }
 
+/// The instance at `endpoint` is in recovery and refuses to insert `key`.
+async fn assert_read_only_standby(endpoint: &str, key: i64) {
+    let client = connect(endpoint).await.unwrap();
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery, "{endpoint} is not in recovery");
+    let refused = insert(endpoint, &[key]).await.unwrap_err();
+    assert_eq!(sqlstate(&refused), READ_ONLY, "{endpoint}: {refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
     let env = env_with_crds().await;
@@ -105,15 +118,7 @@ async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
                 standby.node,
                 shard.name_any()
             );
-            let client = connect(&at).await.unwrap();
-            let in_recovery: bool = client
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .unwrap()
-                .get(0);
-            assert!(in_recovery);
-            let refused = insert(&at, &[keys[0] + 1_000_000]).await.unwrap_err();
-            assert_eq!(sqlstate(&refused), READ_ONLY, "{refused}");
+            assert_read_only_standby(&at, keys[0] + 1_000_000).await;
         }
         written.insert(shard.name_any(), keys);
     }
@@ -224,17 +229,7 @@ async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
         );
         let shard = plane.shards().get(name).await.unwrap();
         let endpoint = report(&shard, &victim).unwrap().endpoint.clone().unwrap();
-        let client = connect(&endpoint).await.unwrap();
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(in_recovery, "{name}'s former primary is writable again");
-        let refused = insert(&endpoint, &keys_in(&shard, 20_000_000, 1))
-            .await
-            .unwrap_err();
-        assert_eq!(sqlstate(&refused), READ_ONLY, "{refused}");
+        assert_read_only_standby(&endpoint, keys_in(&shard, 20_000_000, 1)[0]).await;
         assert_eq!(count(&endpoint, &written[name]).await.unwrap(), 20);
     }
     plane.wait_serving(SHARDS, Duration::from_secs(30)).await;

@@ -301,6 +301,10 @@ mod tests {
         }
     }
 
+    fn local_primary(epoch: i64, running: bool) -> LocalReplica {
+        LocalReplica::Primary { epoch, running }
+    }
+
     const STANDBY: LocalReplica = LocalReplica::Standby {
         upstream: None,
         running: true,
@@ -388,10 +392,7 @@ mod tests {
     fn a_former_primary_is_never_served_again_only_demoted() {
         let none = BTreeSet::new();
         let p = at("n2", 2);
-        let local = LocalReplica::Primary {
-            epoch: 1,
-            running: false,
-        };
+        let local = local_primary(1, false);
         // New primary not reported yet: fenced, not started.
         let stale = [report(
             "n2",
@@ -419,10 +420,7 @@ mod tests {
     fn a_primary_that_cannot_prove_liveness_is_fenced() {
         let none = BTreeSet::new();
         let p = at("n1", 3);
-        let local = LocalReplica::Primary {
-            epoch: 3,
-            running: true,
-        };
+        let local = local_primary(3, true);
         let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, false);
         assert!(matches!(decide(&v, &local), ReplicaAction::Fence(_)));
         let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, true);
@@ -436,10 +434,7 @@ mod tests {
     fn an_older_primary_adopts_a_new_epoch_only_if_none_served_between() {
         let none = BTreeSet::new();
         let p = at("n1", 5);
-        let local = LocalReplica::Primary {
-            epoch: 3,
-            running: true,
-        };
+        let local = local_primary(3, true);
         let v = view(Some(ReplicaRole::Primary), Some(&p), &[], &none, true);
         assert_eq!(decide(&v, &local), ReplicaAction::AdoptEpoch { epoch: 5 });
         let between = [report("n2", ReplicaRole::Primary, ReplicaState::Down, 4)];

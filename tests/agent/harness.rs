@@ -183,6 +183,22 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// Creates `object` in `namespace`.
+async fn create<K>(client: &Client, namespace: &str, object: &K)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), object)
+        .await
+        .unwrap();
+}
+
 /// The Secret, the cluster (RF 3, fast failure detection, replicas replaced only after
 /// 300 s), the table and `shards` declared Shards tiling the key space.
 pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
@@ -202,10 +218,7 @@ pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
         ),
         ..Secret::default()
     };
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create(client, namespace, &secret).await;
     let cluster: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": "main"},
@@ -223,10 +236,7 @@ pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
         }
     }))
     .unwrap();
-    Api::<DatabaseCluster>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
+    create(client, namespace, &cluster).await;
     let table: Table = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
         "metadata": {"name": TABLE},
@@ -235,10 +245,7 @@ pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
                  "primaryKey": ["id"]}
     }))
     .unwrap();
-    Api::<Table>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &table)
-        .await
-        .unwrap();
+    create(client, namespace, &table).await;
     let step = (1i128 << 64) / shards as i128;
     for i in 0..shards {
         let mut range = json!({});
@@ -254,10 +261,7 @@ pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
             "spec": {"table": TABLE, "range": range}
         }))
         .unwrap();
-        Api::<Shard>::namespaced(client.clone(), namespace)
-            .create(&PostParams::default(), &shard)
-            .await
-            .unwrap();
+        create(client, namespace, &shard).await;
     }
 }
 
