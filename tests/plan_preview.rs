@@ -372,6 +372,10 @@ fn offline_plan(repo: &Path, base: &str, head: &str, format: &str) -> String {
     )
 }
 
+fn offline_json(repo: &Path, base: &str, head: &str) -> Value {
+    serde_json::from_str(&offline_plan(repo, base, head, "json")).unwrap()
+}
+
 /// The one table whose schema changes in `preview`.
 fn schema_change(preview: &Value) -> &Value {
     let changes = preview["schemaChanges"].as_array().unwrap();
@@ -392,8 +396,7 @@ fn classes(schema: &Value) -> Vec<&str> {
 #[test]
 fn an_added_column_and_index_are_previewed_online_with_their_ddl() {
     let (repo, _) = schema_repo();
-    let preview: Value =
-        serde_json::from_str(&offline_plan(repo.path(), "main", "additive", "json")).unwrap();
+    let preview = offline_json(repo.path(), "main", "additive");
     let schema = schema_change(&preview);
     assert_eq!(schema["ddl"], json!([ADD_NOTE, INDEX_NOTE]), "{schema:#}");
     assert_eq!(schema["class"], "online");
@@ -431,8 +434,7 @@ fn an_added_column_and_index_are_previewed_online_with_their_ddl() {
 #[test]
 fn a_narrowed_type_is_previewed_as_refused_with_the_operators_message() {
     let (repo, _) = schema_repo();
-    let preview: Value =
-        serde_json::from_str(&offline_plan(repo.path(), "main", "narrowing", "json")).unwrap();
+    let preview = offline_json(repo.path(), "main", "narrowing");
     let schema = schema_change(&preview);
     assert_eq!(schema["refusal"], NARROWING, "{schema:#}");
     assert_eq!(schema["class"], "refused");
@@ -456,8 +458,7 @@ fn a_narrowed_type_is_previewed_as_refused_with_the_operators_message() {
 #[test]
 fn dropping_a_deprecated_column_is_previewed_destructive() {
     let (repo, _) = schema_repo();
-    let preview: Value =
-        serde_json::from_str(&offline_plan(repo.path(), "main", "drop-legacy", "json")).unwrap();
+    let preview = offline_json(repo.path(), "main", "drop-legacy");
     let schema = schema_change(&preview);
     assert_eq!(
         schema["ddl"],
@@ -505,12 +506,20 @@ async fn live_plan(env: &support::TestEnv, repo: &Path, base: &str, head: &str) 
     )
 }
 
-async fn version(env: &support::TestEnv, name: &str) -> Option<SchemaVersion> {
-    env.api::<SchemaVersion>()
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
+/// The SchemaVersion `name` once the operator has created it.
+async fn created_version(env: &support::TestEnv, name: &str) -> SchemaVersion {
+    let versions = env.api::<SchemaVersion>();
+    let created = eventually(Duration::from_secs(30), || async {
+        matches!(versions.get_opt(name).await, Ok(Some(_)))
+    })
+    .await;
+    assert!(
+        created,
+        "the operator made no {name}
+{}",
+        env.dump()
+    );
+    versions.get(name).await.unwrap()
 }
 
 #[tokio::test]
@@ -531,14 +540,7 @@ async fn the_previewed_schema_version_is_the_one_the_operator_creates_from_the_m
     let syncer = Syncer::new(env.client.clone(), checkouts.path().to_path_buf());
     assert_eq!(sync(&env, &syncer).await, first_main);
     let (operator, _) = start_operator(&env, "op-plan-preview");
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            version(&env, "orders-v1").await.is_some()
-        })
-        .await,
-        "the operator made no orders-v1\n{}",
-        env.dump()
-    );
+    created_version(&env, "orders-v1").await;
 
     // The additive pull request, against the cluster: version 2 after orders-v1.
     let (preview, markdown) = live_plan(&env, repo.path(), "main", "additive").await;
@@ -576,15 +578,7 @@ async fn the_previewed_schema_version_is_the_one_the_operator_creates_from_the_m
     ]);
     let merged = repo.git(&["rev-parse", "HEAD"]);
     assert_eq!(sync(&env, &syncer).await, merged);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            version(&env, "orders-v2").await.is_some()
-        })
-        .await,
-        "the operator made no orders-v2\n{}",
-        env.dump()
-    );
-    let v2 = version(&env, "orders-v2").await.unwrap().spec;
+    let v2 = created_version(&env, "orders-v2").await.spec;
     assert_eq!(json!(v2.version), schema["version"]);
     assert_eq!(json!(v2.previous_version), schema["previousVersion"]);
     assert_eq!(json!(v2.ddl), schema["ddl"]);
@@ -610,13 +604,7 @@ async fn the_previewed_schema_version_is_the_one_the_operator_creates_from_the_m
             .contains("spec.columns[note]: dropping column note is refused"),
         "{stale:#}"
     );
-    let offline: Value = serde_json::from_str(&offline_plan(
-        repo.path(),
-        &first_main,
-        "drop-legacy",
-        "json",
-    ))
-    .unwrap();
+    let offline = offline_json(repo.path(), &first_main, "drop-legacy");
     assert_eq!(schema_change(&offline)["class"], "destructive");
     operator.abort();
 }

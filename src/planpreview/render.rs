@@ -7,6 +7,7 @@ use super::diff::{Reshard, ShardRef, TableChangeKind};
 use super::operator_plan::OperatorPlan;
 use super::schema::SchemaPreview;
 use crate::controller::APPROVE_ANNOTATION;
+use crate::schema::ChangeClass;
 
 /// The preview as JSON, pretty-printed.
 pub fn json(preview: &Preview) -> Result<String, serde_json::Error> {
@@ -108,7 +109,7 @@ pub fn markdown(preview: &Preview) -> String {
 /// block; or the refusal.
 fn schema_section(out: &mut String, schema: &SchemaPreview) {
     let version = schema.version.map_or_else(
-        || "the next version (its number is in the cluster)".to_owned(),
+        || "the next version (its number is known against the cluster only)".to_owned(),
         |v| format!("version {v} (`{}-v{v}`)", schema.table),
     );
     match &schema.refusal {
@@ -132,7 +133,10 @@ fn schema_section(out: &mut String, schema: &SchemaPreview) {
         }
     }
     let _ = writeln!(out, "Compared with {}.\n", schema.compared_with);
-    for change in &schema.changes {
+    // A refusal's changes are in the message already.
+    let refused = ChangeClass::Refused.to_string();
+    let shown = schema.changes.iter().filter(|c| c.class != refused);
+    for change in shown {
         let reason = if change.reason.is_empty() {
             String::new()
         } else {

@@ -107,7 +107,7 @@ fn preview(
             )
         }
         (Some(current), None) if !live => (
-            "the Table in the base commit (the version number is in the cluster)".to_owned(),
+            "the Table in the base commit".to_owned(),
             None,
             None,
             schema::outcome(
