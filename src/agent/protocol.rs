@@ -237,3 +237,58 @@ impl LivenessReporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP server on loopback that answers one request with `answer`.
+    async fn answering(answer: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let read = stream.read(&mut request).await.unwrap();
+            let request = String::from_utf8_lossy(&request[..read]).into_owned();
+            assert!(request.starts_with(&format!("POST {HEARTBEAT_PATH} HTTP/1.1")));
+            assert!(request.ends_with(r#""agentEpoch":3}"#), "{request}");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        });
+        addr
+    }
+
+    fn beat() -> Heartbeat {
+        Heartbeat {
+            namespace: "ns".into(),
+            node: "n1".into(),
+            agent_epoch: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_answer_says_whether_the_leader_was_reached() {
+        let second = Duration::from_secs(1);
+        let leader = answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"leader\":true}",
+        )
+        .await;
+        assert!(post_heartbeat(leader, &beat(), second).await.unwrap());
+        let follower =
+            answering("HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\n{\"leader\":false}").await;
+        assert!(!post_heartbeat(follower, &beat(), second).await.unwrap());
+        let stranger = answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        assert!(matches!(
+            post_heartbeat(stranger, &beat(), second).await,
+            Err(HeartbeatError::BadAnswer { .. })
+        ));
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        assert!(matches!(
+            post_heartbeat(closed, &beat(), second).await,
+            Err(HeartbeatError::Unreachable { .. })
+        ));
+    }
+}
