@@ -299,3 +299,59 @@ async fn a_primary_that_cannot_prove_liveness_fences_itself_until_it_can() {
         "no failover was due"
     );
 }
+
+/// `shardplane agent` refuses to start with messages that say what to do: an unregistered
+/// node without the registration flags names the missing flags; a missing credentials Secret
+/// is named (and nothing is registered twice).
+#[tokio::test]
+async fn the_agent_says_what_is_missing_to_start() {
+    let env = env_with_crds().await;
+    let kubeconfig = env.control_plane.kubeconfig_path();
+    let data_dir = tempfile::tempdir().unwrap();
+    let agent = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .args(["agent", "--node", "lonely", "--namespace", &env.namespace])
+            .args(["--operator", "127.0.0.1:9"])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let unregistered = agent(&["--cluster", "main", "--zone", "z"]);
+    assert!(
+        unregistered.contains("DatabaseNode lonely does not exist")
+            && unregistered.contains("--region, --address, --ports, --storage-bytes"),
+        "{unregistered}"
+    );
+    let registration = [
+        "--cluster",
+        "main",
+        "--region",
+        "r1",
+        "--zone",
+        "r1-a",
+        "--address",
+        "127.0.0.1",
+        "--ports",
+        "26000-26009",
+        "--storage-bytes",
+        "1000000000",
+    ];
+    let no_secret = agent(&registration);
+    assert!(
+        no_secret.contains(&format!(
+            "Secret {}/shardplane-postgres does not exist",
+            env.namespace
+        )),
+        "{no_secret}"
+    );
+    let node = env.api::<DatabaseNode>().get("lonely").await.unwrap();
+    assert_eq!(
+        (node.spec.zone.as_str(), node.spec.ports.first),
+        ("r1-a", 26000)
+    );
+}
