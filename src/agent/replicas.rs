@@ -22,6 +22,7 @@ use super::node::NodeContext;
 use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
+use super::schema_apply::SchemaApplier;
 use super::shard_schema::create_table_statements;
 
 /// How often a replica is looked at when nothing changes (lag and state reports).
@@ -160,6 +161,7 @@ struct ReplicaWorker {
     applied_quorum: Option<SyncQuorum>,
     last_report: Option<(Option<ObservedReplica>, Instant)>,
     last_wait: Option<String>,
+    schema: SchemaApplier,
 }
 
 /// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
@@ -179,6 +181,7 @@ pub(crate) async fn run(
         applied_quorum: None,
         last_report: None,
         last_wait: None,
+        schema: SchemaApplier::default(),
     };
     loop {
         let snapshot = updates.borrow_and_update().clone();
@@ -229,6 +232,9 @@ impl ReplicaWorker {
         let next = self.act(shard, action, secondaries).await?;
         if !matches!(next, Pass::Removed) {
             self.report(shard).await;
+            if let (Some(shard), Some(held)) = (shard, self.held.as_mut()) {
+                self.schema.look(&self.ctx, shard, &mut held.instance).await?;
+            }
         }
         Ok(next)
     }

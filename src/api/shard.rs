@@ -256,4 +256,49 @@ pub struct ShardStatus {
     /// The SchemaVersion every replica of this shard has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i64>,
+    /// The schema change the operator asks of this shard (written by the schema rollout):
+    /// the primary's agent runs its statements, every replica's agent verifies the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_request: Option<SchemaRequest>,
+    /// What each replica's agent verified of the requested schema, one entry per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub schema_reports: Vec<ReplicaSchemaReport>,
+}
+
+/// A schema change the operator asks of one shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaRequest {
+    /// The SchemaVersion the shard is to reach (lower than its current one for a rollback).
+    pub version: i64,
+    /// The statements the primary runs to reach it, in order; each is made idempotent, and
+    /// none runs when the shard already has the version's schema.
+    #[serde(default)]
+    pub statements: Vec<String>,
+    /// PostgreSQL `lock_timeout` of each statement, in milliseconds: a statement that waits
+    /// longer for its lock fails (and is retried a few times) instead of blocking writes.
+    pub lock_timeout_ms: i64,
+    /// PostgreSQL `statement_timeout` of the statements run in a transaction, in
+    /// milliseconds; absent for none (a rewrite may take long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_timeout_ms: Option<i64>,
+}
+
+/// One replica's answer to a schema request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSchemaReport {
+    /// The DatabaseNode holding the replica.
+    pub node: String,
+    /// The requested SchemaVersion this report is about.
+    pub version: i64,
+    /// Whether the replica's catalog (after replay, on a standby) holds that version's
+    /// columns, types, indexes and checks.
+    pub verified: bool,
+    /// Why the version could not be applied (on the primary) or what differs, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -8,6 +8,7 @@
 
 mod ddl;
 mod diff;
+mod inverse;
 mod sql_type;
 mod version;
 
@@ -21,6 +22,7 @@ use crate::plan::RiskClass;
 
 pub use ddl::quote_ident;
 pub use diff::{create, diff, validate};
+pub use inverse::inverse;
 pub use sql_type::{Conversion, SqlType, conversion};
 pub use version::{Newest, NextVersion, Outcome, next_version, outcome};
 
