@@ -26,8 +26,11 @@ use shardplane::controller::{self, OperatorConfig};
 use shardplane::routing::{ShardKeyValue, keyspace_id};
 use tokio::task::JoinHandle;
 
-/// The nodes: name, region, zone, first port of its range (20 ports each).
-pub const NODES: [(&str, &str, &str, u16); 3] = [
+/// A node: name, region, zone, first port of its range (20 ports each).
+pub type NodeDef = (&'static str, &'static str, &'static str, u16);
+
+/// The nodes of [`DataPlane::start`].
+pub const NODES: [NodeDef; 3] = [
     ("n1", "r1", "r1-a", 25100),
     ("n2", "r2", "r2-a", 25200),
     ("n3", "r3", "r3-a", 25300),
@@ -72,6 +75,8 @@ pub struct DataPlane {
     /// The agents by node.
     pub agents: BTreeMap<String, AgentProcess>,
     operator: JoinHandle<()>,
+    /// Every node the plane may run (the cluster declares their regions and zones).
+    nodes: Vec<NodeDef>,
     port_offset: u16,
     dir: tempfile::TempDir,
 }
@@ -202,6 +207,27 @@ where
 /// The Secret, the cluster (RF 3, fast failure detection, replicas replaced only after
 /// 300 s), the table and `shards` declared Shards tiling the key space.
 pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
+    declare_cluster_with(client, namespace, shards, &NODES).await;
+}
+
+/// [`declare_cluster`] with the regions and zones of `nodes`.
+pub async fn declare_cluster_with(
+    client: &Client,
+    namespace: &str,
+    shards: usize,
+    nodes: &[NodeDef],
+) {
+    let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (_, region, zone, _) in nodes {
+        let in_region = zones.entry(region).or_default();
+        if !in_region.contains(zone) {
+            in_region.push(zone);
+        }
+    }
+    let regions: Vec<serde_json::Value> = zones
+        .into_iter()
+        .map(|(name, zones)| json!({"name": name, "zones": zones}))
+        .collect();
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some("shardplane-postgres".into()),
@@ -223,11 +249,7 @@ pub async fn declare_cluster(client: &Client, namespace: &str, shards: usize) {
         "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": "main"},
         "spec": {
-            "regions": [
-                {"name": "r1", "zones": ["r1-a"]},
-                {"name": "r2", "zones": ["r2-a"]},
-                {"name": "r3", "zones": ["r3-a"]}
-            ],
+            "regions": regions,
             "replicationFactor": 3,
             "durability": {"mode": "Quorum", "syncReplicas": 1},
             "approval": {"safe": "Automatic", "disruptive": "Automatic", "destructive": "Manual"},
@@ -269,7 +291,20 @@ impl DataPlane {
     /// Declares the cluster, starts the operator and the three agents (which register their
     /// DatabaseNodes themselves).
     pub async fn start(client: Client, namespace: &str, kubeconfig: &Path, shards: usize) -> Self {
-        declare_cluster(&client, namespace, shards).await;
+        Self::start_with(client, namespace, kubeconfig, shards, &NODES, NODES.len()).await
+    }
+
+    /// Declares the cluster with the zones of every node of `nodes`, starts the operator and
+    /// the agents of the first `running` of them ([`DataPlane::start_agent`] starts others).
+    pub async fn start_with(
+        client: Client,
+        namespace: &str,
+        kubeconfig: &Path,
+        shards: usize,
+        nodes: &[NodeDef],
+        running: usize,
+    ) -> Self {
+        declare_cluster_with(&client, namespace, shards, nodes).await;
         let operator_addr = free_addr();
         let operator = spawn_operator(&client, namespace, operator_addr);
         let dir = tempfile::tempdir().unwrap();
@@ -286,9 +321,10 @@ impl DataPlane {
             operator_addr,
             agents: BTreeMap::new(),
             operator,
+            nodes: nodes.to_vec(),
             dir,
         };
-        for (node, ..) in NODES {
+        for (node, ..) in &nodes[..running] {
             plane.start_agent(node);
         }
         plane
@@ -307,7 +343,7 @@ impl DataPlane {
 
     /// Starts (or restarts, on the same data folder) the agent of `node`.
     pub fn start_agent(&mut self, node: &str) {
-        let (_, region, zone, first_port) = NODES.iter().find(|n| n.0 == node).unwrap();
+        let (_, region, zone, first_port) = self.nodes.iter().find(|n| n.0 == node).unwrap();
         let first_port = first_port + self.port_offset;
         let data_dir = self.dir.path().join(node);
         let log = self.dir.path().join(format!("{node}.log"));
