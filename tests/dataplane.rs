@@ -1,0 +1,552 @@
+//! The operator and data-plane scenarios of issues #4 and #5 with everything real: the API
+//! server, the operator, `shardplane agent` child processes and their PostgreSQL instances.
+//! The acknowledged-writes workload writes rows with unique ids through the Router while
+//! replicas move, a primary's node is SIGKILLed and comes back, nodes join and one is
+//! decommissioned; after each change the Checker reads every row from every primary and
+//! must find no acknowledged row missing, none duplicated or misplaced, and no shard with
+//! two writable primaries.
+
+#[path = "agent/harness.rs"]
+mod harness;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use shardplane::agent::postgres::{KeyKind, ShardedTable};
+use shardplane::agent::shard_schema::RANGE_CONSTRAINT;
+use shardplane::api::database_node::NodePhase;
+use shardplane::api::plan::{PlanPhase, PlanPurpose};
+use shardplane::api::shard::ReplicaRole;
+use shardplane::api::{DatabaseCluster, DatabaseNode, Plan, Shard};
+use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
+use shardplane::workload::{CheckReport, Checker, Workload, WorkloadConfig, WorkloadReport};
+use support::{TestEnv, env_with_crds, eventually};
+
+use harness::{DataPlane, NodeDef, SUPERUSER_PASSWORD, TABLE};
+
+/// The scenarios share two cores: one cluster at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Writers of the workload and their total rate: modest, for a 2-core machine.
+const WRITERS: usize = 4;
+const WRITES_PER_SECOND: f64 = 80.0;
+
+/// Every acknowledged write of a scenario, and how its workloads went.
+struct Ledger {
+    router: Router,
+    checker: Checker,
+    acked: BTreeSet<i64>,
+    next_id: i64,
+    lines: Vec<String>,
+}
+
+impl Ledger {
+    async fn new(env: &TestEnv) -> Self {
+        let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
+        let config = RouterConfig {
+            // Longer than a node's failover (its primaries are promoted one after another).
+            deadline: Duration::from_secs(40),
+            range_constraint: RANGE_CONSTRAINT.to_owned(),
+            first_map_timeout: Duration::from_secs(30),
+            ..RouterConfig::default()
+        };
+        let router = Router::start(
+            env.client.clone(),
+            &env.namespace,
+            TABLE,
+            credentials.clone(),
+            config,
+        )
+        .await
+        .unwrap();
+        let rows = ShardedTable {
+            name: TABLE.to_owned(),
+            key_column: "id".to_owned(),
+            key_kind: KeyKind::Integer,
+        };
+        let checker = Checker::new(env.client.clone(), &env.namespace, TABLE, rows, credentials);
+        Ledger {
+            router,
+            checker,
+            acked: BTreeSet::new(),
+            next_id: 1,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Starts writing and returns once the first `warm_up` writes were acknowledged.
+    async fn start(&mut self, warm_up: u64) -> Workload {
+        let mut config = WorkloadConfig::new(TABLE, "id", WRITERS, WRITES_PER_SECOND);
+        config.first_id = self.next_id;
+        self.next_id += 10_000_000;
+        let workload = Workload::start(self.router.clone(), &config).unwrap();
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                workload.acked_so_far() >= warm_up
+            })
+            .await,
+            "the workload did not get going"
+        );
+        workload
+    }
+
+    /// Lets `workload` write `more` acknowledged rows after the change, stops it and checks
+    /// every row acknowledged so far in this scenario; prints and returns the check.
+    async fn finish(&mut self, what: &str, workload: Workload, more: u64) -> CheckReport {
+        let at = workload.acked_so_far();
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                workload.acked_so_far() >= at + more
+            })
+            .await,
+            "{what}: the workload did not continue after the change"
+        );
+        let report: WorkloadReport = workload.stop().await;
+        println!("{what}: {report}");
+        println!("{what}: router: {}", self.router.stats());
+        assert!(report.failed.is_empty(), "{what}: {report}");
+        self.acked.extend(&report.acked);
+        let acked = self
+            .acked
+            .iter()
+            .map(|&id| ShardKeyValue::Int(id))
+            .collect();
+        let check = self.checker.check(&acked).await.unwrap();
+        println!("{what}: {check}");
+        self.lines.push(format!(
+            "{what}: acked {} (this phase {}), found {}, missing {}, duplicated {}, misplaced {}, shards with two writable primaries {}, slowest write {:.2?}",
+            check.rows.acked,
+            report.acked.len(),
+            check.rows.found,
+            check.rows.missing,
+            check.rows.duplicated,
+            check.rows.misplaced,
+            check.primaries.split_brains().len(),
+            report.slowest_write
+        ));
+        assert_eq!(
+            (
+                check.rows.missing,
+                check.rows.duplicated,
+                check.rows.misplaced
+            ),
+            (0, 0, 0),
+            "{what}: {check}"
+        );
+        assert_eq!(check.rows.acked, self.acked.len());
+        assert!(check.primaries.is_clean(), "{what}: {check}");
+        check
+    }
+
+    fn summary(&self) {
+        println!("acked_writes_lost summary:");
+        for line in &self.lines {
+            println!("  {line}");
+        }
+    }
+}
+
+/// The primary node of every shard.
+async fn primaries(plane: &DataPlane) -> BTreeMap<String, (String, i64)> {
+    plane
+        .shard_list()
+        .await
+        .into_iter()
+        .filter_map(|s| {
+            let primary = s.status.clone()?.primary?;
+            Some((s.name_any(), (primary.node, primary.epoch)))
+        })
+        .collect()
+}
+
+/// The nodes of `shard`'s desired replicas.
+fn placed_on(shard: &Shard) -> BTreeSet<String> {
+    shard
+        .status
+        .as_ref()
+        .map(|s| s.desired_replicas.iter().map(|r| r.node.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// How many shards have a desired replica on `node`.
+async fn replicas_on(plane: &DataPlane, node: &str) -> usize {
+    plane
+        .shard_list()
+        .await
+        .iter()
+        .filter(|s| placed_on(s).contains(node))
+        .count()
+}
+
+/// The newest plan of `purpose`.
+async fn plan_of(env: &TestEnv, purpose: PlanPurpose) -> Option<Plan> {
+    let plans: Api<Plan> = env.api();
+    plans
+        .list(&Default::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .filter(|p| p.spec.purpose == purpose)
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+}
+
+async fn plan_phase(env: &TestEnv, purpose: PlanPurpose) -> Option<PlanPhase> {
+    plan_of(env, purpose).await?.status?.phase
+}
+
+async fn set_desired_state(env: &TestEnv, node: &str, state: &str) {
+    let nodes: Api<DatabaseNode> = env.api();
+    let patch = json!({"spec": {"desiredState": state}});
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+async fn node_phase(env: &TestEnv, node: &str) -> Option<NodePhase> {
+    let nodes: Api<DatabaseNode> = env.api();
+    nodes.get(node).await.ok()?.status?.phase
+}
+
+/// Waits until `node`'s agent registered it and it is Online.
+async fn wait_online(env: &TestEnv, node: &str) {
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            node_phase(env, node).await == Some(NodePhase::Online)
+        })
+        .await,
+        "{node} never came online"
+    );
+}
+
+/// Prints `kubectl get <what>` and returns its output.
+async fn kubectl_get(env: &TestEnv, args: &[&str]) -> String {
+    let out = env
+        .kubectl(["get"].iter().chain(args.iter()).copied())
+        .await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("$ kubectl get {}\n{text}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The three nodes of issue #5 and the fourth that replicas move to (same zone as n1, so a
+/// drained n1's replicas can only go there).
+const MOVE_NODES: [NodeDef; 4] = [
+    ("n1", "r1", "r1-a", 27100),
+    ("n2", "r2", "r2-a", 27200),
+    ("n3", "r3", "r3-a", 27300),
+    ("n4", "r1", "r1-a", 27400),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const SHARDS: usize = 4;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = DataPlane::start_with(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &MOVE_NODES,
+        3,
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    println!(
+        "{SHARDS} shards x 3 replicas serving after {:.1?}",
+        started.elapsed()
+    );
+    let mut ledger = Ledger::new(&env).await;
+
+    // A move: n4 joins, n1 is drained; every replica on n1 is rebuilt on n4 (AddReplica with
+    // pg_basebackup, CatchUp, TransferPrimary off n1, RemoveReplica) while rows are written.
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    plane.start_agent("n4");
+    wait_online(&env, "n4").await;
+    let on_n1 = replicas_on(&plane, "n1").await;
+    assert_eq!(on_n1, SHARDS, "n1 should hold a replica of every shard");
+    set_desired_state(&env, "n1", "Drained").await;
+    let moved = eventually(Duration::from_secs(180), || async {
+        plan_phase(&env, PlanPurpose::Drain).await == Some(PlanPhase::Succeeded)
+            && replicas_on(&plane, "n1").await == 0
+            && replicas_on(&plane, "n4").await == SHARDS
+            && plane.all_serving(SHARDS).await
+    })
+    .await;
+    if !moved {
+        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
+        panic!("n1's replicas did not move to n4");
+    }
+    let plan = plan_of(&env, PlanPurpose::Drain).await.unwrap();
+    let actions: BTreeSet<&str> = plan.spec.steps.iter().map(|s| s.action.as_str()).collect();
+    assert!(
+        actions.contains("AddReplica") && actions.contains("RemoveReplica"),
+        "{actions:?}"
+    );
+    println!(
+        "move: n1 drained onto n4 in {:.1?} ({} steps: {actions:?})",
+        phase.elapsed(),
+        plan.spec.steps.len()
+    );
+    ledger
+        .finish("move (drain n1 onto n4)", workload, 100)
+        .await;
+
+    // SIGKILL of the agent holding the most primaries (its PostgreSQL dies with it).
+    let before = primaries(&plane).await;
+    let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+    for (node, _) in before.values() {
+        *led.entry(node.as_str()).or_default() += 1;
+    }
+    let victim = led
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(node, _)| node.to_owned())
+        .unwrap();
+    assert_ne!(victim, "n1");
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    plane.agents.get_mut(&victim).unwrap().kill();
+    let failed_over = eventually(Duration::from_secs(90), || async {
+        let now = primaries(&plane).await;
+        before.iter().all(|(shard, (node, epoch))| {
+            let (new_node, new_epoch) = &now[shard];
+            if node == &victim {
+                new_node != &victim && *new_epoch == epoch + 1
+            } else {
+                new_node == node && new_epoch == epoch
+            }
+        })
+    })
+    .await;
+    assert!(failed_over, "the primaries of {victim} did not fail over");
+    println!(
+        "kill: {victim}'s primaries failed over after {:.1?}",
+        phase.elapsed()
+    );
+    let check = ledger
+        .finish(&format!("SIGKILL of {victim}"), workload, 200)
+        .await;
+    let unreachable: usize = check
+        .primaries
+        .shards
+        .iter()
+        .map(|s| s.unreachable.len())
+        .sum();
+    assert!(
+        unreachable > 0,
+        "the killed node's replicas answered: {check}"
+    );
+
+    // The node returns: its former primaries come back as standbys; every shard serves with
+    // three in-sync replicas again.
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    plane.start_agent(&victim);
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let after = primaries(&plane).await;
+    for (shard, (node, _)) in &after {
+        assert_ne!(
+            node, &victim,
+            "{shard}: the returned node took its primary back"
+        );
+        let shard = plane.shards().get(shard).await.unwrap();
+        let role = harness::report(&shard, &victim).map(|r| r.role);
+        assert_eq!(role, Some(ReplicaRole::Secondary), "{}", shard.name_any());
+    }
+    println!(
+        "return: {victim} back, all shards serving after {:.1?}",
+        phase.elapsed()
+    );
+    let check = ledger
+        .finish(&format!("return of {victim}"), workload, 100)
+        .await;
+    let unreachable: usize = check
+        .primaries
+        .shards
+        .iter()
+        .map(|s| s.unreachable.len())
+        .sum();
+    assert_eq!(unreachable, 0, "{check}");
+    kubectl_get(&env, &["shards"]).await;
+    ledger.summary();
+    println!("issue #5 scenarios took {:.1?}", started.elapsed());
+}
+
+/// Issue #4's five nodes in five zones of three regions, and the two that join.
+const ZONED_NODES: [NodeDef; 7] = [
+    ("n1", "r1", "r1-a", 27100),
+    ("n2", "r1", "r1-b", 27200),
+    ("n3", "r2", "r2-a", 27300),
+    ("n4", "r2", "r2-b", 27400),
+    ("n5", "r3", "r3-a", 27500),
+    ("n6", "r2", "r2-b", 27600),
+    ("n7", "r3", "r3-a", 27700),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_zoned_nodes_place_rebalance_onto_new_nodes_and_decommission_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const SHARDS: usize = 8;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = DataPlane::start_with(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &ZONED_NODES,
+        5,
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(180)).await;
+    println!(
+        "{SHARDS} shards x 3 replicas on 5 nodes serving after {:.1?}",
+        started.elapsed()
+    );
+
+    // Placement honours zones and regions, as kubectl shows.
+    kubectl_get(&env, &["databasenodes"]).await;
+    let placement = kubectl_get(
+        &env,
+        &[
+            "shards",
+            "--no-headers",
+            "-o",
+            "custom-columns=NAME:.metadata.name,PRIMARY:.status.primary.node,NODES:.status.desiredReplicas[*].node",
+        ],
+    )
+    .await;
+    let zone_of = |node: &str| {
+        ZONED_NODES
+            .iter()
+            .find(|n| n.0 == node)
+            .map(|n| (n.1, n.2))
+            .unwrap()
+    };
+    let assert_spread = |text: &str| {
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), SHARDS, "{text}");
+        for line in lines {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let nodes: Vec<&str> = columns[2].split(',').collect();
+            assert_eq!(nodes.len(), 3, "{line}");
+            assert!(nodes.contains(&columns[1]), "{line}");
+            let zones: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).1).collect();
+            let regions: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).0).collect();
+            assert_eq!((zones.len(), regions.len()), (3, 3), "{line}");
+        }
+    };
+    assert_spread(&placement);
+
+    let mut ledger = Ledger::new(&env).await;
+
+    // Two nodes join and rebalancing is on: a Rebalance plan moves replicas onto them.
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    for node in ["n6", "n7"] {
+        plane.start_agent(node);
+    }
+    for node in ["n6", "n7"] {
+        wait_online(&env, node).await;
+    }
+    let clusters: Api<DatabaseCluster> = env.api();
+    let patch = json!({"spec": {"rebalancing": {"enabled": true}}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let rebalanced = eventually(Duration::from_secs(240), || async {
+        plan_phase(&env, PlanPurpose::Rebalance).await == Some(PlanPhase::Succeeded)
+            && replicas_on(&plane, "n6").await > 0
+            && replicas_on(&plane, "n7").await > 0
+            && plane.all_serving(SHARDS).await
+    })
+    .await;
+    if !rebalanced {
+        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
+        panic!("the new nodes received no replicas");
+    }
+    let plan = plan_of(&env, PlanPurpose::Rebalance).await.unwrap();
+    println!(
+        "rebalance: {} steps, n6 holds {}, n7 holds {} replicas, after {:.1?}",
+        plan.spec.steps.len(),
+        replicas_on(&plane, "n6").await,
+        replicas_on(&plane, "n7").await,
+        phase.elapsed()
+    );
+    // Turn it off again so the decommission below is the only change.
+    let patch = json!({"spec": {"rebalancing": {"enabled": false}}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    ledger.finish("rebalance onto n6, n7", workload, 100).await;
+
+    // Decommission n2: drained, then removed once the destructive plan is approved (by the
+    // annotation with its hash on the node, as a reviewed pull request does).
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    set_desired_state(&env, "n2", "Decommissioned").await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            plan_phase(&env, PlanPurpose::Decommission).await == Some(PlanPhase::AwaitingApproval)
+        })
+        .await,
+        "the decommission plan did not wait for approval"
+    );
+    let plan = plan_of(&env, PlanPurpose::Decommission).await.unwrap();
+    assert_eq!(plan.spec.steps.last().unwrap().action, "RemoveNode");
+    let nodes: Api<DatabaseNode> = env.api();
+    let patch =
+        json!({"metadata": {"annotations": {"shardplane.io/approve-plan": plan.spec.hash}}});
+    nodes
+        .patch("n2", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(240), || async {
+        node_phase(&env, "n2").await == Some(NodePhase::Decommissioned)
+            && replicas_on(&plane, "n2").await == 0
+            && plane.all_serving(SHARDS).await
+    })
+    .await;
+    if !gone {
+        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
+        panic!("n2 was not decommissioned");
+    }
+    println!(
+        "decommission: n2 emptied and Decommissioned ({} steps) after {:.1?}",
+        plan.spec.steps.len(),
+        phase.elapsed()
+    );
+    ledger.finish("decommission of n2", workload, 100).await;
+    let placement = kubectl_get(
+        &env,
+        &[
+            "shards",
+            "--no-headers",
+            "-o",
+            "custom-columns=NAME:.metadata.name,PRIMARY:.status.primary.node,NODES:.status.desiredReplicas[*].node",
+        ],
+    )
+    .await;
+    assert_spread(&placement);
+    assert!(!placement.contains("n2"), "{placement}");
+    kubectl_get(&env, &["databasenodes"]).await;
+    ledger.summary();
+    plane.agents.clear();
+    println!("issue #4 scenarios took {:.1?}", started.elapsed());
+}
