@@ -228,6 +228,9 @@ pub async fn advance(
                 )))
             }
         }
+        StepAction::ApplySchema { shard, version } => {
+            super::schema_rollout::apply_step(ctx, namespace, shard, *version).await
+        }
         other => Err(StepError::Permanent(format!(
             "{} needs data-plane support this operator build does not have yet; nothing was changed",
             serde_json::to_string(other).unwrap_or_default()

@@ -19,6 +19,7 @@ mod metrics;
 mod observe;
 mod plan_wire;
 mod schema;
+mod schema_rollout;
 mod server;
 mod table;
 mod webhook;
@@ -123,6 +124,7 @@ fn spawn_reconcilers(ctx: Arc<Context>) -> JoinSet<()> {
     set.spawn(cluster::run(ctx.clone()));
     set.spawn(executor::run(ctx.clone()));
     set.spawn(schema::run(ctx.clone()));
+    set.spawn(schema_rollout::run(ctx.clone()));
     set.spawn(table::run(ctx));
     set
 }

@@ -1,0 +1,786 @@
+//! The schema rollout (leader only): one reconcile per `SchemaVersion`. Once the table's
+//! previous version is fully rolled out, it persists a rollout `Plan` (waves from
+//! `plan::plan_schema_rollout`, risk from the version's class, target the SchemaVersion, so
+//! an approval annotates it); the executor runs its `ApplySchema` steps through
+//! [`apply_step`], which asks each shard for the version (`Shard.status.schemaRequest`) and
+//! waits for every replica's agent to verify it. A failed plan is rolled back: every shard
+//! asked for the version is asked for the previous one with the inverse statements
+//! (`schema::inverse`). The SchemaVersion's status says what happened per shard; the Table's
+//! `SchemaRolledOut` condition names a failure's shard, node and error, and
+//! `Table.status.schemaVersion` is the version fully rolled out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::api::plan::{PlanPhase, PlanPurpose, PlanTarget, TargetKind};
+use crate::api::schema_version::{Compatibility, RolloutPhase, SchemaVersionStatus, ShardRollout};
+use crate::api::shard::SchemaRequest;
+use crate::api::{DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, Table};
+use crate::plan::{PlanError, RiskClass, RolloutPolicy, plan_schema_rollout};
+
+use super::cluster::change_cause;
+use super::conditions::{self, Observation};
+use super::context::Context;
+use super::effects::{Progress, StepError};
+use super::leader::NotLeader;
+use super::observe::ClusterView;
+use super::plan_wire::{self, PlanContext};
+
+/// How long a schema statement may wait for its table lock before it fails (and is retried
+/// a few times by the agent): writes queue behind a waiting `ALTER TABLE`, so this bounds how
+/// long a rollout can stall them.
+pub const LOCK_TIMEOUT_MS: i64 = 1000;
+/// The `statement_timeout` of an online version's transactional statements (catalog
+/// changes that should take milliseconds); rewrites get none.
+pub const ONLINE_STATEMENT_TIMEOUT_MS: i64 = 60_000;
+/// The Table condition that says whether its newest version is rolled out.
+pub const ROLLED_OUT: &str = "SchemaRolledOut";
+/// The field manager of the rollout's writes to `Shard.status`.
+const ROLLOUT_MANAGER: &str = "shardplane-operator/schema-rollout";
+
+/// Why a rollout reconcile failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The API server refused or failed a request.
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    /// The rollout plan could not be encoded (a bug).
+    #[error("cannot encode the rollout plan: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The planner refused the cluster's state (for example an invalid topology).
+    #[error("cannot plan the rollout: {0}")]
+    Plan(#[from] PlanError),
+}
+
+/// Runs the rollout while this replica leads.
+pub async fn run(ctx: Arc<Context>) {
+    Controller::new(ctx.watched::<SchemaVersion>(), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(version: Arc<SchemaVersion>, error: &RolloutError, ctx: Arc<Context>) -> Action {
+    let result = match error {
+        RolloutError::NotLeader(_) => "not_leader",
+        RolloutError::Api(_) => "api",
+        RolloutError::Encode(_) => "encode",
+        RolloutError::Plan(_) => "plan",
+    };
+    ctx.retry("SchemaRollout", version.as_ref(), result, error)
+}
+
+/// How often an unfinished rollout is looked at (plans and agents are not watched here).
+const POLL: Duration = Duration::from_millis(500);
+
+async fn reconcile(version: Arc<SchemaVersion>, ctx: Arc<Context>) -> Result<Action, RolloutError> {
+    ctx.leader.ensure()?;
+    let status = version.status.clone().unwrap_or_default();
+    if matches!(
+        status.phase,
+        Some(RolloutPhase::Complete | RolloutPhase::RolledBack | RolloutPhase::Failed)
+    ) {
+        return Ok(Action::await_change());
+    }
+    let namespace = version.namespace().unwrap_or_default();
+    let api = Apis::new(&ctx, &namespace);
+    let Some(table) = api.tables.get_opt(&version.spec.table).await? else {
+        return Ok(Action::await_change());
+    };
+    let current = table.status.as_ref().and_then(|s| s.schema_version);
+    let number = version.spec.version;
+    let mut rollout = Rollout {
+        ctx: &ctx,
+        api: &api,
+        version: &version,
+        table: &table,
+        status,
+    };
+    let Some(previous) = version.spec.previous_version else {
+        // Version 1 is the CREATE TABLE every new primary runs: nothing to roll out.
+        if current.is_none() {
+            rollout.set_table_version(number).await?;
+        }
+        rollout.status.phase = Some(RolloutPhase::Complete);
+        rollout.flush().await?;
+        return Ok(Action::await_change());
+    };
+    if current.is_some_and(|c| c >= number) {
+        rollout.status.phase = Some(RolloutPhase::Complete);
+        rollout.flush().await?;
+        return Ok(Action::await_change());
+    }
+    if current != Some(previous) {
+        rollout.status.phase = Some(RolloutPhase::Pending);
+        rollout.progressing(
+            "WaitingForPreviousVersion",
+            format!(
+                "waits until version {previous} of {} is rolled out",
+                table.name_any()
+            ),
+        );
+        rollout.flush().await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let Some(plan) = rollout.ensure_plan().await? else {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    rollout.status.plan = Some(plan.name_any());
+    let shards = api.shards_of(&table.name_any()).await?;
+    match plan.status.as_ref().and_then(|s| s.phase) {
+        None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
+            rollout.status.phase = Some(RolloutPhase::Pending);
+            let waiting = plan
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Approved"))
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| format!("plan {} is about to start", plan.name_any()));
+            rollout.progressing("AwaitingApproval", waiting);
+        }
+        Some(PlanPhase::Running) => {
+            rollout.status.phase = Some(RolloutPhase::RollingOut);
+            rollout.progressing(
+                "RollingOut",
+                format!(
+                    "plan {} applies version {number} wave by wave",
+                    plan.name_any()
+                ),
+            );
+        }
+        Some(PlanPhase::Succeeded) => {
+            rollout.status.phase = Some(RolloutPhase::Complete);
+            rollout.status.shards = rollout.shard_states(&plan, &shards, None);
+            rollout
+                .settle(
+                    true,
+                    "RolledOut",
+                    format!(
+                        "version {number} is applied and verified on every replica of every shard"
+                    ),
+                )
+                .await?;
+            rollout.set_table_version(number).await?;
+            rollout.flush().await?;
+            return Ok(Action::await_change());
+        }
+        Some(PlanPhase::Failed | PlanPhase::Superseded) => {
+            return rollout.roll_back(&plan, &shards, previous).await;
+        }
+    }
+    rollout.status.shards = rollout.shard_states(&plan, &shards, None);
+    rollout.flush().await?;
+    Ok(Action::requeue(POLL))
+}
+
+/// The APIs of one namespace.
+struct Apis {
+    tables: Api<Table>,
+    shards: Api<Shard>,
+    plans: Api<Plan>,
+    versions: Api<SchemaVersion>,
+    clusters: Api<DatabaseCluster>,
+    nodes: Api<DatabaseNode>,
+}
+
+impl Apis {
+    fn new(ctx: &Context, namespace: &str) -> Self {
+        let client = ctx.client.clone();
+        Apis {
+            tables: Api::namespaced(client.clone(), namespace),
+            shards: Api::namespaced(client.clone(), namespace),
+            plans: Api::namespaced(client.clone(), namespace),
+            versions: Api::namespaced(client.clone(), namespace),
+            clusters: Api::namespaced(client.clone(), namespace),
+            nodes: Api::namespaced(client, namespace),
+        }
+    }
+
+    /// The table's shards, by name.
+    async fn shards_of(&self, table: &str) -> Result<Vec<Shard>, kube::Error> {
+        let mut shards: Vec<Shard> = self
+            .shards
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|s| s.spec.table == table)
+            .collect();
+        shards.sort_by_key(|s| s.name_any());
+        Ok(shards)
+    }
+}
+
+/// One reconcile of one version's rollout: what it read and the status it writes.
+struct Rollout<'a> {
+    ctx: &'a Context,
+    api: &'a Apis,
+    version: &'a SchemaVersion,
+    table: &'a Table,
+    status: SchemaVersionStatus,
+}
+
+impl Rollout<'_> {
+    /// The version's rollout plan: the one its status names, else a new one. `None` when the
+    /// planner blocked a shard (no live primary): the rollout waits, and says why.
+    async fn ensure_plan(&mut self) -> Result<Option<Plan>, RolloutError> {
+        if let Some(name) = &self.status.plan
+            && let Some(plan) = self.api.plans.get_opt(name).await?
+        {
+            return Ok(Some(plan));
+        }
+        let table = self.table.name_any();
+        let Some(cluster) = self.api.clusters.get_opt(&self.table.spec.cluster).await? else {
+            self.progressing(
+                "NoCluster",
+                format!("DatabaseCluster {} does not exist", self.table.spec.cluster),
+            );
+            self.flush().await?;
+            return Ok(None);
+        };
+        let view = ClusterView::of(
+            Arc::new(cluster),
+            self.api
+                .nodes
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+            vec![Arc::new(self.table.clone())],
+            self.api
+                .shards_of(&table)
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+            Vec::new(),
+        );
+        let (topology, _) = view.topology();
+        let number = self.version.spec.version;
+        let planned = plan_schema_rollout(
+            &topology,
+            &table,
+            number as u64,
+            risk(self.version.spec.compatibility),
+            &RolloutPolicy::default(),
+        )?;
+        if !planned.blocked.is_empty() {
+            let blocked: Vec<String> = planned
+                .blocked
+                .iter()
+                .map(|b| format!("{}: {}", b.subject, b.reason))
+                .collect();
+            self.status.phase = Some(RolloutPhase::Pending);
+            self.progressing(
+                "Blocked",
+                format!("the rollout waits: {}", blocked.join("; ")),
+            );
+            self.flush().await?;
+            return Ok(None);
+        }
+        let cluster = &self.table.spec.cluster;
+        let name = plan_wire::plan_name(cluster, PlanPurpose::SchemaRollout, &planned.hash);
+        let context = PlanContext {
+            cluster: cluster.clone(),
+            target: PlanTarget {
+                kind: TargetKind::SchemaVersion,
+                name: self.version.name_any(),
+            },
+            cause: change_cause(
+                self.table,
+                format!("schema version {number} of table {table}"),
+            ),
+            summary: format!(
+                "apply schema version {number} ({:?}) of table {table} to {} shard(s), canary first",
+                self.version.spec.compatibility,
+                planned.operations.len()
+            ),
+            facts: Default::default(),
+        };
+        let mut object = Plan::new(&name, plan_wire::to_spec(&planned, context)?);
+        object.metadata.namespace = self.version.namespace();
+        object.metadata.labels = Some(
+            [
+                ("shardplane.io/cluster".to_string(), cluster.clone()),
+                (
+                    "shardplane.io/purpose".to_string(),
+                    "SchemaRollout".to_string(),
+                ),
+                (super::TABLE_LABEL.to_string(), table.clone()),
+            ]
+            .into(),
+        );
+        self.ctx.leader.ensure()?;
+        let plan = match self.api.plans.create(&PostParams::default(), &object).await {
+            Ok(plan) => {
+                self.ctx
+                    .event(
+                        self.version,
+                        false,
+                        "PlanCreated",
+                        format!(
+                            "plan {name} ({:?}, hash {}): {}",
+                            object.spec.risk, object.spec.hash, object.spec.summary
+                        ),
+                    )
+                    .await;
+                plan
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => self.api.plans.get(&name).await?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(plan))
+    }
+
+    /// After a failed plan: records the failure, asks every shard that was asked for this
+    /// version for the previous one (inverse statements), and completes once every replica
+    /// of those shards verified it.
+    async fn roll_back(
+        &mut self,
+        plan: &Plan,
+        shards: &[Shard],
+        previous: i64,
+    ) -> Result<Action, RolloutError> {
+        let number = self.version.spec.version;
+        let table = self.table.name_any();
+        let failure = self
+            .status
+            .shards
+            .iter()
+            .find(|s| s.state == "Failed")
+            .cloned()
+            .or_else(|| failed_shard(shards, number))
+            .unwrap_or_else(|| ShardRollout {
+                shard: "(unknown)".into(),
+                wave: 0,
+                state: "Failed".into(),
+                node: None,
+                error: plan_failure(plan),
+                last_transition_time: Some(Time(Timestamp::now())),
+            });
+        let what = format!(
+            "version {number} failed on shard {} (node {}): {}",
+            failure.shard,
+            failure.node.as_deref().unwrap_or("unknown"),
+            failure.error.as_deref().unwrap_or("no error reported")
+        );
+        let prior = self
+            .api
+            .versions
+            .get(&format!("{table}-v{previous}"))
+            .await?;
+        let statements =
+            match crate::schema::inverse(&table, &prior.spec.schema, &self.version.spec.schema) {
+                Ok(statements) => statements,
+                Err(why) => {
+                    self.status.phase = Some(RolloutPhase::Failed);
+                    self.status.shards = self.shard_states(plan, shards, Some(&failure));
+                    let message = format!("{what}; it cannot be rolled back: {why}");
+                    self.settle(false, "RolloutFailed", message).await?;
+                    self.flush().await?;
+                    return Ok(Action::await_change());
+                }
+            };
+        let request = SchemaRequest {
+            version: previous,
+            statements,
+            lock_timeout_ms: LOCK_TIMEOUT_MS,
+            statement_timeout_ms: None,
+        };
+        let mut pending = Vec::new();
+        self.ctx.leader.ensure()?;
+        for shard in shards {
+            let asked = shard
+                .status
+                .as_ref()
+                .and_then(|s| s.schema_request.as_ref());
+            if asked.is_some_and(|r| r.version == number) {
+                write_request(&self.api.shards, shard, &request, None).await?;
+                pending.push(shard.name_any());
+            } else if asked == Some(&request) {
+                if !replicas_verified(shard, previous).is_empty() {
+                    pending.push(shard.name_any());
+                } else {
+                    write_request(&self.api.shards, shard, &request, Some(previous)).await?;
+                }
+            }
+        }
+        self.status.shards = self.shard_states(plan, shards, Some(&failure));
+        if pending.is_empty() {
+            self.status.phase = Some(RolloutPhase::RolledBack);
+            let rolled: Vec<&str> = self
+                .status
+                .shards
+                .iter()
+                .filter(|s| s.state == "RolledBack")
+                .map(|s| s.shard.as_str())
+                .collect();
+            let message = format!(
+                "{what}; the rollout stopped and was rolled back to version {previous} on {} shard(s) ({})",
+                rolled.len(),
+                rolled.join(", ")
+            );
+            self.settle(false, "RolledBack", message).await?;
+            self.flush().await?;
+            return Ok(Action::await_change());
+        }
+        self.status.phase = Some(RolloutPhase::RollingOut);
+        self.progressing(
+            "RollingBack",
+            format!(
+                "{what}; rolling back to version {previous} on {}",
+                pending.join(", ")
+            ),
+        );
+        self.flush().await?;
+        Ok(Action::requeue(POLL))
+    }
+
+    /// Each shard's state, from what it was asked and what its replicas verified; a recorded
+    /// failure stays.
+    fn shard_states(
+        &self,
+        plan: &Plan,
+        shards: &[Shard],
+        failure: Option<&ShardRollout>,
+    ) -> Vec<ShardRollout> {
+        let number = self.version.spec.version;
+        let previous = self.version.spec.previous_version;
+        shards
+            .iter()
+            .map(|shard| {
+                let name = shard.name_any();
+                let wave = plan
+                    .spec
+                    .steps
+                    .iter()
+                    .find(|s| s.shard.as_deref() == Some(name.as_str()))
+                    .map_or(0, |s| s.wave);
+                let asked = shard
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.schema_request.as_ref());
+                let (state, node, error) = match (failure, asked) {
+                    (Some(f), _) if f.shard == name => ("Failed", f.node.clone(), f.error.clone()),
+                    (Some(_), Some(r))
+                        if Some(r.version) == previous && !r.statements.is_empty() =>
+                    {
+                        if replicas_verified(shard, r.version).is_empty() {
+                            ("RolledBack", None, None)
+                        } else {
+                            ("RollingBack", None, None)
+                        }
+                    }
+                    (_, Some(r)) if r.version == number => match replica_error(shard, number) {
+                        Some((node, error)) => ("Failed", Some(node), Some(error)),
+                        None if replicas_verified(shard, number).is_empty() => {
+                            ("Verified", None, None)
+                        }
+                        None if primary_verified(shard, number) => ("Applied", None, None),
+                        None => ("Pending", None, None),
+                    },
+                    _ => ("Pending", None, None),
+                };
+                let old = self.status.shards.iter().find(|s| s.shard == name);
+                let changed = old.is_none_or(|o| o.state != state);
+                ShardRollout {
+                    shard: name,
+                    wave,
+                    state: state.to_owned(),
+                    node,
+                    error,
+                    last_transition_time: if changed {
+                        Some(Time(Timestamp::now()))
+                    } else {
+                        old.and_then(|o| o.last_transition_time.clone())
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn progressing(&mut self, reason: &str, message: String) {
+        let generation = self.version.metadata.generation;
+        conditions::set(
+            &mut self.status.conditions,
+            generation,
+            Observation {
+                type_: "Progressing",
+                holds: true,
+                reason,
+                message,
+            },
+        );
+    }
+
+    /// Ends the rollout: conditions on the version, the Table's `SchemaRolledOut`, an Event.
+    async fn settle(
+        &mut self,
+        done: bool,
+        reason: &str,
+        message: String,
+    ) -> Result<(), RolloutError> {
+        let generation = self.version.metadata.generation;
+        for (type_, holds) in [("Progressing", false), ("Ready", done), ("Degraded", !done)] {
+            conditions::set(
+                &mut self.status.conditions,
+                generation,
+                Observation {
+                    type_,
+                    holds,
+                    reason,
+                    message: message.clone(),
+                },
+            );
+        }
+        let old = self
+            .table
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let mut table_conditions = old.clone();
+        conditions::set(
+            &mut table_conditions,
+            self.table.metadata.generation,
+            Observation {
+                type_: ROLLED_OUT,
+                holds: done,
+                reason,
+                message: format!("{}: {message}", self.version.name_any()),
+            },
+        );
+        if !conditions::same(&table_conditions, &old) {
+            self.ctx.leader.ensure()?;
+            let patch = json!({
+                "metadata": {"resourceVersion": self.table.resource_version()},
+                "status": {"conditions": table_conditions},
+            });
+            self.api
+                .tables
+                .patch_status(
+                    &self.table.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await?;
+        }
+        self.ctx.event(self.version, !done, reason, message).await;
+        Ok(())
+    }
+
+    async fn set_table_version(&self, number: i64) -> Result<(), RolloutError> {
+        self.ctx.leader.ensure()?;
+        let patch = json!({"status": {"schemaVersion": number}});
+        self.api
+            .tables
+            .patch_status(
+                &self.table.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), RolloutError> {
+        let old = self.version.status.clone().unwrap_or_default();
+        self.status.observed_generation = self.version.metadata.generation;
+        let unchanged = conditions::same(&self.status.conditions, &old.conditions)
+            && SchemaVersionStatus {
+                conditions: Vec::new(),
+                ..self.status.clone()
+            } == SchemaVersionStatus {
+                conditions: Vec::new(),
+                ..old
+            };
+        if unchanged {
+            return Ok(());
+        }
+        self.ctx.leader.ensure()?;
+        let patch = json!({"status": self.status});
+        self.api
+            .versions
+            .patch_status(
+                &self.version.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The risk of rolling out a version of `class`: online is safe, a rewrite disruptive, a
+/// drop destructive (which always waits for approval).
+fn risk(class: Compatibility) -> RiskClass {
+    match class {
+        Compatibility::Online => RiskClass::Safe,
+        Compatibility::Rewrite => RiskClass::Disruptive,
+        Compatibility::Destructive => RiskClass::Destructive,
+    }
+}
+
+/// The failed plan step's message.
+fn plan_failure(plan: &Plan) -> Option<String> {
+    plan.status.as_ref()?.steps.iter().find_map(|s| {
+        s.message
+            .clone()
+            .filter(|_| s.phase == crate::api::plan::StepPhase::Failed)
+    })
+}
+
+/// The first shard whose replica reported an error for `version`.
+fn failed_shard(shards: &[Shard], version: i64) -> Option<ShardRollout> {
+    shards.iter().find_map(|shard| {
+        let (node, error) = replica_error(shard, version)?;
+        Some(ShardRollout {
+            shard: shard.name_any(),
+            wave: 0,
+            state: "Failed".into(),
+            node: Some(node),
+            error: Some(error),
+            last_transition_time: Some(Time(Timestamp::now())),
+        })
+    })
+}
+
+/// The node and error of a replica of `shard` that failed `version`.
+fn replica_error(shard: &Shard, version: i64) -> Option<(String, String)> {
+    shard.status.as_ref()?.schema_reports.iter().find_map(|r| {
+        (r.version == version)
+            .then(|| r.error.clone().map(|e| (r.node.clone(), e)))
+            .flatten()
+    })
+}
+
+/// The wanted replicas of `shard` that have not verified `version` yet (none: all have).
+fn replicas_verified(shard: &Shard, version: i64) -> Vec<String> {
+    let status = shard.status.clone().unwrap_or_default();
+    status
+        .desired_replicas
+        .iter()
+        .filter(|d| {
+            !status
+                .schema_reports
+                .iter()
+                .any(|r| r.node == d.node && r.version == version && r.verified)
+        })
+        .map(|d| d.node.clone())
+        .collect()
+}
+
+fn primary_verified(shard: &Shard, version: i64) -> bool {
+    let status = shard.status.clone().unwrap_or_default();
+    status.primary.is_some_and(|p| {
+        status
+            .schema_reports
+            .iter()
+            .any(|r| r.node == p.node && r.version == version && r.verified)
+    })
+}
+
+/// Writes `request` (and, once verified everywhere, `schemaVersion`) on the shard's status
+/// under the rollout's own field manager.
+async fn write_request(
+    shards: &Api<Shard>,
+    shard: &Shard,
+    request: &SchemaRequest,
+    applied: Option<i64>,
+) -> Result<(), kube::Error> {
+    let status = shard.status.clone().unwrap_or_default();
+    if status.schema_request.as_ref() == Some(request)
+        && (applied.is_none() || status.schema_version == applied)
+    {
+        return Ok(());
+    }
+    let mut fields = json!({"schemaRequest": request});
+    if let Some(applied) = applied.or(status.schema_version) {
+        fields["schemaVersion"] = json!(applied);
+    }
+    let patch = json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": shard.name_any()},
+        "status": fields,
+    });
+    shards
+        .patch_status(
+            &shard.name_any(),
+            &PatchParams::apply(ROLLOUT_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map(drop)
+}
+
+/// The `ApplySchema` step: asks `shard` for `version` (the version's DDL, under
+/// [`LOCK_TIMEOUT_MS`]), and is done once every wanted replica's agent verified it; a
+/// replica's error fails the step, naming the shard, the node and the error.
+pub async fn apply_step(
+    ctx: &Context,
+    namespace: &str,
+    shard_name: &str,
+    version: u64,
+) -> Result<Progress, StepError> {
+    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(shard) = shards.get_opt(shard_name).await? else {
+        return Err(StepError::Permanent(format!(
+            "shard {shard_name} no longer exists"
+        )));
+    };
+    let versions: Api<SchemaVersion> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = format!("{}-v{version}", shard.spec.table);
+    let Some(target) = versions.get_opt(&name).await? else {
+        return Err(StepError::Permanent(format!(
+            "SchemaVersion {name} no longer exists"
+        )));
+    };
+    let number = target.spec.version;
+    let request = SchemaRequest {
+        version: number,
+        statements: target.spec.ddl.clone(),
+        lock_timeout_ms: LOCK_TIMEOUT_MS,
+        statement_timeout_ms: (target.spec.compatibility == Compatibility::Online)
+            .then_some(ONLINE_STATEMENT_TIMEOUT_MS),
+    };
+    let asked = shard
+        .status
+        .as_ref()
+        .and_then(|s| s.schema_request.as_ref());
+    if asked != Some(&request) {
+        ctx.leader.ensure()?;
+        write_request(&shards, &shard, &request, None).await?;
+        return Ok(Progress::Waiting(format!(
+            "asked shard {shard_name} to apply schema version {number}"
+        )));
+    }
+    if let Some((node, error)) = replica_error(&shard, number) {
+        return Err(StepError::Permanent(format!(
+            "schema version {number} failed on shard {shard_name}, node {node}: {error}"
+        )));
+    }
+    let missing = replicas_verified(&shard, number);
+    if !missing.is_empty() {
+        return Ok(Progress::Waiting(format!(
+            "waiting for the replicas of {shard_name} on {} to verify schema version {number}",
+            missing.join(", ")
+        )));
+    }
+    ctx.leader.ensure()?;
+    write_request(&shards, &shard, &request, Some(number)).await?;
+    Ok(Progress::Done)
+}
