@@ -250,10 +250,9 @@ fn compare(
         let want = catalog_type(&column.type_);
         match columns.iter().find(|(name, _)| *name == column.name) {
             None => found.push(format!("column {} is missing", column.name)),
-            Some((_, have)) if *have != want => found.push(format!(
-                "column {} is {have}, not {want}",
-                column.name
-            )),
+            Some((_, have)) if *have != want => {
+                found.push(format!("column {} is {have}, not {want}", column.name))
+            }
             Some(_) => {}
         }
     }
@@ -329,9 +328,7 @@ async fn apply(
     for statement in &request.statements {
         let statement = idempotent(statement);
         match groups.last_mut() {
-            Some(group)
-                if !concurrent(&statement) && group.iter().all(|s| !concurrent(s)) =>
-            {
+            Some(group) if !concurrent(&statement) && group.iter().all(|s| !concurrent(s)) => {
                 group.push(statement)
             }
             _ => groups.push(vec![statement]),
@@ -491,7 +488,9 @@ mod tests {
         for (given, wanted) in cases {
             assert_eq!(idempotent(given), wanted);
         }
-        assert!(concurrent("CREATE INDEX CONCURRENTLY IF NOT EXISTS \"i\" ON \"t\" (\"a\")"));
+        assert!(concurrent(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"i\" ON \"t\" (\"a\")"
+        ));
         assert!(!concurrent("ALTER TABLE \"t\" ADD COLUMN \"c\" text"));
     }
 
@@ -538,10 +537,19 @@ mod tests {
                 "check old should not exist",
             ]
         );
-        let matching: BTreeSet<(String, String)> = [("id", "bigint"), ("note", "character varying(40)")]
-            .into_iter()
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect();
-        assert!(compare(&expected, &matching, &["by_note".to_owned()].into(), &BTreeSet::new()).is_empty());
+        let matching: BTreeSet<(String, String)> =
+            [("id", "bigint"), ("note", "character varying(40)")]
+                .into_iter()
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect();
+        assert!(
+            compare(
+                &expected,
+                &matching,
+                &["by_note".to_owned()].into(),
+                &BTreeSet::new()
+            )
+            .is_empty()
+        );
     }
 }

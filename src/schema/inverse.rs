@@ -12,7 +12,11 @@ use super::ddl::{add_check, alter_column, alter_table, create_index, nullable, q
 /// version), in order: what `to` added goes first, then columns get their old type,
 /// nullability and default, then what `to` removed comes back. `Err` names what cannot be
 /// undone.
-pub fn inverse<'a>(table: &str, from: &TableSchema, to: &'a TableSchema) -> Result<Vec<String>, String> {
+pub fn inverse<'a>(
+    table: &str,
+    from: &TableSchema,
+    to: &'a TableSchema,
+) -> Result<Vec<String>, String> {
     let old_column = |name: &str| from.columns.iter().find(|c| c.name == name);
     let renamed_from = |column: &'a Column| renamed(from, column);
     if let Some(lost) = from.columns.iter().find(|c| {
