@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use shardplane::api::schema_version::RolloutPhase;
+use shardplane::api::schema_version::{RolloutPhase, SchemaVersionStatus};
 use shardplane::api::{DatabaseCluster, Plan, SchemaVersion, Shard, Table};
 use shardplane::routing::{DatabaseCredentials, Router, RouterConfig};
 use shardplane::workload::{Workload, WorkloadConfig};
@@ -69,6 +69,11 @@ async fn wait_version(plane: &DataPlane, tables: &Api<Table>, version: i64) -> D
         panic!("version {version} was not rolled out within 120 s");
     }
     started.elapsed()
+}
+
+/// The rollout status of SchemaVersion `name`, once it has one.
+async fn rollout_of(versions: &Api<SchemaVersion>, name: &str) -> Option<SchemaVersionStatus> {
+    versions.get(name).await.ok()?.status
 }
 
 /// Every replica's endpoint, with its shard and node.
@@ -204,7 +209,7 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
     // 2. Add an index (CREATE INDEX CONCURRENTLY, outside a transaction).
     let by_code = json!([{"name": "by_code", "columns": ["code"]}]);
     declare(&tables, columns(added.clone()), by_code.clone()).await;
-    wait_version(&plane, &tables, 3).await;
+    let index_took = wait_version(&plane, &tables, 3).await;
 
     // 3. Widen a varchar (catalog-only ALTER TYPE).
     let widened = json!([
@@ -212,7 +217,12 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         {"name": "legacy", "type": "text"}
     ]);
     declare(&tables, columns(widened.clone()), by_code.clone()).await;
-    wait_version(&plane, &tables, 4).await;
+    let widen_took = wait_version(&plane, &tables, 4).await;
+    eprintln!(
+        "add index {:.2} s, widen varchar {:.2} s",
+        index_took.as_secs_f64(),
+        widen_took.as_secs_f64()
+    );
 
     for (shard, node, endpoint) in replicas(&plane).await {
         let (cols, indexes) = catalog(&endpoint).await;
@@ -260,11 +270,8 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
     let v6 = format!("{TABLE}-v6");
     assert!(
         eventually(Duration::from_secs(30), || async {
-            versions
-                .get(&v6)
+            rollout_of(&versions, &v6)
                 .await
-                .ok()
-                .and_then(|v| v.status)
                 .and_then(|s| s.plan)
                 .is_some()
         })
@@ -343,13 +350,7 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
     declare(&tables, failing, by_code.clone()).await;
     let v7 = format!("{TABLE}-v7");
     let rolled_back = eventually(Duration::from_secs(120), || async {
-        versions
-            .get(&v7)
-            .await
-            .ok()
-            .and_then(|v| v.status)
-            .and_then(|s| s.phase)
-            == Some(RolloutPhase::RolledBack)
+        rollout_of(&versions, &v7).await.and_then(|s| s.phase) == Some(RolloutPhase::RolledBack)
     })
     .await;
     if !rolled_back {

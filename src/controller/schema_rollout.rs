@@ -565,36 +565,19 @@ impl Rollout<'_> {
             },
         );
         if !conditions::same(&table_conditions, &old) {
-            self.ctx.leader.ensure()?;
             let patch = json!({
                 "metadata": {"resourceVersion": self.table.resource_version()},
                 "status": {"conditions": table_conditions},
             });
-            self.api
-                .tables
-                .patch_status(
-                    &self.table.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(patch),
-                )
-                .await?;
+            merge_status(self.ctx, &self.api.tables, &self.table.name_any(), patch).await?;
         }
         self.ctx.event(self.version, !done, reason, message).await;
         Ok(())
     }
 
     async fn set_table_version(&self, number: i64) -> Result<(), RolloutError> {
-        self.ctx.leader.ensure()?;
         let patch = json!({"status": {"schemaVersion": number}});
-        self.api
-            .tables
-            .patch_status(
-                &self.table.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
-        Ok(())
+        merge_status(self.ctx, &self.api.tables, &self.table.name_any(), patch).await
     }
 
     async fn flush(&mut self) -> Result<(), RolloutError> {
@@ -611,18 +594,31 @@ impl Rollout<'_> {
         if unchanged {
             return Ok(());
         }
-        self.ctx.leader.ensure()?;
         let patch = json!({"status": self.status});
-        self.api
-            .versions
-            .patch_status(
-                &self.version.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
-        Ok(())
+        merge_status(
+            self.ctx,
+            &self.api.versions,
+            &self.version.name_any(),
+            patch,
+        )
+        .await
     }
+}
+
+/// A merge patch of the status of `name`, written only by the leader.
+async fn merge_status<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), RolloutError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    ctx.leader.ensure()?;
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
 }
 
 /// The risk of rolling out a version of `class`: online is safe, a rewrite disruptive, a
