@@ -27,7 +27,9 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Start a local sandbox: a control plane on loopback, the Helm chart and CRDs installed,
-    /// the examples applied; runs until Ctrl-C.
+    /// the examples applied, the operator and one agent per example node running PostgreSQL
+    /// on loopback; writes rows through the router and shows where they live; runs until
+    /// Ctrl-C.
     Demo {
         /// The Helm chart to install.
         #[arg(long, default_value = "charts/shardplane")]
@@ -38,7 +40,7 @@ enum Command {
         /// The namespace to apply the examples into.
         #[arg(long, default_value = "shardplane-demo")]
         namespace: String,
-        /// Stop right after showing the resources instead of running until Ctrl-C.
+        /// Stop right after showing the rows and resources instead of running until Ctrl-C.
         #[arg(long)]
         exit: bool,
     },
@@ -232,13 +234,28 @@ async fn demo(options: DemoOptions, exit: bool) -> anyhow::Result<()> {
     eprintln!("starting a local control plane and installing Shardplane...");
     let demo = Demo::start(&options).await?;
     println!("{}", demo.resources);
+    println!("{}", demo.rows_table());
+    println!("{}", demo.views);
     if exit {
         return Ok(());
     }
     let kubeconfig = demo.control_plane.kubeconfig_path().display();
     println!("The sandbox runs until Ctrl-C. Meanwhile, in another shell:");
     println!("  export KUBECONFIG={kubeconfig}");
-    println!("  kubectl get shardplane -n {}", options.namespace);
+    println!("  kubectl get shardplane,shards -n {}", options.namespace);
+    println!(
+        "  kubectl get shards -n {} -o custom-columns=NAME:.metadata.name,PRIMARY:.status.primary.node,REPLICAS:.status.replicas[*].endpoint",
+        options.namespace
+    );
+    println!(
+        "  kubectl get table {} -n {} -o jsonpath='{{.status.routing}}'",
+        shardplane::sandbox::demo::DEMO_TABLE,
+        options.namespace
+    );
+    println!(
+        "Agent logs and replica folders: {}",
+        demo.agents_dir.display()
+    );
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
