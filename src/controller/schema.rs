@@ -3,8 +3,8 @@
 //! `<table>-v<N>`, owned by and labelled with the table, holding the schema, the DDL, the
 //! class of the change and the git commit git-sync stamped on the Table. Version 1 is the
 //! `CREATE TABLE`. A refused change creates nothing: the Table's `SchemaAccepted` condition
-//! turns False with reason `SchemaChangeRefused` and the refusal. It does not roll a version
-//! out to shards (that needs the node agent).
+//! turns False with reason `SchemaChangeRefused` and the refusal. Rolling a version out to
+//! the shards is `schema_rollout.rs`'s job.
 
 use std::sync::Arc;
 use std::time::Instant;
