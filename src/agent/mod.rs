@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod protocol;
 pub mod record;
 mod replicas;
+mod reshard;
 mod schema_apply;
 pub mod shard_schema;
 

@@ -37,7 +37,7 @@ use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
 use super::error::AgentError;
-use super::postgres::{Credentials, InstanceSettings, Toolchain};
+use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::{LivenessReporter, field_manager};
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
@@ -200,6 +200,9 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         data_dir: config.data_dir.clone(),
         settings: InstanceSettings {
             fsync: config.fsync,
+            // A primary may become the source of a split or merge (a row-filtered
+            // publication), which needs logical decoding.
+            wal_level: WalLevel::Logical,
             ..InstanceSettings::default()
         },
         toolchain,

@@ -233,7 +233,9 @@ impl ReplicaWorker {
         if !matches!(next, Pass::Removed) {
             self.report(shard).await;
             if let (Some(shard), Some(held)) = (shard, self.held.as_mut()) {
-                self.schema.look(&self.ctx, shard, &mut held.instance).await?;
+                self.schema
+                    .look(&self.ctx, shard, &mut held.instance)
+                    .await?;
             }
         }
         Ok(next)
@@ -437,9 +439,14 @@ impl ReplicaWorker {
                 Ok(Pass::Idle)
             }
             ReplicaAction::ServePrimary { .. } => {
+                let ctx = self.ctx.clone();
                 let held = self.held_mut()?;
                 if !held.instance.is_running() {
                     held.instance.start().await?;
+                }
+                if let Some(shard) = shard.filter(|s| super::reshard::fence_requested(s)) {
+                    super::reshard::serve_source(&ctx, &held.instance, shard).await?;
+                    return Ok(Pass::Idle);
                 }
                 if held.write_fenced().await? {
                     held.instance.unfence_writes(&quorum).await?;
@@ -449,6 +456,9 @@ impl ReplicaWorker {
                 }
                 self.applied_quorum = Some(quorum);
                 ensure_slots(self.held_mut()?, &secondaries).await?;
+                if let Some(shard) = shard {
+                    super::reshard::serve_target(&ctx, &self.held_mut()?.instance, shard).await?;
+                }
                 Ok(Pass::Idle)
             }
         }

@@ -63,27 +63,36 @@ pub fn create_table_statements(
         ));
     }
     if key_space == KeySpace::Hash {
-        let key_type = schema
-            .columns
-            .iter()
-            .find(|c| c.name == shard_key)
-            .map(|c| c.type_.as_str())
-            .ok_or_else(|| format!("the shard key {shard_key} is not a column"))?;
-        let key_kind = match key_type {
-            "smallint" | "integer" | "bigint" => KeyKind::Integer,
-            "text" => KeyKind::Text,
-            other if other.starts_with("varchar") => KeyKind::Text,
-            other => return Err(format!("a shard key of type {other} cannot be hashed")),
-        };
+        let sharded = sharded_table(table, shard_key, schema)?;
         let range = KeyRange::from_wire(range.start, range.end).map_err(|e| e.to_string())?;
-        let sharded = ShardedTable {
-            name: table.to_owned(),
-            key_column: shard_key.to_owned(),
-            key_kind,
-        };
         statements.push(sharded.range_check_constraint(RANGE_CONSTRAINT, range));
     }
     Ok(statements)
+}
+
+/// `table` sharded by `shard_key`, whose type in `schema` picks PostgreSQL's hash function.
+pub fn sharded_table(
+    table: &str,
+    shard_key: &str,
+    schema: &TableSchema,
+) -> Result<ShardedTable, String> {
+    let key_type = schema
+        .columns
+        .iter()
+        .find(|c| c.name == shard_key)
+        .map(|c| c.type_.as_str())
+        .ok_or_else(|| format!("the shard key {shard_key} is not a column"))?;
+    let key_kind = match key_type {
+        "smallint" | "integer" | "bigint" => KeyKind::Integer,
+        "text" => KeyKind::Text,
+        other if other.starts_with("varchar") => KeyKind::Text,
+        other => return Err(format!("a shard key of type {other} cannot be hashed")),
+    };
+    Ok(ShardedTable {
+        name: table.to_owned(),
+        key_column: shard_key.to_owned(),
+        key_kind,
+    })
 }
 
 #[cfg(test)]

@@ -213,6 +213,107 @@ pub struct PrimaryRef {
     pub epoch: i64,
 }
 
+/// What the operator asks of a shard taking part in a split or merge (written by the plan
+/// executor under its own field manager; see docs/dataplane.md, "Split and merge").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ReshardOrder {
+    /// On a target: the source primaries whose rows of a range this shard's primary copies
+    /// and then follows by row-filtered logical replication. Emptied once routing switched
+    /// (or the change was aborted): the primary then drops its subscriptions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_from: Vec<RangeEndpoint>,
+    /// On a source: whether its primary must refuse writes (the brief fence before the
+    /// routing switch); false again when a failed verification aborts the change.
+    #[serde(default)]
+    pub fence: bool,
+    /// On a source: the target primaries to compare with, range by range (row count and
+    /// checksum), once the fence holds and the targets have applied every fenced write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<RangeEndpoint>,
+    /// On a source: when (Unix milliseconds) the routing map stopped naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at_ms: Option<i64>,
+    /// On a source: the earliest time (Unix milliseconds) it may be dropped; routing
+    /// switched plus the table's grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after_ms: Option<i64>,
+}
+
+/// One key range and the other shard's primary it moves from or to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeEndpoint {
+    /// The other shard.
+    pub shard: String,
+    /// `host:port` of the other shard's primary.
+    pub endpoint: String,
+    /// The first key concerned (inclusive); absent means the start of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// The key after the keys concerned (exclusive); absent means the end of the key space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+}
+
+/// How far a target's copy from one source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum CopyPhase {
+    /// The initial copy of the range's rows runs.
+    Copying,
+    /// The rows are copied; changes stream from the source as they commit.
+    Streaming,
+}
+
+/// A target's copy from one source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyProgress {
+    /// The source shard.
+    pub source: String,
+    /// How far the copy is.
+    pub phase: CopyPhase,
+}
+
+/// One range compared between a fenced source and a target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RangeCheck {
+    /// The target shard.
+    pub target: String,
+    /// Whether both sides hold the same rows (count and checksum).
+    pub matches: bool,
+    /// Rows in the range on the source.
+    pub rows: i64,
+    /// What was found, in words (both digests on a mismatch, or the error).
+    pub detail: String,
+}
+
+/// What the primary's agent reports of a split or merge (under its own field manager).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct ReshardReport {
+    /// On a target: each source's copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyProgress>,
+    /// On a source: when (Unix milliseconds) the primary started refusing writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at_ms: Option<i64>,
+    /// On a source: the WAL position after the fence, which every target has applied when
+    /// the checks are made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_lsn: Option<String>,
+    /// On a source: the range checks against each target, made after the fence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<RangeCheck>,
+}
+
 /// What is: the replicas wanted and observed, the primary, the phase.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -253,6 +354,14 @@ pub struct ShardStatus {
     /// Writes per second on the primary, averaged over the last minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes_per_second: Option<i64>,
+    /// The operator's side of a split or merge this shard takes part in: the ranges a target
+    /// copies, the write fence and range checks asked of a source, when routing switched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard: Option<ReshardOrder>,
+    /// The primary's agent's side of a split or merge: copy progress (on a target), the
+    /// write fence and the range checks (on a source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard_report: Option<ReshardReport>,
     /// The SchemaVersion every replica of this shard has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i64>,

@@ -268,6 +268,11 @@ pub fn decide(
         }));
     }
 
+    // A declared split or merge: its targets are placed by its own plan.
+    if let Some(decision) = super::reshard::decide(view, topology)? {
+        return Ok(Some(decision));
+    }
+
     // A placement that is only blocked (no step possible) must not hide a drain or a
     // rebalance that can proceed; its blockers still reach the cluster's conditions.
     let placement = plan::plan_placement(topology, limits)?;

@@ -210,6 +210,14 @@ pub async fn advance(
                     continue;
                 };
                 left.push(name.as_str());
+                // A shard replaced by a split or merge is kept for the grace period after
+                // the routing switch.
+                if let Some(wait) = super::reshard::retire_wait_ms(&shard, now) {
+                    return Ok(Progress::Waiting(format!(
+                        "shard {name} is kept {} s more after its routing switch",
+                        wait.div_ceil(1000)
+                    )));
+                }
                 if shard.metadata.deletion_timestamp.is_none() {
                     ctx.leader.ensure()?;
                     match shards.delete(name, &Default::default()).await {
@@ -231,6 +239,12 @@ pub async fn advance(
         StepAction::ApplySchema { shard, version } => {
             super::schema_rollout::apply_step(ctx, namespace, shard, *version).await
         }
+        StepAction::PrepareTargets { .. }
+        | StepAction::CopyRows { .. }
+        | StepAction::CatchUpTarget { .. }
+        | StepAction::FenceWrites { .. }
+        | StepAction::VerifyRanges { .. }
+        | StepAction::SwitchRouting { .. } => super::reshard::advance(ctx, namespace, action).await,
         other => Err(StepError::Permanent(format!(
             "{} needs data-plane support this operator build does not have yet; nothing was changed",
             serde_json::to_string(other).unwrap_or_default()
@@ -238,7 +252,7 @@ pub async fn advance(
     }
 }
 
-async fn get_shard(shards: &Api<Shard>, name: &str) -> Result<Shard, StepError> {
+pub(super) async fn get_shard(shards: &Api<Shard>, name: &str) -> Result<Shard, StepError> {
     match shards.get_opt(name).await? {
         Some(shard) => Ok(shard),
         None => Err(StepError::Permanent(format!(
@@ -262,7 +276,7 @@ fn primary(shard: &Shard) -> Option<PrimaryRef> {
 /// Writes the desired replica set and primary with server-side apply under the executor's
 /// own field manager (agents own their `replicas` entries, other reconcilers other fields),
 /// conditional on the resourceVersion read, so a decision made on stale state is refused.
-async fn write_desired(
+pub(super) async fn write_desired(
     ctx: &Context,
     shards: &Api<Shard>,
     shard: &Shard,

@@ -18,6 +18,7 @@ mod liveness;
 mod metrics;
 mod observe;
 mod plan_wire;
+mod reshard;
 mod schema;
 mod schema_rollout;
 mod server;

@@ -333,11 +333,30 @@ async fn report_readiness(
     Ok(())
 }
 
-/// The routing map the shards describe, ordered by start; retiring shards are left out.
-fn routing_entries(shards: &[Shard]) -> Vec<RouteEntry> {
-    let mut entries: Vec<RouteEntry> = shards
+/// The routing map the shards describe, ordered by start; retiring shards are left out, and
+/// so is a shard whose range overlaps a shard the map already routes (`routed`): the target
+/// of a declared split or merge enters the map only by the plan's switch, which replaces
+/// its sources in one write (src/controller/reshard.rs).
+fn routing_entries(shards: &[Shard], routed: &[RouteEntry]) -> Vec<RouteEntry> {
+    let serving: Vec<&Shard> = shards
         .iter()
         .filter(|s| s.status.as_ref().and_then(|st| st.phase) != Some(ShardPhase::Retiring))
+        .collect();
+    let routed_ranges: Vec<KeyRange> = serving
+        .iter()
+        .filter(|s| routed.iter().any(|e| e.shard == s.name_any()))
+        .filter_map(|s| KeyRange::from_wire(s.spec.range.start, s.spec.range.end).ok())
+        .collect();
+    let mut entries: Vec<RouteEntry> = serving
+        .into_iter()
+        .filter(|s| {
+            routed.iter().any(|e| e.shard == s.name_any())
+                || KeyRange::from_wire(s.spec.range.start, s.spec.range.end).is_ok_and(|r| {
+                    !routed_ranges
+                        .iter()
+                        .any(|o| o.start() < r.end() && r.start() < o.end())
+                })
+        })
         .map(|shard| {
             let status = shard.status.clone().unwrap_or_default();
             let primary = status.primary.clone();
@@ -369,7 +388,12 @@ async fn write_routing(
 ) -> Result<(), TableError> {
     let generation = table.meta().generation;
     let old = table.status.clone().unwrap_or_default();
-    let entries = routing_entries(shards);
+    let entries = routing_entries(
+        shards,
+        old.routing
+            .as_ref()
+            .map_or(&[][..], |routing| routing.ranges.as_slice()),
+    );
     let ranges: Vec<(String, Result<KeyRange, String>)> = entries
         .iter()
         .map(|e| {

@@ -18,6 +18,7 @@ pub use copy::{
     verify_range,
 };
 pub use error::PostgresError;
+pub(crate) use instance::connect;
 pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
 pub use replication::SyncQuorum;
 pub use settings::{Credentials, InstanceSettings, REPLICATION_USER, SUPERUSER, WalLevel};

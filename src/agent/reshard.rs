@@ -1,0 +1,430 @@
+//! A primary's part in a split or merge (docs/dataplane.md, "Split and merge"). On a target,
+//! it copies each requested range from the source primary with a row-filtered publication
+//! there and a subscription here (`copy_data`, then streaming), reports each copy's phase,
+//! and drops its subscriptions once the operator no longer asks for them. On a source whose
+//! fence is requested, it fences writes, records when and at which WAL position, waits until
+//! every subscriber has applied that position, and compares each target's range with its
+//! own (row count and checksum). Every action checks what already holds first, so a pass
+//! repeated after a crash does no harm. Deciding when is the operator's job.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use crate::api::shard::{CopyPhase, CopyProgress, RangeCheck, RangeEndpoint, ReshardReport};
+use crate::api::{Shard, Table};
+use crate::plan::KeyRange;
+
+use super::error::AgentError;
+use super::node::NodeContext;
+use super::postgres::{Instance, PostgresError, ShardedTable, Upstream, connect, verify_range};
+use super::protocol::field_manager;
+use super::shard_schema::sharded_table;
+
+/// Every object a split or merge creates in PostgreSQL starts with this: publications on a
+/// source, subscriptions (and so their slots on the source) on a target.
+const PREFIX: &str = "rs_";
+/// How long a fenced source waits for its subscribers to apply its last write before it
+/// compares anyway (a target that lags then fails the comparison, which aborts the change).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the operator asks this shard's primary to fence writes for a split or merge.
+pub(crate) fn fence_requested(shard: &Shard) -> bool {
+    shard
+        .status
+        .as_ref()
+        .and_then(|s| s.reshard.as_ref())
+        .is_some_and(|order| order.fence)
+}
+
+/// `name` as a PostgreSQL object name: lower case, digits and `_`.
+fn object_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The publication on a source carrying the rows of `target`'s range.
+fn publication_name(target: &str) -> String {
+    let mut name = format!("{PREFIX}{}", object_name(target));
+    name.truncate(63);
+    name
+}
+
+/// The subscription on `target` to `source` (its slot on the source has the same name).
+fn subscription_name(target: &str, source: &str) -> String {
+    let mut name = format!("{PREFIX}{}__{}", object_name(target), object_name(source));
+    name.truncate(63);
+    name
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    Some(Upstream {
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
+fn bad_endpoint(shard: &str, endpoint: &str) -> AgentError {
+    AgentError::Schema {
+        shard: shard.to_owned(),
+        table: String::new(),
+        problem: format!("the reshard endpoint {endpoint:?} is not host:port"),
+    }
+}
+
+/// The shard's table as the range predicates need it.
+async fn table_of(ctx: &NodeContext, shard: &Shard) -> Result<ShardedTable, AgentError> {
+    let name = &shard.spec.table;
+    let problem = |problem: String| AgentError::Schema {
+        shard: shard.name_any(),
+        table: name.clone(),
+        problem,
+    };
+    let table = ctx
+        .api::<Table>()
+        .get_opt(name)
+        .await
+        .map_err(AgentError::api(format!("reading Table {name}")))?
+        .ok_or_else(|| problem("the Table does not exist".into()))?;
+    sharded_table(name, &table.spec.shard_key, &table.spec.schema).map_err(problem)
+}
+
+fn range_of(shard: &str, endpoint: &RangeEndpoint) -> Result<KeyRange, AgentError> {
+    KeyRange::from_wire(endpoint.start, endpoint.end).map_err(|e| AgentError::Schema {
+        shard: shard.to_owned(),
+        table: String::new(),
+        problem: format!("the reshard range from {} is invalid: {e}", endpoint.shard),
+    })
+}
+
+/// Writes the reshard report under the agent's own reshard field manager.
+async fn write_report(
+    ctx: &NodeContext,
+    shard: &Shard,
+    report: &ReshardReport,
+) -> Result<(), AgentError> {
+    let name = shard.name_any();
+    let patch = json!({
+        "apiVersion": "shardplane.io/v1alpha1",
+        "kind": "Shard",
+        "metadata": {"name": name},
+        "status": {"reshardReport": report},
+    });
+    let params = PatchParams::apply(&format!("{}/reshard", field_manager(&ctx.node))).force();
+    ctx.shards()
+        .patch_status(&name, &params, &Patch::Apply(patch))
+        .await
+        .map_err(AgentError::api(format!(
+            "reporting the split/merge progress of shard {name}"
+        )))?;
+    Ok(())
+}
+
+fn current_report(shard: &Shard) -> ReshardReport {
+    shard
+        .status
+        .as_ref()
+        .and_then(|s| s.reshard_report.clone())
+        .unwrap_or_default()
+}
+
+/// A target primary's pass: subscribe to every requested source (creating the
+/// publication there first), drop subscriptions no longer requested, report each copy.
+pub(crate) async fn serve_target(
+    ctx: &NodeContext,
+    instance: &Instance,
+    shard: &Shard,
+) -> Result<(), AgentError> {
+    let wanted: Vec<RangeEndpoint> = shard
+        .status
+        .as_ref()
+        .and_then(|s| s.reshard.as_ref())
+        .map(|order| order.copy_from.clone())
+        .unwrap_or_default();
+    let reported = current_report(shard);
+    if wanted.is_empty() && reported.copies.is_empty() {
+        return Ok(());
+    }
+    let target = shard.name_any();
+    let client = instance.connect().await?;
+    let existing: Vec<String> = client
+        .query(
+            "SELECT subname::text FROM pg_subscription WHERE starts_with(subname::text, $1)",
+            &[&PREFIX],
+        )
+        .await
+        .map_err(|e| instance.sql_error("listing subscriptions", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut copies = Vec::new();
+    for source in &wanted {
+        let subscription = subscription_name(&target, &source.shard);
+        if !existing.contains(&subscription) {
+            let upstream = parse_endpoint(&source.endpoint)
+                .ok_or_else(|| bad_endpoint(&target, &source.endpoint))?;
+            let publication = publication_name(&target);
+            ensure_publication(ctx, shard, &upstream, &publication, source).await?;
+            instance
+                .subscribe(&subscription, &upstream, &publication, true)
+                .await?;
+            // Applied transactions are flushed (and reach this shard's quorum) before the
+            // source hears they are applied: the fence's drain check relies on it.
+            client
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {subscription} SET (synchronous_commit = 'on')"
+                ))
+                .await
+                .map_err(|e| instance.sql_error("configuring a subscription", e))?;
+            tracing::info!(shard = %target, source = %source.shard, "copying a range by logical replication");
+        }
+        let ready: Option<bool> = client
+            .query_one(
+                "SELECT bool_and(sr.srsubstate = 'r') FROM pg_subscription_rel sr \
+                 JOIN pg_subscription s ON s.oid = sr.srsubid WHERE s.subname = $1",
+                &[&subscription],
+            )
+            .await
+            .map_err(|e| instance.sql_error("reading a copy's progress", e))?
+            .get(0);
+        copies.push(CopyProgress {
+            source: source.shard.clone(),
+            phase: if ready == Some(true) {
+                CopyPhase::Streaming
+            } else {
+                CopyPhase::Copying
+            },
+        });
+    }
+    for name in existing {
+        if !wanted
+            .iter()
+            .any(|s| subscription_name(&target, &s.shard) == name)
+        {
+            drop_subscription(instance, &client, &name).await?;
+            tracing::info!(shard = %target, subscription = %name, "copy finished: subscription dropped");
+        }
+    }
+    if copies != reported.copies {
+        write_report(ctx, shard, &ReshardReport { copies, ..reported }).await?;
+    }
+    Ok(())
+}
+
+/// Creates the row-filtered publication of `target`'s range on the source, unless it exists.
+async fn ensure_publication(
+    ctx: &NodeContext,
+    shard: &Shard,
+    upstream: &Upstream,
+    publication: &str,
+    source: &RangeEndpoint,
+) -> Result<(), AgentError> {
+    let table = table_of(ctx, shard).await?;
+    let range = range_of(&shard.name_any(), source)?;
+    let sql_error = |what, source| PostgresError::Sql {
+        instance: format!("{}:{} (source primary)", upstream.host, upstream.port),
+        what,
+        source,
+    };
+    let remote = connect(upstream, &ctx.credentials)
+        .await
+        .map_err(|e| sql_error("connecting", e))?;
+    let exists = remote
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| sql_error("looking up a publication", e))?
+        .is_some();
+    if !exists {
+        remote
+            .batch_execute(&table.range_publication(publication, range))
+            .await
+            .map_err(|e| sql_error("creating a row-filtered publication", e))?;
+    }
+    Ok(())
+}
+
+/// Drops a subscription and its slot on the source; when the source is gone already, the
+/// subscription is detached from its slot first (there is nothing left to drop there).
+async fn drop_subscription(
+    instance: &Instance,
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), AgentError> {
+    if instance.unsubscribe(name).await.is_ok() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {name} DISABLE; ALTER SUBSCRIPTION {name} SET (slot_name = NONE); \
+             DROP SUBSCRIPTION {name}"
+        ))
+        .await
+        .map_err(|e| instance.sql_error("dropping a subscription whose source is gone", e))?;
+    Ok(())
+}
+
+/// A source primary's pass while its fence is requested: fence, record the time and WAL
+/// position, wait until the subscribers applied it, compare every requested range.
+pub(crate) async fn serve_source(
+    ctx: &NodeContext,
+    instance: &Instance,
+    shard: &Shard,
+) -> Result<(), AgentError> {
+    let Some(order) = shard.status.as_ref().and_then(|s| s.reshard.clone()) else {
+        return Ok(());
+    };
+    let mut report = current_report(shard);
+    let fenced = instance.is_write_fenced().await?;
+    if !fenced || report.fenced_at_ms.is_none() {
+        // Writes start failing as the fence goes up: the window counts from here.
+        let fenced_at = now_ms();
+        if !fenced {
+            instance.fence_writes().await?;
+            tracing::info!(shard = %shard.name_any(), "primary fenced for a split/merge");
+        }
+        let client = instance.connect().await?;
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| instance.sql_error("reading the fenced WAL position", e))?
+            .get(0);
+        report = ReshardReport {
+            fenced_at_ms: Some(fenced_at),
+            fenced_lsn: Some(lsn),
+            checks: Vec::new(),
+            copies: Vec::new(),
+        };
+        write_report(ctx, shard, &report).await?;
+    }
+    let checked = |target: &RangeEndpoint| report.checks.iter().any(|c| c.target == target.shard);
+    if order.verify.iter().all(checked) {
+        return Ok(());
+    }
+    let lsn = report.fenced_lsn.clone().unwrap_or_default();
+    wait_drained(instance, &lsn).await?;
+    let table = table_of(ctx, shard).await?;
+    let local = instance.connect().await?;
+    let mut checks = Vec::new();
+    for target in &order.verify {
+        let range = range_of(&shard.name_any(), target)?;
+        let upstream = parse_endpoint(&target.endpoint)
+            .ok_or_else(|| bad_endpoint(&shard.name_any(), &target.endpoint))?;
+        let check = match connect(&upstream, &ctx.credentials).await {
+            Ok(remote) => match verify_range(&local, &remote, &table, range).await {
+                Ok(digest) => RangeCheck {
+                    target: target.shard.clone(),
+                    matches: true,
+                    rows: digest.rows,
+                    detail: format!("{range}: {digest} on both sides"),
+                },
+                Err(PostgresError::RangeMismatch {
+                    on_source,
+                    on_target,
+                    ..
+                }) => RangeCheck {
+                    target: target.shard.clone(),
+                    matches: false,
+                    rows: on_source.rows,
+                    detail: format!(
+                        "{range}: source has {on_source}, target {} has {on_target}",
+                        target.shard
+                    ),
+                },
+                Err(error) => return Err(error.into()),
+            },
+            Err(error) => {
+                return Err(PostgresError::Sql {
+                    instance: target.endpoint.clone(),
+                    what: "connecting to a target primary to verify its range",
+                    source: error,
+                }
+                .into());
+            }
+        };
+        tracing::info!(shard = %shard.name_any(), target = %check.target, matches = check.matches, detail = %check.detail, "range verified");
+        checks.push(check);
+    }
+    report.checks = checks;
+    write_report(ctx, shard, &report).await
+}
+
+/// Waits (at most [`DRAIN_TIMEOUT`]) until every split/merge subscriber of this instance has
+/// applied the WAL up to `lsn`.
+async fn wait_drained(instance: &Instance, lsn: &str) -> Result<(), AgentError> {
+    let client = instance.connect().await?;
+    let started = Instant::now();
+    loop {
+        let drained: bool = client
+            .query_one(
+                "SELECT coalesce(bool_and(coalesce(r.replay_lsn, s.confirmed_flush_lsn) \
+                   >= $1::text::pg_lsn), true) \
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication r \
+                   ON r.pid = s.active_pid \
+                 WHERE s.slot_type = 'logical' AND starts_with(s.slot_name::text, $2)",
+                &[&lsn, &PREFIX],
+            )
+            .await
+            .map_err(|e| instance.sql_error("waiting for the subscribers", e))?
+            .get(0);
+        if drained {
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            tracing::warn!(
+                instance = instance.name(),
+                lsn,
+                "subscribers did not apply the fenced position in time; comparing anyway"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_valid_postgres_names() {
+        assert_eq!(publication_name("orders-1-0"), "rs_orders_1_0");
+        assert_eq!(
+            subscription_name("orders-1-0", "orders-1"),
+            "rs_orders_1_0__orders_1"
+        );
+        assert_eq!(subscription_name(&"x".repeat(80), "y").len(), 63);
+        assert_ne!(
+            subscription_name("orders-23", "orders-2"),
+            subscription_name("orders-23", "orders-3")
+        );
+    }
+
+    #[test]
+    fn endpoints_parse_as_host_and_port() {
+        let upstream = parse_endpoint("127.0.0.1:25101").expect("valid");
+        assert_eq!(
+            (upstream.host.as_str(), upstream.port),
+            ("127.0.0.1", 25101)
+        );
+        assert!(parse_endpoint("no-port").is_none());
+    }
+}
