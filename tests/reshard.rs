@@ -12,23 +12,21 @@ mod harness;
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use shardplane::agent::postgres::{KeyKind, ShardedTable};
 use shardplane::agent::shard_schema::RANGE_CONSTRAINT;
-use shardplane::api::plan::{PlanPhase, PlanPurpose};
+use shardplane::api::plan::PlanPhase;
 use shardplane::api::shard::{ReplicaRole, ReplicaState};
 use shardplane::api::{Plan, Shard, Table};
 use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
 use shardplane::workload::{Checker, Workload, WorkloadConfig};
 use support::{env_with_crds, eventually};
 
-use harness::{DataPlane, SUPERUSER_PASSWORD, TABLE, connect, keys_in};
+use harness::{DataPlane, SUPERUSER_PASSWORD, TABLE, connect, declare, keys_in, reshard};
 
-const APPROVE: &str = "shardplane.io/approve-plan";
 const GRACE_SECONDS: u64 = 3;
 
 /// The workload, the checker and every id acknowledged so far.
@@ -99,22 +97,6 @@ impl Ledger {
     }
 }
 
-fn declare(name: &str, start: Option<i64>, end: Option<i64>) -> Shard {
-    let mut range = json!({});
-    if let Some(start) = start {
-        range["start"] = json!(start);
-    }
-    if let Some(end) = end {
-        range["end"] = json!(end);
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
-        "metadata": {"name": name},
-        "spec": {"table": TABLE, "range": range}
-    }))
-    .unwrap()
-}
-
 async fn routed(plane: &DataPlane) -> Vec<String> {
     let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
     let table = tables.get(TABLE).await.unwrap();
@@ -143,74 +125,6 @@ fn endpoints(shard: &Shard) -> Vec<String> {
         .into_iter()
         .filter_map(|r| r.endpoint)
         .collect()
-}
-
-/// Declares `targets`, approves the reshard plan by its hash and waits until it reaches a
-/// final phase; returns the plan and the fence window (fence → routing switched) measured
-/// on `measured` (a source).
-async fn reshard(plane: &DataPlane, targets: Vec<Shard>, measured: &str) -> (Plan, Option<i64>) {
-    let known: BTreeSet<String> = plans(plane).await.iter().map(|p| p.name_any()).collect();
-    for target in &targets {
-        plane
-            .shards()
-            .create(&PostParams::default(), target)
-            .await
-            .unwrap();
-    }
-    let started = Instant::now();
-    let plan = loop {
-        if let Some(plan) = plans(plane)
-            .await
-            .into_iter()
-            .find(|p| !known.contains(&p.name_any()) && p.spec.purpose == PlanPurpose::Reshard)
-        {
-            break plan;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no reshard plan was made"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    println!("plan {}: {}", plan.name_any(), plan.spec.summary);
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
-        .patch(
-            TABLE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {APPROVE: plan.spec.hash}}})),
-        )
-        .await
-        .unwrap();
-    let plans_api: Api<Plan> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    let started = Instant::now();
-    let mut window = None;
-    loop {
-        if let Ok(source) = plane.shards().get(measured).await {
-            let status = source.status.unwrap_or_default();
-            if let (Some(order), Some(report)) = (status.reshard, status.reshard_report)
-                && let (Some(switched), Some(fenced)) = (order.switched_at_ms, report.fenced_at_ms)
-            {
-                window = Some(switched - fenced);
-            }
-        }
-        let current = plans_api.get(&plan.name_any()).await.unwrap();
-        let phase = current.status.as_ref().and_then(|s| s.phase);
-        if matches!(phase, Some(PlanPhase::Succeeded | PlanPhase::Failed)) {
-            return (current, window);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the reshard plan did not finish: {:?}",
-            current.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn plans(plane: &DataPlane) -> Vec<Plan> {
-    let plans: Api<Plan> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    plans.list(&ListParams::default()).await.unwrap().items
 }
 
 fn succeeded(plan: &Plan) {

@@ -531,3 +531,153 @@ pub async fn serving_primary(
         .any(|e| e.shard == name && e.endpoint.as_deref() == Some(&endpoint) && e.epoch == epoch)
         .then_some((primary.node, endpoint, shard))
 }
+
+/// A Shard of the table over `[start, end)` (`None`: the edge of the key space), as a pull
+/// request declaring a split or merge would add it.
+pub fn declare(name: &str, start: Option<i64>, end: Option<i64>) -> Shard {
+    let mut range = json!({});
+    if let Some(start) = start {
+        range["start"] = json!(start);
+    }
+    if let Some(end) = end {
+        range["end"] = json!(end);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": name},
+        "spec": {"table": TABLE, "range": range}
+    }))
+    .unwrap()
+}
+
+/// Declares `targets`, approves the reshard plan by its hash and waits until it reaches a
+/// final phase; returns the plan and the fence window (fence → routing switched) measured
+/// on `measured` (a source).
+pub async fn reshard(
+    plane: &DataPlane,
+    targets: Vec<Shard>,
+    measured: &str,
+) -> (shardplane::api::Plan, Option<i64>) {
+    let known: std::collections::BTreeSet<String> =
+        plans(plane).await.iter().map(|p| p.name_any()).collect();
+    for target in &targets {
+        plane
+            .shards()
+            .create(&PostParams::default(), target)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let plan = loop {
+        if let Some(plan) = plans(plane).await.into_iter().find(|p| {
+            !known.contains(&p.name_any())
+                && p.spec.purpose == shardplane::api::plan::PlanPurpose::Reshard
+        }) {
+            break plan;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no reshard plan was made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("plan {}: {}", plan.name_any(), plan.spec.summary);
+    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    tables
+        .patch(
+            TABLE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "shardplane.io/approve-plan": plan.spec.hash
+            }}})),
+        )
+        .await
+        .unwrap();
+    let plans_api: Api<shardplane::api::Plan> =
+        Api::namespaced(plane.client.clone(), &plane.namespace);
+    let started = Instant::now();
+    let mut window = None;
+    loop {
+        if let Ok(source) = plane.shards().get(measured).await {
+            let status = source.status.unwrap_or_default();
+            if let (Some(order), Some(report)) = (status.reshard, status.reshard_report)
+                && let (Some(switched), Some(fenced)) = (order.switched_at_ms, report.fenced_at_ms)
+            {
+                window = Some(switched - fenced);
+            }
+        }
+        let current = plans_api.get(&plan.name_any()).await.unwrap();
+        let phase = current.status.as_ref().and_then(|s| s.phase);
+        if matches!(
+            phase,
+            Some(
+                shardplane::api::plan::PlanPhase::Succeeded
+                    | shardplane::api::plan::PlanPhase::Failed
+            )
+        ) {
+            return (current, window);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the reshard plan did not finish: {:?}",
+            current.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every Plan of the plane's namespace.
+pub async fn plans(plane: &DataPlane) -> Vec<shardplane::api::Plan> {
+    let plans: Api<shardplane::api::Plan> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    plans
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+/// A control plane of its own (for a benchmark), the CRDs applied and established, a
+/// namespace, and a data plane of `shards` declared shards there.
+pub async fn bench_plane(
+    namespace: &str,
+    shards: usize,
+) -> (shardplane::sandbox::ControlPlane, DataPlane) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions::is_crd_established};
+
+    let cp = shardplane::sandbox::ControlPlane::start()
+        .await
+        .expect("control plane");
+    let client = cp.client().await.expect("client");
+    let definitions: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in shardplane::api::crds() {
+        let name = crd.name_any();
+        definitions
+            .patch(
+                &name,
+                &kube::api::PatchParams::apply("bench").force(),
+                &kube::api::Patch::Apply(&crd),
+            )
+            .await
+            .expect("CRD applied");
+        let established = await_condition(definitions.clone(), &name, is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .expect("CRD established in time")
+            .expect("CRD watch");
+    }
+    let object = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("namespace");
+    let plane = DataPlane::start(client, namespace, cp.kubeconfig_path(), shards).await;
+    (cp, plane)
+}
