@@ -56,12 +56,16 @@ async fn table_version(tables: &Api<Table>) -> Option<i64> {
 /// Waits until the table's fully rolled-out version is `version`; returns how long it took.
 async fn wait_version(plane: &DataPlane, tables: &Api<Table>, version: i64) -> Duration {
     let started = Instant::now();
+    let versions: Api<SchemaVersion> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let name = format!("{TABLE}-v{version}");
+    // The Table's version moves first, then the version's own status says Complete.
     let reached = eventually(Duration::from_secs(120), || async {
         table_version(tables).await == Some(version)
+            && rollout_of(&versions, &name).await.and_then(|s| s.phase)
+                == Some(RolloutPhase::Complete)
     })
     .await;
     if !reached {
-        let versions: Api<SchemaVersion> = Api::namespaced(plane.client.clone(), &plane.namespace);
         for v in versions.list(&Default::default()).await.unwrap() {
             eprintln!("{}: {:?}", v.name_any(), v.status);
         }
@@ -413,6 +417,22 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         assert!(
             column(&cols, "extra").is_none(),
             "{shard} on {node} kept the rolled-back column: {cols:?}"
+        );
+    }
+
+    // 6. The lock is gone: deleting the rolled-back version retries it (made again from the
+    // Table, rolled out by a new plan).
+    versions.delete(&v7, &Default::default()).await.unwrap();
+    wait_version(&plane, &tables, 7).await;
+    let retried = rollout_of(&versions, &v7).await.unwrap();
+    assert_eq!(retried.phase, Some(RolloutPhase::Complete));
+    assert_ne!(retried.plan, status.plan, "the retry ran a plan of its own");
+    for (shard, node, endpoint) in replicas(&plane).await {
+        let (cols, _) = catalog(&endpoint).await;
+        assert_eq!(
+            column(&cols, "extra"),
+            Some("text"),
+            "{shard} on {node}: {cols:?}"
         );
     }
 }

@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::plan::{PlanPhase, PlanPurpose, PlanTarget, TargetKind};
@@ -293,7 +293,14 @@ impl Rollout<'_> {
             return Ok(None);
         }
         let cluster = &self.table.spec.cluster;
-        let name = plan_wire::plan_name(cluster, PlanPurpose::SchemaRollout, &planned.hash);
+        // The same steps give the same hash; a version deleted to retry its rollout and made
+        // again must not find its predecessor's finished plan, so the name carries the uid.
+        let uid = self.version.uid().unwrap_or_default();
+        let name = format!(
+            "{}-{}",
+            plan_wire::plan_name(cluster, PlanPurpose::SchemaRollout, &planned.hash),
+            &uid[..uid.len().min(5)]
+        );
         let context = PlanContext {
             cluster: cluster.clone(),
             target: PlanTarget {
@@ -313,6 +320,7 @@ impl Rollout<'_> {
         };
         let mut object = Plan::new(&name, plan_wire::to_spec(&planned, context)?);
         object.metadata.namespace = self.version.namespace();
+        object.metadata.owner_references = self.version.controller_owner_ref(&()).map(|o| vec![o]);
         object.metadata.labels = Some(
             [
                 ("shardplane.io/cluster".to_string(), cluster.clone()),
