@@ -324,6 +324,7 @@ fn replica(instance: &Instance, role: ReplicaRole) -> ObservedReplica {
         endpoint: Some(endpoint(instance)),
         lag_bytes: Some(0),
         epoch: Some(1),
+        received_lsn: None,
         last_seen_time: None,
     }
 }

@@ -273,6 +273,7 @@ mod tests {
             endpoint: Some(format!("127.0.0.1:{}", 20000 + node.len())),
             lag_bytes: Some(0),
             epoch: Some(epoch),
+            received_lsn: None,
             last_seen_time: None,
         }
     }

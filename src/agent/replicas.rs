@@ -104,8 +104,8 @@ impl Held {
     }
 
     /// How far the standby is: whether its WAL receiver streams, how many bytes of the
-    /// upstream's WAL (as of the upstream's last message) it has not replayed, and how many
-    /// bytes it received but has not replayed.
+    /// upstream's WAL (as of the upstream's last message) it has not replayed, how many
+    /// bytes it received but has not replayed, and the end of the WAL it holds.
     async fn standby_progress(&mut self) -> Result<StandbyProgress, AgentError> {
         let rows = self
             .query(
@@ -113,7 +113,9 @@ impl Held {
                    (SELECT greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::int8 \
                     FROM pg_stat_wal_receiver), \
                    greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), \
-                     pg_last_wal_replay_lsn()), 0), 0)::int8",
+                     pg_last_wal_replay_lsn()), 0), 0)::int8, \
+                   pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), \
+                     '0/0')::int8",
             )
             .await?;
         Ok(match rows.first() {
@@ -121,6 +123,7 @@ impl Held {
                 streaming: row.get(0),
                 lag: row.get(1),
                 unreplayed: row.get(2),
+                held_lsn: row.get(3),
             },
             None => StandbyProgress::default(),
         })
@@ -133,6 +136,7 @@ struct StandbyProgress {
     streaming: bool,
     lag: Option<i64>,
     unreplayed: i64,
+    held_lsn: Option<i64>,
 }
 
 impl StandbyProgress {
@@ -148,6 +152,12 @@ impl StandbyProgress {
         } else {
             (ReplicaState::CatchingUp, self.lag)
         }
+    }
+
+    /// The end of the WAL held, reported only once the stream has broken: then it is final
+    /// and failover needs it; while streaming it would change with every commit.
+    fn final_lsn(self) -> Option<i64> {
+        (!self.streaming).then_some(self.held_lsn).flatten()
     }
 }
 
@@ -584,6 +594,7 @@ impl ReplicaWorker {
             endpoint: None,
             lag_bytes: None,
             epoch: Some(epoch),
+            received_lsn: None,
             last_seen_time: None,
         }
     }
@@ -606,6 +617,7 @@ impl ReplicaWorker {
             endpoint: None,
             lag_bytes: None,
             epoch: Some(held.record.epoch),
+            received_lsn: None,
             last_seen_time: None,
         };
         let standby_file = held.instance.data_dir().join("standby.signal").exists();
@@ -631,6 +643,7 @@ impl ReplicaWorker {
             report.role = ReplicaRole::Secondary;
             let progress = held.standby_progress().await.unwrap_or_default();
             (report.state, report.lag_bytes) = progress.state(was_in_sync);
+            report.received_lsn = progress.final_lsn();
         } else {
             report.role = ReplicaRole::Primary;
             report.lag_bytes = Some(0);

@@ -197,6 +197,12 @@ pub struct ObservedReplica {
     /// The epoch the replica last acted under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// For a standby whose stream from its primary has broken: the WAL position (in bytes
+    /// from `0/0`) up to which it holds the primary's WAL. Failover promotes the standby
+    /// holding the most, so a commit a synchronous quorum acknowledged survives; absent while
+    /// the standby streams, so a busy shard does not rewrite its status on every commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<i64>,
     /// When the agent last reported this replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_time: Option<Time>,

@@ -163,11 +163,27 @@ pub fn domain_role(role: WireRole) -> plan::ReplicaRole {
     }
 }
 
+/// How far a replica is behind. Once a standby's stream has broken it reports the end of
+/// the WAL it holds; then the lag that counts is against the standby holding the most, so
+/// failover (which promotes only the least lagging) never picks one missing a commit
+/// another acknowledged. A secondary yet to report its position while another has is not
+/// known to hold everything, and counts as lagging without bound.
+fn lag_bytes(observed: Option<&ObservedReplica>, most_held: Option<i64>) -> u64 {
+    let reported = observed.and_then(|o| o.lag_bytes).unwrap_or(0).max(0) as u64;
+    match (observed, most_held) {
+        (Some(o), Some(most)) if o.role == WireRole::Secondary => o
+            .received_lsn
+            .map_or(u64::MAX, |held| reported.max((most - held).max(0) as u64)),
+        _ => reported,
+    }
+}
+
 /// A Shard as the planner sees it: the desired replica set, with what agents observe.
 pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
     let range = KeyRange::from_wire(shard.spec.range.start, shard.spec.range.end)?;
     let status = shard.status.clone().unwrap_or_default();
     let epoch = status.primary.as_ref().map_or(0, |p| p.epoch.max(0) as u64);
+    let most_held = status.replicas.iter().filter_map(|o| o.received_lsn).max();
     let replicas = status
         .desired_replicas
         .iter()
@@ -177,7 +193,7 @@ pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
                 node: desired.node.clone(),
                 role: domain_role(desired.role),
                 in_sync: observed.is_some_and(|o| o.state == ReplicaState::InSync),
-                lag_bytes: observed.and_then(|o| o.lag_bytes).unwrap_or(0).max(0) as u64,
+                lag_bytes: lag_bytes(observed, most_held),
             }
         })
         .collect();
@@ -199,4 +215,44 @@ pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
 /// The replica an agent reports on `node`, if any.
 pub fn observed_on<'a>(replicas: &'a [ObservedReplica], node: &str) -> Option<&'a ObservedReplica> {
     replicas.iter().find(|r| r.node == node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby(node: &str, received_lsn: Option<i64>) -> ObservedReplica {
+        ObservedReplica {
+            node: node.into(),
+            role: WireRole::Secondary,
+            state: ReplicaState::InSync,
+            endpoint: None,
+            lag_bytes: Some(0),
+            epoch: Some(1),
+            received_lsn,
+            last_seen_time: None,
+        }
+    }
+
+    #[test]
+    fn after_the_stream_breaks_only_the_standby_holding_the_most_wal_has_no_lag() {
+        let ahead = standby("a", Some(5_000));
+        let behind = standby("b", Some(4_000));
+        let silent = standby("c", None);
+        let most = Some(5_000);
+        assert_eq!(lag_bytes(Some(&ahead), most), 0);
+        assert_eq!(lag_bytes(Some(&behind), most), 1_000);
+        assert_eq!(lag_bytes(Some(&silent), most), u64::MAX);
+    }
+
+    #[test]
+    fn while_streaming_the_reported_lag_counts() {
+        let mut streaming = standby("a", None);
+        streaming.lag_bytes = Some(42);
+        assert_eq!(lag_bytes(Some(&streaming), None), 42);
+        let mut primary = standby("p", None);
+        primary.role = WireRole::Primary;
+        assert_eq!(lag_bytes(Some(&primary), Some(9_000)), 0);
+        assert_eq!(lag_bytes(None, Some(9_000)), 0);
+    }
 }

@@ -90,6 +90,7 @@ async fn report_replicas(shards: &Api<Shard>, node: &str) {
             endpoint: Some(format!("127.0.0.1:{}", 20000 + epoch)),
             lag_bytes: Some(0),
             epoch: Some(epoch),
+            received_lsn: None,
             last_seen_time: None,
         });
         if let Err(error) = report_replica(shards, &shard.name_any(), node, report.as_ref()).await {
