@@ -13,18 +13,20 @@
 mod harness;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use shardplane::api::schema_version::{RolloutPhase, SchemaVersionStatus};
-use shardplane::api::{DatabaseCluster, Plan, SchemaVersion, Shard, Table};
-use shardplane::routing::{DatabaseCredentials, Router, RouterConfig};
+use shardplane::api::schema_version::RolloutPhase;
+use shardplane::api::{Plan, SchemaVersion, Shard, Table};
 use shardplane::workload::{Workload, WorkloadConfig};
 use support::eventually;
 
-use harness::{DataPlane, SUPERUSER_PASSWORD, TABLE, connect};
+use harness::{
+    DataPlane, TABLE, connect, declare_schema, relax_failure_detection, schema_version_status,
+    table_router, wait_schema_version,
+};
 
 const SHARDS: usize = 8;
 
@@ -37,47 +39,24 @@ fn columns(extra: Value) -> Value {
     Value::Array(columns)
 }
 
-/// Declares the table's columns and indexes (everything else stays).
-async fn declare(tables: &Api<Table>, columns: Value, indexes: Value) {
-    tables
-        .patch(
-            TABLE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"columns": columns, "indexes": indexes}})),
-        )
-        .await
-        .unwrap();
-}
-
 async fn table_version(tables: &Api<Table>) -> Option<i64> {
     tables.get(TABLE).await.ok()?.status?.schema_version
 }
 
-/// Waits until the table's fully rolled-out version is `version`; returns how long it took.
-async fn wait_version(plane: &DataPlane, tables: &Api<Table>, version: i64) -> Duration {
-    let started = Instant::now();
-    let versions: Api<SchemaVersion> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    let name = format!("{TABLE}-v{version}");
-    // The Table's version moves first, then the version's own status says Complete.
-    let reached = eventually(Duration::from_secs(120), || async {
-        table_version(tables).await == Some(version)
-            && rollout_of(&versions, &name).await.and_then(|s| s.phase)
-                == Some(RolloutPhase::Complete)
-    })
-    .await;
-    if !reached {
-        for v in versions.list(&Default::default()).await.unwrap() {
-            eprintln!("{}: {:?}", v.name_any(), v.status);
+/// Waits until the table's version `version` is rolled out; returns how long it took.
+async fn wait_version(plane: &DataPlane, version: i64) -> Duration {
+    match wait_schema_version(plane, version, Duration::from_secs(120)).await {
+        Some(took) => took,
+        None => {
+            let versions: Api<SchemaVersion> =
+                Api::namespaced(plane.client.clone(), &plane.namespace);
+            for v in versions.list(&Default::default()).await.unwrap() {
+                eprintln!("{}: {:?}", v.name_any(), v.status);
+            }
+            plane.print_logs();
+            panic!("version {version} was not rolled out within 120 s");
         }
-        plane.print_logs();
-        panic!("version {version} was not rolled out within 120 s");
     }
-    started.elapsed()
-}
-
-/// The rollout status of SchemaVersion `name`, once it has one.
-async fn rollout_of(versions: &Api<SchemaVersion>, name: &str) -> Option<SchemaVersionStatus> {
-    versions.get(name).await.ok()?.status
 }
 
 /// Every replica's endpoint, with its shard and node.
@@ -154,38 +133,14 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
     )
     .await;
     plane.wait_serving(SHARDS, Duration::from_secs(180)).await;
-    // This test is about schema changes, not failover: on a loaded 2-core machine running 24
-    // instances, the harness's 600 ms suspicion makes primaries fence themselves now and then.
-    let clusters: Api<DatabaseCluster> = env.api();
-    clusters
-        .patch(
-            "main",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"failureDetection": {
-                "heartbeatIntervalMs": 500, "suspectAfterMs": 5000, "deadAfterMs": 10000
-            }}})),
-        )
-        .await
-        .unwrap();
+    // This test is about schema changes, not failover.
+    relax_failure_detection(&plane).await;
     let tables: Api<Table> = env.api();
     let versions: Api<SchemaVersion> = env.api();
     let plans: Api<Plan> = env.api();
-    wait_version(&plane, &tables, 1).await;
+    wait_version(&plane, 1).await;
 
-    let config = RouterConfig {
-        deadline: Duration::from_secs(10),
-        range_constraint: "shardplane_shard_range".to_owned(),
-        ..RouterConfig::default()
-    };
-    let router = Router::start(
-        env.client.clone(),
-        &env.namespace,
-        TABLE,
-        DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres"),
-        config,
-    )
-    .await
-    .unwrap();
+    let router = table_router(&plane).await;
     let workload = Workload::start(router, &WorkloadConfig::new(TABLE, "id", 4, 200.0)).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -194,8 +149,8 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         {"name": "code", "type": "varchar(20)"},
         {"name": "legacy", "type": "text"}
     ]);
-    declare(&tables, columns(added.clone()), json!([])).await;
-    let took = wait_version(&plane, &tables, 2).await;
+    declare_schema(&plane, columns(added.clone()), json!([])).await;
+    let took = wait_version(&plane, 2).await;
     eprintln!(
         "schema_rollout_s_3_nodes={:.2} (add 2 columns, {SHARDS} shards x RF 3)",
         took.as_secs_f64()
@@ -224,16 +179,16 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
 
     // 2. Add an index (CREATE INDEX CONCURRENTLY, outside a transaction).
     let by_code = json!([{"name": "by_code", "columns": ["code"]}]);
-    declare(&tables, columns(added.clone()), by_code.clone()).await;
-    let index_took = wait_version(&plane, &tables, 3).await;
+    declare_schema(&plane, columns(added.clone()), by_code.clone()).await;
+    let index_took = wait_version(&plane, 3).await;
 
     // 3. Widen a varchar (catalog-only ALTER TYPE).
     let widened = json!([
         {"name": "code", "type": "varchar(40)"},
         {"name": "legacy", "type": "text"}
     ]);
-    declare(&tables, columns(widened.clone()), by_code.clone()).await;
-    let widen_took = wait_version(&plane, &tables, 4).await;
+    declare_schema(&plane, columns(widened.clone()), by_code.clone()).await;
+    let widen_took = wait_version(&plane, 4).await;
     eprintln!(
         "add index {:.2} s, widen varchar {:.2} s",
         index_took.as_secs_f64(),
@@ -279,14 +234,14 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         {"name": "code", "type": "varchar(40)"},
         {"name": "legacy", "type": "text", "deprecated": true}
     ]);
-    declare(&tables, columns(deprecated), by_code.clone()).await;
-    wait_version(&plane, &tables, 5).await;
+    declare_schema(&plane, columns(deprecated), by_code.clone()).await;
+    wait_version(&plane, 5).await;
     let dropped = json!([{"name": "code", "type": "varchar(40)"}]);
-    declare(&tables, columns(dropped.clone()), by_code.clone()).await;
+    declare_schema(&plane, columns(dropped.clone()), by_code.clone()).await;
     let v6 = format!("{TABLE}-v6");
     assert!(
         eventually(Duration::from_secs(30), || async {
-            rollout_of(&versions, &v6)
+            schema_version_status(&plane, 6)
                 .await
                 .and_then(|s| s.plan)
                 .is_some()
@@ -326,7 +281,7 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         )
         .await
         .unwrap();
-    wait_version(&plane, &tables, 6).await;
+    wait_version(&plane, 6).await;
     assert_column(&plane, "legacy", None).await;
     assert_column(&plane, "code", Some("character varying(40)")).await;
 
@@ -352,10 +307,11 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "extra", "type": "text"}));
-    declare(&tables, failing, by_code.clone()).await;
+    declare_schema(&plane, failing, by_code.clone()).await;
     let v7 = format!("{TABLE}-v7");
     let rolled_back = eventually(Duration::from_secs(120), || async {
-        rollout_of(&versions, &v7).await.and_then(|s| s.phase) == Some(RolloutPhase::RolledBack)
+        schema_version_status(&plane, 7).await.and_then(|s| s.phase)
+            == Some(RolloutPhase::RolledBack)
     })
     .await;
     if !rolled_back {
@@ -419,8 +375,8 @@ async fn schema_changes_roll_out_in_waves_wait_for_approval_and_roll_back_on_fai
     // 6. The lock is gone: deleting the rolled-back version retries it (made again from the
     // Table, rolled out by a new plan).
     versions.delete(&v7, &Default::default()).await.unwrap();
-    wait_version(&plane, &tables, 7).await;
-    let retried = rollout_of(&versions, &v7).await.unwrap();
+    wait_version(&plane, 7).await;
+    let retried = schema_version_status(&plane, 7).await.unwrap();
     assert_eq!(retried.phase, Some(RolloutPhase::Complete));
     assert_ne!(retried.plan, status.plan, "the retry ran a plan of its own");
     assert_column(&plane, "extra", Some("text")).await;

@@ -681,3 +681,118 @@ pub async fn bench_plane(
     let plane = DataPlane::start(client, namespace, cp.kubeconfig_path(), shards).await;
     (cp, plane)
 }
+
+/// Schema rollouts (`tests/schema_rollout.rs`, `benches/schema_rollout.rs`): declares the
+/// Table's columns and indexes (everything else stays).
+pub async fn declare_schema(
+    plane: &DataPlane,
+    columns: serde_json::Value,
+    indexes: serde_json::Value,
+) {
+    Api::<Table>::namespaced(plane.client.clone(), &plane.namespace)
+        .patch(
+            TABLE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"columns": columns, "indexes": indexes}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The status of SchemaVersion `<TABLE>-v<version>`, once it has one.
+pub async fn schema_version_status(
+    plane: &DataPlane,
+    version: i64,
+) -> Option<shardplane::api::schema_version::SchemaVersionStatus> {
+    Api::<shardplane::api::SchemaVersion>::namespaced(plane.client.clone(), &plane.namespace)
+        .get(&format!("{TABLE}-v{version}"))
+        .await
+        .ok()?
+        .status
+}
+
+/// Waits (at most `timeout`) until version `version` of the table is rolled out: the Table's
+/// `status.schemaVersion` moved to it, then the version's own phase says `Complete`. Returns
+/// how long it took; `None` when it did not happen in time.
+pub async fn wait_schema_version(
+    plane: &DataPlane,
+    version: i64,
+    timeout: Duration,
+) -> Option<Duration> {
+    use shardplane::api::schema_version::RolloutPhase;
+    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let table = tables.get(TABLE).await.ok().and_then(|t| t.status);
+        if table.and_then(|s| s.schema_version) == Some(version)
+            && schema_version_status(plane, version)
+                .await
+                .and_then(|s| s.phase)
+                == Some(RolloutPhase::Complete)
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Failure detection of 500 / 5000 / 10000 ms (heartbeat / suspect / dead): for tests of
+/// something other than failover on a loaded machine, where the harness's 600 ms suspicion
+/// makes primaries fence themselves now and then.
+pub async fn relax_failure_detection(plane: &DataPlane) {
+    Api::<DatabaseCluster>::namespaced(plane.client.clone(), &plane.namespace)
+        .patch(
+            "main",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"failureDetection": {
+                "heartbeatIntervalMs": 500, "suspectAfterMs": 5000, "deadAfterMs": 10000
+            }}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A router for the table, as the superuser, with a 10 s deadline.
+pub async fn table_router(plane: &DataPlane) -> shardplane::routing::Router {
+    let config = shardplane::routing::RouterConfig {
+        deadline: Duration::from_secs(10),
+        range_constraint: "shardplane_shard_range".to_owned(),
+        ..shardplane::routing::RouterConfig::default()
+    };
+    shardplane::routing::Router::start(
+        plane.client.clone(),
+        &plane.namespace,
+        TABLE,
+        shardplane::routing::DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres"),
+        config,
+    )
+    .await
+    .unwrap()
+}
+
+/// Sets how long the table's shards replaced by a split or merge are kept after the
+/// routing switch.
+pub async fn set_retire_grace(plane: &DataPlane, seconds: u64) {
+    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    tables
+        .patch(
+            TABLE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "shardplane.io/retire-grace-seconds": seconds.to_string()
+            }}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The plan finished with every step done.
+pub fn assert_succeeded(plan: &shardplane::api::Plan) {
+    assert_eq!(
+        plan.status.as_ref().and_then(|s| s.phase),
+        Some(shardplane::api::plan::PlanPhase::Succeeded),
+        "{:?}",
+        plan.status
+    );
+}
