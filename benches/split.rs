@@ -15,14 +15,12 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use kube::api::Api;
 use shardplane::agent::postgres::pipe_copy;
-use shardplane::api::plan::PlanPhase;
 use shardplane::api::shard::ReplicaRole;
-use shardplane::api::{Shard, Table};
+use shardplane::api::Shard;
 
-use harness::{TABLE, bench_plane, connect, declare, reshard};
+use harness::{TABLE, assert_succeeded, bench_plane, connect, declare, reshard, set_retire_grace};
 
 const ROWS: i64 = 1_000_000;
 const CYCLES: usize = 3;
@@ -133,17 +131,7 @@ fn quantile(samples: &[i64], q: f64) -> i64 {
 async fn main() {
     let (_control_plane, plane) = bench_plane("bench-split", 1).await;
     plane.wait_serving(1, Duration::from_secs(180)).await;
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
-        .patch(
-            TABLE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/retire-grace-seconds": GRACE_SECONDS.to_string()
-            }}})),
-        )
-        .await
-        .expect("grace annotation");
+    set_retire_grace(&plane, GRACE_SECONDS).await;
     let shards = plane.shards();
     let loaded = Instant::now();
     connect(&primary_of(&shards, "orders-0").await.expect("primary"))
@@ -180,12 +168,7 @@ async fn main() {
             &current,
         )
         .await;
-        assert_eq!(
-            plan.status.as_ref().and_then(|s| s.phase),
-            Some(PlanPhase::Succeeded),
-            "{:?}",
-            plan.status
-        );
+        assert_succeeded(&plan);
         let copied = timer.await.expect("copy timer");
         let (plain, plain_rows) = baseline.await.expect("plain copy");
         let window = window.expect("fence window");
@@ -203,12 +186,7 @@ async fn main() {
         let merged = format!("m{cycle}");
         let timer = tokio::spawn(copy_time(shards.clone(), vec![merged.clone()], 2));
         let (plan, window) = reshard(&plane, vec![declare(&merged, None, None)], &low).await;
-        assert_eq!(
-            plan.status.as_ref().and_then(|s| s.phase),
-            Some(PlanPhase::Succeeded),
-            "{:?}",
-            plan.status
-        );
+        assert_succeeded(&plan);
         let copied = timer.await.expect("copy timer");
         let window = window.expect("fence window");
         println!(

@@ -14,18 +14,20 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use kube::api::Api;
 use shardplane::agent::postgres::{KeyKind, ShardedTable};
 use shardplane::agent::shard_schema::RANGE_CONSTRAINT;
 use shardplane::api::plan::PlanPhase;
 use shardplane::api::shard::{ReplicaRole, ReplicaState};
-use shardplane::api::{Plan, Shard, Table};
+use shardplane::api::{Shard, Table};
 use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
 use shardplane::workload::{Checker, Workload, WorkloadConfig};
 use support::{env_with_crds, eventually};
 
-use harness::{DataPlane, SUPERUSER_PASSWORD, TABLE, connect, declare, keys_in, reshard};
+use harness::{
+    DataPlane, SUPERUSER_PASSWORD, TABLE, assert_succeeded, connect, declare, keys_in, reshard,
+    set_retire_grace,
+};
 
 const GRACE_SECONDS: u64 = 3;
 
@@ -127,15 +129,6 @@ fn endpoints(shard: &Shard) -> Vec<String> {
         .collect()
 }
 
-fn succeeded(plan: &Plan) {
-    assert_eq!(
-        plan.status.as_ref().and_then(|s| s.phase),
-        Some(PlanPhase::Succeeded),
-        "{:?}",
-        plan.status
-    );
-}
-
 /// The replaced shards and their instances are gone.
 async fn assert_gone(plane: &DataPlane, name: &str, old_endpoints: &[String]) {
     assert!(
@@ -164,17 +157,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     )
     .await;
     plane.wait_serving(4, Duration::from_secs(180)).await;
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
-        .patch(
-            TABLE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/retire-grace-seconds": GRACE_SECONDS.to_string()
-            }}})),
-        )
-        .await
-        .unwrap();
+    set_retire_grace(&plane, GRACE_SECONDS).await;
     let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
     let config = RouterConfig {
         deadline: Duration::from_secs(40),
@@ -221,7 +204,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         "orders-1",
     )
     .await;
-    succeeded(&plan);
+    assert_succeeded(&plan);
     println!("split: write-fence window (fence → routing switched) {window:?} ms");
     assert!(window.is_some_and(|w| w >= 0), "no fence window recorded");
     let names = routed(&plane).await;
@@ -247,7 +230,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         "orders-2",
     )
     .await;
-    succeeded(&plan);
+    assert_succeeded(&plan);
     println!("merge: write-fence window (fence → routing switched) {window:?} ms");
     assert!(window.is_some_and(|w| w >= 0), "no fence window recorded");
     assert_eq!(

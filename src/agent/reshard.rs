@@ -322,49 +322,61 @@ pub(crate) async fn serve_source(
     let lsn = report.fenced_lsn.clone().unwrap_or_default();
     wait_drained(instance, &lsn).await?;
     let table = table_of(ctx, shard).await?;
-    let local = instance.connect().await?;
-    let mut checks = Vec::new();
-    for target in &order.verify {
-        let range = range_of(&shard.name_any(), target)?;
-        let upstream = parse_endpoint(&target.endpoint)
-            .ok_or_else(|| bad_endpoint(&shard.name_any(), &target.endpoint))?;
-        let check = match connect(&upstream, &ctx.credentials).await {
-            Ok(remote) => match verify_range(&local, &remote, &table, range).await {
-                Ok(digest) => RangeCheck {
-                    target: target.shard.clone(),
-                    matches: true,
-                    rows: digest.rows,
-                    detail: format!("{range}: {digest} on both sides"),
-                },
-                Err(PostgresError::RangeMismatch {
-                    on_source,
-                    on_target,
-                    ..
-                }) => RangeCheck {
-                    target: target.shard.clone(),
-                    matches: false,
-                    rows: on_source.rows,
-                    detail: format!(
-                        "{range}: source has {on_source}, target {} has {on_target}",
-                        target.shard
-                    ),
-                },
-                Err(error) => return Err(error.into()),
-            },
-            Err(error) => {
-                return Err(PostgresError::Sql {
-                    instance: target.endpoint.clone(),
-                    what: "connecting to a target primary to verify its range",
-                    source: error,
-                }
-                .into());
-            }
-        };
-        tracing::info!(shard = %shard.name_any(), target = %check.target, matches = check.matches, detail = %check.detail, "range verified");
-        checks.push(check);
-    }
+    // One session per range on each side, all at once: the ranges are scanned in parallel.
+    let checks = futures::future::try_join_all(
+        order
+            .verify
+            .iter()
+            .map(|target| check_range(ctx, instance, shard, &table, target)),
+    )
+    .await?;
     report.checks = checks;
     write_report(ctx, shard, &report).await
+}
+
+/// Compares one target's range with this (fenced) source's.
+async fn check_range(
+    ctx: &NodeContext,
+    instance: &Instance,
+    shard: &Shard,
+    table: &ShardedTable,
+    target: &RangeEndpoint,
+) -> Result<RangeCheck, AgentError> {
+    let range = range_of(&shard.name_any(), target)?;
+    let upstream = parse_endpoint(&target.endpoint)
+        .ok_or_else(|| bad_endpoint(&shard.name_any(), &target.endpoint))?;
+    let local = instance.connect().await?;
+    let remote = connect(&upstream, &ctx.credentials)
+        .await
+        .map_err(|source| PostgresError::Sql {
+            instance: target.endpoint.clone(),
+            what: "connecting to a target primary to verify its range",
+            source,
+        })?;
+    let check = match verify_range(&local, &remote, table, range).await {
+        Ok(digest) => RangeCheck {
+            target: target.shard.clone(),
+            matches: true,
+            rows: digest.rows,
+            detail: format!("{range}: {digest} on both sides"),
+        },
+        Err(PostgresError::RangeMismatch {
+            on_source,
+            on_target,
+            ..
+        }) => RangeCheck {
+            target: target.shard.clone(),
+            matches: false,
+            rows: on_source.rows,
+            detail: format!(
+                "{range}: source has {on_source}, target {} has {on_target}",
+                target.shard
+            ),
+        },
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(shard = %shard.name_any(), target = %check.target, matches = check.matches, detail = %check.detail, "range verified");
+    Ok(check)
 }
 
 /// Waits (at most [`DRAIN_TIMEOUT`]) until every split/merge subscriber of this instance has
