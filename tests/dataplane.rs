@@ -199,6 +199,45 @@ async fn plan_phase(env: &TestEnv, purpose: PlanPurpose) -> Option<PlanPhase> {
     plan_of(env, purpose).await?.status?.phase
 }
 
+/// Prints how long each step of `plan` took (from its status).
+fn print_step_times(plan: &Plan) {
+    let Some(status) = &plan.status else {
+        return;
+    };
+    for step in &plan.spec.steps {
+        let Some(done) = status.steps.iter().find(|s| s.id == step.id) else {
+            continue;
+        };
+        let took = match (&done.started_at, &done.finished_at) {
+            (Some(a), Some(b)) => format!("{:.1} s", b.0.duration_since(a.0).as_secs_f64()),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "  step {:>2} {:<16} {:<10} {:<4} {:?} {took} (attempts {})",
+            step.id,
+            step.action,
+            step.shard.as_deref().unwrap_or(""),
+            step.node.as_deref().unwrap_or(""),
+            done.phase,
+            done.attempts
+        );
+    }
+}
+
+/// Prints the plans and every shard's replicas with role, state and epoch (for a failure).
+async fn print_state(env: &TestEnv) {
+    kubectl_get(env, &["plans"]).await;
+    kubectl_get(
+        env,
+        &[
+            "shards",
+            "-o",
+            "custom-columns=NAME:.metadata.name,PRIMARY:.status.primary.node,EPOCH:.status.primary.epoch,NODES:.status.replicas[*].node,ROLES:.status.replicas[*].role,STATES:.status.replicas[*].state",
+        ],
+    )
+    .await;
+}
+
 async fn set_desired_state(env: &TestEnv, node: &str, state: &str) {
     let nodes: Api<DatabaseNode> = env.api();
     let patch = json!({"spec": {"desiredState": state}});
@@ -279,7 +318,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
     let on_n1 = replicas_on(&plane, "n1").await;
     assert_eq!(on_n1, SHARDS, "n1 should hold a replica of every shard");
     set_desired_state(&env, "n1", "Drained").await;
-    let moved = eventually(Duration::from_secs(180), || async {
+    let moved = eventually(Duration::from_secs(300), || async {
         plan_phase(&env, PlanPurpose::Drain).await == Some(PlanPhase::Succeeded)
             && replicas_on(&plane, "n1").await == 0
             && replicas_on(&plane, "n4").await == SHARDS
@@ -287,7 +326,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
     })
     .await;
     if !moved {
-        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
+        print_state(&env).await;
         panic!("n1's replicas did not move to n4");
     }
     let plan = plan_of(&env, PlanPurpose::Drain).await.unwrap();
@@ -301,6 +340,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
         phase.elapsed(),
         plan.spec.steps.len()
     );
+    print_step_times(&plan);
     ledger
         .finish("move (drain n1 onto n4)", workload, 100)
         .await;
@@ -397,31 +437,21 @@ const ZONED_NODES: [NodeDef; 7] = [
     ("n7", "r3", "r3-a", 27700),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_zoned_nodes_place_rebalance_onto_new_nodes_and_decommission_one() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    const SHARDS: usize = 8;
-    let env = env_with_crds().await;
-    let started = Instant::now();
-    let mut plane = DataPlane::start_with(
-        env.client.clone(),
-        &env.namespace,
-        env.control_plane.kubeconfig_path(),
-        SHARDS,
-        &ZONED_NODES,
-        5,
-    )
-    .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(180)).await;
-    println!(
-        "{SHARDS} shards x 3 replicas on 5 nodes serving after {:.1?}",
-        started.elapsed()
-    );
+const ZONED_SHARDS: usize = 8;
 
-    // Placement honours zones and regions, as kubectl shows.
-    kubectl_get(&env, &["databasenodes"]).await;
-    let placement = kubectl_get(
-        &env,
+fn zone_of(node: &str) -> (&'static str, &'static str) {
+    ZONED_NODES
+        .iter()
+        .find(|n| n.0 == node)
+        .map(|n| (n.1, n.2))
+        .unwrap()
+}
+
+/// Prints `kubectl get shards` with each shard's primary and replica nodes, asserts every
+/// shard has three replicas in three zones of three regions, and returns the listing.
+async fn assert_spread_by_zone(env: &TestEnv) -> String {
+    let text = kubectl_get(
+        env,
         &[
             "shards",
             "--no-headers",
@@ -430,71 +460,51 @@ async fn five_zoned_nodes_place_rebalance_onto_new_nodes_and_decommission_one() 
         ],
     )
     .await;
-    let zone_of = |node: &str| {
-        ZONED_NODES
-            .iter()
-            .find(|n| n.0 == node)
-            .map(|n| (n.1, n.2))
-            .unwrap()
-    };
-    let assert_spread = |text: &str| {
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), SHARDS, "{text}");
-        for line in lines {
-            let columns: Vec<&str> = line.split_whitespace().collect();
-            let nodes: Vec<&str> = columns[2].split(',').collect();
-            assert_eq!(nodes.len(), 3, "{line}");
-            assert!(nodes.contains(&columns[1]), "{line}");
-            let zones: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).1).collect();
-            let regions: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).0).collect();
-            assert_eq!((zones.len(), regions.len()), (3, 3), "{line}");
-        }
-    };
-    assert_spread(&placement);
-
-    let mut ledger = Ledger::new(&env).await;
-
-    // Two nodes join and rebalancing is on: a Rebalance plan moves replicas onto them.
-    let workload = ledger.start(100).await;
-    let phase = Instant::now();
-    for node in ["n6", "n7"] {
-        plane.start_agent(node);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), ZONED_SHARDS, "{text}");
+    for line in lines {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let nodes: Vec<&str> = columns[2].split(',').collect();
+        assert_eq!(nodes.len(), 3, "{line}");
+        assert!(nodes.contains(&columns[1]), "{line}");
+        let zones: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).1).collect();
+        let regions: BTreeSet<_> = nodes.iter().map(|n| zone_of(n).0).collect();
+        assert_eq!((zones.len(), regions.len()), (3, 3), "{line}");
     }
-    for node in ["n6", "n7"] {
-        wait_online(&env, node).await;
-    }
-    let clusters: Api<DatabaseCluster> = env.api();
-    let patch = json!({"spec": {"rebalancing": {"enabled": true}}});
-    clusters
-        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
-    let rebalanced = eventually(Duration::from_secs(240), || async {
-        plan_phase(&env, PlanPurpose::Rebalance).await == Some(PlanPhase::Succeeded)
-            && replicas_on(&plane, "n6").await > 0
-            && replicas_on(&plane, "n7").await > 0
-            && plane.all_serving(SHARDS).await
-    })
+    text
+}
+
+/// Issue #4's cluster: nodes n1..n5 with agents, eight shards serving, placed by zone.
+async fn zoned_plane(env: &TestEnv, started: Instant) -> DataPlane {
+    let plane = DataPlane::start_with(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        ZONED_SHARDS,
+        &ZONED_NODES,
+        5,
+    )
     .await;
-    if !rebalanced {
-        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
-        panic!("the new nodes received no replicas");
-    }
-    let plan = plan_of(&env, PlanPurpose::Rebalance).await.unwrap();
+    plane
+        .wait_serving(ZONED_SHARDS, Duration::from_secs(180))
+        .await;
     println!(
-        "rebalance: {} steps, n6 holds {}, n7 holds {} replicas, after {:.1?}",
-        plan.spec.steps.len(),
-        replicas_on(&plane, "n6").await,
-        replicas_on(&plane, "n7").await,
-        phase.elapsed()
+        "{ZONED_SHARDS} shards x 3 replicas on 5 nodes serving after {:.1?}",
+        started.elapsed()
     );
-    // Turn it off again so the decommission below is the only change.
-    let patch = json!({"spec": {"rebalancing": {"enabled": false}}});
-    clusters
-        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
-    ledger.finish("rebalance onto n6, n7", workload, 100).await;
+    kubectl_get(env, &["databasenodes"]).await;
+    assert_spread_by_zone(env).await;
+    plane
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_zoned_nodes_place_by_zone_and_a_node_is_drained_and_decommissioned() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const SHARDS: usize = ZONED_SHARDS;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = zoned_plane(&env, started).await;
+    let mut ledger = Ledger::new(&env).await;
 
     // Decommission n2: drained, then removed once the destructive plan is approved (by the
     // annotation with its hash on the node, as a reviewed pull request does).
@@ -524,29 +534,84 @@ async fn five_zoned_nodes_place_rebalance_onto_new_nodes_and_decommission_one() 
     })
     .await;
     if !gone {
-        kubectl_get(&env, &["plans,shards", "-o", "yaml"]).await;
+        print_state(&env).await;
         panic!("n2 was not decommissioned");
     }
+    let plan = plan_of(&env, PlanPurpose::Decommission).await.unwrap();
     println!(
         "decommission: n2 emptied and Decommissioned ({} steps) after {:.1?}",
         plan.spec.steps.len(),
         phase.elapsed()
     );
+    print_step_times(&plan);
     ledger.finish("decommission of n2", workload, 100).await;
-    let placement = kubectl_get(
-        &env,
-        &[
-            "shards",
-            "--no-headers",
-            "-o",
-            "custom-columns=NAME:.metadata.name,PRIMARY:.status.primary.node,NODES:.status.desiredReplicas[*].node",
-        ],
-    )
-    .await;
-    assert_spread(&placement);
+    let placement = assert_spread_by_zone(&env).await;
     assert!(!placement.contains("n2"), "{placement}");
     kubectl_get(&env, &["databasenodes"]).await;
     ledger.summary();
     plane.agents.clear();
-    println!("issue #4 scenarios took {:.1?}", started.elapsed());
+    println!(
+        "issue #4 placement + decommission took {:.1?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_new_nodes_receive_replicas_through_rebalancing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const SHARDS: usize = ZONED_SHARDS;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = zoned_plane(&env, started).await;
+    let mut ledger = Ledger::new(&env).await;
+
+    // Two nodes join and rebalancing is turned on: a Rebalance plan moves replicas and
+    // primaries onto them; every replica, including each primary demoted by a
+    // TransferPrimary, must serve in sync afterwards.
+    let workload = ledger.start(100).await;
+    let phase = Instant::now();
+    for node in ["n6", "n7"] {
+        plane.start_agent(node);
+    }
+    for node in ["n6", "n7"] {
+        wait_online(&env, node).await;
+    }
+    let clusters: Api<DatabaseCluster> = env.api();
+    let patch = json!({"spec": {"rebalancing": {"enabled": true}}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let rebalanced = eventually(Duration::from_secs(240), || async {
+        plan_phase(&env, PlanPurpose::Rebalance).await == Some(PlanPhase::Succeeded)
+            && replicas_on(&plane, "n6").await > 0
+            && replicas_on(&plane, "n7").await > 0
+    })
+    .await;
+    if !rebalanced {
+        print_state(&env).await;
+        panic!("the new nodes received no replicas");
+    }
+    let plan = plan_of(&env, PlanPurpose::Rebalance).await.unwrap();
+    println!(
+        "rebalance: {} steps, n6 holds {}, n7 holds {} replicas, after {:.1?}",
+        plan.spec.steps.len(),
+        replicas_on(&plane, "n6").await,
+        replicas_on(&plane, "n7").await,
+        phase.elapsed()
+    );
+    print_step_times(&plan);
+    let serving = eventually(Duration::from_secs(120), || plane.all_serving(SHARDS)).await;
+    if !serving {
+        print_state(&env).await;
+        panic!(
+            "after the rebalance not every replica serves in sync (a primary demoted by \
+             TransferPrimary that stays Down: see its agent's pg_rewind errors above)"
+        );
+    }
+    ledger.finish("rebalance onto n6, n7", workload, 100).await;
+    assert_spread_by_zone(&env).await;
+    ledger.summary();
+    plane.agents.clear();
+    println!("issue #4 rebalance took {:.1?}", started.elapsed());
 }
