@@ -16,17 +16,15 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use shardplane::agent::postgres::{KeyKind, ShardedTable};
-use shardplane::agent::shard_schema::RANGE_CONSTRAINT;
 use shardplane::api::database_node::NodePhase;
 use shardplane::api::plan::{PlanPhase, PlanPurpose};
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, Plan, Shard};
-use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
+use shardplane::routing::{Router, ShardKeyValue};
 use shardplane::workload::{CheckReport, Checker, Workload, WorkloadConfig, WorkloadReport};
 use support::{TestEnv, env_with_crds, eventually};
 
-use harness::{DataPlane, NodeDef, SUPERUSER_PASSWORD, TABLE};
+use harness::{DataPlane, NodeDef, TABLE};
 
 /// The scenarios share two cores: one cluster at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -46,29 +44,7 @@ struct Ledger {
 
 impl Ledger {
     async fn new(env: &TestEnv) -> Self {
-        let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
-        let config = RouterConfig {
-            // Longer than a node's failover (its primaries are promoted one after another).
-            deadline: Duration::from_secs(40),
-            range_constraint: RANGE_CONSTRAINT.to_owned(),
-            first_map_timeout: Duration::from_secs(30),
-            ..RouterConfig::default()
-        };
-        let router = Router::start(
-            env.client.clone(),
-            &env.namespace,
-            TABLE,
-            credentials.clone(),
-            config,
-        )
-        .await
-        .unwrap();
-        let rows = ShardedTable {
-            name: TABLE.to_owned(),
-            key_column: "id".to_owned(),
-            key_kind: KeyKind::Integer,
-        };
-        let checker = Checker::new(env.client.clone(), &env.namespace, TABLE, rows, credentials);
+        let (router, checker) = harness::router_and_checker(&env.client, &env.namespace).await;
         Ledger {
             router,
             checker,
@@ -148,6 +124,16 @@ impl Ledger {
             println!("  {line}");
         }
     }
+}
+
+/// How many replicas the checker could not reach.
+fn unreachable_replicas(check: &CheckReport) -> usize {
+    check
+        .primaries
+        .shards
+        .iter()
+        .map(|s| s.unreachable.len())
+        .sum()
 }
 
 /// The primary node of every shard.
@@ -380,12 +366,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
     let check = ledger
         .finish(&format!("SIGKILL of {victim}"), workload, 200)
         .await;
-    let unreachable: usize = check
-        .primaries
-        .shards
-        .iter()
-        .map(|s| s.unreachable.len())
-        .sum();
+    let unreachable = unreachable_replicas(&check);
     assert!(
         unreachable > 0,
         "the killed node's replicas answered: {check}"
@@ -414,12 +395,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
     let check = ledger
         .finish(&format!("return of {victim}"), workload, 100)
         .await;
-    let unreachable: usize = check
-        .primaries
-        .shards
-        .iter()
-        .map(|s| s.unreachable.len())
-        .sum();
+    let unreachable = unreachable_replicas(&check);
     assert_eq!(unreachable, 0, "{check}");
     kubectl_get(&env, &["shards"]).await;
     ledger.summary();

@@ -318,18 +318,27 @@ fn random_hex(bytes: usize) -> Result<String, DemoError> {
     Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Every `K` of `namespace`; `step` names what the demo was doing if that fails.
+async fn list<K>(client: &Client, namespace: &str, step: &'static str) -> Result<Vec<K>, DemoError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|source| DemoError::Api { step, source })
+}
+
 /// Creates the Secret with the PostgreSQL passwords the cluster names (random passwords);
 /// returns the superuser's.
 async fn create_credentials(client: &Client, namespace: &str) -> Result<String, DemoError> {
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), namespace);
-    let cluster = clusters
-        .list(&Default::default())
-        .await
-        .map_err(|source| DemoError::Api {
-            step: "reading the example cluster",
-            source,
-        })?
-        .items
+    let cluster = list::<DatabaseCluster>(client, namespace, "reading the example cluster")
+        .await?
         .into_iter()
         .next()
         .ok_or_else(|| DemoError::Examples {
@@ -401,15 +410,7 @@ async fn start_agents(
     operator: SocketAddr,
 ) -> Result<Vec<AgentChild>, DemoError> {
     let io = |step: String| move |source| DemoError::Io { step, source };
-    let nodes: Api<DatabaseNode> = Api::namespaced(client.clone(), namespace);
-    let nodes = nodes
-        .list(&Default::default())
-        .await
-        .map_err(|source| DemoError::Api {
-            step: "listing the example nodes",
-            source,
-        })?
-        .items;
+    let nodes = list::<DatabaseNode>(client, namespace, "listing the example nodes").await?;
     if nodes.is_empty() {
         return Err(DemoError::Examples {
             namespace: namespace.to_owned(),

@@ -796,3 +796,38 @@ pub fn assert_succeeded(plan: &shardplane::api::Plan) {
         plan.status
     );
 }
+
+/// A Router of the table as the superuser (deadline 40 s: longer than a node's failover, whose
+/// primaries are promoted one after another) and a Checker of its rows, for the
+/// acknowledged-writes workload.
+pub async fn router_and_checker(
+    client: &Client,
+    namespace: &str,
+) -> (shardplane::routing::Router, shardplane::workload::Checker) {
+    use shardplane::agent::postgres::{KeyKind, ShardedTable};
+    use shardplane::routing::{DatabaseCredentials, Router, RouterConfig};
+    let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
+    let config = RouterConfig {
+        deadline: Duration::from_secs(40),
+        range_constraint: shardplane::agent::shard_schema::RANGE_CONSTRAINT.to_owned(),
+        first_map_timeout: Duration::from_secs(30),
+        ..RouterConfig::default()
+    };
+    let router = Router::start(
+        client.clone(),
+        namespace,
+        TABLE,
+        credentials.clone(),
+        config,
+    )
+    .await
+    .unwrap();
+    let rows = ShardedTable {
+        name: TABLE.to_owned(),
+        key_column: "id".to_owned(),
+        key_kind: KeyKind::Integer,
+    };
+    let checker =
+        shardplane::workload::Checker::new(client.clone(), namespace, TABLE, rows, credentials);
+    (router, checker)
+}
