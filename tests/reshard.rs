@@ -15,17 +15,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube::api::Api;
-use shardplane::agent::postgres::{KeyKind, ShardedTable};
-use shardplane::agent::shard_schema::RANGE_CONSTRAINT;
 use shardplane::api::plan::PlanPhase;
 use shardplane::api::shard::{ReplicaRole, ReplicaState};
 use shardplane::api::{Shard, Table};
-use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
+use shardplane::routing::{Router, ShardKeyValue};
 use shardplane::workload::{Checker, Workload, WorkloadConfig};
 use support::{env_with_crds, eventually};
 
 use harness::{
-    DataPlane, SUPERUSER_PASSWORD, TABLE, assert_succeeded, connect, declare, keys_in, reshard,
+    DataPlane, TABLE, assert_succeeded, connect, declare, keys_in, reshard, router_and_checker,
     set_retire_grace,
 };
 
@@ -158,29 +156,9 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     .await;
     plane.wait_serving(4, Duration::from_secs(180)).await;
     set_retire_grace(&plane, GRACE_SECONDS).await;
-    let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
-    let config = RouterConfig {
-        deadline: Duration::from_secs(40),
-        range_constraint: RANGE_CONSTRAINT.to_owned(),
-        first_map_timeout: Duration::from_secs(30),
-        ..RouterConfig::default()
-    };
-    let router = Router::start(
-        env.client.clone(),
-        &env.namespace,
-        TABLE,
-        credentials.clone(),
-        config,
-    )
-    .await
-    .unwrap();
-    let rows = ShardedTable {
-        name: TABLE.to_owned(),
-        key_column: "id".to_owned(),
-        key_kind: KeyKind::Integer,
-    };
+    let (router, checker) = router_and_checker(&env.client, &env.namespace).await;
     let mut ledger = Ledger {
-        checker: Checker::new(env.client.clone(), &env.namespace, TABLE, rows, credentials),
+        checker,
         router,
         acked: BTreeSet::new(),
         next_id: 1,
