@@ -329,11 +329,7 @@ impl ReplicaWorker {
         match action {
             ReplicaAction::Wait(_) | ReplicaAction::ServeStandby => Ok(Pass::Idle),
             ReplicaAction::Remove => {
-                if let Some(mut held) = self.held.take() {
-                    held.instance.stop(StopMode::Fast).await;
-                    self.ctx.release_port(held.record.port);
-                }
-                self.remove_dir()?;
+                self.discard().await?;
                 if shard.is_some() {
                     let shards = self.ctx.shards();
                     report_replica(&shards, &self.shard, &self.ctx.node, None)
@@ -430,9 +426,18 @@ impl ReplicaWorker {
                 {
                     tracing::warn!(shard = %shard_name, %error, "could not fence the former primary before rewinding it");
                 }
-                held.instance
+                if let Err(error) = held
+                    .instance
                     .rewind_and_follow(&parse_endpoint(&upstream)?)
-                    .await?;
+                    .await
+                {
+                    // pg_rewind needs the former primary's WAL back to the fork; once a
+                    // checkpoint recycled it, the only way back is a fresh copy. Nothing
+                    // is lost: what it wrote after the fork no quorum acknowledged.
+                    tracing::warn!(shard = %shard_name, %error, "the former primary cannot be rewound; it is rebuilt from the new primary");
+                    self.discard().await?;
+                    return Ok(Pass::Again);
+                }
                 held.record.upstream = Some(upstream);
                 held.record.epoch = epoch;
                 held.record.save(&dir)?;
@@ -584,6 +589,15 @@ impl ReplicaWorker {
             &shard.spec.range,
         )
         .map_err(problem)
+    }
+
+    /// Stops the instance, frees its port and removes its folder.
+    async fn discard(&mut self) -> Result<(), AgentError> {
+        if let Some(mut held) = self.held.take() {
+            held.instance.stop(StopMode::Fast).await;
+            self.ctx.release_port(held.record.port);
+        }
+        self.remove_dir()
     }
 
     fn creating_report(&self, role: ReplicaRole, epoch: i64) -> ObservedReplica {
