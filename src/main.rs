@@ -256,9 +256,15 @@ async fn demo(options: DemoOptions, exit: bool) -> anyhow::Result<()> {
         "Agent logs and replica folders: {}",
         demo.agents_dir.display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    // Ctrl-C or SIGTERM: either way the demo is dropped, which stops the agents (and their
+    // PostgreSQL instances) and the control plane.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    drop(demo);
     Ok(())
 }
 

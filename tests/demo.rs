@@ -62,15 +62,17 @@ fn demo_applies_every_example_and_lists_it() {
         written += rows;
     }
     assert_eq!(written, 100, "{stdout}");
-    // `kubectl get databasenodes,shards`: the nodes online, every shard serving its 3 replicas.
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("shard.shardplane.io/customers-") && l.contains("Serving"))
-            .count(),
-        4,
-        "{stdout}"
-    );
+    // `kubectl get databasenodes,shards`: the nodes online, every shard with a primary on one
+    // of them. (Not `READY 3` yet: a primary demoted by the rebalancing that follows the first
+    // placement can stay Down — pg_rewind finds its WAL gone — an agent bug.)
+    let shards: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("shard.shardplane.io/customers-") && l.contains("Serving"))
+        .collect();
+    assert_eq!(shards.len(), 4, "{stdout}");
+    for line in shards {
+        assert!(nodes.iter().any(|n| line.contains(n)), "{line}");
+    }
     assert_eq!(
         stdout
             .lines()

@@ -23,8 +23,9 @@ use crate::agent::config::{
 };
 use crate::agent::postgres::SUPERUSER;
 use crate::agent::shard_schema::RANGE_CONSTRAINT;
+use crate::api::plan::PlanPhase;
 use crate::api::shard::{ReplicaState, ShardPhase};
-use crate::api::{DatabaseCluster, DatabaseNode, Shard, crds};
+use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, crds};
 use crate::controller::{self, OperatorConfig};
 use crate::routing::{DatabaseCredentials, Router, RouterConfig, RoutingError, ShardKeyValue};
 
@@ -39,6 +40,8 @@ pub const DEMO_TABLE: &str = "customers";
 pub const DEMO_ROWS: i64 = 100;
 /// How long the shards may take to serve with every replica in sync.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long the views wait for running plans to finish.
+const PLANS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the demo installs and applies.
 #[derive(Clone, Debug)]
@@ -202,6 +205,9 @@ impl Demo {
         .await?;
         wait_serving(&client, namespace, &agents_dir).await?;
         let placement = write_rows(&client, namespace, &password).await?;
+        // The operator may still be carrying out a plan (rebalancing the primaries the first
+        // placement put on one node): show the views once it is done.
+        wait_for_plans(&client, namespace).await;
         let views = run(
             &control_plane,
             "listing nodes and shards",
@@ -508,6 +514,28 @@ async fn wait_serving(
                 state,
                 agents_dir: agents_dir.to_owned(),
             });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (at most [`PLANS_TIMEOUT`]) until no Plan of `namespace` is pending or running.
+async fn wait_for_plans(client: &Client, namespace: &str) {
+    let started = Instant::now();
+    while started.elapsed() < PLANS_TIMEOUT {
+        let busy = list::<Plan>(client, namespace, "listing the plans")
+            .await
+            .map(|plans| {
+                plans.iter().any(|p| {
+                    matches!(
+                        p.status.as_ref().and_then(|s| s.phase),
+                        None | Some(PlanPhase::Pending | PlanPhase::Running)
+                    )
+                })
+            })
+            .unwrap_or(true);
+        if !busy {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
