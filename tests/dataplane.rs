@@ -450,6 +450,32 @@ async fn assert_spread_by_zone(env: &TestEnv) -> String {
     text
 }
 
+/// An issue #4 scenario: its turn on the machine, its namespace, its plane and its ledger.
+struct Zoned {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    env: TestEnv,
+    plane: DataPlane,
+    ledger: Ledger,
+    started: Instant,
+}
+
+impl Zoned {
+    async fn start() -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let env = env_with_crds().await;
+        let started = Instant::now();
+        let plane = zoned_plane(&env, started).await;
+        let ledger = Ledger::new(&env).await;
+        Zoned {
+            _turn: turn,
+            env,
+            plane,
+            ledger,
+            started,
+        }
+    }
+}
+
 /// Issue #4's cluster: nodes n1..n5 with agents, eight shards serving, placed by zone.
 async fn zoned_plane(env: &TestEnv, started: Instant) -> DataPlane {
     let plane = DataPlane::start_with(
@@ -475,12 +501,14 @@ async fn zoned_plane(env: &TestEnv, started: Instant) -> DataPlane {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_zoned_nodes_place_by_zone_and_a_node_is_drained_and_decommissioned() {
-    let _one = ONE_AT_A_TIME.lock().await;
     const SHARDS: usize = ZONED_SHARDS;
-    let env = env_with_crds().await;
-    let started = Instant::now();
-    let mut plane = zoned_plane(&env, started).await;
-    let mut ledger = Ledger::new(&env).await;
+    let Zoned {
+        env,
+        mut plane,
+        mut ledger,
+        started,
+        _turn,
+    } = Zoned::start().await;
 
     // Decommission n2: drained, then removed once the destructive plan is approved (by the
     // annotation with its hash on the node, as a reviewed pull request does).
@@ -534,12 +562,14 @@ async fn five_zoned_nodes_place_by_zone_and_a_node_is_drained_and_decommissioned
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_new_nodes_receive_replicas_through_rebalancing() {
-    let _one = ONE_AT_A_TIME.lock().await;
     const SHARDS: usize = ZONED_SHARDS;
-    let env = env_with_crds().await;
-    let started = Instant::now();
-    let mut plane = zoned_plane(&env, started).await;
-    let mut ledger = Ledger::new(&env).await;
+    let Zoned {
+        env,
+        mut plane,
+        mut ledger,
+        started,
+        _turn,
+    } = Zoned::start().await;
 
     // Two nodes join and rebalancing is turned on: a Rebalance plan moves replicas and
     // primaries onto them; every replica, including each primary demoted by a
