@@ -62,9 +62,9 @@ fn demo_applies_every_example_and_lists_it() {
         written += rows;
     }
     assert_eq!(written, 100, "{stdout}");
-    // `kubectl get databasenodes,shards`: the nodes online, every shard with a primary on one
-    // of them. (Not `READY 3` yet: a primary demoted by the rebalancing that follows the first
-    // placement can stay Down — pg_rewind finds its WAL gone — an agent bug.)
+    // `kubectl get databasenodes,shards`: the nodes online, every shard serving with a primary
+    // on one of them. (Not `READY 3`: a primary demoted by the rebalancing that follows the
+    // first placement may still be rejoining as a standby when the views are taken.)
     let shards: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("shard.shardplane.io/customers-") && l.contains("Serving"))
