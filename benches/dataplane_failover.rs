@@ -11,57 +11,21 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions::is_crd_established};
+use kube::api::Api;
 use shardplane::api::Table;
-use shardplane::sandbox::ControlPlane;
 
-use harness::{DataPlane, insert, keys_in, serving_primary};
+use harness::{insert, keys_in, serving_primary};
 
 const SHARDS: usize = 2;
 const RUNS: usize = 12;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    let cp = ControlPlane::start().await.expect("control plane");
-    let client = cp.client().await.expect("client");
-    // The CRDs from the code that generates crds/, applied and awaited through the API.
-    let definitions: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in shardplane::api::crds() {
-        let name = crd.name_any();
-        definitions
-            .patch(
-                &name,
-                &PatchParams::apply("bench").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .expect("CRD applied");
-        let established = await_condition(definitions.clone(), &name, is_crd_established());
-        tokio::time::timeout(Duration::from_secs(60), established)
-            .await
-            .expect("CRD established in time")
-            .expect("CRD watch");
-    }
     let namespace = "bench-dataplane";
-    let object = Namespace {
-        metadata: ObjectMeta {
-            name: Some(namespace.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("namespace");
-
-    let mut plane = DataPlane::start(client.clone(), namespace, cp.kubeconfig_path(), SHARDS).await;
+    let (_cp, mut plane) = harness::bench_plane(namespace, SHARDS).await;
     plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
-    let tables: Api<Table> = Api::namespaced(client, namespace);
+    let tables: Api<Table> = Api::namespaced(plane.client.clone(), namespace);
     let mut samples = Vec::new();
     for run in 0..RUNS {
         let shards = plane.shard_list().await;

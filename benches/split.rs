@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::Api;
 use shardplane::agent::postgres::pipe_copy;
-use shardplane::api::shard::ReplicaRole;
 use shardplane::api::Shard;
+use shardplane::api::shard::ReplicaRole;
 
 use harness::{TABLE, assert_succeeded, bench_plane, connect, declare, reshard, set_retire_grace};
 
