@@ -24,7 +24,7 @@ use shardplane::routing::{Router, ShardKeyValue};
 use shardplane::workload::{CheckReport, Checker, Workload, WorkloadConfig, WorkloadReport};
 use support::{TestEnv, env_with_crds, eventually};
 
-use harness::{DataPlane, NodeDef, TABLE};
+use harness::{DataPlane, NodeDef, OperatorMode, TABLE};
 
 /// The scenarios share two cores: one cluster at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -273,37 +273,57 @@ const MOVE_NODES: [NodeDef; 4] = [
     ("n4", "r1", "r1-a", 27400),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    const SHARDS: usize = 4;
-    let env = env_with_crds().await;
-    let started = Instant::now();
-    let mut plane = DataPlane::start_with(
+/// The shards of the move scenarios.
+const MOVE_SHARDS: usize = 4;
+
+/// The move scenarios' plane: n1..n3 with agents, [`MOVE_SHARDS`] shards serving.
+async fn move_plane(env: &TestEnv, operator: OperatorMode, started: Instant) -> DataPlane {
+    let plane = DataPlane::start_with_operator(
         env.client.clone(),
         &env.namespace,
         env.control_plane.kubeconfig_path(),
-        SHARDS,
+        MOVE_SHARDS,
         &MOVE_NODES,
         3,
+        operator,
     )
     .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    plane
+        .wait_serving(MOVE_SHARDS, Duration::from_secs(120))
+        .await;
     println!(
-        "{SHARDS} shards x 3 replicas serving after {:.1?}",
+        "{MOVE_SHARDS} shards x 3 replicas serving after {:.1?}",
         started.elapsed()
     );
+    plane
+}
+
+/// A move: n4 joins, n1 is drained; every replica on n1 is to be rebuilt on n4 (AddReplica
+/// with pg_basebackup, CatchUp, TransferPrimary off n1, RemoveReplica).
+async fn join_n4_and_drain_n1(env: &TestEnv, plane: &mut DataPlane) {
+    plane.start_agent("n4");
+    wait_online(env, "n4").await;
+    let on_n1 = replicas_on(plane, "n1").await;
+    assert_eq!(
+        on_n1, MOVE_SHARDS,
+        "n1 should hold a replica of every shard"
+    );
+    set_desired_state(env, "n1", "Drained").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const SHARDS: usize = MOVE_SHARDS;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = move_plane(&env, OperatorMode::InProcess, started).await;
     let mut ledger = Ledger::new(&env).await;
 
-    // A move: n4 joins, n1 is drained; every replica on n1 is rebuilt on n4 (AddReplica with
-    // pg_basebackup, CatchUp, TransferPrimary off n1, RemoveReplica) while rows are written.
+    // The move while rows are written.
     let workload = ledger.start(100).await;
     let phase = Instant::now();
-    plane.start_agent("n4");
-    wait_online(&env, "n4").await;
-    let on_n1 = replicas_on(&plane, "n1").await;
-    assert_eq!(on_n1, SHARDS, "n1 should hold a replica of every shard");
-    set_desired_state(&env, "n1", "Drained").await;
+    join_n4_and_drain_n1(&env, &mut plane).await;
     let moved = eventually(Duration::from_secs(300), || async {
         plan_phase(&env, PlanPurpose::Drain).await == Some(PlanPhase::Succeeded)
             && replicas_on(&plane, "n1").await == 0
@@ -620,4 +640,62 @@ async fn two_new_nodes_receive_replicas_through_rebalancing() {
     ledger.summary();
     plane.agents.clear();
     println!("issue #4 rebalance took {:.1?}", started.elapsed());
+}
+
+/// Issue #4 with the real agent: the operator, its own `shardplane operator` process, is
+/// SIGKILLed and restarted once at every point of progress of a move plan (right after each
+/// step is recorded Running) while the workload writes through the Router; the plan still
+/// succeeds, no step's effect happens twice, and no acknowledged row is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_completes_when_the_operator_process_is_killed_at_every_step() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = move_plane(&env, OperatorMode::Processes(1), started).await;
+    // Not a failover test: no failover may add an epoch the plan did not (a loaded machine).
+    harness::relax_failure_detection(&plane).await;
+    let mut ledger = Ledger::new(&env).await;
+
+    let workload = ledger.start(100).await;
+    let before = plane.shard_list().await;
+    let phase = Instant::now();
+    join_n4_and_drain_n1(&env, &mut plane).await;
+    let (plan, kills) = harness::finish_plan_killing_operator(
+        &mut plane,
+        0,
+        PlanPurpose::Drain,
+        Duration::from_secs(600),
+    )
+    .await;
+    let steps = plan.spec.steps.len();
+    println!(
+        "move under operator kills: {steps} steps, operator SIGKILLed {kills} times, plan \
+         succeeded after {:.1?}",
+        phase.elapsed()
+    );
+    print_step_times(&plan);
+    assert!(
+        kills * 2 >= steps,
+        "killed only {kills} times in {steps} steps"
+    );
+    let attempts: i32 = plan
+        .status
+        .as_ref()
+        .map(|s| s.steps.iter().map(|s| s.attempts).sum())
+        .unwrap_or_default();
+    assert!(attempts as usize >= steps, "attempts {attempts} < {steps}");
+    let serving = eventually(Duration::from_secs(120), || async {
+        replicas_on(&plane, "n4").await == MOVE_SHARDS && plane.all_serving(MOVE_SHARDS).await
+    })
+    .await;
+    if !serving {
+        print_state(&env).await;
+        panic!("after the move not every shard serves with three in-sync replicas");
+    }
+    harness::assert_no_step_repeated(&plan, &before, &plane.shard_list().await, "n1", 3);
+    ledger
+        .finish("move under operator SIGKILLs", workload, 100)
+        .await;
+    ledger.summary();
+    println!("operator-kill move scenario took {:.1?}", started.elapsed());
 }

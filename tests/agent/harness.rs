@@ -62,6 +62,84 @@ impl Drop for AgentProcess {
     }
 }
 
+/// How the plane's operator runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorMode {
+    /// A task of this process (aborting it is a crash).
+    InProcess,
+    /// `n` `shardplane operator` processes (identities `op-0`, `op-1`, ...), each with its own
+    /// heartbeat address; every agent heartbeats all of them; one leads by the Lease.
+    Processes(usize),
+}
+
+/// One `shardplane operator` process, SIGKILLable and respawnable on the same address.
+pub struct OperatorProcess {
+    child: Child,
+    /// Its identity in leader election.
+    pub identity: String,
+    /// Its heartbeat (metrics, health) address.
+    pub addr: SocketAddr,
+    /// Its log file (stdout and stderr, appended over restarts).
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    fn spawn(
+        namespace: &str,
+        kubeconfig: &Path,
+        identity: &str,
+        addr: SocketAddr,
+        log: PathBuf,
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shardplane"));
+        command
+            .args(["operator", "--namespace", namespace, "--identity", identity])
+            .args(["--listen", &addr.to_string()]);
+        let child = spawn_logged(command, kubeconfig, &log);
+        OperatorProcess {
+            child,
+            identity: identity.to_owned(),
+            addr,
+            log,
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Spawns `command` (a `shardplane` subcommand) on the control plane of `kubeconfig`, its
+/// output appended to `log`.
+fn spawn_logged(mut command: Command, kubeconfig: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The running data plane of one namespace.
 pub struct DataPlane {
     /// A client of the control plane.
@@ -70,11 +148,13 @@ pub struct DataPlane {
     pub namespace: String,
     /// The control plane's kubeconfig, for the agents.
     pub kubeconfig: PathBuf,
-    /// The operator's heartbeat address.
+    /// The operator's heartbeat address (the first replica's, with [`OperatorMode::Processes`]).
     pub operator_addr: SocketAddr,
     /// The agents by node.
     pub agents: BTreeMap<String, AgentProcess>,
-    operator: JoinHandle<()>,
+    /// The operator replicas, with [`OperatorMode::Processes`] (agents heartbeat each one).
+    pub operators: Vec<OperatorProcess>,
+    operator: Option<JoinHandle<()>>,
     /// Every node the plane may run (the cluster declares their regions and zones).
     nodes: Vec<NodeDef>,
     port_offset: u16,
@@ -86,7 +166,9 @@ impl Drop for DataPlane {
         if std::thread::panicking() {
             self.print_logs();
         }
-        self.operator.abort();
+        if let Some(operator) = &self.operator {
+            operator.abort();
+        }
     }
 }
 
@@ -304,12 +386,50 @@ impl DataPlane {
         nodes: &[NodeDef],
         running: usize,
     ) -> Self {
+        Self::start_with_operator(
+            client,
+            namespace,
+            kubeconfig,
+            shards,
+            nodes,
+            running,
+            OperatorMode::InProcess,
+        )
+        .await
+    }
+
+    /// [`DataPlane::start_with`] with the operator run as `mode` says.
+    pub async fn start_with_operator(
+        client: Client,
+        namespace: &str,
+        kubeconfig: &Path,
+        shards: usize,
+        nodes: &[NodeDef],
+        running: usize,
+        mode: OperatorMode,
+    ) -> Self {
         declare_cluster_with(&client, namespace, shards, nodes).await;
-        let operator_addr = free_addr();
-        let operator = spawn_operator(&client, namespace, operator_addr);
         let dir = tempfile::tempdir().unwrap();
         // PostgreSQL runs as its own user, which must reach the instances' folders.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let in_process_addr = free_addr();
+        let (operator, operators) = match mode {
+            OperatorMode::InProcess => (
+                Some(spawn_operator(&client, namespace, in_process_addr)),
+                Vec::new(),
+            ),
+            OperatorMode::Processes(n) => {
+                let operators: Vec<OperatorProcess> = (0..n)
+                    .map(|i| {
+                        let identity = format!("op-{i}");
+                        let log = dir.path().join(format!("operator-{identity}.log"));
+                        OperatorProcess::spawn(namespace, kubeconfig, &identity, free_addr(), log)
+                    })
+                    .collect();
+                (None, operators)
+            }
+        };
+        let operator_addr = operators.first().map_or(in_process_addr, |o| o.addr);
         // Planes of one test binary run at once: each gets its own port ranges.
         static PLANES: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let port_offset = 1000 * PLANES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -321,6 +441,7 @@ impl DataPlane {
             operator_addr,
             agents: BTreeMap::new(),
             operator,
+            operators,
             nodes: nodes.to_vec(),
             dir,
         };
@@ -332,13 +453,48 @@ impl DataPlane {
 
     /// Stops the operator (a crash: its heartbeat endpoint stops answering).
     pub fn stop_operator(&mut self) {
-        self.operator.abort();
+        if let Some(operator) = &self.operator {
+            operator.abort();
+        }
     }
 
     /// Starts the operator again on the same heartbeat address.
     pub fn restart_operator(&mut self) {
-        self.operator.abort();
-        self.operator = spawn_operator(&self.client, &self.namespace, self.operator_addr);
+        self.stop_operator();
+        self.operator = Some(spawn_operator(
+            &self.client,
+            &self.namespace,
+            self.operator_addr,
+        ));
+    }
+
+    /// Every operator heartbeat address the agents are given.
+    pub fn operator_addrs(&self) -> Vec<SocketAddr> {
+        if self.operators.is_empty() {
+            vec![self.operator_addr]
+        } else {
+            self.operators.iter().map(|o| o.addr).collect()
+        }
+    }
+
+    /// SIGKILLs operator process `i` ([`OperatorMode::Processes`]).
+    pub fn kill_operator(&mut self, i: usize) {
+        self.operators[i].kill();
+    }
+
+    /// SIGKILLs operator process `i` if it runs and starts it again with the same identity on
+    /// the same heartbeat address.
+    pub fn respawn_operator(&mut self, i: usize) {
+        let old = &mut self.operators[i];
+        old.kill();
+        let fresh = OperatorProcess::spawn(
+            &self.namespace,
+            &self.kubeconfig,
+            &old.identity,
+            old.addr,
+            old.log.clone(),
+        );
+        self.operators[i] = fresh;
     }
 
     /// Starts (or restarts, on the same data folder) the agent of `node`.
@@ -347,37 +503,40 @@ impl DataPlane {
         let first_port = first_port + self.port_offset;
         let data_dir = self.dir.path().join(node);
         let log = self.dir.path().join(format!("{node}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shardplane"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shardplane"));
+        command
             .args(["agent", "--node", node, "--namespace", &self.namespace])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--operator", &self.operator_addr.to_string()])
+            .args(
+                self.operator_addrs()
+                    .iter()
+                    .flat_map(|addr| ["--operator".to_owned(), addr.to_string()]),
+            )
             .args(["--cluster", "main", "--region", region, "--zone", zone])
             .args(["--address", "127.0.0.1", "--storage-bytes", "10000000000"])
             .args(["--ports", &format!("{first_port}-{}", first_port + 19)])
-            .arg("--no-fsync")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+            .arg("--no-fsync");
+        let child = spawn_logged(command, &self.kubeconfig, &log);
         self.agents
             .insert(node.to_owned(), AgentProcess { child, log });
     }
 
     /// Prints every agent's log (for a failed test).
     pub fn print_logs(&self) {
-        for (node, agent) in &self.agents {
-            let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        let logs = self
+            .agents
+            .iter()
+            .map(|(node, agent)| (format!("agent {node}"), &agent.log))
+            .chain(
+                self.operators
+                    .iter()
+                    .map(|o| (format!("operator {}", o.identity), &o.log)),
+            );
+        for (what, log) in logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("==== agent {node} (last lines) ====");
+            eprintln!("==== {what} (last lines) ====");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
@@ -830,4 +989,114 @@ pub async fn router_and_checker(
     let checker =
         shardplane::workload::Checker::new(client.clone(), namespace, TABLE, rows, credentials);
     (router, checker)
+}
+
+/// The newest Plan of `purpose`.
+pub async fn newest_plan(
+    plane: &DataPlane,
+    purpose: shardplane::api::plan::PlanPurpose,
+) -> Option<shardplane::api::Plan> {
+    plans(plane)
+        .await
+        .into_iter()
+        .filter(|p| p.spec.purpose == purpose)
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+}
+
+/// Waits (at most `timeout`) until the newest plan of `purpose` succeeds, SIGKILLing operator
+/// process `i` and starting it again once at every point of progress: right after each step
+/// is recorded Running (before or while its effect is applied). Returns the plan and how many
+/// times the operator was killed; panics if the plan fails or does not finish in time.
+pub async fn finish_plan_killing_operator(
+    plane: &mut DataPlane,
+    i: usize,
+    purpose: shardplane::api::plan::PlanPurpose,
+    timeout: Duration,
+) -> (shardplane::api::Plan, usize) {
+    use shardplane::api::plan::{PlanPhase, StepPhase};
+    let mut kills = 0;
+    let mut last_progress = None;
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the {purpose:?} plan did not finish in {timeout:?}: {:?}",
+            newest_plan(plane, purpose).await.and_then(|p| p.status)
+        );
+        if let Some(plan) = newest_plan(plane, purpose).await {
+            let status = plan.status.clone().unwrap_or_default();
+            if status.phase == Some(PlanPhase::Succeeded) {
+                return (plan, kills);
+            }
+            assert_ne!(
+                status.phase,
+                Some(PlanPhase::Failed),
+                "{:?}",
+                status.conditions
+            );
+            let running = status
+                .steps
+                .iter()
+                .find(|s| s.phase == StepPhase::Running)
+                .map(|s| s.id);
+            let progress = (status.completed_steps, running);
+            if running.is_some() && last_progress != Some(progress) {
+                last_progress = Some(progress);
+                plane.respawn_operator(i);
+                kills += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// No step of `plan` took effect twice: every shard's epoch moved by exactly the plan's
+/// transfers (TransferPrimary, Promote) since `before`, and every shard has exactly
+/// `replication` distinct desired replicas, none on `drained`, one of them primary.
+pub fn assert_no_step_repeated(
+    plan: &shardplane::api::Plan,
+    before: &[Shard],
+    after: &[Shard],
+    drained: &str,
+    replication: usize,
+) {
+    assert_eq!(before.len(), after.len());
+    for shard in after {
+        let name = shard.name_any();
+        let status = shard.status.clone().unwrap_or_default();
+        let was = before
+            .iter()
+            .find(|b| b.name_any() == name)
+            .and_then(|b| b.status.clone())
+            .unwrap_or_default();
+        let transfers = plan
+            .spec
+            .steps
+            .iter()
+            .filter(|s| {
+                s.shard.as_deref() == Some(name.as_str())
+                    && (s.action == "TransferPrimary" || s.action == "Promote")
+            })
+            .count() as i64;
+        let epoch = |s: &shardplane::api::shard::ShardStatus| s.primary.as_ref().map(|p| p.epoch);
+        assert_eq!(
+            epoch(&status),
+            epoch(&was).map(|e| e + transfers),
+            "{name}: the epoch moved by other than the plan's {transfers} transfers"
+        );
+        let nodes: std::collections::BTreeSet<&str> = status
+            .desired_replicas
+            .iter()
+            .map(|r| r.node.as_str())
+            .collect();
+        assert_eq!(nodes.len(), replication, "{name}: {nodes:?}");
+        assert_eq!(status.desired_replicas.len(), replication, "{name}");
+        assert!(!nodes.contains(drained), "{name} still on {drained}");
+        let primaries = status
+            .desired_replicas
+            .iter()
+            .filter(|r| r.role == ReplicaRole::Primary)
+            .count();
+        assert_eq!(primaries, 1, "{name}: {:?}", status.desired_replicas);
+    }
 }
