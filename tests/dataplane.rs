@@ -264,6 +264,41 @@ async fn kubectl_get(env: &TestEnv, args: &[&str]) -> String {
     text
 }
 
+/// SIGKILLs the agent holding the most primaries (its PostgreSQL dies with it) and waits until
+/// exactly its primaries failed over, each epoch bumped once; returns the node.
+async fn kill_busiest_node_and_fail_over(plane: &mut DataPlane) -> String {
+    let before = primaries(plane).await;
+    let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+    for (node, _) in before.values() {
+        *led.entry(node.as_str()).or_default() += 1;
+    }
+    let victim = led
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(node, _)| node.to_owned())
+        .unwrap();
+    let phase = Instant::now();
+    plane.agents.get_mut(&victim).unwrap().kill();
+    let failed_over = eventually(Duration::from_secs(90), || async {
+        let now = primaries(plane).await;
+        before.iter().all(|(shard, (node, epoch))| {
+            let (new_node, new_epoch) = &now[shard];
+            if node == &victim {
+                new_node != &victim && *new_epoch == epoch + 1
+            } else {
+                new_node == node && new_epoch == epoch
+            }
+        })
+    })
+    .await;
+    assert!(failed_over, "the primaries of {victim} did not fail over");
+    println!(
+        "kill: {victim}'s primaries failed over after {:.1?}",
+        phase.elapsed()
+    );
+    victim
+}
+
 /// The three nodes of issue #5 and the fourth that replicas move to (same zone as n1, so a
 /// drained n1's replicas can only go there).
 const MOVE_NODES: [NodeDef; 4] = [
@@ -351,38 +386,9 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
         .finish("move (drain n1 onto n4)", workload, 100)
         .await;
 
-    // SIGKILL of the agent holding the most primaries (its PostgreSQL dies with it).
-    let before = primaries(&plane).await;
-    let mut led: BTreeMap<&str, usize> = BTreeMap::new();
-    for (node, _) in before.values() {
-        *led.entry(node.as_str()).or_default() += 1;
-    }
-    let victim = led
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(node, _)| node.to_owned())
-        .unwrap();
-    assert_ne!(victim, "n1");
     let workload = ledger.start(100).await;
-    let phase = Instant::now();
-    plane.agents.get_mut(&victim).unwrap().kill();
-    let failed_over = eventually(Duration::from_secs(90), || async {
-        let now = primaries(&plane).await;
-        before.iter().all(|(shard, (node, epoch))| {
-            let (new_node, new_epoch) = &now[shard];
-            if node == &victim {
-                new_node != &victim && *new_epoch == epoch + 1
-            } else {
-                new_node == node && new_epoch == epoch
-            }
-        })
-    })
-    .await;
-    assert!(failed_over, "the primaries of {victim} did not fail over");
-    println!(
-        "kill: {victim}'s primaries failed over after {:.1?}",
-        phase.elapsed()
-    );
+    let victim = kill_busiest_node_and_fail_over(&mut plane).await;
+    assert_ne!(victim, "n1");
     let check = ledger
         .finish(&format!("SIGKILL of {victim}"), workload, 200)
         .await;
@@ -698,4 +704,65 @@ async fn a_move_completes_when_the_operator_process_is_killed_at_every_step() {
         .await;
     ledger.summary();
     println!("operator-kill move scenario took {:.1?}", started.elapsed());
+}
+
+/// Issue #4 with the real agent: two `shardplane operator` processes, exactly one leads (the
+/// Lease holder, the only one whose leader gauge is 1); SIGKILL it while the workload writes;
+/// the standby takes over (time measured) and acts: a node SIGKILLed afterwards fails over,
+/// and no acknowledged row is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_operator_process_takes_over_and_a_failover_still_happens() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = env_with_crds().await;
+    let started = Instant::now();
+    let mut plane = move_plane(&env, OperatorMode::Processes(2), started).await;
+    let leader = harness::lease_holder(&plane).await.expect("a Lease holder");
+    let leading = plane
+        .operators
+        .iter()
+        .position(|o| o.identity == leader)
+        .expect("the holder is one of the two operators");
+    let standby = 1 - leading;
+    let gauges = [
+        harness::leader_gauge(plane.operators[0].addr).await,
+        harness::leader_gauge(plane.operators[1].addr).await,
+    ];
+    let mut expected = [Some(0), Some(0)];
+    expected[leading] = Some(1);
+    assert_eq!(gauges, expected, "exactly the Lease holder {leader} leads");
+    let mut ledger = Ledger::new(&env).await;
+
+    let workload = ledger.start(100).await;
+    let killed = Instant::now();
+    plane.kill_operator(leading);
+    let successor = plane.operators[standby].identity.clone();
+    let standby_addr = plane.operators[standby].addr;
+    let took_over = eventually(Duration::from_secs(30), || async {
+        harness::lease_holder(&plane).await.as_deref() == Some(successor.as_str())
+            && harness::leader_gauge(standby_addr).await == Some(1)
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(took_over, "{successor} did not take over from {leader}");
+    println!("takeover: {leader} SIGKILLed, {successor} leads after {takeover:.2?}");
+    assert!(
+        takeover < Duration::from_secs(15),
+        "takeover took {takeover:?}"
+    );
+
+    // The new leader acts: the node holding the most primaries dies and they fail over.
+    let victim = kill_busiest_node_and_fail_over(&mut plane).await;
+    let check = ledger
+        .finish(
+            &format!("operator takeover, then SIGKILL of {victim}"),
+            workload,
+            200,
+        )
+        .await;
+    assert!(
+        unreachable_replicas(&check) > 0,
+        "the killed node's replicas answered: {check}"
+    );
+    ledger.summary();
+    println!("operator takeover scenario took {:.1?}", started.elapsed());
 }

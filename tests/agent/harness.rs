@@ -1100,3 +1100,32 @@ pub fn assert_no_step_repeated(
         assert_eq!(primaries, 1, "{name}: {:?}", status.desired_replicas);
     }
 }
+
+/// The holder of the operators' leader-election Lease in the plane's namespace.
+pub async fn lease_holder(plane: &DataPlane) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        plane.client.clone(),
+        &plane.namespace,
+    )
+    .get_opt("shardplane-operator")
+    .await
+    .ok()
+    .flatten()
+    .and_then(|l| l.spec)
+    .and_then(|s| s.holder_identity)
+}
+
+/// The `shardplane_leader` gauge of the operator at `addr` (1 while it leads); `None` when it
+/// does not answer.
+pub async fn leader_gauge(addr: SocketAddr) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.ok()?;
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("shardplane_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
