@@ -163,17 +163,36 @@ pub fn domain_role(role: WireRole) -> plan::ReplicaRole {
     }
 }
 
+/// The WAL positions the in-sync secondaries hold once their streams have broken (the
+/// primary is gone): `None` while none has reported one (they stream; their own lag counts),
+/// `Some(None)` while some have and others not yet, `Some(Some(most))` once all have.
+fn held_positions(replicas: &[ObservedReplica]) -> Option<Option<i64>> {
+    let in_sync: Vec<_> = replicas
+        .iter()
+        .filter(|o| o.role == WireRole::Secondary && o.state == ReplicaState::InSync)
+        .collect();
+    if in_sync.iter().all(|o| o.received_lsn.is_none()) {
+        return None;
+    }
+    if in_sync.iter().any(|o| o.received_lsn.is_none()) {
+        return Some(None);
+    }
+    Some(in_sync.iter().filter_map(|o| o.received_lsn).max())
+}
+
 /// How far a replica is behind. Once a standby's stream has broken it reports the end of
-/// the WAL it holds; then the lag that counts is against the standby holding the most, so
-/// failover (which promotes only the least lagging) never picks one missing a commit
-/// another acknowledged. A secondary yet to report its position while another has is not
-/// known to hold everything, and counts as lagging without bound.
-fn lag_bytes(observed: Option<&ObservedReplica>, most_held: Option<i64>) -> u64 {
+/// the WAL it holds; then the lag that counts is against the in-sync standby holding the
+/// most, so failover (which promotes only the least lagging) never picks one missing a
+/// commit another acknowledged. Until every in-sync secondary has reported, all of them
+/// count as lagging without bound: failover waits the second or so that takes rather than
+/// choose among some of them.
+fn lag_bytes(observed: Option<&ObservedReplica>, held: Option<Option<i64>>) -> u64 {
     let reported = observed.and_then(|o| o.lag_bytes).unwrap_or(0).max(0) as u64;
-    match (observed, most_held) {
-        (Some(o), Some(most)) if o.role == WireRole::Secondary => o
-            .received_lsn
-            .map_or(u64::MAX, |held| reported.max((most - held).max(0) as u64)),
+    match (observed, held) {
+        (Some(o), Some(most)) if o.role == WireRole::Secondary => match (most, o.received_lsn) {
+            (Some(most), Some(own)) => reported.max((most - own).max(0) as u64),
+            _ => u64::MAX,
+        },
         _ => reported,
     }
 }
@@ -183,7 +202,7 @@ pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
     let range = KeyRange::from_wire(shard.spec.range.start, shard.spec.range.end)?;
     let status = shard.status.clone().unwrap_or_default();
     let epoch = status.primary.as_ref().map_or(0, |p| p.epoch.max(0) as u64);
-    let most_held = status.replicas.iter().filter_map(|o| o.received_lsn).max();
+    let held = held_positions(&status.replicas);
     let replicas = status
         .desired_replicas
         .iter()
@@ -193,7 +212,7 @@ pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
                 node: desired.node.clone(),
                 role: domain_role(desired.role),
                 in_sync: observed.is_some_and(|o| o.state == ReplicaState::InSync),
-                lag_bytes: lag_bytes(observed, most_held),
+                lag_bytes: lag_bytes(observed, held),
             }
         })
         .collect();
@@ -235,24 +254,41 @@ mod tests {
     }
 
     #[test]
-    fn after_the_stream_breaks_only_the_standby_holding_the_most_wal_has_no_lag() {
+    fn after_the_streams_break_only_the_standby_holding_the_most_wal_has_no_lag() {
         let ahead = standby("a", Some(5_000));
         let behind = standby("b", Some(4_000));
+        let held = held_positions(&[ahead.clone(), behind.clone()]);
+        assert_eq!(held, Some(Some(5_000)));
+        assert_eq!(lag_bytes(Some(&ahead), held), 0);
+        assert_eq!(lag_bytes(Some(&behind), held), 1_000);
+    }
+
+    #[test]
+    fn until_every_in_sync_standby_has_reported_none_is_a_candidate() {
+        let ahead = standby("a", Some(5_000));
         let silent = standby("c", None);
-        let most = Some(5_000);
-        assert_eq!(lag_bytes(Some(&ahead), most), 0);
-        assert_eq!(lag_bytes(Some(&behind), most), 1_000);
-        assert_eq!(lag_bytes(Some(&silent), most), u64::MAX);
+        let mut catching_up = standby("d", Some(9_000));
+        catching_up.state = ReplicaState::CatchingUp;
+        let held = held_positions(&[ahead.clone(), silent.clone(), catching_up.clone()]);
+        assert_eq!(held, Some(None));
+        assert_eq!(lag_bytes(Some(&ahead), held), u64::MAX);
+        assert_eq!(lag_bytes(Some(&silent), held), u64::MAX);
+        // A standby still catching up neither holds the others back nor sets the mark.
+        assert_eq!(
+            held_positions(&[ahead.clone(), catching_up]),
+            Some(Some(5_000))
+        );
     }
 
     #[test]
     fn while_streaming_the_reported_lag_counts() {
         let mut streaming = standby("a", None);
         streaming.lag_bytes = Some(42);
+        assert_eq!(held_positions(std::slice::from_ref(&streaming)), None);
         assert_eq!(lag_bytes(Some(&streaming), None), 42);
         let mut primary = standby("p", None);
         primary.role = WireRole::Primary;
-        assert_eq!(lag_bytes(Some(&primary), Some(9_000)), 0);
-        assert_eq!(lag_bytes(None, Some(9_000)), 0);
+        assert_eq!(lag_bytes(Some(&primary), Some(Some(9_000))), 0);
+        assert_eq!(lag_bytes(None, Some(Some(9_000))), 0);
     }
 }
