@@ -4,6 +4,7 @@
 //! `Shard.status.replicas`. Replicas of different shards are created, promoted and rewound
 //! in parallel, each by its own task.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
-use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
+use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState, ShardStatus};
 use crate::api::{SchemaVersion, Shard, Table};
 
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, sync_quorum};
@@ -37,6 +38,10 @@ const LAG_REPORT_STEP: i64 = 1024 * 1024;
 const SLOT_GRACE: Duration = Duration::from_secs(30);
 /// How long a planned handover waits for the new primary to replay the fenced old one's WAL.
 const HANDOVER_CATCH_UP: Duration = Duration::from_secs(5);
+/// How long a standby may go without streaming from a serving, live primary before it is
+/// rebuilt from that primary (it can no longer follow it, e.g. it lacks WAL the primary
+/// no longer has).
+const STUCK_STANDBY: Duration = Duration::from_secs(30);
 
 /// Whether a worker goes on.
 enum Pass {
@@ -172,6 +177,7 @@ struct ReplicaWorker {
     last_report: Option<(Option<ObservedReplica>, Instant)>,
     last_wait: Option<String>,
     schema: SchemaApplier,
+    not_streaming_since: Option<Instant>,
 }
 
 /// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
@@ -192,6 +198,7 @@ pub(crate) async fn run(
         last_report: None,
         last_wait: None,
         schema: SchemaApplier::default(),
+        not_streaming_since: None,
     };
     loop {
         let snapshot = updates.borrow_and_update().clone();
@@ -242,6 +249,11 @@ impl ReplicaWorker {
         let next = self.act(shard, action, secondaries).await?;
         if !matches!(next, Pass::Removed) {
             self.report(shard).await;
+            if self.standby_stuck(&status, &offline) {
+                tracing::warn!(shard = %self.shard, "the standby has not streamed from its serving primary for {STUCK_STANDBY:?}; it is rebuilt from the primary");
+                self.discard().await?;
+                return Ok(Pass::Again);
+            }
             if let (Some(shard), Some(held)) = (shard, self.held.as_mut()) {
                 self.schema
                     .look(&self.ctx, shard, &mut held.instance)
@@ -589,6 +601,41 @@ impl ReplicaWorker {
             &shard.spec.range,
         )
         .map_err(problem)
+    }
+
+    /// Whether this replica, wanted as a secondary, has not streamed for [`STUCK_STANDBY`]
+    /// while the shard's primary serves at its epoch on a live node. Only then is discarding
+    /// it safe: the primary holds every acknowledged commit.
+    fn standby_stuck(&mut self, status: &ShardStatus, offline: &BTreeSet<String>) -> bool {
+        let not_streaming = self.last_report.as_ref().is_some_and(|(report, _)| {
+            report
+                .as_ref()
+                .is_some_and(|r| r.role == ReplicaRole::Secondary && r.received_lsn.is_some())
+        });
+        let wanted_secondary = status
+            .desired_replicas
+            .iter()
+            .any(|d| d.node == self.ctx.node && d.role == ReplicaRole::Secondary);
+        let primary_serving = status.primary.as_ref().is_some_and(|p| {
+            p.node != self.ctx.node
+                && !offline.contains(&p.node)
+                && status.replicas.iter().any(|r| {
+                    r.node == p.node
+                        && r.role == ReplicaRole::Primary
+                        && r.state == ReplicaState::InSync
+                        && r.epoch == Some(p.epoch)
+                })
+        });
+        if !(not_streaming && wanted_secondary && primary_serving) {
+            self.not_streaming_since = None;
+            return false;
+        }
+        let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STUCK_STANDBY {
+            return false;
+        }
+        self.not_streaming_since = None;
+        true
     }
 
     /// Stops the instance, frees its port and removes its folder.
