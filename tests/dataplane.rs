@@ -104,17 +104,7 @@ impl Ledger {
             check.primaries.split_brains().len(),
             report.slowest_write
         ));
-        assert_eq!(
-            (
-                check.rows.missing,
-                check.rows.duplicated,
-                check.rows.misplaced
-            ),
-            (0, 0, 0),
-            "{what}: {check}"
-        );
-        assert_eq!(check.rows.acked, self.acked.len());
-        assert!(check.primaries.is_clean(), "{what}: {check}");
+        harness::assert_nothing_lost(what, &check, self.acked.len());
         check
     }
 

@@ -83,17 +83,7 @@ impl Ledger {
             check.rows.misplaced,
             check.primaries.split_brains().len()
         );
-        assert_eq!(
-            (
-                check.rows.missing,
-                check.rows.duplicated,
-                check.rows.misplaced
-            ),
-            (0, 0, 0),
-            "{what}: {check}"
-        );
-        assert_eq!(check.rows.acked, self.acked.len());
-        assert!(check.primaries.is_clean(), "{what}: {check}");
+        harness::assert_nothing_lost(what, &check, self.acked.len());
     }
 }
 

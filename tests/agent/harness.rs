@@ -1129,3 +1129,19 @@ pub async fn leader_gauge(addr: SocketAddr) -> Option<i64> {
         .find_map(|l| l.strip_prefix("shardplane_leader "))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Asserts what the checker found after `what`: every one of the `acked` acknowledged
+/// writes exactly once, in its shard's range, and no shard with two writable primaries.
+pub fn assert_nothing_lost(what: &str, check: &shardplane::workload::CheckReport, acked: usize) {
+    assert_eq!(
+        (
+            check.rows.missing,
+            check.rows.duplicated,
+            check.rows.misplaced
+        ),
+        (0, 0, 0),
+        "{what}: {check}"
+    );
+    assert_eq!(check.rows.acked, acked);
+    assert!(check.primaries.is_clean(), "{what}: {check}");
+}
