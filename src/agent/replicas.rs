@@ -178,6 +178,8 @@ struct ReplicaWorker {
     last_wait: Option<String>,
     schema: SchemaApplier,
     not_streaming_since: Option<Instant>,
+    /// A split's or merge's comparison prepared while this primary serves, for its fence.
+    reshard: Option<super::reshard::Prepared>,
 }
 
 /// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
@@ -199,6 +201,7 @@ pub(crate) async fn run(
         last_wait: None,
         schema: SchemaApplier::default(),
         not_streaming_since: None,
+        reshard: None,
     };
     loop {
         let snapshot = updates.borrow_and_update().clone();
@@ -467,12 +470,18 @@ impl ReplicaWorker {
             }
             ReplicaAction::ServePrimary { .. } => {
                 let ctx = self.ctx.clone();
-                let held = self.held_mut()?;
+                let missing = self.not_held();
+                let held = self.held.as_mut().ok_or(missing)?;
                 if !held.instance.is_running() {
                     held.instance.start().await?;
                 }
                 if let Some(shard) = shard.filter(|s| super::reshard::fence_requested(s)) {
-                    super::reshard::serve_source(&ctx, &held.instance, shard).await?;
+                    let mut prepared = self.reshard.take();
+                    let served =
+                        super::reshard::serve_source(&ctx, &held.instance, shard, &mut prepared)
+                            .await;
+                    self.reshard = prepared;
+                    served?;
                     return Ok(Pass::Idle);
                 }
                 if held.write_fenced().await? {
@@ -484,7 +493,10 @@ impl ReplicaWorker {
                 self.applied_quorum = Some(quorum);
                 ensure_slots(self.held_mut()?, &secondaries).await?;
                 if let Some(shard) = shard {
-                    super::reshard::serve_target(&ctx, &self.held_mut()?.instance, shard).await?;
+                    let instance = &self.held.as_ref().ok_or_else(|| self.not_held())?.instance;
+                    super::reshard::serve_target(&ctx, instance, shard).await?;
+                    super::reshard::prepare_source(&ctx, instance, shard, &mut self.reshard)
+                        .await?;
                 }
                 Ok(Pass::Idle)
             }
@@ -532,13 +544,18 @@ impl ReplicaWorker {
     }
 
     fn held_mut(&mut self) -> Result<&mut Held, AgentError> {
-        self.held.as_mut().ok_or_else(|| AgentError::Io {
+        let missing = self.not_held();
+        self.held.as_mut().ok_or(missing)
+    }
+
+    fn not_held(&self) -> AgentError {
+        AgentError::Io {
             path: self.dir.clone(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "the replica has no instance",
             ),
-        })
+        }
     }
 
     fn remove_dir(&self) -> Result<(), AgentError> {

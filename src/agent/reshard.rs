@@ -19,7 +19,10 @@ use crate::plan::KeyRange;
 
 use super::error::AgentError;
 use super::node::NodeContext;
-use super::postgres::{Instance, PostgresError, ShardedTable, Upstream, connect, verify_range};
+use super::postgres::{
+    HeldSnapshot, Instance, PostgresError, RangeDigest, ShardedTable, Side, Upstream, connect,
+    track_changes, untrack_changes, verify_range, verify_range_since,
+};
 use super::protocol::field_manager;
 use super::shard_schema::sharded_table;
 
@@ -163,6 +166,11 @@ pub(crate) async fn serve_target(
     }
     let target = shard.name_any();
     let client = instance.connect().await?;
+    if wanted.is_empty() {
+        // The change switched or was aborted: the source's log of touched keys goes too.
+        let table = table_of(ctx, shard).await?;
+        untrack_changes(&client, instance.name(), &table).await?;
+    }
     let existing: Vec<String> = client
         .query(
             "SELECT subname::text FROM pg_subscription WHERE starts_with(subname::text, $1)",
@@ -282,83 +290,288 @@ async fn drop_subscription(
     Ok(())
 }
 
-/// A source primary's pass while its fence is requested: fence, record the time and WAL
-/// position, wait until the subscribers applied it, compare every requested range.
-pub(crate) async fn serve_source(
+/// A source primary's comparison with its targets, prepared while it still serves (see
+/// `postgres::verify`): a snapshot of its own, and per target a session, a snapshot and both
+/// sides' digests of the range at those snapshots. Kept by the replica's worker from the
+/// prepare pass to the fenced pass; lost on an agent restart, after which the fenced pass
+/// compares by full scans instead.
+pub(crate) struct Prepared {
+    /// The `verify` order it was prepared for.
+    verify: Vec<RangeEndpoint>,
+    table: ShardedTable,
+    source: HeldSnapshot,
+    targets: Vec<PreparedTarget>,
+}
+
+struct PreparedTarget {
+    range: KeyRange,
+    now: tokio_postgres::Client,
+    then: HeldSnapshot,
+    on_source: RangeDigest,
+    on_target: RangeDigest,
+}
+
+/// A source primary's pass while it serves: when the operator asks for a comparison
+/// (`verify`) without a fence yet, prepares it (and reports the targets prepared); when it
+/// asks for neither any more (the change switched or was aborted), forgets the comparison,
+/// removes the log of touched keys and clears what it reported as a source.
+pub(crate) async fn prepare_source(
     ctx: &NodeContext,
     instance: &Instance,
     shard: &Shard,
+    prepared: &mut Option<Prepared>,
 ) -> Result<(), AgentError> {
-    let Some(order) = shard.status.as_ref().and_then(|s| s.reshard.clone()) else {
-        return Ok(());
-    };
-    let mut report = current_report(shard);
-    let fenced = instance.is_write_fenced().await?;
-    if !fenced || report.fenced_at_ms.is_none() {
-        // Writes start failing as the fence goes up: the window counts from here.
-        let fenced_at = now_ms();
-        if !fenced {
-            instance.fence_writes().await?;
-            tracing::info!(shard = %shard.name_any(), "primary fenced for a split/merge");
+    let order = shard
+        .status
+        .as_ref()
+        .and_then(|s| s.reshard.clone())
+        .unwrap_or_default();
+    let report = current_report(shard);
+    if order.verify.is_empty() {
+        let reported = !report.prepared.is_empty()
+            || report.fenced_at_ms.is_some()
+            || !report.checks.is_empty();
+        if prepared.take().is_some() || reported {
+            let table = table_of(ctx, shard).await?;
+            untrack_changes(&instance.connect().await?, instance.name(), &table).await?;
+            let copies = report.copies;
+            write_report(
+                ctx,
+                shard,
+                &ReshardReport {
+                    copies,
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
-        let client = instance.connect().await?;
-        let lsn: String = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|e| instance.sql_error("reading the fenced WAL position", e))?
-            .get(0);
-        report = ReshardReport {
-            fenced_at_ms: Some(fenced_at),
-            fenced_lsn: Some(lsn),
-            checks: Vec::new(),
-            copies: Vec::new(),
-        };
-        write_report(ctx, shard, &report).await?;
-    }
-    let checked = |target: &RangeEndpoint| report.checks.iter().any(|c| c.target == target.shard);
-    if order.verify.iter().all(checked) {
         return Ok(());
     }
-    let lsn = report.fenced_lsn.clone().unwrap_or_default();
-    wait_drained(instance, &lsn).await?;
-    let table = table_of(ctx, shard).await?;
-    // One session per range on each side, all at once: the ranges are scanned in parallel.
-    let checks = futures::future::try_join_all(
-        order
-            .verify
-            .iter()
-            .map(|target| check_range(ctx, instance, shard, &table, target)),
-    )
-    .await?;
-    report.checks = checks;
+    if prepared.as_ref().is_some_and(|p| p.verify == order.verify) {
+        return Ok(());
+    }
+    *prepared = None;
+    let started = Instant::now();
+    let made = prepare(ctx, instance, shard, &order.verify).await?;
+    tracing::info!(
+        shard = %shard.name_any(),
+        targets = made.targets.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "split/merge comparison prepared: ranges checksummed at held snapshots, touched keys logged"
+    );
+    let report = ReshardReport {
+        prepared: order.verify.iter().map(|t| t.shard.clone()).collect(),
+        ..report
+    };
+    *prepared = Some(made);
     write_report(ctx, shard, &report).await
 }
 
-/// Compares one target's range with this (fenced) source's.
-async fn check_range(
+/// Logs touched keys on this instance and on every target, then takes the snapshots and the
+/// baselines (both sides of every range at once).
+async fn prepare(
     ctx: &NodeContext,
     instance: &Instance,
     shard: &Shard,
-    table: &ShardedTable,
-    target: &RangeEndpoint,
-) -> Result<RangeCheck, AgentError> {
-    let range = range_of(&shard.name_any(), target)?;
-    let upstream = parse_endpoint(&target.endpoint)
-        .ok_or_else(|| bad_endpoint(&shard.name_any(), &target.endpoint))?;
+    verify: &[RangeEndpoint],
+) -> Result<Prepared, AgentError> {
+    let name = shard.name_any();
+    let table = table_of(ctx, shard).await?;
     let local = instance.connect().await?;
-    let remote = connect(&upstream, &ctx.credentials)
+    track_changes(&local, instance.name(), &table, false).await?;
+    let mut targets = Vec::new();
+    for target in verify {
+        let range = range_of(&name, target)?;
+        let now = connect_target(ctx, &name, target).await?;
+        track_changes(&now, &target.endpoint, &table, true).await?;
+        let then = connect_target(ctx, &name, target).await?;
+        targets.push((target, range, now, then));
+    }
+    // Every trigger exists now: take the snapshots.
+    let source = HeldSnapshot::take(local, instance.name()).await?;
+    let mut taken = Vec::new();
+    for (target, range, now, then) in targets {
+        taken.push((
+            range,
+            now,
+            HeldSnapshot::take(then, &target.endpoint).await?,
+        ));
+    }
+    let digests = futures::future::try_join_all(taken.iter().map(|(range, _, then)| async {
+        tokio::try_join!(source.digest(&table, *range), then.digest(&table, *range))
+    }))
+    .await?;
+    let targets = taken
+        .into_iter()
+        .zip(digests)
+        .map(
+            |((range, now, then), (on_source, on_target))| PreparedTarget {
+                range,
+                now,
+                then,
+                on_source,
+                on_target,
+            },
+        )
+        .collect();
+    Ok(Prepared {
+        verify: verify.to_vec(),
+        table,
+        source,
+        targets,
+    })
+}
+
+/// A session on a target's primary.
+async fn connect_target(
+    ctx: &NodeContext,
+    shard: &str,
+    target: &RangeEndpoint,
+) -> Result<tokio_postgres::Client, AgentError> {
+    let upstream =
+        parse_endpoint(&target.endpoint).ok_or_else(|| bad_endpoint(shard, &target.endpoint))?;
+    Ok(connect(&upstream, &ctx.credentials)
         .await
         .map_err(|source| PostgresError::Sql {
             instance: target.endpoint.clone(),
             what: "connecting to a target primary to verify its range",
             source,
-        })?;
-    let check = match verify_range(&local, &remote, table, range).await {
+        })?)
+}
+
+/// A source primary's pass while its fence is requested: fence, record the time and WAL
+/// position, wait until the subscribers applied it, compare every requested range — from
+/// the prepared comparison when there is one for this order (only the keys touched since
+/// its snapshots are read), by full scans otherwise — and report all of it in one write.
+pub(crate) async fn serve_source(
+    ctx: &NodeContext,
+    instance: &Instance,
+    shard: &Shard,
+    prepared: &mut Option<Prepared>,
+) -> Result<(), AgentError> {
+    let Some(order) = shard.status.as_ref().and_then(|s| s.reshard.clone()) else {
+        return Ok(());
+    };
+    let mut report = current_report(shard);
+    let checked = |target: &RangeEndpoint| report.checks.iter().any(|c| c.target == target.shard);
+    if report.fenced_at_ms.is_some() && order.verify.iter().all(checked) {
+        *prepared = None;
+        return Ok(());
+    }
+    let usable = prepared.take().filter(|p| p.verify == order.verify);
+    let fenced = instance.is_write_fenced().await?;
+    let usable = if !fenced || report.fenced_at_ms.is_none() {
+        // Writes start failing as the fence goes up: the window counts from here.
+        let fenced_at = now_ms();
+        if !fenced {
+            let spare = usable.as_ref().map(|p| p.source.pid());
+            instance.fence_writes_sparing(spare.as_slice()).await?;
+            tracing::info!(shard = %shard.name_any(), "primary fenced for a split/merge");
+        }
+        report.fenced_at_ms = Some(fenced_at);
+        report.fenced_lsn = None;
+        report.checks = Vec::new();
+        // A prepared comparison is only sound if the fence went up after its snapshots.
+        usable.filter(|_| !fenced)
+    } else {
+        None
+    };
+    let client = instance.connect().await?;
+    let lsn = match report.fenced_lsn.clone() {
+        Some(lsn) => lsn,
+        None => {
+            let lsn: String = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .map_err(|e| instance.sql_error("reading the fenced WAL position", e))?
+                .get(0);
+            report.fenced_lsn = Some(lsn.clone());
+            lsn
+        }
+    };
+    wait_drained(instance, &client, &lsn).await?;
+    report.checks = match usable {
+        Some(prepared) => check_since(shard, &client, &prepared).await?,
+        None => {
+            let table = table_of(ctx, shard).await?;
+            // One session per range on each side, all at once: the ranges are scanned in
+            // parallel.
+            futures::future::try_join_all(
+                order
+                    .verify
+                    .iter()
+                    .map(|target| check_range(ctx, instance, shard, &table, target)),
+            )
+            .await?
+        }
+    };
+    write_report(ctx, shard, &report).await
+}
+
+/// Compares every prepared range under the fence from the keys touched since the snapshots.
+async fn check_since(
+    shard: &Shard,
+    now: &tokio_postgres::Client,
+    prepared: &Prepared,
+) -> Result<Vec<RangeCheck>, AgentError> {
+    let mut touched = prepared.source.touched_since(now).await?;
+    for target in &prepared.targets {
+        touched.extend(target.then.touched_since(&target.now).await?);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let checks = prepared
+        .verify
+        .iter()
+        .zip(&prepared.targets)
+        .map(|(endpoint, target)| {
+            let touched = &touched;
+            async move {
+                let outcome = verify_range_since(
+                    Side {
+                        now,
+                        then: &prepared.source,
+                        baseline: &target.on_source,
+                    },
+                    Side {
+                        now: &target.now,
+                        then: &target.then,
+                        baseline: &target.on_target,
+                    },
+                    &prepared.table,
+                    target.range,
+                    touched,
+                )
+                .await;
+                range_check(
+                    shard,
+                    endpoint,
+                    target.range,
+                    outcome,
+                    &format!(
+                        "{} key(s) touched since the snapshots re-read under the fence",
+                        touched.len()
+                    ),
+                )
+            }
+        });
+    futures::future::try_join_all(checks).await
+}
+
+/// The report of one range's comparison.
+fn range_check(
+    shard: &Shard,
+    target: &RangeEndpoint,
+    range: KeyRange,
+    outcome: Result<RangeDigest, PostgresError>,
+    how: &str,
+) -> Result<RangeCheck, AgentError> {
+    let check = match outcome {
         Ok(digest) => RangeCheck {
             target: target.shard.clone(),
             matches: true,
             rows: digest.rows,
-            detail: format!("{range}: {digest} on both sides"),
+            detail: format!("{range}: {digest} on both sides ({how})"),
         },
         Err(PostgresError::RangeMismatch {
             on_source,
@@ -369,7 +582,7 @@ async fn check_range(
             matches: false,
             rows: on_source.rows,
             detail: format!(
-                "{range}: source has {on_source}, target {} has {on_target}",
+                "{range}: source has {on_source}, target {} has {on_target} ({how})",
                 target.shard
             ),
         },
@@ -379,10 +592,28 @@ async fn check_range(
     Ok(check)
 }
 
+/// Compares one target's range with this (fenced) source's by full scans on both sides.
+async fn check_range(
+    ctx: &NodeContext,
+    instance: &Instance,
+    shard: &Shard,
+    table: &ShardedTable,
+    target: &RangeEndpoint,
+) -> Result<RangeCheck, AgentError> {
+    let range = range_of(&shard.name_any(), target)?;
+    let local = instance.connect().await?;
+    let remote = connect_target(ctx, &shard.name_any(), target).await?;
+    let outcome = verify_range(&local, &remote, table, range).await;
+    range_check(shard, target, range, outcome, "full scans under the fence")
+}
+
 /// Waits (at most [`DRAIN_TIMEOUT`]) until every split/merge subscriber of this instance has
 /// applied the WAL up to `lsn`.
-async fn wait_drained(instance: &Instance, lsn: &str) -> Result<(), AgentError> {
-    let client = instance.connect().await?;
+async fn wait_drained(
+    instance: &Instance,
+    client: &tokio_postgres::Client,
+    lsn: &str,
+) -> Result<(), AgentError> {
     let started = Instant::now();
     loop {
         let drained: bool = client

@@ -236,8 +236,14 @@ pub struct ReshardOrder {
     pub fence: bool,
     /// On a source: the target primaries to compare with, range by range (row count and
     /// checksum), once the fence holds and the targets have applied every fenced write.
+    /// Written before the fence: the primary then takes the bulk of the comparison while it
+    /// still serves, so only the rows written since are compared under the fence.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verify: Vec<RangeEndpoint>,
+    /// On a source: when (Unix milliseconds) `verify` was asked for; the fence is raised once
+    /// the primary has prepared the comparison, or this long ago plus a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_requested_at_ms: Option<i64>,
     /// On a source: when (Unix milliseconds) the routing map stopped naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at_ms: Option<i64>,
@@ -308,6 +314,10 @@ pub struct ReshardReport {
     /// On a target: each source's copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyProgress>,
+    /// On a source: the targets whose comparison is prepared (each side's range checksummed
+    /// at a held snapshot, changed keys tracked since), before the fence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared: Vec<String>,
     /// On a source: when (Unix milliseconds) the primary started refusing writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_at_ms: Option<i64>,

@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -22,7 +23,7 @@ use crate::api::database_cluster::{Approval, ApprovalPolicy};
 use crate::api::plan::{
     PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
 };
-use crate::api::{DatabaseCluster, Plan};
+use crate::api::{DatabaseCluster, Plan, Shard};
 use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
 
 use super::APPROVE_ANNOTATION;
@@ -47,8 +48,33 @@ pub enum ExecutorError {
 /// Runs the executor while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
     let controller = Controller::new(ctx.watched::<Plan>(), watcher::Config::default());
-    ctx.metrics.queue.track("Plan", controller.store());
+    let plans = controller.store();
+    ctx.metrics.queue.track("Plan", plans.clone());
+    // A split's or merge's steps wait on its shards' agents: a change of such a shard wakes
+    // the running plans at once instead of at their next poll (the write fence is up
+    // meanwhile).
     controller
+        .watches(
+            ctx.watched::<Shard>(),
+            watcher::Config::default(),
+            move |shard: Shard| {
+                let resharding = shard
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.reshard.is_some() || s.reshard_report.is_some());
+                let namespace = shard.namespace();
+                plans
+                    .state()
+                    .into_iter()
+                    .filter(move |plan| {
+                        resharding
+                            && plan.namespace() == namespace
+                            && plan.status.as_ref().and_then(|s| s.phase)
+                                == Some(PlanPhase::Running)
+                    })
+                    .map(|plan| ObjectRef::from_obj(plan.as_ref()))
+            },
+        )
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -337,7 +363,8 @@ async fn execute(
                     .filter(|s| s.phase == StepPhase::Succeeded)
                     .count();
                 writer.status.completed_steps = Some(done as i32);
-                writer.flush(plan).await?;
+                // Written with the next step's Running (or the plan's end): one write less
+                // per step. A crash before it re-runs this step's idempotent effect.
                 ctx.metrics
                     .plan_steps
                     .get_or_create(&StepLabels {

@@ -35,6 +35,9 @@ pub const RESHARD_MANAGER: &str = "shardplane-operator/reshard";
 pub const GRACE_ANNOTATION: &str = "shardplane.io/retire-grace-seconds";
 /// The grace period when the Table does not set one.
 pub const DEFAULT_GRACE_MS: u64 = 60_000;
+/// How long the fence waits for the sources' primaries to prepare their comparison before
+/// fencing anyway (they then compare by full scans under the fence).
+const PREPARE_TIMEOUT_MS: i64 = 120_000;
 /// How often the routing switch re-reads the Table when another writer got there first.
 const SWITCH_ATTEMPTS: usize = 5;
 
@@ -393,20 +396,60 @@ async fn ranges_copied_from(
     Ok(out)
 }
 
+/// The fence, in two stages so that the window stays short: first every source is asked
+/// for its comparison (`verify`), which its primary prepares while it still serves; once
+/// every source has prepared (or [`PREPARE_TIMEOUT_MS`] passed: the primary then compares
+/// by full scans under the fence), every source is asked to fence at once. Done when every
+/// source's primary reports its fence.
 async fn fence(
     ctx: &Context,
     shards: &Api<Shard>,
     sources: &[String],
 ) -> Result<Progress, StepError> {
-    let mut waiting = Vec::new();
+    let mut current = Vec::new();
     for name in sources {
-        let shard = get_shard(shards, name).await?;
-        let mut order = order(&shard);
+        current.push(get_shard(shards, name).await?);
+    }
+    let mut asked = false;
+    for shard in &current {
+        let mut order = order(shard);
+        if order.verify.is_empty() && !order.fence {
+            order.verify = ranges_copied_from(shards, &shard.name_any()).await?;
+            order.verify_requested_at_ms = Some(now_ms() as i64);
+            write_order(ctx, shards, &shard.name_any(), &order, None).await?;
+            asked = true;
+        }
+    }
+    if asked {
+        return Ok(Progress::Waiting(format!(
+            "waiting for the primary of {} to prepare the comparison",
+            sources.join(", ")
+        )));
+    }
+    let unprepared: Vec<String> = current
+        .iter()
+        .filter(|s| !order(s).fence && !prepared(s))
+        .map(|s| s.name_any())
+        .collect();
+    let timed_out = current.iter().any(|s| {
+        order(s)
+            .verify_requested_at_ms
+            .is_none_or(|at| now_ms() as i64 - at > PREPARE_TIMEOUT_MS)
+    });
+    if !unprepared.is_empty() && !timed_out {
+        return Ok(Progress::Waiting(format!(
+            "waiting for the primary of {} to prepare the comparison",
+            unprepared.join(", ")
+        )));
+    }
+    let mut waiting = Vec::new();
+    for shard in &current {
+        let name = shard.name_any();
+        let mut order = order(shard);
         if !order.fence {
             order.fence = true;
-            order.verify = ranges_copied_from(shards, name).await?;
-            write_order(ctx, shards, name, &order, None).await?;
-            waiting.push(name.as_str());
+            write_order(ctx, shards, &name, &order, None).await?;
+            waiting.push(name);
             continue;
         }
         let fenced = shard
@@ -415,7 +458,7 @@ async fn fence(
             .and_then(|s| s.reshard_report.as_ref())
             .is_some_and(|r| r.fenced_at_ms.is_some());
         if !fenced {
-            waiting.push(name.as_str());
+            waiting.push(name);
         }
     }
     if waiting.is_empty() {
@@ -426,6 +469,20 @@ async fn fence(
             waiting.join(", ")
         )))
     }
+}
+
+/// Whether the source's primary reports its comparison prepared for every target asked.
+fn prepared(shard: &Shard) -> bool {
+    let prepared = shard
+        .status
+        .as_ref()
+        .and_then(|s| s.reshard_report.as_ref())
+        .map(|r| r.prepared.clone())
+        .unwrap_or_default();
+    order(shard)
+        .verify
+        .iter()
+        .all(|t| prepared.contains(&t.shard))
 }
 
 async fn verify(

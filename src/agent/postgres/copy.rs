@@ -66,7 +66,7 @@ pub struct CopyStats {
 
 /// Session settings that fix every type's text form, so both sides of a verification print
 /// equal rows equally.
-const STABLE_OUTPUT: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
+pub(super) const STABLE_OUTPUT: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
      SET extra_float_digits = 3; SET TimeZone = 'UTC'; SET bytea_output = 'hex'";
 
 impl ShardedTable {

@@ -183,6 +183,18 @@ pub enum PostgresError {
         timeout: Duration,
     },
 
+    /// A range checksum read back from PostgreSQL is not an integer.
+    #[error(
+        "instance {instance} returned range checksums that are not integers ({checksums}); \
+         the comparison cannot be adjusted for the keys touched since its snapshot"
+    )]
+    BadChecksum {
+        /// The instance.
+        instance: String,
+        /// The checksums involved.
+        checksums: String,
+    },
+
     /// A copied key range differs between source and target.
     #[error(
         "range {range} of table {table} differs: the source has {on_source}, the target \

@@ -33,7 +33,16 @@ impl Instance {
     /// Fences writes (see the module documentation) and returns once a fresh session is
     /// read-only and every other client session is gone.
     pub async fn fence_writes(&self) -> Result<(), PostgresError> {
-        self.alter_system(
+        self.fence_writes_sparing(&[]).await
+    }
+
+    /// [`Instance::fence_writes`], except that the client sessions of the server processes
+    /// `spare` are not terminated: the agent's own read-only snapshots (a split's
+    /// comparison) must outlive the fence. One session does it all.
+    pub async fn fence_writes_sparing(&self, spare: &[i32]) -> Result<(), PostgresError> {
+        let client = self.connect().await?;
+        self.alter_system_on(
+            &client,
             "fencing writes",
             &[
                 ("default_transaction_read_only", Some("on")),
@@ -42,23 +51,28 @@ impl Instance {
         )
         .await?;
         // The reload is asynchronous: wait until sessions forked from now on see it, so
-        // that no session started after the terminations below can write.
+        // that no session started after the terminations below can write. The postmaster
+        // re-reads the configuration before it signals its children, so once this very
+        // session sees the new value, every session forked from now on does.
         let started = Instant::now();
-        while !self.is_write_fenced().await? {
+        while !read_only(&client)
+            .await
+            .map_err(|source| self.sql_error("reading the write fence", source))?
+        {
             if started.elapsed() > RELOAD_TIMEOUT {
                 return Err(PostgresError::FenceNotApplied {
                     instance: self.name().to_owned(),
                     timeout: RELOAD_TIMEOUT,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        self.connect()
-            .await?
+        client
             .execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                &[],
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                   AND pid <> ALL($1)",
+                &[&spare],
             )
             .await
             .map_err(|source| self.sql_error("terminating write sessions", source))?;
@@ -79,16 +93,20 @@ impl Instance {
 
     /// Whether a new session on this instance starts read-only.
     pub async fn is_write_fenced(&self) -> Result<bool, PostgresError> {
-        let value: String = self
-            .connect()
-            .await?
-            .query_one(
-                "SELECT current_setting('default_transaction_read_only')",
-                &[],
-            )
+        read_only(&self.connect().await?)
             .await
-            .map_err(|source| self.sql_error("reading the write fence", source))?
-            .get(0);
-        Ok(value == "on")
+            .map_err(|source| self.sql_error("reading the write fence", source))
     }
+}
+
+/// Whether `client`'s session starts its transactions read-only.
+async fn read_only(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
+    let value: String = client
+        .query_one(
+            "SELECT current_setting('default_transaction_read_only')",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(value == "on")
 }

@@ -455,7 +455,17 @@ impl Instance {
         what: &'static str,
         settings: &[(&str, Option<&str>)],
     ) -> Result<(), PostgresError> {
-        let client = self.connect().await?;
+        self.alter_system_on(&self.connect().await?, what, settings)
+            .await
+    }
+
+    /// [`Instance::alter_system`] on a session of this instance's.
+    pub(crate) async fn alter_system_on(
+        &self,
+        client: &Client,
+        what: &'static str,
+        settings: &[(&str, Option<&str>)],
+    ) -> Result<(), PostgresError> {
         for (name, value) in settings {
             let statement = match value {
                 Some(value) => format!("ALTER SYSTEM SET {name} = {}", quote_literal(value)),

@@ -12,6 +12,7 @@ mod settings;
 mod sql;
 mod status;
 mod toolchain;
+mod verify;
 
 pub use copy::{
     CopyStats, KeyKind, RangeDigest, ShardedTable, copy_range, pipe_copy, range_digest,
@@ -25,6 +26,7 @@ pub use settings::{Credentials, InstanceSettings, REPLICATION_USER, SUPERUSER, W
 pub(crate) use sql::quote_ident;
 pub use status::{InstanceStatus, Role, StandbyStatus};
 pub use toolchain::{OsUser, PG_BIN_ENV, Toolchain};
+pub use verify::{HeldSnapshot, Side, track_changes, untrack_changes, verify_range_since};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for a new instance. Another program
 /// may take it before the instance binds it; the start then fails with "could not bind" and
