@@ -459,29 +459,37 @@ pub(crate) async fn serve_source(
         return Ok(());
     }
     let usable = prepared.take().filter(|p| p.verify == order.verify);
-    let fenced = instance.is_write_fenced().await?;
+    // One session for the whole pass: it fences, then reads the position, waits for the
+    // subscribers and compares.
+    let client = instance.connect().await?;
+    let fenced = instance.is_write_fenced_on(&client).await?;
     let usable = if !fenced || report.fenced_at_ms.is_none() {
         // Writes start failing as the fence goes up: the window counts from here.
         let fenced_at = now_ms();
         if !fenced {
             let spare = usable.as_ref().map(|p| p.source.pid());
-            instance.fence_writes_sparing(spare.as_slice()).await?;
+            instance.fence_writes_on(&client, spare.as_slice()).await?;
             tracing::info!(shard = %shard.name_any(), "primary fenced for a split/merge");
         }
         report.fenced_at_ms = Some(fenced_at);
         report.fenced_lsn = None;
         report.checks = Vec::new();
+        report.checked_at_ms = None;
         // A prepared comparison is only sound if the fence went up after its snapshots.
         usable.filter(|_| !fenced)
     } else {
         None
     };
-    let client = instance.connect().await?;
+    // The flushed position, not the inserted one: every commit acknowledged with
+    // `synchronous_commit` on is flushed, and WAL past it (an abort of a terminated session,
+    // a running-transactions record) waits for the WAL writer, which may sleep for seconds.
+    // A commit acknowledged unflushed (`synchronous_commit = off`) that the targets have not
+    // applied yet fails the comparison, which aborts the change: nothing is lost.
     let lsn = match report.fenced_lsn.clone() {
         Some(lsn) => lsn,
         None => {
             let lsn: String = client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
                 .await
                 .map_err(|e| instance.sql_error("reading the fenced WAL position", e))?
                 .get(0);
@@ -490,7 +498,7 @@ pub(crate) async fn serve_source(
         }
     };
     wait_drained(instance, &client, &lsn).await?;
-    report.checks = match usable {
+    let checks = match usable {
         Some(prepared) => check_since(shard, &client, &prepared).await?,
         None => {
             let table = table_of(ctx, shard).await?;
@@ -505,6 +513,8 @@ pub(crate) async fn serve_source(
             .await?
         }
     };
+    report.checks = checks;
+    report.checked_at_ms = Some(now_ms());
     write_report(ctx, shard, &report).await
 }
 

@@ -328,6 +328,11 @@ pub struct ReshardReport {
     /// On a source: the range checks against each target, made after the fence.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<RangeCheck>,
+    /// On a source: when (Unix milliseconds) the checks were done; with `fencedAtMs` and the
+    /// order's `switchedAtMs` it splits the write-fence window into the agent's part and the
+    /// operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at_ms: Option<i64>,
 }
 
 /// What is: the replicas wanted and observed, the primary, the phase.

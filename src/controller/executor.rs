@@ -92,10 +92,17 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
     let started = Instant::now();
     ctx.reconcile_started("Plan", plan.as_ref());
     ctx.leader.ensure()?;
+    // The cache may not hold this executor's own last status write yet (a shard's change
+    // can wake a plan right after it): act on the stored plan, not a conflict and a backoff.
+    let plans: Api<Plan> =
+        Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    let Some(plan) = plans.get_opt(&plan.name_any()).await? else {
+        return Ok(ctx.next("Plan", plan.as_ref(), None));
+    };
     let mut writer = StatusWriter::new(&ctx, &plan);
     let action = match writer.status.phase {
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
-            ctx.next("Plan", plan.as_ref(), None)
+            ctx.next("Plan", &plan, None)
         }
         Some(PlanPhase::Running) => execute(&ctx, &plan, &mut writer).await?,
         None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
@@ -120,13 +127,13 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                     );
                     writer.flush_if_changed(&plan).await?;
                     // The target's annotation is not watched here: look again shortly.
-                    ctx.next("Plan", plan.as_ref(), Some(Duration::from_secs(1)))
+                    ctx.next("Plan", &plan, Some(Duration::from_secs(1)))
                 }
             }
         }
     };
     ctx.metrics.reconciled("Plan", "ok", started);
-    ctx.reconciled("Plan", plan.as_ref());
+    ctx.reconciled("Plan", &plan);
     Ok(action)
 }
 

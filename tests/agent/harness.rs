@@ -762,6 +762,17 @@ pub async fn reshard(
             if let (Some(order), Some(report)) = (status.reshard, status.reshard_report)
                 && let (Some(switched), Some(fenced)) = (order.switched_at_ms, report.fenced_at_ms)
             {
+                if window.is_none()
+                    && let Some(checked) = report.checked_at_ms
+                {
+                    println!(
+                        "{measured}: fence window {} ms = fence → checked {} ms (agent) + \
+                         checked → routing switched {} ms (operator)",
+                        switched - fenced,
+                        checked - fenced,
+                        switched - checked
+                    );
+                }
                 window = Some(switched - fenced);
             }
         }

@@ -33,16 +33,20 @@ impl Instance {
     /// Fences writes (see the module documentation) and returns once a fresh session is
     /// read-only and every other client session is gone.
     pub async fn fence_writes(&self) -> Result<(), PostgresError> {
-        self.fence_writes_sparing(&[]).await
+        self.fence_writes_on(&self.connect().await?, &[]).await
     }
 
-    /// [`Instance::fence_writes`], except that the client sessions of the server processes
-    /// `spare` are not terminated: the agent's own read-only snapshots (a split's
-    /// comparison) must outlive the fence. One session does it all.
-    pub async fn fence_writes_sparing(&self, spare: &[i32]) -> Result<(), PostgresError> {
-        let client = self.connect().await?;
+    /// [`Instance::fence_writes`] on `client`, a session of this instance's, which stays
+    /// open (read-only from now on), as do the client sessions of the server processes
+    /// `spare`: the agent's own read-only snapshots (a split's comparison) must outlive the
+    /// fence.
+    pub async fn fence_writes_on(
+        &self,
+        client: &tokio_postgres::Client,
+        spare: &[i32],
+    ) -> Result<(), PostgresError> {
         self.alter_system_on(
-            &client,
+            client,
             "fencing writes",
             &[
                 ("default_transaction_read_only", Some("on")),
@@ -55,10 +59,7 @@ impl Instance {
         // re-reads the configuration before it signals its children, so once this very
         // session sees the new value, every session forked from now on does.
         let started = Instant::now();
-        while !read_only(&client)
-            .await
-            .map_err(|source| self.sql_error("reading the write fence", source))?
-        {
+        while !self.is_write_fenced_on(client).await? {
             if started.elapsed() > RELOAD_TIMEOUT {
                 return Err(PostgresError::FenceNotApplied {
                     instance: self.name().to_owned(),
@@ -93,20 +94,23 @@ impl Instance {
 
     /// Whether a new session on this instance starts read-only.
     pub async fn is_write_fenced(&self) -> Result<bool, PostgresError> {
-        read_only(&self.connect().await?)
-            .await
-            .map_err(|source| self.sql_error("reading the write fence", source))
+        self.is_write_fenced_on(&self.connect().await?).await
     }
-}
 
-/// Whether `client`'s session starts its transactions read-only.
-async fn read_only(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
-    let value: String = client
-        .query_one(
-            "SELECT current_setting('default_transaction_read_only')",
-            &[],
-        )
-        .await?
-        .get(0);
-    Ok(value == "on")
+    /// Whether `client` (a session of this instance's, which has seen every configuration
+    /// reload signalled to it) starts its transactions read-only.
+    pub async fn is_write_fenced_on(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<bool, PostgresError> {
+        let value: String = client
+            .query_one(
+                "SELECT current_setting('default_transaction_read_only')",
+                &[],
+            )
+            .await
+            .map_err(|source| self.sql_error("reading the write fence", source))?
+            .get(0);
+        Ok(value == "on")
+    }
 }
