@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use shardplane::agent::postgres::{
-    Credentials, Instance, InstanceSettings, InstanceSpec, KeyKind, PostgresError, Role,
-    ShardedTable, StopMode, SyncQuorum, Toolchain, WalLevel, copy_range, free_loopback_port,
-    range_digest, verify_range,
+    Credentials, HeldSnapshot, Instance, InstanceSettings, InstanceSpec, KeyKind, PostgresError,
+    Role, ShardedTable, Side, StopMode, SyncQuorum, Toolchain, WalLevel, copy_range,
+    free_loopback_port, range_digest, track_changes, untrack_changes, verify_range,
+    verify_range_since,
 };
 use shardplane::plan::KeyRange;
 use shardplane::routing::{ShardKeyValue, keyspace_id};
@@ -732,4 +733,179 @@ async fn promotion_with_the_old_quorum_blocks_writes() {
         .await
         .expect("the waiting commit was not released")
         .unwrap();
+}
+
+/// A split's comparison prepared while the source serves (`agent::postgres::verify`): both
+/// sides checksummed at held snapshots with their touched keys logged; after more writes
+/// (which the subscription carries), the fence, and the catch-up, only the touched keys are
+/// re-read, and the result equals a full scan. A row the target gets behind the
+/// subscription's back after the snapshots is caught; the fence spares the snapshot's
+/// session and ends the others.
+#[tokio::test]
+async fn a_comparison_prepared_before_the_fence_rereads_only_touched_keys() {
+    let sandbox = Sandbox::new();
+    let mut logical = sandbox.spec("psource");
+    logical.settings.wal_level = WalLevel::Logical;
+    let (source, target) = tokio::join!(
+        Instance::create_primary(&sandbox.toolchain, &logical, &sandbox.credentials),
+        sandbox.primary("ptarget")
+    );
+    let (source, target) = (source.unwrap(), target);
+    let source_client = source.connect().await.unwrap();
+    let target_client = target.connect().await.unwrap();
+    for client in [&source_client, &target_client] {
+        client.batch_execute(ORDERS).await.unwrap();
+    }
+    let insert = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO orders SELECT g % 900, g, md5(g::text), g, now() \
+             FROM generate_series({from}, {to}) g"
+        )
+    };
+    source_client.batch_execute(&insert(1, 5000)).await.unwrap();
+    let table = ShardedTable {
+        name: "orders".to_owned(),
+        key_column: "customer_id".to_owned(),
+        key_kind: KeyKind::Integer,
+    };
+    let (_, range) = KeyRange::FULL.split_at(i64::MIN / 2).unwrap();
+    source_client
+        .batch_execute(&table.range_publication("prepared_high", range))
+        .await
+        .unwrap();
+    target
+        .subscribe("prepared_high", &source.upstream(), "prepared_high", true)
+        .await
+        .unwrap();
+    // Writes keep coming while the comparison is prepared: the target lags the source when
+    // the snapshots are taken.
+    source_client
+        .batch_execute(&insert(5001, 6000))
+        .await
+        .unwrap();
+    track_changes(&source_client, "source", &table, false)
+        .await
+        .unwrap();
+    track_changes(&target_client, "target", &table, true)
+        .await
+        .unwrap();
+    let source_then = HeldSnapshot::take(source.connect().await.unwrap(), "source")
+        .await
+        .unwrap();
+    let target_then = HeldSnapshot::take(target.connect().await.unwrap(), "target")
+        .await
+        .unwrap();
+    let source_baseline = source_then.digest(&table, range).await.unwrap();
+    let target_baseline = target_then.digest(&table, range).await.unwrap();
+    source_client
+        .batch_execute(&format!(
+            "{}; UPDATE orders SET note = 'changed' WHERE order_id % 10 = 0 AND order_id < 300; \
+             DELETE FROM orders WHERE order_id % 7 = 0 AND order_id < 300",
+            insert(6001, 6100)
+        ))
+        .await
+        .unwrap();
+
+    // The fence spares the snapshot's session and ends any other.
+    let fenced = source.connect().await.unwrap();
+    let bystander = source.connect().await.unwrap();
+    source
+        .fence_writes_on(&fenced, &[source_then.pid()])
+        .await
+        .unwrap();
+    assert!(bystander.simple_query("SELECT 1").await.is_err());
+    let expected = range_digest(&fenced, "source", &table, range)
+        .await
+        .unwrap();
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if range_digest(&target_client, "target", &table, range)
+            .await
+            .unwrap()
+            == expected
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the target did not catch up with {expected}");
+
+    let touched = |extra: Vec<String>| async {
+        let mut keys = source_then.touched_since(&fenced).await.unwrap();
+        keys.extend(target_then.touched_since(&target_client).await.unwrap());
+        keys.extend(extra);
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
+    let keys = touched(Vec::new()).await;
+    // Customers 1..=899 exist; the writes since the snapshots touched at most those of
+    // order_id 6001..=6100 and < 300, and those the target applied after its snapshot.
+    assert!(!keys.is_empty() && keys.len() < 900, "{} keys", keys.len());
+    let compare = |keys: Vec<String>| {
+        let (source_then, target_then) = (&source_then, &target_then);
+        let (source_baseline, target_baseline) = (&source_baseline, &target_baseline);
+        let (fenced, target_client, table) = (&fenced, &target_client, &table);
+        async move {
+            verify_range_since(
+                Side {
+                    now: fenced,
+                    then: source_then,
+                    baseline: source_baseline,
+                },
+                Side {
+                    now: target_client,
+                    then: target_then,
+                    baseline: target_baseline,
+                },
+                table,
+                range,
+                &keys,
+            )
+            .await
+        }
+    };
+    assert_eq!(compare(keys).await.unwrap(), expected);
+
+    // A row the subscription did not bring, written after the snapshots: logged, caught.
+    let stray = (1..)
+        .find(|k: &i64| range.contains(keyspace_id(&ShardKeyValue::Int(*k))))
+        .unwrap();
+    target_client
+        .execute(
+            "INSERT INTO orders VALUES ($1, 999999, 'stray', 1, now())",
+            &[&stray],
+        )
+        .await
+        .unwrap();
+    let keys = touched(Vec::new()).await;
+    assert!(keys.contains(&stray.to_string()));
+    let error = compare(keys).await.unwrap_err();
+    assert!(
+        matches!(error, PostgresError::RangeMismatch { .. }),
+        "{error}"
+    );
+    // The snapshots' transactions hold the table's lock that removing the trigger needs.
+    drop((source_then, target_then));
+    let mut removed = false;
+    for _ in 0..100 {
+        if untrack_changes(&target_client, "target", &table)
+            .await
+            .is_ok()
+        {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "the log of touched keys could not be removed");
+    assert_eq!(
+        query_count(
+            &target_client,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'shardplane_touched'"
+        )
+        .await,
+        0
+    );
+    target.unsubscribe("prepared_high").await.unwrap();
 }

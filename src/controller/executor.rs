@@ -25,6 +25,7 @@ use crate::api::plan::{
 };
 use crate::api::{DatabaseCluster, Plan, Shard};
 use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
+use crate::plan::StepAction;
 
 use super::APPROVE_ANNOTATION;
 use super::conditions::{self, Observation};
@@ -34,7 +35,10 @@ use super::leader::NotLeader;
 use super::metrics::StepLabels;
 use super::plan_wire;
 
-/// Why a plan reconcile failed; retried with backoff.
+/// How soon a plan whose status write met a newer version is looked at again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(20);
+
+/// Why a plan reconcile failed; retried with backoff (a conflict, at once).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     /// This replica must not act.
@@ -81,6 +85,14 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
+    if let ExecutorError::Api(kube::Error::Api(response)) = error
+        && response.code == 409
+    {
+        // The cache did not hold this executor's own last status write yet (a shard's
+        // change can wake a plan right after it): look again at once, without a backoff;
+        // nothing acted on the stale copy (every status write precedes its step's effect).
+        return ctx.next("Plan", plan.as_ref(), Some(CONFLICT_RETRY));
+    }
     let result = match error {
         ExecutorError::NotLeader(_) => "not_leader",
         ExecutorError::Api(_) => "api",
@@ -92,17 +104,10 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
     let started = Instant::now();
     ctx.reconcile_started("Plan", plan.as_ref());
     ctx.leader.ensure()?;
-    // The cache may not hold this executor's own last status write yet (a shard's change
-    // can wake a plan right after it): act on the stored plan, not a conflict and a backoff.
-    let plans: Api<Plan> =
-        Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
-    let Some(plan) = plans.get_opt(&plan.name_any()).await? else {
-        return Ok(ctx.next("Plan", plan.as_ref(), None));
-    };
     let mut writer = StatusWriter::new(&ctx, &plan);
     let action = match writer.status.phase {
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
-            ctx.next("Plan", &plan, None)
+            ctx.next("Plan", plan.as_ref(), None)
         }
         Some(PlanPhase::Running) => execute(&ctx, &plan, &mut writer).await?,
         None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
@@ -127,13 +132,13 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                     );
                     writer.flush_if_changed(&plan).await?;
                     // The target's annotation is not watched here: look again shortly.
-                    ctx.next("Plan", &plan, Some(Duration::from_secs(1)))
+                    ctx.next("Plan", plan.as_ref(), Some(Duration::from_secs(1)))
                 }
             }
         }
     };
     ctx.metrics.reconciled("Plan", "ok", started);
-    ctx.reconciled("Plan", &plan);
+    ctx.reconciled("Plan", plan.as_ref());
     Ok(action)
 }
 
@@ -329,17 +334,22 @@ async fn execute(
                 writer.status.steps.len() - 1
             }
         };
+        let action = plan_wire::step_action(step);
         match writer.status.steps[index].phase {
             StepPhase::Succeeded => continue,
             StepPhase::Failed => return Ok(ctx.next("Plan", plan, None)),
             StepPhase::Pending => {
-                // Recorded before acting: a restarted operator resumes this step.
+                // Recorded before acting: a restarted operator resumes this step. A step
+                // that only looks is recorded with its outcome (one write less while a
+                // split's fence is up).
                 let state = &mut writer.status.steps[index];
                 state.phase = StepPhase::Running;
                 state.attempts += 1;
                 state.started_at = Some(Time(Timestamp::now()));
                 writer.status.executor_epoch = Some(ctx.leader.epoch());
-                writer.flush(plan).await?;
+                if !action.as_ref().is_ok_and(StepAction::only_observes) {
+                    writer.flush(plan).await?;
+                }
             }
             StepPhase::Running => {
                 if writer.status.executor_epoch != Some(ctx.leader.epoch()) {
@@ -350,7 +360,7 @@ async fn execute(
                 }
             }
         }
-        let outcome = match plan_wire::step_action(step) {
+        let outcome = match action {
             Ok(action) => effects::advance(ctx, &namespace, &action).await,
             Err(error) => Err(StepError::Permanent(format!(
                 "step {} cannot be read: {error}",

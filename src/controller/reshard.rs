@@ -183,6 +183,11 @@ fn order(shard: &Shard) -> ReshardOrder {
         .unwrap_or_default()
 }
 
+/// The named shards, read at once (a split's fence is up while the executor reads them).
+async fn get_shards(shards: &Api<Shard>, names: &[String]) -> Result<Vec<Shard>, StepError> {
+    futures::future::try_join_all(names.iter().map(|name| get_shard(shards, name))).await
+}
+
 /// How long a source that switched at some point must still be kept, if at all.
 pub fn retire_wait_ms(shard: &Shard, now_ms: u64) -> Option<u64> {
     let after = order(shard).retire_after_ms?;
@@ -406,10 +411,7 @@ async fn fence(
     shards: &Api<Shard>,
     sources: &[String],
 ) -> Result<Progress, StepError> {
-    let mut current = Vec::new();
-    for name in sources {
-        current.push(get_shard(shards, name).await?);
-    }
+    let current = get_shards(shards, sources).await?;
     let mut asked = false;
     for shard in &current {
         let mut order = order(shard);
@@ -493,8 +495,8 @@ async fn verify(
 ) -> Result<Progress, StepError> {
     let mut mismatches = Vec::new();
     let mut waiting = Vec::new();
-    for name in sources {
-        let shard = get_shard(shards, name).await?;
+    for shard in get_shards(shards, sources).await? {
+        let name = shard.name_any();
         let checks = shard
             .status
             .as_ref()
@@ -557,8 +559,8 @@ async fn switch(
 ) -> Result<Progress, StepError> {
     let tables: Api<Table> = Api::namespaced(ctx.client.clone(), namespace);
     let mut serving = Vec::new();
-    for name in serve {
-        let shard = get_shard(shards, name).await?;
+    for shard in get_shards(shards, serve).await? {
+        let name = shard.name_any();
         let status = shard.status.clone().unwrap_or_default();
         let Some(primary) = status.primary.clone() else {
             return Err(StepError::Permanent(format!("{name} has no primary")));

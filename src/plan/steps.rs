@@ -209,6 +209,15 @@ impl StepAction {
         }
     }
 
+    /// Whether the action only looks (its effect is done by another step or by the agents):
+    /// the executor need not record it Running before it looks.
+    pub fn only_observes(&self) -> bool {
+        matches!(
+            self,
+            StepAction::CatchUpTarget { .. } | StepAction::VerifyRanges { .. }
+        )
+    }
+
     /// Adds the nodes whose concurrency budget the action uses to `out`.
     fn add_nodes<'s>(&'s self, out: &mut Vec<&'s str>) {
         match self {

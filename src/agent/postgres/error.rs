@@ -183,6 +183,20 @@ pub enum PostgresError {
         timeout: Duration,
     },
 
+    /// Sessions the fence terminated had not ended in time.
+    #[error(
+        "instance {instance}: {left} session(s) terminated by the write fence still ran \
+         {timeout:?} later; see pg_stat_activity for what they wait on"
+    )]
+    FenceSessionsLeft {
+        /// The instance.
+        instance: String,
+        /// Sessions still there.
+        left: i64,
+        /// How long fencing waited.
+        timeout: Duration,
+    },
+
     /// A range checksum read back from PostgreSQL is not an integer.
     #[error(
         "instance {instance} returned range checksums that are not integers ({checksums}); \

@@ -28,6 +28,8 @@ const FENCE_QUORUM: &str = "ANY 1 (\"FENCED\")";
 
 /// How long fencing waits for the reloaded setting to reach new sessions.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long fencing waits for the terminated sessions to end.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Instance {
     /// Fences writes (see the module documentation) and returns once a fresh session is
@@ -68,15 +70,47 @@ impl Instance {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        client
-            .execute(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-                   AND pid <> ALL($1)",
+        // Signal every session at once, then wait for all of them to end: a write
+        // transaction cut off here has its commit (if any) flushed before its process exits,
+        // so the WAL position read after this covers it. (`pg_terminate_backend`'s own wait
+        // sleeps 100 ms per session.)
+        let terminated: Vec<i32> = client
+            .query(
+                // Materialized first: the terminations must see only the chosen sessions,
+                // whatever order the planner would evaluate the conditions in.
+                "WITH chosen AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+                   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                     AND pid <> ALL($1)) \
+                 SELECT pid FROM chosen WHERE pg_terminate_backend(pid)",
                 &[&spare],
             )
             .await
-            .map_err(|source| self.sql_error("terminating write sessions", source))?;
+            .map_err(|source| self.sql_error("terminating write sessions", source))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let started = Instant::now();
+        while !terminated.is_empty() {
+            let left: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                    &[&terminated],
+                )
+                .await
+                .map_err(|source| self.sql_error("waiting for write sessions to end", source))?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            if started.elapsed() > TERMINATE_TIMEOUT {
+                return Err(PostgresError::FenceSessionsLeft {
+                    instance: self.name().to_owned(),
+                    left,
+                    timeout: TERMINATE_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 

@@ -36,7 +36,8 @@ const DDL_LOCK_TIMEOUT: &str = "SET lock_timeout = '2s'";
 
 /// Makes every write to `table` on this instance log its key (old and new) with its
 /// transaction id; `during_apply` also for logical replication's apply worker (a target).
-/// Empties the log if it exists. Idempotent.
+/// Idempotent, and keeps what the log holds: the sources of a merge share their target, and
+/// each reads the keys its own snapshot does not see.
 pub async fn track_changes(
     client: &Client,
     side: &str,
@@ -49,7 +50,6 @@ pub async fn track_changes(
         "{DDL_LOCK_TIMEOUT}; \
          CREATE TABLE IF NOT EXISTS {TOUCHED} \
            (key text NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id()); \
-         TRUNCATE {TOUCHED}; \
          CREATE OR REPLACE FUNCTION {TOUCHED}() RETURNS trigger LANGUAGE plpgsql \
            SET search_path FROM CURRENT AS $f$ \
          BEGIN \
