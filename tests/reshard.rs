@@ -20,7 +20,7 @@ use kube::api::Api;
 use shardplane::api::Plan;
 use shardplane::api::plan::{PlanPhase, PlanPurpose, StepPhase};
 use shardplane::api::shard::{
-    CopyPhase, ReplicaRole, ReplicaState, ReshardOrder, ReshardReport, ShardPhase,
+    CopyPhase, CopyProgress, ReplicaRole, ReplicaState, ReshardOrder, ReshardReport, ShardPhase,
 };
 use shardplane::api::{Shard, Table};
 use shardplane::routing::{Router, ShardKeyValue};
@@ -47,6 +47,16 @@ struct Ledger {
 }
 
 impl Ledger {
+    async fn new(client: &kube::Client, namespace: &str) -> Self {
+        let (router, checker) = router_and_checker(client, namespace).await;
+        Ledger {
+            checker,
+            router,
+            acked: BTreeSet::new(),
+            next_id: 1,
+        }
+    }
+
     async fn start(&mut self) -> Workload {
         let mut config = WorkloadConfig::new(TABLE, "id", 4, 100.0);
         config.first_id = self.next_id;
@@ -114,6 +124,19 @@ fn primary_endpoint(shard: &Shard) -> String {
         .unwrap()
 }
 
+/// `orders-1a` and `orders-1b`: the two halves of `orders-1` (a bounded range).
+fn halves(source: &Shard) -> Vec<Shard> {
+    let (start, end) = (
+        source.spec.range.start.unwrap(),
+        source.spec.range.end.unwrap(),
+    );
+    let middle = ((i128::from(start) + i128::from(end)) / 2) as i64;
+    vec![
+        declare("orders-1a", Some(start), Some(middle)),
+        declare("orders-1b", Some(middle), Some(end)),
+    ]
+}
+
 /// Every endpoint of the shard's replicas.
 fn endpoints(shard: &Shard) -> Vec<String> {
     shard
@@ -156,32 +179,13 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     .await;
     plane.wait_serving(4, Duration::from_secs(180)).await;
     set_retire_grace(&plane, GRACE_SECONDS).await;
-    let (router, checker) = router_and_checker(&env.client, &env.namespace).await;
-    let mut ledger = Ledger {
-        checker,
-        router,
-        acked: BTreeSet::new(),
-        next_id: 1,
-    };
+    let mut ledger = Ledger::new(&env.client, &env.namespace).await;
 
     // Split orders-1 in two at the middle of its range, while the workload writes.
     let source = plane.shards().get("orders-1").await.unwrap();
-    let (start, end) = (
-        source.spec.range.start.unwrap(),
-        source.spec.range.end.unwrap(),
-    );
-    let middle = ((i128::from(start) + i128::from(end)) / 2) as i64;
     let old_endpoints = endpoints(&source);
     let workload = ledger.start().await;
-    let (plan, window) = reshard(
-        &plane,
-        vec![
-            declare("orders-1a", Some(start), Some(middle)),
-            declare("orders-1b", Some(middle), Some(end)),
-        ],
-        "orders-1",
-    )
-    .await;
+    let (plan, window) = reshard(&plane, halves(&source), "orders-1").await;
     assert_succeeded(&plan);
     println!("split: write-fence window (fence → routing switched) {window:?} ms");
     assert!(window.is_some_and(|w| w >= 0), "no fence window recorded");
@@ -314,6 +318,10 @@ enum KillPoint {
     /// The source's primary, once its agent reported it fenced and before the routing
     /// switch (while it drains and verifies, or just after).
     SourceFenced,
+    /// The first target's primary, once the routing switched: while the targets drop their
+    /// subscriptions and the source waits out its grace period (the source may be deleted
+    /// while the agent is down).
+    Switched,
 }
 
 /// One SIGKILL of a node's agent at `point`, and its restart [`AGENT_DOWN`] later.
@@ -343,10 +351,11 @@ impl AgentKill {
         self.seen = Some(seen);
     }
 
-    fn restart_when_due(&mut self, plane: &mut DataPlane) {
+    /// Starts the agent again once it was down for [`AGENT_DOWN`] (at once if `now`).
+    fn restart_when_due(&mut self, plane: &mut DataPlane, now: bool) {
         if let Some((node, since)) = &self.down
             && !self.restarted
-            && since.elapsed() >= AGENT_DOWN
+            && (now || since.elapsed() >= AGENT_DOWN)
         {
             println!("agent {node} started again after {:?}", since.elapsed());
             plane.start_agent(node);
@@ -377,6 +386,14 @@ fn primary_node(shard: &Shard) -> Option<String> {
         .primary
         .as_ref()
         .map(|p| p.node.clone())
+}
+
+/// The node of target `name`'s primary and the copies it reports.
+async fn target_primary(plane: &DataPlane, name: &str) -> Option<(String, Vec<CopyProgress>)> {
+    let target = plane.shards().get(name).await.ok()?;
+    let node = primary_node(&target)?;
+    let copies = target.status?.reshard_report.unwrap_or_default().copies;
+    Some((node, copies))
 }
 
 /// The action of the plan's running step, if one runs.
@@ -410,13 +427,7 @@ impl SplitAgentKills {
         if point == KillPoint::TargetCopying {
             let mut candidates = Vec::new();
             for name in &self.targets {
-                let target = plane.shards().get(name).await.ok()?;
-                let node = primary_node(&target)?;
-                let copies = target
-                    .status
-                    .and_then(|s| s.reshard_report)
-                    .unwrap_or_default()
-                    .copies;
+                let (node, copies) = target_primary(plane, name).await?;
                 let copying = copies.iter().any(|c| c.phase == CopyPhase::Copying);
                 // A target that copies now first, then one whose primary is not on the
                 // source primary's node.
@@ -435,6 +446,15 @@ impl SplitAgentKills {
         }
         let order = status.reshard.unwrap_or_default();
         let report = status.reshard_report.unwrap_or_default();
+        if point == KillPoint::Switched {
+            let (node, copies) = target_primary(plane, &self.targets[0]).await?;
+            let seen = format!(
+                "{action} Running; routing switched at {:?}, source retiring until {:?}; \
+                 target {} (primary on {node}) still reports copies {copies:?}",
+                order.switched_at_ms, order.retire_after_ms, self.targets[0]
+            );
+            return order.switched_at_ms.is_some().then_some((node, seen));
+        }
         let reached = match point {
             KillPoint::SourceFenceOrdered => order.fence && report.fenced_at_ms.is_none(),
             _ => report.fenced_at_ms.is_some() && order.switched_at_ms.is_none(),
@@ -453,7 +473,7 @@ impl SplitAgentKills {
 impl PlanWatcher for SplitAgentKills {
     async fn observe(&mut self, plane: &mut DataPlane, plan: &Plan) {
         for kill in &mut self.kills {
-            kill.restart_when_due(plane);
+            kill.restart_when_due(plane, false);
         }
         let asked_at = now_ms();
         let Ok(Some(source)) = plane.shards().get_opt(&self.source).await else {
@@ -470,7 +490,7 @@ impl PlanWatcher for SplitAgentKills {
         if next > 0 && !self.kills[next - 1].restarted {
             return;
         }
-        let action = running_action(plan).unwrap_or_default().to_owned();
+        let action = running_action(plan).unwrap_or("no step").to_owned();
         let point = self.kills[next].point;
         if let Some((node, seen)) = self.reached(plane, &source, point, &action).await {
             self.kills[next].kill(plane, &node, seen);
@@ -523,20 +543,9 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         "4 shards x 3 replicas serving after {:.1?}",
         started.elapsed()
     );
-    let (router, checker) = router_and_checker(&env.client, &env.namespace).await;
-    let mut ledger = Ledger {
-        checker,
-        router,
-        acked: BTreeSet::new(),
-        next_id: 1,
-    };
+    let mut ledger = Ledger::new(&env.client, &env.namespace).await;
 
     let source = plane.shards().get("orders-1").await.unwrap();
-    let (start, end) = (
-        source.spec.range.start.unwrap(),
-        source.spec.range.end.unwrap(),
-    );
-    let middle = ((i128::from(start) + i128::from(end)) / 2) as i64;
     let old_endpoints = endpoints(&source);
     let preloaded = connect(&primary_endpoint(&source))
         .await
@@ -547,21 +556,18 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
                  FROM generate_series(1000000000000, 1000000000000 + $3) g \
                  WHERE hashint8extended(g, 0) >= $1 AND hashint8extended(g, 0) < $2"
             ),
-            &[&start, &end, &PRELOAD_IDS],
+            &[
+                &source.spec.range.start,
+                &source.spec.range.end,
+                &PRELOAD_IDS,
+            ],
         )
         .await
         .unwrap();
     println!("{preloaded} rows written on orders-1's primary before the split");
     let workload = ledger.start().await;
     let phase = Instant::now();
-    harness::propose_reshard(
-        &plane,
-        vec![
-            declare("orders-1a", Some(start), Some(middle)),
-            declare("orders-1b", Some(middle), Some(end)),
-        ],
-    )
-    .await;
+    harness::propose_reshard(&plane, halves(&source)).await;
     let mut agents = SplitAgentKills {
         source: "orders-1".to_owned(),
         targets: vec!["orders-1a".to_owned(), "orders-1b".to_owned()],
@@ -569,6 +575,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
             KillPoint::TargetCopying,
             KillPoint::SourceFenceOrdered,
             KillPoint::SourceFenced,
+            KillPoint::Switched,
         ]
         .map(AgentKill::at)
         .into(),
@@ -585,6 +592,17 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         &mut agents,
     )
     .await;
+    // An agent killed late in the plan may still be down: start it after its 2 s.
+    while agents
+        .kills
+        .iter()
+        .any(|k| k.down.is_some() && !k.restarted)
+    {
+        for kill in &mut agents.kills {
+            kill.restart_when_due(&mut plane, false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_succeeded(&plan);
     let steps = plan.spec.steps.len();
     println!(
@@ -639,5 +657,22 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
     ledger.check("split under kills", workload).await;
     assert_gone(&plane, "orders-1", &old_endpoints).await;
     plane.wait_serving(5, Duration::from_secs(60)).await;
+    // The copies are over: no target keeps a subscription (to a source that is gone).
+    for name in &agents.targets {
+        let endpoint = primary_endpoint(&plane.shards().get(name).await.unwrap());
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                let Ok(client) = connect(&endpoint).await else {
+                    return false;
+                };
+                client
+                    .query_one("SELECT count(*) FROM pg_subscription", &[])
+                    .await
+                    .is_ok_and(|row| row.get::<_, i64>(0) == 0)
+            })
+            .await,
+            "{name}'s primary at {endpoint} still has a subscription after the split"
+        );
+    }
     println!("crash-split scenario took {:.1?}", started.elapsed());
 }
