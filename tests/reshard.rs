@@ -312,11 +312,16 @@ enum KillPoint {
     /// A target's primary, while a target reports a copy in phase Copying (or, should the
     /// copy be done before it is seen, while CatchUpTarget runs).
     TargetCopying,
+    /// The source's primary, once the operator asked it to prepare the comparison
+    /// (`verify`) and before it ordered the fence: the held snapshots and the log of
+    /// touched keys die with it.
+    SourcePreparing,
     /// The source's primary, once the operator ordered its fence and before the agent
     /// reported it fenced.
     SourceFenceOrdered,
     /// The source's primary, once its agent reported it fenced and before the routing
-    /// switch (while it drains and verifies, or just after).
+    /// switch (the agent reports the fence and the range checks in one write, so: once
+    /// verified, before the switch).
     SourceFenced,
     /// The first target's primary, once the routing switched: while the targets drop their
     /// subscriptions and the source waits out its grace period (the source may be deleted
@@ -456,12 +461,16 @@ impl SplitAgentKills {
             return order.switched_at_ms.is_some().then_some((node, seen));
         }
         let reached = match point {
+            KillPoint::SourcePreparing => !order.verify.is_empty() && !order.fence,
             KillPoint::SourceFenceOrdered => order.fence && report.fenced_at_ms.is_none(),
             _ => report.fenced_at_ms.is_some() && order.switched_at_ms.is_none(),
         };
         let seen = format!(
-            "{action} Running; source primary on {source_node} at epoch {epoch:?}, fence \
-             ordered {}, fencedAtMs {:?}, {} range checks reported",
+            "{action} Running; source primary on {source_node} at epoch {epoch:?}, \
+             comparison asked for {:?}, prepared for {:?}, fence ordered {}, fencedAtMs {:?}, \
+             {} range checks reported",
+            order.verify.iter().map(|v| &v.shard).collect::<Vec<_>>(),
+            report.prepared,
             order.fence,
             report.fenced_at_ms,
             report.checks.len()
@@ -511,16 +520,19 @@ fn now_ms() -> i64 {
 const PRELOAD_IDS: i64 = 1_200_000;
 
 /// Issue #5: a split of one shard in two, while the workload writes, with the operator (its
-/// own `shardplane operator` process) SIGKILLed and restarted at every step of the plan, a
-/// target primary's agent SIGKILLed while the target copies, and the source primary's agent
-/// SIGKILLed as soon as its fence is ordered (each agent killed with its PostgreSQL
-/// instances, started again after 2 s on the same data folder). Failure detection is
-/// relaxed (suspect after 5 s, dead after 10 s) so that a 2 s agent restart is not a
-/// failover: a source failing over mid-split is a known gap of the design, and this test
-/// is about each step resuming after a crash, not about failover. The plan still succeeds,
-/// the routing map names the targets, every acknowledged write is found exactly once in
-/// its shard, no shard has two writable primaries, and the source is dropped after the
-/// grace period.
+/// own `shardplane operator` process) SIGKILLed and restarted at every step of the plan, and
+/// the agent of the source primary's node SIGKILLed five times (each time with its
+/// PostgreSQL instances, started again after 2 s on the same data folder), at each
+/// [`KillPoint`]: while a target copies, while the source prepares the comparison, once
+/// its fence is ordered, once it is fenced and verified, and after the routing switch. The
+/// planner puts the targets' primaries on the source primary's node, so each kill stops
+/// the source's and the targets' primaries at once. Failure detection is relaxed (suspect
+/// after 5 s, dead after 10 s) so that a 2 s agent restart is not a failover: a source
+/// failing over mid-split is a known gap of the design, and this test is about each step
+/// resuming after a crash, not about failover. The plan still succeeds, the routing map
+/// names the targets, every acknowledged write is found exactly once in its shard, no
+/// shard has two writable primaries, the source is Retiring for the grace period and then
+/// deleted with its instances, and no target keeps a subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -573,6 +585,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         targets: vec!["orders-1a".to_owned(), "orders-1b".to_owned()],
         kills: [
             KillPoint::TargetCopying,
+            KillPoint::SourcePreparing,
             KillPoint::SourceFenceOrdered,
             KillPoint::SourceFenced,
             KillPoint::Switched,

@@ -789,17 +789,7 @@ pub async fn propose_reshard(plane: &DataPlane, targets: Vec<Shard>) -> shardpla
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!("plan {}: {}", plan.name_any(), plan.spec.summary);
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
-        .patch(
-            TABLE,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/approve-plan": plan.spec.hash
-            }}})),
-        )
-        .await
-        .unwrap();
+    annotate_table(plane, "shardplane.io/approve-plan", &plan.spec.hash).await;
     plan
 }
 
@@ -951,14 +941,21 @@ pub async fn table_router(plane: &DataPlane) -> shardplane::routing::Router {
 /// Sets how long the table's shards replaced by a split or merge are kept after the
 /// routing switch.
 pub async fn set_retire_grace(plane: &DataPlane, seconds: u64) {
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
+    annotate_table(
+        plane,
+        "shardplane.io/retire-grace-seconds",
+        &seconds.to_string(),
+    )
+    .await;
+}
+
+/// Sets annotation `key` of the table to `value`.
+async fn annotate_table(plane: &DataPlane, key: &str, value: &str) {
+    Api::<Table>::namespaced(plane.client.clone(), &plane.namespace)
         .patch(
             TABLE,
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/retire-grace-seconds": seconds.to_string()
-            }}})),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
         )
         .await
         .unwrap();
