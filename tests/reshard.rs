@@ -137,28 +137,42 @@ fn halves(source: &Shard) -> Vec<Shard> {
     ]
 }
 
-/// Every endpoint of the shard's replicas.
-fn endpoints(shard: &Shard) -> Vec<String> {
-    shard
-        .status
-        .clone()
-        .unwrap_or_default()
-        .replicas
-        .into_iter()
-        .filter_map(|r| r.endpoint)
-        .collect()
+/// A running instance: its endpoint and its system identifier (made by `initdb`, shared by a
+/// primary and its physical standbys only).
+type InstanceId = (String, i64);
+
+async fn system_identifier(endpoint: &str) -> Option<i64> {
+    let client = connect(endpoint).await.ok()?;
+    let row = client
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
 }
 
-/// The replaced shards and their instances are gone.
-async fn assert_gone(plane: &DataPlane, name: &str, old_endpoints: &[String]) {
+/// Every instance of the shard's replicas.
+async fn instances(shard: &Shard) -> Vec<InstanceId> {
+    let mut out = Vec::new();
+    for replica in shard.status.clone().unwrap_or_default().replicas {
+        let endpoint = replica.endpoint.unwrap();
+        let id = system_identifier(&endpoint).await.unwrap();
+        out.push((endpoint, id));
+    }
+    out
+}
+
+/// The replaced shards and their instances are gone. An instance of another data plane may
+/// answer on a freed port (tests of other checkouts on this machine use the same port
+/// ranges): only the old instance's system identifier counts.
+async fn assert_gone(plane: &DataPlane, name: &str, old: &[InstanceId]) {
     assert!(
         plane.shards().get_opt(name).await.unwrap().is_none(),
         "{name} still exists"
     );
-    for endpoint in old_endpoints {
+    for (endpoint, id) in old {
         assert!(
             eventually(Duration::from_secs(20), || async {
-                connect(endpoint).await.is_err()
+                system_identifier(endpoint).await != Some(*id)
             })
             .await,
             "the instance of {name} at {endpoint} still runs"
@@ -183,7 +197,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
 
     // Split orders-1 in two at the middle of its range, while the workload writes.
     let source = plane.shards().get("orders-1").await.unwrap();
-    let old_endpoints = endpoints(&source);
+    let old_instances = instances(&source).await;
     let workload = ledger.start().await;
     let (plan, window) = reshard(&plane, halves(&source), "orders-1").await;
     assert_succeeded(&plan);
@@ -195,16 +209,14 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         ["orders-0", "orders-1a", "orders-1b", "orders-2", "orders-3"]
     );
     ledger.check("split", workload).await;
-    assert_gone(&plane, "orders-1", &old_endpoints).await;
+    assert_gone(&plane, "orders-1", &old_instances).await;
     plane.wait_serving(5, Duration::from_secs(60)).await;
 
     // Merge orders-2 and orders-3 (adjacent: orders-3 ends the key space).
     let second = plane.shards().get("orders-2").await.unwrap();
     let third = plane.shards().get("orders-3").await.unwrap();
-    let old_endpoints: Vec<String> = endpoints(&second)
-        .into_iter()
-        .chain(endpoints(&third))
-        .collect();
+    let mut old_instances = instances(&second).await;
+    old_instances.extend(instances(&third).await);
     let workload = ledger.start().await;
     let (plan, window) = reshard(
         &plane,
@@ -220,7 +232,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         ["orders-0", "orders-1a", "orders-1b", "orders-23"]
     );
     ledger.check("merge", workload).await;
-    assert_gone(&plane, "orders-2", &old_endpoints).await;
+    assert_gone(&plane, "orders-2", &old_instances).await;
     assert!(plane.shards().get_opt("orders-3").await.unwrap().is_none());
     plane.wait_serving(4, Duration::from_secs(60)).await;
 
@@ -558,7 +570,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
     let mut ledger = Ledger::new(&env.client, &env.namespace).await;
 
     let source = plane.shards().get("orders-1").await.unwrap();
-    let old_endpoints = endpoints(&source);
+    let old_instances = instances(&source).await;
     let preloaded = connect(&primary_endpoint(&source))
         .await
         .unwrap()
@@ -668,7 +680,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         retire_after - agents.last_seen_ms
     );
     ledger.check("split under kills", workload).await;
-    assert_gone(&plane, "orders-1", &old_endpoints).await;
+    assert_gone(&plane, "orders-1", &old_instances).await;
     plane.wait_serving(5, Duration::from_secs(60)).await;
     // The copies are over: no target keeps a subscription (to a source that is gone).
     for name in &agents.targets {
