@@ -717,41 +717,7 @@ pub async fn reshard(
     targets: Vec<Shard>,
     measured: &str,
 ) -> (shardplane::api::Plan, Option<i64>) {
-    let known: std::collections::BTreeSet<String> =
-        plans(plane).await.iter().map(|p| p.name_any()).collect();
-    for target in &targets {
-        plane
-            .shards()
-            .create(&PostParams::default(), target)
-            .await
-            .unwrap();
-    }
-    let started = Instant::now();
-    let plan = loop {
-        if let Some(plan) = plans(plane).await.into_iter().find(|p| {
-            !known.contains(&p.name_any())
-                && p.spec.purpose == shardplane::api::plan::PlanPurpose::Reshard
-        }) {
-            break plan;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no reshard plan was made"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    println!("plan {}: {}", plan.name_any(), plan.spec.summary);
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
-        .patch(
-            TABLE,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/approve-plan": plan.spec.hash
-            }}})),
-        )
-        .await
-        .unwrap();
+    let plan = propose_reshard(plane, targets).await;
     let plans_api: Api<shardplane::api::Plan> =
         Api::namespaced(plane.client.clone(), &plane.namespace);
     let started = Instant::now();
@@ -794,6 +760,37 @@ pub async fn reshard(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Declares `targets` (as a pull request would), waits for the reshard plan the operator
+/// makes of them and approves it by its hash; returns the plan as first seen.
+pub async fn propose_reshard(plane: &DataPlane, targets: Vec<Shard>) -> shardplane::api::Plan {
+    let known: std::collections::BTreeSet<String> =
+        plans(plane).await.iter().map(|p| p.name_any()).collect();
+    for target in &targets {
+        plane
+            .shards()
+            .create(&PostParams::default(), target)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let plan = loop {
+        if let Some(plan) = plans(plane).await.into_iter().find(|p| {
+            !known.contains(&p.name_any())
+                && p.spec.purpose == shardplane::api::plan::PlanPurpose::Reshard
+        }) {
+            break plan;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no reshard plan was made"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("plan {}: {}", plan.name_any(), plan.spec.summary);
+    annotate_table(plane, "shardplane.io/approve-plan", &plan.spec.hash).await;
+    plan
 }
 
 /// Every Plan of the plane's namespace.
@@ -944,14 +941,21 @@ pub async fn table_router(plane: &DataPlane) -> shardplane::routing::Router {
 /// Sets how long the table's shards replaced by a split or merge are kept after the
 /// routing switch.
 pub async fn set_retire_grace(plane: &DataPlane, seconds: u64) {
-    let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    tables
+    annotate_table(
+        plane,
+        "shardplane.io/retire-grace-seconds",
+        &seconds.to_string(),
+    )
+    .await;
+}
+
+/// Sets annotation `key` of the table to `value`.
+async fn annotate_table(plane: &DataPlane, key: &str, value: &str) {
+    Api::<Table>::namespaced(plane.client.clone(), &plane.namespace)
         .patch(
             TABLE,
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "shardplane.io/retire-grace-seconds": seconds.to_string()
-            }}})),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
         )
         .await
         .unwrap();
@@ -1024,6 +1028,34 @@ pub async fn finish_plan_killing_operator(
     purpose: shardplane::api::plan::PlanPurpose,
     timeout: Duration,
 ) -> (shardplane::api::Plan, usize) {
+    finish_plan_killing_operator_watched(plane, i, purpose, timeout, &mut ()).await
+}
+
+/// What a test does besides the operator kills of [`finish_plan_killing_operator_watched`]
+/// (for example SIGKILL an agent at a chosen step and start it again), given the plan as
+/// read at each poll.
+pub trait PlanWatcher {
+    /// Called at every poll of the plan (about every 20 ms) until it finishes.
+    fn observe(
+        &mut self,
+        plane: &mut DataPlane,
+        plan: &shardplane::api::Plan,
+    ) -> impl std::future::Future<Output = ()>;
+}
+
+/// Watches nothing.
+impl PlanWatcher for () {
+    async fn observe(&mut self, _: &mut DataPlane, _: &shardplane::api::Plan) {}
+}
+
+/// [`finish_plan_killing_operator`], calling `watcher` with the plan at every poll.
+pub async fn finish_plan_killing_operator_watched(
+    plane: &mut DataPlane,
+    i: usize,
+    purpose: shardplane::api::plan::PlanPurpose,
+    timeout: Duration,
+    watcher: &mut impl PlanWatcher,
+) -> (shardplane::api::Plan, usize) {
     use shardplane::api::plan::{PlanPhase, StepPhase};
     let mut kills = 0;
     let mut last_progress = None;
@@ -1056,6 +1088,7 @@ pub async fn finish_plan_killing_operator(
                 plane.respawn_operator(i);
                 kills += 1;
             }
+            watcher.observe(plane, &plan).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
