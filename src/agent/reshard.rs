@@ -21,7 +21,7 @@ use super::error::AgentError;
 use super::node::NodeContext;
 use super::postgres::{
     HeldSnapshot, Instance, PostgresError, RangeDigest, ShardedTable, Side, Upstream, connect,
-    track_changes, untrack_changes, verify_range, verify_range_since,
+    quote_ident, track_changes, untrack_changes, verify_range, verify_range_since,
 };
 use super::protocol::field_manager;
 use super::shard_schema::sharded_table;
@@ -189,6 +189,17 @@ pub(crate) async fn serve_target(
                 .ok_or_else(|| bad_endpoint(&target, &source.endpoint))?;
             let publication = publication_name(&target);
             ensure_publication(ctx, shard, &upstream, &publication, source).await?;
+            // The range starts empty: a change interrupted before its switch (a failover
+            // preempted it) and made again copies it anew, and this shard never served.
+            let table = table_of(ctx, shard).await?;
+            client
+                .batch_execute(&format!(
+                    "DELETE FROM {} WHERE {}",
+                    quote_ident(&table.name),
+                    table.range_predicate(range_of(&target, source)?)
+                ))
+                .await
+                .map_err(|e| instance.sql_error("emptying a range before copying it", e))?;
             instance
                 .subscribe(&subscription, &upstream, &publication, true)
                 .await?;

@@ -440,6 +440,9 @@ pub fn is_active(plan: &Plan) -> bool {
     )
 }
 
+/// How often a superseded split or merge is made again before it is left to the user.
+const MAX_REMAKES: usize = 5;
+
 /// Creates the decided plan unless it exists, superseding plans it replaces: any plan when
 /// the decision is a failover, and a not-yet-approved plan for the same purpose and target
 /// whose inputs have since changed. Otherwise a running plan finishes first.
@@ -451,7 +454,10 @@ async fn persist(
 ) -> Result<(), ClusterError> {
     let purpose = plan_wire::purpose(decision.plan.kind);
     let name = plan_wire::plan_name(&cluster.name_any(), purpose, &decision.plan.hash);
-    if active.iter().any(|p| p.name_any() == name) {
+    if active
+        .iter()
+        .any(|p| p.spec.purpose == purpose && p.spec.hash == decision.plan.hash)
+    {
         return Ok(());
     }
     let target = &decision.context.target;
@@ -488,10 +494,26 @@ async fn persist(
     ]));
     ctx.leader.ensure()?;
     let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
-    match plans.create(&PostParams::default(), &object).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let mut attempt = 1;
+    loop {
+        match plans.create(&PostParams::default(), &object).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // The same change was planned before. A split or merge that a failover
+                // superseded before its switch is made again (its approval by hash still
+                // holds: it is the same change); anything else that ended stays ended.
+                let existing = plans.get_opt(&object.name_any()).await?;
+                let superseded = existing
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.phase == Some(PlanPhase::Superseded));
+                if purpose != PlanPurpose::Reshard || !superseded || attempt >= MAX_REMAKES {
+                    return Ok(());
+                }
+                attempt += 1;
+                object.metadata.name = Some(format!("{name}-{attempt}"));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if purpose == PlanPurpose::Failover {
         ctx.metrics.failovers.inc();
@@ -504,7 +526,8 @@ async fn persist(
         .map(|c| format!(" (from commit {c})"))
         .unwrap_or_default();
     let note = format!(
-        "plan {name} ({purpose:?}, {:?}, {} steps, hash {}): {}{source}",
+        "plan {} ({purpose:?}, {:?}, {} steps, hash {}): {}{source}",
+        object.name_any(),
         object.spec.risk,
         object.spec.steps.len(),
         object.spec.hash,

@@ -106,6 +106,10 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
     ctx.leader.ensure()?;
     let mut writer = StatusWriter::new(&ctx, &plan);
     let action = match writer.status.phase {
+        Some(PlanPhase::Superseded) if plan.spec.purpose == PlanPurpose::Reshard => {
+            undo_superseded_reshard(&ctx, &plan).await?;
+            ctx.next("Plan", plan.as_ref(), None)
+        }
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
             ctx.next("Plan", plan.as_ref(), None)
         }
@@ -140,6 +144,43 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
     ctx.metrics.reconciled("Plan", "ok", started);
     ctx.reconciled("Plan", plan.as_ref());
     Ok(action)
+}
+
+/// A split or merge superseded (by a failover) before its routing switch: its shards are
+/// asked for nothing any more (`reshard::undo_superseded`). Runs after any reconcile of the
+/// plan in flight when it was superseded (the controller runs one at a time per plan), so no
+/// step of it writes an order afterwards.
+async fn undo_superseded_reshard(ctx: &Context, plan: &Plan) -> Result<(), ExecutorError> {
+    let actions: Vec<StepAction> = plan
+        .spec
+        .steps
+        .iter()
+        .filter_map(|step| plan_wire::step_action(step).ok())
+        .collect();
+    let namespace = plan.namespace().unwrap_or_default();
+    match super::reshard::undo_superseded(ctx, &namespace, &actions).await {
+        Ok(true) => {
+            ctx.event(
+                plan,
+                true,
+                "ReshardUndone",
+                format!(
+                    "plan {} was superseded before its routing switch: the sources' fence is \
+                     lifted and the targets' copies are stopped",
+                    plan.name_any()
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(StepError::Api(error)) => Err(error.into()),
+        Err(StepError::NotLeader(error)) => Err(error.into()),
+        Err(StepError::Permanent(why)) => {
+            tracing::warn!(plan = %plan.name_any(), %why, "a superseded split/merge could not be undone");
+            Ok(())
+        }
+    }
 }
 
 /// Whether a plan may run.

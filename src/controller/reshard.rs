@@ -530,6 +530,59 @@ async fn verify(
     }
 }
 
+/// Undoes what a superseded split or merge asked of its shards, unless its routing switch
+/// happened (the targets serve then, and the sources stay fenced until dropped): lifts the
+/// sources' fence and stops the targets' copies, so that a failover that preempted the change
+/// while the sources were fenced does not leave them refusing writes. Idempotent; returns
+/// whether it undid anything.
+pub async fn undo_superseded(
+    ctx: &Context,
+    namespace: &str,
+    actions: &[StepAction],
+) -> Result<bool, StepError> {
+    let mut sources = Vec::new();
+    let mut targets = Vec::new();
+    let mut table = None;
+    for action in actions {
+        if let StepAction::SwitchRouting {
+            table: name,
+            retire,
+            serve,
+        } = action
+        {
+            table = Some(name);
+            sources.extend(retire.iter().cloned());
+            targets.extend(serve.iter().cloned());
+        }
+    }
+    let Some(table) = table else {
+        return Ok(false);
+    };
+    let tables: Api<Table> = Api::namespaced(ctx.client.clone(), namespace);
+    let routed = tables
+        .get_opt(table)
+        .await?
+        .and_then(|t| t.status?.routing)
+        .unwrap_or_default();
+    if routed.ranges.iter().any(|e| targets.contains(&e.shard)) {
+        return Ok(false);
+    }
+    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut asked = Vec::new();
+    for name in sources.iter().chain(&targets) {
+        if let Some(shard) = shards.get_opt(name).await?
+            && order(&shard) != ReshardOrder::default()
+        {
+            asked.push(name.clone());
+        }
+    }
+    if asked.is_empty() {
+        return Ok(false);
+    }
+    abort(ctx, &shards, &sources, &targets).await?;
+    Ok(true)
+}
+
 /// Lifts the sources' fence and stops the targets' copies: the sources keep serving, and
 /// the routing map never named the targets.
 async fn abort(
