@@ -246,8 +246,8 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     let workload = ledger.start().await;
     let shards = plane.shards();
     let injector = tokio::spawn(async move {
-        // As soon as the target's primary serves (the copy waits for all three replicas),
-        // write a row there directly.
+        // Once the target's copy has been made (its range is emptied before a copy starts,
+        // so a row written earlier would be gone), write a row there directly.
         loop {
             if let Ok(Some(target)) = shards.get_opt("orders-0a").await
                 && let Some(primary) = target.status.as_ref().and_then(|s| s.primary.clone())
@@ -255,6 +255,14 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
                 && report.role == ReplicaRole::Primary
                 && report.state == ReplicaState::InSync
                 && let Some(endpoint) = &report.endpoint
+                && target
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.reshard_report.as_ref())
+                    .is_some_and(|r| {
+                        !r.copies.is_empty()
+                            && r.copies.iter().all(|c| c.phase == CopyPhase::Streaming)
+                    })
             {
                 let client = connect(endpoint).await.unwrap();
                 client
