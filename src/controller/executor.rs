@@ -1,7 +1,8 @@
 //! The plan executor: one reconcile per `Plan`. It decides approval (cluster policy, a patch
 //! of `spec.approval`, or an annotation carrying the plan's hash on the target object), then
 //! executes the steps in order, one at a time: a step is marked Running in status *before*
-//! its effect is applied, and Succeeded once the effect holds. Every status write carries
+//! its effect is applied (except the few `StepAction::recorded_with_outcome`), and
+//! Succeeded once the effect holds. Every status write carries
 //! the resourceVersion it was computed from, so a deposed leader's stale write is refused;
 //! a restarted operator finds the Running step and re-applies its idempotent effect.
 
@@ -380,15 +381,15 @@ async fn execute(
             StepPhase::Succeeded => continue,
             StepPhase::Failed => return Ok(ctx.next("Plan", plan, None)),
             StepPhase::Pending => {
-                // Recorded before acting: a restarted operator resumes this step. A step
-                // that only looks is recorded with its outcome (one write less while a
-                // split's fence is up).
+                // Recorded before acting: a restarted operator resumes this step. Some
+                // steps are recorded with their outcome only (one write less while a
+                // split's fence is up; `StepAction::recorded_with_outcome`).
                 let state = &mut writer.status.steps[index];
                 state.phase = StepPhase::Running;
                 state.attempts += 1;
                 state.started_at = Some(Time(Timestamp::now()));
                 writer.status.executor_epoch = Some(ctx.leader.epoch());
-                if !action.as_ref().is_ok_and(StepAction::only_observes) {
+                if !action.as_ref().is_ok_and(StepAction::recorded_with_outcome) {
                     writer.flush(plan).await?;
                 }
             }

@@ -611,8 +611,12 @@ async fn switch(
     serve: &[String],
 ) -> Result<Progress, StepError> {
     let tables: Api<Table> = Api::namespaced(ctx.client.clone(), namespace);
+    // Read together: the sources are fenced until the map's write.
+    let (targets, mut fetched) = tokio::try_join!(get_shards(shards, serve), async {
+        Ok(tables.get_opt(table).await?)
+    })?;
     let mut serving = Vec::new();
-    for shard in get_shards(shards, serve).await? {
+    for shard in targets {
         let name = shard.name_any();
         let status = shard.status.clone().unwrap_or_default();
         let Some(primary) = status.primary.clone() else {
@@ -630,7 +634,7 @@ async fn switch(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let Some(current) = tables.get_opt(table).await? else {
+        let Some(current) = fetched.take() else {
             return Err(StepError::Permanent(format!(
                 "table {table} no longer exists"
             )));
@@ -653,7 +657,9 @@ async fn switch(
             .await
         {
             Ok(_) => break,
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt < SWITCH_ATTEMPTS => continue,
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < SWITCH_ATTEMPTS => {
+                fetched = tables.get_opt(table).await?;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -209,12 +209,16 @@ impl StepAction {
         }
     }
 
-    /// Whether the action only looks (its effect is done by another step or by the agents):
-    /// the executor need not record it Running before it looks.
-    pub fn only_observes(&self) -> bool {
+    /// Whether the executor may record the step with its outcome instead of also before it
+    /// acts: the action only looks (its effect is another step's or the agents'), or it is
+    /// the routing switch, which a second run finds done (one write less while a split's
+    /// fence is up; a restarted operator runs the step again either way).
+    pub fn recorded_with_outcome(&self) -> bool {
         matches!(
             self,
-            StepAction::CatchUpTarget { .. } | StepAction::VerifyRanges { .. }
+            StepAction::CatchUpTarget { .. }
+                | StepAction::VerifyRanges { .. }
+                | StepAction::SwitchRouting { .. }
         )
     }
 

@@ -293,7 +293,7 @@ mod tests {
             &digest(3, "-4"),
         )
         .expect("integers");
-        assert_eq!(now, digest(11, "123456789012345678901213"));
+        assert_eq!(now, digest(11, "123456789012345678901223"));
         assert_eq!(
             shifted(&digest(1, "x"), &digest(0, "0"), &digest(0, "0")),
             None
