@@ -622,27 +622,56 @@ async fn instance_reopens_after_stop() {
     );
 }
 
+impl Sandbox {
+    /// A source primary with `wal_level = logical` and a target primary, `<prefix>source` and
+    /// `<prefix>target`, each with the `orders` table, and a session on each.
+    async fn orders_pair(&self, prefix: &str) -> (Instance, Instance, Client, Client) {
+        let mut logical = self.spec(&format!("{prefix}source"));
+        logical.settings.wal_level = WalLevel::Logical;
+        let target_name = format!("{prefix}target");
+        let (source, target) = tokio::join!(
+            Instance::create_primary(&self.toolchain, &logical, &self.credentials),
+            self.primary(&target_name)
+        );
+        let source = source.unwrap();
+        let source_client = source.connect().await.unwrap();
+        let target_client = target.connect().await.unwrap();
+        for client in [&source_client, &target_client] {
+            client.batch_execute(ORDERS).await.unwrap();
+        }
+        (source, target, source_client, target_client)
+    }
+}
+
+/// Inserts orders `from..=to` of `customers` customers.
+fn orders_rows(from: i32, to: i32, customers: i32) -> String {
+    format!(
+        "INSERT INTO orders SELECT g % {customers}, g, md5(g::text), g, now() \
+         FROM generate_series({from}, {to}) g"
+    )
+}
+
+/// Whether `range` on `client` reaches `expected` within 10 s.
+async fn catches_up(
+    client: &Client,
+    table: &ShardedTable,
+    range: KeyRange,
+    expected: &shardplane::agent::postgres::RangeDigest,
+) -> bool {
+    for _ in 0..500 {
+        if &range_digest(client, "target", table, range).await.unwrap() == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn row_filtered_subscription_catches_up() {
     let sandbox = Sandbox::new();
-    let mut logical = sandbox.spec("lsource");
-    logical.settings.wal_level = WalLevel::Logical;
-    let (source, target) = tokio::join!(
-        Instance::create_primary(&sandbox.toolchain, &logical, &sandbox.credentials),
-        sandbox.primary("ltarget")
-    );
-    let (source, target) = (source.unwrap(), target);
-    let source_client = source.connect().await.unwrap();
-    let target_client = target.connect().await.unwrap();
-    for client in [&source_client, &target_client] {
-        client.batch_execute(ORDERS).await.unwrap();
-    }
-    let insert = |from: i32, to: i32| {
-        format!(
-            "INSERT INTO orders SELECT g % 700, g, md5(g::text), g, now() \
-             FROM generate_series({from}, {to}) g"
-        )
-    };
+    let (source, target, source_client, target_client) = sandbox.orders_pair("l").await;
+    let insert = |from: i32, to: i32| orders_rows(from, to, 700);
     source_client.batch_execute(&insert(1, 3000)).await.unwrap();
     let table = ShardedTable {
         name: "orders".to_owned(),
@@ -673,19 +702,10 @@ async fn row_filtered_subscription_catches_up() {
     let expected = range_digest(&source_client, "source", &table, range)
         .await
         .unwrap();
-    let mut caught_up = false;
-    for _ in 0..500 {
-        if range_digest(&target_client, "target", &table, range)
-            .await
-            .unwrap()
-            == expected
-        {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(caught_up, "the target did not catch up with {expected}");
+    assert!(
+        catches_up(&target_client, &table, range, &expected).await,
+        "the target did not catch up with {expected}"
+    );
     // Only the range's rows arrived.
     let total = query_count(&target_client, "SELECT count(*) FROM orders").await;
     assert_eq!(total, expected.rows);
@@ -744,24 +764,8 @@ async fn promotion_with_the_old_quorum_blocks_writes() {
 #[tokio::test]
 async fn a_comparison_prepared_before_the_fence_rereads_only_touched_keys() {
     let sandbox = Sandbox::new();
-    let mut logical = sandbox.spec("psource");
-    logical.settings.wal_level = WalLevel::Logical;
-    let (source, target) = tokio::join!(
-        Instance::create_primary(&sandbox.toolchain, &logical, &sandbox.credentials),
-        sandbox.primary("ptarget")
-    );
-    let (source, target) = (source.unwrap(), target);
-    let source_client = source.connect().await.unwrap();
-    let target_client = target.connect().await.unwrap();
-    for client in [&source_client, &target_client] {
-        client.batch_execute(ORDERS).await.unwrap();
-    }
-    let insert = |from: i32, to: i32| {
-        format!(
-            "INSERT INTO orders SELECT g % 900, g, md5(g::text), g, now() \
-             FROM generate_series({from}, {to}) g"
-        )
-    };
+    let (source, target, source_client, target_client) = sandbox.orders_pair("p").await;
+    let insert = |from: i32, to: i32| orders_rows(from, to, 900);
     source_client.batch_execute(&insert(1, 5000)).await.unwrap();
     let table = ShardedTable {
         name: "orders".to_owned(),
@@ -817,19 +821,10 @@ async fn a_comparison_prepared_before_the_fence_rereads_only_touched_keys() {
     let expected = range_digest(&fenced, "source", &table, range)
         .await
         .unwrap();
-    let mut caught_up = false;
-    for _ in 0..500 {
-        if range_digest(&target_client, "target", &table, range)
-            .await
-            .unwrap()
-            == expected
-        {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(caught_up, "the target did not catch up with {expected}");
+    assert!(
+        catches_up(&target_client, &table, range, &expected).await,
+        "the target did not catch up with {expected}"
+    );
 
     let touched = |extra: Vec<String>| async {
         let mut keys = source_then.touched_since(&fenced).await.unwrap();

@@ -237,6 +237,16 @@ pub async fn verify_range(
         range_digest(source, "the source", table, range),
         range_digest(target, "the target", table, range),
     )?;
+    same_digest(table, range, on_source, on_target)
+}
+
+/// The common digest of both sides, or [`PostgresError::RangeMismatch`].
+pub(super) fn same_digest(
+    table: &ShardedTable,
+    range: KeyRange,
+    on_source: RangeDigest,
+    on_target: RangeDigest,
+) -> Result<RangeDigest, PostgresError> {
     if on_source == on_target {
         Ok(on_source)
     } else {

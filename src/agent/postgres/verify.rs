@@ -24,7 +24,7 @@
 use tokio_postgres::Client;
 
 use super::PostgresError;
-use super::copy::{KeyKind, RangeDigest, STABLE_OUTPUT, ShardedTable, range_digest};
+use super::copy::{KeyKind, RangeDigest, STABLE_OUTPUT, ShardedTable, range_digest, same_digest};
 use super::sql::quote_ident;
 use crate::plan::KeyRange;
 
@@ -261,16 +261,7 @@ pub async fn verify_range_since(
         source.digest_now(table, range, touched),
         target.digest_now(table, range, touched),
     )?;
-    if on_source == on_target {
-        Ok(on_source)
-    } else {
-        Err(PostgresError::RangeMismatch {
-            table: table.name.clone(),
-            range,
-            on_source,
-            on_target,
-        })
-    }
+    same_digest(table, range, on_source, on_target)
 }
 
 #[cfg(test)]
