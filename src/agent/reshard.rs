@@ -23,12 +23,16 @@ use super::postgres::{
     HeldSnapshot, Instance, PostgresError, RangeDigest, ShardedTable, Side, Upstream, connect,
     quote_ident, track_changes, untrack_changes, verify_range, verify_range_since,
 };
-use super::protocol::field_manager;
 use super::shard_schema::sharded_table;
 
 /// Every object a split or merge creates in PostgreSQL starts with this: publications on a
 /// source, subscriptions (and so their slots on the source) on a target.
 const PREFIX: &str = "rs_";
+/// The field manager of `Shard.status.reshardReport`: one for every node, so that a new
+/// primary (after a failover) replaces what the old one reported, including the fields it
+/// now leaves out (an empty list is not written), instead of leaving them to the old
+/// primary's manager (a re-made change then read the old copies as Streaming).
+const REPORT_MANAGER: &str = "shardplane-agent/reshard";
 /// How long a fenced source waits for its subscribers to apply its last write before it
 /// compares anyway (a target that lags then fails the comparison, which aborts the change).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,7 +133,7 @@ async fn write_report(
         "metadata": {"name": name},
         "status": {"reshardReport": report},
     });
-    let params = PatchParams::apply(&format!("{}/reshard", field_manager(&ctx.node))).force();
+    let params = PatchParams::apply(REPORT_MANAGER).force();
     ctx.shards()
         .patch_status(&name, &params, &Patch::Apply(patch))
         .await
