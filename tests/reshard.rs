@@ -247,10 +247,16 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     let workload = ledger.start().await;
     let shards = plane.shards();
     let injector = tokio::spawn(async move {
-        // As soon as the target's primary serves (the copy waits for all three replicas),
-        // write a row there directly.
+        // As soon as the target's primary copies (it reports a copy once it subscribed: it
+        // empties the range first, which would delete an earlier row), write a row there
+        // directly.
         loop {
             if let Ok(Some(target)) = shards.get_opt("orders-0a").await
+                && target
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.reshard_report.as_ref())
+                    .is_some_and(|r| !r.copies.is_empty())
                 && let Some(primary) = target.status.as_ref().and_then(|s| s.primary.clone())
                 && let Some(report) = harness::report(&target, &primary.node)
                 && report.role == ReplicaRole::Primary
