@@ -908,12 +908,20 @@ pub async fn wait_schema_version(
 /// something other than failover on a loaded machine, where the harness's 600 ms suspicion
 /// makes primaries fence themselves now and then.
 pub async fn relax_failure_detection(plane: &DataPlane) {
+    set_failure_detection(plane, RELAXED_DETECTION).await;
+}
+
+/// The failure detection of [`relax_failure_detection`] (ms): heartbeat, suspect, dead.
+pub const RELAXED_DETECTION: (u64, u64, u64) = (500, 5000, 10000);
+
+/// Sets the cluster's failure detection (ms): heartbeat interval, suspect after, dead after.
+pub async fn set_failure_detection(plane: &DataPlane, (heartbeat, suspect, dead): (u64, u64, u64)) {
     Api::<DatabaseCluster>::namespaced(plane.client.clone(), &plane.namespace)
         .patch(
             "main",
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(json!({"spec": {"failureDetection": {
-                "heartbeatIntervalMs": 500, "suspectAfterMs": 5000, "deadAfterMs": 10000
+                "heartbeatIntervalMs": heartbeat, "suspectAfterMs": suspect, "deadAfterMs": dead
             }}})),
         )
         .await
