@@ -320,17 +320,24 @@ async fn report_readiness(
         return Ok(());
     }
     ctx.leader.ensure()?;
+    // Conditional on the version read: a phase computed from a cached shard must not
+    // overwrite a newer one (a split's switch marks its source Retiring meanwhile).
     let patch = json!({
         "apiVersion": "shardplane.io/v1alpha1",
         "kind": "Shard",
-        "metadata": {"name": shard.name_any()},
+        "metadata": {"name": shard.name_any(), "resourceVersion": shard.resource_version()},
         "status": {"readyReplicas": ready, "phase": phase, "observedGeneration": shard.meta().generation},
     });
     let params = PatchParams::apply(SHARD_STATUS_MANAGER).force();
-    shards
+    match shards
         .patch_status(&shard.name_any(), &params, &Patch::Apply(patch))
-        .await?;
-    Ok(())
+        .await
+    {
+        // The shard changed since it was read: its change brings this reconciler back.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// The routing map the shards describe, ordered by start; retiring shards are left out, and
