@@ -444,16 +444,20 @@ async fn fence(
             unprepared.join(", ")
         )));
     }
-    let mut waiting = Vec::new();
-    for shard in &current {
+    // Every source is fenced at the same moment (the orders written together): a merge's
+    // window is as long as its slowest source's.
+    let unfenced: Vec<&Shard> = current.iter().filter(|s| !order(s).fence).collect();
+    futures::future::try_join_all(unfenced.iter().map(|shard| {
+        let order = ReshardOrder {
+            fence: true,
+            ..order(shard)
+        };
+        async move { write_order(ctx, shards, &shard.name_any(), &order, None).await }
+    }))
+    .await?;
+    let mut waiting: Vec<String> = unfenced.iter().map(|s| s.name_any()).collect();
+    for shard in current.iter().filter(|s| order(s).fence) {
         let name = shard.name_any();
-        let mut order = order(shard);
-        if !order.fence {
-            order.fence = true;
-            write_order(ctx, shards, &name, &order, None).await?;
-            waiting.push(name);
-            continue;
-        }
         let fenced = shard
             .status
             .as_ref()
