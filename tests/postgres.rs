@@ -643,6 +643,32 @@ impl Sandbox {
     }
 }
 
+/// Publishes the upper half of the key space of `orders` on the source as `name` and
+/// subscribes the target to it (copying what is there, then streaming); returns the table
+/// and that range.
+async fn subscribe_high_half(
+    source: &Instance,
+    target: &Instance,
+    source_client: &Client,
+    name: &str,
+) -> (ShardedTable, KeyRange) {
+    let table = ShardedTable {
+        name: "orders".to_owned(),
+        key_column: "customer_id".to_owned(),
+        key_kind: KeyKind::Integer,
+    };
+    let (_, range) = KeyRange::FULL.split_at(i64::MIN / 2).unwrap();
+    source_client
+        .batch_execute(&table.range_publication(name, range))
+        .await
+        .unwrap();
+    target
+        .subscribe(name, &source.upstream(), name, true)
+        .await
+        .unwrap();
+    (table, range)
+}
+
 /// Inserts orders `from..=to` of `customers` customers.
 fn orders_rows(from: i32, to: i32, customers: i32) -> String {
     format!(
@@ -673,20 +699,7 @@ async fn row_filtered_subscription_catches_up() {
     let (source, target, source_client, target_client) = sandbox.orders_pair("l").await;
     let insert = |from: i32, to: i32| orders_rows(from, to, 700);
     source_client.batch_execute(&insert(1, 3000)).await.unwrap();
-    let table = ShardedTable {
-        name: "orders".to_owned(),
-        key_column: "customer_id".to_owned(),
-        key_kind: KeyKind::Integer,
-    };
-    let (_, range) = KeyRange::FULL.split_at(i64::MIN / 2).unwrap();
-    source_client
-        .batch_execute(&table.range_publication("split_high", range))
-        .await
-        .unwrap();
-    target
-        .subscribe("split_high", &source.upstream(), "split_high", true)
-        .await
-        .unwrap();
+    let (table, range) = subscribe_high_half(&source, &target, &source_client, "split_high").await;
     // Writes after the subscription started: inserts, an update, a delete.
     source_client
         .batch_execute(&insert(3001, 4000))
@@ -767,20 +780,8 @@ async fn a_comparison_prepared_before_the_fence_rereads_only_touched_keys() {
     let (source, target, source_client, target_client) = sandbox.orders_pair("p").await;
     let insert = |from: i32, to: i32| orders_rows(from, to, 900);
     source_client.batch_execute(&insert(1, 5000)).await.unwrap();
-    let table = ShardedTable {
-        name: "orders".to_owned(),
-        key_column: "customer_id".to_owned(),
-        key_kind: KeyKind::Integer,
-    };
-    let (_, range) = KeyRange::FULL.split_at(i64::MIN / 2).unwrap();
-    source_client
-        .batch_execute(&table.range_publication("prepared_high", range))
-        .await
-        .unwrap();
-    target
-        .subscribe("prepared_high", &source.upstream(), "prepared_high", true)
-        .await
-        .unwrap();
+    let (table, range) =
+        subscribe_high_half(&source, &target, &source_client, "prepared_high").await;
     // Writes keep coming while the comparison is prepared: the target lags the source when
     // the snapshots are taken.
     source_client
