@@ -200,6 +200,18 @@ pub async fn range_digest(
     table: &ShardedTable,
     range: KeyRange,
 ) -> Result<RangeDigest, PostgresError> {
+    digest_where(client, side, table, &table.range_predicate(range), &[]).await
+}
+
+/// The row count and checksum of the rows of `table` (as `r`) for which `condition` holds,
+/// with `params` bound to it; pins the session's output settings first.
+pub(super) async fn digest_where(
+    client: &Client,
+    side: &str,
+    table: &ShardedTable,
+    condition: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<RangeDigest, PostgresError> {
     let error = |source| PostgresError::Sql {
         instance: side.to_owned(),
         what: "computing a range checksum",
@@ -210,11 +222,10 @@ pub async fn range_digest(
         .query_one(
             &format!(
                 "SELECT count(*), coalesce(sum(hashtextextended(r::text, 0)), 0)::text \
-                 FROM {} AS r WHERE {}",
+                 FROM {} AS r WHERE {condition}",
                 quote_ident(&table.name),
-                table.range_predicate(range)
             ),
-            &[],
+            params,
         )
         .await
         .map_err(error)?;

@@ -24,7 +24,9 @@
 use tokio_postgres::Client;
 
 use super::PostgresError;
-use super::copy::{KeyKind, RangeDigest, STABLE_OUTPUT, ShardedTable, range_digest, same_digest};
+use super::copy::{
+    KeyKind, RangeDigest, STABLE_OUTPUT, ShardedTable, digest_where, range_digest, same_digest,
+};
 use super::sql::quote_ident;
 use crate::plan::KeyRange;
 
@@ -179,29 +181,12 @@ async fn keys_digest(
         KeyKind::Integer => "bigint",
         KeyKind::Text => "text",
     };
-    let error = |source| PostgresError::Sql {
-        instance: side.to_owned(),
-        what: "checksumming the touched keys",
-        source,
-    };
-    client.batch_execute(STABLE_OUTPUT).await.map_err(error)?;
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(sum(hashtextextended(r::text, 0)), 0)::text \
-                 FROM {} AS r WHERE {} AND r.{} = ANY($1::text[]::{key_type}[])",
-                quote_ident(&table.name),
-                table.range_predicate(range),
-                quote_ident(&table.key_column),
-            ),
-            &[&keys],
-        )
-        .await
-        .map_err(error)?;
-    Ok(RangeDigest {
-        rows: row.get(0),
-        checksum: row.get(1),
-    })
+    let condition = format!(
+        "{} AND r.{} = ANY($1::text[]::{key_type}[])",
+        table.range_predicate(range),
+        quote_ident(&table.key_column),
+    );
+    digest_where(client, side, table, &condition, &[&keys]).await
 }
 
 /// One side of a comparison prepared by [`HeldSnapshot::take`] and its baseline digest.
