@@ -93,16 +93,7 @@ impl Ledger {
             .map(|&id| ShardKeyValue::Int(id))
             .collect();
         let check = self.checker.check(&acked).await.unwrap();
-        println!(
-            "{what}: checker: acked {}, found {}, missing {}, duplicated {}, misplaced {}, \
-             shards with two writable primaries {}",
-            check.rows.acked,
-            check.rows.found,
-            check.rows.missing,
-            check.rows.duplicated,
-            check.rows.misplaced,
-            check.primaries.split_brains().len()
-        );
+        println!("{what}: {check}");
         harness::assert_nothing_lost(what, &check, self.acked.len());
     }
 }
