@@ -7,6 +7,7 @@ pub mod controller;
 pub mod gitsync;
 pub mod plan;
 pub mod planpreview;
+pub mod protocol;
 pub mod routing;
 pub mod sandbox;
 pub mod schema;

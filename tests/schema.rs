@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use shardplane::api::schema_version::Compatibility;
 use shardplane::api::{SchemaVersion, Table};
 use shardplane::controller::{
-    self, OperatorConfig, REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_LABEL, TABLE_WEBHOOK_PATH,
-    WebhookServing,
+    self, OperatorConfig, REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_WEBHOOK_PATH, WebhookServing,
 };
+use shardplane::protocol::TABLE_LABEL;
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
 

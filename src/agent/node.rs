@@ -31,14 +31,14 @@ use tokio::task::JoinHandle;
 use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::database_node::{DatabaseNodeSpec, NodeCapacity, PortRange};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
-use crate::controller::Heartbeat;
+use crate::protocol::{Heartbeat, agent_manager};
 
 use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
 use super::error::AgentError;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
-use super::protocol::{LivenessReporter, field_manager};
+use super::protocol::LivenessReporter;
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
 
@@ -487,7 +487,7 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
                 "agentEpoch": agent_epoch,
             },
         });
-        let params = PatchParams::apply(&field_manager(&ctx.node)).force();
+        let params = PatchParams::apply(&agent_manager(&ctx.node)).force();
         if let Err(error) = ctx
             .api::<DatabaseNode>()
             .patch_status(&ctx.node, &params, &Patch::Apply(patch))

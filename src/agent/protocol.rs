@@ -18,19 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::Shard;
 use crate::api::shard::ObservedReplica;
-use crate::controller::{HEARTBEAT_PATH, Heartbeat, node_lease_name};
+use crate::protocol::{HEARTBEAT_PATH, Heartbeat, agent_manager, node_lease_name};
 
 /// How often the node Lease is renewed while the leader answers heartbeats.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 /// The least time a heartbeat's answer is awaited (its proof counts from its send time, so
 /// waiting longer on a loaded machine costs nothing).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The field manager of everything a node's agent writes: its Lease, its DatabaseNode's
-/// agent-owned status fields, and its entries in `Shard.status.replicas`.
-pub fn field_manager(node: &str) -> String {
-    format!("shardplane-agent-{node}")
-}
 
 /// Why a heartbeat was not answered.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +94,7 @@ pub async fn renew_lease(leases: &Api<Lease>, node: &str) -> Result<(), kube::Er
         "metadata": {"name": node_lease_name(node)},
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 15, "renewTime": MicroTime(Timestamp::now())},
     });
-    let params = PatchParams::apply(&field_manager(node)).force();
+    let params = PatchParams::apply(&agent_manager(node)).force();
     leases
         .patch(&node_lease_name(node), &params, &Patch::Apply(patch))
         .await
@@ -122,7 +116,7 @@ pub async fn report_replica(
         "metadata": {"name": shard},
         "status": {"replicas": replicas},
     });
-    let params = PatchParams::apply(&field_manager(node)).force();
+    let params = PatchParams::apply(&agent_manager(node)).force();
     shards
         .patch_status(shard, &params, &Patch::Apply(patch))
         .await

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::api::shard::{CopyPhase, CopyProgress, RangeCheck, RangeEndpoint, ReshardReport};
 use crate::api::{Shard, Table};
 use crate::plan::KeyRange;
+use crate::protocol::RESHARD_REPORT_MANAGER;
 
 use super::error::AgentError;
 use super::node::NodeContext;
@@ -32,7 +33,6 @@ const PREFIX: &str = "rs_";
 /// primary (after a failover) replaces what the old one reported, including the fields it
 /// now leaves out (an empty list is not written), instead of leaving them to the old
 /// primary's manager (a re-made change then read the old copies as Streaming).
-const REPORT_MANAGER: &str = "shardplane-agent/reshard";
 /// How long a fenced source waits for its subscribers to apply its last write before it
 /// compares anyway (a target that lags then fails the comparison, which aborts the change).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,7 +133,7 @@ async fn write_report(
         "metadata": {"name": name},
         "status": {"reshardReport": report},
     });
-    let params = PatchParams::apply(REPORT_MANAGER).force();
+    let params = PatchParams::apply(RESHARD_REPORT_MANAGER).force();
     ctx.shards()
         .patch_status(&name, &params, &Patch::Apply(patch))
         .await

@@ -21,8 +21,8 @@ use crate::schema::quote_ident;
 use super::error::AgentError;
 use super::node::NodeContext;
 use super::postgres::{Instance, PostgresError};
-use super::protocol::field_manager;
 use super::shard_schema::RANGE_CONSTRAINT;
+use crate::protocol::agent_schema_manager;
 
 /// How often a statement that timed out waiting for its lock is tried before the request
 /// fails.
@@ -154,7 +154,7 @@ impl SchemaApplier {
             "metadata": {"name": name},
             "status": {"schemaReports": [report]},
         });
-        let params = PatchParams::apply(&format!("{}-schema", field_manager(&ctx.node))).force();
+        let params = PatchParams::apply(&agent_schema_manager(&ctx.node)).force();
         ctx.shards()
             .patch_status(&name, &params, &Patch::Apply(patch))
             .await

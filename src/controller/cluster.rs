@@ -21,15 +21,15 @@ use crate::api::database_cluster::DatabaseClusterStatus;
 use crate::api::database_node::NodeDesiredState;
 use crate::api::plan::{CauseKind, PlanCause, PlanPhase, PlanPurpose, PlanTarget, TargetKind};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan};
-use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
 use crate::plan::{
     self, ConcurrencyLimits, DrainGoal, FailoverPolicy, PlanError, RebalancePolicy, Topology,
 };
+use crate::protocol::{CLUSTER_LABEL, NODE_FINALIZER, PURPOSE_LABEL, SOURCE_COMMIT_ANNOTATION};
 
 use super::conditions::{self, Observation};
 use super::context::{Cache, Context, now_ms};
 use super::leader::NotLeader;
-use super::observe::{Caches, ClusterView, NODE_FINALIZER, desired_state};
+use super::observe::{Caches, ClusterView, desired_state};
 use super::plan_wire::{self, PlanContext};
 
 /// How many finished plans of a cluster are kept as its history.
@@ -489,8 +489,8 @@ async fn persist(
     object.metadata.namespace = Some(namespace.clone());
     object.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
     object.metadata.labels = Some(BTreeMap::from([
-        ("shardplane.io/cluster".to_string(), cluster.name_any()),
-        ("shardplane.io/purpose".to_string(), format!("{purpose:?}")),
+        (CLUSTER_LABEL.to_string(), cluster.name_any()),
+        (PURPOSE_LABEL.to_string(), format!("{purpose:?}")),
     ]));
     ctx.leader.ensure()?;
     let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);

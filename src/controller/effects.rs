@@ -11,12 +11,10 @@ use serde_json::json;
 use crate::api::shard::{DesiredReplica, PrimaryRef, ReplicaRole, ReplicaState};
 use crate::api::{DatabaseNode, NodePhase, Shard};
 use crate::plan::StepAction;
+use crate::protocol::EXECUTOR_MANAGER;
 
 use super::context::{Context, now_ms};
 use super::observe::observed_on;
-
-/// The field manager of the executor's writes to `Shard.status`.
-pub const EXECUTOR_MANAGER: &str = "shardplane-operator/executor";
 
 /// Where a step stands after one look.
 #[derive(Debug, PartialEq, Eq)]

@@ -25,10 +25,9 @@ use crate::api::plan::{
     PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
 };
 use crate::api::{DatabaseCluster, Plan, Shard};
-use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
 use crate::plan::StepAction;
+use crate::protocol::{APPROVE_ANNOTATION, SOURCE_COMMIT_ANNOTATION};
 
-use super::APPROVE_ANNOTATION;
 use super::conditions::{self, Observation};
 use super::context::Context;
 use super::effects::{self, Progress, StepError};

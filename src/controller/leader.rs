@@ -16,9 +16,7 @@ use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 
 use super::context::Context;
-
-/// The Lease the operator replicas compete for.
-pub const LEASE_NAME: &str = "shardplane-operator";
+use crate::protocol::OPERATOR_LEASE;
 
 /// Whether this replica may act now, and at which leader epoch.
 #[derive(Default)]
@@ -83,7 +81,7 @@ pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, L
     // sees each renewal before it runs out; renewing only 1 s before expiry left the leader
     // unable to act for a moment every cycle (seen as detection and failover delays).
     let duration = config.lease_duration.as_secs().max(3);
-    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+    let manager = LeaseManagerBuilder::new(client.clone(), OPERATOR_LEASE)
         .with_namespace(config.lease_namespace.clone())
         .with_identity(config.identity.clone())
         .with_duration(duration)
@@ -138,7 +136,7 @@ async fn confirm_loop(
 ) {
     loop {
         if *elected.borrow() {
-            match leases.get(LEASE_NAME).await {
+            match leases.get(OPERATOR_LEASE).await {
                 Ok(lease) => match held_until(&lease, &ctx.config.identity) {
                     Some((expires, epoch)) => {
                         let remaining = expires

@@ -17,34 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::database_node::NodeDesiredState;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
+use crate::protocol::{Heartbeat, node_lease_name};
 
 use super::context::{Cache, Context};
 use super::observe::desired_state;
-
-/// The HTTP path agents post heartbeats to.
-pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
-
-/// The Lease a node's agent renews as its durable liveness record.
-pub fn node_lease_name(node: &str) -> String {
-    format!("shardplane-node-{node}")
-}
-
-/// One heartbeat of an agent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Heartbeat {
-    /// The namespace of the node's DatabaseNode.
-    pub namespace: String,
-    /// The DatabaseNode's name.
-    pub node: String,
-    /// Bumped each time the agent starts.
-    pub agent_epoch: i64,
-}
 
 /// When each node was last heard from, as seen by this operator process.
 #[derive(Default)]

@@ -34,8 +34,8 @@ use tokio::task::JoinSet;
 
 pub use context::{Context, OperatorConfig};
 pub use leader::LeaderGuard;
-pub use liveness::{HEARTBEAT_PATH, Heartbeat, Liveness, node_lease_name};
-pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_LABEL, newest_owned};
+pub use liveness::Liveness;
+pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, newest_owned};
 pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError, WebhookServing};
 pub(crate) use {
     cluster::decide,
@@ -46,15 +46,7 @@ pub(crate) use {
     plan_wire::plan_name,
     plan_wire::purpose as plan_purpose,
     plan_wire::risk as wire_risk,
-    table::TABLE_FINALIZER,
 };
-
-/// Field manager of the operator's writes that do not belong to one reconciler.
-pub const FIELD_MANAGER: &str = "shardplane-operator";
-
-/// Annotation on a plan's target object that approves the plan whose hash it carries, so a
-/// reviewed pull request can approve exactly the plan it previewed.
-pub const APPROVE_ANNOTATION: &str = "shardplane.io/approve-plan";
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]

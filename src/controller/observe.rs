@@ -112,9 +112,6 @@ fn by_name<K: kube::Resource>(objects: Vec<Arc<K>>, keep: impl Fn(&K) -> bool) -
     kept
 }
 
-/// The finalizer that keeps a deleted DatabaseNode until no replica is left on it.
-pub const NODE_FINALIZER: &str = "shardplane.io/drain-before-delete";
-
 /// What the user wants of a node: a deleted node is to be decommissioned first.
 pub fn desired_state(node: &DatabaseNode) -> Option<NodeDesiredState> {
     if node.metadata.deletion_timestamp.is_some() {

@@ -21,6 +21,7 @@ use crate::api::{Shard, Table};
 use crate::plan::{
     self, KeyRange, NewShard, PlanError, ReshardRequest, StepAction, TargetShard, Topology,
 };
+use crate::protocol::{RESHARD_MANAGER, RETIRE_GRACE_ANNOTATION};
 
 use super::cluster::{Decision, change_cause};
 use super::context::{Context, now_ms};
@@ -28,11 +29,6 @@ use super::effects::{Progress, StepError, get_shard, write_desired};
 use super::observe::{ClusterView, observed_on};
 use super::plan_wire::PlanContext;
 
-/// The field manager of the executor's split/merge orders in `Shard.status.reshard`.
-pub const RESHARD_MANAGER: &str = "shardplane-operator/reshard";
-/// The Table annotation that sets how long replaced shards are kept after the routing
-/// switch, in seconds.
-pub const GRACE_ANNOTATION: &str = "shardplane.io/retire-grace-seconds";
 /// The grace period when the Table does not set one.
 pub const DEFAULT_GRACE_MS: u64 = 60_000;
 /// How long the fence waits for the sources' primaries to prepare their comparison before
@@ -158,7 +154,7 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
 fn grace_ms(table: &Table) -> u64 {
     table
         .annotations()
-        .get(GRACE_ANNOTATION)
+        .get(RETIRE_GRACE_ANNOTATION)
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(DEFAULT_GRACE_MS, |s| s.saturating_mul(1000))
 }

@@ -20,15 +20,12 @@ use crate::api::schema_version::{
     ChangeSource, Compatibility, RolloutPhase, SchemaChange, SchemaVersionSpec,
 };
 use crate::api::{SchemaVersion, Table};
-use crate::gitsync::apply::SOURCE_COMMIT_ANNOTATION;
+use crate::protocol::{SOURCE_COMMIT_ANNOTATION, TABLE_LABEL};
 use crate::schema::{self, ChangeClass, Diff, Shape};
 
 use super::conditions::{self, Observation};
 use super::context::Context;
 use super::leader::NotLeader;
-
-/// Label on every SchemaVersion naming its Table.
-pub const TABLE_LABEL: &str = "shardplane.io/table";
 
 /// The Table condition saying whether its declared schema is accepted.
 pub const SCHEMA_ACCEPTED: &str = "SchemaAccepted";

@@ -26,6 +26,7 @@ use crate::api::schema_version::{Compatibility, RolloutPhase, SchemaVersionStatu
 use crate::api::shard::SchemaRequest;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, Table};
 use crate::plan::{PlanError, RiskClass, RolloutPolicy, plan_schema_rollout};
+use crate::protocol::{CLUSTER_LABEL, PURPOSE_LABEL, TABLE_LABEL};
 
 use super::cluster::change_cause;
 use super::conditions::{self, Observation};
@@ -323,12 +324,9 @@ impl Rollout<'_> {
         object.metadata.owner_references = self.version.controller_owner_ref(&()).map(|o| vec![o]);
         object.metadata.labels = Some(
             [
-                ("shardplane.io/cluster".to_string(), cluster.clone()),
-                (
-                    "shardplane.io/purpose".to_string(),
-                    "SchemaRollout".to_string(),
-                ),
-                (super::TABLE_LABEL.to_string(), table.clone()),
+                (CLUSTER_LABEL.to_string(), cluster.clone()),
+                (PURPOSE_LABEL.to_string(), "SchemaRollout".to_string()),
+                (TABLE_LABEL.to_string(), table.clone()),
             ]
             .into(),
         );

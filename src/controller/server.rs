@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::context::Context;
-use super::liveness::{HEARTBEAT_PATH, Heartbeat};
+use crate::protocol::{HEARTBEAT_PATH, Heartbeat};
 
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Context>) {

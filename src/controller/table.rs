@@ -20,17 +20,16 @@ use crate::api::shard::{ReplicaRole, ReplicaState, ShardPhase};
 use crate::api::table::{RouteEntry, RoutingMap, TableStatus};
 use crate::api::{Plan, Shard, Table};
 use crate::plan::{self, KeyRange, Operation, PlanKind, Step, StepAction, check_tiling};
+use crate::protocol::{
+    APPROVE_ANNOTATION, CLUSTER_LABEL, PURPOSE_LABEL, SHARD_STATUS_MANAGER, TABLE_FINALIZER,
+};
 
-use super::APPROVE_ANNOTATION;
 use super::cluster::change_cause;
 use super::conditions::{self, Observation};
 use super::context::Context;
 use super::leader::NotLeader;
 use super::observe::observed_on;
 use super::plan_wire::{self, PlanContext};
-
-/// The field manager of the shard readiness fields.
-pub const SHARD_STATUS_MANAGER: &str = "shardplane-operator/shard-status";
 
 /// Why a table reconcile failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +106,6 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
     ctx.reconciled("Table", table.as_ref());
     Ok(ctx.next("Table", table.as_ref(), Some(action)))
 }
-
-/// The finalizer that keeps a deleted Table until an approved plan has dropped its shards.
-pub const TABLE_FINALIZER: &str = "shardplane.io/drop-after-approval";
 
 async fn ensure_finalizer(ctx: &Context, table: &Table) -> Result<(), TableError> {
     if table.finalizers().iter().any(|f| f == TABLE_FINALIZER) {
@@ -217,11 +213,8 @@ async fn guard_deletion(
             object.metadata.namespace = Some(namespace.clone());
             object.metadata.labels = Some(
                 [
-                    (
-                        "shardplane.io/cluster".to_string(),
-                        table.spec.cluster.clone(),
-                    ),
-                    ("shardplane.io/purpose".to_string(), "DropTable".to_string()),
+                    (CLUSTER_LABEL.to_string(), table.spec.cluster.clone()),
+                    (PURPOSE_LABEL.to_string(), "DropTable".to_string()),
                 ]
                 .into(),
             );

@@ -15,20 +15,7 @@ use sha2::{Digest, Sha256};
 use super::error::Invalid;
 use super::inventory::ObjectId;
 use super::manifests::Manifest;
-
-/// The field manager of every apply: git-sync owns exactly the fields git declares.
-pub const FIELD_MANAGER: &str = "shardplane-git-sync";
-
-/// Annotation git-sync stamps on every object it applies: the commit that last changed the
-/// object's manifest. The operator copies it into the cause of the plans the change causes,
-/// which links the audit trail to the commit.
-pub const SOURCE_COMMIT_ANNOTATION: &str = "shardplane.io/source-commit";
-
-/// Annotation beside [`SOURCE_COMMIT_ANNOTATION`]: the SHA-256 of the manifest as git
-/// declares it. A later commit that leaves the manifest unchanged keeps the older stamp, so
-/// only the commits that change an object are credited with it (and an unchanged object is
-/// not rewritten by every commit).
-pub const SOURCE_DIGEST_ANNOTATION: &str = "shardplane.io/source-digest";
+use crate::protocol::{GIT_SYNC_MANAGER, SOURCE_COMMIT_ANNOTATION, SOURCE_DIGEST_ANNOTATION};
 
 /// What a live object's metadata says, as far as an apply cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,7 +126,7 @@ impl Applier {
         &self,
         manifests: &[Manifest],
     ) -> Result<Vec<Option<String>>, Vec<Invalid>> {
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        let params = PatchParams::apply(GIT_SYNC_MANAGER).force().dry_run();
         let results = self.patch_all(manifests, &params).await;
         collect(manifests, results)
     }
@@ -214,7 +201,7 @@ impl Applier {
         manifests: &[Manifest],
         live_versions: &[Option<String>],
     ) -> Result<ApplyReport, Vec<Invalid>> {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(GIT_SYNC_MANAGER).force();
         let results = self.patch_all(manifests, &params).await;
         let applied = collect(manifests, results)?;
         let mut report = ApplyReport::default();

@@ -8,10 +8,10 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::apply::FIELD_MANAGER;
 use super::error::SyncError;
 use super::sync::SyncOutcome;
 use crate::api::{Condition, ConditionStatus, GitSync, GitSyncStatus};
+use crate::protocol::GIT_SYNC_MANAGER;
 
 /// Sets condition `type_` in `conditions`, keeping its `lastTransitionTime` when its status
 /// did not change.
@@ -126,7 +126,7 @@ pub async fn write_status(
 ) -> Result<(), SyncError> {
     api.patch_status(
         name,
-        &PatchParams::apply(FIELD_MANAGER),
+        &PatchParams::apply(GIT_SYNC_MANAGER),
         &Patch::Merge(json!({ "status": status })),
     )
     .await

@@ -18,7 +18,7 @@ use super::signature::{parse_allowed_signers, verify_commit};
 use super::source::{Credentials, fetch, open_or_init, read_manifests, repository_dir};
 use super::status::{next_status, publish_event, write_status};
 use crate::api::{ConditionStatus, GitSync, Shard, Table};
-use crate::controller::TABLE_FINALIZER;
+use crate::protocol::TABLE_FINALIZER;
 
 /// What a successful sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]

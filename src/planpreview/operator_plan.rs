@@ -16,9 +16,8 @@ use serde::de::DeserializeOwned;
 use super::snapshot::Snapshot;
 use crate::api::database_cluster::Approval;
 use crate::api::plan::RiskClass;
-use crate::controller::{
-    APPROVE_ANNOTATION, ClusterView, approval_needed, decide, kind_name, plan_name, plan_purpose,
-};
+use crate::controller::{ClusterView, approval_needed, decide, kind_name, plan_name, plan_purpose};
+use crate::protocol::APPROVE_ANNOTATION;
 
 /// The operator's next plan for one cluster after the change.
 #[derive(Clone, Debug, PartialEq, Serialize)]

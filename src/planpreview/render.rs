@@ -6,7 +6,7 @@ use super::Preview;
 use super::diff::{Reshard, ShardRef, TableChangeKind};
 use super::operator_plan::OperatorPlan;
 use super::schema::SchemaPreview;
-use crate::controller::APPROVE_ANNOTATION;
+use crate::protocol::APPROVE_ANNOTATION;
 use crate::schema::ChangeClass;
 
 /// The preview as JSON, pretty-printed.

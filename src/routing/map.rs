@@ -2,42 +2,15 @@
 //! valid, ordered, not overlapping, endpoints parseable) and turned into ranges searched by
 //! keyspace id. No I/O.
 
-use std::fmt;
 use std::sync::Arc;
 
 use crate::api::Table;
 use crate::api::table::{KeySpace, RouteEntry, RoutingMap};
 use crate::plan::KeyRange;
+use crate::protocol::Endpoint;
 
 use super::error::RoutingMapError;
 use super::keyhash::{ShardKeyValue, keyspace_id};
-
-/// `host:port` of a PostgreSQL instance.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl Endpoint {
-    /// Parses `host:port` (the form of `RouteEntry.endpoint` and `ObservedReplica.endpoint`).
-    pub fn parse(text: &str) -> Option<Endpoint> {
-        let (host, port) = text.rsplit_once(':')?;
-        let port = port.parse().ok()?;
-        (!host.is_empty()).then(|| Endpoint {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
 
 /// Where one key range is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,13 +128,12 @@ impl RouteTable {
 fn route_of(entry: &RouteEntry) -> Result<Route, String> {
     let range = KeyRange::from_wire(entry.start, entry.end)
         .map_err(|error| format!("shard {}: {error}", entry.shard))?;
-    let endpoint =
-        match &entry.endpoint {
-            None => None,
-            Some(text) => Some(Endpoint::parse(text).ok_or_else(|| {
-                format!("shard {}: endpoint {text:?} is not host:port", entry.shard)
-            })?),
-        };
+    let endpoint = match &entry.endpoint {
+        None => None,
+        Some(text) => {
+            Some(Endpoint::parse(text).map_err(|error| format!("shard {}: {error}", entry.shard))?)
+        }
+    };
     Ok(Route {
         range,
         shard: entry.shard.clone(),
@@ -246,19 +218,5 @@ mod tests {
         assert_eq!(hash.keyspace_of(&key), Some(keyspace_id(&key)));
         assert_eq!(range.keyspace_of(&key), Some(42));
         assert_eq!(range.keyspace_of(&ShardKeyValue::Text("x".into())), None);
-    }
-
-    #[test]
-    fn endpoints_parse_with_the_last_colon() {
-        assert_eq!(
-            Endpoint::parse("127.0.0.1:5432"),
-            Some(Endpoint {
-                host: "127.0.0.1".into(),
-                port: 5432
-            })
-        );
-        assert_eq!(Endpoint::parse("::1:5432").map(|e| e.port), Some(5432));
-        assert_eq!(Endpoint::parse(":5432"), None);
-        assert_eq!(Endpoint::parse("host:port"), None);
     }
 }

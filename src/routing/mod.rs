@@ -46,9 +46,10 @@ mod pool;
 mod retry;
 mod router;
 
+pub use crate::protocol::Endpoint;
 pub use error::{RoutingError, RoutingMapError, postgres_message};
 pub use keyhash::{ShardKeyValue, hash_bytes_extended, hash_int8_extended, keyspace_id};
-pub use map::{Endpoint, Route, RouteTable};
+pub use map::{Route, RouteTable};
 pub use pool::DatabaseCredentials;
 pub use retry::{RetryReason, backoff, classify, classify_connect};
 pub use router::{Router, RouterConfig, RouterStats};

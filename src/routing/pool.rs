@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls};
 
 use super::lock;
-use super::map::Endpoint;
+use crate::protocol::Endpoint;
 
 /// The role, password and database a client connects with. `Debug` never shows the password,
 /// and no error or log line of this module contains it.

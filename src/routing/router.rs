@@ -21,10 +21,11 @@ use tokio_postgres::{Client, Row};
 use super::error::{RoutingError, postgres_message};
 use super::keyhash::ShardKeyValue;
 use super::lock;
-use super::map::{Endpoint, Route, RouteTable};
+use super::map::{Route, RouteTable};
 use super::pool::{CheckoutError, DatabaseCredentials, EndpointPool};
 use super::retry::{RetryReason, backoff, classify, classify_connect};
 use crate::api::Table;
+use crate::protocol::Endpoint;
 
 /// How a [`Router`] connects and retries.
 #[derive(Clone, Debug, PartialEq, Eq)]

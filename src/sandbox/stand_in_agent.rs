@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::agent::protocol::{LivenessReporter, report_replica};
 use crate::api::Shard;
 use crate::api::shard::{ObservedReplica, ReplicaState};
-use crate::controller::Heartbeat;
+use crate::protocol::Heartbeat;
 
 /// How often the stand-in heartbeats and looks at its shards.
 pub const TICK: Duration = Duration::from_millis(200);

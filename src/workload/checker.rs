@@ -409,7 +409,7 @@ impl Checker {
 
     /// Whether the instance at `endpoint` takes writes; `None` if it cannot be asked.
     async fn takes_writes(&self, endpoint: &str) -> Option<bool> {
-        let endpoint = Endpoint::parse(endpoint)?;
+        let endpoint = Endpoint::parse(endpoint).ok()?;
         let client: Client = self
             .credentials
             .connect(&endpoint, "shardplane-checker", CONNECT_TIMEOUT)
