@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod controller;
+pub mod decide;
 pub mod gitsync;
 pub mod plan;
 pub mod planpreview;

@@ -12,6 +12,7 @@ use kube::{Api, Client, Resource};
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
+use super::error::{ApiError, Doing};
 use super::leader::LeaderGuard;
 use super::liveness::Liveness;
 use super::metrics::{Metrics, object_key};
@@ -149,7 +150,7 @@ impl Context {
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
-        E: From<super::leader::NotLeader> + From<kube::Error>,
+        E: From<super::leader::NotLeader> + From<ApiError>,
     {
         self.leader.ensure()?;
         let meta = object.meta();
@@ -160,12 +161,20 @@ impl Context {
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": meta.resource_version, "finalizers": finalizers}
         });
+        let name = meta.name.as_deref().unwrap_or_default();
         api.patch(
-            meta.name.as_deref().unwrap_or_default(),
+            name,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(patch),
         )
-        .await?;
+        .await
+        .doing(|| {
+            format!(
+                "set the finalizers of {} {}/{name}",
+                K::kind(&()),
+                meta.namespace.as_deref().unwrap_or_default()
+            )
+        })?;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
 use crate::protocol::{Heartbeat, node_lease_name};
 
 use super::context::{Cache, Context};
-use super::observe::desired_state;
+use crate::decide::domain::desired_state;
 
 /// When each node was last heard from, as seen by this operator process.
 #[derive(Default)]

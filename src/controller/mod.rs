@@ -1,7 +1,8 @@
 //! The operator (`shardplane operator`): reconcilers for every kind and the plan executor,
-//! run only by the elected leader. Each reconcile reads state, asks `crate::plan` for a
-//! decision, persists it as a `Plan`, and executes one step at a time, recording progress in
-//! status before acting, so a killed operator resumes from what the API server holds.
+//! run only by the elected leader — the imperative shell around `crate::decide`. Each
+//! reconcile observes state, asks `crate::decide` for a decision, carries it out (a `Plan`
+//! persisted, one step's effect applied, recording progress in status before acting, so a
+//! killed operator resumes from what the API server holds), and writes status.
 //!
 //! Node liveness (agents heartbeat the leader over HTTP, a per-node Lease is the durable
 //! fallback), metrics and health endpoints live here too. No decision is made here that the
@@ -9,16 +10,13 @@
 
 mod backoff;
 mod cluster;
-mod conditions;
 mod context;
 mod effects;
+mod error;
 mod executor;
 mod leader;
 mod liveness;
 mod metrics;
-mod observe;
-mod plan_wire;
-mod reshard;
 mod schema;
 mod schema_rollout;
 mod server;
@@ -37,16 +35,6 @@ pub use leader::LeaderGuard;
 pub use liveness::Liveness;
 pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, newest_owned};
 pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError, WebhookServing};
-pub(crate) use {
-    cluster::decide,
-    executor::{approval_needed, kind_name},
-    observe::ClusterView,
-    observe::domain_node,
-    observe::domain_shard,
-    plan_wire::plan_name,
-    plan_wire::purpose as plan_purpose,
-    plan_wire::risk as wire_risk,
-};
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]

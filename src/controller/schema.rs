@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -23,9 +24,9 @@ use crate::api::{SchemaVersion, Table};
 use crate::protocol::{SOURCE_COMMIT_ANNOTATION, TABLE_LABEL};
 use crate::schema::{self, ChangeClass, Diff, Shape};
 
-use super::conditions::{self, Observation};
 use super::context::Context;
 use super::leader::NotLeader;
+use crate::decide::conditions::{self, Observation};
 
 /// The Table condition saying whether its declared schema is accepted.
 pub const SCHEMA_ACCEPTED: &str = "SchemaAccepted";
@@ -298,7 +299,7 @@ async fn write_condition(
         .unwrap_or_default();
     let refused = (!observation.holds).then(|| observation.message.clone());
     let mut conditions = old.clone();
-    conditions::set(&mut conditions, generation, observation);
+    conditions::set(&mut conditions, generation, observation, Timestamp::now());
     if conditions::same(&conditions, &old) {
         return Ok(());
     }

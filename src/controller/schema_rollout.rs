@@ -1,8 +1,8 @@
 //! The schema rollout (leader only): one reconcile per `SchemaVersion`. Once the table's
 //! previous version is fully rolled out, it persists a rollout `Plan` (waves from
 //! `plan::plan_schema_rollout`, risk from the version's class, target the SchemaVersion, so
-//! an approval annotates it); the executor runs its `ApplySchema` steps through
-//! [`apply_step`], which asks each shard for the version (`Shard.status.schemaRequest`) and
+//! an approval annotates it); the executor runs its `ApplySchema` steps
+//! (`effects::schema`), which ask each shard for the version (`Shard.status.schemaRequest`) and
 //! waits for every replica's agent to verify it. A failed plan is rolled back: every shard
 //! asked for the version is asked for the previous one with the inverse statements
 //! (`schema::inverse`). The SchemaVersion's status says what happened per shard; the Table's
@@ -26,27 +26,20 @@ use crate::api::schema_version::{Compatibility, RolloutPhase, SchemaVersionStatu
 use crate::api::shard::SchemaRequest;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, Table};
 use crate::plan::{PlanError, RiskClass, RolloutPolicy, plan_schema_rollout};
-use crate::protocol::{CLUSTER_LABEL, PURPOSE_LABEL, TABLE_LABEL};
+use crate::protocol::TABLE_LABEL;
 
-use super::cluster::change_cause;
-use super::conditions::{self, Observation};
+use crate::decide::ClusterView;
+use crate::decide::conditions::{self, Observation};
+use crate::decide::plan_wire::{self, PlanContext, change_cause};
+
 use super::context::Context;
-use super::effects::{Progress, StepError};
+use super::effects::{
+    LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
+};
 use super::leader::NotLeader;
-use super::observe::ClusterView;
-use super::plan_wire::{self, PlanContext};
 
-/// How long a schema statement may wait for its table lock before it fails (and is retried
-/// a few times by the agent): writes queue behind a waiting `ALTER TABLE`, so this bounds how
-/// long a rollout can stall them.
-pub const LOCK_TIMEOUT_MS: i64 = 1000;
-/// The `statement_timeout` of an online version's transactional statements (catalog
-/// changes that should take milliseconds); rewrites get none.
-pub const ONLINE_STATEMENT_TIMEOUT_MS: i64 = 60_000;
 /// The Table condition that says whether its newest version is rolled out.
 pub const ROLLED_OUT: &str = "SchemaRolledOut";
-/// The field manager of the rollout's writes to `Shard.status`.
-const ROLLOUT_MANAGER: &str = "shardplane-operator/schema-rollout";
 
 /// Why a rollout reconcile failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -319,17 +312,15 @@ impl Rollout<'_> {
             ),
             facts: Default::default(),
         };
-        let mut object = Plan::new(&name, plan_wire::to_spec(&planned, context)?);
-        object.metadata.namespace = self.version.namespace();
-        object.metadata.owner_references = self.version.controller_owner_ref(&()).map(|o| vec![o]);
-        object.metadata.labels = Some(
-            [
-                (CLUSTER_LABEL.to_string(), cluster.clone()),
-                (PURPOSE_LABEL.to_string(), "SchemaRollout".to_string()),
-                (TABLE_LABEL.to_string(), table.clone()),
-            ]
-            .into(),
+        let mut object = plan_wire::plan_object(
+            &name,
+            &self.version.namespace().unwrap_or_default(),
+            plan_wire::to_spec(&planned, context)?,
         );
+        object.metadata.owner_references = self.version.controller_owner_ref(&()).map(|o| vec![o]);
+        if let Some(labels) = object.metadata.labels.as_mut() {
+            labels.insert(TABLE_LABEL.to_string(), table.clone());
+        }
         self.ctx.leader.ensure()?;
         let plan = match self.api.plans.create(&PostParams::default(), &object).await {
             Ok(plan) => {
@@ -415,13 +406,13 @@ impl Rollout<'_> {
                 .as_ref()
                 .and_then(|s| s.schema_request.as_ref());
             if asked.is_some_and(|r| r.version == number) {
-                write_request(&self.api.shards, shard, &request, None).await?;
+                write_schema_request(&self.api.shards, shard, &request, None).await?;
                 pending.push(shard.name_any());
             } else if asked == Some(&request) {
                 if !replicas_verified(shard, previous).is_empty() {
                     pending.push(shard.name_any());
                 } else {
-                    write_request(&self.api.shards, shard, &request, Some(previous)).await?;
+                    write_schema_request(&self.api.shards, shard, &request, Some(previous)).await?;
                 }
             }
         }
@@ -530,6 +521,7 @@ impl Rollout<'_> {
                 reason,
                 message,
             },
+            Timestamp::now(),
         );
     }
 
@@ -551,6 +543,7 @@ impl Rollout<'_> {
                     reason,
                     message: message.clone(),
                 },
+                Timestamp::now(),
             );
         }
         let old = self
@@ -569,6 +562,7 @@ impl Rollout<'_> {
                 reason,
                 message: format!("{}: {message}", self.version.name_any()),
             },
+            Timestamp::now(),
         );
         if !conditions::same(&table_conditions, &old) {
             let patch = json!({
@@ -659,130 +653,4 @@ fn failed_shard(shards: &[Shard], version: i64) -> Option<ShardRollout> {
             last_transition_time: Some(Time(Timestamp::now())),
         })
     })
-}
-
-/// The node and error of a replica of `shard` that failed `version`.
-fn replica_error(shard: &Shard, version: i64) -> Option<(String, String)> {
-    shard.status.as_ref()?.schema_reports.iter().find_map(|r| {
-        (r.version == version)
-            .then(|| r.error.clone().map(|e| (r.node.clone(), e)))
-            .flatten()
-    })
-}
-
-/// The wanted replicas of `shard` that have not verified `version` yet (none: all have).
-fn replicas_verified(shard: &Shard, version: i64) -> Vec<String> {
-    let status = shard.status.clone().unwrap_or_default();
-    status
-        .desired_replicas
-        .iter()
-        .filter(|d| {
-            !status
-                .schema_reports
-                .iter()
-                .any(|r| r.node == d.node && r.version == version && r.verified)
-        })
-        .map(|d| d.node.clone())
-        .collect()
-}
-
-fn primary_verified(shard: &Shard, version: i64) -> bool {
-    let status = shard.status.clone().unwrap_or_default();
-    status.primary.is_some_and(|p| {
-        status
-            .schema_reports
-            .iter()
-            .any(|r| r.node == p.node && r.version == version && r.verified)
-    })
-}
-
-/// Writes `request` (and, once verified everywhere, `schemaVersion`) on the shard's status
-/// under the rollout's own field manager.
-async fn write_request(
-    shards: &Api<Shard>,
-    shard: &Shard,
-    request: &SchemaRequest,
-    applied: Option<i64>,
-) -> Result<(), kube::Error> {
-    let status = shard.status.clone().unwrap_or_default();
-    if status.schema_request.as_ref() == Some(request)
-        && (applied.is_none() || status.schema_version == applied)
-    {
-        return Ok(());
-    }
-    let mut fields = json!({"schemaRequest": request});
-    if let Some(applied) = applied.or(status.schema_version) {
-        fields["schemaVersion"] = json!(applied);
-    }
-    let patch = json!({
-        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
-        "metadata": {"name": shard.name_any()},
-        "status": fields,
-    });
-    shards
-        .patch_status(
-            &shard.name_any(),
-            &PatchParams::apply(ROLLOUT_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map(drop)
-}
-
-/// The `ApplySchema` step: asks `shard` for `version` (the version's DDL, under
-/// [`LOCK_TIMEOUT_MS`]), and is done once every wanted replica's agent verified it; a
-/// replica's error fails the step, naming the shard, the node and the error.
-pub async fn apply_step(
-    ctx: &Context,
-    namespace: &str,
-    shard_name: &str,
-    version: u64,
-) -> Result<Progress, StepError> {
-    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(shard) = shards.get_opt(shard_name).await? else {
-        return Err(StepError::Permanent(format!(
-            "shard {shard_name} no longer exists"
-        )));
-    };
-    let versions: Api<SchemaVersion> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = format!("{}-v{version}", shard.spec.table);
-    let Some(target) = versions.get_opt(&name).await? else {
-        return Err(StepError::Permanent(format!(
-            "SchemaVersion {name} no longer exists"
-        )));
-    };
-    let number = target.spec.version;
-    let request = SchemaRequest {
-        version: number,
-        statements: target.spec.ddl.clone(),
-        lock_timeout_ms: LOCK_TIMEOUT_MS,
-        statement_timeout_ms: (target.spec.compatibility == Compatibility::Online)
-            .then_some(ONLINE_STATEMENT_TIMEOUT_MS),
-    };
-    let asked = shard
-        .status
-        .as_ref()
-        .and_then(|s| s.schema_request.as_ref());
-    if asked != Some(&request) {
-        ctx.leader.ensure()?;
-        write_request(&shards, &shard, &request, None).await?;
-        return Ok(Progress::Waiting(format!(
-            "asked shard {shard_name} to apply schema version {number}"
-        )));
-    }
-    if let Some((node, error)) = replica_error(&shard, number) {
-        return Err(StepError::Permanent(format!(
-            "schema version {number} failed on shard {shard_name}, node {node}: {error}"
-        )));
-    }
-    let missing = replicas_verified(&shard, number);
-    if !missing.is_empty() {
-        return Ok(Progress::Waiting(format!(
-            "waiting for the replicas of {shard_name} on {} to verify schema version {number}",
-            missing.join(", ")
-        )));
-    }
-    ctx.leader.ensure()?;
-    write_request(&shards, &shard, &request, Some(number)).await?;
-    Ok(Progress::Done)
 }

@@ -131,6 +131,11 @@ impl KeyRange {
         (self.start..self.end).contains(&i128::from(key))
     }
 
+    /// Whether the two ranges share a key.
+    pub fn overlaps(self, other: KeyRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
     /// Two ranges `[start, point)` and `[point, end)`.
     pub fn split_at(self, point: i64) -> Result<(KeyRange, KeyRange), KeyRangeError> {
         let p = i128::from(point);

@@ -9,13 +9,10 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::schema::{SchemaPreview, previews};
-use super::snapshot::{Snapshot, range_of};
+use super::snapshot::Snapshot;
 use crate::api::{Shard, Table};
-use crate::plan::{KeyRange, NewShard, ReshardRequest, RiskClass, plan_reshard};
-
-/// How long a split's or merge's retired sources are kept before they are dropped, in the
-/// preview's plans (part of each plan's hash).
-pub const GRACE_MS: u64 = 3_600_000;
+use crate::decide::reshard::{DEFAULT_GRACE_MS, grace_ms, plan_declared, range_of};
+use crate::plan::{KeyRange, NewShard, ReshardRequest, RiskClass};
 
 /// What a change would cause.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -135,9 +132,8 @@ const SCHEMA_FIELDS: [&str; 5] = [
 ];
 
 /// Compares `current` with `head`. `live` says whether `current` is the cluster (it reports
-/// shard sizes and SchemaVersions); `now_ms` stamps the plans (a commit's time keeps hashes
-/// reproducible).
-pub fn diff(current: &Snapshot, head: &Snapshot, live: bool, now_ms: u64) -> Changes {
+/// shard sizes and SchemaVersions).
+pub fn diff(current: &Snapshot, head: &Snapshot, live: bool) -> Changes {
     let mut changes = Changes {
         problems: head.problems.clone(),
         ..Changes::default()
@@ -176,7 +172,7 @@ pub fn diff(current: &Snapshot, head: &Snapshot, live: bool, now_ms: u64) -> Cha
             (false, false) => {
                 changes
                     .reshards
-                    .push(plan_group(current, &group, live, now_ms));
+                    .push(plan_group(current, head, &group, live));
             }
             (true, false) => changes
                 .added_shards
@@ -278,12 +274,20 @@ fn first_name(group: &Group<'_>) -> String {
 
 fn overlaps(a: &Shard, b: &Shard) -> bool {
     match (range_of(a), range_of(b)) {
-        (Some(a), Some(b)) => a.start() < b.end() && b.start() < a.end(),
+        (Some(a), Some(b)) => a.overlaps(b),
         _ => false,
     }
 }
 
-fn plan_group(current: &Snapshot, group: &Group<'_>, sizes_known: bool, now_ms: u64) -> Reshard {
+/// A split's, merge's or re-tiling's plan, made by the operator's own function with the
+/// grace period the head's Table declares: the hash shown is the hash the operator's plan
+/// will have for the same topology.
+fn plan_group(
+    current: &Snapshot,
+    head: &Snapshot,
+    group: &Group<'_>,
+    sizes_known: bool,
+) -> Reshard {
     let kind = match (group.sources.len(), group.targets.len()) {
         (1, _) => ReshardKind::Split,
         (_, 1) => ReshardKind::Merge,
@@ -324,7 +328,13 @@ fn plan_group(current: &Snapshot, group: &Group<'_>, sizes_known: bool, now_ms: 
         steps: Vec::new(),
         blocked: Vec::new(),
     };
-    match plan_reshard(&topology, &request, now_ms, GRACE_MS) {
+    let grace = head
+        .tables
+        .iter()
+        .chain(&current.tables)
+        .find(|t| t.name_any() == group.table)
+        .map_or(DEFAULT_GRACE_MS, grace_ms);
+    match plan_declared(&topology, &request, grace) {
         Ok(plan) => {
             reshard.risk = plan.risk;
             reshard.plan_hash = Some(plan.hash.clone());
@@ -496,7 +506,7 @@ mod tests {
     fn two_adjacent_shards_replaced_by_one_are_a_merge() {
         let current = snapshot(vec![shard("a", None, Some(0)), shard("b", Some(0), None)]);
         let head = snapshot(vec![shard("ab", None, None)]);
-        let changes = diff(&current, &head, false, 0);
+        let changes = diff(&current, &head, false);
         assert_eq!(changes.reshards.len(), 1);
         let merge = &changes.reshards[0];
         assert_eq!(merge.kind, ReshardKind::Merge);
@@ -518,7 +528,7 @@ mod tests {
     fn a_shard_removed_with_nothing_covering_its_keys_is_a_destructive_drop() {
         let current = snapshot(vec![shard("a", None, Some(0)), shard("b", Some(0), None)]);
         let head = snapshot(vec![shard("a", None, Some(0))]);
-        let changes = diff(&current, &head, false, 0);
+        let changes = diff(&current, &head, false);
         assert!(changes.reshards.is_empty());
         assert_eq!(changes.dropped_shards[0].name, "b");
         assert_eq!(changes.risk, Some(RiskClass::Destructive));
@@ -537,7 +547,7 @@ mod tests {
             shard("b", Some(5), None),
             shard("c", Some(0), Some(5)),
         ]);
-        let changes = diff(&current, &head, false, 0);
+        let changes = diff(&current, &head, false);
         assert_eq!(changes.placement_changes[0].shard, "a");
         assert!(changes.placement_changes[0].to.contains("n1"));
         assert_eq!(changes.added_shards[0].name, "c");
@@ -551,7 +561,7 @@ mod tests {
     #[test]
     fn nothing_changed_means_no_risk() {
         let current = snapshot(vec![shard("a", None, None)]);
-        let changes = diff(&current, &current.clone(), false, 0);
+        let changes = diff(&current, &current.clone(), false);
         assert_eq!(changes.risk, None);
         assert!(changes.reshards.is_empty() && changes.problems.is_empty());
     }

@@ -133,7 +133,7 @@ pub async fn preview(
             "shard sizes are unknown without a live cluster, so bytes to copy are not shown; declared nodes are assumed Online and empty".to_owned(),
         );
     }
-    let changes = diff::diff(&current, &head.snapshot, is_live, head.time_ms);
+    let changes = diff::diff(&current, &head.snapshot, is_live);
     Ok(Preview {
         base: base.id,
         head: head.id,

@@ -1,6 +1,6 @@
 //! The plan the operator will make once the head commit is applied: the live cluster with
 //! the head's declared specs laid over it (what git-sync would leave behind), handed to the
-//! operator's own decision function, `controller::decide`. The hash shown is therefore the
+//! operator's own decision function, `decide::cluster::decide`. The hash shown is therefore the
 //! hash of the `Plan` the operator creates from the same state, and a pull request can
 //! approve exactly it. No I/O.
 
@@ -16,7 +16,10 @@ use serde::de::DeserializeOwned;
 use super::snapshot::Snapshot;
 use crate::api::database_cluster::Approval;
 use crate::api::plan::RiskClass;
-use crate::controller::{ClusterView, approval_needed, decide, kind_name, plan_name, plan_purpose};
+use crate::decide::ClusterView;
+use crate::decide::approval::{approval_needed, kind_name};
+use crate::decide::cluster::decide;
+use crate::decide::plan_wire::{self, plan_name};
 use crate::protocol::APPROVE_ANNOTATION;
 
 /// The operator's next plan for one cluster after the change.
@@ -99,8 +102,8 @@ pub fn operator_plans(
             next(&before),
             Some(Ok(Some(ref old))) if old.plan.hash == decision.plan.hash
         );
-        let purpose = plan_purpose(decision.plan.kind);
-        let risk = crate::controller::wire_risk(decision.plan.risk);
+        let purpose = plan_wire::purpose(decision.plan.kind);
+        let risk = plan_wire::risk(decision.plan.risk);
         let target = &decision.context.target;
         let approved_in_head = annotation_of(head, kind_name(target.kind), &target.name)
             .is_some_and(|hash| hash == decision.plan.hash);

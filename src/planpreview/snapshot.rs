@@ -11,11 +11,11 @@ use serde::de::DeserializeOwned;
 
 use super::error::PreviewError;
 use crate::api::{DatabaseCluster, DatabaseNode, SchemaVersion, Shard, Table};
-use crate::controller::{domain_node, domain_shard};
+use crate::decide::domain::{domain_node, domain_shard};
 use crate::gitsync::SyncError;
 use crate::gitsync::manifests::{self, Manifest, is_shardplane};
 use crate::gitsync::source::read_manifests;
-use crate::plan::{self, KeyRange, Topology};
+use crate::plan::{self, Topology};
 
 /// The Shardplane objects of one side of a change.
 #[derive(Clone, Debug, Default)]
@@ -119,7 +119,7 @@ impl Snapshot {
     }
 
     /// The planner's view of the cluster that stores `table`, converted as the operator
-    /// converts its own (`controller::observe`). Nodes without a reported phase count as
+    /// converts its own (`decide::domain`). Nodes without a reported phase count as
     /// Online when `assume_online` (a commit's manifests carry no status).
     pub fn topology(&self, table: &str, assume_online: bool) -> Topology {
         let cluster = self
@@ -171,9 +171,4 @@ where
 {
     let api = Api::<K>::namespaced(client.clone(), namespace);
     Ok(api.list(&ListParams::default()).await?.items)
-}
-
-/// The key range of a Shard, if its ends are valid.
-pub fn range_of(shard: &Shard) -> Option<KeyRange> {
-    KeyRange::from_wire(shard.spec.range.start, shard.spec.range.end).ok()
 }

@@ -36,6 +36,9 @@ pub const EXECUTOR_MANAGER: &str = "shardplane-operator/executor";
 /// Field manager of the executor's split/merge orders in `Shard.status.reshard`.
 pub const RESHARD_MANAGER: &str = "shardplane-operator/reshard";
 
+/// Field manager of the schema rollout's requests in `Shard.status.schemaRequest`.
+pub const SCHEMA_ROLLOUT_MANAGER: &str = "shardplane-operator/schema-rollout";
+
 /// Field manager of the shard readiness fields (`readyReplicas`, `phase`).
 pub const SHARD_STATUS_MANAGER: &str = "shardplane-operator/shard-status";
 

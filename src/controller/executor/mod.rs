@@ -1,10 +1,14 @@
-//! The plan executor: one reconcile per `Plan`. It decides approval (cluster policy, a patch
-//! of `spec.approval`, or an annotation carrying the plan's hash on the target object), then
-//! executes the steps in order, one at a time: a step is marked Running in status *before*
-//! its effect is applied (except the few `StepAction::recorded_with_outcome`), and
-//! Succeeded once the effect holds. Every status write carries
-//! the resourceVersion it was computed from, so a deposed leader's stale write is refused;
-//! a restarted operator finds the Running step and re-applies its idempotent effect.
+//! The plan executor: one reconcile per `Plan`. It decides approval (`approval.rs`: cluster
+//! policy, a patch of `spec.approval`, or an annotation carrying the plan's hash on the
+//! target object), then executes the steps in order, one at a time: a step is marked Running
+//! in status *before* its effect (`super::effects`) is applied (except the few
+//! `StepAction::recorded_with_outcome`), and Succeeded once the effect holds. Every status
+//! write carries the resourceVersion it was computed from (`status.rs`), so a deposed
+//! leader's stale write is refused; a restarted operator finds the Running step and
+//! re-applies its idempotent effect.
+
+mod approval;
+mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,28 +16,25 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Resource, ResourceExt};
 
-use crate::api::database_cluster::{Approval, ApprovalPolicy};
-use crate::api::plan::{
-    PlanPhase, PlanPurpose, PlanStatus, RiskClass, StepPhase, StepStatus, TargetKind,
-};
-use crate::api::{DatabaseCluster, Plan, Shard};
+use crate::api::plan::{PlanPhase, PlanPurpose, StepPhase, StepStatus};
+use crate::api::{Plan, Shard};
+use crate::decide::approval::Verdict;
+use crate::decide::conditions::{self, Observation};
+use crate::decide::plan_wire;
 use crate::plan::StepAction;
-use crate::protocol::{APPROVE_ANNOTATION, SOURCE_COMMIT_ANNOTATION};
 
-use super::conditions::{self, Observation};
 use super::context::Context;
 use super::effects::{self, Progress, StepError};
+use super::error::ApiError;
 use super::leader::NotLeader;
 use super::metrics::StepLabels;
-use super::plan_wire;
+use approval::approval;
+use status::{StatusWriter, set_progress};
 
 /// How soon a plan whose status write met a newer version is looked at again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
@@ -45,8 +46,20 @@ pub enum ExecutorError {
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
     /// The API server refused or failed a request (a 409 means the plan changed meanwhile).
-    #[error("API request failed: {0}")]
-    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A step's effect could not be applied or checked; the step is retried.
+    #[error("plan {plan}, step {step} ({action}): {source}")]
+    Step {
+        /// The plan.
+        plan: String,
+        /// The step's id.
+        step: i32,
+        /// The step's action.
+        action: String,
+        /// The request that failed.
+        source: ApiError,
+    },
 }
 
 /// Runs the executor while this replica leads.
@@ -85,8 +98,8 @@ pub async fn run(ctx: Arc<Context>) {
 }
 
 fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
-    if let ExecutorError::Api(kube::Error::Api(response)) = error
-        && response.code == 409
+    if let ExecutorError::Api(error) = error
+        && error.is_conflict()
     {
         // The cache did not hold this executor's own last status write yet (a shard's
         // change can wake a plan right after it): look again at once, without a backoff;
@@ -96,6 +109,7 @@ fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Ac
     let result = match error {
         ExecutorError::NotLeader(_) => "not_leader",
         ExecutorError::Api(_) => "api",
+        ExecutorError::Step { .. } => "step",
     };
     ctx.retry("Plan", plan.as_ref(), result, error)
 }
@@ -133,6 +147,7 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                             reason,
                             message,
                         },
+                        Timestamp::now(),
                     );
                     writer.flush_if_changed(&plan).await?;
                     // The target's annotation is not watched here: look again shortly.
@@ -147,7 +162,7 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
 }
 
 /// A split or merge superseded (by a failover) before its routing switch: its shards are
-/// asked for nothing any more (`reshard::undo_superseded`). Runs after any reconcile of the
+/// asked for nothing any more (`effects::undo_superseded`). Runs after any reconcile of the
 /// plan in flight when it was superseded (the controller runs one at a time per plan), so no
 /// step of it writes an order afterwards.
 async fn undo_superseded_reshard(ctx: &Context, plan: &Plan) -> Result<(), ExecutorError> {
@@ -158,7 +173,7 @@ async fn undo_superseded_reshard(ctx: &Context, plan: &Plan) -> Result<(), Execu
         .filter_map(|step| plan_wire::step_action(step).ok())
         .collect();
     let namespace = plan.namespace().unwrap_or_default();
-    match super::reshard::undo_superseded(ctx, &namespace, &actions).await {
+    match effects::undo_superseded(ctx, &namespace, &actions).await {
         Ok(true) => {
             ctx.event(
                 plan,
@@ -181,117 +196,6 @@ async fn undo_superseded_reshard(ctx: &Context, plan: &Plan) -> Result<(), Execu
             Ok(())
         }
     }
-}
-
-/// Whether a plan may run.
-enum Verdict {
-    Approved(String),
-    Waiting {
-        reason: &'static str,
-        message: String,
-    },
-}
-
-async fn approval(ctx: &Context, plan: &Plan) -> Result<Verdict, ExecutorError> {
-    let namespace = plan.namespace().unwrap_or_default();
-    let clusters: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    let policy = clusters
-        .get_opt(&plan.spec.cluster)
-        .await?
-        .and_then(|c| c.spec.approval);
-    let needed = approval_needed(plan.spec.purpose, plan.spec.risk, policy.as_ref());
-    if needed == Approval::Automatic {
-        return Ok(Verdict::Approved(
-            format!("policy:{:?}", plan.spec.risk).to_lowercase(),
-        ));
-    }
-    if let Some(approval) = &plan.spec.approval {
-        // CEL guarantees approval.planHash == spec.hash.
-        return Ok(Verdict::Approved(format!("user:{}", approval.approved_by)));
-    }
-    let (annotation, commit) = target_annotation(ctx, plan).await?;
-    match annotation {
-        Some(hash) if hash == plan.spec.hash => Ok(Verdict::Approved(format!(
-            "annotation:{}/{}{}",
-            kind_name(plan.spec.target.kind),
-            plan.spec.target.name,
-            // The approval came from git: name the commit that carried it.
-            commit.map(|c| format!("@{c}")).unwrap_or_default()
-        ))),
-        Some(hash) => Ok(Verdict::Waiting {
-            reason: "HashMismatch",
-            message: format!(
-                "{} {} carries {APPROVE_ANNOTATION}={hash}, which is not this plan's hash {}; \
-                 the approved plan is not this one (its inputs changed?) — review this plan and \
-                 approve its hash",
-                kind_name(plan.spec.target.kind),
-                plan.spec.target.name,
-                plan.spec.hash
-            ),
-        }),
-        None => Ok(Verdict::Waiting {
-            reason: "AwaitingApproval",
-            message: format!(
-                "{:?} plans need approval: annotate {} {} with {APPROVE_ANNOTATION}={} or set spec.approval",
-                plan.spec.risk,
-                kind_name(plan.spec.target.kind),
-                plan.spec.target.name,
-                plan.spec.hash
-            ),
-        }),
-    }
-}
-
-/// Whether a plan of `purpose` and `risk` waits for a human under the cluster's `policy`.
-/// Shared with `shardplane plan`, which says so in the pull request.
-pub fn approval_needed(
-    purpose: PlanPurpose,
-    risk: RiskClass,
-    policy: Option<&ApprovalPolicy>,
-) -> Approval {
-    match risk {
-        // A failover restores service; waiting for a human would prolong the outage.
-        _ if purpose == PlanPurpose::Failover => Approval::Automatic,
-        RiskClass::Safe => policy.and_then(|p| p.safe).unwrap_or(Approval::Automatic),
-        RiskClass::Disruptive => policy
-            .and_then(|p| p.disruptive)
-            .unwrap_or(Approval::Manual),
-        RiskClass::Destructive => Approval::Manual,
-    }
-}
-
-/// The kind's name, as `kubectl` and the approval messages spell it.
-pub fn kind_name(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::DatabaseCluster => "DatabaseCluster",
-        TargetKind::DatabaseNode => "DatabaseNode",
-        TargetKind::Table => "Table",
-        TargetKind::Shard => "Shard",
-        TargetKind::SchemaVersion => "SchemaVersion",
-    }
-}
-
-/// The approval annotation on the plan's target object, if any, and the git commit
-/// git-sync stamped on the target, if it came from git.
-async fn target_annotation(
-    ctx: &Context,
-    plan: &Plan,
-) -> Result<(Option<String>, Option<String>), ExecutorError> {
-    let kind = kind_name(plan.spec.target.kind);
-    let plural = format!("{}s", kind.to_lowercase());
-    let gvk = GroupVersionKind::gvk(crate::api::GROUP, crate::api::VERSION, kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &plan.namespace().unwrap_or_default(),
-        &resource,
-    );
-    let target = api.get_opt(&plan.spec.target.name).await?;
-    let annotation = |key: &str| target.as_ref()?.annotations().get(key).cloned();
-    Ok((
-        annotation(APPROVE_ANNOTATION),
-        annotation(SOURCE_COMMIT_ANNOTATION),
-    ))
 }
 
 async fn start(
@@ -330,6 +234,7 @@ async fn start(
             reason: "Approved",
             message: format!("approved by {by}"),
         },
+        Timestamp::now(),
     );
     set_progress(
         status,
@@ -465,6 +370,7 @@ async fn execute(
                         reason: "StepFailed",
                         message: message.clone(),
                     },
+                    Timestamp::now(),
                 );
                 writer.flush(plan).await?;
                 ctx.metrics
@@ -477,7 +383,14 @@ async fn execute(
                 ctx.event(plan, true, "PlanFailed", message).await;
                 return Ok(ctx.next("Plan", plan, None));
             }
-            Err(StepError::Api(error)) => return Err(error.into()),
+            Err(StepError::Api(source)) => {
+                return Err(ExecutorError::Step {
+                    plan: plan.name_any(),
+                    step: step.id,
+                    action: step.action.clone(),
+                    source,
+                });
+            }
             Err(StepError::NotLeader(error)) => return Err(error.into()),
         }
     }
@@ -498,93 +411,4 @@ async fn execute(
     )
     .await;
     Ok(ctx.next("Plan", plan, None))
-}
-
-fn set_progress(
-    status: &mut PlanStatus,
-    generation: Option<i64>,
-    reason: &'static str,
-    message: String,
-) {
-    let running = status.phase == Some(PlanPhase::Running);
-    let succeeded = status.phase == Some(PlanPhase::Succeeded);
-    conditions::set(
-        &mut status.conditions,
-        generation,
-        Observation {
-            type_: "Progressing",
-            holds: running,
-            reason,
-            message: message.clone(),
-        },
-    );
-    conditions::set(
-        &mut status.conditions,
-        generation,
-        Observation {
-            type_: "Ready",
-            holds: succeeded,
-            reason,
-            message,
-        },
-    );
-}
-
-/// The plan's status as this reconcile changes it, written with the resourceVersion of the
-/// last read or write, so concurrent writers (a deposed leader) are refused with a conflict.
-struct StatusWriter<'a> {
-    ctx: &'a Context,
-    status: PlanStatus,
-    written: PlanStatus,
-    resource_version: Option<String>,
-}
-
-impl<'a> StatusWriter<'a> {
-    fn new(ctx: &'a Context, plan: &Plan) -> Self {
-        let status = plan.status.clone().unwrap_or_default();
-        StatusWriter {
-            ctx,
-            written: status.clone(),
-            status,
-            resource_version: plan.resource_version(),
-        }
-    }
-
-    async fn flush_if_changed(&mut self, plan: &Plan) -> Result<(), ExecutorError> {
-        let same = conditions::same(&self.status.conditions, &self.written.conditions)
-            && PlanStatus {
-                conditions: Vec::new(),
-                ..self.status.clone()
-            } == PlanStatus {
-                conditions: Vec::new(),
-                ..self.written.clone()
-            };
-        if same {
-            return Ok(());
-        }
-        self.flush(plan).await
-    }
-
-    async fn flush(&mut self, plan: &Plan) -> Result<(), ExecutorError> {
-        self.ctx.leader.ensure()?;
-        self.status.observed_generation = plan.meta().generation;
-        let plans: Api<Plan> = Api::namespaced(
-            self.ctx.client.clone(),
-            &plan.namespace().unwrap_or_default(),
-        );
-        let patch = json!({
-            "metadata": {"resourceVersion": self.resource_version},
-            "status": self.status,
-        });
-        let written = plans
-            .patch_status(
-                &plan.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
-        self.resource_version = written.resource_version();
-        self.written = self.status.clone();
-        Ok(())
-    }
 }

@@ -1,14 +1,47 @@
 //! The planner's `Plan` in its wire form (`Plan.spec`) and back: steps carry their wave, a
 //! readable action name, shard and node, and the whole action as JSON, which is what the
 //! executor runs. The plan's name derives from its cluster, purpose and hash, so creating
-//! the same plan twice is one object.
+//! the same plan twice is one object. Also what the operator adds to a planner's plan: its
+//! target, its cause (the audit trail), a summary.
 
 use std::collections::BTreeMap;
 
+use crate::api::Plan;
 use crate::api::plan::{
-    PlanBlocker, PlanCause, PlanPurpose, PlanSpec, PlanStep, PlanTarget, RiskClass,
+    CauseKind, PlanBlocker, PlanCause, PlanPurpose, PlanSpec, PlanStep, PlanTarget, RiskClass,
 };
 use crate::plan::{self, PlanKind, StepAction};
+use crate::protocol::{CLUSTER_LABEL, PURPOSE_LABEL, SOURCE_COMMIT_ANNOTATION};
+
+use super::Object;
+
+/// A plan the planner made, with what the operator adds to it.
+pub struct Decision {
+    /// The planner's plan.
+    pub plan: plan::Plan,
+    /// Target, cause, summary and facts.
+    pub context: PlanContext,
+}
+
+/// Why a user-declared change of `object` happened: the git commit git-sync stamped on it
+/// (`shardplane.io/source-commit`) when its spec came from git, else a user. A deletion is
+/// always a user's (or a prune's) act, so it is never attributed to the stamped commit.
+pub fn change_cause(object: &impl Object, detail: String) -> PlanCause {
+    let commit = object
+        .annotation(SOURCE_COMMIT_ANNOTATION)
+        .filter(|_| !object.deleting())
+        .map(str::to_owned);
+    PlanCause {
+        kind: if commit.is_some() {
+            CauseKind::GitCommit
+        } else {
+            CauseKind::User
+        },
+        commit,
+        user: None,
+        detail,
+    }
+}
 
 /// What the operator adds to a planner's plan to make it a `Plan` object.
 pub struct PlanContext {
@@ -61,6 +94,19 @@ pub fn to_spec(plan: &plan::Plan, context: PlanContext) -> Result<PlanSpec, serd
         facts: context.facts,
         approval: None,
     })
+}
+
+/// The `Plan` object of `spec` named `name` in `namespace`, labelled with its cluster and
+/// purpose (its owner, if any, is the caller's to set).
+pub fn plan_object(name: &str, namespace: &str, spec: PlanSpec) -> Plan {
+    let labels = BTreeMap::from([
+        (CLUSTER_LABEL.to_owned(), spec.cluster.clone()),
+        (PURPOSE_LABEL.to_owned(), format!("{:?}", spec.purpose)),
+    ]);
+    let mut object = Plan::new(name, spec);
+    object.metadata.namespace = Some(namespace.to_owned());
+    object.metadata.labels = Some(labels);
+    object
 }
 
 /// The action a wire step runs.

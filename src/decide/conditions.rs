@@ -1,6 +1,6 @@
-//! Status conditions: set one by type, keeping `lastTransitionTime` when the status did not
-//! change, and compare condition lists ignoring timestamps so that an unchanged world causes
-//! no status write.
+//! Status conditions, the one setter of every kind's `conditions`: set one by type, keeping
+//! `lastTransitionTime` when the status did not change, and compare condition lists ignoring
+//! timestamps so that an unchanged world causes no status write. The time is given.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -20,8 +20,13 @@ pub struct Observation<'a> {
 }
 
 /// Sets `observation` in `conditions` for `generation`, keeping the transition time when the
-/// status is unchanged.
-pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, observation: Observation) {
+/// status is unchanged; `now` is the transition time otherwise.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    generation: Option<i64>,
+    observation: Observation,
+    now: Timestamp,
+) {
     let status = if observation.holds {
         ConditionStatus::True
     } else {
@@ -31,7 +36,7 @@ pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, observation
     match existing {
         Some(condition) => {
             if condition.status != status {
-                condition.last_transition_time = Time(Timestamp::now());
+                condition.last_transition_time = Time(now);
             }
             condition.status = status;
             condition.reason = observation.reason.into();
@@ -43,7 +48,7 @@ pub fn set(conditions: &mut Vec<Condition>, generation: Option<i64>, observation
             status,
             reason: observation.reason.into(),
             message: observation.message,
-            last_transition_time: Time(Timestamp::now()),
+            last_transition_time: Time(now),
             observed_generation: generation,
         }),
     }

@@ -1,120 +1,19 @@
-//! Observe: the objects of one cluster, gathered from the watch caches, and their conversion
-//! into the planner's plain domain types. Invalid objects are reported and left out, never
-//! crashed on.
-
-use std::sync::Arc;
-
-use kube::ResourceExt;
+//! The planner's plain domain values from the wire objects: nodes, shards (the replica set
+//! the operator wants, marked in sync where the agents report so), roles. Invalid objects are
+//! reported by the caller and left out, never crashed on.
 
 use crate::api::NodePhase as WireNodePhase;
 use crate::api::database_node::NodeDesiredState;
 use crate::api::shard::ReplicaRole as WireRole;
 use crate::api::shard::{ObservedReplica, ReplicaState};
-use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
-use crate::plan::{self, KeyRange, Topology};
+use crate::api::{DatabaseNode, Shard};
+use crate::plan::{self, KeyRange};
 
-use super::context::Cache;
-
-/// Everything the operator knows about one cluster at one moment.
-pub struct ClusterView {
-    /// The cluster.
-    pub cluster: Arc<DatabaseCluster>,
-    /// Its nodes.
-    pub nodes: Vec<Arc<DatabaseNode>>,
-    /// Its tables.
-    pub tables: Vec<Arc<Table>>,
-    /// The shards of its tables.
-    pub shards: Vec<Arc<Shard>>,
-    /// Its plans.
-    pub plans: Vec<Arc<Plan>>,
-}
-
-/// The watch caches a cluster view is gathered from.
-pub struct Caches {
-    /// Nodes.
-    pub nodes: Cache<DatabaseNode>,
-    /// Tables.
-    pub tables: Cache<Table>,
-    /// Shards.
-    pub shards: Cache<Shard>,
-    /// Plans.
-    pub plans: Cache<Plan>,
-}
-
-impl ClusterView {
-    /// Gathers `cluster`'s objects from `caches`.
-    pub fn gather(cluster: Arc<DatabaseCluster>, caches: &Caches) -> Self {
-        Self::of(
-            cluster,
-            caches.nodes.state(),
-            caches.tables.state(),
-            caches.shards.state(),
-            caches.plans.state(),
-        )
-    }
-
-    /// `cluster`'s objects among the given ones, each kind sorted by name: a watch cache (or
-    /// a list) has no order the planner may depend on, and its answer (and so its hash) must
-    /// not depend on one. `shardplane plan` builds the same view from the desired state of a
-    /// pull request, so both ask the planner the same question.
-    pub fn of(
-        cluster: Arc<DatabaseCluster>,
-        nodes: Vec<Arc<DatabaseNode>>,
-        tables: Vec<Arc<Table>>,
-        shards: Vec<Arc<Shard>>,
-        plans: Vec<Arc<Plan>>,
-    ) -> Self {
-        let namespace = cluster.namespace();
-        let name = cluster.name_any();
-        let here = |ns: Option<String>| ns == namespace;
-        let tables = by_name(tables, |t| here(t.namespace()) && t.spec.cluster == name);
-        let shards = by_name(shards, |s| {
-            here(s.namespace()) && tables.iter().any(|t| t.name_any() == s.spec.table)
-        });
-        ClusterView {
-            nodes: by_name(nodes, |n| here(n.namespace()) && n.spec.cluster == name),
-            plans: by_name(plans, |p| here(p.namespace()) && p.spec.cluster == name),
-            tables,
-            shards,
-            cluster,
-        }
-    }
-
-    /// The planner's view: nodes, and shards with the replica set the operator wants,
-    /// marked in sync where the agents report so. Shards with an invalid range are left out
-    /// and named in the second value.
-    pub fn topology(&self) -> (Topology, Vec<String>) {
-        let mut invalid = Vec::new();
-        let shards = self
-            .shards
-            .iter()
-            .filter_map(|shard| match domain_shard(shard) {
-                Ok(shard) => Some(shard),
-                Err(error) => {
-                    invalid.push(format!("{}: {error}", shard.name_any()));
-                    None
-                }
-            })
-            .collect();
-        let topology = Topology {
-            replication_factor: self.cluster.spec.replication_factor.max(0) as u32,
-            nodes: self.nodes.iter().map(|n| domain_node(n)).collect(),
-            shards,
-        };
-        (topology, invalid)
-    }
-}
-
-/// The objects that pass `keep`, sorted by name.
-fn by_name<K: kube::Resource>(objects: Vec<Arc<K>>, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
-    let mut kept: Vec<Arc<K>> = objects.into_iter().filter(|o| keep(o)).collect();
-    kept.sort_by_key(|o| o.name_any());
-    kept
-}
+use super::Object;
 
 /// What the user wants of a node: a deleted node is to be decommissioned first.
 pub fn desired_state(node: &DatabaseNode) -> Option<NodeDesiredState> {
-    if node.metadata.deletion_timestamp.is_some() {
+    if node.deleting() {
         Some(NodeDesiredState::Decommissioned)
     } else {
         node.spec.desired_state
@@ -129,7 +28,7 @@ pub fn domain_node(node: &DatabaseNode) -> plan::Node {
         .and_then(|s| s.phase)
         .unwrap_or(WireNodePhase::Pending);
     plan::Node {
-        name: node.name_any(),
+        name: node.name().to_owned(),
         region: node.spec.region.clone(),
         zone: node.spec.zone.clone(),
         capacity_bytes: node.spec.capacity.storage_bytes.max(0) as u64,
@@ -215,7 +114,7 @@ pub fn domain_shard(shard: &Shard) -> Result<plan::Shard, plan::KeyRangeError> {
         .collect();
     let placement = shard.spec.placement.clone().unwrap_or_default();
     Ok(plan::Shard {
-        name: shard.name_any(),
+        name: shard.name().to_owned(),
         table: shard.spec.table.clone(),
         range,
         size_bytes: status.size_bytes.unwrap_or(0).max(0) as u64,

@@ -1,0 +1,213 @@
+//! What the cluster reconciler does to the world once it has decided: creates the decided
+//! plan (superseding the plans it replaces), prunes finished plans, keeps node finalizers
+//! and counts. Every write is made by the leader only.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::plan::{PlanPhase, PlanPurpose};
+use crate::api::{DatabaseNode, Plan};
+use crate::decide::cluster::{Admission, admit, history_to_prune, node_counts, node_finalizers};
+use crate::decide::plan_wire::Decision;
+use crate::decide::{self, ClusterView};
+use crate::plan::Topology;
+
+use super::super::context::Context;
+use super::super::error::{ApiError, Doing};
+use super::ClusterError;
+
+/// How often a superseded split or merge is made again before it is left to the user.
+const MAX_REMAKES: usize = 5;
+
+/// Creates the decided plan unless it exists or a running plan finishes first
+/// ([`admit`]), superseding the plans it replaces.
+pub async fn persist(
+    ctx: &Context,
+    view: &ClusterView,
+    decision: Decision,
+    active: &[&Arc<Plan>],
+) -> Result<(), ClusterError> {
+    let cluster = view.cluster.as_ref();
+    let purpose = decide::plan_wire::purpose(decision.plan.kind);
+    let supersede_all = match admit(
+        purpose,
+        &decision.plan.hash,
+        &decision.context.target,
+        active,
+    ) {
+        Admission::Wait => return Ok(()),
+        Admission::Create { supersede } => supersede,
+    };
+    let encode = |source| ClusterError::Encode {
+        cluster: cluster.name_any(),
+        source,
+    };
+    let mut object = decide::cluster::plan_of(view, decision).map_err(encode)?;
+    object.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
+    let name = object.name_any();
+    for plan in supersede_all {
+        supersede(
+            ctx,
+            plan,
+            &format!("superseded by plan {name}: its inputs changed before it finished"),
+        )
+        .await?;
+    }
+    ctx.leader.ensure()?;
+    let namespace = cluster.namespace().unwrap_or_default();
+    let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut attempt = 1;
+    loop {
+        match plans.create(&PostParams::default(), &object).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // The same change was planned before. A split or merge that a failover
+                // superseded before its switch is made again (its approval by hash still
+                // holds: it is the same change); anything else that ended stays ended.
+                let existing = plans
+                    .get_opt(&object.name_any())
+                    .await
+                    .doing(|| format!("read Plan {}/{}", namespace, object.name_any()))?;
+                let superseded = existing
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.phase == Some(PlanPhase::Superseded));
+                if purpose != PlanPurpose::Reshard || !superseded || attempt >= MAX_REMAKES {
+                    return Ok(());
+                }
+                attempt += 1;
+                object.metadata.name = Some(format!("{name}-{attempt}"));
+            }
+            Err(source) => {
+                let action = format!("create Plan {namespace}/{}", object.name_any());
+                return Err(ApiError { action, source }.into());
+            }
+        }
+    }
+    if purpose == PlanPurpose::Failover {
+        ctx.metrics.failovers.inc();
+    }
+    let source = object
+        .spec
+        .cause
+        .commit
+        .as_ref()
+        .map(|c| format!(" (from commit {c})"))
+        .unwrap_or_default();
+    let note = format!(
+        "plan {} ({purpose:?}, {:?}, {} steps, hash {}): {}{source}",
+        object.name_any(),
+        object.spec.risk,
+        object.spec.steps.len(),
+        object.spec.hash,
+        object.spec.summary
+    );
+    ctx.event(cluster, false, "PlanCreated", note).await;
+    Ok(())
+}
+
+/// Marks `plan` Superseded with `message`, conditional on the version this reconciler saw:
+/// if the executor moved the plan meanwhile (approved it, started it), the write fails and
+/// the decision is taken again on fresh state.
+pub async fn supersede(ctx: &Context, plan: &Plan, message: &str) -> Result<(), ClusterError> {
+    ctx.leader.ensure()?;
+    let namespace = plan.namespace().unwrap_or_default();
+    let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
+    let condition = json!({
+        "type": "Ready", "status": "False", "reason": "Superseded", "message": message,
+        "lastTransitionTime": Time(Timestamp::now()),
+    });
+    let patch = json!({
+        "metadata": {"resourceVersion": plan.resource_version()},
+        "status": {"phase": PlanPhase::Superseded, "conditions": [condition]},
+    });
+    plans
+        .patch_status(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .doing(|| format!("mark Plan {namespace}/{} Superseded", plan.name_any()))?;
+    ctx.event(plan, false, "PlanSuperseded", message.to_string())
+        .await;
+    Ok(())
+}
+
+/// Deletes the finished plans beyond the cluster's history.
+pub async fn prune_history(ctx: &Context, view: &ClusterView) -> Result<(), ClusterError> {
+    for plan in history_to_prune(view) {
+        ctx.leader.ensure()?;
+        let namespace = plan.namespace().unwrap_or_default();
+        let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
+        match plans
+            .delete(&plan.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(source) => {
+                let action = format!("delete Plan {namespace}/{}", plan.name_any());
+                return Err(ApiError { action, source }.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the drain-before-delete finalizer on every node, and lifts it from a deleted node
+/// once no replica is left on it.
+pub async fn guard_node_deletion(
+    ctx: &Context,
+    view: &ClusterView,
+    topology: &Topology,
+) -> Result<(), ClusterError> {
+    for (node, wanted) in node_finalizers(view, topology) {
+        ctx.set_finalizers::<_, ClusterError>(node.as_ref(), wanted)
+            .await?;
+        if node.metadata.deletion_timestamp.is_some() {
+            ctx.event(
+                node.as_ref(),
+                false,
+                "NodeRemoved",
+                format!(
+                    "{} holds no replica; it leaves the cluster",
+                    node.name_any()
+                ),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Writes each node's replica and primary counts where they changed.
+pub async fn update_node_counts(
+    ctx: &Context,
+    view: &ClusterView,
+    topology: &Topology,
+) -> Result<(), ClusterError> {
+    for (node, replicas, primaries) in node_counts(view, topology) {
+        ctx.leader.ensure()?;
+        let namespace = node.namespace().unwrap_or_default();
+        let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({"status": {"replicas": replicas, "primaries": primaries}});
+        nodes
+            .patch_status(
+                &node.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+            .doing(|| {
+                format!(
+                    "write the counts of DatabaseNode {namespace}/{}",
+                    node.name_any()
+                )
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The DatabaseCluster reconciler. One reconcile reads top to bottom: observe the cluster's
+//! nodes, tables, shards and plans (watch caches); decide (`crate::decide::cluster`: the
+//! planner's next plan by priority, and what to supersede or prune); act (`act.rs`: persist
+//! the decision as a `Plan` owned by the cluster, node finalizers and counts); report the
+//! cluster's state (`status.rs`). It never executes a step — the plan executor does.
+
+mod act;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+
+use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
+use crate::decide::{self, ClusterView};
+use crate::plan::PlanError;
+
+use super::context::{Cache, Context, now_ms};
+use super::error::ApiError;
+use super::leader::NotLeader;
+
+/// Why a cluster reconcile failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The API server refused or failed a request.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The observed state is inconsistent.
+    #[error("cannot plan cluster {cluster}: {source}")]
+    Plan {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        source: PlanError,
+    },
+    /// A plan could not be serialized.
+    #[error("cannot encode a plan of cluster {cluster}: {source}")]
+    Encode {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+impl ClusterError {
+    fn label(&self) -> &'static str {
+        match self {
+            ClusterError::NotLeader(_) => "not_leader",
+            ClusterError::Api(_) => "api",
+            ClusterError::Plan { .. } => "plan",
+            ClusterError::Encode { .. } => "encode",
+        }
+    }
+}
+
+/// The watch caches a cluster view is gathered from.
+struct Caches {
+    nodes: Cache<DatabaseNode>,
+    tables: Cache<Table>,
+    shards: Cache<Shard>,
+    plans: Cache<Plan>,
+}
+
+impl Caches {
+    /// `cluster`'s objects as the caches hold them now.
+    fn view(&self, cluster: Arc<DatabaseCluster>) -> ClusterView {
+        ClusterView::of(
+            cluster,
+            self.nodes.state(),
+            self.tables.state(),
+            self.shards.state(),
+            self.plans.state(),
+        )
+    }
+}
+
+struct Reconciler {
+    ctx: Arc<Context>,
+    caches: Caches,
+}
+
+/// Runs the reconciler while this replica leads (it is aborted when leadership is lost).
+pub async fn run(ctx: Arc<Context>) {
+    let caches = Caches {
+        nodes: Cache::start(&ctx).await,
+        tables: Cache::start(&ctx).await,
+        shards: Cache::start(&ctx).await,
+        plans: Cache::start(&ctx).await,
+    };
+    let reconciler = Arc::new(Reconciler {
+        ctx: ctx.clone(),
+        caches,
+    });
+    // Nodes, shards and plans change the decision as much as the cluster does: look again
+    // every half second; a reconcile that finds nothing new writes nothing.
+    let ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Some(((), ()))
+    });
+    let controller = Controller::new(ctx.watched::<DatabaseCluster>(), watcher::Config::default());
+    ctx.metrics
+        .queue
+        .track("DatabaseCluster", controller.store());
+    controller
+        .reconcile_all_on(ticks)
+        .run(reconcile, error_policy, reconciler)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(cluster: Arc<DatabaseCluster>, error: &ClusterError, r: Arc<Reconciler>) -> Action {
+    r.ctx
+        .retry("DatabaseCluster", cluster.as_ref(), error.label(), error)
+}
+
+async fn reconcile(
+    cluster: Arc<DatabaseCluster>,
+    r: Arc<Reconciler>,
+) -> Result<Action, ClusterError> {
+    let started = Instant::now();
+    let ctx = &r.ctx;
+    ctx.reconcile_started("DatabaseCluster", cluster.as_ref());
+    ctx.leader.ensure()?;
+
+    // Observe.
+    let view = r.caches.view(cluster.clone());
+    let (topology, invalid) = view.topology();
+
+    // Decide.
+    let returned = decide::cluster::returned_failovers(&view, &topology);
+    let active = decide::cluster::active_plans(&view, &topology);
+    let decision = decide::cluster::decide(&view, &topology, now_ms());
+
+    // Act.
+    act::update_node_counts(ctx, &view, &topology).await?;
+    act::guard_node_deletion(ctx, &view, &topology).await?;
+    for (plan, message) in returned {
+        act::supersede(ctx, plan, &message).await?;
+    }
+    let decision = decision.map_err(|source| ClusterError::Plan {
+        cluster: view.name().to_owned(),
+        source,
+    })?;
+    let blocked: Vec<String> = decision
+        .iter()
+        .flat_map(|d| &d.plan.blocked)
+        .map(|b| format!("{}: {}", b.subject, b.reason))
+        .collect();
+    if let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) {
+        act::persist(ctx, &view, decision, &active).await?;
+    }
+
+    // Status.
+    status::write(ctx, &view, &topology, &invalid, &blocked).await?;
+    act::prune_history(ctx, &view).await?;
+    ctx.metrics.active_plans.set(active.len() as i64);
+    ctx.metrics.reconciled("DatabaseCluster", "ok", started);
+    ctx.reconciled("DatabaseCluster", cluster.as_ref());
+    Ok(ctx.next(
+        "DatabaseCluster",
+        cluster.as_ref(),
+        Some(Duration::from_secs(30)),
+    ))
+}

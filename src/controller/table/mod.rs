@@ -1,0 +1,112 @@
+//! The Table reconciler. One reconcile: observe the table's Shards; report each shard's
+//! readiness; keep the drop-after-approval finalizer, or, for a deleted table, its drop plan
+//! (`drop.rs`); and write the table's status — the routing map (key range → shard → primary,
+//! epoch, endpoint), in one write conditional on the resourceVersion read (`status.rs`, the
+//! one writer of `Table.status.routing`; a split's switch asks it too).
+
+mod drop;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+
+use crate::api::{Shard, Table};
+
+use super::context::Context;
+use super::error::ApiError;
+use super::leader::NotLeader;
+
+pub use status::switch_routing;
+
+/// Why a table reconcile failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// This replica must not act.
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// The API server refused or failed a request (a 409: the table changed meanwhile).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A split's or merge's routing switch cannot be made.
+    #[error("the routing switch cannot be made: {0}")]
+    Switch(String),
+    /// A drop plan could not be serialized.
+    #[error("cannot encode the drop plan of table {table}: {source}")]
+    Encode {
+        /// The table.
+        table: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Runs the reconciler while this replica leads.
+pub async fn run(ctx: Arc<Context>) {
+    let controller = Controller::new(ctx.watched::<Table>(), watcher::Config::default());
+    ctx.metrics.queue.track("Table", controller.store());
+    controller
+        .watches(
+            ctx.watched::<Shard>(),
+            watcher::Config::default(),
+            |shard: Shard| {
+                let table = ObjectRef::<Table>::new(&shard.spec.table);
+                Some(match shard.namespace() {
+                    Some(ns) => table.within(&ns),
+                    None => table,
+                })
+            },
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(table: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Action {
+    let result = match error {
+        TableError::NotLeader(_) => "not_leader",
+        TableError::Api(_) => "api",
+        TableError::Switch(_) => "switch",
+        TableError::Encode { .. } => "encode",
+    };
+    ctx.retry("Table", table.as_ref(), result, error)
+}
+
+async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, TableError> {
+    let started = Instant::now();
+    ctx.reconcile_started("Table", table.as_ref());
+    ctx.leader.ensure()?;
+
+    // Observe.
+    let namespace = table.namespace().unwrap_or_default();
+    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), &namespace);
+    let shards_of_table = status::shards_of(&shards, &table.name_any()).await?;
+
+    // Act: each shard's readiness, then the finalizer or the deleted table's drop.
+    for shard in &shards_of_table {
+        status::report_readiness(&ctx, &shards, shard).await?;
+    }
+    let (deletion, action) = if table.metadata.deletion_timestamp.is_some() {
+        let (observation, gone) = drop::guard_deletion(&ctx, &table, &shards_of_table).await?;
+        if gone {
+            ctx.metrics.reconciled("Table", "ok", started);
+            return Ok(ctx.next("Table", table.as_ref(), None));
+        }
+        // The plan's approval is not watched here: look again shortly.
+        (observation, Duration::from_secs(1))
+    } else {
+        drop::ensure_finalizer(&ctx, &table).await?;
+        (None, Duration::from_secs(60))
+    };
+
+    // Status.
+    status::write(&ctx, &table, &shards_of_table, &[], deletion).await?;
+    ctx.metrics.reconciled("Table", "ok", started);
+    ctx.reconciled("Table", table.as_ref());
+    Ok(ctx.next("Table", table.as_ref(), Some(action)))
+}

@@ -1,0 +1,554 @@
+//! What a cluster needs next, and everything the cluster reconciler writes: the planner's
+//! decision by priority (failover of dead nodes, a declared split or merge, placement of
+//! under-replicated shards, drains, rebalancing); which running plans a decision supersedes;
+//! which finished plans are pruned; node finalizers and counts; the cluster's status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::database_cluster::DatabaseClusterStatus;
+use crate::api::database_node::NodeDesiredState;
+use crate::api::plan::{CauseKind, PlanCause, PlanPhase, PlanPurpose, PlanTarget, TargetKind};
+use crate::api::{DatabaseNode, NodePhase, Plan};
+use crate::plan::{
+    self, ConcurrencyLimits, DrainGoal, FailoverPolicy, PlanError, RebalancePolicy, Topology,
+};
+use crate::protocol::NODE_FINALIZER;
+
+use super::conditions::{self, Observation};
+use super::domain::desired_state;
+use super::plan_wire::{self, Decision, PlanContext, change_cause};
+use super::{ClusterView, Object, reshard};
+
+/// How many finished plans of a cluster are kept as its history.
+pub const PLAN_HISTORY: usize = 20;
+
+/// The planner's decision for this cluster now, by priority: failover, a declared split or
+/// merge, placement, drain, rebalance. `None` when nothing needs doing. `shardplane plan`
+/// calls it on a pull request's desired state to show (and hash) the very plan the operator
+/// will make. `now_ms` only reaches failover plans (the re-replication delay), which never
+/// wait for approval.
+pub fn decide(
+    view: &ClusterView,
+    topology: &Topology,
+    now_ms: u64,
+) -> Result<Option<Decision>, PlanError> {
+    let spec = &view.cluster.spec;
+    let cluster = view.name().to_owned();
+    let limits = limits(view);
+    let target = |kind, name: &str| PlanTarget {
+        kind,
+        name: name.to_string(),
+    };
+    let cause = |kind, detail: String| PlanCause {
+        kind,
+        commit: None,
+        user: None,
+        detail,
+    };
+
+    // Dead nodes that still lead shards first: their shards cannot take writes.
+    let mut dead: Vec<&plan::Node> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .filter(|n| topology.shards.iter().any(|s| s.has_replica_on(&n.name)))
+        .collect();
+    dead.sort_by_key(|n| {
+        !topology
+            .shards
+            .iter()
+            .any(|s| s.primary_node() == Some(n.name.as_str()))
+    });
+    if let Some(node) = dead.first() {
+        let delay_s = spec
+            .failure_detection
+            .clone()
+            .unwrap_or_default()
+            .replace_replicas_after_seconds;
+        let policy = FailoverPolicy {
+            max_lag_bytes: 0,
+            re_replication_delay_ms: delay_s.max(0) as u64 * 1000,
+            limits,
+        };
+        let failover = plan::plan_failover(topology, &node.name, now_ms, &policy)?;
+        let facts = failover
+            .decisions
+            .iter()
+            .take(60)
+            .map(|d| {
+                let chosen = d
+                    .new_primary
+                    .clone()
+                    .unwrap_or_else(|| "nobody (blocked)".into());
+                let others: Vec<String> = d
+                    .candidates
+                    .iter()
+                    .filter_map(|c| {
+                        c.rejected
+                            .as_ref()
+                            .map(|why| format!("{} ({why:?})", c.node))
+                    })
+                    .collect();
+                (
+                    format!("failover.{}", d.shard),
+                    format!("promote {chosen}; not chosen: {}", others.join(", ")),
+                )
+            })
+            .collect();
+        return Ok(Some(Decision {
+            context: PlanContext {
+                cluster: cluster.clone(),
+                target: target(TargetKind::DatabaseNode, &node.name),
+                cause: cause(
+                    CauseKind::Failure,
+                    format!("node {} stopped heartbeating", node.name),
+                ),
+                summary: format!(
+                    "fail over {} shard(s) led by dead node {}, then re-replicate",
+                    failover.decisions.len(),
+                    node.name
+                ),
+                facts,
+            },
+            plan: failover.plan,
+        }));
+    }
+
+    // A declared split or merge: its targets are placed by its own plan.
+    if let Some(decision) = reshard::decide(view, topology)? {
+        return Ok(Some(decision));
+    }
+
+    // A placement that is only blocked (no step possible) must not hide a drain or a
+    // rebalance that can proceed; its blockers still reach the cluster's conditions.
+    let placement = plan::plan_placement(topology, limits)?;
+    if !placement.operations.is_empty() {
+        let shards = placement.operations.len();
+        return Ok(Some(Decision {
+            context: PlanContext {
+                cluster: cluster.clone(),
+                target: target(TargetKind::DatabaseCluster, &cluster),
+                cause: cause(
+                    CauseKind::Policy,
+                    "shards below the replication factor".into(),
+                ),
+                summary: format!("place replicas of {shards} under-replicated shard(s)"),
+                facts: BTreeMap::new(),
+            },
+            plan: placement,
+        }));
+    }
+
+    for node in &view.nodes {
+        let goal = match desired_state(node) {
+            Some(NodeDesiredState::Drained) => DrainGoal::Drain,
+            Some(NodeDesiredState::Decommissioned) => DrainGoal::Decommission,
+            _ => continue,
+        };
+        let name = node.name();
+        let decommissioned =
+            node.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Decommissioned);
+        let holds = topology.shards.iter().any(|s| s.has_replica_on(name));
+        if decommissioned || (!holds && goal == DrainGoal::Drain) {
+            continue;
+        }
+        let drain = plan::plan_drain(topology, name, goal, limits)?;
+        let detail = if node.deleting() {
+            format!("node {name} was deleted; it is decommissioned first")
+        } else {
+            format!("node {name} is to be {goal:?}")
+        };
+        return Ok(Some(Decision {
+            context: PlanContext {
+                cluster: cluster.clone(),
+                target: target(TargetKind::DatabaseNode, name),
+                cause: change_cause(node.as_ref(), detail),
+                summary: format!("move every replica and primary off {name} ({goal:?})"),
+                facts: BTreeMap::new(),
+            },
+            plan: drain,
+        }));
+    }
+
+    let rebalancing = spec.rebalancing.as_ref();
+    if rebalancing.and_then(|r| r.enabled) != Some(false) {
+        let policy = RebalancePolicy {
+            max_imbalance_pct: rebalancing
+                .and_then(|r| r.max_imbalance_percent)
+                .unwrap_or(5) as f64,
+            limits,
+        };
+        let rebalance = plan::plan_rebalance(topology, &policy)?;
+        if !rebalance.plan.operations.is_empty() {
+            let report = rebalance.report;
+            let facts = BTreeMap::from([
+                ("bytesMoved".to_string(), report.bytes_moved.to_string()),
+                (
+                    "lowerBoundBytes".to_string(),
+                    report.lower_bound_bytes.to_string(),
+                ),
+                ("moves".to_string(), report.moves.to_string()),
+                (
+                    "primaryTransfers".to_string(),
+                    report.primary_transfers.to_string(),
+                ),
+                (
+                    "imbalanceBeforePct".to_string(),
+                    format!("{:.1}", report.before.bytes_pct),
+                ),
+                (
+                    "imbalanceAfterPct".to_string(),
+                    format!("{:.1}", report.after.bytes_pct),
+                ),
+            ]);
+            return Ok(Some(Decision {
+                context: PlanContext {
+                    cluster: cluster.clone(),
+                    target: target(TargetKind::DatabaseCluster, &cluster),
+                    cause: cause(CauseKind::Policy, "nodes outside the balance band".into()),
+                    summary: format!(
+                        "rebalance: {} move(s), {} primary transfer(s), {} bytes",
+                        report.moves, report.primary_transfers, report.bytes_moved
+                    ),
+                    facts,
+                },
+                plan: rebalance.plan,
+            }));
+        }
+    }
+    if placement.blocked.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Decision {
+        context: PlanContext {
+            cluster: cluster.clone(),
+            target: target(TargetKind::DatabaseCluster, &cluster),
+            cause: cause(
+                CauseKind::Policy,
+                "shards below the replication factor".into(),
+            ),
+            summary: "no placement possible".into(),
+            facts: BTreeMap::new(),
+        },
+        plan: placement,
+    }))
+}
+
+fn limits(view: &ClusterView) -> ConcurrencyLimits {
+    let defaults = ConcurrencyLimits::default();
+    let rebalancing = view.cluster.spec.rebalancing.as_ref();
+    ConcurrencyLimits {
+        per_node: rebalancing
+            .and_then(|r| r.max_concurrent_moves_per_node)
+            .map_or(defaults.per_node, |v| v.max(1) as u32),
+        per_cluster: rebalancing
+            .and_then(|r| r.max_concurrent_moves)
+            .map_or(defaults.per_cluster, |v| v.max(1) as u32),
+    }
+}
+
+/// Whether a plan still awaits approval or runs.
+pub fn is_active(plan: &Plan) -> bool {
+    matches!(
+        plan.status.as_ref().and_then(|s| s.phase),
+        None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval | PlanPhase::Running)
+    )
+}
+
+/// Whether a failover plan's node is serving again.
+fn returned(plan: &Plan, topology: &Topology) -> bool {
+    topology
+        .nodes
+        .iter()
+        .any(|n| n.name == plan.spec.target.name && n.phase != plan::NodePhase::Offline)
+}
+
+/// Active failover plans whose node is back, each with why it is superseded: its replicas
+/// rejoin instead of being replaced.
+pub fn returned_failovers<'a>(
+    view: &'a ClusterView,
+    topology: &Topology,
+) -> Vec<(&'a Arc<Plan>, String)> {
+    view.plans
+        .iter()
+        .filter(|p| is_active(p) && p.spec.purpose == PlanPurpose::Failover)
+        .filter(|p| returned(p, topology))
+        .map(|p| {
+            let message = format!(
+                "node {} is back: its replicas rejoin instead of being replaced",
+                p.spec.target.name
+            );
+            (p, message)
+        })
+        .collect()
+}
+
+/// The plans that hold the cluster's next decision back: those awaiting approval or running,
+/// except a table's drop (it waits for its own approval and touches no placement: it neither
+/// holds the others back nor is superseded by them) and a failover whose node is back.
+pub fn active_plans<'a>(view: &'a ClusterView, topology: &Topology) -> Vec<&'a Arc<Plan>> {
+    view.plans
+        .iter()
+        .filter(|p| {
+            is_active(p)
+                && p.spec.purpose != PlanPurpose::DropTable
+                && !(p.spec.purpose == PlanPurpose::Failover && returned(p, topology))
+        })
+        .collect()
+}
+
+/// What to do with a decision, given the active plans.
+#[derive(Debug)]
+pub enum Admission<'a> {
+    /// It exists already, or a running plan finishes first: nothing to do.
+    Wait,
+    /// Create it, after marking these plans Superseded.
+    Create {
+        /// The plans it replaces.
+        supersede: Vec<&'a Arc<Plan>>,
+    },
+}
+
+/// Whether the decided plan (of `purpose`, `hash`, `target`) is created now: unless it
+/// exists, it supersedes any plan when it is a failover (except the failover of the same
+/// node, under way), and a not-yet-approved plan for the same purpose and target whose
+/// inputs have since changed. Otherwise a running plan finishes first.
+pub fn admit<'a>(
+    purpose: PlanPurpose,
+    hash: &str,
+    target: &PlanTarget,
+    active: &[&'a Arc<Plan>],
+) -> Admission<'a> {
+    if active
+        .iter()
+        .any(|p| p.spec.purpose == purpose && p.spec.hash == hash)
+    {
+        return Admission::Wait;
+    }
+    for plan in active {
+        let awaiting = plan.status.as_ref().and_then(|s| s.phase) != Some(PlanPhase::Running);
+        let same_change = plan.spec.purpose == purpose && &plan.spec.target == target;
+        let supersede = if purpose == PlanPurpose::Failover {
+            !same_change
+        } else {
+            awaiting && same_change
+        };
+        if !supersede {
+            return Admission::Wait;
+        }
+    }
+    Admission::Create {
+        supersede: active.to_vec(),
+    }
+}
+
+/// The finished plans beyond the newest [`PLAN_HISTORY`], to delete.
+pub fn history_to_prune(view: &ClusterView) -> Vec<&Arc<Plan>> {
+    let mut finished: Vec<&Arc<Plan>> = view.plans.iter().filter(|p| !is_active(p)).collect();
+    if finished.len() <= PLAN_HISTORY {
+        return Vec::new();
+    }
+    finished.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)));
+    finished.split_off(PLAN_HISTORY)
+}
+
+/// The drain-before-delete finalizer on every node: the finalizers each node should carry
+/// where they differ from what it carries — added to every live node, lifted from a deleted
+/// node once no replica is left on it (the decommission plan moved them all).
+pub fn node_finalizers<'a>(
+    view: &'a ClusterView,
+    topology: &Topology,
+) -> Vec<(&'a Arc<DatabaseNode>, Vec<String>)> {
+    let mut changes = Vec::new();
+    for node in &view.nodes {
+        let finalizers = node.finalizers();
+        let has = finalizers.iter().any(|f| f == NODE_FINALIZER);
+        let empty = !topology
+            .shards
+            .iter()
+            .any(|s| s.has_replica_on(node.name()));
+        let wanted: Option<Vec<String>> = match (node.deleting(), has) {
+            (false, false) => Some(
+                finalizers
+                    .iter()
+                    .cloned()
+                    .chain([NODE_FINALIZER.to_string()])
+                    .collect(),
+            ),
+            (true, true) if empty => Some(
+                finalizers
+                    .iter()
+                    .filter(|f| *f != NODE_FINALIZER)
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(wanted) = wanted {
+            changes.push((node, wanted));
+        }
+    }
+    changes
+}
+
+/// Each node's replica and primary counts, where they differ from its status.
+pub fn node_counts<'a>(
+    view: &'a ClusterView,
+    topology: &Topology,
+) -> Vec<(&'a Arc<DatabaseNode>, i32, i32)> {
+    let mut changes = Vec::new();
+    for node in &view.nodes {
+        let name = node.name();
+        let replicas = topology
+            .shards
+            .iter()
+            .filter(|s| s.has_replica_on(name))
+            .count() as i32;
+        let primaries = topology
+            .shards
+            .iter()
+            .filter(|s| s.primary_node() == Some(name))
+            .count() as i32;
+        let status = node.status.clone().unwrap_or_default();
+        if status.replicas != Some(replicas) || status.primaries != Some(primaries) {
+            changes.push((node, replicas, primaries));
+        }
+    }
+    changes
+}
+
+/// The cluster's status (counts, `Ready`/`Progressing`/`Degraded`), or `None` when it says
+/// what the cluster already says. `invalid` names shards left out of the topology;
+/// `blocked` what the planner could not place.
+pub fn status(
+    view: &ClusterView,
+    topology: &Topology,
+    invalid: &[String],
+    blocked: &[String],
+    now: Timestamp,
+) -> Option<DatabaseClusterStatus> {
+    let cluster = &view.cluster;
+    let generation = cluster.metadata.generation;
+    let old = cluster.status.clone().unwrap_or_default();
+    let online = topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Online)
+        .count();
+    let offline: Vec<&str> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .map(|n| n.name.as_str())
+        .collect();
+    let rf = topology.replication_factor as usize;
+    let degraded_shards = topology
+        .shards
+        .iter()
+        .filter(|s| {
+            s.primary_node().is_none() || s.replicas.iter().filter(|r| r.in_sync).count() < rf
+        })
+        .count();
+    let active = view.plans.iter().filter(|p| is_active(p)).count();
+    let mut status = DatabaseClusterStatus {
+        observed_generation: generation,
+        conditions: old.conditions.clone(),
+        nodes: Some(view.nodes.len() as i32),
+        online_nodes: Some(online as i32),
+        shards: Some(view.shards.len() as i32),
+        tables: Some(view.tables.len() as i32),
+        active_plans: Some(active as i32),
+        min_node_version: old.min_node_version.clone(),
+    };
+    let ready = degraded_shards == 0 && invalid.is_empty() && offline.is_empty();
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Ready",
+            holds: ready,
+            reason: if ready {
+                "AllShardsServing"
+            } else {
+                "ShardsNotReady"
+            },
+            message: if ready {
+                format!(
+                    "{} shard(s) serving with {rf} in-sync replicas each",
+                    topology.shards.len()
+                )
+            } else {
+                format!("{degraded_shards} shard(s) lack a primary or in-sync replicas")
+            },
+        },
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Progressing",
+            holds: active > 0,
+            reason: if active > 0 { "PlanActive" } else { "Idle" },
+            message: format!("{active} plan(s) awaiting approval or running"),
+        },
+        now,
+    );
+    let mut problems: Vec<String> = Vec::new();
+    if !offline.is_empty() {
+        problems.push(format!("node(s) offline: {}", offline.join(", ")));
+    }
+    problems.extend(invalid.iter().map(|i| format!("invalid shard {i}")));
+    problems.extend(blocked.iter().map(|b| format!("blocked {b}")));
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        Observation {
+            type_: "Degraded",
+            holds: !problems.is_empty(),
+            reason: if !offline.is_empty() {
+                "NodesOffline"
+            } else if !blocked.is_empty() {
+                "PlanBlocked"
+            } else if !invalid.is_empty() {
+                "InvalidShards"
+            } else {
+                "Healthy"
+            },
+            message: if problems.is_empty() {
+                "no problem observed".into()
+            } else {
+                problems.join("; ")
+            },
+        },
+        now,
+    );
+    let unchanged = conditions::same(&status.conditions, &old.conditions)
+        && DatabaseClusterStatus {
+            conditions: Vec::new(),
+            ..status.clone()
+        } == DatabaseClusterStatus {
+            conditions: Vec::new(),
+            ..old
+        };
+    (!unchanged).then_some(status)
+}
+
+/// The plan object a decision becomes in the cluster's namespace (its owner is the caller's
+/// to set), and its name.
+pub fn plan_of(
+    view: &ClusterView,
+    decision: Decision,
+) -> Result<crate::api::Plan, serde_json::Error> {
+    let purpose = plan_wire::purpose(decision.plan.kind);
+    let name = plan_wire::plan_name(view.name(), purpose, &decision.plan.hash);
+    let spec = plan_wire::to_spec(&decision.plan, decision.context)?;
+    Ok(plan_wire::plan_object(
+        &name,
+        view.cluster.namespace().unwrap_or_default(),
+        spec,
+    ))
+}
