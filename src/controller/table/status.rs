@@ -81,7 +81,11 @@ pub async fn write(
     let tables: Api<Table> =
         Api::namespaced(ctx.client.clone(), &table.namespace().unwrap_or_default());
     // One write, conditional on the version read: a concurrent write makes this one fail
-    // and the writer retry on fresh state.
+    // and the writer retry on fresh state. `schemaVersion` is the schema rollout's field.
+    let mut status = json!(status);
+    if let Some(fields) = status.as_object_mut() {
+        fields.remove("schemaVersion");
+    }
     let patch =
         json!({"metadata": {"resourceVersion": table.resource_version()}, "status": status});
     let written = tables
