@@ -6,6 +6,7 @@
 //! only carries it out safely.
 
 pub mod config;
+mod context;
 pub mod decide;
 pub mod error;
 mod node;
