@@ -572,11 +572,9 @@ impl Crate {
                 continue;
             };
             target.push(item.clone());
-            match follow(target) {
-                found @ Some(Target::Item { found: true, .. } | Target::Module { .. }) => {
-                    return found;
-                }
-                _ => {}
+            let found = follow(target);
+            if let Some(Target::Item { found: true, .. } | Target::Module { .. }) = found {
+                return found;
             }
         }
         Some(Target::Item {
