@@ -1,5 +1,5 @@
-//! The planner's name-keyed hash map: names come from the cluster's own objects, so a fast
-//! non-cryptographic hash is safe, and SipHash dominated planning time.
+//! The planner's name-keyed hash map and its hasher, shared by the cluster view and the plan
+//! schedule.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
