@@ -1,11 +1,12 @@
 //! The node agent (`shardplane agent`) and its library: the PostgreSQL mechanics it carries
 //! out on its node (`postgres`), the protocol it speaks with the operator (`protocol`), and
 //! the agent itself — registration, liveness and self-fencing (`node`), and one task per
-//! shard replica (`replicas`) that does what `decide` says. Which replicas a node runs, and
-//! in which role, is the operator's decision (`Shard.status.desiredReplicas`); the agent
-//! only carries it out safely.
+//! shard replica (`replicas`) that does what `decide` says, all sharing the node's
+//! `context`. Which replicas a node runs, and in which role, is the operator's decision
+//! (`Shard.status.desiredReplicas`); the agent only carries it out safely.
 
 pub mod config;
+mod context;
 pub mod decide;
 pub mod error;
 mod node;

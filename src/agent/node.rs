@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -28,14 +27,14 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::database_node::{DatabaseNodeSpec, NodeCapacity, PortRange};
-use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
+use crate::api::{DatabaseCluster, DatabaseNode, Shard};
 use crate::protocol::{Heartbeat, agent_manager};
 
 use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
+use super::context::NodeContext;
 use super::error::AgentError;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::LivenessReporter;
@@ -48,117 +47,6 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 const NODE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the dispatcher looks at the shards even when no watch event arrived.
 const DISPATCH_TICK: Duration = Duration::from_secs(1);
-
-/// What every replica task of this node shares.
-pub(crate) struct NodeContext {
-    /// This node's name.
-    pub node: String,
-    /// The node's `spec.address`, the host of every endpoint it reports.
-    pub address: String,
-    /// The node's `spec.ports`.
-    pub ports: (u16, u16),
-    /// The agent's data folder.
-    pub data_dir: std::path::PathBuf,
-    /// PostgreSQL's programs.
-    pub toolchain: Toolchain,
-    /// The replica sets' passwords.
-    pub credentials: Credentials,
-    /// Settings of every instance.
-    pub settings: InstanceSettings,
-    /// Whether this node proved its liveness recently enough.
-    pub live: watch::Receiver<bool>,
-    client: Client,
-    namespace: String,
-    cluster: String,
-    nodes: Store<DatabaseNode>,
-    clusters: Store<DatabaseCluster>,
-    reserved_ports: Mutex<BTreeSet<u16>>,
-}
-
-impl NodeContext {
-    /// An `Api` in the node's namespace.
-    pub fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    /// The Shards of the node's namespace.
-    pub fn shards(&self) -> Api<Shard> {
-        self.api()
-    }
-
-    /// `address:port` of an instance of this node.
-    pub fn endpoint(&self, port: u16) -> String {
-        format!("{}:{port}", self.address)
-    }
-
-    /// Nodes the operator declared Offline, or that left the cluster.
-    pub fn offline_nodes(&self) -> BTreeSet<String> {
-        self.nodes
-            .state()
-            .iter()
-            .filter(|n| {
-                matches!(
-                    n.status.as_ref().and_then(|s| s.phase),
-                    Some(NodePhase::Offline | NodePhase::Decommissioned)
-                )
-            })
-            .map(|n| n.name_any())
-            .collect()
-    }
-
-    fn cluster(&self) -> Option<Arc<DatabaseCluster>> {
-        self.clusters
-            .state()
-            .into_iter()
-            .find(|c| c.name_any() == self.cluster)
-    }
-
-    /// The cluster's durability policy, if it states one.
-    pub fn durability(&self) -> Option<Durability> {
-        self.cluster().and_then(|c| c.spec.durability.clone())
-    }
-
-    fn failure_detection(&self) -> FailureDetection {
-        self.cluster()
-            .and_then(|c| c.spec.failure_detection.clone())
-            .unwrap_or_default()
-    }
-
-    /// The lowest port of the node's range that no replica holds and that is free now.
-    pub fn allocate_port(&self) -> Result<u16, AgentError> {
-        let mut reserved = self
-            .reserved_ports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (first, last) = self.ports;
-        let free = (first..=last).find(|port| {
-            !reserved.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
-        });
-        match free {
-            Some(port) => {
-                reserved.insert(port);
-                Ok(port)
-            }
-            None => Err(AgentError::NoFreePort {
-                node: self.node.clone(),
-                first,
-                last,
-            }),
-        }
-    }
-
-    /// Gives a removed replica's port back.
-    pub fn release_port(&self, port: u16) {
-        self.reserved_ports
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&port);
-    }
-}
 
 /// Runs the agent until the process is stopped (or a start-up step fails).
 pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> {

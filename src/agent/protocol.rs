@@ -4,9 +4,18 @@
 //! and a replica's report in `Shard.status.replicas` under the agent's own field manager.
 //! It decides nothing about replicas; it only says what the agent has.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -14,7 +23,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::Shard;
 use crate::api::shard::ObservedReplica;
@@ -49,42 +57,80 @@ pub enum HeartbeatError {
     },
 }
 
-/// POSTs `beat` to one operator replica (a minimal HTTP/1.1 request, no connection reuse)
-/// and returns whether that replica is the leader.
-pub async fn post_heartbeat(
-    operator: SocketAddr,
-    beat: &Heartbeat,
-    timeout: Duration,
-) -> Result<bool, HeartbeatError> {
-    let unreachable = |source| HeartbeatError::Unreachable { operator, source };
-    let exchange = async {
-        let body = serde_json::to_string(beat)?;
-        let mut stream = tokio::net::TcpStream::connect(operator).await?;
-        let request = format!(
-            "POST {HEARTBEAT_PATH} HTTP/1.1\r\nHost: {operator}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result.map_err(unreachable)?,
-        Err(elapsed) => return Err(unreachable(elapsed.into())),
-    };
-    let text = String::from_utf8_lossy(&response);
-    let bad = || HeartbeatError::BadAnswer {
-        operator,
-        answer: text.chars().take(120).collect(),
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(bad());
+/// Heartbeats over HTTP/1.1 with connection reuse: one client per reporter keeps its
+/// connection to each operator replica open between beats, so a beat every
+/// `heartbeatIntervalMs` costs neither side a TCP handshake. Cheap to clone (clones share
+/// the connections).
+#[derive(Clone)]
+pub struct HeartbeatClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HeartbeatClient {
+    fn default() -> Self {
+        HeartbeatClient::new()
     }
-    let answer: serde_json::Value = serde_json::from_str(body.trim()).map_err(|_| bad())?;
-    answer["leader"].as_bool().ok_or_else(bad)
+}
+
+impl HeartbeatClient {
+    /// A client with no connection open yet.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        HeartbeatClient {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// POSTs `beat` to one operator replica, giving up after `timeout`, and returns whether
+    /// that replica is the leader.
+    pub async fn post(
+        &self,
+        operator: SocketAddr,
+        beat: &Heartbeat,
+        timeout: Duration,
+    ) -> Result<bool, HeartbeatError> {
+        let unreachable = |source| HeartbeatError::Unreachable { operator, source };
+        let exchange = async {
+            let request = Request::post(format!("http://{operator}{HEARTBEAT_PATH}"))
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(beat)?)))
+                .map_err(io::Error::other)?;
+            let response = self.http.request(request).await.map_err(io_error)?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(io_error)?;
+            Ok::<_, io::Error>((status, body.to_bytes()))
+        };
+        let (status, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result.map_err(unreachable)?,
+            Err(elapsed) => return Err(unreachable(elapsed.into())),
+        };
+        let bad = || HeartbeatError::BadAnswer {
+            operator,
+            answer: format!("{status} {}", String::from_utf8_lossy(&body))
+                .chars()
+                .take(120)
+                .collect(),
+        };
+        if status != StatusCode::OK {
+            return Err(bad());
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+        answer["leader"].as_bool().ok_or_else(bad)
+    }
+}
+
+/// The I/O error under an HTTP client error (refused, reset, …), so the message names the
+/// cause rather than the layer; else the error itself.
+fn io_error(error: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            return io::Error::new(io.kind(), io.to_string());
+        }
+        cause = current.source();
+    }
+    io::Error::other(error)
 }
 
 /// Renews the node's Lease (creating it if missing) with `renewTime` = now.
@@ -134,6 +180,7 @@ pub async fn report_replica(
 #[derive(Clone)]
 pub struct LivenessReporter {
     operators: Arc<Vec<SocketAddr>>,
+    heartbeats: HeartbeatClient,
     beat: Arc<Heartbeat>,
     leases: Api<Lease>,
     proofs: Arc<Mutex<Proofs>>,
@@ -150,6 +197,7 @@ impl LivenessReporter {
     pub fn new(operators: Vec<SocketAddr>, beat: Heartbeat, leases: Api<Lease>) -> Self {
         LivenessReporter {
             operators: Arc::new(operators),
+            heartbeats: HeartbeatClient::new(),
             beat: Arc::new(beat),
             leases,
             proofs: Arc::default(),
@@ -193,7 +241,7 @@ impl LivenessReporter {
         let answers = futures::future::join_all(
             self.operators
                 .iter()
-                .map(|operator| post_heartbeat(*operator, &self.beat, timeout)),
+                .map(|operator| self.heartbeats.post(*operator, &self.beat, timeout)),
         )
         .await;
         let mut leader_answered = false;
@@ -234,22 +282,36 @@ impl LivenessReporter {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::Version;
+    use axum::routing::post;
+    use axum::serve::ListenerExt;
+
     use super::*;
 
-    /// An HTTP server on loopback that answers one request with `answer`.
-    async fn answering(answer: &'static str) -> SocketAddr {
+    /// An HTTP server on loopback that answers heartbeats with `leader` (every request with
+    /// `404 Not Found` when `None`), and counts the TCP connections it accepted.
+    async fn answering(leader: Option<bool>) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = vec![0; 4096];
-            let read = stream.read(&mut request).await.unwrap();
-            let request = String::from_utf8_lossy(&request[..read]).into_owned();
-            assert!(request.starts_with(&format!("POST {HEARTBEAT_PATH} HTTP/1.1")));
-            assert!(request.ends_with(r#""agentEpoch":3}"#), "{request}");
-            stream.write_all(answer.as_bytes()).await.unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let listener = listener.tap_io(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
         });
-        addr
+        let mut app = Router::new();
+        if let Some(leader) = leader {
+            let answer = move |version: Version, body: String| async move {
+                assert_eq!(version, Version::HTTP_11);
+                assert!(body.ends_with(r#""agentEpoch":3}"#), "{body}");
+                axum::Json(json!({ "leader": leader }))
+            };
+            app = app.route(HEARTBEAT_PATH, post(answer));
+        }
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, accepted)
     }
 
     fn beat() -> Heartbeat {
@@ -263,17 +325,14 @@ mod tests {
     #[tokio::test]
     async fn the_heartbeat_answer_says_whether_the_leader_was_reached() {
         let second = Duration::from_secs(1);
-        let leader = answering(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"leader\":true}",
-        )
-        .await;
-        assert!(post_heartbeat(leader, &beat(), second).await.unwrap());
-        let follower =
-            answering("HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\n{\"leader\":false}").await;
-        assert!(!post_heartbeat(follower, &beat(), second).await.unwrap());
-        let stranger = answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        let client = HeartbeatClient::new();
+        let (leader, _) = answering(Some(true)).await;
+        assert!(client.post(leader, &beat(), second).await.unwrap());
+        let (follower, _) = answering(Some(false)).await;
+        assert!(!client.post(follower, &beat(), second).await.unwrap());
+        let (stranger, _) = answering(None).await;
         assert!(matches!(
-            post_heartbeat(stranger, &beat(), second).await,
+            client.post(stranger, &beat(), second).await,
             Err(HeartbeatError::BadAnswer { .. })
         ));
         let closed = {
@@ -281,8 +340,21 @@ mod tests {
             listener.local_addr().unwrap()
         };
         assert!(matches!(
-            post_heartbeat(closed, &beat(), second).await,
+            client.post(closed, &beat(), second).await,
             Err(HeartbeatError::Unreachable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn heartbeats_to_one_operator_share_a_connection() {
+        let second = Duration::from_secs(1);
+        let client = HeartbeatClient::new();
+        let (leader, accepted) = answering(Some(true)).await;
+        for _ in 0..3 {
+            assert!(client.post(leader, &beat(), second).await.unwrap());
+            // Beats are an interval apart: the answered connection is back in the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }

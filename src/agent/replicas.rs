@@ -16,10 +16,11 @@ use tokio::sync::watch;
 
 use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState, ShardStatus};
 use crate::api::{SchemaVersion, Shard, Table};
+use crate::protocol::Endpoint;
 
+use super::context::NodeContext;
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, sync_quorum};
 use super::error::AgentError;
-use super::node::NodeContext;
 use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
@@ -388,7 +389,7 @@ impl ReplicaWorker {
             ReplicaAction::CreateStandby { upstream, epoch } => {
                 self.write_report(Some(self.creating_report(ReplicaRole::Secondary, epoch)))
                     .await;
-                let address = parse_endpoint(&upstream)?;
+                let address = upstream_at(&upstream)?;
                 self.create(
                     epoch,
                     Some(upstream),
@@ -408,7 +409,7 @@ impl ReplicaWorker {
             }
             ReplicaAction::Follow { upstream, epoch } => {
                 let held = self.held_mut()?;
-                held.instance.follow(&parse_endpoint(&upstream)?).await?;
+                held.instance.follow(&upstream_at(&upstream)?).await?;
                 held.record.upstream = Some(upstream);
                 held.record.epoch = epoch;
                 held.record.save(&dir)?;
@@ -446,7 +447,7 @@ impl ReplicaWorker {
                 }
                 if let Err(error) = held
                     .instance
-                    .rewind_and_follow(&parse_endpoint(&upstream)?)
+                    .rewind_and_follow(&upstream_at(&upstream)?)
                     .await
                 {
                     // pg_rewind needs the former primary's WAL back to the fork; once a
@@ -778,23 +779,16 @@ impl ReplicaWorker {
     }
 }
 
-/// `host:port` as an upstream.
-fn parse_endpoint(endpoint: &str) -> Result<Upstream, AgentError> {
-    endpoint
-        .rsplit_once(':')
-        .and_then(|(host, port)| {
-            Some(Upstream {
-                host: host.to_owned(),
-                port: port.parse().ok()?,
-            })
-        })
-        .ok_or_else(|| AgentError::Io {
-            path: PathBuf::from(endpoint),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a reported endpoint is not host:port",
-            ),
-        })
+/// A reported `host:port` as an upstream.
+fn upstream_at(endpoint: &str) -> Result<Upstream, AgentError> {
+    let endpoint = Endpoint::parse(endpoint).map_err(|bad| AgentError::Io {
+        path: PathBuf::from(bad.text),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a reported endpoint is not host:port",
+        ),
+    })?;
+    Ok(endpoint.into())
 }
 
 /// Waits (at most `limit`) until the standby has replayed everything its upstream sent.

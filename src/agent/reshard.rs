@@ -16,10 +16,10 @@ use serde_json::json;
 use crate::api::shard::{CopyPhase, CopyProgress, RangeCheck, RangeEndpoint, ReshardReport};
 use crate::api::{Shard, Table};
 use crate::plan::KeyRange;
-use crate::protocol::RESHARD_REPORT_MANAGER;
+use crate::protocol::{Endpoint, RESHARD_REPORT_MANAGER};
 
+use super::context::NodeContext;
 use super::error::AgentError;
-use super::node::NodeContext;
 use super::postgres::{
     HeldSnapshot, Instance, PostgresError, RangeDigest, ShardedTable, Side, Upstream, connect,
     quote_ident, track_changes, untrack_changes, verify_range, verify_range_since,
@@ -79,20 +79,14 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn parse_endpoint(endpoint: &str) -> Option<Upstream> {
-    let (host, port) = endpoint.rsplit_once(':')?;
-    Some(Upstream {
-        host: host.to_owned(),
-        port: port.parse().ok()?,
-    })
-}
-
-fn bad_endpoint(shard: &str, endpoint: &str) -> AgentError {
-    AgentError::Schema {
+/// The primary at a split/merge order's `host:port`, or why `shard`'s order is unusable.
+fn upstream_at(shard: &str, endpoint: &str) -> Result<Upstream, AgentError> {
+    let endpoint = Endpoint::parse(endpoint).map_err(|bad| AgentError::Schema {
         shard: shard.to_owned(),
         table: String::new(),
-        problem: format!("the reshard endpoint {endpoint:?} is not host:port"),
-    }
+        problem: format!("the reshard endpoint {:?} is not host:port", bad.text),
+    })?;
+    Ok(endpoint.into())
 }
 
 /// The shard's table as the range predicates need it.
@@ -189,8 +183,7 @@ pub(crate) async fn serve_target(
     for source in &wanted {
         let subscription = subscription_name(&target, &source.shard);
         if !existing.contains(&subscription) {
-            let upstream = parse_endpoint(&source.endpoint)
-                .ok_or_else(|| bad_endpoint(&target, &source.endpoint))?;
+            let upstream = upstream_at(&target, &source.endpoint)?;
             let publication = publication_name(&target);
             ensure_publication(ctx, shard, &upstream, &publication, source).await?;
             // The range starts empty: a change interrupted before its switch (a failover
@@ -443,8 +436,7 @@ async fn connect_target(
     shard: &str,
     target: &RangeEndpoint,
 ) -> Result<tokio_postgres::Client, AgentError> {
-    let upstream =
-        parse_endpoint(&target.endpoint).ok_or_else(|| bad_endpoint(shard, &target.endpoint))?;
+    let upstream = upstream_at(shard, &target.endpoint)?;
     Ok(connect(&upstream, &ctx.credentials)
         .await
         .map_err(|source| PostgresError::Sql {
@@ -688,11 +680,17 @@ mod tests {
 
     #[test]
     fn endpoints_parse_as_host_and_port() {
-        let upstream = parse_endpoint("127.0.0.1:25101").expect("valid");
+        let upstream = upstream_at("orders-1", "127.0.0.1:25101").expect("valid");
         assert_eq!(
             (upstream.host.as_str(), upstream.port),
             ("127.0.0.1", 25101)
         );
-        assert!(parse_endpoint("no-port").is_none());
+        let error = upstream_at("orders-1", "no-port").expect_err("no port");
+        assert!(
+            error
+                .to_string()
+                .contains("the reshard endpoint \"no-port\" is not host:port"),
+            "{error}"
+        );
     }
 }

@@ -18,8 +18,8 @@ use crate::api::table::TableSchema;
 use crate::api::{SchemaVersion, Shard};
 use crate::schema::quote_ident;
 
+use super::context::NodeContext;
 use super::error::AgentError;
-use super::node::NodeContext;
 use super::postgres::{Instance, PostgresError};
 use super::shard_schema::RANGE_CONSTRAINT;
 use crate::protocol::agent_schema_manager;

@@ -6,12 +6,14 @@
 //!
 //! Modules, in pipeline order: `source` (git2 fetch, reading the tree), `signature`,
 //! `manifests` (parse and Shardplane's checks), `apply` (dry-run, apply, prune),
-//! `inventory`, `status`, and `sync` (the pipeline); `webhook` is the HTTP trigger.
+//! `inventory`, `outcome` (what a sync did), `status`, and `sync` (the pipeline); `webhook`
+//! is the HTTP trigger.
 
 pub mod apply;
 pub mod error;
 pub mod inventory;
 pub mod manifests;
+pub mod outcome;
 pub mod signature;
 pub mod source;
 pub mod status;
@@ -32,7 +34,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use error::{Invalid, SyncError};
-pub use sync::{SyncOutcome, Syncer};
+pub use outcome::SyncOutcome;
+pub use sync::Syncer;
 
 use crate::api::GitSync;
 

@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::error::SyncError;
-use super::sync::SyncOutcome;
+use super::outcome::SyncOutcome;
 use crate::api::{Condition, ConditionStatus, GitSync, GitSyncStatus};
 use crate::protocol::GIT_SYNC_MANAGER;
 

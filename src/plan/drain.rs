@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::moves::{leadership_heir, move_replica, transfer_primary};
-use super::steps::{BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind, Step, StepAction};
+use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
+use super::steps::{BlockReason, PlanKind, Step, StepAction};
 use super::topology::Topology;
 
 /// What to do with the node once it is empty.

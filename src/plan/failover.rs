@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::moves::add_replica;
-use super::steps::{BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind, Step, StepAction};
+use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
+use super::steps::{BlockReason, PlanKind, Step, StepAction};
 use super::topology::{NodePhase, ReplicaRole, Topology};
 
 /// How failover chooses and when it re-replicates.

@@ -64,9 +64,10 @@ pub(crate) fn content_hash(
 
 #[cfg(test)]
 mod tests {
-    use crate::plan::steps::{ConcurrencyLimits, PlanBuilder, PlanKind, Step, StepAction};
+    use crate::plan::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
+    use crate::plan::steps::{PlanKind, Step, StepAction};
 
-    fn plan(reason: &str, node: &str) -> crate::plan::steps::Plan {
+    fn plan(reason: &str, node: &str) -> Plan {
         let mut b = PlanBuilder::new(PlanKind::Drain, ConcurrencyLimits::default());
         let action = StepAction::RemoveReplica {
             shard: "s".into(),

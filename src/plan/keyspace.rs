@@ -131,9 +131,14 @@ impl KeyRange {
         (self.start..self.end).contains(&i128::from(key))
     }
 
-    /// Whether the two ranges share a key.
+    /// Whether the two ranges share at least one key.
     pub fn overlaps(self, other: KeyRange) -> bool {
         self.start < other.end && other.start < self.end
+    }
+
+    /// The keys both ranges hold, if any.
+    pub fn intersection(self, other: KeyRange) -> Option<KeyRange> {
+        KeyRange::new(self.start.max(other.start), self.end.min(other.end)).ok()
     }
 
     /// Two ranges `[start, point)` and `[point, end)`.
@@ -437,6 +442,17 @@ mod tests {
         .prop_map(|s| s.into_iter().collect())
     }
 
+    /// A range with arbitrary bounds inside the key space.
+    fn arb_range() -> impl Strategy<Value = KeyRange> {
+        (any::<Option<i64>>(), any::<Option<i64>>()).prop_filter_map("non-empty", |(x, y)| {
+            let (x, y) = (
+                x.map_or(KEYSPACE_START, i128::from),
+                y.map_or(KEYSPACE_END, i128::from),
+            );
+            KeyRange::new(x.min(y), x.max(y)).ok()
+        })
+    }
+
     /// Ranges between sorted split points.
     fn ranges_from(points: &[i64]) -> Vec<KeyRange> {
         let mut bounds = vec![KEYSPACE_START];
@@ -490,6 +506,24 @@ mod tests {
                 TilingProblem::Gap(victim)
             };
             prop_assert_eq!(err.problems, vec![expected]);
+        }
+
+        #[test]
+        fn ranges_overlap_exactly_when_they_share_a_key(a in arb_range(), b in arb_range(), key in any::<i64>()) {
+            prop_assert_eq!(a.overlaps(b), b.overlaps(a));
+            prop_assert!(a.overlaps(a));
+            let shared = a.intersection(b);
+            prop_assert_eq!(shared.is_some(), a.overlaps(b));
+            prop_assert_eq!(shared.is_some_and(|s| s.contains(key)), a.contains(key) && b.contains(key));
+            // The shared keys bound the overlap: its first key lies in both ranges.
+            if let Some(s) = shared {
+                let first = s.start() as i64;
+                prop_assert!(a.contains(first) && b.contains(first));
+            }
+            // Tiles of one tiling never overlap each other.
+            if let Ok((low, high)) = a.split_at(key) {
+                prop_assert!(!low.overlaps(high) && low.overlaps(a) && high.overlaps(a));
+            }
         }
 
         #[test]

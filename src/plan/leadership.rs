@@ -6,8 +6,8 @@ use std::collections::BinaryHeap;
 
 use super::cluster::ClusterState;
 use super::moves::transfer_primary;
+use super::schedule::PlanBuilder;
 use super::shares::{Shares, count_slack};
-use super::steps::PlanBuilder;
 use super::topology::ReplicaRole;
 
 /// Evens out primaries by leadership transfers to in-sync secondaries (no data moves).

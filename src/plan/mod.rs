@@ -12,12 +12,15 @@ mod hash;
 mod keyspace;
 mod leadership;
 mod moves;
+mod name_map;
 mod placement;
 mod rebalance;
 mod reshard;
 mod rollout;
+mod schedule;
 mod shares;
 mod simulate;
+mod spread;
 mod steps;
 mod topology;
 
@@ -33,14 +36,16 @@ pub use keyspace::{
     KEYSPACE_END, KEYSPACE_START, KeyRange, KeyRangeError, TilingError, TilingProblem,
     WireKeyRange, check_tiling, check_tiling_of,
 };
-pub use placement::{SpreadLimits, plan_placement, spread_limits};
+pub use placement::plan_placement;
 pub use rebalance::{RebalancePlan, RebalancePolicy, RebalanceReport, plan_rebalance};
 pub use reshard::{NewShard, ReshardRequest, plan_reshard};
 pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};
+pub use schedule::{ConcurrencyLimits, Plan};
 pub use shares::{Imbalance, measure_imbalance};
 pub use simulate::apply_plan;
+pub use spread::{SpreadLimits, spread_limits};
 pub use steps::{
-    BlockReason, Blocker, ConcurrencyLimits, Operation, PlacementRejection, Plan, PlanKind,
-    RiskClass, Step, StepAction, TargetShard,
+    BlockReason, Blocker, Operation, PlacementRejection, PlanKind, RiskClass, Step, StepAction,
+    TargetShard,
 };
 pub use topology::{Node, NodePhase, Replica, ReplicaRole, Shard, ShardPlacement, Topology};

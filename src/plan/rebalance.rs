@@ -10,8 +10,9 @@ use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::leadership::balance_primaries;
 use super::moves::move_replica;
+use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
 use super::shares::{Imbalance, Shares, count_slack};
-use super::steps::{BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind};
+use super::steps::{BlockReason, PlanKind};
 use super::topology::{ReplicaRole, Topology};
 
 /// How far from balanced a cluster may be before the planner acts, and how it may act.

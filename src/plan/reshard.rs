@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::keyspace::{KeyRange, KeyRangeError, check_tiling_of};
-use super::steps::{
-    BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind, Step, StepAction, TargetShard,
-};
+use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
+use super::steps::{BlockReason, PlanKind, Step, StepAction, TargetShard};
 use super::topology::{Shard, ShardPlacement, Topology};
 
 /// A new shard and the keys it is to own.
@@ -156,7 +155,7 @@ pub fn plan_reshard(
     )];
     for source in &sources {
         for t in &request.targets {
-            if let Some(range) = intersection(source.range, t.range) {
+            if let Some(range) = source.range.intersection(t.range) {
                 steps.push(Step::new(
                     StepAction::CopyRows {
                         source: source.name.clone(),
@@ -247,15 +246,11 @@ fn validate(
     Ok(())
 }
 
-fn intersection(a: KeyRange, b: KeyRange) -> Option<KeyRange> {
-    KeyRange::new(a.start().max(b.start()), a.end().min(b.end())).ok()
-}
-
 fn estimated_size(sources: &[&Shard], range: KeyRange) -> u64 {
     sources
         .iter()
         .filter_map(|s| {
-            let overlap = intersection(s.range, range)?;
+            let overlap = s.range.intersection(range)?;
             Some((u128::from(s.size_bytes) * overlap.key_count() / s.range.key_count()) as u64)
         })
         .sum()

@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::moves::{leadership_heir, transfer_primary};
-use super::steps::{
-    BlockReason, ConcurrencyLimits, Plan, PlanBuilder, PlanKind, RiskClass, Step, StepAction,
-};
+use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
+use super::steps::{BlockReason, PlanKind, RiskClass, Step, StepAction};
 use super::topology::{NodePhase, Topology};
 
 /// How rollout waves grow.

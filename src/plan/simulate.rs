@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::steps::{Plan, StepAction};
+use super::schedule::Plan;
+use super::steps::StepAction;
 use super::topology::{NodePhase, Replica, ReplicaRole, Shard, ShardPlacement, Topology};
 
 /// The topology after every step of `plan` has run. Steps naming unknown shards or nodes
@@ -69,12 +70,11 @@ pub fn apply_plan(topology: &Topology, plan: &Plan) -> Topology {
                         .shards
                         .iter()
                         .filter_map(|s| {
-                            let lo = s.range.start().max(t.range.start());
-                            let hi = s.range.end().min(t.range.end());
-                            (lo < hi).then(|| {
-                                (u128::from(s.size_bytes) * (hi - lo) as u128 / s.range.key_count())
-                                    as u64
-                            })
+                            let both = s.range.intersection(t.range)?;
+                            Some(
+                                (u128::from(s.size_bytes) * both.key_count() / s.range.key_count())
+                                    as u64,
+                            )
                         })
                         .sum();
                     index.insert(t.name.clone(), next.shards.len());

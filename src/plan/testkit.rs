@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::keyspace::KeyRange;
 use super::placement::plan_placement;
+use super::schedule::ConcurrencyLimits;
 use super::simulate::apply_plan;
-use super::steps::ConcurrencyLimits;
 use super::topology::{Node, NodePhase, Replica, ReplicaRole, Shard, ShardPlacement, Topology};
 
 /// An online node with plenty of capacity and ordinary weight.
@@ -132,7 +132,7 @@ pub(crate) fn spread_violations(topology: &Topology) -> Vec<String> {
         .filter(|n| n.phase != NodePhase::Decommissioned)
         .map(|n| n.region.as_str())
         .collect();
-    let limits = super::placement::spread_limits(topology.replication_factor, regions.len());
+    let limits = super::spread::spread_limits(topology.replication_factor, regions.len());
     let node = |name: &str| topology.nodes.iter().find(|n| n.name == name);
     let mut bad = Vec::new();
     for shard in &topology.shards {
@@ -160,8 +160,12 @@ pub(crate) fn spread_violations(topology: &Topology) -> Vec<String> {
 
 /// The fewest replicas each shard (in topology order) has at any point while `plan` runs step
 /// by step, to check that no step sequence dips below where it started.
-pub(crate) fn fewest_replicas_during(topology: &Topology, plan: &super::steps::Plan) -> Vec<usize> {
-    use super::steps::{Operation, Plan};
+pub(crate) fn fewest_replicas_during(
+    topology: &Topology,
+    plan: &super::schedule::Plan,
+) -> Vec<usize> {
+    use super::schedule::Plan;
+    use super::steps::Operation;
     let mut current = topology.clone();
     let mut fewest: Vec<usize> = current.shards.iter().map(|s| s.replicas.len()).collect();
     for step in plan.steps() {

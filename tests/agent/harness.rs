@@ -23,6 +23,7 @@ use serde_json::json;
 use shardplane::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use shardplane::api::{DatabaseCluster, Shard, Table};
 use shardplane::controller::{self, OperatorConfig};
+use shardplane::protocol::Endpoint;
 use shardplane::routing::{ShardKeyValue, keyspace_id};
 use tokio::task::JoinHandle;
 
@@ -607,11 +608,11 @@ pub fn secondaries(shard: &Shard) -> Vec<ObservedReplica> {
 
 /// A superuser session on the instance at `endpoint` (`host:port`).
 pub async fn connect(endpoint: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let endpoint = Endpoint::parse(endpoint).unwrap();
     let mut config = tokio_postgres::Config::new();
     config
-        .host(host)
-        .port(port.parse().unwrap())
+        .host(&endpoint.host)
+        .port(endpoint.port)
         .user("postgres")
         .password(SUPERUSER_PASSWORD)
         .dbname("postgres")

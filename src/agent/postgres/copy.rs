@@ -11,12 +11,11 @@
 //! output settings (`DateStyle`, `extra_float_digits`, `IntervalStyle`, time zone), which
 //! the verifier pins for both sessions.
 
-use std::fmt;
-
 use futures::{SinkExt, StreamExt, pin_mut};
 use tokio_postgres::Client;
 
 use super::PostgresError;
+use super::digest::RangeDigest;
 use super::sql::quote_ident;
 use crate::plan::{KEYSPACE_END, KEYSPACE_START, KeyRange};
 
@@ -38,21 +37,6 @@ pub struct ShardedTable {
     pub key_column: String,
     /// The shard key's type family.
     pub key_kind: KeyKind,
-}
-
-/// A range's row count and checksum on one instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RangeDigest {
-    /// Rows in the range.
-    pub rows: i64,
-    /// `sum(hashtextextended(row::text, 0))` over the range, as decimal text.
-    pub checksum: String,
-}
-
-impl fmt::Display for RangeDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} rows (checksum {})", self.rows, self.checksum)
-    }
 }
 
 /// What a copy moved.

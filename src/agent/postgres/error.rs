@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use super::copy::RangeDigest;
+use super::digest::RangeDigest;
 use crate::plan::KeyRange;
 
 /// Why an operation on a PostgreSQL instance failed.

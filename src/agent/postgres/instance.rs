@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::protocol::Endpoint;
+
 use super::settings::{Credentials, InstanceSettings, PG_HBA, REPLICATION_USER, SUPERUSER};
 use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 use super::{PostgresError, Toolchain};
@@ -48,6 +50,15 @@ pub struct Upstream {
     pub host: String,
     /// Port.
     pub port: u16,
+}
+
+impl From<Endpoint> for Upstream {
+    fn from(endpoint: Endpoint) -> Self {
+        Upstream {
+            host: endpoint.host,
+            port: endpoint.port,
+        }
+    }
 }
 
 /// How to shut an instance down.

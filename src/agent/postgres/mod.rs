@@ -4,6 +4,7 @@
 //! cannot be repeated; none decides *whether* to act — that is the operator's plan.
 
 mod copy;
+mod digest;
 mod error;
 mod fence;
 mod instance;
@@ -15,9 +16,9 @@ mod toolchain;
 mod verify;
 
 pub use copy::{
-    CopyStats, KeyKind, RangeDigest, ShardedTable, copy_range, pipe_copy, range_digest,
-    verify_range,
+    CopyStats, KeyKind, ShardedTable, copy_range, pipe_copy, range_digest, verify_range,
 };
+pub use digest::RangeDigest;
 pub use error::PostgresError;
 pub(crate) use instance::connect;
 pub use instance::{Instance, InstanceSpec, StopMode, Upstream};

@@ -24,9 +24,8 @@
 use tokio_postgres::Client;
 
 use super::PostgresError;
-use super::copy::{
-    KeyKind, RangeDigest, STABLE_OUTPUT, ShardedTable, digest_where, range_digest, same_digest,
-};
+use super::copy::{KeyKind, STABLE_OUTPUT, ShardedTable, digest_where, range_digest, same_digest};
+use super::digest::RangeDigest;
 use super::sql::quote_ident;
 use crate::plan::KeyRange;
 

@@ -1,0 +1,135 @@
+//! What every task of a node's agent shares: the node's identity and address, its port
+//! range, PostgreSQL's programs and credentials, the watched nodes and cluster, and whether
+//! the node is live. It reads caches and hands out ports; it runs nothing.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use crate::api::database_cluster::{Durability, FailureDetection};
+use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
+
+use super::error::AgentError;
+use super::postgres::{Credentials, InstanceSettings, Toolchain};
+
+/// What every replica task of this node shares.
+pub(crate) struct NodeContext {
+    /// This node's name.
+    pub node: String,
+    /// The node's `spec.address`, the host of every endpoint it reports.
+    pub address: String,
+    /// The node's `spec.ports`.
+    pub ports: (u16, u16),
+    /// The agent's data folder.
+    pub data_dir: std::path::PathBuf,
+    /// PostgreSQL's programs.
+    pub toolchain: Toolchain,
+    /// The replica sets' passwords.
+    pub credentials: Credentials,
+    /// Settings of every instance.
+    pub settings: InstanceSettings,
+    /// Whether this node proved its liveness recently enough.
+    pub live: watch::Receiver<bool>,
+    /// The agent's API client.
+    pub(super) client: Client,
+    /// The node's namespace.
+    pub(super) namespace: String,
+    /// The node's DatabaseCluster.
+    pub(super) cluster: String,
+    /// The watched DatabaseNodes of the namespace.
+    pub(super) nodes: Store<DatabaseNode>,
+    /// The watched DatabaseClusters of the namespace.
+    pub(super) clusters: Store<DatabaseCluster>,
+    /// Ports held by this node's replicas (recorded ones included).
+    pub(super) reserved_ports: Mutex<BTreeSet<u16>>,
+}
+
+impl NodeContext {
+    /// An `Api` in the node's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The Shards of the node's namespace.
+    pub fn shards(&self) -> Api<Shard> {
+        self.api()
+    }
+
+    /// `address:port` of an instance of this node.
+    pub fn endpoint(&self, port: u16) -> String {
+        format!("{}:{port}", self.address)
+    }
+
+    /// Nodes the operator declared Offline, or that left the cluster.
+    pub fn offline_nodes(&self) -> BTreeSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.status.as_ref().and_then(|s| s.phase),
+                    Some(NodePhase::Offline | NodePhase::Decommissioned)
+                )
+            })
+            .map(|n| n.name_any())
+            .collect()
+    }
+
+    fn cluster(&self) -> Option<Arc<DatabaseCluster>> {
+        self.clusters
+            .state()
+            .into_iter()
+            .find(|c| c.name_any() == self.cluster)
+    }
+
+    /// The cluster's durability policy, if it states one.
+    pub fn durability(&self) -> Option<Durability> {
+        self.cluster().and_then(|c| c.spec.durability.clone())
+    }
+
+    /// The cluster's failure-detection timings (the defaults if it states none).
+    pub(super) fn failure_detection(&self) -> FailureDetection {
+        self.cluster()
+            .and_then(|c| c.spec.failure_detection.clone())
+            .unwrap_or_default()
+    }
+
+    /// The lowest port of the node's range that no replica holds and that is free now.
+    pub fn allocate_port(&self) -> Result<u16, AgentError> {
+        let mut reserved = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (first, last) = self.ports;
+        let free = (first..=last).find(|port| {
+            !reserved.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
+        });
+        match free {
+            Some(port) => {
+                reserved.insert(port);
+                Ok(port)
+            }
+            None => Err(AgentError::NoFreePort {
+                node: self.node.clone(),
+                first,
+                last,
+            }),
+        }
+    }
+
+    /// Gives a removed replica's port back.
+    pub fn release_port(&self, port: u16) {
+        self.reserved_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&port);
+    }
+}
