@@ -1,7 +1,6 @@
 //! What every reconciler shares: the client, the configuration, the leadership guard, the
 //! liveness table, metrics and the event recorder.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -12,44 +11,11 @@ use kube::{Api, Client, Resource};
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
+use super::config::OperatorConfig;
 use super::error::{ApiError, Doing};
 use super::leader::LeaderGuard;
 use super::liveness::Liveness;
 use super::metrics::{Metrics, object_key};
-
-/// How the operator runs.
-#[derive(Clone, Debug)]
-pub struct OperatorConfig {
-    /// The namespace to watch; `None` watches every namespace.
-    pub namespace: Option<String>,
-    /// This replica's identity in leader election (a pod name, or host and pid).
-    pub identity: String,
-    /// Where the leader-election Lease lives.
-    pub lease_namespace: String,
-    /// How long a leader's Lease is valid after its last renewal.
-    pub lease_duration: Duration,
-    /// Address of the metrics, health and heartbeat server.
-    pub listen: SocketAddr,
-    /// How often a waiting plan step is checked again.
-    pub step_poll: Duration,
-    /// The admission webhook's address and certificate; `None` serves no webhook.
-    pub webhook: Option<super::WebhookServing>,
-}
-
-impl OperatorConfig {
-    /// Defaults for a replica called `identity` whose Lease lives in `lease_namespace`.
-    pub fn new(identity: impl Into<String>, lease_namespace: impl Into<String>) -> Self {
-        OperatorConfig {
-            namespace: None,
-            identity: identity.into(),
-            lease_namespace: lease_namespace.into(),
-            lease_duration: Duration::from_secs(4),
-            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            step_poll: Duration::from_millis(200),
-            webhook: None,
-        }
-    }
-}
 
 /// Shared by every reconciler of one operator process.
 pub struct Context {

@@ -10,6 +10,7 @@
 
 mod backoff;
 mod cluster;
+mod config;
 mod context;
 mod effects;
 mod error;
@@ -30,11 +31,12 @@ use std::time::Duration;
 use kube::Client;
 use tokio::task::JoinSet;
 
-pub use context::{Context, OperatorConfig};
+pub use config::{OperatorConfig, WebhookServing};
+pub use context::Context;
 pub use leader::LeaderGuard;
 pub use liveness::Liveness;
 pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, newest_owned};
-pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError, WebhookServing};
+pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError};
 
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,7 @@ use tokio_rustls::server::TlsStream;
 use crate::api::Table;
 use crate::schema::{self, ChangeClass, Diff};
 
+use super::config::WebhookServing;
 use super::schema::shape;
 
 /// The path the API server posts Table admission reviews to.
@@ -33,26 +34,6 @@ pub const TABLE_WEBHOOK_PATH: &str = "/validate/tables";
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where and with which certificate the webhook is served.
-#[derive(Clone)]
-pub struct WebhookServing {
-    /// The address to listen on (the chart uses `0.0.0.0:9443`).
-    pub listen: SocketAddr,
-    /// The serving certificate and its chain, PEM; its names must include the address the
-    /// API server calls (the webhook Service's DNS name).
-    pub certificate_chain_pem: String,
-    /// The certificate's private key, PEM.
-    pub private_key_pem: String,
-}
-
-impl std::fmt::Debug for WebhookServing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookServing")
-            .field("listen", &self.listen)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Why the webhook cannot be served.
 #[derive(Debug, thiserror::Error)]
