@@ -128,19 +128,32 @@ async fn reconcile(
     let ctx = &r.ctx;
     ctx.reconcile_started("DatabaseCluster", cluster.as_ref());
     ctx.leader.ensure()?;
-
     // Observe.
     let view = r.caches.view(cluster.clone());
+    let active = converge(ctx, &view, now_ms()).await?;
+    ctx.metrics.active_plans.set(active as i64);
+    ctx.metrics.reconciled("DatabaseCluster", "ok", started);
+    ctx.reconciled("DatabaseCluster", cluster.as_ref());
+    Ok(ctx.next(
+        "DatabaseCluster",
+        cluster.as_ref(),
+        Some(Duration::from_secs(30)),
+    ))
+}
+
+/// Decides, acts and reports on one observed view of the cluster at `now_ms`; returns how
+/// many plans hold the cluster's next decision back.
+async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usize, ClusterError> {
     let (topology, invalid) = view.topology();
 
     // Decide.
-    let returned = decide::cluster::returned_failovers(&view, &topology);
-    let active = decide::cluster::active_plans(&view, &topology);
-    let decision = decide::cluster::decide(&view, &topology, now_ms());
+    let returned = decide::cluster::returned_failovers(view, &topology);
+    let active = decide::cluster::active_plans(view, &topology);
+    let decision = decide::cluster::decide(view, &topology, now_ms);
 
     // Act.
-    act::update_node_counts(ctx, &view, &topology).await?;
-    act::guard_node_deletion(ctx, &view, &topology).await?;
+    act::update_node_counts(ctx, view, &topology).await?;
+    act::guard_node_deletion(ctx, view, &topology).await?;
     for (plan, message) in returned {
         act::supersede(ctx, plan, &message).await?;
     }
@@ -154,18 +167,11 @@ async fn reconcile(
         .map(|b| format!("{}: {}", b.subject, b.reason))
         .collect();
     if let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) {
-        act::persist(ctx, &view, decision, &active).await?;
+        act::persist(ctx, view, decision, &active).await?;
     }
 
     // Status.
-    status::write(ctx, &view, &topology, &invalid, &blocked).await?;
-    act::prune_history(ctx, &view).await?;
-    ctx.metrics.active_plans.set(active.len() as i64);
-    ctx.metrics.reconciled("DatabaseCluster", "ok", started);
-    ctx.reconciled("DatabaseCluster", cluster.as_ref());
-    Ok(ctx.next(
-        "DatabaseCluster",
-        cluster.as_ref(),
-        Some(Duration::from_secs(30)),
-    ))
+    status::write(ctx, view, &topology, &invalid, &blocked).await?;
+    act::prune_history(ctx, view).await?;
+    Ok(active.len())
 }
