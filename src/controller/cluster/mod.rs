@@ -175,3 +175,6 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
     act::prune_history(ctx, view).await?;
     Ok(active.len())
 }
+
+#[cfg(test)]
+mod tests;

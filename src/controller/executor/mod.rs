@@ -412,3 +412,6 @@ async fn execute(
     .await;
     Ok(ctx.next("Plan", plan, None))
 }
+
+#[cfg(test)]
+mod tests;

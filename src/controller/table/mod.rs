@@ -110,3 +110,6 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
     ctx.reconciled("Table", table.as_ref());
     Ok(ctx.next("Table", table.as_ref(), Some(action)))
 }
+
+#[cfg(test)]
+mod tests;

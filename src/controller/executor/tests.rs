@@ -1,0 +1,241 @@
+//! The plan executor against a mock API server: approval, and a step's effect applied exactly
+//! once across a retried reconcile.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::super::fixtures::{self, Expect};
+use super::*;
+use crate::api::plan::{PlanStatus, TargetKind};
+use crate::api::{DatabaseCluster, Table};
+use crate::decide::plan_wire::{PlanContext, plan_object, to_spec};
+use crate::plan::{self, Operation, PlanKind, Step};
+
+const NS: &str = "db";
+
+/// A one-step plan adding a replica of `orders-0` on n2, of `risk`, in `status`.
+fn add_replica_plan(risk: plan::RiskClass, status: Option<PlanStatus>) -> Arc<Plan> {
+    let mut step = Step::new(
+        StepAction::AddReplica {
+            shard: "orders-0".into(),
+            node: "n2".into(),
+        },
+        "below the replication factor".into(),
+    );
+    step.risk = risk;
+    let mut planned = plan::Plan {
+        kind: PlanKind::Placement,
+        risk,
+        hash: String::new(),
+        operations: vec![Operation {
+            wave: 0,
+            subject: "orders-0".into(),
+            steps: vec![step],
+        }],
+        blocked: Vec::new(),
+    };
+    planned.hash = planned.content_hash();
+    let context = PlanContext {
+        cluster: "main".into(),
+        target: crate::api::plan::PlanTarget {
+            kind: TargetKind::Table,
+            name: "orders".into(),
+        },
+        cause: crate::api::plan::PlanCause {
+            kind: crate::api::plan::CauseKind::Policy,
+            commit: None,
+            user: None,
+            detail: "test".into(),
+        },
+        summary: "add a replica".into(),
+        facts: Default::default(),
+    };
+    let mut object = plan_object("main-placement-1", NS, to_spec(&planned, context).unwrap());
+    object.metadata.resource_version = Some("1".into());
+    object.metadata.generation = Some(1);
+    object.status = status;
+    Arc::new(object)
+}
+
+/// The plan running at leader epoch 1, its one step `phase` after `attempts`.
+fn running(phase: StepPhase, attempts: i32) -> PlanStatus {
+    PlanStatus {
+        phase: Some(PlanPhase::Running),
+        executor_epoch: Some(1),
+        total_steps: Some(1),
+        completed_steps: Some(0),
+        steps: vec![StepStatus {
+            id: 0,
+            phase,
+            attempts,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        }],
+        ..Default::default()
+    }
+}
+
+fn cluster() -> DatabaseCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "main", "namespace": NS},
+        "spec": {"replicationFactor": 3, "regions": [{"name": "r1", "zones": ["r1-a"]}]},
+    }))
+    .unwrap()
+}
+
+/// Shard `orders-0` wanting replicas on `nodes` (the first its primary at epoch 1).
+fn shard(nodes: &[&str]) -> Shard {
+    let desired: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"node": n, "role": if i == 0 { "Primary" } else { "Secondary" }}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": "orders-0", "namespace": NS, "resourceVersion": "11"},
+        "spec": {"table": "orders", "range": {}},
+        "status": {"primary": {"node": "n1", "epoch": 1}, "desiredReplicas": desired},
+    }))
+    .unwrap()
+}
+
+/// A write of the plan's status, answered with `plan` as the API server would hold it.
+fn plan_status_written(plan: &Plan) -> Expect {
+    Expect::patch_status::<Plan>(NS, "main-placement-1").answer(plan)
+}
+
+#[tokio::test]
+async fn a_step_is_recorded_running_before_its_effect_and_applied_once_across_a_retry() {
+    let (ctx, server) = fixtures::context(true);
+
+    // First look: the step's Running is written before its effect; that write meets a newer
+    // plan (409), so the effect is not applied at all.
+    let pending = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Pending, 0)));
+    let script = vec![
+        plan_status_written(&pending)
+            .field("/metadata/resourceVersion", "1")
+            .field("/status/steps/0/phase", "Running")
+            .field("/status/steps/0/attempts", 1)
+            .fail(409, "Conflict"),
+    ];
+    let error = server
+        .run(script, reconcile(pending, ctx.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ExecutorError::Api(e) if e.is_conflict()),
+        "{error}"
+    );
+
+    // The retry reads the plan as written: the step Running at this epoch, so no second
+    // Running write; the effect adds n2 once, and the plan succeeds in one more write.
+    let resumed = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Running, 1)));
+    let succeeded = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Succeeded, 1)));
+    let script = vec![
+        Expect::get::<Shard>(NS, "orders-0").answer(shard(&["n1"])),
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "11")
+            .field("/status/desiredReplicas/1/node", "n2")
+            .field("/status/desiredReplicas/1/role", "Secondary")
+            .field("/status/desiredReplicaCount", 2)
+            .answer(shard(&["n1", "n2"])),
+        plan_status_written(&succeeded)
+            .field("/status/phase", "Succeeded")
+            .field("/status/steps/0/phase", "Succeeded")
+            .field("/status/completedSteps", 1),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server
+        .run(script, reconcile(resumed, ctx.clone()))
+        .await
+        .unwrap();
+
+    // A look at the finished plan does nothing.
+    server
+        .run(Vec::new(), reconcile(succeeded, ctx))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_effect_that_already_holds_is_not_written_again() {
+    let (ctx, server) = fixtures::context(true);
+    // A new leader (epoch 1) resumes a step a deposed one (epoch 0) left Running: the attempt
+    // is counted, and n2 is already wanted, so the shard is not written.
+    let mut status = running(StepPhase::Running, 1);
+    status.executor_epoch = Some(0);
+    let resumed = add_replica_plan(plan::RiskClass::Safe, Some(status));
+    let script = vec![
+        plan_status_written(&resumed)
+            .field("/status/steps/0/attempts", 2)
+            .field("/status/executorEpoch", 1),
+        Expect::get::<Shard>(NS, "orders-0").answer(shard(&["n1", "n2"])),
+        plan_status_written(&resumed).field("/status/phase", "Succeeded"),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server.run(script, reconcile(resumed, ctx)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_destructive_plan_waits_for_the_hash_on_its_target_and_names_both_hashes() {
+    let (ctx, server) = fixtures::context(true);
+    let plan = add_replica_plan(plan::RiskClass::Destructive, None);
+    let mut target: Table = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": "orders", "namespace": NS,
+                     "annotations": {"shardplane.io/approve-plan": "not-this-hash"}},
+        "spec": {"cluster": "main", "shardKey": "id", "schema": {
+            "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]}},
+    }))
+    .unwrap();
+    let script = vec![
+        Expect::get::<DatabaseCluster>(NS, "main").answer(cluster()),
+        Expect::get::<Table>(NS, "orders").answer(&target),
+        plan_status_written(&plan)
+            .field("/status/phase", "AwaitingApproval")
+            .field("/status/conditions/0/type", "Approved")
+            .field("/status/conditions/0/status", "False")
+            .field("/status/conditions/0/reason", "HashMismatch"),
+    ];
+    let action = server
+        .run(script, reconcile(plan.clone(), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+
+    // With the plan's own hash on the target it is approved by the annotation and runs.
+    target
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert("shardplane.io/approve-plan".into(), plan.spec.hash.clone());
+    let script = vec![
+        Expect::get::<DatabaseCluster>(NS, "main").answer(cluster()),
+        Expect::get::<Table>(NS, "orders").answer(&target),
+        plan_status_written(&plan)
+            .field("/status/phase", "Running")
+            .field("/status/approvedBy", "annotation:Table/orders")
+            .field("/status/executorEpoch", 1),
+        Expect::event(NS, "PlanApproved"),
+        plan_status_written(&plan).field("/status/steps/0/phase", "Running"),
+        Expect::get::<Shard>(NS, "orders-0").answer(shard(&["n1"])),
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/status/desiredReplicas/1/node", "n2")
+            .answer(shard(&["n1", "n2"])),
+        plan_status_written(&plan).field("/status/phase", "Succeeded"),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server.run(script, reconcile(plan, ctx)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_lead_writes_nothing() {
+    let (ctx, server) = fixtures::context(false);
+    let plan = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Pending, 0)));
+    let result = server.run(Vec::new(), reconcile(plan, ctx)).await;
+    assert!(matches!(result, Err(ExecutorError::NotLeader(_))), "{result:?}");
+}
