@@ -13,6 +13,8 @@ mod conditions;
 mod context;
 mod effects;
 mod executor;
+#[cfg(test)]
+mod fixtures;
 mod leader;
 mod liveness;
 mod metrics;
