@@ -293,12 +293,16 @@ async fn serve(
             break;
         };
         let Some((request, reply)) = next else {
-            fail(format!("the client was dropped before request {n} ({expect})"));
+            fail(format!(
+                "the client was dropped before request {n} ({expect})"
+            ));
             break;
         };
         let (method, path, body) = read(request).await;
         if let Some(mismatch) = expect.mismatch(&method, &path, &body) {
-            fail(format!("request {n} of {listed}: expected {expect}: {mismatch}"));
+            fail(format!(
+                "request {n} of {listed}: expected {expect}: {mismatch}"
+            ));
             reply.send_response(respond(StatusCode::INTERNAL_SERVER_ERROR, &json!({})));
             break;
         }
@@ -344,5 +348,81 @@ impl Scenario {
             "the mock API server saw:\n  {}",
             failures.join("\n  ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    use super::*;
+    use crate::api::Table;
+
+    fn table() -> Value {
+        json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+            "metadata": {"name": "orders", "namespace": "db"},
+            "spec": {"cluster": "main", "shardKey": "id", "columns": [], "primaryKey": ["id"]}
+        })
+    }
+
+    async fn patch_orders(ctx: &Context, body: Value) -> kube::Result<Table> {
+        Api::<Table>::namespaced(ctx.client.clone(), "db")
+            .patch("orders", &PatchParams::default(), &Patch::Merge(body))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_listed_request_is_checked_and_answered() {
+        let (ctx, server) = context(true);
+        let script = vec![
+            Expect::patch::<Table>("db", "orders")
+                .field("/spec/shardKey", "id")
+                .present("/metadata/labels")
+                .absent("/status")
+                .answer(table()),
+            Expect::get::<Table>("db", "orders").not_found(),
+        ];
+        let (patched, got) = server
+            .run(script, async {
+                let patch = json!({"metadata": {"labels": {}}, "spec": {"shardKey": "id"}});
+                let patched = patch_orders(&ctx, patch).await;
+                let got = Api::<Table>::namespaced(ctx.client.clone(), "db")
+                    .get_opt("orders")
+                    .await;
+                (patched, got)
+            })
+            .await;
+        assert_eq!(patched.unwrap().spec.shard_key, "id");
+        assert!(got.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "/spec/shardKey is \"k\", expected \"id\"")]
+    async fn a_wrong_body_value_fails() {
+        let (ctx, server) = context(true);
+        let script = vec![Expect::patch::<Table>("db", "orders").field("/spec/shardKey", "id")];
+        let _ = server
+            .run(
+                script,
+                patch_orders(&ctx, json!({"spec": {"shardKey": "k"}})),
+            )
+            .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "unexpected request: PATCH")]
+    async fn an_unlisted_request_fails() {
+        let (ctx, server) = context(true);
+        let _ = server.run(vec![], patch_orders(&ctx, json!({}))).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "did not come within")]
+    async fn fewer_requests_than_listed_fail() {
+        let (_ctx, server) = context(true);
+        let script = vec![Expect::get::<Table>("db", "orders")];
+        server.run(script, async {}).await;
     }
 }

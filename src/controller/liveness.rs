@@ -135,8 +135,8 @@ async fn step(
         return None;
     }
     let silence = silence(tick.heard, current, tick.leading_since, tick.now)?;
-    let lease_alive = silence >= tick.timings.dead
-        && leases.prove_alive(ctx, node, current, tick).await;
+    let lease_alive =
+        silence >= tick.timings.dead && leases.prove_alive(ctx, node, current, tick).await;
     let liveness = liveness_phase(silence, tick.heard.is_some(), lease_alive, tick.timings);
     let phase = with_desired_state(liveness, desired_state(node));
     if current == Some(phase) {
@@ -191,8 +191,14 @@ impl LeaseEvidence {
                     self.next_read
                         .insert(key.clone(), tick.now + Duration::from_secs(1));
                 }
-                lease_alive_until(ctx, &namespace, &node.name_any(), tick.timings.dead, tick.now)
-                    .await
+                lease_alive_until(
+                    ctx,
+                    &namespace,
+                    &node.name_any(),
+                    tick.timings.dead,
+                    tick.now,
+                )
+                .await
             }
             _ => None,
         };
@@ -410,7 +416,10 @@ mod tests {
         ];
         let tick = silent_for(Duration::from_millis(1300));
         let written = server
-            .run(script, step(&ctx, &node, tick, &mut LeaseEvidence::default()))
+            .run(
+                script,
+                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
+            )
             .await;
         assert_eq!(written, Some(NodePhase::Offline));
     }
@@ -472,7 +481,10 @@ mod tests {
         let script = vec![phase_written(&node, NodePhase::Suspect)];
         let tick = silent_for(Duration::from_millis(800));
         let written = server
-            .run(script, step(&ctx, &node, tick, &mut LeaseEvidence::default()))
+            .run(
+                script,
+                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
+            )
             .await;
         assert_eq!(written, Some(NodePhase::Suspect));
     }
@@ -484,7 +496,10 @@ mod tests {
         let script = vec![phase_written(&node, NodePhase::Online)];
         let tick = silent_for(Duration::from_millis(100));
         let written = server
-            .run(script, step(&ctx, &node, tick, &mut LeaseEvidence::default()))
+            .run(
+                script,
+                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
+            )
             .await;
         assert_eq!(written, Some(NodePhase::Online));
     }
@@ -521,7 +536,10 @@ mod tests {
             .await;
         assert_eq!(written, None);
         // Registered but never heard, by this leader or its predecessors: no phase yet.
-        let never_heard = Tick { heard: None, ..tick };
+        let never_heard = Tick {
+            heard: None,
+            ..tick
+        };
         let written = server
             .run(vec![], step(&ctx, &node(None), never_heard, &mut leases))
             .await;
@@ -540,9 +558,7 @@ mod tests {
                 now: tick.now + Duration::from_millis(after_ms),
                 ..tick
             };
-            let written = server
-                .run(script, step(&ctx, &node, at, &mut leases))
-                .await;
+            let written = server.run(script, step(&ctx, &node, at, &mut leases)).await;
             assert_eq!(written, None, "{after_ms} ms");
         }
     }
@@ -554,14 +570,20 @@ mod tests {
         let node = node(Some(NodePhase::Online));
         let tick = silent_for(Duration::from_millis(800));
         let written = server
-            .run(vec![], step(&ctx, &node, tick, &mut LeaseEvidence::default()))
+            .run(
+                vec![],
+                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
+            )
             .await;
         assert_eq!(written, None);
         // Past deadAfterMs it reads the node's Lease, as before any write, but writes nothing.
         let tick = silent_for(Duration::from_millis(1500));
         let script = vec![lease_read().answer(lease(Duration::from_secs(3600)))];
         let written = server
-            .run(script, step(&ctx, &node, tick, &mut LeaseEvidence::default()))
+            .run(
+                script,
+                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
+            )
             .await;
         assert_eq!(written, None);
     }
@@ -569,15 +591,39 @@ mod tests {
     #[test]
     fn silence_past_the_timeouts_gives_suspect_then_offline_unless_the_lease_proves_life() {
         let ms = Duration::from_millis;
-        assert_eq!(liveness_phase(ms(599), true, false, TIMINGS), NodePhase::Online);
-        assert_eq!(liveness_phase(ms(600), true, false, TIMINGS), NodePhase::Suspect);
-        assert_eq!(liveness_phase(ms(1199), true, false, TIMINGS), NodePhase::Suspect);
-        assert_eq!(liveness_phase(ms(1200), true, false, TIMINGS), NodePhase::Offline);
-        assert_eq!(liveness_phase(ms(1200), true, true, TIMINGS), NodePhase::Suspect);
+        assert_eq!(
+            liveness_phase(ms(599), true, false, TIMINGS),
+            NodePhase::Online
+        );
+        assert_eq!(
+            liveness_phase(ms(600), true, false, TIMINGS),
+            NodePhase::Suspect
+        );
+        assert_eq!(
+            liveness_phase(ms(1199), true, false, TIMINGS),
+            NodePhase::Suspect
+        );
+        assert_eq!(
+            liveness_phase(ms(1200), true, false, TIMINGS),
+            NodePhase::Offline
+        );
+        assert_eq!(
+            liveness_phase(ms(1200), true, true, TIMINGS),
+            NodePhase::Suspect
+        );
         // A node never heard by this leader is not suspected, only declared dead.
-        assert_eq!(liveness_phase(ms(900), false, false, TIMINGS), NodePhase::Online);
-        assert_eq!(liveness_phase(ms(1200), false, true, TIMINGS), NodePhase::Online);
-        assert_eq!(liveness_phase(ms(1200), false, false, TIMINGS), NodePhase::Offline);
+        assert_eq!(
+            liveness_phase(ms(900), false, false, TIMINGS),
+            NodePhase::Online
+        );
+        assert_eq!(
+            liveness_phase(ms(1200), false, true, TIMINGS),
+            NodePhase::Online
+        );
+        assert_eq!(
+            liveness_phase(ms(1200), false, false, TIMINGS),
+            NodePhase::Offline
+        );
     }
 
     #[test]
@@ -618,7 +664,11 @@ mod tests {
         let cases = [
             (NodePhase::Offline, Some(Drained), NodePhase::Offline),
             (NodePhase::Online, Some(Drained), NodePhase::Draining),
-            (NodePhase::Suspect, Some(Decommissioned), NodePhase::Draining),
+            (
+                NodePhase::Suspect,
+                Some(Decommissioned),
+                NodePhase::Draining,
+            ),
             (NodePhase::Online, Some(Maintenance), NodePhase::Maintenance),
             (NodePhase::Suspect, Some(Active), NodePhase::Suspect),
             (NodePhase::Online, None, NodePhase::Online),
@@ -643,6 +693,9 @@ mod tests {
         }))
         .unwrap();
         let timings = Timings::of(Some(&cluster));
-        assert_eq!((timings.suspect, timings.dead), (TIMINGS.suspect, TIMINGS.dead));
+        assert_eq!(
+            (timings.suspect, timings.dead),
+            (TIMINGS.suspect, TIMINGS.dead)
+        );
     }
 }
