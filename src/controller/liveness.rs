@@ -322,7 +322,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::controller::fixtures::{self, Expect};
+    use crate::controller::fixtures::{self, ApiServer, Expect};
 
     const NS: &str = "db";
 
@@ -366,19 +366,56 @@ mod tests {
         }
     }
 
-    /// A tick `silent` after the node's last heartbeat (this replica led since before it).
-    fn silent_for(silent: Duration) -> Tick {
-        let heard = Instant::now();
-        Tick {
-            timings: TIMINGS,
-            heard: Some(heard),
-            leading_since: heard,
-            now: heard + silent,
+    /// A node stepped tick after tick against a mock API server, its Lease evidence kept
+    /// between ticks; last heard at `heard`, by a replica that led since before.
+    struct Ticks {
+        mock: (Arc<Context>, ApiServer),
+        node: DatabaseNode,
+        leases: LeaseEvidence,
+        heard: Instant,
+    }
+
+    impl Ticks {
+        fn new(leading: bool, node: DatabaseNode) -> Self {
+            Ticks {
+                mock: fixtures::context(leading),
+                node,
+                leases: LeaseEvidence::default(),
+                heard: Instant::now(),
+            }
+        }
+
+        /// The tick `silent_ms` after the last heartbeat.
+        fn tick(&self, silent_ms: u64) -> Tick {
+            Tick {
+                timings: TIMINGS,
+                heard: Some(self.heard),
+                leading_since: self.heard,
+                now: self.heard + Duration::from_millis(silent_ms),
+            }
+        }
+
+        /// One step at `tick` against `script`; returns the phase written.
+        async fn step_at(&mut self, tick: Tick, script: Vec<Expect>) -> Option<NodePhase> {
+            let (ctx, server) = &self.mock;
+            server
+                .run(script, step(ctx, &self.node, tick, &mut self.leases))
+                .await
+        }
+
+        /// One step `silent_ms` after the last heartbeat against `script`.
+        async fn at(&mut self, silent_ms: u64, script: Vec<Expect>) -> Option<NodePhase> {
+            self.step_at(self.tick(silent_ms), script).await
         }
     }
 
     fn lease_read() -> Expect {
         Expect::get::<Lease>(NS, &node_lease_name("n1"))
+    }
+
+    /// The Lease read answered with a Lease renewed an hour ago.
+    fn stale_lease() -> Expect {
+        lease_read().answer(lease(Duration::from_secs(3600)))
     }
 
     fn phase_written(node: &DatabaseNode, phase: NodePhase) -> Expect {
@@ -388,242 +425,137 @@ mod tests {
             .answer(with_phase(node, phase))
     }
 
-    #[tokio::test]
-    async fn a_node_silent_past_dead_after_is_written_offline_with_an_event() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Suspect));
-        let script = vec![
-            lease_read().answer(lease(Duration::from_secs(3600))),
-            phase_written(&node, NodePhase::Offline),
+    /// `Offline` written, then the Warning Event that says so.
+    fn written_offline(node: &DatabaseNode) -> [Expect; 2] {
+        [
+            phase_written(node, NodePhase::Offline),
             Expect::event(NS, "NodeOffline").field("/type", "Warning"),
-        ];
-        let mut leases = LeaseEvidence::default();
-        let tick = silent_for(Duration::from_millis(1500));
-        let written = server
-            .run(script, step(&ctx, &node, tick, &mut leases))
-            .await;
-        assert_eq!(written, Some(NodePhase::Offline));
+        ]
     }
 
     #[tokio::test]
-    async fn a_node_without_a_lease_is_written_offline_when_silent_past_dead_after() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Online));
-        let script = vec![
-            lease_read().not_found(),
-            phase_written(&node, NodePhase::Offline),
-            Expect::event(NS, "NodeOffline"),
-        ];
-        let tick = silent_for(Duration::from_millis(1300));
-        let written = server
-            .run(
-                script,
-                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
-            )
-            .await;
-        assert_eq!(written, Some(NodePhase::Offline));
+    async fn a_node_silent_past_dead_after_is_written_offline_with_an_event() {
+        // Its Lease is stale, or it has none.
+        for (current, lease_answer) in [
+            (NodePhase::Suspect, stale_lease()),
+            (NodePhase::Online, lease_read().not_found()),
+        ] {
+            let mut node = Ticks::new(true, node(Some(current)));
+            let mut script = vec![lease_answer];
+            script.extend(written_offline(&node.node));
+            assert_eq!(node.at(1500, script).await, Some(NodePhase::Offline));
+        }
     }
 
     #[tokio::test]
     async fn a_silent_node_whose_lease_was_renewed_is_not_written_offline() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Suspect));
-        let mut leases = LeaseEvidence::default();
+        let mut node = Ticks::new(true, node(Some(NodePhase::Suspect)));
         // The Lease, renewed just now, proves it alive: it stays Suspect, nothing is written.
         let script = vec![lease_read().answer(lease(Duration::ZERO))];
-        let tick = silent_for(Duration::from_millis(1500));
-        let written = server
-            .run(script, step(&ctx, &node, tick, &mut leases))
-            .await;
-        assert_eq!(written, None);
+        assert_eq!(node.at(1500, script).await, None);
         // The proof is remembered until it runs out: the next tick reads nothing.
-        let later = Tick {
-            now: tick.now + Duration::from_millis(100),
-            ..tick
-        };
-        let written = server
-            .run(vec![], step(&ctx, &node, later, &mut leases))
-            .await;
-        assert_eq!(written, None);
+        assert_eq!(node.at(1600, vec![]).await, None);
     }
 
     #[tokio::test]
     async fn a_node_whose_lease_lapsed_too_is_written_offline_once_the_proof_runs_out() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Suspect));
-        let mut leases = LeaseEvidence::default();
+        let mut node = Ticks::new(true, node(Some(NodePhase::Suspect)));
         // Renewed 1 s ago with a dead timeout of 1.2 s: alive for 0.2 s more.
         let script = vec![lease_read().answer(lease(Duration::from_secs(1)))];
-        let tick = silent_for(Duration::from_millis(1500));
-        let written = server
-            .run(script, step(&ctx, &node, tick, &mut leases))
-            .await;
-        assert_eq!(written, None);
-        let later = Tick {
-            now: tick.now + Duration::from_millis(500),
-            ..tick
-        };
-        let script = vec![
-            lease_read().answer(lease(Duration::from_secs(3600))),
-            phase_written(&node, NodePhase::Offline),
-            Expect::event(NS, "NodeOffline"),
-        ];
-        let written = server
-            .run(script, step(&ctx, &node, later, &mut leases))
-            .await;
-        assert_eq!(written, Some(NodePhase::Offline));
+        assert_eq!(node.at(1500, script).await, None);
+        let mut script = vec![stale_lease()];
+        script.extend(written_offline(&node.node));
+        assert_eq!(node.at(2000, script).await, Some(NodePhase::Offline));
     }
 
     #[tokio::test]
-    async fn a_node_silent_past_suspect_after_is_written_suspect_without_reading_its_lease() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Online));
-        let script = vec![phase_written(&node, NodePhase::Suspect)];
-        let tick = silent_for(Duration::from_millis(800));
-        let written = server
-            .run(
-                script,
-                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
-            )
-            .await;
-        assert_eq!(written, Some(NodePhase::Suspect));
-    }
-
-    #[tokio::test]
-    async fn a_suspect_node_heard_again_is_written_online() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Suspect));
-        let script = vec![phase_written(&node, NodePhase::Online)];
-        let tick = silent_for(Duration::from_millis(100));
-        let written = server
-            .run(
-                script,
-                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
-            )
-            .await;
-        assert_eq!(written, Some(NodePhase::Online));
+    async fn past_suspect_after_a_node_is_written_suspect_and_heard_again_online() {
+        // Short of deadAfterMs: the phase is written alone, without reading the Lease.
+        for (current, silent_ms, phase) in [
+            (NodePhase::Online, 800, NodePhase::Suspect),
+            (NodePhase::Suspect, 100, NodePhase::Online),
+        ] {
+            let mut node = Ticks::new(true, node(Some(current)));
+            let script = vec![phase_written(&node.node, phase)];
+            let written = node.at(silent_ms, script).await;
+            assert_eq!(written, Some(phase), "{current:?} after {silent_ms} ms");
+        }
     }
 
     #[tokio::test]
     async fn an_unchanged_phase_writes_nothing() {
-        let (ctx, server) = fixtures::context(true);
-        let mut leases = LeaseEvidence::default();
-        for (phase, silent) in [
+        for (phase, silent_ms) in [
             (NodePhase::Online, 100),
             (NodePhase::Suspect, 800),
             (NodePhase::Draining, 100),
         ] {
-            let mut node = node(Some(phase));
+            let mut object = node(Some(phase));
             if phase == NodePhase::Draining {
-                node.spec.desired_state = Some(NodeDesiredState::Drained);
+                object.spec.desired_state = Some(NodeDesiredState::Drained);
             }
-            let tick = silent_for(Duration::from_millis(silent));
-            let written = server
-                .run(vec![], step(&ctx, &node, tick, &mut leases))
-                .await;
-            assert_eq!(written, None, "{phase:?}");
+            let mut node = Ticks::new(true, object);
+            assert_eq!(node.at(silent_ms, vec![]).await, None, "{phase:?}");
         }
     }
 
     #[tokio::test]
     async fn a_decommissioned_or_never_heard_node_is_left_alone() {
-        let (ctx, server) = fixtures::context(true);
-        let mut leases = LeaseEvidence::default();
-        let tick = silent_for(Duration::from_secs(60));
-        let decommissioned = node(Some(NodePhase::Decommissioned));
-        let written = server
-            .run(vec![], step(&ctx, &decommissioned, tick, &mut leases))
-            .await;
-        assert_eq!(written, None);
+        let mut decommissioned = Ticks::new(true, node(Some(NodePhase::Decommissioned)));
+        assert_eq!(decommissioned.at(60_000, vec![]).await, None);
         // Registered but never heard, by this leader or its predecessors: no phase yet.
-        let never_heard = Tick {
+        let mut never_heard = Ticks::new(true, node(None));
+        let tick = Tick {
             heard: None,
-            ..tick
+            ..never_heard.tick(60_000)
         };
-        let written = server
-            .run(vec![], step(&ctx, &node(None), never_heard, &mut leases))
-            .await;
-        assert_eq!(written, None);
+        assert_eq!(never_heard.step_at(tick, vec![]).await, None);
     }
 
     #[tokio::test]
     async fn an_offline_nodes_lease_is_read_at_most_once_a_second() {
-        let (ctx, server) = fixtures::context(true);
-        let node = node(Some(NodePhase::Offline));
-        let mut leases = LeaseEvidence::default();
-        let tick = silent_for(Duration::from_secs(5));
-        let stale = || lease_read().answer(lease(Duration::from_secs(3600)));
-        for (after_ms, script) in [(0, vec![stale()]), (500, vec![]), (1000, vec![stale()])] {
-            let at = Tick {
-                now: tick.now + Duration::from_millis(after_ms),
-                ..tick
-            };
-            let written = server.run(script, step(&ctx, &node, at, &mut leases)).await;
-            assert_eq!(written, None, "{after_ms} ms");
+        let mut node = Ticks::new(true, node(Some(NodePhase::Offline)));
+        for (silent_ms, script) in [
+            (5000, vec![stale_lease()]),
+            (5500, vec![]),
+            (6000, vec![stale_lease()]),
+        ] {
+            assert_eq!(node.at(silent_ms, script).await, None, "{silent_ms} ms");
         }
     }
 
     #[tokio::test]
     async fn a_replica_that_does_not_lead_writes_nothing() {
-        let (ctx, server) = fixtures::context(false);
+        let mut suspect = Ticks::new(false, node(Some(NodePhase::Online)));
         // Past suspectAfterMs: a leader would write Suspect; this replica makes no request.
-        let node = node(Some(NodePhase::Online));
-        let tick = silent_for(Duration::from_millis(800));
-        let written = server
-            .run(
-                vec![],
-                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
-            )
-            .await;
-        assert_eq!(written, None);
+        assert_eq!(suspect.at(800, vec![]).await, None);
         // Past deadAfterMs it reads the node's Lease, as before any write, but writes nothing.
-        let tick = silent_for(Duration::from_millis(1500));
-        let script = vec![lease_read().answer(lease(Duration::from_secs(3600)))];
-        let written = server
-            .run(
-                script,
-                step(&ctx, &node, tick, &mut LeaseEvidence::default()),
-            )
-            .await;
-        assert_eq!(written, None);
+        let mut dead = Ticks::new(false, node(Some(NodePhase::Online)));
+        assert_eq!(dead.at(1500, vec![stale_lease()]).await, None);
     }
 
     #[test]
     fn silence_past_the_timeouts_gives_suspect_then_offline_unless_the_lease_proves_life() {
-        let ms = Duration::from_millis;
-        assert_eq!(
-            liveness_phase(ms(599), true, false, TIMINGS),
-            NodePhase::Online
-        );
-        assert_eq!(
-            liveness_phase(ms(600), true, false, TIMINGS),
-            NodePhase::Suspect
-        );
-        assert_eq!(
-            liveness_phase(ms(1199), true, false, TIMINGS),
-            NodePhase::Suspect
-        );
-        assert_eq!(
-            liveness_phase(ms(1200), true, false, TIMINGS),
-            NodePhase::Offline
-        );
-        assert_eq!(
-            liveness_phase(ms(1200), true, true, TIMINGS),
-            NodePhase::Suspect
-        );
-        // A node never heard by this leader is not suspected, only declared dead.
-        assert_eq!(
-            liveness_phase(ms(900), false, false, TIMINGS),
-            NodePhase::Online
-        );
-        assert_eq!(
-            liveness_phase(ms(1200), false, true, TIMINGS),
-            NodePhase::Online
-        );
-        assert_eq!(
-            liveness_phase(ms(1200), false, false, TIMINGS),
-            NodePhase::Offline
-        );
+        use NodePhase::{Offline, Online, Suspect};
+        // (silence ms, heard by this leader, Lease proves life) → phase
+        let cases = [
+            (599, true, false, Online),
+            (600, true, false, Suspect),
+            (1199, true, false, Suspect),
+            (1200, true, false, Offline),
+            (1200, true, true, Suspect),
+            // A node never heard by this leader is not suspected, only declared dead.
+            (900, false, false, Online),
+            (1200, false, true, Online),
+            (1200, false, false, Offline),
+        ];
+        for (ms, heard, lease_alive, phase) in cases {
+            let silence = Duration::from_millis(ms);
+            assert_eq!(
+                liveness_phase(silence, heard, lease_alive, TIMINGS),
+                phase,
+                "{ms} ms, heard {heard}, lease alive {lease_alive}"
+            );
+        }
     }
 
     #[test]

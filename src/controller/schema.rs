@@ -456,6 +456,13 @@ mod tests {
         version
     }
 
+    /// The create of SchemaVersion `orders-v<version>`.
+    fn version_created(version: i64) -> Expect {
+        Expect::create::<SchemaVersion>("db")
+            .field("/metadata/name", format!("orders-v{version}"))
+            .field("/spec/version", version)
+    }
+
     fn list_versions(versions: &[SchemaVersion]) -> Expect {
         Expect::list::<SchemaVersion>("db").items(versions)
     }
@@ -478,12 +485,10 @@ mod tests {
         let t = watched(1, &[ID]);
         let script = vec![
             list_versions(&[]),
-            Expect::create::<SchemaVersion>("db")
-                .field("/metadata/name", "orders-v1")
+            version_created(1)
                 .field("/metadata/labels/shardplane.io~1table", "orders")
                 .field("/metadata/ownerReferences/0/uid", "u1")
                 .field("/spec/table", "orders")
-                .field("/spec/version", 1)
                 .absent("/spec/previousVersion")
                 .field(
                     "/spec/ddl",
@@ -511,9 +516,7 @@ mod tests {
         let t = watched(2, &[ID, X]);
         let script = vec![
             list_versions(&[v1]),
-            Expect::create::<SchemaVersion>("db")
-                .field("/metadata/name", "orders-v2")
-                .field("/spec/version", 2)
+            version_created(2)
                 .field("/spec/previousVersion", 1)
                 .field(
                     "/spec/ddl",
@@ -585,9 +588,7 @@ mod tests {
         let t = watched(1, &[ID]);
         let script = vec![
             list_versions(&[]),
-            Expect::create::<SchemaVersion>("db")
-                .field("/metadata/name", "orders-v1")
-                .fail(409, "AlreadyExists"),
+            version_created(1).fail(409, "AlreadyExists"),
             condition_written("True", "SchemaVersionCreated"),
         ];
         server.run(script, reconcile(t, ctx)).await.unwrap();
