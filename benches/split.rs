@@ -14,6 +14,8 @@
 
 #[path = "../tests/agent/harness.rs"]
 mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 

@@ -20,11 +20,11 @@ use shardplane::api::database_node::NodePhase;
 use shardplane::api::plan::{PlanPhase, PlanPurpose};
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, Plan, Shard};
-use shardplane::routing::{Router, ShardKeyValue};
-use shardplane::workload::{CheckReport, Checker, Workload, WorkloadConfig, WorkloadReport};
+use shardplane::workload::CheckReport;
+use support::operator;
 use support::{TestEnv, env_with_crds, eventually};
 
-use harness::{DataPlane, NodeDef, OperatorMode, TABLE};
+use harness::{DataPlane, Ledger, NodeDef, OperatorMode};
 
 /// The scenarios share two cores: one cluster at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -32,89 +32,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// Writers of the workload and their total rate: modest, for a 2-core machine.
 const WRITERS: usize = 4;
 const WRITES_PER_SECOND: f64 = 80.0;
-
-/// Every acknowledged write of a scenario, and how its workloads went.
-struct Ledger {
-    router: Router,
-    checker: Checker,
-    acked: BTreeSet<i64>,
-    next_id: i64,
-    lines: Vec<String>,
-}
-
-impl Ledger {
-    async fn new(env: &TestEnv) -> Self {
-        let (router, checker) = harness::router_and_checker(&env.client, &env.namespace).await;
-        Ledger {
-            router,
-            checker,
-            acked: BTreeSet::new(),
-            next_id: 1,
-            lines: Vec::new(),
-        }
-    }
-
-    /// Starts writing and returns once the first `warm_up` writes were acknowledged.
-    async fn start(&mut self, warm_up: u64) -> Workload {
-        let mut config = WorkloadConfig::new(TABLE, "id", WRITERS, WRITES_PER_SECOND);
-        config.first_id = self.next_id;
-        self.next_id += 10_000_000;
-        let workload = Workload::start(self.router.clone(), &config).unwrap();
-        assert!(
-            eventually(Duration::from_secs(60), || async {
-                workload.acked_so_far() >= warm_up
-            })
-            .await,
-            "the workload did not get going"
-        );
-        workload
-    }
-
-    /// Lets `workload` write `more` acknowledged rows after the change, stops it and checks
-    /// every row acknowledged so far in this scenario; prints and returns the check.
-    async fn finish(&mut self, what: &str, workload: Workload, more: u64) -> CheckReport {
-        let at = workload.acked_so_far();
-        assert!(
-            eventually(Duration::from_secs(60), || async {
-                workload.acked_so_far() >= at + more
-            })
-            .await,
-            "{what}: the workload did not continue after the change"
-        );
-        let report: WorkloadReport = workload.stop().await;
-        println!("{what}: {report}");
-        println!("{what}: router: {}", self.router.stats());
-        assert!(report.failed.is_empty(), "{what}: {report}");
-        self.acked.extend(&report.acked);
-        let acked = self
-            .acked
-            .iter()
-            .map(|&id| ShardKeyValue::Int(id))
-            .collect();
-        let check = self.checker.check(&acked).await.unwrap();
-        println!("{what}: {check}");
-        self.lines.push(format!(
-            "{what}: acked {} (this phase {}), found {}, missing {}, duplicated {}, misplaced {}, shards with two writable primaries {}, slowest write {:.2?}",
-            check.rows.acked,
-            report.acked.len(),
-            check.rows.found,
-            check.rows.missing,
-            check.rows.duplicated,
-            check.rows.misplaced,
-            check.primaries.split_brains().len(),
-            report.slowest_write
-        ));
-        harness::assert_nothing_lost(what, &check, self.acked.len());
-        check
-    }
-
-    fn summary(&self) {
-        println!("acked_writes_lost summary:");
-        for line in &self.lines {
-            println!("  {line}");
-        }
-    }
-}
 
 /// How many replicas the checker could not reach.
 fn unreachable_replicas(check: &CheckReport) -> usize {
@@ -343,7 +260,7 @@ async fn no_acknowledged_write_is_lost_through_a_move_a_node_kill_and_its_return
     let env = env_with_crds().await;
     let started = Instant::now();
     let mut plane = move_plane(&env, OperatorMode::InProcess, started).await;
-    let mut ledger = Ledger::new(&env).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
 
     // The move while rows are written.
     let workload = ledger.start(100).await;
@@ -481,7 +398,7 @@ impl Zoned {
         let env = env_with_crds().await;
         let started = Instant::now();
         let plane = zoned_plane(&env, started).await;
-        let ledger = Ledger::new(&env).await;
+        let ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
         Zoned {
             _turn: turn,
             env,
@@ -650,7 +567,7 @@ async fn a_move_completes_when_the_operator_process_is_killed_at_every_step() {
     let mut plane = move_plane(&env, OperatorMode::Processes(1), started).await;
     // Not a failover test: no failover may add an epoch the plan did not (a loaded machine).
     harness::relax_failure_detection(&plane).await;
-    let mut ledger = Ledger::new(&env).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
 
     let workload = ledger.start(100).await;
     let before = plane.shard_list().await;
@@ -688,7 +605,7 @@ async fn a_move_completes_when_the_operator_process_is_killed_at_every_step() {
         print_state(&env).await;
         panic!("after the move not every shard serves with three in-sync replicas");
     }
-    harness::assert_no_step_repeated(&plan, &before, &plane.shard_list().await, "n1", 3);
+    operator::assert_no_step_repeated(&plan, &before, &plane.shard_list().await, "n1", 3);
     ledger
         .finish("move under operator SIGKILLs", workload, 100)
         .await;
@@ -706,7 +623,9 @@ async fn a_standby_operator_process_takes_over_and_a_failover_still_happens() {
     let env = env_with_crds().await;
     let started = Instant::now();
     let mut plane = move_plane(&env, OperatorMode::Processes(2), started).await;
-    let leader = harness::lease_holder(&plane).await.expect("a Lease holder");
+    let leader = operator::lease_holder(&plane.client, &plane.namespace)
+        .await
+        .expect("a Lease holder");
     let leading = plane
         .operators
         .iter()
@@ -714,13 +633,13 @@ async fn a_standby_operator_process_takes_over_and_a_failover_still_happens() {
         .expect("the holder is one of the two operators");
     let standby = 1 - leading;
     let gauges = [
-        harness::leader_gauge(plane.operators[0].addr).await,
-        harness::leader_gauge(plane.operators[1].addr).await,
+        operator::leader_gauge(plane.operators[0].addr).await,
+        operator::leader_gauge(plane.operators[1].addr).await,
     ];
     let mut expected = [Some(0), Some(0)];
     expected[leading] = Some(1);
     assert_eq!(gauges, expected, "exactly the Lease holder {leader} leads");
-    let mut ledger = Ledger::new(&env).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
 
     let workload = ledger.start(100).await;
     let killed = Instant::now();
@@ -728,8 +647,11 @@ async fn a_standby_operator_process_takes_over_and_a_failover_still_happens() {
     let successor = plane.operators[standby].identity.clone();
     let standby_addr = plane.operators[standby].addr;
     let took_over = eventually(Duration::from_secs(30), || async {
-        harness::lease_holder(&plane).await.as_deref() == Some(successor.as_str())
-            && harness::leader_gauge(standby_addr).await == Some(1)
+        operator::lease_holder(&plane.client, &plane.namespace)
+            .await
+            .as_deref()
+            == Some(successor.as_str())
+            && operator::leader_gauge(standby_addr).await == Some(1)
     })
     .await;
     let takeover = killed.elapsed();

@@ -13,15 +13,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fixtures::{free_addr, start_operator};
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use shardplane::api::plan::PlanPhase;
-use shardplane::api::plan::StepPhase;
+use shardplane::api::plan::{PlanPhase, PlanPurpose};
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
 use shardplane::sandbox::stand_in_agent::StandInAgent;
+use support::operator::{
+    OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, lease_holder, scrape,
+};
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
 
@@ -413,50 +414,6 @@ async fn manual_approval_by_annotation_checks_the_hash() {
     operator.abort();
 }
 
-/// An operator as its own process, so it can be SIGKILLed.
-struct OperatorProcess {
-    child: std::process::Child,
-}
-
-impl OperatorProcess {
-    fn spawn(env: &TestEnv, identity: &str, addr: SocketAddr) -> Self {
-        let log = std::fs::File::create(
-            env.control_plane
-                .work_dir()
-                .join(format!("operator-{identity}.log")),
-        )
-        .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
-            .args([
-                "operator",
-                "--namespace",
-                &env.namespace,
-                "--identity",
-                identity,
-            ])
-            .args(["--listen", &addr.to_string()])
-            .env("KUBECONFIG", env.control_plane.kubeconfig_path())
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        OperatorProcess { child }
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn shard_map(shards: &Api<Shard>) -> Vec<Shard> {
     shards.list(&Default::default()).await.unwrap().items
 }
@@ -485,7 +442,7 @@ async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
     let env = env_with_crds().await;
     create_cluster(&env, "Automatic").await;
     let addr = free_addr();
-    let mut operator = OperatorProcess::spawn(&env, "op", addr);
+    let mut operator = OperatorProcess::in_env(&env, "op", addr);
     let _agents = start_agents(&env, vec![addr]);
     let shards: Api<Shard> = env.api();
     assert!(
@@ -550,45 +507,13 @@ async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
     drain(victim, "Drained").await;
 
     let plans: Api<Plan> = env.api();
-    let mut kills = 0;
-    let mut last_progress = None;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let plan = loop {
-        if Instant::now() > deadline {
-            let out = env.kubectl(["get", "plans", "-o", "yaml"]).await;
-            panic!(
-                "the drain plan did not finish:\n{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        if let Some(plan) = plan_of(&plans, "Drain").await {
-            let status = plan.status.clone().unwrap_or_default();
-            if status.phase == Some(PlanPhase::Succeeded) {
-                break plan;
-            }
-            assert_ne!(
-                status.phase,
-                Some(PlanPhase::Failed),
-                "{:?}",
-                status.conditions
-            );
-            // Kill the operator once at every point of progress: right after each step is
-            // recorded Running (before or while its effect is applied).
-            let running = status
-                .steps
-                .iter()
-                .find(|s| s.phase == StepPhase::Running)
-                .map(|s| s.id);
-            let progress = (status.completed_steps, running);
-            if running.is_some() && last_progress != Some(progress) {
-                last_progress = Some(progress);
-                operator.sigkill();
-                kills += 1;
-                operator = OperatorProcess::spawn(&env, "op", addr);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (plan, kills) = finish_plan_killing_operator(
+        &mut operator,
+        &plans,
+        PlanPurpose::Drain,
+        Duration::from_secs(240),
+    )
+    .await;
     let steps = plan.spec.steps.len();
     eprintln!("drain of {victim}: {steps} steps, operator SIGKILLed {kills} times");
     assert!(
@@ -598,54 +523,7 @@ async fn a_drain_completes_when_the_operator_is_killed_at_every_step() {
 
     // No step's effect happened twice: every epoch moved by exactly the plan's transfers,
     // and every shard has exactly its replication factor of distinct replicas, one primary.
-    let after = shard_map(&shards).await;
-    for shard in &after {
-        let name = shard.name_any();
-        let status = shard.status.clone().unwrap();
-        let was = before
-            .iter()
-            .find(|b| b.name_any() == name)
-            .unwrap()
-            .status
-            .clone()
-            .unwrap();
-        let transfers = plan
-            .spec
-            .steps
-            .iter()
-            .filter(|s| {
-                s.shard.as_deref() == Some(name.as_str())
-                    && (s.action == "TransferPrimary" || s.action == "Promote")
-            })
-            .count() as i64;
-        assert_eq!(
-            status.primary.as_ref().unwrap().epoch,
-            was.primary.unwrap().epoch + transfers,
-            "{name}: epoch"
-        );
-        let nodes: BTreeSet<&str> = status
-            .desired_replicas
-            .iter()
-            .map(|r| r.node.as_str())
-            .collect();
-        assert_eq!(nodes.len(), 3, "{name}: {nodes:?}");
-        assert_eq!(status.desired_replicas.len(), 3, "{name}");
-        if nodes.contains(victim) {
-            let out = env.kubectl(["get", "plans,shards", "-o", "yaml"]).await;
-            panic!(
-                "{name} still on {victim}:\n{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        assert_eq!(
-            status
-                .desired_replicas
-                .iter()
-                .filter(|r| r.role == ReplicaRole::Primary)
-                .count(),
-            1
-        );
-    }
+    assert_no_step_repeated(&plan, &before, &shard_map(&shards).await, victim, 3);
     let attempts: i32 = plan.status.unwrap().steps.iter().map(|s| s.attempts).sum();
     assert!(
         attempts as usize >= steps,
@@ -745,30 +623,19 @@ async fn new_nodes_receive_shards_through_rebalancing() {
     operator.abort();
 }
 
-async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get_opt("shardplane-operator")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-}
-
 #[tokio::test]
 async fn a_standby_operator_takes_over_when_the_leader_dies() {
     let env = env_with_crds().await;
     create_cluster(&env, "Automatic").await;
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let mut a = OperatorProcess::spawn(&env, "op-a", a_addr);
-    let leases: Api<Lease> = env.api();
+    let mut a = OperatorProcess::in_env(&env, "op-a", a_addr);
     assert!(
         eventually(Duration::from_secs(20), || async {
-            lease_holder(&leases).await.as_deref() == Some("op-a")
+            lease_holder(&env.client, &env.namespace).await.as_deref() == Some("op-a")
         })
         .await
     );
-    let mut b = OperatorProcess::spawn(&env, "op-b", b_addr);
+    let mut b = OperatorProcess::in_env(&env, "op-b", b_addr);
     let mut agents = start_agents(&env, vec![a_addr, b_addr]);
     let shards: Api<Shard> = env.api();
     assert!(
@@ -776,15 +643,15 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
         "shards never all served"
     );
     assert_eq!(
-        lease_holder(&leases).await.as_deref(),
+        lease_holder(&env.client, &env.namespace).await.as_deref(),
         Some("op-a"),
         "the standby must not have taken the lease"
     );
 
     let killed = Instant::now();
-    a.sigkill();
+    a.kill();
     let took_over = eventually(Duration::from_secs(20), || async {
-        lease_holder(&leases).await.as_deref() == Some("op-b")
+        lease_holder(&env.client, &env.namespace).await.as_deref() == Some("op-b")
     })
     .await;
     let takeover = killed.elapsed();
@@ -804,7 +671,7 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     })
     .await;
     assert!(detected, "the new leader did not detect n1's death");
-    b.sigkill();
+    b.kill();
 }
 
 #[tokio::test]
@@ -931,21 +798,6 @@ async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
     operator.abort();
 }
 
-/// `/metrics` of the operator at `addr`.
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
 /// The reconcile queue depth of each kind in a scrape.
 fn queue_depths(metrics: &str) -> std::collections::BTreeMap<String, i64> {
     metrics
@@ -963,14 +815,14 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
     let env = env_with_crds().await;
     let (operator, addr, _agents) = serving_cluster(&env).await;
     let settled = eventually(Duration::from_secs(20), || async {
-        let depths = queue_depths(&scrape(addr).await);
+        let depths = queue_depths(&scrape(addr).await.unwrap());
         depths.len() == 3 && depths.values().all(|d| *d == 0)
     })
     .await;
     assert!(
         settled,
         "queue depths of a settled cluster: {:?}",
-        queue_depths(&scrape(addr).await)
+        queue_depths(&scrape(addr).await.unwrap())
     );
 
     // Forty tables at once: each is written by its own reconcile (finalizer, status), and
@@ -992,7 +844,7 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
         let mut deepest = 0;
         let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until && deepest == 0 {
-            deepest = queue_depths(&scrape(addr).await)
+            deepest = queue_depths(&scrape(addr).await.unwrap())
                 .get("Table")
                 .copied()
                 .unwrap_or(0);
@@ -1002,13 +854,13 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
     let (_, deepest) = tokio::join!(futures::future::join_all(creations), watcher);
     assert!(deepest > 0, "the Table queue never showed a waiting table");
     let drained = eventually(Duration::from_secs(30), || async {
-        queue_depths(&scrape(addr).await).get("Table") == Some(&0)
+        queue_depths(&scrape(addr).await.unwrap()).get("Table") == Some(&0)
     })
     .await;
     assert!(
         drained,
         "the Table queue never drained: {:?}",
-        queue_depths(&scrape(addr).await)
+        queue_depths(&scrape(addr).await.unwrap())
     );
     operator.abort();
 }

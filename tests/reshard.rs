@@ -24,13 +24,11 @@ use shardplane::api::shard::{
     CopyPhase, CopyProgress, ReplicaRole, ReplicaState, ReshardOrder, ReshardReport, ShardPhase,
 };
 use shardplane::api::{Shard, Table};
-use shardplane::routing::{Router, ShardKeyValue};
-use shardplane::workload::{Checker, Workload, WorkloadConfig};
 use support::{env_with_crds, eventually};
 
 use harness::{
-    DataPlane, NODES, OperatorMode, PlanWatcher, TABLE, assert_succeeded, connect, declare,
-    keys_in, reshard, router_and_checker, set_retire_grace,
+    DataPlane, Ledger, NODES, OperatorMode, PlanWatcher, TABLE, assert_succeeded, connect, declare,
+    keys_in, reshard, set_retire_grace,
 };
 
 const GRACE_SECONDS: u64 = 3;
@@ -39,64 +37,12 @@ const GRACE_SECONDS: u64 = 3;
 /// time, or the harness's fast failure detection fails primaries over under the load.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The workload, the checker and every id acknowledged so far.
-struct Ledger {
-    router: Router,
-    checker: Checker,
-    acked: BTreeSet<i64>,
-    next_id: i64,
-}
-
-impl Ledger {
-    async fn new(client: &kube::Client, namespace: &str) -> Self {
-        let (router, checker) = router_and_checker(client, namespace).await;
-        Ledger {
-            checker,
-            router,
-            acked: BTreeSet::new(),
-            next_id: 1,
-        }
-    }
-
-    async fn start(&mut self) -> Workload {
-        let mut config = WorkloadConfig::new(TABLE, "id", 4, 100.0);
-        config.first_id = self.next_id;
-        self.next_id += 10_000_000;
-        let workload = Workload::start(self.router.clone(), &config).unwrap();
-        assert!(
-            eventually(Duration::from_secs(60), || async {
-                workload.acked_so_far() >= 50
-            })
-            .await,
-            "the workload did not get going"
-        );
-        workload
-    }
-
-    /// Lets the workload write 100 more rows, stops it, checks every acknowledged row.
-    async fn check(&mut self, what: &str, workload: Workload) {
-        let at = workload.acked_so_far();
-        assert!(
-            eventually(Duration::from_secs(60), || async {
-                workload.acked_so_far() >= at + 100
-            })
-            .await,
-            "{what}: the workload did not continue after the change"
-        );
-        let report = workload.stop().await;
-        println!("{what}: workload: {report}");
-        assert!(report.failed.is_empty(), "{what}: {report}");
-        self.acked.extend(&report.acked);
-        let acked = self
-            .acked
-            .iter()
-            .map(|&id| ShardKeyValue::Int(id))
-            .collect();
-        let check = self.checker.check(&acked).await.unwrap();
-        println!("{what}: {check}");
-        harness::assert_nothing_lost(what, &check, self.acked.len());
-    }
-}
+/// The workload of every scenario: 4 writers, 100 writes/s in all, 50 acknowledged before a
+/// change and 100 more after it.
+const WRITERS: usize = 4;
+const WRITES_PER_SECOND: f64 = 100.0;
+const WARM_UP: u64 = 50;
+const AFTER_CHANGE: u64 = 100;
 
 async fn routed(plane: &DataPlane) -> Vec<String> {
     let tables: Api<Table> = Api::namespaced(plane.client.clone(), &plane.namespace);
@@ -185,12 +131,12 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     .await;
     plane.wait_serving(4, Duration::from_secs(180)).await;
     set_retire_grace(&plane, GRACE_SECONDS).await;
-    let mut ledger = Ledger::new(&env.client, &env.namespace).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
 
     // Split orders-1 in two at the middle of its range, while the workload writes.
     let source = plane.shards().get("orders-1").await.unwrap();
     let old_instances = instances(&source).await;
-    let workload = ledger.start().await;
+    let workload = ledger.start(WARM_UP).await;
     let (plan, window) = reshard(&plane, halves(&source), "orders-1").await;
     assert_succeeded(&plan);
     println!("split: write-fence window (fence → routing switched) {window:?} ms");
@@ -200,7 +146,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         names,
         ["orders-0", "orders-1a", "orders-1b", "orders-2", "orders-3"]
     );
-    ledger.check("split", workload).await;
+    ledger.finish("split", workload, AFTER_CHANGE).await;
     assert_gone(&plane, "orders-1", &old_instances).await;
     plane.wait_serving(5, Duration::from_secs(60)).await;
 
@@ -209,7 +155,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     let third = plane.shards().get("orders-3").await.unwrap();
     let mut old_instances = instances(&second).await;
     old_instances.extend(instances(&third).await);
-    let workload = ledger.start().await;
+    let workload = ledger.start(WARM_UP).await;
     let (plan, window) = reshard(
         &plane,
         vec![declare("orders-23", second.spec.range.start, None)],
@@ -223,7 +169,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         routed(&plane).await,
         ["orders-0", "orders-1a", "orders-1b", "orders-23"]
     );
-    ledger.check("merge", workload).await;
+    ledger.finish("merge", workload, AFTER_CHANGE).await;
     assert_gone(&plane, "orders-2", &old_instances).await;
     assert!(plane.shards().get_opt("orders-3").await.unwrap().is_none());
     plane.wait_serving(4, Duration::from_secs(60)).await;
@@ -235,7 +181,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
     let middle = ((i128::from(i64::MIN) + i128::from(end)) / 2) as i64;
     let low = declare("orders-0a", None, Some(middle));
     let stray = keys_in(&low, 1_000_000_000_000, 1)[0];
-    let workload = ledger.start().await;
+    let workload = ledger.start(WARM_UP).await;
     let shards = plane.shards();
     let injector = tokio::spawn(async move {
         // Once the target's copy has been made (its range is emptied before a copy starts,
@@ -311,7 +257,7 @@ async fn split_and_merge_online_lose_no_acknowledged_write_and_a_bad_copy_aborts
         .await,
         "orders-0's primary was not unfenced after the abort"
     );
-    ledger.check("aborted split", workload).await;
+    ledger.finish("aborted split", workload, AFTER_CHANGE).await;
 }
 
 /// How long a SIGKILLed agent stays down: well inside the relaxed suspicion time (5 s), so
@@ -578,7 +524,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
     let started = Instant::now();
     let env = env_with_crds().await;
     let mut plane = plane_with_operator_process(&env, harness::RELAXED_DETECTION, started).await;
-    let mut ledger = Ledger::new(&env.client, &env.namespace).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
 
     let source = plane.shards().get("orders-1").await.unwrap();
     let old_instances = instances(&source).await;
@@ -600,7 +546,7 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         .await
         .unwrap();
     println!("{preloaded} rows written on orders-1's primary before the split");
-    let workload = ledger.start().await;
+    let workload = ledger.start(WARM_UP).await;
     let phase = Instant::now();
     harness::propose_reshard(&plane, halves(&source)).await;
     let mut agents = SplitAgentKills {
@@ -690,7 +636,9 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         "the source was last seen {} ms before its grace period ended",
         retire_after - agents.last_seen_ms
     );
-    ledger.check("split under kills", workload).await;
+    ledger
+        .finish("split under kills", workload, AFTER_CHANGE)
+        .await;
     assert_gone(&plane, "orders-1", &old_instances).await;
     plane.wait_serving(5, Duration::from_secs(60)).await;
     // The copies are over: no target keeps a subscription (to a source that is gone).
@@ -769,7 +717,7 @@ async fn a_split_superseded_by_a_failover_of_the_fenced_source_is_undone_and_mad
     let started = Instant::now();
     let env = env_with_crds().await;
     let mut plane = plane_with_operator_process(&env, FAILOVER_DETECTION, started).await;
-    let mut ledger = Ledger::new(&env.client, &env.namespace).await;
+    let mut ledger = Ledger::new(&env.client, &env.namespace, WRITERS, WRITES_PER_SECOND).await;
     let plans: Api<Plan> = Api::namespaced(env.client.clone(), &env.namespace);
     let before: BTreeSet<String> = harness::plans(&plane)
         .await
@@ -778,7 +726,7 @@ async fn a_split_superseded_by_a_failover_of_the_fenced_source_is_undone_and_mad
         .collect();
 
     let source = plane.shards().get("orders-1").await.unwrap();
-    let workload = ledger.start().await;
+    let workload = ledger.start(WARM_UP).await;
     let phase = Instant::now();
     let plan = harness::propose_reshard(&plane, halves(&source)).await;
     let name = plan.name_any();
@@ -931,7 +879,7 @@ async fn a_split_superseded_by_a_failover_of_the_fenced_source_is_undone_and_mad
         ["orders-0", "orders-1a", "orders-1b", "orders-2", "orders-3"]
     );
     ledger
-        .check("split superseded by a failover", workload)
+        .finish("split superseded by a failover", workload, AFTER_CHANGE)
         .await;
     plane.wait_serving(5, Duration::from_secs(90)).await;
     println!("failover-split scenario took {:.1?}", started.elapsed());

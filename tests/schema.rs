@@ -24,16 +24,12 @@ use shardplane::controller::{
     self, OperatorConfig, REFUSED_REASON, SCHEMA_ACCEPTED, TABLE_WEBHOOK_PATH, WebhookServing,
 };
 use shardplane::protocol::TABLE_LABEL;
+use support::operator::free_addr;
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
 
 /// The webhook's name, as kubectl quotes it in a denial.
 const WEBHOOK: &str = "tables.shardplane.io";
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 /// A test CA and a serving certificate for 127.0.0.1 signed by it: (CA PEM, cert PEM, key PEM).
 fn test_certificates() -> (String, String, String) {

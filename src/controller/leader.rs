@@ -59,6 +59,14 @@ impl LeaderGuard {
     }
 }
 
+#[cfg(test)]
+impl LeaderGuard {
+    /// Leads at `epoch` for an hour, without an election: for reconciler tests.
+    pub(crate) fn lead_for_tests(&self, epoch: i64) {
+        self.confirm(Instant::now() + Duration::from_secs(3600), epoch);
+    }
+}
+
 /// This replica's part in the election; dropping it stops campaigning and confirming.
 pub struct Leadership {
     elected: watch::Receiver<bool>,

@@ -15,6 +15,8 @@ mod context;
 mod effects;
 mod error;
 mod executor;
+#[cfg(test)]
+mod fixtures;
 mod leader;
 mod liveness;
 mod metrics;

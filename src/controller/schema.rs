@@ -431,4 +431,200 @@ mod tests {
             "spec.columns[x]: dropping column x is refused: it is not deprecated; deprecate it first (`deprecated: true`), move applications off it, then remove it"
         );
     }
+
+    // The reconcile against a mock API server: every request it makes, in order.
+
+    use crate::controller::fixtures::{self, Expect};
+
+    const ID: &str = r#"{"name": "id", "type": "bigint", "nullable": false}"#;
+    const X: &str = r#"{"name": "x", "type": "text"}"#;
+
+    /// Table `orders` at `generation`, as a watch delivers it (resource version 5).
+    fn watched(generation: i64, columns: &[&str]) -> Arc<Table> {
+        let columns = columns
+            .iter()
+            .map(|c| serde_json::from_str(c).unwrap())
+            .collect();
+        let mut t = table(generation, serde_json::Value::Array(columns));
+        t.metadata.resource_version = Some("5".into());
+        Arc::new(t)
+    }
+
+    /// The version the API server holds for `table` (as created, with a generation).
+    fn stored(table: &Table) -> SchemaVersion {
+        let mut version = created(decide(table, None));
+        version.metadata.generation = Some(1);
+        version
+    }
+
+    /// The create of SchemaVersion `orders-v<version>`.
+    fn version_created(version: i64) -> Expect {
+        Expect::create::<SchemaVersion>("db")
+            .field("/metadata/name", format!("orders-v{version}"))
+            .field("/spec/version", version)
+    }
+
+    fn list_versions(versions: &[SchemaVersion]) -> Expect {
+        Expect::list::<SchemaVersion>("db").items(versions)
+    }
+
+    /// The Table's `SchemaAccepted` condition written as `status` with `reason`, conditional
+    /// on the version read.
+    fn condition_written(status: &str, reason: &str) -> Expect {
+        Expect::patch_status::<Table>("db", "orders")
+            .field("/metadata/resourceVersion", "5")
+            .field("/status/conditions/0/type", SCHEMA_ACCEPTED)
+            .field("/status/conditions/0/status", status)
+            .field("/status/conditions/0/reason", reason)
+            .field("/status/conditions/0/observedGeneration", 1)
+            .answer(table(1, json!([])))
+    }
+
+    #[tokio::test]
+    async fn a_new_table_is_persisted_as_schema_version_one() {
+        let (ctx, server) = fixtures::context(true);
+        let t = watched(1, &[ID]);
+        let script = vec![
+            list_versions(&[]),
+            version_created(1)
+                .field("/metadata/labels/shardplane.io~1table", "orders")
+                .field("/metadata/ownerReferences/0/uid", "u1")
+                .field("/spec/table", "orders")
+                .absent("/spec/previousVersion")
+                .field(
+                    "/spec/ddl",
+                    ["CREATE TABLE \"orders\" (\"id\" bigint NOT NULL, PRIMARY KEY (\"id\"))"],
+                )
+                .field("/spec/compatibility", "Online")
+                .field("/spec/source/commit", "abc123")
+                .field("/spec/tableGeneration", 1)
+                .answer(stored(&t)),
+            Expect::patch_status::<SchemaVersion>("db", "orders-v1")
+                .field("/status/phase", "Pending")
+                .field("/status/observedGeneration", 1)
+                .answer(stored(&t)),
+            Expect::event("db", "SchemaVersionCreated").field("/type", "Normal"),
+            condition_written("True", "SchemaVersionCreated"),
+        ];
+        let action = server.run(script, reconcile(t, ctx)).await.unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_changed_table_gets_the_next_version_with_the_ddl_from_the_previous() {
+        let (ctx, server) = fixtures::context(true);
+        let v1 = stored(&watched(1, &[ID]));
+        let t = watched(2, &[ID, X]);
+        let script = vec![
+            list_versions(&[v1]),
+            version_created(2)
+                .field("/spec/previousVersion", 1)
+                .field(
+                    "/spec/ddl",
+                    ["ALTER TABLE \"orders\" ADD COLUMN \"x\" text"],
+                )
+                .field("/spec/compatibility", "Online")
+                .field("/spec/tableGeneration", 2),
+            Expect::patch_status::<SchemaVersion>("db", "orders-v2")
+                .field("/status/phase", "Pending")
+                .answer(stored(&t)),
+            Expect::event("db", "SchemaVersionCreated"),
+            Expect::patch_status::<Table>("db", "orders")
+                .field("/status/conditions/0/reason", "SchemaVersionCreated")
+                .field("/status/conditions/0/observedGeneration", 2)
+                .answer(table(2, json!([]))),
+        ];
+        server.run(script, reconcile(t, ctx)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_table_causes_no_write() {
+        let (ctx, server) = fixtures::context(true);
+        let mut t = (*watched(1, &[ID])).clone();
+        let v1 = stored(&t);
+        let mut conditions = Vec::new();
+        conditions::set(
+            &mut conditions,
+            Some(1),
+            Observation {
+                type_: SCHEMA_ACCEPTED,
+                holds: true,
+                reason: "SchemaCurrent",
+                message: "schema version 1 holds the declared schema".into(),
+            },
+            Timestamp::now(),
+        );
+        t.status.get_or_insert_default().conditions = conditions;
+        let action = server
+            .run(vec![list_versions(&[v1])], reconcile(Arc::new(t), ctx))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_writes_schema_accepted_false_and_no_version() {
+        let (ctx, server) = fixtures::context(true);
+        let v1 = stored(&watched(1, &[ID, X]));
+        let dropped = watched(2, &[ID]);
+        let script = vec![
+            list_versions(&[v1]),
+            Expect::patch_status::<Table>("db", "orders")
+                .field("/metadata/resourceVersion", "5")
+                .field("/status/conditions/0/type", SCHEMA_ACCEPTED)
+                .field("/status/conditions/0/status", "False")
+                .field("/status/conditions/0/reason", REFUSED_REASON)
+                .field(
+                    "/status/conditions/0/message",
+                    "spec.columns[x]: dropping column x is refused: it is not deprecated; deprecate it first (`deprecated: true`), move applications off it, then remove it",
+                )
+                .answer(table(2, json!([]))),
+            Expect::event("db", REFUSED_REASON).field("/type", "Warning"),
+        ];
+        server.run(script, reconcile(dropped, ctx)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_version_another_leader_created_is_left_as_it_is() {
+        let (ctx, server) = fixtures::context(true);
+        let t = watched(1, &[ID]);
+        let script = vec![
+            list_versions(&[]),
+            version_created(1).fail(409, "AlreadyExists"),
+            condition_written("True", "SchemaVersionCreated"),
+        ];
+        server.run(script, reconcile(t, ctx)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_list_writes_nothing_and_is_retried() {
+        let (ctx, server) = fixtures::context(true);
+        let script = vec![Expect::list::<SchemaVersion>("db").fail(500, "InternalError")];
+        let result = server.run(script, reconcile(watched(1, &[ID]), ctx)).await;
+        assert!(matches!(result, Err(SchemaError::Api(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_table_being_deleted_gets_no_version() {
+        let (ctx, server) = fixtures::context(true);
+        let mut t = (*watched(1, &[ID])).clone();
+        t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        let action = server
+            .run(vec![], reconcile(Arc::new(t), ctx))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_writes_nothing() {
+        let (ctx, server) = fixtures::context(false);
+        let result = server.run(vec![], reconcile(watched(1, &[ID]), ctx)).await;
+        assert!(
+            matches!(result, Err(SchemaError::NotLeader(_))),
+            "{result:?}"
+        );
+    }
 }

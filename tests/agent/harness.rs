@@ -1,8 +1,10 @@
 //! A real data plane for tests and benchmarks: three nodes in three zones, each a
 //! `shardplane agent` child process (so SIGKILL is a real node death, its PostgreSQL
 //! included), an operator running in this process, and a Table with declared Shards.
-//! Shared by `tests/agent.rs` and `benches/dataplane_failover.rs`; it needs only a client and
-//! a kubeconfig of a control plane with the CRDs installed.
+//! Shared by the real-agent tests (`tests/agent.rs`, `dataplane.rs`, `reshard.rs`,
+//! `schema_rollout.rs`) and benchmarks, each of which also includes `tests/support/` (the
+//! operator process, its kill loop and its Lease are there, shared with the stand-in-agent
+//! suite); it needs only a client and a kubeconfig of a control plane with the CRDs installed.
 
 // The test and the benchmark each use a different part of this module.
 #![allow(dead_code)]
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +24,13 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use shardplane::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use shardplane::api::{DatabaseCluster, Shard, Table};
-use shardplane::controller::{self, OperatorConfig};
 use shardplane::protocol::Endpoint;
 use shardplane::routing::{ShardKeyValue, keyspace_id};
+use shardplane::workload::{CheckReport, Checker, Workload, WorkloadConfig, WorkloadReport};
 use tokio::task::JoinHandle;
+
+use crate::support::eventually;
+use crate::support::operator::{self, OperatorProcess, free_addr};
 
 /// A node: name, region, zone, first port of its range (20 ports each).
 pub type NodeDef = (&'static str, &'static str, &'static str, u16);
@@ -40,6 +45,8 @@ pub const NODES: [NodeDef; 3] = [
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
 /// The table every shard holds.
 pub const TABLE: &str = "orders";
+/// The identity of the operator of [`OperatorMode::InProcess`].
+const IN_PROCESS_IDENTITY: &str = "op-a";
 
 /// One `shardplane agent` process.
 pub struct AgentProcess {
@@ -73,74 +80,6 @@ pub enum OperatorMode {
     Processes(usize),
 }
 
-/// One `shardplane operator` process, SIGKILLable and respawnable on the same address.
-pub struct OperatorProcess {
-    child: Child,
-    /// Its identity in leader election.
-    pub identity: String,
-    /// Its heartbeat (metrics, health) address.
-    pub addr: SocketAddr,
-    /// Its log file (stdout and stderr, appended over restarts).
-    pub log: PathBuf,
-}
-
-impl OperatorProcess {
-    fn spawn(
-        namespace: &str,
-        kubeconfig: &Path,
-        identity: &str,
-        addr: SocketAddr,
-        log: PathBuf,
-    ) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shardplane"));
-        command
-            .args(["operator", "--namespace", namespace, "--identity", identity])
-            .args(["--listen", &addr.to_string()]);
-        let child = spawn_logged(command, kubeconfig, &log);
-        OperatorProcess {
-            child,
-            identity: identity.to_owned(),
-            addr,
-            log,
-        }
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-/// Spawns `command` (a `shardplane` subcommand) on the control plane of `kubeconfig`, its
-/// output appended to `log`.
-fn spawn_logged(mut command: Command, kubeconfig: &Path, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    command
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap()
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The running data plane of one namespace.
 pub struct DataPlane {
     /// A client of the control plane.
@@ -171,24 +110,6 @@ impl Drop for DataPlane {
             operator.abort();
         }
     }
-}
-
-/// The operator in this process, scoped to `namespace`; aborting the task is a crash.
-fn spawn_operator(client: &Client, namespace: &str, addr: SocketAddr) -> JoinHandle<()> {
-    let mut config = OperatorConfig::new("op-a", namespace.to_owned());
-    config.namespace = Some(namespace.to_owned());
-    config.listen = addr;
-    config.step_poll = Duration::from_millis(100);
-    let client = client.clone();
-    tokio::spawn(async move {
-        // A restart may find the old listener not yet closed: retry until it binds.
-        while controller::run(client.clone(), config.clone())
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
 }
 
 /// A TCP proxy in front of the API server, to cut agents off from it: every connection is
@@ -264,11 +185,6 @@ impl Drop for ApiProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Creates `object` in `namespace`.
@@ -416,7 +332,12 @@ impl DataPlane {
         let in_process_addr = free_addr();
         let (operator, operators) = match mode {
             OperatorMode::InProcess => (
-                Some(spawn_operator(&client, namespace, in_process_addr)),
+                Some(operator::start_in_process(
+                    &client,
+                    namespace,
+                    IN_PROCESS_IDENTITY,
+                    in_process_addr,
+                )),
                 Vec::new(),
             ),
             OperatorMode::Processes(n) => {
@@ -462,9 +383,10 @@ impl DataPlane {
     /// Starts the operator again on the same heartbeat address.
     pub fn restart_operator(&mut self) {
         self.stop_operator();
-        self.operator = Some(spawn_operator(
+        self.operator = Some(operator::start_in_process(
             &self.client,
             &self.namespace,
+            IN_PROCESS_IDENTITY,
             self.operator_addr,
         ));
     }
@@ -486,16 +408,7 @@ impl DataPlane {
     /// SIGKILLs operator process `i` if it runs and starts it again with the same identity on
     /// the same heartbeat address.
     pub fn respawn_operator(&mut self, i: usize) {
-        let old = &mut self.operators[i];
-        old.kill();
-        let fresh = OperatorProcess::spawn(
-            &self.namespace,
-            &self.kubeconfig,
-            &old.identity,
-            old.addr,
-            old.log.clone(),
-        );
-        self.operators[i] = fresh;
+        self.operators[i].respawn();
     }
 
     /// Starts (or restarts, on the same data folder) the agent of `node`.
@@ -518,7 +431,7 @@ impl DataPlane {
             .args(["--address", "127.0.0.1", "--storage-bytes", "10000000000"])
             .args(["--ports", &format!("{first_port}-{}", first_port + 19)])
             .arg("--no-fsync");
-        let child = spawn_logged(command, &self.kubeconfig, &log);
+        let child = operator::spawn_logged(command, &self.kubeconfig, &log);
         self.agents
             .insert(node.to_owned(), AgentProcess { child, log });
     }
@@ -986,7 +899,7 @@ pub fn assert_succeeded(plan: &shardplane::api::Plan) {
 pub async fn router_and_checker(
     client: &Client,
     namespace: &str,
-) -> (shardplane::routing::Router, shardplane::workload::Checker) {
+) -> (shardplane::routing::Router, Checker) {
     use shardplane::agent::postgres::{KeyKind, ShardedTable};
     use shardplane::routing::{DatabaseCredentials, Router, RouterConfig};
     let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
@@ -1010,27 +923,114 @@ pub async fn router_and_checker(
         key_column: "id".to_owned(),
         key_kind: KeyKind::Integer,
     };
-    let checker =
-        shardplane::workload::Checker::new(client.clone(), namespace, TABLE, rows, credentials);
+    let checker = Checker::new(client.clone(), namespace, TABLE, rows, credentials);
     (router, checker)
 }
 
-/// The newest Plan of `purpose`.
-pub async fn newest_plan(
-    plane: &DataPlane,
-    purpose: shardplane::api::plan::PlanPurpose,
-) -> Option<shardplane::api::Plan> {
-    plans(plane)
-        .await
-        .into_iter()
-        .filter(|p| p.spec.purpose == purpose)
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+/// Every acknowledged write of a scenario and how its workloads went: the workload is started
+/// and stopped around each change, and after each the checker reads every row acknowledged
+/// so far from every primary.
+pub struct Ledger {
+    /// The Router the workload writes through.
+    pub router: shardplane::routing::Router,
+    checker: Checker,
+    /// Every id acknowledged so far (a test may add a row it wrote itself).
+    pub acked: std::collections::BTreeSet<i64>,
+    next_id: i64,
+    writers: usize,
+    writes_per_second: f64,
+    lines: Vec<String>,
+}
+
+impl Ledger {
+    /// A ledger of the table in `namespace`, its workloads `writers` strong at
+    /// `writes_per_second` in total.
+    pub async fn new(
+        client: &Client,
+        namespace: &str,
+        writers: usize,
+        writes_per_second: f64,
+    ) -> Self {
+        let (router, checker) = router_and_checker(client, namespace).await;
+        Ledger {
+            router,
+            checker,
+            acked: Default::default(),
+            next_id: 1,
+            writers,
+            writes_per_second,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Starts writing and returns once the first `warm_up` writes were acknowledged.
+    pub async fn start(&mut self, warm_up: u64) -> Workload {
+        let mut config = WorkloadConfig::new(TABLE, "id", self.writers, self.writes_per_second);
+        config.first_id = self.next_id;
+        self.next_id += 10_000_000;
+        let workload = Workload::start(self.router.clone(), &config).unwrap();
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                workload.acked_so_far() >= warm_up
+            })
+            .await,
+            "the workload did not get going"
+        );
+        workload
+    }
+
+    /// Lets `workload` write `more` acknowledged rows after the change, stops it and checks
+    /// every row acknowledged so far in this scenario ([`assert_nothing_lost`]); prints and
+    /// returns the check.
+    pub async fn finish(&mut self, what: &str, workload: Workload, more: u64) -> CheckReport {
+        let at = workload.acked_so_far();
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                workload.acked_so_far() >= at + more
+            })
+            .await,
+            "{what}: the workload did not continue after the change"
+        );
+        let report: WorkloadReport = workload.stop().await;
+        println!("{what}: workload: {report}");
+        println!("{what}: router: {}", self.router.stats());
+        assert!(report.failed.is_empty(), "{what}: {report}");
+        self.acked.extend(&report.acked);
+        let acked = self
+            .acked
+            .iter()
+            .map(|&id| ShardKeyValue::Int(id))
+            .collect();
+        let check = self.checker.check(&acked).await.unwrap();
+        println!("{what}: {check}");
+        self.lines.push(format!(
+            "{what}: acked {} (this phase {}), found {}, missing {}, duplicated {}, misplaced {}, shards with two writable primaries {}, slowest write {:.2?}",
+            check.rows.acked,
+            report.acked.len(),
+            check.rows.found,
+            check.rows.missing,
+            check.rows.duplicated,
+            check.rows.misplaced,
+            check.primaries.split_brains().len(),
+            report.slowest_write
+        ));
+        assert_nothing_lost(what, &check, self.acked.len());
+        check
+    }
+
+    /// Prints one line per checked change.
+    pub fn summary(&self) {
+        println!("acked_writes_lost summary:");
+        for line in &self.lines {
+            println!("  {line}");
+        }
+    }
 }
 
 /// Waits (at most `timeout`) until the newest plan of `purpose` succeeds, SIGKILLing operator
-/// process `i` and starting it again once at every point of progress: right after each step
-/// is recorded Running (before or while its effect is applied). Returns the plan and how many
-/// times the operator was killed; panics if the plan fails or does not finish in time.
+/// process `i` and starting it again once at every point of progress (the shared
+/// [`finish_plan_killing_operator`](crate::support::operator::finish_plan_killing_operator)).
+/// Returns the plan and how many times the operator was killed.
 pub async fn finish_plan_killing_operator(
     plane: &mut DataPlane,
     i: usize,
@@ -1065,127 +1065,31 @@ pub async fn finish_plan_killing_operator_watched(
     timeout: Duration,
     watcher: &mut impl PlanWatcher,
 ) -> (shardplane::api::Plan, usize) {
-    use shardplane::api::plan::{PlanPhase, StepPhase};
-    let mut kills = 0;
-    let mut last_progress = None;
-    let deadline = Instant::now() + timeout;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the {purpose:?} plan did not finish in {timeout:?}: {:?}",
-            newest_plan(plane, purpose).await.and_then(|p| p.status)
-        );
-        if let Some(plan) = newest_plan(plane, purpose).await {
-            let status = plan.status.clone().unwrap_or_default();
-            if status.phase == Some(PlanPhase::Succeeded) {
-                return (plan, kills);
-            }
-            assert_ne!(
-                status.phase,
-                Some(PlanPhase::Failed),
-                "{:?}",
-                status.conditions
-            );
-            let running = status
-                .steps
-                .iter()
-                .find(|s| s.phase == StepPhase::Running)
-                .map(|s| s.id);
-            let progress = (status.completed_steps, running);
-            if running.is_some() && last_progress != Some(progress) {
-                last_progress = Some(progress);
-                plane.respawn_operator(i);
-                kills += 1;
-            }
-            watcher.observe(plane, &plan).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let plans = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let mut killed = KilledPlaneOperator { plane, i, watcher };
+    operator::finish_plan_killing_operator(&mut killed, &plans, purpose, timeout).await
+}
+
+/// Operator process `i` of a plane, and what a test watches besides.
+struct KilledPlaneOperator<'a, W> {
+    plane: &'a mut DataPlane,
+    i: usize,
+    watcher: &'a mut W,
+}
+
+impl<W: PlanWatcher> operator::KilledOperator for KilledPlaneOperator<'_, W> {
+    fn respawn_operator(&mut self) {
+        self.plane.respawn_operator(self.i);
     }
-}
 
-/// No step of `plan` took effect twice: every shard's epoch moved by exactly the plan's
-/// transfers (TransferPrimary, Promote) since `before`, and every shard has exactly
-/// `replication` distinct desired replicas, none on `drained`, one of them primary.
-pub fn assert_no_step_repeated(
-    plan: &shardplane::api::Plan,
-    before: &[Shard],
-    after: &[Shard],
-    drained: &str,
-    replication: usize,
-) {
-    assert_eq!(before.len(), after.len());
-    for shard in after {
-        let name = shard.name_any();
-        let status = shard.status.clone().unwrap_or_default();
-        let was = before
-            .iter()
-            .find(|b| b.name_any() == name)
-            .and_then(|b| b.status.clone())
-            .unwrap_or_default();
-        let transfers = plan
-            .spec
-            .steps
-            .iter()
-            .filter(|s| {
-                s.shard.as_deref() == Some(name.as_str())
-                    && (s.action == "TransferPrimary" || s.action == "Promote")
-            })
-            .count() as i64;
-        let epoch = |s: &shardplane::api::shard::ShardStatus| s.primary.as_ref().map(|p| p.epoch);
-        assert_eq!(
-            epoch(&status),
-            epoch(&was).map(|e| e + transfers),
-            "{name}: the epoch moved by other than the plan's {transfers} transfers"
-        );
-        let nodes: std::collections::BTreeSet<&str> = status
-            .desired_replicas
-            .iter()
-            .map(|r| r.node.as_str())
-            .collect();
-        assert_eq!(nodes.len(), replication, "{name}: {nodes:?}");
-        assert_eq!(status.desired_replicas.len(), replication, "{name}");
-        assert!(!nodes.contains(drained), "{name} still on {drained}");
-        let primaries = status
-            .desired_replicas
-            .iter()
-            .filter(|r| r.role == ReplicaRole::Primary)
-            .count();
-        assert_eq!(primaries, 1, "{name}: {:?}", status.desired_replicas);
+    async fn observe(&mut self, plan: &shardplane::api::Plan) {
+        self.watcher.observe(self.plane, plan).await;
     }
-}
-
-/// The holder of the operators' leader-election Lease in the plane's namespace.
-pub async fn lease_holder(plane: &DataPlane) -> Option<String> {
-    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
-        plane.client.clone(),
-        &plane.namespace,
-    )
-    .get_opt("shardplane-operator")
-    .await
-    .ok()
-    .flatten()
-    .and_then(|l| l.spec)
-    .and_then(|s| s.holder_identity)
-}
-
-/// The `shardplane_leader` gauge of the operator at `addr` (1 while it leads); `None` when it
-/// does not answer.
-pub async fn leader_gauge(addr: SocketAddr) -> Option<i64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.ok()?;
-    response
-        .lines()
-        .find_map(|l| l.strip_prefix("shardplane_leader "))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Asserts what the checker found after `what`: every one of the `acked` acknowledged
 /// writes exactly once, in its shard's range, and no shard with two writable primaries.
-pub fn assert_nothing_lost(what: &str, check: &shardplane::workload::CheckReport, acked: usize) {
+pub fn assert_nothing_lost(what: &str, check: &CheckReport, acked: usize) {
     assert_eq!(
         (
             check.rows.missing,

@@ -1,9 +1,13 @@
 //! The integration tests' harness, included by each test binary with `mod support;`: one real
 //! control plane per test binary, started by the first test that asks for it, and for every
 //! test a fresh client and namespace that is deleted afterwards and dumped if the test fails.
+//! `operator` runs the operator under test, for the stand-in-agent and the real-agent suites
+//! alike (the real data plane itself is `tests/agent/harness.rs`).
 
 // Each test binary uses a different part of this module; what one leaves unused is not dead.
 #![allow(dead_code)]
+
+pub mod operator;
 
 use std::ffi::OsStr;
 use std::process::{Output, Stdio};

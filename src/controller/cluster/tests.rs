@@ -53,8 +53,8 @@ fn table() -> Arc<Table> {
         serde_json::from_value(json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
             "metadata": {"name": "orders", "namespace": NS},
-            "spec": {"cluster": "main", "shardKey": "id", "schema": {
-                "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]}},
+            "spec": {"cluster": "main", "shardKey": "id",
+                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
         }))
         .unwrap(),
     )
@@ -105,7 +105,11 @@ fn running_placement() -> Arc<Plan> {
     )
 }
 
-fn view(nodes: Vec<Arc<DatabaseNode>>, shards: Vec<Arc<Shard>>, plans: Vec<Arc<Plan>>) -> ClusterView {
+fn view(
+    nodes: Vec<Arc<DatabaseNode>>,
+    shards: Vec<Arc<Shard>>,
+    plans: Vec<Arc<Plan>>,
+) -> ClusterView {
     ClusterView::of(cluster(), nodes, vec![table()], shards, plans)
 }
 
@@ -164,7 +168,10 @@ async fn a_failover_supersedes_a_running_plan_before_it_is_created() {
         cluster_status(),
     ];
     let active = server.run(script, converge(&ctx, &view, 0)).await.unwrap();
-    assert_eq!(active, 1, "the superseded plan was still active in this view");
+    assert_eq!(
+        active, 1,
+        "the superseded plan was still active in this view"
+    );
 }
 
 #[tokio::test]
@@ -185,8 +192,17 @@ async fn a_settled_cluster_with_a_current_status_writes_nothing() {
     let mut n1 = (*nodes[0]).clone();
     n1.status.as_mut().unwrap().primaries = Some(1);
     nodes[0] = Arc::new(n1);
-    let view = ClusterView::of(Arc::new(cluster), nodes, vec![table()], vec![shard(true)], Vec::new());
-    server.run(Vec::new(), converge(&ctx, &view, 0)).await.unwrap();
+    let view = ClusterView::of(
+        Arc::new(cluster),
+        nodes,
+        vec![table()],
+        vec![shard(true)],
+        Vec::new(),
+    );
+    server
+        .run(Vec::new(), converge(&ctx, &view, 0))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -194,7 +210,10 @@ async fn a_replica_that_does_not_lead_writes_nothing() {
     let (ctx, server) = fixtures::context(false);
     let view = view(nodes("Online", 0, 0), vec![shard(false)], Vec::new());
     let result = server.run(Vec::new(), converge(&ctx, &view, 0)).await;
-    assert!(matches!(result, Err(ClusterError::NotLeader(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ClusterError::NotLeader(_))),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -202,10 +221,16 @@ async fn a_plan_already_made_is_not_made_twice() {
     let (ctx, server) = fixtures::context(true);
     let first = view(nodes("Online", 0, 0), vec![shard(false)], Vec::new());
     let (topology, _) = first.topology();
-    let decision = decide::cluster::decide(&first, &topology, 0).unwrap().unwrap();
+    let decision = decide::cluster::decide(&first, &topology, 0)
+        .unwrap()
+        .unwrap();
     let mut made = decide::cluster::plan_of(&first, decision).unwrap();
     made.metadata.namespace = Some(NS.to_owned());
-    let again = view(nodes("Online", 0, 0), vec![shard(false)], vec![Arc::new(made)]);
+    let again = view(
+        nodes("Online", 0, 0),
+        vec![shard(false)],
+        vec![Arc::new(made)],
+    );
     // Only the status: the pending plan with the same hash is the decision.
     server
         .run(vec![cluster_status()], converge(&ctx, &again, 0))

@@ -21,7 +21,7 @@ fn add_replica_plan(risk: plan::RiskClass, status: Option<PlanStatus>) -> Arc<Pl
             shard: "orders-0".into(),
             node: "n2".into(),
         },
-        "below the replication factor".into(),
+        "below the replication factor",
     );
     step.risk = risk;
     let mut planned = plan::Plan {
@@ -133,7 +133,10 @@ async fn a_step_is_recorded_running_before_its_effect_and_applied_once_across_a_
     // The retry reads the plan as written: the step Running at this epoch, so no second
     // Running write; the effect adds n2 once, and the plan succeeds in one more write.
     let resumed = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Running, 1)));
-    let succeeded = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Succeeded, 1)));
+    let mut done = running(StepPhase::Succeeded, 1);
+    done.phase = Some(PlanPhase::Succeeded);
+    done.completed_steps = Some(1);
+    let succeeded = add_replica_plan(plan::RiskClass::Safe, Some(done));
     let script = vec![
         Expect::get::<Shard>(NS, "orders-0").answer(shard(&["n1"])),
         Expect::patch_status::<Shard>(NS, "orders-0")
@@ -187,8 +190,8 @@ async fn a_destructive_plan_waits_for_the_hash_on_its_target_and_names_both_hash
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
         "metadata": {"name": "orders", "namespace": NS,
                      "annotations": {"shardplane.io/approve-plan": "not-this-hash"}},
-        "spec": {"cluster": "main", "shardKey": "id", "schema": {
-            "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]}},
+        "spec": {"cluster": "main", "shardKey": "id",
+                 "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
     }))
     .unwrap();
     let script = vec![
@@ -237,5 +240,8 @@ async fn a_replica_that_does_not_lead_writes_nothing() {
     let (ctx, server) = fixtures::context(false);
     let plan = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Pending, 0)));
     let result = server.run(Vec::new(), reconcile(plan, ctx)).await;
-    assert!(matches!(result, Err(ExecutorError::NotLeader(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(ExecutorError::NotLeader(_))),
+        "{result:?}"
+    );
 }

@@ -12,14 +12,18 @@ use crate::protocol::TABLE_FINALIZER;
 const NS: &str = "db";
 
 fn table(finalizer: bool, routing: serde_json::Value) -> Arc<Table> {
-    let finalizers: Vec<&str> = if finalizer { vec![TABLE_FINALIZER] } else { vec![] };
+    let finalizers: Vec<&str> = if finalizer {
+        vec![TABLE_FINALIZER]
+    } else {
+        vec![]
+    };
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
             "metadata": {"name": "orders", "namespace": NS, "resourceVersion": "5",
                          "generation": 1, "finalizers": finalizers},
-            "spec": {"cluster": "main", "shardKey": "id", "schema": {
-                "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]}},
+            "spec": {"cluster": "main", "shardKey": "id",
+                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
             "status": {"schemaVersion": 3, "routing": routing},
         }))
         .unwrap(),
@@ -136,9 +140,10 @@ async fn a_new_table_gets_its_finalizer_and_an_unchanged_map_is_not_rewritten() 
 async fn a_deleted_table_waits_for_its_drop_plan_to_be_approved() {
     let (ctx, server) = fixtures::context(true);
     let mut deleted = (*table(true, json!(null))).clone();
-    deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap(),
-    ));
+    deleted.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap(),
+        ));
     let shards = [shard("orders-0", None, None, Some("Serving"))];
     let planned = crate::decide::table::drop_plan("orders", vec!["orders-0".into()], 1_000_000);
     let plan_name = crate::decide::plan_wire::plan_name(
@@ -173,5 +178,8 @@ async fn a_replica_that_does_not_lead_writes_nothing() {
     let result = server
         .run(Vec::new(), reconcile(table(true, json!(null)), ctx))
         .await;
-    assert!(matches!(result, Err(TableError::NotLeader(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(TableError::NotLeader(_))),
+        "{result:?}"
+    );
 }
