@@ -25,11 +25,17 @@ use super::context::Context;
 const SILENCE: Duration = Duration::from_secs(2);
 
 /// The operator's context around a mock API server: leading at epoch 1 if `leading`, otherwise
-/// not leading (as a replica that lost or never won the election).
+/// not leading (as a replica that lost or never won the election). Another epoch:
+/// `ctx.leader.lead_for_tests(epoch)`.
 pub fn context(leading: bool) -> (Arc<Context>, ApiServer) {
+    context_with(OperatorConfig::new("test-operator", "default"), leading)
+}
+
+/// [`context`] with `config` (a watched namespace, a step poll, …).
+pub fn context_with(config: OperatorConfig, leading: bool) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Context::new(client, OperatorConfig::new("test-operator", "default"));
+    let ctx = Context::new(client, config);
     if leading {
         ctx.leader.lead_for_tests(1);
     }
