@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use super::backoff::Backoff;
 use super::config::OperatorConfig;
 use super::error::{ApiError, Doing};
-use super::leader::LeaderGuard;
-use super::liveness::Liveness;
+use super::fence::LeaderGuard;
+use super::heartbeats::Liveness;
 use super::metrics::{Metrics, object_key};
 
 /// Shared by every reconciler of one operator process.
@@ -116,7 +116,7 @@ impl Context {
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
-        E: From<super::leader::NotLeader> + From<ApiError>,
+        E: From<super::fence::NotLeader> + From<ApiError>,
     {
         self.leader.ensure()?;
         let meta = object.meta();

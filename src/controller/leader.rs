@@ -1,13 +1,12 @@
 //! Leader election of operator replicas (kube-lease-manager over a coordination Lease), and
-//! the fence that keeps a deposed leader from acting: a leader may act only until the moment
+//! what confirms the fence (`fence.rs`) that keeps a deposed leader from acting: a leader
+//! may act only until the moment
 //! its own last confirmed renewal expires, as read back from the Lease itself. A replica cut
 //! off from the API server therefore stops acting before another could take the Lease, even
 //! if the election library has not noticed. The Lease's `leaseTransitions` is the leader
 //! epoch that plans record as their executor.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,55 +16,6 @@ use tokio::sync::watch;
 
 use super::context::Context;
 use crate::protocol::OPERATOR_LEASE;
-
-/// Whether this replica may act now, and at which leader epoch.
-#[derive(Default)]
-pub struct LeaderGuard {
-    epoch: AtomicI64,
-    valid_until: Mutex<Option<Instant>>,
-}
-
-/// A write was about to be made by a replica that is not (or no longer provably) the leader.
-#[derive(Debug, thiserror::Error)]
-#[error("this operator replica is not the leader (or cannot prove it still is); it does not act")]
-pub struct NotLeader;
-
-impl LeaderGuard {
-    /// Ok while this replica provably leads; call before every write that matters.
-    pub fn ensure(&self) -> Result<(), NotLeader> {
-        let valid_until = *self.valid_until.lock().map_err(|_| NotLeader)?;
-        match valid_until {
-            Some(until) if Instant::now() < until => Ok(()),
-            _ => Err(NotLeader),
-        }
-    }
-
-    /// The leader epoch (the Lease's transition count) this replica leads at.
-    pub fn epoch(&self) -> i64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    fn confirm(&self, until: Instant, epoch: i64) {
-        self.epoch.store(epoch, Ordering::Release);
-        if let Ok(mut valid_until) = self.valid_until.lock() {
-            *valid_until = Some(until);
-        }
-    }
-
-    fn revoke(&self) {
-        if let Ok(mut valid_until) = self.valid_until.lock() {
-            *valid_until = None;
-        }
-    }
-}
-
-#[cfg(test)]
-impl LeaderGuard {
-    /// Leads at `epoch` for an hour, without an election: for reconciler tests.
-    pub(crate) fn lead_for_tests(&self, epoch: i64) {
-        self.confirm(Instant::now() + Duration::from_secs(3600), epoch);
-    }
-}
 
 /// This replica's part in the election; dropping it stops campaigning and confirming.
 pub struct Leadership {

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -21,48 +20,10 @@ use serde_json::json;
 
 use crate::api::database_node::NodeDesiredState;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
-use crate::protocol::{Heartbeat, node_lease_name};
+use crate::protocol::node_lease_name;
 
 use super::context::{Cache, Context};
 use crate::decide::domain::desired_state;
-
-/// When each node was last heard from, as seen by this operator process.
-#[derive(Default)]
-pub struct Liveness {
-    heard: Mutex<HashMap<(String, String), Instant>>,
-    leading_since: Mutex<Option<Instant>>,
-}
-
-impl Liveness {
-    /// Records a heartbeat.
-    pub fn record(&self, heartbeat: &Heartbeat) {
-        if let Ok(mut heard) = self.heard.lock() {
-            heard.insert(
-                (heartbeat.namespace.clone(), heartbeat.node.clone()),
-                Instant::now(),
-            );
-        }
-    }
-
-    fn last_heard(&self, namespace: &str, node: &str) -> Option<Instant> {
-        let heard = self.heard.lock().ok()?;
-        heard.get(&(namespace.to_owned(), node.to_owned())).copied()
-    }
-
-    fn leading_since(&self) -> Instant {
-        let mut since = match self.leading_since.lock() {
-            Ok(since) => since,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *since.get_or_insert_with(Instant::now)
-    }
-
-    fn stop_leading(&self) {
-        if let Ok(mut since) = self.leading_since.lock() {
-            *since = None;
-        }
-    }
-}
 
 /// Timings of failure detection, from the cluster's spec or the defaults.
 #[derive(Clone, Copy)]

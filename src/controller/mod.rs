@@ -15,8 +15,10 @@ mod context;
 mod effects;
 mod error;
 mod executor;
+mod fence;
 #[cfg(test)]
 mod fixtures;
+mod heartbeats;
 mod leader;
 mod liveness;
 mod metrics;
@@ -35,8 +37,8 @@ use tokio::task::JoinSet;
 
 pub use config::{OperatorConfig, WebhookServing};
 pub use context::Context;
-pub use leader::LeaderGuard;
-pub use liveness::Liveness;
+pub use fence::LeaderGuard;
+pub use heartbeats::Liveness;
 pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, newest_owned};
 pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError};
 

@@ -25,7 +25,7 @@ use crate::protocol::{SOURCE_COMMIT_ANNOTATION, TABLE_LABEL};
 use crate::schema::{self, ChangeClass, Diff, Shape};
 
 use super::context::Context;
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
 
 /// The Table condition saying whether its declared schema is accepted.

@@ -36,7 +36,7 @@ use super::context::Context;
 use super::effects::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
 };
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 
 /// The Table condition that says whether its newest version is rolled out.
 pub const ROLLED_OUT: &str = "SchemaRolledOut";

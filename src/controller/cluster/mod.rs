@@ -20,7 +20,7 @@ use crate::plan::PlanError;
 
 use super::context::{Cache, Context, now_ms};
 use super::error::ApiError;
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 
 /// Why a cluster reconcile failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use crate::plan::StepAction;
 
 use super::context::{Context, now_ms};
 use super::error::{ApiError, Doing};
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 use super::table::TableError;
 
 pub use reshard::undo_superseded;

@@ -31,7 +31,7 @@ use crate::plan::StepAction;
 use super::context::Context;
 use super::effects::{self, Progress, StepError};
 use super::error::ApiError;
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 use super::metrics::StepLabels;
 use approval::approval;
 use status::{StatusWriter, set_progress};

@@ -20,7 +20,7 @@ use crate::api::{Shard, Table};
 
 use super::context::Context;
 use super::error::ApiError;
-use super::leader::NotLeader;
+use super::fence::NotLeader;
 
 pub use status::switch_routing;
 
