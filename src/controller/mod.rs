@@ -39,7 +39,7 @@ pub use config::{OperatorConfig, WebhookServing};
 pub use context::Context;
 pub use fence::LeaderGuard;
 pub use heartbeats::Liveness;
-pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED, newest_owned};
+pub use schema::{REFUSED_REASON, SCHEMA_ACCEPTED};
 pub use webhook::{TABLE_WEBHOOK_PATH, WebhookError};
 
 /// Why the operator stopped.

@@ -11,22 +11,20 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::schema_version::{
-    ChangeSource, Compatibility, RolloutPhase, SchemaChange, SchemaVersionSpec,
-};
+use crate::api::schema_version::RolloutPhase;
 use crate::api::{SchemaVersion, Table};
-use crate::protocol::{SOURCE_COMMIT_ANNOTATION, TABLE_LABEL};
-use crate::schema::{self, ChangeClass, Diff, Shape};
+use crate::protocol::TABLE_LABEL;
 
 use super::context::Context;
 use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
+use crate::decide::schema::{Outcome, newest_owned, next_version};
 
 /// The Table condition saying whether its declared schema is accepted.
 pub const SCHEMA_ACCEPTED: &str = "SchemaAccepted";
@@ -62,138 +60,6 @@ fn error_policy(table: Arc<Table>, error: &SchemaError, ctx: Arc<Context>) -> Ac
     ctx.retry("TableSchema", table.as_ref(), result, error)
 }
 
-/// What the table's schema needs.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The newest version already holds the declared schema.
-    Current {
-        /// Its number.
-        version: i64,
-    },
-    /// The next version to create.
-    Create(Box<SchemaVersion>),
-    /// The declared schema cannot be reached; nothing is created.
-    Refused {
-        /// Every refusal, naming the field and the change.
-        message: String,
-    },
-}
-
-/// The Table's declared shard key and schema, as the differ reads them.
-pub fn shape(table: &Table) -> Shape<'_> {
-    Shape {
-        shard_key: &table.spec.shard_key,
-        schema: &table.spec.schema,
-    }
-}
-
-/// Decides, without I/O, what the Table's declared schema needs given its newest version
-/// (`schema::next_version`, which `shardplane plan` previews with too).
-pub fn decide(table: &Table, newest: Option<&SchemaVersion>) -> Outcome {
-    let name = table.name_any();
-    let generation = table.meta().generation;
-    let desired = shape(table);
-    if let Some(newest) = newest
-        && newest.spec.table_generation >= generation
-    {
-        return Outcome::Current {
-            version: newest.spec.version,
-        };
-    }
-    let next = schema::next_version(
-        &name,
-        desired,
-        newest.map(|n| schema::Newest {
-            version: n.spec.version,
-            shape: Shape {
-                shard_key: &table.spec.shard_key,
-                schema: &n.spec.schema,
-            },
-        }),
-    );
-    match next.outcome {
-        schema::Outcome::Refused { message, .. } => Outcome::Refused { message },
-        schema::Outcome::Unchanged => Outcome::Current {
-            version: next.previous.unwrap_or(0),
-        },
-        schema::Outcome::Change { diff, class } => Outcome::Create(Box::new(version_object(
-            table,
-            next.version,
-            next.previous,
-            &diff,
-            class,
-        ))),
-    }
-}
-
-/// The newest of `versions` that `table` owns: the one its next version is diffed against
-/// (a version left by an earlier table of the same name is not).
-pub fn newest_owned<'a>(
-    table: &Table,
-    versions: impl IntoIterator<Item = &'a SchemaVersion>,
-) -> Option<&'a SchemaVersion> {
-    versions
-        .into_iter()
-        .filter(|v| {
-            v.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == table.uid().as_ref())
-        })
-        .max_by_key(|v| v.spec.version)
-}
-
-fn version_object(
-    table: &Table,
-    version: i64,
-    previous: Option<i64>,
-    diff: &Diff,
-    class: ChangeClass,
-) -> SchemaVersion {
-    let name = table.name_any();
-    let commit = table.annotations().get(SOURCE_COMMIT_ANNOTATION).cloned();
-    let compatibility = |class: ChangeClass| match class {
-        ChangeClass::Online | ChangeClass::Refused => Compatibility::Online,
-        ChangeClass::Rewrite => Compatibility::Rewrite,
-        ChangeClass::Destructive => Compatibility::Destructive,
-    };
-    SchemaVersion {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}-v{version}")),
-            namespace: table.namespace(),
-            labels: Some([(TABLE_LABEL.to_owned(), name.clone())].into()),
-            owner_references: table.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: SchemaVersionSpec {
-            table: name,
-            version,
-            previous_version: previous,
-            schema: table.spec.schema.clone(),
-            ddl: diff.ddl(),
-            compatibility: compatibility(class),
-            source: commit.map(|commit| ChangeSource {
-                commit: Some(commit),
-                ..ChangeSource::default()
-            }),
-            changes: diff
-                .changes
-                .iter()
-                .map(|change| SchemaChange {
-                    field: change.field.clone(),
-                    compatibility: compatibility(change.class),
-                    summary: if change.reason.is_empty() {
-                        change.summary.clone()
-                    } else {
-                        format!("{} ({})", change.summary, change.reason)
-                    },
-                })
-                .collect(),
-            table_generation: table.meta().generation,
-        },
-        status: None,
-    }
-}
-
 async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, SchemaError> {
     let started = Instant::now();
     ctx.leader.ensure()?;
@@ -210,7 +76,7 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
         .list(&ListParams::default().labels(&selector))
         .await?
         .items;
-    let observation = match decide(&table, newest_owned(&table, &listed)) {
+    let observation = match next_version(&table, newest_owned(&table, &listed)) {
         Outcome::Current { version } => Observation {
             type_: SCHEMA_ACCEPTED,
             holds: true,
@@ -326,6 +192,8 @@ async fn write_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::schema_version::Compatibility;
+    use crate::protocol::SOURCE_COMMIT_ANNOTATION;
 
     fn table(generation: i64, columns: serde_json::Value) -> Table {
         let mut table: Table = serde_json::from_value(json!({
@@ -352,7 +220,7 @@ mod tests {
             1,
             json!([{"name": "id", "type": "bigint", "nullable": false}]),
         );
-        let v1 = created(decide(&t, None));
+        let v1 = created(next_version(&t, None));
         assert_eq!(v1.metadata.name.as_deref(), Some("orders-v1"));
         assert_eq!(v1.spec.version, 1);
         assert_eq!(v1.spec.previous_version, None);
@@ -375,20 +243,20 @@ mod tests {
             1,
             json!([{"name": "id", "type": "bigint", "nullable": false}]),
         );
-        let v1 = created(decide(&t, None));
+        let v1 = created(next_version(&t, None));
         let changed = table(
             1,
             json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
         );
         assert!(matches!(
-            decide(&changed, Some(&v1)),
+            next_version(&changed, Some(&v1)),
             Outcome::Current { version: 1 }
         ));
         let later = table(
             2,
             json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
         );
-        let v2 = created(decide(&later, Some(&v1)));
+        let v2 = created(next_version(&later, Some(&v1)));
         assert_eq!((v2.spec.version, v2.spec.previous_version), (2, Some(1)));
         assert_eq!(v2.spec.compatibility, Compatibility::Online);
         assert_eq!(
@@ -407,7 +275,7 @@ mod tests {
                 .collect(),
         );
         assert!(matches!(
-            decide(&unrelated, Some(&v2)),
+            next_version(&unrelated, Some(&v2)),
             Outcome::Current { version: 2 }
         ));
     }
@@ -418,12 +286,12 @@ mod tests {
             1,
             json!([{"name": "id", "type": "bigint", "nullable": false}, {"name": "x", "type": "text"}]),
         );
-        let v1 = created(decide(&t, None));
+        let v1 = created(next_version(&t, None));
         let dropped = table(
             2,
             json!([{"name": "id", "type": "bigint", "nullable": false}]),
         );
-        let Outcome::Refused { message } = decide(&dropped, Some(&v1)) else {
+        let Outcome::Refused { message } = next_version(&dropped, Some(&v1)) else {
             panic!("a drop of a column that is not deprecated was not refused");
         };
         assert_eq!(
@@ -452,7 +320,7 @@ mod tests {
 
     /// The version the API server holds for `table` (as created, with a generation).
     fn stored(table: &Table) -> SchemaVersion {
-        let mut version = created(decide(table, None));
+        let mut version = created(next_version(table, None));
         version.metadata.generation = Some(1);
         version
     }

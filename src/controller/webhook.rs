@@ -27,7 +27,7 @@ use crate::api::Table;
 use crate::schema::{self, ChangeClass, Diff};
 
 use super::config::WebhookServing;
-use super::schema::shape;
+use crate::decide::schema::shape;
 
 /// The path the API server posts Table admission reviews to.
 pub const TABLE_WEBHOOK_PATH: &str = "/validate/tables";

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod plan_wire;
 pub mod reshard;
 pub mod routing;
+pub mod schema;
 pub mod table;
 mod view;
 

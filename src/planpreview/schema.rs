@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::snapshot::Snapshot;
 use crate::api::{SchemaVersion, Table};
-use crate::controller::newest_owned;
+use crate::decide::schema::newest_owned;
 use crate::plan::RiskClass;
 use crate::schema::{self, ChangeClass, Diff, Newest, Outcome, Shape};
 
