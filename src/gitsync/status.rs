@@ -10,34 +10,9 @@ use serde_json::json;
 
 use super::error::SyncError;
 use super::outcome::SyncOutcome;
-use crate::api::{Condition, ConditionStatus, GitSync, GitSyncStatus};
+use crate::api::{GitSync, GitSyncStatus};
+use crate::decide::conditions::{self, Observation};
 use crate::protocol::GIT_SYNC_MANAGER;
-
-/// Sets condition `type_` in `conditions`, keeping its `lastTransitionTime` when its status
-/// did not change.
-fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) {
-    let since = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.to_owned(),
-        status,
-        reason: reason.to_owned(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    });
-}
 
 /// The status after a sync: on success the new commit and inventory; on failure the last
 /// applied commit stays, and the conditions say what was refused and why.
@@ -58,23 +33,27 @@ pub fn next_status(
             status.last_attempted_commit = Some(outcome.commit.clone());
             status.inventory = outcome.inventory.clone();
             status.object_count = Some(outcome.inventory.len() as i64);
-            set_condition(
+            conditions::set(
                 conditions,
-                "Ready",
-                ConditionStatus::True,
-                "Applied",
-                outcome.summary(),
                 generation,
-                &now,
+                Observation {
+                    type_: "Ready",
+                    holds: true,
+                    reason: "Applied",
+                    message: outcome.summary(),
+                },
+                now.0,
             );
-            set_condition(
+            conditions::set(
                 conditions,
-                "Degraded",
-                ConditionStatus::False,
-                "Applied",
-                String::new(),
                 generation,
-                &now,
+                Observation {
+                    type_: "Degraded",
+                    holds: false,
+                    reason: "Applied",
+                    message: String::new(),
+                },
+                now.0,
             );
         }
         Err(error) => {
@@ -85,34 +64,40 @@ pub fn next_status(
                 status.object_count = Some(inventory.len() as i64);
                 status.inventory = inventory.clone();
             }
-            set_condition(
+            conditions::set(
                 conditions,
-                "Ready",
-                ConditionStatus::False,
-                error.reason(),
-                error.to_string(),
                 generation,
-                &now,
+                Observation {
+                    type_: "Ready",
+                    holds: false,
+                    reason: error.reason(),
+                    message: error.to_string(),
+                },
+                now.0,
             );
-            set_condition(
+            conditions::set(
                 conditions,
-                "Degraded",
-                ConditionStatus::True,
-                error.reason(),
-                error.to_string(),
                 generation,
-                &now,
+                Observation {
+                    type_: "Degraded",
+                    holds: true,
+                    reason: error.reason(),
+                    message: error.to_string(),
+                },
+                now.0,
             );
         }
     }
-    set_condition(
+    conditions::set(
         conditions,
-        "Progressing",
-        ConditionStatus::False,
-        "SyncFinished",
-        String::new(),
         generation,
-        &now,
+        Observation {
+            type_: "Progressing",
+            holds: false,
+            reason: "SyncFinished",
+            message: String::new(),
+        },
+        now.0,
     );
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     status
@@ -168,6 +153,7 @@ pub async fn publish_event(
 mod tests {
     use super::*;
     use crate::api::GitSyncSpec;
+    use crate::api::{Condition, ConditionStatus};
     use crate::gitsync::apply::ApplyReport;
 
     fn object() -> GitSync {
