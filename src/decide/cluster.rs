@@ -19,7 +19,7 @@ use crate::protocol::NODE_FINALIZER;
 
 use super::conditions::{self, Observation};
 use super::domain::desired_state;
-use super::plan_wire::{self, Decision, PlanContext, change_cause};
+use super::plan_wire::{self, Decision, MAX_PLAN_STEPS, PlanContext, change_cause};
 use super::{ClusterView, Object, reshard};
 
 /// How many finished plans of a cluster are kept as its history.
@@ -73,7 +73,8 @@ pub fn decide(
             re_replication_delay_ms: delay_s.max(0) as u64 * 1000,
             limits,
         };
-        let failover = plan::plan_failover(topology, &node.name, now_ms, &policy)?;
+        let mut failover = plan::plan_failover(topology, &node.name, now_ms, &policy)?;
+        failover.plan = failover.plan.first_steps(MAX_PLAN_STEPS);
         let facts = failover
             .decisions
             .iter()
@@ -108,7 +109,11 @@ pub fn decide(
                 ),
                 summary: format!(
                     "fail over {} shard(s) led by dead node {}, then re-replicate",
-                    failover.decisions.len(),
+                    failover
+                        .plan
+                        .steps()
+                        .filter(|s| matches!(s.action, plan::StepAction::Promote { .. }))
+                        .count(),
                     node.name
                 ),
                 facts,
@@ -124,7 +129,7 @@ pub fn decide(
 
     // A placement that is only blocked (no step possible) must not hide a drain or a
     // rebalance that can proceed; its blockers still reach the cluster's conditions.
-    let placement = plan::plan_placement(topology, limits)?;
+    let placement = plan::plan_placement(topology, limits)?.first_steps(MAX_PLAN_STEPS);
     if !placement.operations.is_empty() {
         let shards = placement.operations.len();
         return Ok(Some(Decision {
@@ -155,7 +160,7 @@ pub fn decide(
         if decommissioned || (!holds && goal == DrainGoal::Drain) {
             continue;
         }
-        let drain = plan::plan_drain(topology, name, goal, limits)?;
+        let drain = plan::plan_drain(topology, name, goal, limits)?.first_steps(MAX_PLAN_STEPS);
         let detail = if node.deleting() {
             format!("node {name} was deleted; it is decommissioned first")
         } else {
@@ -181,7 +186,8 @@ pub fn decide(
                 .unwrap_or(5) as f64,
             limits,
         };
-        let rebalance = plan::plan_rebalance(topology, &policy)?;
+        let mut rebalance = plan::plan_rebalance(topology, &policy)?;
+        rebalance.plan = rebalance.plan.first_steps(MAX_PLAN_STEPS);
         if !rebalance.plan.operations.is_empty() {
             let report = rebalance.report;
             let facts = BTreeMap::from([
@@ -551,4 +557,99 @@ pub fn plan_of(
         view.cluster.namespace().unwrap_or_default(),
         spec,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// A three-region cluster of nine nodes and one table of `shards` unplaced shards.
+    fn unplaced(shards: usize) -> ClusterView {
+        let cluster: crate::api::DatabaseCluster = object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+            "metadata": {"name": "main", "namespace": "db"},
+            "spec": {"replicationFactor": 3, "regions": [
+                {"name": "r0", "zones": ["r0-a"]}, {"name": "r1", "zones": ["r1-a"]},
+                {"name": "r2", "zones": ["r2-a"]}]},
+        }));
+        let nodes = (0..9)
+            .map(|i| {
+                Arc::new(object(json!({
+                    "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+                    "metadata": {"name": format!("n{i}"), "namespace": "db"},
+                    "spec": {"cluster": "main", "region": format!("r{}", i % 3),
+                             "zone": format!("r{}-a", i % 3), "address": "127.0.0.1",
+                             "ports": {"first": 20000, "last": 29999},
+                             "capacity": {"storageBytes": 1_000_000_000_000_i64}},
+                    "status": {"phase": "Online"},
+                })))
+            })
+            .collect();
+        let table = Arc::new(object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+            "metadata": {"name": "t", "namespace": "db"},
+            "spec": {"cluster": "main", "shardKey": "id",
+                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
+        })));
+        let width = u64::MAX / shards as u64;
+        let shards = (0..shards)
+            .map(|i| {
+                let bound = |k: usize| {
+                    (k > 0 && k < shards)
+                        .then(|| (i64::MIN as i128 + (k as u64 * width) as i128) as i64)
+                };
+                Arc::new(object(json!({
+                    "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+                    "metadata": {"name": format!("t-{i:04}"), "namespace": "db"},
+                    "spec": {"table": "t", "range": {"start": bound(i), "end": bound(i + 1)}},
+                })))
+            })
+            .collect();
+        ClusterView::of(Arc::new(cluster), nodes, vec![table], shards, Vec::new())
+    }
+
+    #[test]
+    fn a_decision_larger_than_one_plan_object_is_made_in_parts_that_fit() {
+        let view = unplaced(400);
+        let (topology, invalid) = view.topology();
+        assert!(invalid.is_empty(), "{invalid:?}");
+        let full = plan::plan_placement(&topology, limits(&view)).unwrap();
+        assert!(
+            full.steps().count() > MAX_PLAN_STEPS,
+            "the input must need parts"
+        );
+        let decision = decide(&view, &topology, 0).unwrap().unwrap();
+        let steps = decision.plan.steps().count();
+        assert!(
+            steps <= MAX_PLAN_STEPS && steps > MAX_PLAN_STEPS / 2,
+            "{steps} steps"
+        );
+        assert_eq!(decision.plan.hash, decision.plan.content_hash());
+        // The same view decides the same part, so the plan is made once and keeps its hash.
+        let again = decide(&view, &topology, 0).unwrap().unwrap();
+        assert_eq!(again.plan.hash, decision.plan.hash);
+        // Once this part is carried out, the next decision places the rest, in parts too.
+        let placed = plan::apply_plan(&topology, &decision.plan);
+        let next = plan::plan_placement(&placed, limits(&view)).unwrap();
+        assert!(!next.operations.is_empty());
+        assert_eq!(
+            next.operations.len() + decision.plan.operations.len(),
+            full.operations.len(),
+            "every shard is placed by one part or the next"
+        );
+        assert!(
+            decision
+                .context
+                .summary
+                .contains(&decision.plan.operations.len().to_string()),
+            "{}",
+            decision.context.summary
+        );
+    }
 }

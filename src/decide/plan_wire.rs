@@ -15,6 +15,13 @@ use crate::protocol::{CLUSTER_LABEL, PURPOSE_LABEL, SOURCE_COMMIT_ANNOTATION};
 
 use super::Object;
 
+/// The most steps one `Plan` object carries. The CRD allows 4,096, but a plan's status
+/// records every step and is rewritten as each runs: at 1,000 shards a 6,000-step placement
+/// was refused by the API server every tick and nothing was ever placed. A larger decision is
+/// made in parts: the first operations now (`plan::Plan::first_steps`), the rest by the
+/// next decision once this plan is done.
+pub const MAX_PLAN_STEPS: usize = 512;
+
 /// A plan the planner made, with what the operator adds to it.
 pub struct Decision {
     /// The planner's plan.

@@ -35,6 +35,29 @@ impl Plan {
         self.operations.is_empty() && self.blocked.is_empty()
     }
 
+    /// The plan's first operations (in wave order) holding at most `max_steps` steps in all —
+    /// whole operations only, and at least one — rehashed; the rest is left for a later plan,
+    /// which the same decision makes once this one is done. Blockers stay.
+    pub fn first_steps(mut self, max_steps: usize) -> Plan {
+        let mut steps = 0;
+        let keep = self
+            .operations
+            .iter()
+            .take_while(|op| {
+                steps += op.steps.len();
+                steps <= max_steps
+            })
+            .count()
+            .max(1)
+            .min(self.operations.len());
+        if keep < self.operations.len() {
+            self.operations.truncate(keep);
+            self.risk = self.steps().map(|s| s.risk).max().unwrap_or_default();
+            self.hash = self.content_hash();
+        }
+        self
+    }
+
     /// Recomputes the content hash (to check a stored plan was not altered).
     pub fn content_hash(&self) -> String {
         content_hash(self.kind, &self.operations, &self.blocked)
@@ -204,6 +227,7 @@ impl PlanBuilder {
 mod tests {
     use super::*;
     use crate::plan::steps::StepAction;
+    use proptest::prelude::*;
 
     fn add(shard: &str, node: &str) -> Vec<Step> {
         vec![Step::new(
@@ -240,5 +264,36 @@ mod tests {
         let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
         assert_eq!(waves, [0, 0, 1, 1, 2, 4]);
         assert_eq!(plan.risk, RiskClass::Safe);
+    }
+
+    proptest! {
+        #[test]
+        fn first_steps_keeps_whole_operations_within_the_budget(
+            sizes in proptest::collection::vec(1usize..6, 1..40),
+            max_steps in 1usize..60,
+        ) {
+            let mut builder = PlanBuilder::new(PlanKind::Placement, ConcurrencyLimits::default());
+            for (i, size) in sizes.iter().enumerate() {
+                let subject = format!("s{i}");
+                let steps = (0..*size).flat_map(|_| add(&subject, "n1")).take(*size).collect();
+                builder.schedule(&subject, steps, None);
+            }
+            let full = builder.finish();
+            let cut = full.clone().first_steps(max_steps);
+            let total = |p: &Plan| p.steps().count();
+            // A prefix of the plan's operations, whole, rehashed.
+            prop_assert!(!cut.operations.is_empty());
+            prop_assert_eq!(&full.operations[..cut.operations.len()], &cut.operations[..]);
+            prop_assert_eq!(&cut.hash, &cut.content_hash());
+            if total(&full) <= max_steps {
+                prop_assert_eq!(&cut, &full);
+            } else {
+                prop_assert!(total(&cut) <= max_steps || cut.operations.len() == 1);
+                prop_assert_ne!(&cut.hash, &full.hash);
+                // As many operations as fit: one more would pass the budget.
+                let next = full.operations[cut.operations.len()].steps.len();
+                prop_assert!(cut.operations.len() == 1 || total(&cut) + next > max_steps);
+            }
+        }
     }
 }
