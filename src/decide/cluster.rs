@@ -10,7 +10,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::database_cluster::DatabaseClusterStatus;
 use crate::api::database_node::NodeDesiredState;
-use crate::api::plan::{CauseKind, PlanCause, PlanPhase, PlanPurpose, PlanTarget, TargetKind};
+use crate::api::plan::{
+    CauseKind, PlanCause, PlanPhase, PlanPurpose, PlanTarget, StepPhase, TargetKind,
+};
 use crate::api::{DatabaseNode, NodePhase, Plan};
 use crate::plan::{
     self, ConcurrencyLimits, DrainGoal, FailoverPolicy, PlanError, RebalancePolicy, Topology,
@@ -318,15 +320,21 @@ pub enum Admission<'a> {
     },
 }
 
-/// Whether the decided plan (of `purpose`, `hash`, `target`) is created now: unless it
-/// exists, it supersedes any plan when it is a failover (except the failover of the same
-/// node, under way), and a not-yet-approved plan for the same purpose and target whose
-/// inputs have since changed. Otherwise a running plan finishes first.
+/// Whether the decided plan (of `purpose`, `hash`, `target`) is created now, and which
+/// active plans it supersedes. Unless it exists:
+/// - a failover runs at once; it supersedes the active plans that touch its dead node
+///   ([`touches_node`]) — except the failover of the same node, under way, and a split or
+///   merge past its routing switch (only dropping its sources is left, which a failover does
+///   not change) — and runs beside the others;
+/// - anything else is created when every active plan is a not-yet-approved plan for the
+///   same purpose and target whose inputs have since changed (it replaces them); otherwise a
+///   running plan finishes first.
 pub fn admit<'a>(
     purpose: PlanPurpose,
     hash: &str,
     target: &PlanTarget,
     active: &[&'a Arc<Plan>],
+    topology: &Topology,
 ) -> Admission<'a> {
     if active
         .iter()
@@ -334,21 +342,68 @@ pub fn admit<'a>(
     {
         return Admission::Wait;
     }
+    if purpose == PlanPurpose::Failover {
+        let same_node =
+            |p: &Plan| p.spec.purpose == PlanPurpose::Failover && &p.spec.target == target;
+        if active.iter().any(|p| same_node(p)) {
+            return Admission::Wait;
+        }
+        let supersede = active
+            .iter()
+            .filter(|p| touches_node(p, &target.name, topology) && !switched(p))
+            .copied()
+            .collect();
+        return Admission::Create { supersede };
+    }
     for plan in active {
         let awaiting = plan.status.as_ref().and_then(|s| s.phase) != Some(PlanPhase::Running);
         let same_change = plan.spec.purpose == purpose && &plan.spec.target == target;
-        let supersede = if purpose == PlanPurpose::Failover {
-            !same_change
-        } else {
-            awaiting && same_change
-        };
-        if !supersede {
+        if !(awaiting && same_change) {
             return Admission::Wait;
         }
     }
     Admission::Create {
         supersede: active.to_vec(),
     }
+}
+
+/// Whether `plan` acts on `node` or on a shard with a replica there: a step names the node,
+/// or names (as its subject, or among the shards a split or merge replaces or creates) a
+/// shard that `node` holds.
+pub fn touches_node(plan: &Plan, node: &str, topology: &Topology) -> bool {
+    let held = |shard: &str| {
+        topology
+            .shards
+            .iter()
+            .any(|s| s.name == shard && s.has_replica_on(node))
+    };
+    plan.spec.steps.iter().any(|step| {
+        step.node.as_deref() == Some(node)
+            || step.shard.as_deref().is_some_and(held)
+            || match plan_wire::step_action(step) {
+                Ok(plan::StepAction::SwitchRouting { retire, serve, .. }) => {
+                    retire.iter().chain(&serve).any(|s| held(s))
+                }
+                Ok(plan::StepAction::PrepareTargets { targets }) => {
+                    targets.iter().any(|t| t.nodes.iter().any(|n| n == node))
+                }
+                _ => false,
+            }
+    })
+}
+
+/// Whether `plan` is a split or merge whose routing switch has happened.
+fn switched(plan: &Plan) -> bool {
+    let Some(status) = plan.status.as_ref() else {
+        return false;
+    };
+    plan.spec.steps.iter().any(|step| {
+        step.action == "SwitchRouting"
+            && status
+                .steps
+                .iter()
+                .any(|s| s.id == step.id && s.phase == StepPhase::Succeeded)
+    })
 }
 
 /// The finished plans beyond the newest [`PLAN_HISTORY`], to delete.
@@ -651,5 +706,77 @@ mod tests {
             "{}",
             decision.context.summary
         );
+    }
+
+    /// A running split of `orders-0` into `a` + `b`, its routing switch done if `switched`.
+    fn split(switched: bool) -> Arc<Plan> {
+        let actions = [
+            plan::StepAction::FenceWrites {
+                shards: vec!["orders-0".into()],
+            },
+            plan::StepAction::SwitchRouting {
+                table: "orders".into(),
+                retire: vec!["orders-0".into()],
+                serve: vec!["a".into(), "b".into()],
+            },
+            plan::StepAction::DropShards {
+                shards: vec!["orders-0".into()],
+                not_before_ms: 60_000,
+            },
+        ];
+        let names = ["FenceWrites", "SwitchRouting", "DropShards"];
+        let steps: Vec<_> = actions
+            .iter()
+            .zip(names)
+            .enumerate()
+            .map(|(i, (action, name))| {
+                json!({"id": i, "wave": 0, "action": name,
+                       "detail": serde_json::to_string(action).unwrap(), "reason": "x"})
+            })
+            .collect();
+        let done = if switched { 2 } else { 1 };
+        let statuses: Vec<_> = (0..3)
+            .map(|i| json!({"id": i, "phase": if i < done { "Succeeded" } else { "Running" }, "attempts": 1}))
+            .collect();
+        Arc::new(object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
+            "metadata": {"name": "main-reshard-1", "namespace": "db"},
+            "spec": {"cluster": "main", "target": {"kind": "Table", "name": "orders"},
+                     "purpose": "Reshard", "cause": {"kind": "User", "detail": "x"},
+                     "risk": "Destructive", "hash": "0123", "summary": "x", "steps": steps},
+            "status": {"phase": "Running", "steps": statuses},
+        })))
+    }
+
+    #[test]
+    fn a_failover_supersedes_only_what_touches_its_node_and_never_a_switched_split() {
+        let mut topology = unplaced(1).topology().0;
+        topology.shards[0].name = "orders-0".into();
+        topology.shards[0].replicas = vec![plan::Replica {
+            node: "n0".into(),
+            role: plan::ReplicaRole::Primary,
+            in_sync: true,
+            lag_bytes: 0,
+        }];
+        let failover_of = |node: &str| PlanTarget {
+            kind: TargetKind::DatabaseNode,
+            name: node.into(),
+        };
+        let supersedes = |plan: &Arc<Plan>, node: &str| match admit(
+            PlanPurpose::Failover,
+            "f",
+            &failover_of(node),
+            &[plan],
+            &topology,
+        ) {
+            Admission::Create { supersede } => !supersede.is_empty(),
+            Admission::Wait => panic!("a failover never waits for another plan"),
+        };
+        // The split's source lives on n0: its failover supersedes the split before its
+        // switch (the executor undoes it and it is made again), not after it.
+        assert!(supersedes(&split(false), "n0"));
+        assert!(!supersedes(&split(true), "n0"));
+        // A failover of a node the split does not touch leaves it running.
+        assert!(!supersedes(&split(false), "n5"));
     }
 }

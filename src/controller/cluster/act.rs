@@ -25,21 +25,25 @@ use super::ClusterError;
 const MAX_REMAKES: usize = 5;
 
 /// Creates the decided plan unless it exists or a running plan finishes first
-/// ([`admit`]), superseding the plans it replaces.
+/// ([`admit`]), superseding the plans it replaces; a failover runs beside the plans that do
+/// not touch its dead node.
 pub async fn persist(
     ctx: &Context,
     view: &ClusterView,
+    topology: &Topology,
     decision: Decision,
     active: &[&Arc<Plan>],
 ) -> Result<(), ClusterError> {
     let cluster = view.cluster.as_ref();
     let purpose = decide::plan_wire::purpose(decision.plan.kind);
-    let supersede_all = match admit(
+    let admission = admit(
         purpose,
         &decision.plan.hash,
         &decision.context.target,
         active,
-    ) {
+        topology,
+    );
+    let supersede_all = match admission {
         Admission::Wait => return Ok(()),
         Admission::Create { supersede } => supersede,
     };

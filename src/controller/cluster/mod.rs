@@ -167,7 +167,7 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
         .map(|b| format!("{}: {}", b.subject, b.reason))
         .collect();
     if let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) {
-        act::persist(ctx, view, decision, &active).await?;
+        act::persist(ctx, view, &topology, decision, &active).await?;
     }
 
     // Status.

@@ -89,8 +89,11 @@ fn shard(placed: bool) -> Arc<Shard> {
     )
 }
 
-/// A running placement plan of `main`.
-fn running_placement() -> Arc<Plan> {
+/// A running placement plan of `main` adding a replica of `shard` on `node`.
+fn running_placement(shard: &str, node: &str) -> Arc<Plan> {
+    let step = json!({"id": 0, "wave": 0, "action": "AddReplica", "shard": shard, "node": node,
+                      "detail": json!({"AddReplica": {"shard": shard, "node": node}}).to_string(),
+                      "reason": "x"});
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
@@ -98,7 +101,8 @@ fn running_placement() -> Arc<Plan> {
                          "resourceVersion": "9"},
             "spec": {"cluster": "main", "target": {"kind": "DatabaseCluster", "name": "main"},
                      "purpose": "Placement", "cause": {"kind": "Policy", "detail": "x"},
-                     "risk": "Safe", "hash": "0123456789abcdef", "summary": "x", "steps": []},
+                     "risk": "Safe", "hash": "0123456789abcdef", "summary": "x",
+                     "steps": [step]},
             "status": {"phase": "Running"},
         }))
         .unwrap(),
@@ -145,19 +149,21 @@ async fn a_decision_is_persisted_as_a_plan_owned_by_the_cluster() {
 }
 
 #[tokio::test]
-async fn a_failover_supersedes_a_running_plan_before_it_is_created() {
+async fn a_failover_supersedes_a_running_plan_on_its_node_before_it_is_created() {
     let (ctx, server) = fixtures::context(true);
+    // The placement adds a replica of orders-0, which the dead n1 leads.
+    let placement = running_placement("orders-0", "n2");
     let view = view(
         nodes("Offline", 1, 1),
         vec![shard(true)],
-        vec![running_placement()],
+        vec![placement.clone()],
     );
     let script = vec![
         Expect::patch_status::<Plan>(NS, "main-placement-0123456789")
             .field("/metadata/resourceVersion", "9")
             .field("/status/phase", "Superseded")
             .field("/status/conditions/0/reason", "Superseded")
-            .answer(running_placement().as_ref()),
+            .answer(placement.as_ref()),
         Expect::event(NS, "PlanSuperseded"),
         Expect::create::<Plan>(NS)
             .field("/spec/purpose", "Failover")
@@ -172,6 +178,24 @@ async fn a_failover_supersedes_a_running_plan_before_it_is_created() {
         active, 1,
         "the superseded plan was still active in this view"
     );
+}
+
+#[tokio::test]
+async fn a_failover_runs_beside_a_plan_that_does_not_touch_its_node() {
+    let (ctx, server) = fixtures::context(true);
+    // The running plan adds a replica of another table's shard on n2: n1's death changes
+    // nothing it does, so it is not superseded (it was, and a split superseded after its
+    // routing switch left its source Retiring for good).
+    let unrelated = running_placement("other-7", "n2");
+    let view = view(nodes("Offline", 1, 1), vec![shard(true)], vec![unrelated]);
+    let script = vec![
+        Expect::create::<Plan>(NS)
+            .field("/spec/purpose", "Failover")
+            .field("/spec/target/name", "n1"),
+        Expect::event(NS, "PlanCreated"),
+        cluster_status(),
+    ];
+    server.run(script, converge(&ctx, &view, 0)).await.unwrap();
 }
 
 #[tokio::test]
