@@ -994,15 +994,16 @@ async fn an_operator_process_at_rust_log_warn_logs_no_decision() {
             .spawn()
             .unwrap(),
     );
-    let plan = placement_done(&env, addr).await;
+    placement_done(&env, addr).await;
     drop(operator);
+    // Failed reconciles (a conflict, say) are warnings and may show; no decision, no step.
     let log = std::fs::read_to_string(&log).unwrap();
-    let name = plan.name_any();
     for quiet in [
+        " INFO ",
         "plan created",
+        "plan approved",
         "step started",
         "plan succeeded",
-        name.as_str(),
     ] {
         assert!(
             !log.contains(quiet),

@@ -1,8 +1,9 @@
 //! Prometheus metrics of the operator: reconciles and their durations and errors per kind,
 //! the reconcile queue's depth per kind, plan steps by action and result, failovers and
 //! detection time, leadership, and how long a decision takes: from the event that needed it
-//! to its Plan, and on to the first step's effect. Labels come from fixed vocabularies
-//! (kinds, actions, purposes, error variants), never from object names.
+//! to its Plan, and on to the first step's effect (with the plan's and its steps' own
+//! instants, which the log's durations use too). Labels come from fixed vocabularies (kinds,
+//! actions, purposes, error variants), never from object names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -81,17 +82,26 @@ pub struct Metrics {
     pub decision_seconds: Family<PurposeLabels, Histogram>,
     /// From a Plan created to its first step's effect written, by purpose.
     pub first_effect_seconds: Family<PurposeLabels, Histogram>,
-    /// Plans this process created whose first step has taken no effect yet: their purpose
-    /// and when they were created.
-    awaiting_effect: Mutex<AwaitingEffect>,
+    /// The plans this process creates or executes, by `namespace/name`.
+    plan_clocks: Mutex<HashMap<String, PlanClock>>,
 }
 
-/// Plans by `namespace/name`, with their purpose and when they were created.
-type AwaitingEffect = HashMap<String, (&'static str, Instant)>;
+/// What this process remembers of one plan, to the nanosecond (the Plan's status keeps whole
+/// seconds, as `metav1.Time` does): for the first-effect latency and the durations logged.
+struct PlanClock {
+    /// Its purpose and when it was created, until its first step's effect is written.
+    created: Option<(&'static str, Instant)>,
+    /// When it was approved and started running.
+    started: Option<Instant>,
+    /// The step running, and since when.
+    step: Option<(i32, Instant)>,
+    /// When the clock was last used.
+    used: Instant,
+}
 
-/// How many created plans [`Metrics`] waits for the first effect of, at most: a plan deleted
-/// while it awaits approval is never heard of again.
-const MAX_AWAITING_EFFECT: usize = 10_000;
+/// How many plans [`Metrics`] keeps clocks for, at most (the least recently used goes first):
+/// a plan deleted before it ends is never heard of again.
+const MAX_PLAN_CLOCKS: usize = 10_000;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -172,7 +182,7 @@ impl Default for Metrics {
             queue: ReconcileQueue::default(),
             decision_seconds,
             first_effect_seconds,
-            awaiting_effect: Mutex::default(),
+            plan_clocks: Mutex::default(),
         }
     }
 }
@@ -225,37 +235,80 @@ impl Metrics {
                 .get_or_create(&PurposeLabels { purpose })
                 .observe(seconds_between(event, created));
         }
-        let mut awaiting = self.lock_awaiting();
-        if awaiting.len() >= MAX_AWAITING_EFFECT
-            && let Some(oldest) = awaiting
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(key, _)| key.clone())
-        {
-            awaiting.remove(&oldest);
-        }
-        awaiting.insert(key, (purpose, Instant::now()));
+        self.clock(key, |clock| clock.created = Some((purpose, Instant::now())));
+    }
+
+    /// Plan `key` was approved and starts running.
+    pub fn plan_started(&self, key: &str) {
+        self.clock(key.to_owned(), |clock| clock.started = Some(Instant::now()));
+    }
+
+    /// Step `step` of plan `key` starts (this process applies its effect first).
+    pub fn step_started(&self, key: &str, step: i32) {
+        self.clock(key.to_owned(), |clock| {
+            clock.step = Some((step, Instant::now()))
+        });
     }
 
     /// A step of plan `key` wrote its effect. Only the first call after
     /// [`Metrics::plan_created`] observes (steps run in order, so that is the first step's);
     /// a plan another process created is not timed.
     pub fn effect_written(&self, key: &str) {
-        if let Some((purpose, created)) = self.lock_awaiting().remove(key) {
+        let created = self
+            .lock_clocks()
+            .get_mut(key)
+            .and_then(|clock| clock.created.take());
+        if let Some((purpose, created)) = created {
             self.first_effect_seconds
                 .get_or_create(&PurposeLabels { purpose })
                 .observe(created.elapsed().as_secs_f64());
         }
     }
 
-    /// Plan `key` ended (superseded, or failed) before any step took effect: it is not timed.
-    pub fn plan_ended(&self, key: &str) {
-        self.lock_awaiting().remove(key);
+    /// Step `step` of plan `key` ended: how long it ran, if this process started it.
+    pub fn step_ended(&self, key: &str, step: i32) -> Option<Duration> {
+        let mut clocks = self.lock_clocks();
+        let clock = clocks.get_mut(key)?;
+        let (running, since) = clock.step?;
+        (running == step).then(|| {
+            clock.step = None;
+            since.elapsed()
+        })
     }
 
-    fn lock_awaiting(&self) -> std::sync::MutexGuard<'_, AwaitingEffect> {
+    /// Plan `key` ended (succeeded, failed or superseded), and is forgotten: how long it ran, if
+    /// this process started it. One that ends before its first step's effect is not timed.
+    pub fn plan_ended(&self, key: &str) -> Option<Duration> {
+        let clock = self.lock_clocks().remove(key)?;
+        clock.started.map(|since| since.elapsed())
+    }
+
+    /// Changes the clock of plan `key` (made if it has none).
+    fn clock(&self, key: String, change: impl FnOnce(&mut PlanClock)) {
+        let now = Instant::now();
+        let mut clocks = self.lock_clocks();
+        if clocks.len() >= MAX_PLAN_CLOCKS
+            && !clocks.contains_key(&key)
+            && let Some(oldest) = clocks
+                .iter()
+                .min_by_key(|(_, clock)| clock.used)
+                .map(|(key, _)| key.clone())
+        {
+            clocks.remove(&oldest);
+        }
+        let clock = clocks.entry(key).or_insert(PlanClock {
+            created: None,
+            started: None,
+            step: None,
+            used: now,
+        });
+        clock.used = now;
+        change(clock);
+    }
+
+    fn lock_clocks(&self) -> std::sync::MutexGuard<'_, HashMap<String, PlanClock>> {
         // A panic while holding the lock leaves a plain map behind: still usable.
-        self.awaiting_effect
+        self.plan_clocks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -687,7 +740,7 @@ mod tests {
         metrics.effect_written("ns/main-placement-0");
         metrics.effect_written("ns/main-placement-0");
         metrics.effect_written("ns/made-by-another-process");
-        metrics.plan_ended("ns/main-drain-0");
+        assert_eq!(metrics.plan_ended("ns/main-drain-0"), None);
         metrics.effect_written("ns/main-drain-0");
         let text = metrics.encode();
         let line = |prefix: &str| {
@@ -723,5 +776,21 @@ mod tests {
         );
         // The drain's decision had no known event, and it ended before any effect.
         assert!(!text.contains("purpose=\"Drain\""), "{text}");
+    }
+
+    #[test]
+    fn a_step_and_a_plan_are_timed_only_by_the_process_that_started_them() {
+        let metrics = Metrics::default();
+        let key = "ns/main-placement-0";
+        metrics.plan_started(key);
+        metrics.step_started(key, 0);
+        assert_eq!(metrics.step_ended(key, 1), None, "another step");
+        assert!(metrics.step_ended(key, 0).is_some());
+        assert_eq!(metrics.step_ended(key, 0), None, "ended once");
+        // A step resumed from another process's start: no clock here.
+        assert_eq!(metrics.step_ended(key, 2), None);
+        assert!(metrics.plan_ended(key).is_some());
+        assert_eq!(metrics.plan_ended(key), None, "forgotten");
+        assert_eq!(metrics.step_ended("ns/never-seen", 0), None);
     }
 }

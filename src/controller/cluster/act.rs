@@ -105,7 +105,7 @@ pub async fn persist(
         plan = %object.name_any(),
         %namespace,
         cluster = %cluster.name_any(),
-        purpose = purpose_label(purpose),
+        purpose = %purpose_label(purpose),
         risk = ?spec.risk,
         steps = spec.steps.len(),
         hash = %spec.hash,
@@ -162,7 +162,7 @@ pub async fn supersede(ctx: &Context, plan: &Plan, message: &str) -> Result<(), 
         plan = %plan.name_any(),
         %namespace,
         cluster = %plan.spec.cluster,
-        purpose = purpose_label(plan.spec.purpose),
+        purpose = %purpose_label(plan.spec.purpose),
         why = message,
         "plan superseded"
     );

@@ -51,7 +51,7 @@ macro_rules! plan_line {
             plan = %$plan.name_any(),
             namespace = %$plan.namespace().unwrap_or_default(),
             cluster = %$plan.spec.cluster,
-            purpose = purpose_label($plan.spec.purpose),
+            purpose = %purpose_label($plan.spec.purpose),
             $($fields)+
         )
     };
@@ -300,6 +300,7 @@ async fn start(
         format!("executing {} step(s)", plan.spec.steps.len()),
     );
     writer.flush(plan).await?;
+    ctx.metrics.plan_started(&object_key(plan));
     plan_line!(
         Level::INFO,
         plan,
@@ -330,6 +331,7 @@ async fn execute(
 ) -> Result<Action, ExecutorError> {
     let namespace = plan.namespace().unwrap_or_default();
     let generation = plan.meta().generation;
+    let key = object_key(plan);
     for step in &plan.spec.steps {
         let index = match writer.status.steps.iter().position(|s| s.id == step.id) {
             Some(index) => index,
@@ -361,6 +363,7 @@ async fn execute(
                 if !action.as_ref().is_ok_and(StepAction::recorded_with_outcome) {
                     writer.flush(plan).await?;
                 }
+                ctx.metrics.step_started(&key, step.id);
                 let attempt = writer.status.steps[index].attempts;
                 step_line!(Level::INFO, plan, step, attempt, "step started");
             }
@@ -384,7 +387,7 @@ async fn execute(
         };
         if outcome.is_ok() {
             // Steps run in order: only the first step's effect ends the plan's clock.
-            ctx.metrics.effect_written(&object_key(plan));
+            ctx.metrics.effect_written(&key);
         }
         match outcome {
             Ok(Progress::Done) => {
@@ -392,7 +395,8 @@ async fn execute(
                 state.phase = StepPhase::Succeeded;
                 state.finished_at = Some(Time(Timestamp::now()));
                 state.message = None;
-                let duration_ms = millis_since(state.started_at.as_ref());
+                let clock = ctx.metrics.step_ended(&key, step.id);
+                let duration_ms = millis(clock, state.started_at.as_ref());
                 step_line!(Level::INFO, plan, step, duration_ms, "step succeeded");
                 let done = writer
                     .status
@@ -452,7 +456,8 @@ async fn execute(
                     Timestamp::now(),
                 );
                 writer.flush(plan).await?;
-                let duration_ms = millis_since(writer.status.steps[index].started_at.as_ref());
+                let clock = ctx.metrics.step_ended(&key, step.id);
+                let duration_ms = millis(clock, writer.status.steps[index].started_at.as_ref());
                 step_line!(
                     Level::WARN,
                     plan,
@@ -461,8 +466,15 @@ async fn execute(
                     why = why.as_str(),
                     "step failed"
                 );
-                plan_line!(Level::WARN, plan, step = step.id, "plan failed");
-                ctx.metrics.plan_ended(&object_key(plan));
+                let clock = ctx.metrics.plan_ended(&key);
+                let duration_ms = millis(clock, writer.status.started_at.as_ref());
+                plan_line!(
+                    Level::WARN,
+                    plan,
+                    step = step.id,
+                    duration_ms,
+                    "plan failed"
+                );
                 ctx.metrics
                     .plan_steps
                     .get_or_create(&StepLabels {
@@ -489,11 +501,12 @@ async fn execute(
     let message = format!("all {} step(s) succeeded", plan.spec.steps.len());
     set_progress(&mut writer.status, generation, "Succeeded", message.clone());
     writer.flush(plan).await?;
+    let clock = ctx.metrics.plan_ended(&key);
     plan_line!(
         Level::INFO,
         plan,
         steps = plan.spec.steps.len(),
-        duration_ms = millis_since(writer.status.started_at.as_ref()),
+        duration_ms = millis(clock, writer.status.started_at.as_ref()),
         "plan succeeded"
     );
     ctx.event(
@@ -510,10 +523,16 @@ async fn execute(
     Ok(ctx.next("Plan", plan, None))
 }
 
-/// Milliseconds from `started` to now, for the log: exact within one reconcile, to the
-/// second once `started` was read back from the API server (`metav1.Time` keeps no less).
-fn millis_since(started: Option<&Time>) -> Option<i64> {
-    started.map(|t| Timestamp::now().duration_since(t.0).as_millis() as i64)
+/// A duration for the log, in milliseconds: this process's own measure (`clock`) when it
+/// started the step or plan, else since the recorded start — to the second then, as
+/// `metav1.Time` keeps no less (a step resumed after a restart or a change of leader).
+fn millis(clock: Option<Duration>, started: Option<&Time>) -> Option<u64> {
+    clock
+        .or_else(|| {
+            let since = Timestamp::now().duration_since(started?.0);
+            Duration::try_from(since).ok()
+        })
+        .map(|d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
