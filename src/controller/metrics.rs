@@ -677,33 +677,42 @@ mod tests {
     #[test]
     fn the_event_is_the_newest_spec_change_of_what_the_plan_acts_on() {
         let view = view();
-        // Placing orders-0 on n2: created at 4, n2 at 2; the status writes at 50 and orders-1
-        // (not acted on, created at 10) do not count.
-        let placement = spec(
-            "Placement",
-            ("DatabaseCluster", "main"),
-            &[(Some("orders-0"), Some("n2"))],
-        );
-        assert_eq!(decision_event(&view, &placement), Some(second(4)));
-        // A drain of n1, whose spec kubectl wrote at 20.
-        let drain = spec(
-            "Drain",
-            ("DatabaseNode", "n1"),
-            &[(Some("orders-0"), Some("n2"))],
-        );
-        assert_eq!(decision_event(&view, &drain), Some(second(20)));
-        // A split of the table's shards: its newest shard, whatever the steps name.
-        let reshard = spec("Reshard", ("Table", "orders"), &[(None, None)]);
-        assert_eq!(decision_event(&view, &reshard), Some(second(10)));
-        // A failover: the dead node's Offline write, not the newer changes of others.
-        let failover = spec(
-            "Failover",
-            ("DatabaseNode", "n2"),
-            &[(Some("orders-1"), Some("n1"))],
-        );
-        assert_eq!(decision_event(&view, &failover), Some(second(30)));
-        let unknown = spec("Failover", ("DatabaseNode", "n9"), &[]);
-        assert_eq!(decision_event(&view, &unknown), None);
+        let placed = [(Some("orders-0"), Some("n2"))];
+        let cases = [
+            // Placing orders-0 on n2: created at 4, n2 at 2; the status writes at 50 and
+            // orders-1 (not acted on, created at 10) do not count.
+            (
+                "Placement",
+                ("DatabaseCluster", "main"),
+                &placed[..],
+                Some(4),
+            ),
+            // A drain of n1, whose spec kubectl wrote at 20.
+            ("Drain", ("DatabaseNode", "n1"), &placed[..], Some(20)),
+            // A split of the table's shards: its newest shard, whatever the steps name.
+            (
+                "Reshard",
+                ("Table", "orders"),
+                &[(None, None)][..],
+                Some(10),
+            ),
+            // A failover: the dead node's Offline write, not the newer changes of others.
+            (
+                "Failover",
+                ("DatabaseNode", "n2"),
+                &[(Some("orders-1"), Some("n1"))][..],
+                Some(30),
+            ),
+            ("Failover", ("DatabaseNode", "n9"), &[][..], None),
+        ];
+        for (purpose, target, steps, event) in cases {
+            let plan = spec(purpose, target, steps);
+            assert_eq!(
+                decision_event(&view, &plan),
+                event.map(second),
+                "{purpose} of {target:?}"
+            );
+        }
     }
 
     #[test]
