@@ -138,7 +138,37 @@ async fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// The log filter of a subcommand that runs a long-lived process, when `RUST_LOG` sets
+    /// none; `None` for the one-shot commands, which print their result and log nothing.
+    fn default_log_filter(&self) -> Option<&'static str> {
+        match self {
+            Command::Operator { .. } | Command::Agent(_) | Command::GitSync { .. } => Some("info"),
+            // The demo's own output is the show: its operator's decisions on request only.
+            Command::Demo { .. } => Some("error"),
+            Command::Crds { .. } | Command::Plan { .. } => None,
+        }
+    }
+}
+
+/// Logs to stderr through `tracing`: filtered by `RUST_LOG` (tracing's syntax, e.g.
+/// `info,kube=warn`), else by `default`; fields as `key=value`; colored only on a terminal,
+/// so that a log file holds plain text.
+fn install_log_subscriber(default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(default) = cli.command.default_log_filter() {
+        install_log_subscriber(default);
+    }
     match cli.command {
         Command::Crds { dir: None } => {
             print!("{}", shardplane::api::crds_yaml()?);
@@ -273,9 +303,6 @@ async fn git_sync(
     checkout_dir: PathBuf,
     webhook_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster service account)")?;
@@ -345,12 +372,6 @@ struct AgentArgs {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = shardplane::agent::AgentConfig {
         node: args.node,
         namespace: args.namespace,

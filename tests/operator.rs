@@ -3,7 +3,8 @@
 //! `Shard.status.desiredReplicas`, report their replicas in `Shard.status.replicas` under
 //! their own field manager) but run no PostgreSQL: placement across zones, failover of a
 //! dead node, approval by annotation, a drain whose operator is SIGKILLed at every step,
-//! decommissioning, rebalancing onto new nodes, and leader takeover.
+//! decommissioning, rebalancing onto new nodes, and leader takeover; the operator process's
+//! log lines (as `RUST_LOG` asks) and decision latencies.
 
 mod fixtures;
 mod support;
@@ -21,7 +22,8 @@ use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
 use shardplane::sandbox::stand_in_agent::StandInAgent;
 use support::operator::{
-    OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, lease_holder, scrape,
+    OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, lease_holder,
+    newest_plan, scrape,
 };
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
@@ -863,6 +865,151 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
         queue_depths(&scrape(addr).await.unwrap())
     );
     operator.abort();
+}
+
+/// The placement plan of the cluster of [`NODES`] (created beforehand) once it succeeded, made
+/// by the operator at `addr` with stand-in agents.
+async fn placement_done(env: &TestEnv, addr: SocketAddr) -> Plan {
+    let _agents = start_agents(env, vec![addr]);
+    let plans: Api<Plan> = env.api();
+    let done = eventually(Duration::from_secs(60), || async {
+        newest_plan(&plans, PlanPurpose::Placement)
+            .await
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.phase == Some(PlanPhase::Succeeded))
+    })
+    .await;
+    let plan = newest_plan(&plans, PlanPurpose::Placement).await;
+    assert!(done, "no placement plan succeeded: {plan:?}");
+    plan.unwrap()
+}
+
+/// The lines of `log` that contain each of `parts`.
+fn lines_with<'a>(log: &'a str, parts: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .collect()
+}
+
+/// The value of sample `name` (with its labels) in a scrape.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn the_operator_process_logs_each_decision_and_step_and_times_them() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let addr = free_addr();
+    let operator = OperatorProcess::in_env(&env, "op-logged", addr);
+    let plan = placement_done(&env, addr).await;
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    let name = format!("plan={}", plan.name_any());
+    let hash = format!("hash={}", plan.spec.hash);
+    let decision = [
+        "plan created",
+        name.as_str(),
+        "cluster=main",
+        "purpose=Placement",
+        hash.as_str(),
+    ];
+    assert_eq!(lines_with(&log, &decision).len(), 1, "{log}");
+    let first = &plan.spec.steps[0];
+    let action = format!("action={}", first.action);
+    let started = [
+        "step started",
+        name.as_str(),
+        "step=0",
+        action.as_str(),
+        "attempt=1",
+    ];
+    assert_eq!(lines_with(&log, &started).len(), 1, "{log}");
+    assert!(
+        !lines_with(&log, &["step succeeded", &name, &action, "duration_ms="]).is_empty(),
+        "{log}"
+    );
+    assert_eq!(
+        lines_with(&log, &["plan approved", &name]).len(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines_with(&log, &["plan succeeded", &name]).len(),
+        1,
+        "{log}"
+    );
+    // A waiting step is one line per reason it gives, not one per poll.
+    let waits = lines_with(&log, &["step waiting"]);
+    let reasons: BTreeSet<&str> = waits
+        .iter()
+        .filter_map(|line| line.split_once(" step waiting ").map(|(_, fields)| fields))
+        .collect();
+    assert_eq!(reasons.len(), waits.len(), "{waits:#?}");
+
+    let metrics = scrape(addr).await.unwrap();
+    for histogram in ["decision_latency_seconds", "first_effect_latency_seconds"] {
+        let count = format!("shardplane_{histogram}_count{{purpose=\"Placement\"}}");
+        assert!(
+            sample(&metrics, &count).is_some_and(|n| n >= 1.0),
+            "{count} in:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_operator_process_at_rust_log_warn_logs_no_decision() {
+    /// The process, SIGKILLed when dropped.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let addr = free_addr();
+    let log = env.control_plane.work_dir().join("operator-op-quiet.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let operator = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardplane"))
+            .args([
+                "operator",
+                "--namespace",
+                &env.namespace,
+                "--identity",
+                "op-quiet",
+            ])
+            .args(["--listen", &addr.to_string()])
+            .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    placement_done(&env, addr).await;
+    drop(operator);
+    // Failed reconciles (a conflict, say) are warnings and may show; no decision, no step.
+    let log = std::fs::read_to_string(&log).unwrap();
+    for quiet in [
+        " INFO ",
+        "plan created",
+        "plan approved",
+        "step started",
+        "plan succeeded",
+    ] {
+        assert!(
+            !log.contains(quiet),
+            "{quiet} logged at RUST_LOG=warn:\n{log}"
+        );
+    }
 }
 
 /// Approves the plan with `hash` as a reviewed pull request does: the annotation

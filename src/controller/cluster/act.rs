@@ -1,6 +1,7 @@
 //! What the cluster reconciler does to the world once it has decided: creates the decided
 //! plan (superseding the plans it replaces), prunes finished plans, keeps node finalizers
-//! and counts. Every write is made by the leader only.
+//! and counts. Every write is made by the leader only. A plan created or superseded is one
+//! log line each, and a plan created is timed from the event that needed it.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::plan::Topology;
 
 use super::super::context::Context;
 use super::super::error::{ApiError, Doing};
+use super::super::metrics::{decision_event, object_key, purpose_label};
 use super::ClusterError;
 
 /// How often a superseded split or merge is made again before it is left to the user.
@@ -92,9 +94,31 @@ pub async fn persist(
             }
         }
     }
+    let created = Timestamp::now();
+    ctx.metrics.plan_created(
+        object_key(&object),
+        purpose,
+        decision_event(view, &object.spec),
+        created,
+    );
     if purpose == PlanPurpose::Failover {
         ctx.metrics.failovers.inc();
     }
+    let spec = &object.spec;
+    tracing::info!(
+        plan = %object.name_any(),
+        %namespace,
+        cluster = %cluster.name_any(),
+        purpose = %purpose_label(purpose),
+        risk = ?spec.risk,
+        steps = spec.steps.len(),
+        hash = %spec.hash,
+        target = format_args!("{:?}/{}", spec.target.kind, spec.target.name),
+        cause = ?spec.cause.kind,
+        commit = spec.cause.commit.as_deref().map(tracing::field::display),
+        why = spec.cause.detail.as_str(),
+        "plan created"
+    );
     let source = object
         .spec
         .cause
@@ -137,6 +161,15 @@ pub async fn supersede(ctx: &Context, plan: &Plan, message: &str) -> Result<(), 
         )
         .await
         .doing(|| format!("mark Plan {namespace}/{} Superseded", plan.name_any()))?;
+    ctx.metrics.plan_ended(&object_key(plan));
+    tracing::info!(
+        plan = %plan.name_any(),
+        %namespace,
+        cluster = %plan.spec.cluster,
+        purpose = %purpose_label(plan.spec.purpose),
+        why = message,
+        "plan superseded"
+    );
     ctx.event(plan, false, "PlanSuperseded", message.to_string())
         .await;
     Ok(())

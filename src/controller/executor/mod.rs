@@ -5,7 +5,9 @@
 //! `StepAction::recorded_with_outcome`), and Succeeded once the effect holds. Every status
 //! write carries the resourceVersion it was computed from (`status.rs`), so a deposed
 //! leader's stale write is refused; a restarted operator finds the Running step and
-//! re-applies its idempotent effect.
+//! re-applies its idempotent effect. Each of these moments is one log line (`plan_line!`,
+//! `step_line!`): approval, each step started, waiting (once per new reason), succeeded or
+//! failed, and the plan's end.
 
 mod approval;
 mod status;
@@ -20,6 +22,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use tracing::Level;
 
 use crate::api::plan::{PlanPhase, PlanPurpose, StepPhase, StepStatus};
 use crate::api::{Plan, Shard};
@@ -32,12 +35,44 @@ use super::context::Context;
 use super::effects::{self, Progress, StepError};
 use super::error::ApiError;
 use super::fence::NotLeader;
-use super::metrics::StepLabels;
+use super::metrics::{StepLabels, object_key, purpose_label};
 use approval::approval;
 use status::{StatusWriter, set_progress};
 
 /// How soon a plan whose status write met a newer version is looked at again.
 const CONFLICT_RETRY: Duration = Duration::from_millis(20);
+
+/// One log line about `$plan` at `$level`: its name, namespace, cluster and purpose, then the
+/// given fields and message.
+macro_rules! plan_line {
+    ($level:expr, $plan:expr, $($fields:tt)+) => {
+        tracing::event!(
+            $level,
+            plan = %$plan.name_any(),
+            namespace = %$plan.namespace().unwrap_or_default(),
+            cluster = %$plan.spec.cluster,
+            purpose = %purpose_label($plan.spec.purpose),
+            $($fields)+
+        )
+    };
+}
+
+/// One log line about step `$step` of `$plan` at `$level`: the plan's name and namespace, the
+/// step's id, action, shard and node, then the given fields and message.
+macro_rules! step_line {
+    ($level:expr, $plan:expr, $step:expr, $($fields:tt)+) => {
+        tracing::event!(
+            $level,
+            plan = %$plan.name_any(),
+            namespace = %$plan.namespace().unwrap_or_default(),
+            step = $step.id,
+            action = %$step.action,
+            shard = $step.shard.as_deref().map(tracing::field::display),
+            node = $step.node.as_deref().map(tracing::field::display),
+            $($fields)+
+        )
+    };
+}
 
 /// Why a plan reconcile failed; retried with backoff (a conflict, at once).
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +171,13 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                 }
                 Verdict::Waiting { reason, message } => {
                     let generation = plan.meta().generation;
+                    // Logged once per new reason, not at every look (one a second).
+                    let news = !writer
+                        .status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Approved" && c.message == message);
+                    let logged = news.then(|| message.clone());
                     writer.status.phase = Some(PlanPhase::AwaitingApproval);
                     writer.status.total_steps = Some(plan.spec.steps.len() as i32);
                     conditions::set(
@@ -150,6 +192,16 @@ async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, Executo
                         Timestamp::now(),
                     );
                     writer.flush_if_changed(&plan).await?;
+                    if let Some(message) = logged {
+                        plan_line!(
+                            Level::INFO,
+                            plan,
+                            hash = %plan.spec.hash,
+                            reason,
+                            why = message.as_str(),
+                            "plan awaits approval"
+                        );
+                    }
                     // The target's annotation is not watched here: look again shortly.
                     ctx.next("Plan", plan.as_ref(), Some(Duration::from_secs(1)))
                 }
@@ -192,7 +244,12 @@ async fn undo_superseded_reshard(ctx: &Context, plan: &Plan) -> Result<(), Execu
         Err(StepError::Api(error)) => Err(error.into()),
         Err(StepError::NotLeader(error)) => Err(error.into()),
         Err(StepError::Permanent(why)) => {
-            tracing::warn!(plan = %plan.name_any(), %why, "a superseded split/merge could not be undone");
+            plan_line!(
+                Level::WARN,
+                plan,
+                why = why.as_str(),
+                "a superseded split/merge could not be undone"
+            );
             Ok(())
         }
     }
@@ -243,6 +300,15 @@ async fn start(
         format!("executing {} step(s)", plan.spec.steps.len()),
     );
     writer.flush(plan).await?;
+    ctx.metrics.plan_started(&object_key(plan));
+    plan_line!(
+        Level::INFO,
+        plan,
+        hash = %plan.spec.hash,
+        approved_by = %by,
+        steps = plan.spec.steps.len(),
+        "plan approved"
+    );
     ctx.event(
         plan,
         false,
@@ -265,6 +331,7 @@ async fn execute(
 ) -> Result<Action, ExecutorError> {
     let namespace = plan.namespace().unwrap_or_default();
     let generation = plan.meta().generation;
+    let key = object_key(plan);
     for step in &plan.spec.steps {
         let index = match writer.status.steps.iter().position(|s| s.id == step.id) {
             Some(index) => index,
@@ -296,6 +363,9 @@ async fn execute(
                 if !action.as_ref().is_ok_and(StepAction::recorded_with_outcome) {
                     writer.flush(plan).await?;
                 }
+                ctx.metrics.step_started(&key, step.id);
+                let attempt = writer.status.steps[index].attempts;
+                step_line!(Level::INFO, plan, step, attempt, "step started");
             }
             StepPhase::Running => {
                 if writer.status.executor_epoch != Some(ctx.leader.epoch()) {
@@ -303,6 +373,8 @@ async fn execute(
                     writer.status.steps[index].attempts += 1;
                     writer.status.executor_epoch = Some(ctx.leader.epoch());
                     writer.flush(plan).await?;
+                    let attempt = writer.status.steps[index].attempts;
+                    step_line!(Level::INFO, plan, step, attempt, "step resumed");
                 }
             }
         }
@@ -313,12 +385,19 @@ async fn execute(
                 step.id
             ))),
         };
+        if outcome.is_ok() {
+            // Steps run in order: only the first step's effect ends the plan's clock.
+            ctx.metrics.effect_written(&key);
+        }
         match outcome {
             Ok(Progress::Done) => {
                 let state = &mut writer.status.steps[index];
                 state.phase = StepPhase::Succeeded;
                 state.finished_at = Some(Time(Timestamp::now()));
                 state.message = None;
+                let clock = ctx.metrics.step_ended(&key, step.id);
+                let duration_ms = millis(clock, state.started_at.as_ref());
+                step_line!(Level::INFO, plan, step, duration_ms, "step succeeded");
                 let done = writer
                     .status
                     .steps
@@ -337,7 +416,7 @@ async fn execute(
                     .inc();
             }
             Ok(Progress::Waiting(why)) => {
-                writer.status.steps[index].message = Some(why.clone());
+                let before = writer.status.steps[index].message.replace(why.clone());
                 set_progress(
                     &mut writer.status,
                     generation,
@@ -345,6 +424,10 @@ async fn execute(
                     format!("step {} ({}): {why}", step.id, step.action),
                 );
                 writer.flush_if_changed(plan).await?;
+                // Once per new reason, not at every poll.
+                if before.as_ref() != Some(&why) {
+                    step_line!(Level::INFO, plan, step, why = why.as_str(), "step waiting");
+                }
                 return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
             }
             Err(StepError::Permanent(why)) => {
@@ -373,6 +456,25 @@ async fn execute(
                     Timestamp::now(),
                 );
                 writer.flush(plan).await?;
+                let clock = ctx.metrics.step_ended(&key, step.id);
+                let duration_ms = millis(clock, writer.status.steps[index].started_at.as_ref());
+                step_line!(
+                    Level::WARN,
+                    plan,
+                    step,
+                    duration_ms,
+                    why = why.as_str(),
+                    "step failed"
+                );
+                let clock = ctx.metrics.plan_ended(&key);
+                let duration_ms = millis(clock, writer.status.started_at.as_ref());
+                plan_line!(
+                    Level::WARN,
+                    plan,
+                    step = step.id,
+                    duration_ms,
+                    "plan failed"
+                );
                 ctx.metrics
                     .plan_steps
                     .get_or_create(&StepLabels {
@@ -399,6 +501,14 @@ async fn execute(
     let message = format!("all {} step(s) succeeded", plan.spec.steps.len());
     set_progress(&mut writer.status, generation, "Succeeded", message.clone());
     writer.flush(plan).await?;
+    let clock = ctx.metrics.plan_ended(&key);
+    plan_line!(
+        Level::INFO,
+        plan,
+        steps = plan.spec.steps.len(),
+        duration_ms = millis(clock, writer.status.started_at.as_ref()),
+        "plan succeeded"
+    );
     ctx.event(
         plan,
         false,
@@ -411,6 +521,18 @@ async fn execute(
     )
     .await;
     Ok(ctx.next("Plan", plan, None))
+}
+
+/// A duration for the log, in milliseconds: this process's own measure (`clock`) when it
+/// started the step or plan, else since the recorded start — to the second then, as
+/// `metav1.Time` keeps no less (a step resumed after a restart or a change of leader).
+fn millis(clock: Option<Duration>, started: Option<&Time>) -> Option<u64> {
+    clock
+        .or_else(|| {
+            let since = Timestamp::now().duration_since(started?.0);
+            Duration::try_from(since).ok()
+        })
+        .map(|d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
