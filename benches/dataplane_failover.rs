@@ -44,7 +44,15 @@ async fn main() {
         trace_changes(&plane.client, namespace);
     }
     let _keep = std::env::var_os("SHARDPLANE_BENCH_KEEP").map(|dir| KeepLogs {
-        from: plane.agents.values().next().expect("agent").log.parent().expect("dir").to_owned(),
+        from: plane
+            .agents
+            .values()
+            .next()
+            .expect("agent")
+            .log
+            .parent()
+            .expect("dir")
+            .to_owned(),
         to: PathBuf::from(dir),
     });
     let tables: Api<Table> = Api::namespaced(plane.client.clone(), namespace);
@@ -189,9 +197,21 @@ fn trace_changes(client: &kube::Client, namespace: &str) {
             }
         });
     }
-    watch(Api::<Shard>::namespaced(client.clone(), namespace), "shard", shard_line);
-    watch(Api::<DatabaseNode>::namespaced(client.clone(), namespace), "node", node_line);
-    watch(Api::<Plan>::namespaced(client.clone(), namespace), "plan", plan_line);
+    watch(
+        Api::<Shard>::namespaced(client.clone(), namespace),
+        "shard",
+        shard_line,
+    );
+    watch(
+        Api::<DatabaseNode>::namespaced(client.clone(), namespace),
+        "node",
+        node_line,
+    );
+    watch(
+        Api::<Plan>::namespaced(client.clone(), namespace),
+        "plan",
+        plan_line,
+    );
 }
 
 /// Copies the agents' logs and the instances' `postgres.log` files when dropped.

@@ -407,7 +407,9 @@ async fn kill_and_fail_over(
         loop {
             if let Some((node, endpoint, shard)) =
                 serving_primary(plane, &tables, name, epoch + 1).await
-                && insert(&endpoint, &keys_in(&shard, key_from, 1)).await.is_ok()
+                && insert(&endpoint, &keys_in(&shard, key_from, 1))
+                    .await
+                    .is_ok()
             {
                 assert_ne!(node, victim);
                 endpoints.insert(name.clone(), endpoint);

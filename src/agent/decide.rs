@@ -394,7 +394,10 @@ mod tests {
         seen.last_seen_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
-        assert!(!report_due(Some(&base), Some(&seen)), "a refresh is timed, not due");
+        assert!(
+            !report_due(Some(&base), Some(&seen)),
+            "a refresh is timed, not due"
+        );
     }
 
     #[test]

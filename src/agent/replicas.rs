@@ -19,9 +19,7 @@ use crate::api::{SchemaVersion, Shard, Table};
 use crate::protocol::Endpoint;
 
 use super::context::NodeContext;
-use super::decide::{
-    LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum,
-};
+use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum};
 use super::error::AgentError;
 use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
