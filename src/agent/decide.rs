@@ -237,6 +237,35 @@ fn decide_secondary(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaActi
     }
 }
 
+/// Lag changes smaller than this many bytes do not make a report due on their own: a busy
+/// shard's standbys would otherwise rewrite the Shard's status on every commit.
+pub const LAG_REPORT_STEP: i64 = 1024 * 1024;
+
+/// Whether a replica's report differs from the last one written in anything the operator
+/// acts on, so it is written now rather than at the next periodic refresh: the role, state,
+/// endpoint and epoch, the lag in steps of [`LAG_REPORT_STEP`], whether a standby's stream
+/// has broken, and then, for an in-sync standby, the end of the WAL it holds. That position
+/// is what failover waits for (it promotes only once every in-sync standby has reported
+/// it), so it must not wait for a refresh. A standby out of sync may still be replaying WAL
+/// it holds locally: its position moves with every look and the operator does not use it,
+/// so only the break itself makes its report due.
+pub fn report_due(last: Option<&ObservedReplica>, now: Option<&ObservedReplica>) -> bool {
+    let substance = |r: Option<&ObservedReplica>| {
+        r.map(|r| {
+            (
+                r.role,
+                r.state,
+                r.endpoint.clone(),
+                r.epoch,
+                r.lag_bytes.map(|l| l / LAG_REPORT_STEP),
+                r.received_lsn
+                    .map(|held| (r.state == ReplicaState::InSync).then_some(held)),
+            )
+        })
+    };
+    substance(last) != substance(now)
+}
+
 /// The standbys a primary's commits wait for. `Quorum` durability: `ANY k` of the
 /// secondaries (k at most their number); `Async`: none. A cluster that does not say
 /// (`spec.durability` absent) gets `ANY 1` of its secondaries whenever it has any, so no
@@ -310,6 +339,66 @@ mod tests {
         upstream: None,
         running: true,
     };
+
+    #[test]
+    fn a_standby_whose_stream_broke_reports_the_wal_it_holds_at_once() {
+        let mut streaming = report("n1", ReplicaRole::Secondary, ReplicaState::InSync, 2);
+        streaming.lag_bytes = Some(168);
+        // The primary died: still in sync (it replayed all it received), lag 0, and now the
+        // end of its WAL, which failover compares across standbys.
+        let mut broken = streaming.clone();
+        broken.lag_bytes = Some(0);
+        broken.received_lsn = Some(50_331_816);
+        assert!(report_due(Some(&streaming), Some(&broken)));
+        // And back to streaming (it follows the new primary): the position is withdrawn.
+        assert!(report_due(Some(&broken), Some(&streaming)));
+        let mut moved = broken.clone();
+        moved.received_lsn = Some(50_331_900);
+        assert!(report_due(Some(&broken), Some(&moved)));
+        // Out of sync, the break is due but not every step of a local replay.
+        let mut behind = streaming.clone();
+        behind.state = ReplicaState::CatchingUp;
+        let mut replaying = behind.clone();
+        replaying.received_lsn = Some(40_000_000);
+        assert!(report_due(Some(&behind), Some(&replaying)));
+        let mut further = replaying.clone();
+        further.received_lsn = Some(40_100_000);
+        assert!(!report_due(Some(&replaying), Some(&further)));
+    }
+
+    #[test]
+    fn a_report_is_due_when_what_the_operator_acts_on_changes() {
+        let base = report("n1", ReplicaRole::Secondary, ReplicaState::InSync, 2);
+        assert!(!report_due(Some(&base), Some(&base.clone())));
+        assert!(report_due(None, Some(&base)));
+        assert!(report_due(Some(&base), None));
+        assert!(!report_due(None, None));
+        let mut lag = base.clone();
+        lag.lag_bytes = Some(LAG_REPORT_STEP - 1);
+        assert!(!report_due(Some(&base), Some(&lag)), "lag within a step");
+        lag.lag_bytes = Some(LAG_REPORT_STEP);
+        assert!(report_due(Some(&base), Some(&lag)));
+        let mut state = base.clone();
+        state.state = ReplicaState::CatchingUp;
+        assert!(report_due(Some(&base), Some(&state)));
+        let mut role = base.clone();
+        role.role = ReplicaRole::Primary;
+        assert!(report_due(Some(&base), Some(&role)));
+        let mut epoch = base.clone();
+        epoch.epoch = Some(3);
+        assert!(report_due(Some(&base), Some(&epoch)));
+        let mut endpoint = base.clone();
+        endpoint.endpoint = None;
+        assert!(report_due(Some(&base), Some(&endpoint)));
+        let mut seen = base.clone();
+        seen.last_seen_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert!(
+            !report_due(Some(&base), Some(&seen)),
+            "a refresh is timed, not due"
+        );
+    }
 
     #[test]
     fn quorum_follows_the_durability_policy() {

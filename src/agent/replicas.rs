@@ -19,7 +19,7 @@ use crate::api::{SchemaVersion, Shard, Table};
 use crate::protocol::Endpoint;
 
 use super::context::NodeContext;
-use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, sync_quorum};
+use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum};
 use super::error::AgentError;
 use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
@@ -33,8 +33,6 @@ const TICK: Duration = Duration::from_secs(1);
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
 /// A standby further behind than this many bytes of WAL is `CatchingUp`, not `InSync`.
 const IN_SYNC_LAG_BYTES: i64 = 16 * 1024 * 1024;
-/// Lag changes smaller than this do not cause a report on their own.
-const LAG_REPORT_STEP: i64 = 1024 * 1024;
 /// How long an unused slot no wanted standby names is kept before it is dropped.
 const SLOT_GRACE: Duration = Duration::from_secs(30);
 /// How long a planned handover waits for the new primary to replay the fenced old one's WAL.
@@ -746,24 +744,24 @@ impl ReplicaWorker {
         self.write_report(report).await;
     }
 
-    /// Writes the report if it changed in substance or is due for a refresh.
+    /// Writes the report if it changed in substance (`decide::report_due`) or is due for a
+    /// refresh.
     async fn write_report(&mut self, report: Option<ObservedReplica>) {
-        let substance = |r: &Option<ObservedReplica>| {
-            r.as_ref().map(|r| {
-                (
-                    r.role,
-                    r.state,
-                    r.endpoint.clone(),
-                    r.epoch,
-                    r.lag_bytes.map(|l| l / LAG_REPORT_STEP),
-                )
-            })
+        let held_before = match &self.last_report {
+            Some((last, at)) => {
+                if !report_due(last.as_ref(), report.as_ref())
+                    && (report.is_none() || at.elapsed() < REPORT_REFRESH)
+                {
+                    return;
+                }
+                last.as_ref().and_then(|r| r.received_lsn)
+            }
+            None => None,
         };
-        if let Some((last, at)) = &self.last_report
-            && substance(last) == substance(&report)
-            && (report.is_none() || at.elapsed() < REPORT_REFRESH)
+        if let Some(held) = report.as_ref().and_then(|r| r.received_lsn)
+            && held_before.is_none()
         {
-            return;
+            tracing::info!(shard = %self.shard, held, "the standby's stream broke; it reports the end of the WAL it holds");
         }
         let stamped = report.clone().map(|mut r| {
             r.last_seen_time = Some(Time(Timestamp::now()));
