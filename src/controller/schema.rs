@@ -22,6 +22,7 @@ use crate::api::{SchemaVersion, Table};
 use crate::protocol::TABLE_LABEL;
 
 use super::context::Context;
+use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
 use crate::decide::schema::{Outcome, newest_owned, next_version};
@@ -39,8 +40,8 @@ pub enum SchemaError {
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
     /// The API server refused or failed a request (a 409: the Table changed meanwhile).
-    #[error("API request failed: {0}")]
-    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
 }
 
 /// Runs the controller while this replica leads.
@@ -74,7 +75,13 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
     let selector = format!("{TABLE_LABEL}={}", table.name_any());
     let listed = versions
         .list(&ListParams::default().labels(&selector))
-        .await?
+        .await
+        .doing(|| {
+            format!(
+                "list the SchemaVersions of Table {namespace}/{}",
+                table.name_any()
+            )
+        })?
         .items;
     let observation = match next_version(&table, newest_owned(&table, &listed)) {
         Outcome::Current { version } => Observation {
@@ -121,7 +128,10 @@ async fn create(
     let made = match versions.create(&PostParams::default(), version).await {
         Ok(made) => made,
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
-        Err(error) => return Err(error.into()),
+        Err(source) => {
+            let action = format!("create SchemaVersion {name}");
+            return Err(ApiError { action, source }.into());
+        }
     };
     let status = json!({"status": {
         "phase": RolloutPhase::Pending,
@@ -129,7 +139,8 @@ async fn create(
     }});
     versions
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await?;
+        .await
+        .doing(|| format!("mark SchemaVersion {name} Pending"))?;
     let changes: Vec<String> = version
         .spec
         .changes
@@ -182,7 +193,13 @@ async fn write_condition(
             &PatchParams::default(),
             &Patch::Merge(patch),
         )
-        .await?;
+        .await
+        .doing(|| {
+            format!(
+                "write the SchemaAccepted condition of Table {}",
+                table.name_any()
+            )
+        })?;
     if let Some(message) = refused {
         ctx.event(table, true, REFUSED_REASON, message).await;
     }

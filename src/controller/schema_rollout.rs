@@ -36,6 +36,7 @@ use super::context::Context;
 use super::effects::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
 };
+use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 
 /// The Table condition that says whether its newest version is rolled out.
@@ -48,8 +49,8 @@ pub enum RolloutError {
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
     /// The API server refused or failed a request.
-    #[error("API request failed: {0}")]
-    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The rollout plan could not be encoded (a bug).
     #[error("cannot encode the rollout plan: {0}")]
     Encode(#[from] serde_json::Error),
@@ -90,7 +91,12 @@ async fn reconcile(version: Arc<SchemaVersion>, ctx: Arc<Context>) -> Result<Act
     }
     let namespace = version.namespace().unwrap_or_default();
     let api = Apis::new(&ctx, &namespace);
-    let Some(table) = api.tables.get_opt(&version.spec.table).await? else {
+    let table = api
+        .tables
+        .get_opt(&version.spec.table)
+        .await
+        .doing(|| format!("read Table {}", version.spec.table))?;
+    let Some(table) = table else {
         return Ok(Action::await_change());
     };
     let current = table.status.as_ref().and_then(|s| s.schema_version);
@@ -203,11 +209,12 @@ impl Apis {
     }
 
     /// The table's shards, by name.
-    async fn shards_of(&self, table: &str) -> Result<Vec<Shard>, kube::Error> {
+    async fn shards_of(&self, table: &str) -> Result<Vec<Shard>, ApiError> {
         let mut shards: Vec<Shard> = self
             .shards
             .list(&Default::default())
-            .await?
+            .await
+            .doing(|| format!("list the Shards of table {table}"))?
             .items
             .into_iter()
             .filter(|s| s.spec.table == table)
@@ -231,12 +238,23 @@ impl Rollout<'_> {
     /// planner blocked a shard (no live primary): the rollout waits, and says why.
     async fn ensure_plan(&mut self) -> Result<Option<Plan>, RolloutError> {
         if let Some(name) = &self.status.plan
-            && let Some(plan) = self.api.plans.get_opt(name).await?
+            && let Some(plan) = self
+                .api
+                .plans
+                .get_opt(name)
+                .await
+                .doing(|| format!("read Plan {name}"))?
         {
             return Ok(Some(plan));
         }
         let table = self.table.name_any();
-        let Some(cluster) = self.api.clusters.get_opt(&self.table.spec.cluster).await? else {
+        let cluster = self
+            .api
+            .clusters
+            .get_opt(&self.table.spec.cluster)
+            .await
+            .doing(|| format!("read DatabaseCluster {}", self.table.spec.cluster))?;
+        let Some(cluster) = cluster else {
             self.progressing(
                 "NoCluster",
                 format!("DatabaseCluster {} does not exist", self.table.spec.cluster),
@@ -249,7 +267,8 @@ impl Rollout<'_> {
             self.api
                 .nodes
                 .list(&Default::default())
-                .await?
+                .await
+                .doing(|| "list the DatabaseNodes".to_owned())?
                 .items
                 .into_iter()
                 .map(Arc::new)
@@ -337,8 +356,16 @@ impl Rollout<'_> {
                     .await;
                 plan
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => self.api.plans.get(&name).await?,
-            Err(e) => return Err(e.into()),
+            Err(kube::Error::Api(e)) if e.code == 409 => self
+                .api
+                .plans
+                .get(&name)
+                .await
+                .doing(|| format!("read Plan {name}"))?,
+            Err(source) => {
+                let action = format!("create Plan {name}");
+                return Err(ApiError { action, source }.into());
+            }
         };
         Ok(Some(plan))
     }
@@ -379,7 +406,8 @@ impl Rollout<'_> {
             .api
             .versions
             .get(&format!("{table}-v{previous}"))
-            .await?;
+            .await
+            .doing(|| format!("read SchemaVersion {table}-v{previous}"))?;
         let statements =
             match crate::schema::inverse(&table, &prior.spec.schema, &self.version.spec.schema) {
                 Ok(statements) => statements,
@@ -406,13 +434,17 @@ impl Rollout<'_> {
                 .as_ref()
                 .and_then(|s| s.schema_request.as_ref());
             if asked.is_some_and(|r| r.version == number) {
-                write_schema_request(&self.api.shards, shard, &request, None).await?;
+                write_schema_request(&self.api.shards, shard, &request, None)
+                    .await
+                    .doing(|| format!("ask Shard {} to roll back", shard.name_any()))?;
                 pending.push(shard.name_any());
             } else if asked == Some(&request) {
                 if !replicas_verified(shard, previous).is_empty() {
                     pending.push(shard.name_any());
                 } else {
-                    write_schema_request(&self.api.shards, shard, &request, Some(previous)).await?;
+                    write_schema_request(&self.api.shards, shard, &request, Some(previous))
+                        .await
+                        .doing(|| format!("record the roll-back on Shard {}", shard.name_any()))?;
                 }
             }
         }
@@ -617,7 +649,8 @@ where
 {
     ctx.leader.ensure()?;
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
+        .await
+        .doing(|| format!("write the status of {name}"))?;
     Ok(())
 }
 
