@@ -230,14 +230,20 @@ pub enum RiskClass {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanStep {
-    /// The step's position, from 0; steps run in this order.
+    /// The step's position, from 0: the order of the steps of one operation, and of the waves.
     #[schemars(range(min = 0))]
     pub id: i32,
-    /// The wave the step belongs to: steps of one wave may run concurrently, a wave starts
-    /// after the previous one finished.
+    /// The wave the step belongs to: the operations of one wave run concurrently, a wave
+    /// starts after the previous one finished.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub wave: i32,
+    /// The operation the step belongs to, numbered from 0 in plan order: an operation's steps
+    /// run one after another. Plans written before operations were numbered have 0 on every
+    /// step, so their steps run one at a time.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub operation: i32,
     /// What the step does, in the planner's vocabulary (for example `AddReplica`,
     /// `TransferPrimary`, `SwitchRouting`); see docs/planning.md.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Z][A-Za-z]*$"))]

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use crate::api::Plan;
 use crate::api::plan::{
-    CauseKind, PlanBlocker, PlanCause, PlanPurpose, PlanSpec, PlanStep, PlanTarget, RiskClass,
+    CauseKind, PlanBlocker, PlanCause, PlanPurpose, PlanSpec, PlanStatus, PlanStep, PlanTarget,
+    RiskClass, StepPhase,
 };
 use crate::plan::{self, PlanKind, StepAction};
 use crate::protocol::{CLUSTER_LABEL, PURPOSE_LABEL, SOURCE_COMMIT_ANNOTATION};
@@ -67,12 +68,13 @@ pub struct PlanContext {
 /// The `Plan` spec of a planner's plan.
 pub fn to_spec(plan: &plan::Plan, context: PlanContext) -> Result<PlanSpec, serde_json::Error> {
     let mut steps = Vec::new();
-    for operation in &plan.operations {
+    for (index, operation) in plan.operations.iter().enumerate() {
         for step in &operation.steps {
             let (shard, node) = subjects(&step.action);
             steps.push(PlanStep {
                 id: steps.len() as i32,
                 wave: operation.wave as i32,
+                operation: index as i32,
                 action: action_name(&step.action).to_string(),
                 shard,
                 node,
@@ -114,6 +116,29 @@ pub fn plan_object(name: &str, namespace: &str, spec: PlanSpec) -> Plan {
     object.metadata.namespace = Some(namespace.to_owned());
     object.metadata.labels = Some(labels);
     object
+}
+
+/// The steps to advance now, as positions in `steps`: in the first wave that has a step not
+/// yet succeeded, the first such step of each of its operations (an operation's steps run one
+/// after another, the operations of a wave side by side). Empty when every step succeeded.
+/// A step without a status entry counts as pending.
+pub fn next_steps(steps: &[PlanStep], status: &PlanStatus) -> Vec<usize> {
+    let succeeded = |step: &PlanStep| {
+        status
+            .steps
+            .iter()
+            .any(|s| s.id == step.id && s.phase == StepPhase::Succeeded)
+    };
+    let open: Vec<usize> = (0..steps.len())
+        .filter(|&i| !succeeded(&steps[i]))
+        .collect();
+    let Some(wave) = open.iter().map(|&i| steps[i].wave).min() else {
+        return Vec::new();
+    };
+    let mut operations = std::collections::BTreeSet::new();
+    open.into_iter()
+        .filter(|&i| steps[i].wave == wave && operations.insert(steps[i].operation))
+        .collect()
 }
 
 /// The action a wire step runs.
@@ -197,5 +222,123 @@ fn subjects(action: &StepAction) -> (Option<String>, Option<String>) {
         | StepAction::VerifyRanges { .. }
         | StepAction::SwitchRouting { .. }
         | StepAction::DropShards { .. } => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::plan::StepStatus;
+
+    use super::*;
+
+    /// A step `id` of `operation` in `wave`.
+    fn step(id: i32, wave: i32, operation: i32) -> PlanStep {
+        PlanStep {
+            id,
+            wave,
+            operation,
+            action: "AddReplica".into(),
+            shard: None,
+            node: None,
+            detail: "{}".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn status(succeeded: &[i32]) -> PlanStatus {
+        PlanStatus {
+            steps: succeeded
+                .iter()
+                .map(|&id| StepStatus {
+                    id,
+                    phase: StepPhase::Succeeded,
+                    attempts: 1,
+                    started_at: None,
+                    finished_at: None,
+                    message: None,
+                })
+                .collect(),
+            ..PlanStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_operations_of_a_wave_advance_side_by_side_and_their_steps_in_order() {
+        // Wave 0: operation 0 (steps 0, 1), operation 1 (steps 2, 3); wave 1: operation 2.
+        let steps = [
+            step(0, 0, 0),
+            step(1, 0, 0),
+            step(2, 0, 1),
+            step(3, 0, 1),
+            step(4, 1, 2),
+        ];
+        assert_eq!(next_steps(&steps, &status(&[])), vec![0, 2]);
+        assert_eq!(next_steps(&steps, &status(&[0])), vec![1, 2]);
+        assert_eq!(next_steps(&steps, &status(&[0, 1, 2])), vec![3]);
+        // The next wave starts only when every step of this one succeeded.
+        assert_eq!(next_steps(&steps, &status(&[0, 1, 2, 3])), vec![4]);
+        assert!(next_steps(&steps, &status(&[0, 1, 2, 3, 4])).is_empty());
+    }
+
+    #[test]
+    fn a_plan_without_numbered_operations_runs_one_step_at_a_time() {
+        // Written before operations were numbered: every step says operation 0.
+        let steps = [step(0, 0, 0), step(1, 0, 0), step(2, 1, 0)];
+        assert_eq!(next_steps(&steps, &status(&[])), vec![0]);
+        assert_eq!(next_steps(&steps, &status(&[0])), vec![1]);
+        assert_eq!(next_steps(&steps, &status(&[0, 1])), vec![2]);
+    }
+
+    #[test]
+    fn every_operation_of_a_planned_wave_is_numbered_apart() {
+        let mut planned = plan::Plan {
+            kind: PlanKind::Placement,
+            risk: plan::RiskClass::Safe,
+            hash: String::new(),
+            operations: ["orders-0", "orders-1"]
+                .iter()
+                .map(|shard| plan::Operation {
+                    wave: 0,
+                    subject: (*shard).into(),
+                    steps: vec![
+                        plan::Step::new(
+                            StepAction::AddReplica {
+                                shard: (*shard).into(),
+                                node: "n1".into(),
+                            },
+                            "below the replication factor",
+                        ),
+                        plan::Step::new(
+                            StepAction::CatchUp {
+                                shard: (*shard).into(),
+                                node: "n1".into(),
+                            },
+                            "wait for it",
+                        ),
+                    ],
+                })
+                .collect(),
+            blocked: Vec::new(),
+        };
+        planned.hash = planned.content_hash();
+        let context = PlanContext {
+            cluster: "main".into(),
+            target: PlanTarget {
+                kind: crate::api::plan::TargetKind::DatabaseCluster,
+                name: "main".into(),
+            },
+            cause: PlanCause {
+                kind: CauseKind::Policy,
+                commit: None,
+                user: None,
+                detail: String::new(),
+            },
+            summary: String::new(),
+            facts: BTreeMap::new(),
+        };
+        let spec = to_spec(&planned, context).unwrap();
+        let operations: Vec<i32> = spec.steps.iter().map(|s| s.operation).collect();
+        assert_eq!(operations, vec![0, 0, 1, 1]);
+        assert_eq!(next_steps(&spec.steps, &status(&[])), vec![0, 2]);
     }
 }

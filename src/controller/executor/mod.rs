@@ -1,8 +1,10 @@
 //! The plan executor: one reconcile per `Plan`. It decides approval (`approval.rs`: cluster
 //! policy, a patch of `spec.approval`, or an annotation carrying the plan's hash on the
-//! target object), then executes the steps in order, one at a time: a step is marked Running
-//! in status *before* its effect (`super::effects`) is applied (except the few
-//! `StepAction::recorded_with_outcome`), and Succeeded once the effect holds. Every status
+//! target object), then executes the plan wave by wave: the operations of a wave side by
+//! side (at most [`MAX_IN_FLIGHT`] effects at once), the steps of an operation in order. A step
+//! is marked Running in status *before* its effect (`super::effects`) is applied (except the
+//! few `StepAction::recorded_with_outcome`) — the steps started together in one write — and
+//! Succeeded once the effect holds, written with the next write. Every status
 //! write carries the resourceVersion it was computed from (`status.rs`), so a deposed
 //! leader's stale write is refused; a restarted operator finds the Running step and
 //! re-applies its idempotent effect. Each of these moments is one log line (`plan_line!`,
@@ -24,7 +26,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Level;
 
-use crate::api::plan::{PlanPhase, PlanPurpose, StepPhase, StepStatus};
+use crate::api::plan::{PlanPhase, PlanPurpose, PlanStatus, PlanStep, StepPhase, StepStatus};
 use crate::api::{Plan, Shard};
 use crate::decide::approval::Verdict;
 use crate::decide::conditions::{self, Observation};
@@ -323,7 +325,28 @@ async fn start(
     Ok(())
 }
 
-/// Executes steps in order until one must wait, the plan fails, or every step is done.
+/// How many step effects of one plan are applied at once: a wave holds at most the cluster's
+/// concurrency limit of operations, but a failover's promotions all share its first wave.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// What one round of the current wave came to.
+#[derive(Default)]
+struct Round {
+    /// A step succeeded: the operations move on at once.
+    progressed: bool,
+    /// The steps that wait, each with why.
+    waiting: Vec<(usize, String)>,
+    /// The first step that failed for good, with why: the plan fails.
+    failed: Option<(usize, String)>,
+    /// The first effect the API refused or failed; its step is retried.
+    api: Option<ExecutorError>,
+}
+
+/// Executes the plan wave by wave (`plan_wire::next_steps`): the operations of the current
+/// wave advance side by side, each through its steps in order, until every one waits or is
+/// done; the next wave starts once every step of this one succeeded. The steps started
+/// together are recorded Running in one status write before their effects; the steps done
+/// are recorded with the next write. Returns when the plan waits, fails or succeeded.
 async fn execute(
     ctx: &Context,
     plan: &Plan,
@@ -331,82 +354,169 @@ async fn execute(
 ) -> Result<Action, ExecutorError> {
     let namespace = plan.namespace().unwrap_or_default();
     let generation = plan.meta().generation;
-    let key = object_key(plan);
     for step in &plan.spec.steps {
-        let index = match writer.status.steps.iter().position(|s| s.id == step.id) {
-            Some(index) => index,
-            None => {
-                writer.status.steps.push(StepStatus {
-                    id: step.id,
-                    phase: StepPhase::Pending,
-                    attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    message: None,
-                });
-                writer.status.steps.len() - 1
-            }
-        };
-        let action = plan_wire::step_action(step);
-        match writer.status.steps[index].phase {
-            StepPhase::Succeeded => continue,
-            StepPhase::Failed => return Ok(ctx.next("Plan", plan, None)),
+        status_index(&mut writer.status, step.id);
+    }
+    loop {
+        if writer
+            .status
+            .steps
+            .iter()
+            .any(|s| s.phase == StepPhase::Failed)
+        {
+            return Ok(ctx.next("Plan", plan, None));
+        }
+        let next = plan_wire::next_steps(&plan.spec.steps, &writer.status);
+        if next.is_empty() {
+            break;
+        }
+        begin(ctx, plan, writer, &next).await?;
+        let outcomes: Vec<(usize, Result<Progress, StepError>)> = futures::stream::iter(next)
+            .map(|i| {
+                let namespace = namespace.as_str();
+                async move { (i, advance(ctx, plan, namespace, &plan.spec.steps[i]).await) }
+            })
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        let round = record(ctx, plan, writer, outcomes)?;
+        if let Some((i, why)) = round.failed {
+            fail(ctx, plan, writer, &plan.spec.steps[i], why).await?;
+            return Ok(ctx.next("Plan", plan, None));
+        }
+        if round.progressed {
+            continue;
+        }
+        if let Some((i, why)) = round.waiting.first() {
+            let step = &plan.spec.steps[*i];
+            let others = match round.waiting.len() - 1 {
+                0 => String::new(),
+                n => format!(" ({n} other step(s) of wave {} wait too)", step.wave),
+            };
+            set_progress(
+                &mut writer.status,
+                generation,
+                "Running",
+                format!("step {} ({}): {why}{others}", step.id, step.action),
+            );
+            writer.flush_if_changed(plan).await?;
+            return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
+        }
+        // Every effect of the round failed on the API: retried with a backoff.
+        writer.flush_if_changed(plan).await?;
+        if let Some(error) = round.api {
+            return Err(error);
+        }
+    }
+    succeed(ctx, plan, writer).await
+}
+
+/// The position of step `id`'s entry in `status.steps`, added (pending) if missing.
+fn status_index(status: &mut PlanStatus, id: i32) -> usize {
+    if let Some(index) = status.steps.iter().position(|s| s.id == id) {
+        return index;
+    }
+    status.steps.push(StepStatus {
+        id,
+        phase: StepPhase::Pending,
+        attempts: 0,
+        started_at: None,
+        finished_at: None,
+        message: None,
+    });
+    status.steps.len() - 1
+}
+
+/// Records the steps at `next` (positions in the plan's steps) as started — pending steps
+/// Running, steps a new leader resumes with one more attempt — in one status write before
+/// any of their effects. Some steps are recorded with their outcome only (one write less
+/// while a split's fence is up; `StepAction::recorded_with_outcome`).
+async fn begin(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+    next: &[usize],
+) -> Result<(), ExecutorError> {
+    let key = object_key(plan);
+    let epoch = ctx.leader.epoch();
+    let resumed = writer.status.executor_epoch != Some(epoch);
+    let mut write = false;
+    for &i in next {
+        let step = &plan.spec.steps[i];
+        let index = status_index(&mut writer.status, step.id);
+        let state = &mut writer.status.steps[index];
+        match state.phase {
             StepPhase::Pending => {
-                // Recorded before acting: a restarted operator resumes this step. Some
-                // steps are recorded with their outcome only (one write less while a
-                // split's fence is up; `StepAction::recorded_with_outcome`).
-                let state = &mut writer.status.steps[index];
                 state.phase = StepPhase::Running;
                 state.attempts += 1;
                 state.started_at = Some(Time(Timestamp::now()));
-                writer.status.executor_epoch = Some(ctx.leader.epoch());
-                if !action.as_ref().is_ok_and(StepAction::recorded_with_outcome) {
-                    writer.flush(plan).await?;
-                }
+                let attempt = state.attempts;
+                write |= !plan_wire::step_action(step)
+                    .as_ref()
+                    .is_ok_and(StepAction::recorded_with_outcome);
                 ctx.metrics.step_started(&key, step.id);
-                let attempt = writer.status.steps[index].attempts;
                 step_line!(Level::INFO, plan, step, attempt, "step started");
             }
-            StepPhase::Running => {
-                if writer.status.executor_epoch != Some(ctx.leader.epoch()) {
-                    // Resumed by a new leader: count the attempt.
-                    writer.status.steps[index].attempts += 1;
-                    writer.status.executor_epoch = Some(ctx.leader.epoch());
-                    writer.flush(plan).await?;
-                    let attempt = writer.status.steps[index].attempts;
-                    step_line!(Level::INFO, plan, step, attempt, "step resumed");
-                }
+            StepPhase::Running if resumed => {
+                state.attempts += 1;
+                write = true;
+                let attempt = state.attempts;
+                step_line!(Level::INFO, plan, step, attempt, "step resumed");
             }
+            StepPhase::Running | StepPhase::Succeeded | StepPhase::Failed => {}
         }
-        let outcome = match action {
-            Ok(action) => effects::advance(ctx, &namespace, &action).await,
-            Err(error) => Err(StepError::Permanent(format!(
-                "step {} cannot be read: {error}",
-                step.id
-            ))),
-        };
-        if outcome.is_ok() {
-            // Steps run in order: only the first step's effect ends the plan's clock.
-            ctx.metrics.effect_written(&key);
-        }
+    }
+    writer.status.executor_epoch = Some(epoch);
+    if write {
+        writer.flush(plan).await?;
+    }
+    Ok(())
+}
+
+/// Applies the effect of `step` of `plan` (idempotently) and reports whether it holds.
+async fn advance(
+    ctx: &Context,
+    plan: &Plan,
+    namespace: &str,
+    step: &PlanStep,
+) -> Result<Progress, StepError> {
+    let outcome = match plan_wire::step_action(step) {
+        Ok(action) => effects::advance(ctx, namespace, &action).await,
+        Err(error) => Err(StepError::Permanent(format!(
+            "step {} cannot be read: {error}",
+            step.id
+        ))),
+    };
+    if outcome.is_ok() {
+        // Only the plan's first effect ends its decision clock.
+        ctx.metrics.effect_written(&object_key(plan));
+    }
+    outcome
+}
+
+/// Records one round's outcomes in the status (not yet written): steps done are Succeeded,
+/// waiting steps say why, a step that failed for good is named for [`fail`], an API failure
+/// leaves its step Running to be retried. Returns at once when this replica must not act.
+fn record(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+    outcomes: Vec<(usize, Result<Progress, StepError>)>,
+) -> Result<Round, ExecutorError> {
+    let key = object_key(plan);
+    let mut round = Round::default();
+    for (i, outcome) in outcomes {
+        let step = &plan.spec.steps[i];
+        let index = status_index(&mut writer.status, step.id);
+        let state = &mut writer.status.steps[index];
         match outcome {
             Ok(Progress::Done) => {
-                let state = &mut writer.status.steps[index];
                 state.phase = StepPhase::Succeeded;
                 state.finished_at = Some(Time(Timestamp::now()));
                 state.message = None;
                 let clock = ctx.metrics.step_ended(&key, step.id);
                 let duration_ms = millis(clock, state.started_at.as_ref());
                 step_line!(Level::INFO, plan, step, duration_ms, "step succeeded");
-                let done = writer
-                    .status
-                    .steps
-                    .iter()
-                    .filter(|s| s.phase == StepPhase::Succeeded)
-                    .count();
-                writer.status.completed_steps = Some(done as i32);
-                // Written with the next step's Running (or the plan's end): one write less
-                // per step. A crash before it re-runs this step's idempotent effect.
                 ctx.metrics
                     .plan_steps
                     .get_or_create(&StepLabels {
@@ -414,94 +524,129 @@ async fn execute(
                         result: "succeeded",
                     })
                     .inc();
+                round.progressed = true;
             }
             Ok(Progress::Waiting(why)) => {
-                let before = writer.status.steps[index].message.replace(why.clone());
-                set_progress(
-                    &mut writer.status,
-                    generation,
-                    "Running",
-                    format!("step {} ({}): {why}", step.id, step.action),
-                );
-                writer.flush_if_changed(plan).await?;
-                // Once per new reason, not at every poll.
-                if before.as_ref() != Some(&why) {
+                // Logged once per new reason, not at every poll.
+                if state.message.replace(why.clone()).as_ref() != Some(&why) {
                     step_line!(Level::INFO, plan, step, why = why.as_str(), "step waiting");
                 }
-                return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
+                round.waiting.push((i, why));
             }
             Err(StepError::Permanent(why)) => {
-                let state = &mut writer.status.steps[index];
-                state.phase = StepPhase::Failed;
-                state.finished_at = Some(Time(Timestamp::now()));
-                state.message = Some(why.clone());
-                writer.status.phase = Some(PlanPhase::Failed);
-                writer.status.finished_at = Some(Time(Timestamp::now()));
-                let message = format!("step {} ({}) failed: {why}", step.id, step.action);
-                set_progress(
-                    &mut writer.status,
-                    generation,
-                    "StepFailed",
-                    message.clone(),
-                );
-                conditions::set(
-                    &mut writer.status.conditions,
-                    generation,
-                    Observation {
-                        type_: "Degraded",
-                        holds: true,
-                        reason: "StepFailed",
-                        message: message.clone(),
-                    },
-                    Timestamp::now(),
-                );
-                writer.flush(plan).await?;
-                let clock = ctx.metrics.step_ended(&key, step.id);
-                let duration_ms = millis(clock, writer.status.steps[index].started_at.as_ref());
+                if round.failed.is_none() {
+                    round.failed = Some((i, why));
+                }
+            }
+            Err(StepError::Api(source)) => {
                 step_line!(
                     Level::WARN,
                     plan,
                     step,
-                    duration_ms,
-                    why = why.as_str(),
-                    "step failed"
+                    error = %source,
+                    "step effect not applied; retried"
                 );
-                let clock = ctx.metrics.plan_ended(&key);
-                let duration_ms = millis(clock, writer.status.started_at.as_ref());
-                plan_line!(
-                    Level::WARN,
-                    plan,
-                    step = step.id,
-                    duration_ms,
-                    "plan failed"
-                );
-                ctx.metrics
-                    .plan_steps
-                    .get_or_create(&StepLabels {
+                if round.api.is_none() {
+                    round.api = Some(ExecutorError::Step {
+                        plan: plan.name_any(),
+                        step: step.id,
                         action: step.action.clone(),
-                        result: "failed",
-                    })
-                    .inc();
-                ctx.event(plan, true, "PlanFailed", message).await;
-                return Ok(ctx.next("Plan", plan, None));
-            }
-            Err(StepError::Api(source)) => {
-                return Err(ExecutorError::Step {
-                    plan: plan.name_any(),
-                    step: step.id,
-                    action: step.action.clone(),
-                    source,
-                });
+                        source,
+                    });
+                }
             }
             Err(StepError::NotLeader(error)) => return Err(error.into()),
         }
     }
+    let done = writer
+        .status
+        .steps
+        .iter()
+        .filter(|s| s.phase == StepPhase::Succeeded)
+        .count();
+    writer.status.completed_steps = Some(done as i32);
+    Ok(round)
+}
+
+/// Fails `step` of `plan` (and the plan) for `why`: data intact, the plan says why.
+async fn fail(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+    step: &PlanStep,
+    why: String,
+) -> Result<(), ExecutorError> {
+    let key = object_key(plan);
+    let generation = plan.meta().generation;
+    let index = status_index(&mut writer.status, step.id);
+    let state = &mut writer.status.steps[index];
+    state.phase = StepPhase::Failed;
+    state.finished_at = Some(Time(Timestamp::now()));
+    state.message = Some(why.clone());
+    writer.status.phase = Some(PlanPhase::Failed);
+    writer.status.finished_at = Some(Time(Timestamp::now()));
+    let message = format!("step {} ({}) failed: {why}", step.id, step.action);
+    set_progress(
+        &mut writer.status,
+        generation,
+        "StepFailed",
+        message.clone(),
+    );
+    conditions::set(
+        &mut writer.status.conditions,
+        generation,
+        Observation {
+            type_: "Degraded",
+            holds: true,
+            reason: "StepFailed",
+            message: message.clone(),
+        },
+        Timestamp::now(),
+    );
+    writer.flush(plan).await?;
+    let clock = ctx.metrics.step_ended(&key, step.id);
+    let duration_ms = millis(clock, writer.status.steps[index].started_at.as_ref());
+    step_line!(
+        Level::WARN,
+        plan,
+        step,
+        duration_ms,
+        why = why.as_str(),
+        "step failed"
+    );
+    let clock = ctx.metrics.plan_ended(&key);
+    let duration_ms = millis(clock, writer.status.started_at.as_ref());
+    plan_line!(
+        Level::WARN,
+        plan,
+        step = step.id,
+        duration_ms,
+        "plan failed"
+    );
+    ctx.metrics
+        .plan_steps
+        .get_or_create(&StepLabels {
+            action: step.action.clone(),
+            result: "failed",
+        })
+        .inc();
+    ctx.event(plan, true, "PlanFailed", message).await;
+    Ok(())
+}
+
+/// Ends `plan`: every step succeeded.
+async fn succeed(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+) -> Result<Action, ExecutorError> {
+    let generation = plan.meta().generation;
     writer.status.phase = Some(PlanPhase::Succeeded);
     writer.status.finished_at = Some(Time(Timestamp::now()));
     let message = format!("all {} step(s) succeeded", plan.spec.steps.len());
     set_progress(&mut writer.status, generation, "Succeeded", message.clone());
     writer.flush(plan).await?;
-    let clock = ctx.metrics.plan_ended(&key);
+    let clock = ctx.metrics.plan_ended(&object_key(plan));
     plan_line!(
         Level::INFO,
         plan,

@@ -245,3 +245,125 @@ async fn a_replica_that_does_not_lead_writes_nothing() {
         "{result:?}"
     );
 }
+
+/// A running placement plan of two operations in wave 0, each adding a replica on n2 and
+/// waiting for it to catch up: `orders-0` (steps 0, 1) and `orders-1` (steps 2, 3).
+fn two_operation_plan() -> Arc<Plan> {
+    let operations = ["orders-0", "orders-1"]
+        .iter()
+        .map(|shard| Operation {
+            wave: 0,
+            subject: (*shard).into(),
+            steps: vec![
+                Step::new(
+                    StepAction::AddReplica {
+                        shard: (*shard).into(),
+                        node: "n2".into(),
+                    },
+                    "below the replication factor",
+                ),
+                Step::new(
+                    StepAction::CatchUp {
+                        shard: (*shard).into(),
+                        node: "n2".into(),
+                    },
+                    "serve only once in sync",
+                ),
+            ],
+        })
+        .collect();
+    let mut planned = plan::Plan {
+        kind: PlanKind::Placement,
+        risk: plan::RiskClass::Safe,
+        hash: String::new(),
+        operations,
+        blocked: Vec::new(),
+    };
+    planned.hash = planned.content_hash();
+    let context = PlanContext {
+        cluster: "main".into(),
+        target: crate::api::plan::PlanTarget {
+            kind: TargetKind::DatabaseCluster,
+            name: "main".into(),
+        },
+        cause: crate::api::plan::PlanCause {
+            kind: crate::api::plan::CauseKind::Policy,
+            commit: None,
+            user: None,
+            detail: "test".into(),
+        },
+        summary: "place two shards".into(),
+        facts: Default::default(),
+    };
+    let mut object = plan_object("main-placement-1", NS, to_spec(&planned, context).unwrap());
+    object.metadata.resource_version = Some("1".into());
+    object.metadata.generation = Some(1);
+    let mut status = running(StepPhase::Pending, 0);
+    status.total_steps = Some(4);
+    status.steps = (0..4)
+        .map(|id| StepStatus {
+            id,
+            phase: StepPhase::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        })
+        .collect();
+    object.status = Some(status);
+    Arc::new(object)
+}
+
+/// Shard `name` wanting replicas on n1 (primary) and n2, n2 reported in `state`.
+fn shard_with_n2(name: &str, state: &str) -> Shard {
+    serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": "11"},
+        "spec": {"table": "orders", "range": {}},
+        "status": {
+            "primary": {"node": "n1", "epoch": 1},
+            "desiredReplicas": [{"node": "n1", "role": "Primary"}, {"node": "n2", "role": "Secondary"}],
+            "replicas": [{"node": "n2", "role": "Secondary", "state": state, "epoch": 1}],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_other_back() {
+    let (ctx, server) = fixtures::context(true);
+    let plan = two_operation_plan();
+    let catching_up = shard_with_n2("orders-0", "CatchingUp");
+    let in_sync = shard_with_n2("orders-1", "InSync");
+    let script = vec![
+        // Both operations' first steps start in one write, then act side by side (n2 is
+        // already wanted by both shards, so neither is written).
+        plan_status_written(&plan)
+            .field("/status/steps/0/phase", "Running")
+            .field("/status/steps/2/phase", "Running")
+            .field("/status/steps/1/phase", "Pending"),
+        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        Expect::get::<Shard>(NS, "orders-1").answer(&in_sync),
+        // Both succeeded: both operations' second steps start in one write.
+        plan_status_written(&plan)
+            .field("/status/steps/0/phase", "Succeeded")
+            .field("/status/steps/2/phase", "Succeeded")
+            .field("/status/steps/1/phase", "Running")
+            .field("/status/steps/3/phase", "Running"),
+        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        Expect::get::<Shard>(NS, "orders-1").answer(&in_sync),
+        // orders-1 is done although orders-0 still waits; only orders-0 is looked at again.
+        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        plan_status_written(&plan)
+            .field("/status/phase", "Running")
+            .field("/status/completedSteps", 3)
+            .field("/status/steps/1/phase", "Running")
+            .field(
+                "/status/steps/1/message",
+                "replica of orders-0 on n2 is CatchingUp",
+            )
+            .field("/status/steps/3/phase", "Succeeded"),
+    ];
+    let action = server.run(script, reconcile(plan, ctx)).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_millis(200)));
+}
