@@ -502,7 +502,7 @@ fn record(
     plan: &Plan,
     writer: &mut StatusWriter<'_>,
     outcomes: Vec<(usize, Result<Progress, StepError>)>,
-) -> Result<Round, ExecutorError> {
+) -> Result<Round, NotLeader> {
     let key = object_key(plan);
     let mut round = Round::default();
     for (i, outcome) in outcomes {
@@ -555,7 +555,7 @@ fn record(
                     });
                 }
             }
-            Err(StepError::NotLeader(error)) => return Err(error.into()),
+            Err(StepError::NotLeader(error)) => return Err(error),
         }
     }
     let done = writer
