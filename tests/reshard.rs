@@ -586,9 +586,9 @@ async fn a_split_completes_when_the_operator_and_agents_are_killed_mid_step() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_succeeded(&plan);
-    let steps = plan.spec.steps.len();
+    let steps = support::operator::sequential_steps(&plan);
     println!(
-        "split under kills: {steps} steps, operator SIGKILLed {kills} times, agents SIGKILLed \
+        "split under kills: {steps} steps one after another, operator SIGKILLed {kills} times, agents SIGKILLed \
          {} times; plan succeeded after {:.1?}",
         agents.kills.iter().filter(|k| k.down.is_some()).count(),
         phase.elapsed()

@@ -3,7 +3,7 @@
 //! under-replicated shards, drains, rebalancing); which running plans a decision supersedes;
 //! which finished plans are pruned; node finalizers and counts; the cluster's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -133,20 +133,7 @@ pub fn decide(
     // rebalance that can proceed; its blockers still reach the cluster's conditions.
     let placement = plan::plan_placement(topology, limits)?.first_steps(MAX_PLAN_STEPS);
     if !placement.operations.is_empty() {
-        let shards = placement.operations.len();
-        return Ok(Some(Decision {
-            context: PlanContext {
-                cluster: cluster.clone(),
-                target: target(TargetKind::DatabaseCluster, &cluster),
-                cause: cause(
-                    CauseKind::Policy,
-                    "shards below the replication factor".into(),
-                ),
-                summary: format!("place replicas of {shards} under-replicated shard(s)"),
-                facts: BTreeMap::new(),
-            },
-            plan: placement,
-        }));
+        return Ok(Some(placement_decision(view, placement)));
     }
 
     for node in &view.nodes {
@@ -230,19 +217,115 @@ pub fn decide(
     if placement.blocked.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Decision {
+    Ok(Some(placement_decision(view, placement)))
+}
+
+/// The decision to place `placement`'s replicas of under-replicated shards.
+fn placement_decision(view: &ClusterView, placement: plan::Plan) -> Decision {
+    let cluster = view.name().to_owned();
+    let summary = match placement.operations.len() {
+        0 => "no placement possible".to_owned(),
+        shards => format!("place replicas of {shards} under-replicated shard(s)"),
+    };
+    Decision {
         context: PlanContext {
             cluster: cluster.clone(),
-            target: target(TargetKind::DatabaseCluster, &cluster),
-            cause: cause(
-                CauseKind::Policy,
-                "shards below the replication factor".into(),
-            ),
-            summary: "no placement possible".into(),
+            target: PlanTarget {
+                kind: TargetKind::DatabaseCluster,
+                name: cluster,
+            },
+            cause: PlanCause {
+                kind: CauseKind::Policy,
+                commit: None,
+                user: None,
+                detail: "shards below the replication factor".into(),
+            },
+            summary,
             facts: BTreeMap::new(),
         },
         plan: placement,
-    }))
+    }
+}
+
+/// How many decisions one look at a cluster makes beside its active plans.
+pub const MAX_DECISIONS_BESIDE: usize = 16;
+
+/// The shards a decision made beside `active` must leave alone: those any active plan acts
+/// on ([`StepAction::shards`](plan::StepAction::shards)), and every shard with a replica on
+/// an offline node — its failover ([`decide`]) promotes and replaces it, after the delay.
+pub fn held_shards(active: &[&Arc<Plan>], topology: &Topology) -> BTreeSet<String> {
+    let mut held: BTreeSet<String> = active
+        .iter()
+        .flat_map(|p| &p.spec.steps)
+        .filter_map(|step| plan_wire::step_action(step).ok())
+        .flat_map(|action| {
+            action
+                .shards()
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let offline: Vec<&str> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .map(|n| n.name.as_str())
+        .collect();
+    held.extend(
+        topology
+            .shards
+            .iter()
+            .filter(|s| offline.iter().any(|n| s.has_replica_on(n)))
+            .map(|s| s.name.clone()),
+    );
+    held
+}
+
+/// What to decide beside the active plans, so that a plan that waits (a failover giving its
+/// dead node time to return, a split awaiting approval) holds no independent change back: on
+/// the topology without the `held` shards ([`held_shards`]), a declared split or merge none
+/// of whose shards is held, else a placement of the shards left under-replicated (a new
+/// table's). Failovers, drains and rebalancing are only ever decided by [`decide`]: they move
+/// whole nodes' replicas. The held shards still count in the decision only as absent (the
+/// nodes' load they carry is not seen), which is the price of not waiting.
+pub fn decide_beside(
+    view: &ClusterView,
+    topology: &Topology,
+    held: &BTreeSet<String>,
+) -> Result<Option<Decision>, PlanError> {
+    let free = Topology {
+        replication_factor: topology.replication_factor,
+        nodes: topology.nodes.clone(),
+        shards: topology
+            .shards
+            .iter()
+            .filter(|s| !held.contains(&s.name))
+            .cloned()
+            .collect(),
+    };
+    if let Some(decision) = reshard::decide_free(view, &free, held)? {
+        return Ok(Some(decision));
+    }
+    let placement = plan::plan_placement(&free, limits(view))?.first_steps(MAX_PLAN_STEPS);
+    if placement.operations.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(placement_decision(view, placement)))
+}
+
+/// Whether a decision made beside the active plans ([`decide_beside`]) is created: unless a
+/// plan with its hash, or for its purpose and target, is active — one placement of a cluster
+/// at a time, one split or merge of a table.
+pub fn admit_beside(
+    purpose: PlanPurpose,
+    hash: &str,
+    target: &PlanTarget,
+    active: &[&Arc<Plan>],
+) -> bool {
+    !active
+        .iter()
+        .any(|p| p.spec.purpose == purpose && (p.spec.hash == hash || &p.spec.target == target))
 }
 
 fn limits(view: &ClusterView) -> ConcurrencyLimits {
@@ -368,8 +451,8 @@ pub fn admit<'a>(
 }
 
 /// Whether `plan` acts on `node` or on a shard with a replica there: a step names the node,
-/// or names (as its subject, or among the shards a split or merge replaces or creates) a
-/// shard that `node` holds.
+/// or a shard that `node` holds (as its subject, or among the shards a split or merge copies,
+/// fences, switches or drops), or creates a shard with a replica on `node`.
 pub fn touches_node(plan: &Plan, node: &str, topology: &Topology) -> bool {
     let held = |shard: &str| {
         topology
@@ -380,15 +463,11 @@ pub fn touches_node(plan: &Plan, node: &str, topology: &Topology) -> bool {
     plan.spec.steps.iter().any(|step| {
         step.node.as_deref() == Some(node)
             || step.shard.as_deref().is_some_and(held)
-            || match plan_wire::step_action(step) {
-                Ok(plan::StepAction::SwitchRouting { retire, serve, .. }) => {
-                    retire.iter().chain(&serve).any(|s| held(s))
-                }
-                Ok(plan::StepAction::PrepareTargets { targets }) => {
-                    targets.iter().any(|t| t.nodes.iter().any(|n| n == node))
-                }
-                _ => false,
-            }
+            || plan_wire::step_action(step).is_ok_and(|action| {
+                action.shards().into_iter().any(held)
+                    || matches!(&action, plan::StepAction::PrepareTargets { targets }
+                        if targets.iter().any(|t| t.nodes.iter().any(|n| n == node)))
+            })
     })
 }
 

@@ -3,7 +3,7 @@
 //! them, and reading the split/merge orders and reports on `Shard.status`. Protocol:
 //! docs/dataplane.md, "Split and merge".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::plan::{PlanTarget, TargetKind};
 use crate::api::shard::{ReplicaRole, ReshardOrder, ShardPhase};
@@ -73,9 +73,36 @@ pub fn declared_reshards(view: &ClusterView) -> Vec<ReshardRequest> {
 
 /// The plan of the first declared split or merge, if any.
 pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision>, PlanError> {
-    let Some(request) = declared_reshards(view).into_iter().next() else {
-        return Ok(None);
-    };
+    match declared_reshards(view).into_iter().next() {
+        Some(request) => decision(view, topology, request).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first declared split or merge none of whose sources and targets is `held` (by an
+/// active plan), planned on `topology` (which holds its sources): one that can run beside
+/// the active plans.
+pub fn decide_free(
+    view: &ClusterView,
+    topology: &Topology,
+    held: &BTreeSet<String>,
+) -> Result<Option<Decision>, PlanError> {
+    let free = declared_reshards(view).into_iter().find(|r| {
+        let mut shards = r.sources.iter().chain(r.targets.iter().map(|t| &t.name));
+        !shards.any(|s| held.contains(s))
+    });
+    match free {
+        Some(request) => decision(view, topology, request).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The decision to carry out the declared `request`.
+fn decision(
+    view: &ClusterView,
+    topology: &Topology,
+    request: ReshardRequest,
+) -> Result<Decision, PlanError> {
     let table = view.tables.iter().find(|t| t.name() == request.table);
     let grace_ms = table.map_or(DEFAULT_GRACE_MS, |t| grace_ms(t));
     let plan = plan_declared(topology, &request, grace_ms)?;
@@ -109,7 +136,7 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
         ("targets".to_owned(), targets.join(",")),
         ("graceMs".to_owned(), grace_ms.to_string()),
     ]);
-    Ok(Some(Decision {
+    Ok(Decision {
         context: PlanContext {
             cluster: view.name().to_owned(),
             target: PlanTarget {
@@ -121,7 +148,7 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
             facts,
         },
         plan,
-    }))
+    })
 }
 
 /// The plan of a declared split or merge. The targets may exist as Shards already; the

@@ -220,6 +220,38 @@ impl StepAction {
         )
     }
 
+    /// Every shard the action acts on: its subject, the shards a split or merge copies from,
+    /// fences, verifies, switches, creates or drops.
+    pub fn shards(&self) -> Vec<&str> {
+        match self {
+            StepAction::AddReplica { shard, .. }
+            | StepAction::CatchUp { shard, .. }
+            | StepAction::TransferPrimary { shard, .. }
+            | StepAction::Promote { shard, .. }
+            | StepAction::RemoveReplica { shard, .. }
+            | StepAction::ApplySchema { shard, .. } => vec![shard],
+            StepAction::PrepareTargets { targets } => {
+                targets.iter().map(|t| t.name.as_str()).collect()
+            }
+            StepAction::CopyRows { source, target, .. } => vec![source, target],
+            StepAction::CatchUpTarget { target } => vec![target],
+            StepAction::FenceWrites { shards } | StepAction::DropShards { shards, .. } => {
+                shards.iter().map(String::as_str).collect()
+            }
+            StepAction::VerifyRanges { sources, targets } => {
+                sources.iter().chain(targets).map(String::as_str).collect()
+            }
+            StepAction::SwitchRouting { retire, serve, .. } => {
+                retire.iter().chain(serve).map(String::as_str).collect()
+            }
+            StepAction::WaitUntil { .. }
+            | StepAction::RestartNode { .. }
+            | StepAction::UpgradeNode { .. }
+            | StepAction::AwaitNodeHealthy { .. }
+            | StepAction::RemoveNode { .. } => Vec::new(),
+        }
+    }
+
     /// Adds the nodes whose concurrency budget the action uses to `out`.
     pub(super) fn add_nodes<'s>(&'s self, out: &mut Vec<&'s str>) {
         match self {

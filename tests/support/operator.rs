@@ -4,7 +4,7 @@
 //! leadership as the Lease and its metrics show it, and a plan driven to its end while the
 //! operator is killed at every step.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -261,6 +261,22 @@ pub async fn finish_plan_killing_operator(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How many of `plan`'s steps run one after another: the operations of a wave run side by
+/// side, so each wave counts its longest operation. An operator killed at every change of
+/// progress is killed at least about this often.
+pub fn sequential_steps(plan: &Plan) -> usize {
+    let mut operations: BTreeMap<(i32, i32), usize> = BTreeMap::new();
+    for step in &plan.spec.steps {
+        *operations.entry((step.wave, step.operation)).or_default() += 1;
+    }
+    let mut waves: BTreeMap<i32, usize> = BTreeMap::new();
+    for ((wave, _), steps) in operations {
+        let longest = waves.entry(wave).or_default();
+        *longest = (*longest).max(steps);
+    }
+    waves.values().sum()
 }
 
 /// No step of `plan` took effect twice: every shard's epoch moved by exactly the plan's

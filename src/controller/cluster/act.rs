@@ -11,9 +11,12 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::plan::{PlanPhase, PlanPurpose};
+use crate::api::plan::{PlanPhase, PlanPurpose, PlanTarget};
 use crate::api::{DatabaseNode, Plan};
-use crate::decide::cluster::{Admission, admit, history_to_prune, node_counts, node_finalizers};
+use crate::decide::cluster::{
+    Admission, MAX_DECISIONS_BESIDE, admit, admit_beside, decide_beside, held_shards,
+    history_to_prune, node_counts, node_finalizers,
+};
 use crate::decide::plan_wire::Decision;
 use crate::decide::{self, ClusterView};
 use crate::plan::Topology;
@@ -28,15 +31,14 @@ const MAX_REMAKES: usize = 5;
 
 /// Creates the decided plan unless it exists or a running plan finishes first
 /// ([`admit`]), superseding the plans it replaces; a failover runs beside the plans that do
-/// not touch its dead node.
+/// not touch its dead node. Returns whether it created it.
 pub async fn persist(
     ctx: &Context,
     view: &ClusterView,
     topology: &Topology,
     decision: Decision,
     active: &[&Arc<Plan>],
-) -> Result<(), ClusterError> {
-    let cluster = view.cluster.as_ref();
+) -> Result<bool, ClusterError> {
     let purpose = decide::plan_wire::purpose(decision.plan.kind);
     let admission = admit(
         purpose,
@@ -46,15 +48,10 @@ pub async fn persist(
         topology,
     );
     let supersede_all = match admission {
-        Admission::Wait => return Ok(()),
+        Admission::Wait => return Ok(false),
         Admission::Create { supersede } => supersede,
     };
-    let encode = |source| ClusterError::Encode {
-        cluster: cluster.name_any(),
-        source,
-    };
-    let mut object = decide::cluster::plan_of(view, decision).map_err(encode)?;
-    object.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
+    let object = plan_object(view, decision)?;
     let name = object.name_any();
     for plan in supersede_all {
         supersede(
@@ -64,6 +61,67 @@ pub async fn persist(
         )
         .await?;
     }
+    create(ctx, view, object).await
+}
+
+/// Creates the plans to run beside the active ones ([`decide_beside`]): up to
+/// [`MAX_DECISIONS_BESIDE`], each on shards that neither the active plans nor the plans
+/// created before it hold, each admitted by [`admit_beside`].
+pub async fn persist_beside(
+    ctx: &Context,
+    view: &ClusterView,
+    topology: &Topology,
+    active: &[&Arc<Plan>],
+) -> Result<(), ClusterError> {
+    let mut held = held_shards(active, topology);
+    let mut created: Vec<(PlanPurpose, PlanTarget)> = Vec::new();
+    for _ in 0..MAX_DECISIONS_BESIDE {
+        let decision =
+            decide_beside(view, topology, &held).map_err(|source| ClusterError::Plan {
+                cluster: view.name().to_owned(),
+                source,
+            })?;
+        let Some(decision) = decision else {
+            return Ok(());
+        };
+        let purpose = decide::plan_wire::purpose(decision.plan.kind);
+        let target = decision.context.target.clone();
+        let admitted = admit_beside(purpose, &decision.plan.hash, &target, active)
+            && !created.iter().any(|c| c == &(purpose, target.clone()));
+        if !admitted {
+            return Ok(());
+        }
+        held.extend(
+            decision
+                .plan
+                .steps()
+                .flat_map(|s| s.action.shards())
+                .map(str::to_owned),
+        );
+        create(ctx, view, plan_object(view, decision)?).await?;
+        created.push((purpose, target));
+    }
+    Ok(())
+}
+
+/// The `Plan` object of `decision`, owned by the cluster.
+fn plan_object(view: &ClusterView, decision: Decision) -> Result<Plan, ClusterError> {
+    let cluster = view.cluster.as_ref();
+    let encode = |source| ClusterError::Encode {
+        cluster: cluster.name_any(),
+        source,
+    };
+    let mut object = decide::cluster::plan_of(view, decision).map_err(encode)?;
+    object.metadata.owner_references = cluster.controller_owner_ref(&()).map(|o| vec![o]);
+    Ok(object)
+}
+
+/// Creates `object`, unless the same change was planned before (a split or merge that a
+/// failover superseded before its switch is made again); returns whether it created it.
+async fn create(ctx: &Context, view: &ClusterView, mut object: Plan) -> Result<bool, ClusterError> {
+    let cluster = view.cluster.as_ref();
+    let purpose = object.spec.purpose;
+    let name = object.name_any();
     ctx.leader.ensure()?;
     let namespace = cluster.namespace().unwrap_or_default();
     let plans: Api<Plan> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -83,7 +141,7 @@ pub async fn persist(
                     .and_then(|p| p.status)
                     .is_some_and(|s| s.phase == Some(PlanPhase::Superseded));
                 if purpose != PlanPurpose::Reshard || !superseded || attempt >= MAX_REMAKES {
-                    return Ok(());
+                    return Ok(false);
                 }
                 attempt += 1;
                 object.metadata.name = Some(format!("{name}-{attempt}"));
@@ -135,7 +193,7 @@ pub async fn persist(
         object.spec.summary
     );
     ctx.event(cluster, false, "PlanCreated", note).await;
-    Ok(())
+    Ok(true)
 }
 
 /// Marks `plan` Superseded with `message`, conditional on the version this reconciler saw:

@@ -1,7 +1,8 @@
 //! The DatabaseCluster reconciler. One reconcile reads top to bottom: observe the cluster's
 //! nodes, tables, shards and plans (watch caches); decide (`crate::decide::cluster`: the
-//! planner's next plan by priority, and what to supersede or prune); act (`act.rs`: persist
-//! the decision as a `Plan` owned by the cluster, node finalizers and counts); report the
+//! planner's next plan by priority, what to supersede or prune, and — when an active plan
+//! holds that decision back — what can run beside it on other shards); act (`act.rs`: persist
+//! the decisions as `Plan`s owned by the cluster, node finalizers and counts); report the
 //! cluster's state (`status.rs`). It never executes a step — the plan executor does.
 
 mod act;
@@ -167,7 +168,10 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
         .map(|b| format!("{}: {}", b.subject, b.reason))
         .collect();
     if let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) {
-        act::persist(ctx, view, &topology, decision, &active).await?;
+        // What waits behind an active plan may still run beside it, on other shards.
+        if !act::persist(ctx, view, &topology, decision, &active).await? {
+            act::persist_beside(ctx, view, &topology, &active).await?;
+        }
     }
 
     // Status.

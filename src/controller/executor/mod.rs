@@ -336,6 +336,8 @@ struct Round {
     progressed: bool,
     /// The steps that wait, each with why.
     waiting: Vec<(usize, String)>,
+    /// The waiting steps whose reason changed, each with the new one.
+    news: Vec<(usize, String)>,
     /// The first step that failed for good, with why: the plan fails.
     failed: Option<(usize, String)>,
     /// The first effect the API refused or failed; its step is retried.
@@ -384,10 +386,9 @@ async fn execute(
             fail(ctx, plan, writer, &plan.spec.steps[i], why).await?;
             return Ok(ctx.next("Plan", plan, None));
         }
-        if round.progressed {
-            continue;
-        }
-        if let Some((i, why)) = round.waiting.first() {
+        if !round.progressed
+            && let Some((i, why)) = round.waiting.first()
+        {
             let step = &plan.spec.steps[*i];
             let others = match round.waiting.len() - 1 {
                 0 => String::new(),
@@ -399,14 +400,25 @@ async fn execute(
                 "Running",
                 format!("step {} ({}): {why}{others}", step.id, step.action),
             );
-            writer.flush_if_changed(plan).await?;
-            return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
         }
-        // Every effect of the round failed on the API: retried with a backoff.
-        writer.flush_if_changed(plan).await?;
-        if let Some(error) = round.api {
+        if !round.progressed || !round.news.is_empty() {
+            writer.flush_if_changed(plan).await?;
+        }
+        // Once per new reason (written), not at every poll.
+        for (i, why) in &round.news {
+            let step = &plan.spec.steps[*i];
+            step_line!(Level::INFO, plan, step, why = why.as_str(), "step waiting");
+        }
+        if round.progressed {
+            continue;
+        }
+        if round.waiting.is_empty()
+            && let Some(error) = round.api
+        {
+            // Every effect of the round failed on the API: retried with a backoff.
             return Err(error);
         }
+        return Ok(ctx.next("Plan", plan, Some(ctx.config.step_poll)));
     }
     succeed(ctx, plan, writer).await
 }
@@ -527,9 +539,8 @@ fn record(
                 round.progressed = true;
             }
             Ok(Progress::Waiting(why)) => {
-                // Logged once per new reason, not at every poll.
                 if state.message.replace(why.clone()).as_ref() != Some(&why) {
-                    step_line!(Level::INFO, plan, step, why = why.as_str(), "step waiting");
+                    round.news.push((i, why.clone()));
                 }
                 round.waiting.push((i, why));
             }
