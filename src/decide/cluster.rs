@@ -858,4 +858,73 @@ mod tests {
         // A failover of a node the split does not touch leaves it running.
         assert!(!supersedes(&split(false), "n5"));
     }
+
+    #[test]
+    fn a_waiting_failover_holds_back_no_placement_of_other_shards() {
+        let view = unplaced(2);
+        let mut topology = view.topology().0;
+        // t-0000 lives on n0 (now offline), n1 and n2; t-0001 is a new table's, unplaced.
+        topology.shards[0].replicas = ["n0", "n1", "n2"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| plan::Replica {
+                node: (*node).into(),
+                role: if i == 0 {
+                    plan::ReplicaRole::Primary
+                } else {
+                    plan::ReplicaRole::Secondary
+                },
+                in_sync: true,
+                lag_bytes: 0,
+            })
+            .collect();
+        let n0 = topology.nodes.iter_mut().find(|n| n.name == "n0").unwrap();
+        n0.phase = plan::NodePhase::Offline;
+
+        // The cluster's next decision is n0's failover; once it is active (waiting to
+        // replace n0's replica), the cluster's next decision waits for it...
+        let first = decide(&view, &topology, 0).unwrap().unwrap();
+        assert_eq!(first.plan.kind, plan::PlanKind::Failover);
+        let failover = Arc::new(plan_of(&view, first).unwrap());
+        let cluster = PlanTarget {
+            kind: TargetKind::DatabaseCluster,
+            name: "main".into(),
+        };
+        let active = [&failover];
+        assert!(matches!(
+            admit(PlanPurpose::Placement, "x", &cluster, &active, &topology),
+            Admission::Wait
+        ));
+        // ...but the new table's shard is placed beside it, and only that shard.
+        let held = held_shards(&active, &topology);
+        assert!(held.contains("t-0000"), "{held:?}");
+        assert!(!held.contains("t-0001"), "{held:?}");
+        let beside = decide_beside(&view, &topology, &held).unwrap().unwrap();
+        assert_eq!(beside.plan.kind, plan::PlanKind::Placement);
+        let shards: BTreeSet<&str> = beside
+            .plan
+            .steps()
+            .flat_map(|s| s.action.shards())
+            .collect();
+        assert_eq!(shards, BTreeSet::from(["t-0001"]));
+        let target = beside.context.target.clone();
+        let hash = beside.plan.hash.clone();
+        assert!(admit_beside(
+            PlanPurpose::Placement,
+            &hash,
+            &target,
+            &active
+        ));
+        // One placement of a cluster at a time.
+        let placing = Arc::new(plan_of(&view, beside).unwrap());
+        assert!(!admit_beside(
+            PlanPurpose::Placement,
+            "another",
+            &target,
+            &[&failover, &placing]
+        ));
+        // With every shard held, nothing is decided beside.
+        let all = BTreeSet::from(["t-0000".to_owned(), "t-0001".to_owned()]);
+        assert!(decide_beside(&view, &topology, &all).unwrap().is_none());
+    }
 }

@@ -352,8 +352,8 @@ async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_o
             .field("/status/steps/3/phase", "Running"),
         Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
         Expect::get::<Shard>(NS, "orders-1").answer(&in_sync),
-        // orders-1 is done although orders-0 still waits; only orders-0 is looked at again.
-        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        // orders-1 is done although orders-0 still waits (a new reason: written before it
+        // is logged); only orders-0 is looked at again.
         plan_status_written(&plan)
             .field("/status/phase", "Running")
             .field("/status/completedSteps", 3)
@@ -363,6 +363,14 @@ async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_o
                 "replica of orders-0 on n2 is CatchingUp",
             )
             .field("/status/steps/3/phase", "Succeeded"),
+        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        // Every operation left waits: the plan says which step and why.
+        plan_status_written(&plan)
+            .field("/status/conditions/0/type", "Progressing")
+            .field(
+                "/status/conditions/0/message",
+                "step 1 (CatchUp): replica of orders-0 on n2 is CatchingUp",
+            ),
     ];
     let action = server.run(script, reconcile(plan, ctx)).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_millis(200)));
