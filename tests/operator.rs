@@ -333,6 +333,96 @@ async fn a_dead_node_fails_over_with_bumped_epochs() {
 }
 
 #[tokio::test]
+async fn a_new_table_is_placed_while_a_failover_waits_to_replace_a_dead_nodes_replicas() {
+    let env = env_with_crds().await;
+    let (operator, _, agents) = serving_cluster(&env).await;
+    // The failover waits five minutes before replacing the dead node's replicas.
+    let clusters: Api<DatabaseCluster> = env.api();
+    let patch = json!({"spec": {"failureDetection": {"heartbeatIntervalMs": 200,
+        "suspectAfterMs": 600, "deadAfterMs": 1200, "replaceReplicasAfterSeconds": 300}}});
+    clusters
+        .patch("main", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    agents.iter().find(|(n, _)| n == "n1").unwrap().1.kill();
+    let plans: Api<Plan> = env.api();
+    let waiting = eventually(Duration::from_secs(20), || async {
+        plan_of(&plans, "Failover").await.is_some_and(|p| {
+            let status = p.status.unwrap_or_default();
+            status.phase == Some(PlanPhase::Running)
+                && status
+                    .steps
+                    .iter()
+                    .any(|s| s.message.as_deref().is_some_and(|m| m.contains("s more")))
+        })
+    })
+    .await;
+    assert!(waiting, "n1's failover never reached its wait");
+
+    // A new table of two shards, applied while the failover waits.
+    let applied = Instant::now();
+    let table: Table = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": "events"},
+        "spec": {"cluster": "main", "shardKey": "id",
+                 "columns": [{"name": "id", "type": "bigint", "nullable": false}],
+                 "primaryKey": ["id"]}
+    }))
+    .unwrap();
+    env.api::<Table>()
+        .create(&PostParams::default(), &table)
+        .await
+        .unwrap();
+    let shards: Api<Shard> = env.api();
+    for (name, range) in [
+        ("events-0", json!({"end": 0})),
+        ("events-1", json!({"start": 0})),
+    ] {
+        let shard: Shard = serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": name},
+            "spec": {"table": "events", "range": range}
+        }))
+        .unwrap();
+        shards.create(&PostParams::default(), &shard).await.unwrap();
+    }
+    let served = eventually(Duration::from_secs(30), || async {
+        let Ok(list) = shards.list(&Default::default()).await else {
+            return false;
+        };
+        let events: Vec<&Shard> = list
+            .items
+            .iter()
+            .filter(|s| s.spec.table == "events")
+            .collect();
+        events.len() == 2
+            && events.iter().all(|s| {
+                let st = s.status.clone().unwrap_or_default();
+                st.ready_replicas == Some(3)
+                    && format!("{:?}", st.phase) == "Some(Serving)"
+                    && st.desired_replicas.iter().all(|r| r.node != "n1")
+            })
+    })
+    .await;
+    let latency = applied.elapsed();
+    assert!(
+        served,
+        "the new table's shards were not placed beside the failover"
+    );
+    let failover = plan_of(&plans, "Failover").await.unwrap();
+    assert_eq!(
+        failover.status.and_then(|s| s.phase),
+        Some(PlanPhase::Running),
+        "the failover must still be waiting: the table did not wait for it"
+    );
+    eprintln!(
+        "new table Serving {:.2}s after it was applied, beside a waiting failover",
+        latency.as_secs_f64()
+    );
+    operator.abort();
+}
+
+#[tokio::test]
 async fn manual_approval_by_annotation_checks_the_hash() {
     let env = env_with_crds().await;
     create_cluster(&env, "Manual").await;
