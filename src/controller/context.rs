@@ -1,13 +1,16 @@
 //! What every reconciler shares: the client, the configuration, the leadership guard, the
 //! liveness table, metrics and the event recorder.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
@@ -191,6 +194,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// What about an object needs a decision when it changes: a hash of it (kube's predicate), or
+/// `None` for nothing.
+pub type Relevant<K> = fn(&K) -> Option<u64>;
+
 /// An in-memory, watch-fed copy of every `K` in the watched namespace(s); the watch stops
 /// when the cache is dropped (reconcilers are aborted when leadership is lost).
 pub struct Cache<K: kube::Resource + 'static>
@@ -214,6 +221,16 @@ where
 {
     /// Starts watching and returns once the first list is in.
     pub async fn start(ctx: &Context) -> Self {
+        Self::watch(ctx, None).await
+    }
+
+    /// Like [`Cache::start`], and each change of an object's `relevant` key (kube's
+    /// predicate: a hash of what matters about it) and each new object wake `changed`.
+    pub async fn notifying(ctx: &Context, changed: Arc<Notify>, relevant: Relevant<K>) -> Self {
+        Self::watch(ctx, Some((changed, relevant))).await
+    }
+
+    async fn watch(ctx: &Context, notify: Option<(Arc<Notify>, Relevant<K>)>) -> Self {
         let (store, writer) = reflector::store();
         let stream = reflector::reflector(
             writer,
@@ -221,9 +238,17 @@ where
         )
         .default_backoff()
         .touched_objects();
-        let task = tokio::spawn(async move {
-            stream.for_each(|_| async {}).await;
-        });
+        let task = match notify {
+            None => tokio::spawn(stream.for_each(|_| async {})),
+            Some((changed, relevant)) => tokio::spawn(
+                stream
+                    .predicate_filter(relevant, PredicateConfig::default())
+                    .for_each(move |_| {
+                        changed.notify_one();
+                        async {}
+                    }),
+            ),
+        };
         if store.wait_until_ready().await.is_err() {
             tracing::warn!("a watch cache stopped before its first list");
         }

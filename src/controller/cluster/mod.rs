@@ -8,12 +8,14 @@
 mod act;
 mod status;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
+use tokio::sync::Notify;
 
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
 use crate::decide::{self, ClusterView};
@@ -70,6 +72,50 @@ struct Caches {
 }
 
 impl Caches {
+    /// Starts the caches; a change that needs a decision at once wakes `changed`: a node's
+    /// phase or desired state, a shard or table declared or changed, its routing map
+    /// switched, a plan's phase.
+    async fn start(ctx: &Context, changed: &Arc<Notify>) -> Self {
+        Caches {
+            nodes: Cache::notifying(ctx, changed.clone(), |n: &DatabaseNode| {
+                let phase = n.status.as_ref().and_then(|s| s.phase);
+                Some(key((
+                    n.metadata.generation,
+                    n.metadata.deletion_timestamp.is_some(),
+                    format!("{phase:?}"),
+                )))
+            })
+            .await,
+            tables: Cache::notifying(ctx, changed.clone(), |t: &Table| {
+                let routing = t
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.routing.as_ref())
+                    .map(|r| r.version);
+                Some(key((
+                    t.metadata.generation,
+                    t.metadata.deletion_timestamp.is_some(),
+                    routing,
+                )))
+            })
+            .await,
+            shards: Cache::notifying(ctx, changed.clone(), |s: &Shard| {
+                let phase = s.status.as_ref().and_then(|s| s.phase);
+                Some(key((
+                    s.metadata.generation,
+                    s.metadata.deletion_timestamp.is_some(),
+                    format!("{phase:?}"),
+                )))
+            })
+            .await,
+            plans: Cache::notifying(ctx, changed.clone(), |p: &Plan| {
+                let phase = p.status.as_ref().and_then(|s| s.phase);
+                Some(key(format!("{phase:?}")))
+            })
+            .await,
+        }
+    }
+
     /// `cluster`'s objects as the caches hold them now.
     fn view(&self, cluster: Arc<DatabaseCluster>) -> ClusterView {
         ClusterView::of(
@@ -89,22 +135,26 @@ struct Reconciler {
 
 /// Runs the reconciler while this replica leads (it is aborted when leadership is lost).
 pub async fn run(ctx: Arc<Context>) {
-    let caches = Caches {
-        nodes: Cache::start(&ctx).await,
-        tables: Cache::start(&ctx).await,
-        shards: Cache::start(&ctx).await,
-        plans: Cache::start(&ctx).await,
-    };
+    let changed = Arc::new(Notify::new());
+    let caches = Caches::start(&ctx, &changed).await;
     let reconciler = Arc::new(Reconciler {
         ctx: ctx.clone(),
         caches,
     });
     // Nodes, shards and plans change the decision as much as the cluster does: look again
-    // every half second; a reconcile that finds nothing new writes nothing.
+    // at once when one changes in a way that needs a decision (the controller runs one
+    // reconcile of a cluster at a time, so changes during one are looked at together, right
+    // after it), and every half second for the rest (reported progress, sizes); a reconcile
+    // that finds nothing new writes nothing.
     let ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Some(((), ()))
     });
+    let changes = futures::stream::unfold(changed, |changed| async {
+        changed.notified().await;
+        Some(((), changed))
+    });
+    let ticks = futures::stream::select(ticks, changes);
     let controller = Controller::new(ctx.watched::<DatabaseCluster>(), watcher::Config::default());
     ctx.metrics
         .queue
@@ -114,6 +164,13 @@ pub async fn run(ctx: Arc<Context>) {
         .run(reconcile, error_policy, reconciler)
         .for_each(|_| async {})
         .await;
+}
+
+/// A hash of `value`: an object's key for [`Cache::start`].
+fn key(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn error_policy(cluster: Arc<DatabaseCluster>, error: &ClusterError, r: Arc<Reconciler>) -> Action {
