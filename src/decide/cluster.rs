@@ -51,11 +51,18 @@ pub fn decide(
         detail,
     };
 
-    // Dead nodes that still lead shards first: their shards cannot take writes.
+    // Dead nodes that still lead shards first: their shards cannot take writes. A node
+    // whose failover is under way is left to it, so a region's dead nodes are decided one
+    // after another without waiting for each other.
+    let under_way = |node: &str| {
+        view.plans.iter().any(|p| {
+            is_active(p) && p.spec.purpose == PlanPurpose::Failover && p.spec.target.name == node
+        })
+    };
     let mut dead: Vec<&plan::Node> = topology
         .nodes
         .iter()
-        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .filter(|n| n.phase == plan::NodePhase::Offline && !under_way(&n.name))
         .filter(|n| topology.shards.iter().any(|s| s.has_replica_on(&n.name)))
         .collect();
     dead.sort_by_key(|n| {
@@ -926,5 +933,54 @@ mod tests {
         // With every shard held, nothing is decided beside.
         let all = BTreeSet::from(["t-0000".to_owned(), "t-0001".to_owned()]);
         assert!(decide_beside(&view, &topology, &all).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_dead_nodes_of_a_lost_region_are_decided_one_after_another_without_waiting() {
+        let view = unplaced(2);
+        let mut topology = view.topology().0;
+        // Region r0 (n0, n3, n6) is lost: t-0000 was led by n0, t-0001 by n3.
+        for (shard, nodes) in [(0, ["n0", "n1", "n2"]), (1, ["n3", "n4", "n5"])] {
+            topology.shards[shard].replicas = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| plan::Replica {
+                    node: (*node).into(),
+                    role: if i == 0 {
+                        plan::ReplicaRole::Primary
+                    } else {
+                        plan::ReplicaRole::Secondary
+                    },
+                    in_sync: true,
+                    lag_bytes: 0,
+                })
+                .collect();
+        }
+        for node in topology.nodes.iter_mut().filter(|n| n.region == "r0") {
+            node.phase = plan::NodePhase::Offline;
+        }
+        let first = decide(&view, &topology, 0).unwrap().unwrap();
+        assert_eq!(first.plan.kind, plan::PlanKind::Failover);
+        let first_node = first.context.target.name.clone();
+        let first = Arc::new(plan_of(&view, first).unwrap());
+        // With the first failover under way (not yet in any cache), the next decision is
+        // the other dead node's failover, not the first one again.
+        let view = view.with_plans(std::slice::from_ref(&first));
+        let second = decide(&view, &topology, 0).unwrap().unwrap();
+        assert_eq!(second.plan.kind, plan::PlanKind::Failover);
+        assert_ne!(second.context.target.name, first_node);
+        assert!(["n0", "n3"].contains(&second.context.target.name.as_str()));
+        // It runs beside the first: they share no shard.
+        let active = [&first];
+        assert!(matches!(
+            admit(
+                PlanPurpose::Failover,
+                &second.plan.hash,
+                &second.context.target,
+                &active,
+                &topology
+            ),
+            Admission::Create { supersede } if supersede.is_empty()
+        ));
     }
 }

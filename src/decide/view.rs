@@ -38,8 +38,9 @@ impl ClusterView {
         let name = cluster.name().to_owned();
         let here = |ns: Option<&str>| ns == namespace.as_deref();
         let tables = by_name(tables, |t| here(t.namespace()) && t.spec.cluster == name);
+        let names: std::collections::HashSet<&str> = tables.iter().map(|t| t.name()).collect();
         let shards = by_name(shards, |s| {
-            here(s.namespace()) && tables.iter().any(|t| t.name() == s.spec.table)
+            here(s.namespace()) && names.contains(s.spec.table.as_str())
         });
         ClusterView {
             nodes: by_name(nodes, |n| here(n.namespace()) && n.spec.cluster == name),
@@ -47,6 +48,18 @@ impl ClusterView {
             tables,
             shards,
             cluster,
+        }
+    }
+
+    /// This view with `created` (plans just made by this look, not yet in a watch cache)
+    /// among its plans.
+    pub fn with_plans(&self, created: &[Arc<Plan>]) -> ClusterView {
+        ClusterView {
+            cluster: self.cluster.clone(),
+            nodes: self.nodes.clone(),
+            tables: self.tables.clone(),
+            shards: self.shards.clone(),
+            plans: self.plans.iter().chain(created).cloned().collect(),
         }
     }
 

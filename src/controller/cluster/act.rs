@@ -31,14 +31,14 @@ const MAX_REMAKES: usize = 5;
 
 /// Creates the decided plan unless it exists or a running plan finishes first
 /// ([`admit`]), superseding the plans it replaces; a failover runs beside the plans that do
-/// not touch its dead node. Returns whether it created it.
+/// not touch its dead node. Returns the plan if it created it.
 pub async fn persist(
     ctx: &Context,
     view: &ClusterView,
     topology: &Topology,
     decision: Decision,
     active: &[&Arc<Plan>],
-) -> Result<bool, ClusterError> {
+) -> Result<Option<Plan>, ClusterError> {
     let purpose = decide::plan_wire::purpose(decision.plan.kind);
     let admission = admit(
         purpose,
@@ -48,7 +48,7 @@ pub async fn persist(
         topology,
     );
     let supersede_all = match admission {
-        Admission::Wait => return Ok(false),
+        Admission::Wait => return Ok(None),
         Admission::Create { supersede } => supersede,
     };
     let object = plan_object(view, decision)?;
@@ -117,8 +117,12 @@ fn plan_object(view: &ClusterView, decision: Decision) -> Result<Plan, ClusterEr
 }
 
 /// Creates `object`, unless the same change was planned before (a split or merge that a
-/// failover superseded before its switch is made again); returns whether it created it.
-async fn create(ctx: &Context, view: &ClusterView, mut object: Plan) -> Result<bool, ClusterError> {
+/// failover superseded before its switch is made again); returns it if it created it.
+async fn create(
+    ctx: &Context,
+    view: &ClusterView,
+    mut object: Plan,
+) -> Result<Option<Plan>, ClusterError> {
     let cluster = view.cluster.as_ref();
     let purpose = object.spec.purpose;
     let name = object.name_any();
@@ -141,7 +145,7 @@ async fn create(ctx: &Context, view: &ClusterView, mut object: Plan) -> Result<b
                     .and_then(|p| p.status)
                     .is_some_and(|s| s.phase == Some(PlanPhase::Superseded));
                 if purpose != PlanPurpose::Reshard || !superseded || attempt >= MAX_REMAKES {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 attempt += 1;
                 object.metadata.name = Some(format!("{name}-{attempt}"));
@@ -193,7 +197,7 @@ async fn create(ctx: &Context, view: &ClusterView, mut object: Plan) -> Result<b
         object.spec.summary
     );
     ctx.event(cluster, false, "PlanCreated", note).await;
-    Ok(true)
+    Ok(Some(object))
 }
 
 /// Marks `plan` Superseded with `message`, conditional on the version this reconciler saw:

@@ -17,9 +17,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
+use crate::api::plan::PlanPurpose;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
+use crate::decide::cluster::MAX_DECISIONS_BESIDE;
 use crate::decide::{self, ClusterView};
-use crate::plan::PlanError;
+use crate::plan::{PlanError, Topology};
 
 use super::context::{Cache, Context, now_ms};
 use super::error::ApiError;
@@ -206,8 +208,7 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
 
     // Decide.
     let returned = decide::cluster::returned_failovers(view, &topology);
-    let active = decide::cluster::active_plans(view, &topology);
-    let decision = decide::cluster::decide(view, &topology, now_ms);
+    let active = decide::cluster::active_plans(view, &topology).len();
 
     // Act.
     act::update_node_counts(ctx, view, &topology).await?;
@@ -215,26 +216,57 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
     for (plan, message) in returned {
         act::supersede(ctx, plan, &message).await?;
     }
-    let decision = decision.map_err(|source| ClusterError::Plan {
-        cluster: view.name().to_owned(),
-        source,
-    })?;
-    let blocked: Vec<String> = decision
-        .iter()
-        .flat_map(|d| &d.plan.blocked)
-        .map(|b| format!("{}: {}", b.subject, b.reason))
-        .collect();
-    if let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) {
-        // What waits behind an active plan may still run beside it, on other shards.
-        if !act::persist(ctx, view, &topology, decision, &active).await? {
-            act::persist_beside(ctx, view, &topology, &active).await?;
-        }
-    }
+    let blocked = decide_and_persist(ctx, view, &topology, now_ms).await?;
 
     // Status.
     status::write(ctx, view, &topology, &invalid, &blocked).await?;
     act::prune_history(ctx, view).await?;
-    Ok(active.len())
+    Ok(active)
+}
+
+/// Decides the cluster's next plan and persists it; when an active plan holds it back, what
+/// can run beside it on other shards. A failover just created is followed at once by the
+/// next dead node's (a lost region's nodes are all decided in one look, up to
+/// [`MAX_DECISIONS_BESIDE`]). Returns what the last decision could not plan.
+async fn decide_and_persist(
+    ctx: &Context,
+    view: &ClusterView,
+    topology: &Topology,
+    now_ms: u64,
+) -> Result<Vec<String>, ClusterError> {
+    let mut created: Vec<Arc<Plan>> = Vec::new();
+    loop {
+        let view = view.with_plans(&created);
+        let active = decide::cluster::active_plans(&view, topology);
+        let decision = decide::cluster::decide(&view, topology, now_ms).map_err(|source| {
+            ClusterError::Plan {
+                cluster: view.name().to_owned(),
+                source,
+            }
+        })?;
+        let blocked = decision
+            .iter()
+            .flat_map(|d| &d.plan.blocked)
+            .map(|b| format!("{}: {}", b.subject, b.reason))
+            .collect();
+        let Some(decision) = decision.filter(|d| !d.plan.operations.is_empty()) else {
+            return Ok(blocked);
+        };
+        match act::persist(ctx, &view, topology, decision, &active).await? {
+            Some(plan)
+                if plan.spec.purpose == PlanPurpose::Failover
+                    && created.len() < MAX_DECISIONS_BESIDE =>
+            {
+                created.push(Arc::new(plan));
+            }
+            Some(_) => return Ok(blocked),
+            None => {
+                // What waits behind an active plan may still run beside it, on other shards.
+                act::persist_beside(ctx, &view, topology, &active).await?;
+                return Ok(blocked);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
