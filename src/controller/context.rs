@@ -237,6 +237,7 @@ where
             watcher(ctx.watched::<K>(), watcher::Config::default()),
         )
         .default_backoff()
+        .modify(forget_status_writers)
         .touched_objects();
         let task = match notify {
             None => tokio::spawn(stream.for_each(|_| async {})),
@@ -261,11 +262,55 @@ where
     }
 }
 
+/// Drops the `managedFields` entries of status writers from a cached object: on a Shard,
+/// every agent reporting a replica and the executor each hold one, which would make up most
+/// of the cache. Spec writers stay (a plan's decision clock reads them:
+/// `metrics::decision_event`).
+fn forget_status_writers<K: Resource>(object: &mut K) {
+    if let Some(fields) = object.meta_mut().managed_fields.as_mut() {
+        fields.retain(|entry| entry.subresource.as_deref() != Some("status"));
+    }
+}
+
 impl<K: kube::Resource + 'static> Drop for Cache<K>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::Shard;
+
+    #[test]
+    fn a_cached_object_keeps_its_spec_writers_and_forgets_its_status_writers() {
+        let mut shard: Shard = serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": "orders-0", "namespace": "db", "managedFields": [
+                {"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {}}},
+                {"manager": "shardplane-agent/n1", "operation": "Apply", "subresource": "status",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}},
+                {"manager": "shardplane-operator/executor", "operation": "Apply",
+                 "subresource": "status", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}},
+            ]},
+            "spec": {"table": "orders", "range": {}},
+        }))
+        .unwrap();
+        forget_status_writers(&mut shard);
+        let managers: Vec<&str> = shard
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|f| f.manager.as_deref())
+            .collect();
+        assert_eq!(managers, ["kubectl"]);
     }
 }
