@@ -257,14 +257,38 @@ fn placement_decision(view: &ClusterView, placement: plan::Plan) -> Decision {
 /// How many decisions one look at a cluster makes beside its active plans.
 pub const MAX_DECISIONS_BESIDE: usize = 16;
 
-/// The shards a decision made beside `active` must leave alone: those any active plan acts
-/// on ([`StepAction::shards`](plan::StepAction::shards)), and every shard with a replica on
-/// an offline node — its failover ([`decide`]) promotes and replaces it, after the delay.
-pub fn held_shards(active: &[&Arc<Plan>], topology: &Topology) -> BTreeSet<String> {
-    let mut held: BTreeSet<String> = active
+/// How many placements of one cluster run at once (each within the planner's per-node and
+/// per-cluster limits): a burst of new tables is decided at once, in parts that fit a Plan.
+pub const MAX_PLACEMENTS: usize = 4;
+
+/// What a decision beside the active plans is made on.
+pub struct Beside {
+    /// The observed topology with every active placement's steps applied (its shards at the
+    /// replication factor, its new replicas counted on their nodes), without the held shards.
+    pub topology: Topology,
+    /// The shards the other active plans act on
+    /// ([`StepAction::shards`](plan::StepAction::shards)) — a split's, a drain's, a
+    /// failover's — and every shard with a replica on an Offline node (its failover promotes
+    /// and replaces it, after the delay): a decision beside leaves them alone.
+    pub held: BTreeSet<String>,
+}
+
+/// What a decision beside `active` is made on, from the observed `topology`.
+pub fn beside(active: &[&Arc<Plan>], topology: &Topology) -> Beside {
+    let actions = |p: &Arc<Plan>| -> Vec<plan::StepAction> {
+        p.spec
+            .steps
+            .iter()
+            .filter_map(|step| plan_wire::step_action(step).ok())
+            .collect()
+    };
+    let (placements, others): (Vec<&Arc<Plan>>, Vec<&Arc<Plan>>) = active
         .iter()
-        .flat_map(|p| &p.spec.steps)
-        .filter_map(|step| plan_wire::step_action(step).ok())
+        .partition(|p| p.spec.purpose == PlanPurpose::Placement);
+    let placed: Vec<plan::StepAction> = placements.into_iter().flat_map(actions).collect();
+    let mut held: BTreeSet<String> = others
+        .into_iter()
+        .flat_map(actions)
         .flat_map(|action| {
             action
                 .shards()
@@ -286,53 +310,47 @@ pub fn held_shards(active: &[&Arc<Plan>], topology: &Topology) -> BTreeSet<Strin
             .filter(|s| offline.iter().any(|n| s.has_replica_on(n)))
             .map(|s| s.name.clone()),
     );
-    held
+    let mut topology = plan::apply_steps(topology, &placed);
+    topology.shards.retain(|s| !held.contains(&s.name));
+    Beside { topology, held }
 }
 
 /// What to decide beside the active plans, so that a plan that waits (a failover giving its
-/// dead node time to return, a split awaiting approval) holds no independent change back: on
-/// the topology without the `held` shards ([`held_shards`]), a declared split or merge none
-/// of whose shards is held, else a placement of the shards left under-replicated (a new
-/// table's). Failovers, drains and rebalancing are only ever decided by [`decide`]: they move
-/// whole nodes' replicas. The held shards still count in the decision only as absent (the
-/// nodes' load they carry is not seen), which is the price of not waiting.
-pub fn decide_beside(
-    view: &ClusterView,
-    topology: &Topology,
-    held: &BTreeSet<String>,
-) -> Result<Option<Decision>, PlanError> {
-    let free = Topology {
-        replication_factor: topology.replication_factor,
-        nodes: topology.nodes.clone(),
-        shards: topology
-            .shards
-            .iter()
-            .filter(|s| !held.contains(&s.name))
-            .cloned()
-            .collect(),
-    };
-    if let Some(decision) = reshard::decide_free(view, &free, held)? {
+/// dead node time to return, a split awaiting approval, a placement waiting for replicas to
+/// catch up) holds no independent change back: on [`Beside`], a declared split or merge none
+/// of whose shards is held, else a placement of the shards still under-replicated (a new
+/// table's). Failovers, drains and rebalancing are only ever decided by [`decide`]: they
+/// move whole nodes' replicas. Held shards are absent from the decision, so the load they
+/// carry is not counted in its choice of nodes (active placements' replicas are).
+pub fn decide_beside(view: &ClusterView, beside: &Beside) -> Result<Option<Decision>, PlanError> {
+    if let Some(decision) = reshard::decide_free(view, &beside.topology, &beside.held)? {
         return Ok(Some(decision));
     }
-    let placement = plan::plan_placement(&free, limits(view))?.first_steps(MAX_PLAN_STEPS);
+    let placement =
+        plan::plan_placement(&beside.topology, limits(view))?.first_steps(MAX_PLAN_STEPS);
     if placement.operations.is_empty() {
         return Ok(None);
     }
     Ok(Some(placement_decision(view, placement)))
 }
 
-/// Whether a decision made beside the active plans ([`decide_beside`]) is created: unless a
-/// plan with its hash, or for its purpose and target, is active — one placement of a cluster
-/// at a time, one split or merge of a table.
+/// Whether a decision made beside the active plans ([`decide_beside`]) is created: not if a
+/// plan with its hash is active; a split or merge unless one of its table is active; a
+/// placement while fewer than [`MAX_PLACEMENTS`] are.
 pub fn admit_beside(
     purpose: PlanPurpose,
     hash: &str,
     target: &PlanTarget,
     active: &[&Arc<Plan>],
 ) -> bool {
-    !active
-        .iter()
-        .any(|p| p.spec.purpose == purpose && (p.spec.hash == hash || &p.spec.target == target))
+    let same_purpose = || active.iter().filter(|p| p.spec.purpose == purpose);
+    if same_purpose().any(|p| p.spec.hash == hash) {
+        return false;
+    }
+    match purpose {
+        PlanPurpose::Placement => same_purpose().count() < MAX_PLACEMENTS,
+        _ => !same_purpose().any(|p| &p.spec.target == target),
+    }
 }
 
 fn limits(view: &ClusterView) -> ConcurrencyLimits {
@@ -903,36 +921,79 @@ mod tests {
             Admission::Wait
         ));
         // ...but the new table's shard is placed beside it, and only that shard.
-        let held = held_shards(&active, &topology);
-        assert!(held.contains("t-0000"), "{held:?}");
-        assert!(!held.contains("t-0001"), "{held:?}");
-        let beside = decide_beside(&view, &topology, &held).unwrap().unwrap();
-        assert_eq!(beside.plan.kind, plan::PlanKind::Placement);
-        let shards: BTreeSet<&str> = beside
+        let free = beside(&active, &topology);
+        assert!(free.held.contains("t-0000"), "{:?}", free.held);
+        assert!(!free.held.contains("t-0001"), "{:?}", free.held);
+        let placement = decide_beside(&view, &free).unwrap().unwrap();
+        assert_eq!(placement.plan.kind, plan::PlanKind::Placement);
+        let shards: BTreeSet<&str> = placement
             .plan
             .steps()
             .flat_map(|s| s.action.shards())
             .collect();
         assert_eq!(shards, BTreeSet::from(["t-0001"]));
-        let target = beside.context.target.clone();
-        let hash = beside.plan.hash.clone();
+        let target = placement.context.target.clone();
+        let hash = placement.plan.hash.clone();
         assert!(admit_beside(
             PlanPurpose::Placement,
             &hash,
             &target,
             &active
         ));
-        // One placement of a cluster at a time.
-        let placing = Arc::new(plan_of(&view, beside).unwrap());
-        assert!(!admit_beside(
-            PlanPurpose::Placement,
-            "another",
-            &target,
-            &[&failover, &placing]
-        ));
-        // With every shard held, nothing is decided beside.
-        let all = BTreeSet::from(["t-0000".to_owned(), "t-0001".to_owned()]);
-        assert!(decide_beside(&view, &topology, &all).unwrap().is_none());
+        // Once that placement is active, its shard counts as placed: nothing is left to
+        // decide beside the two plans, and the same placement is not made twice.
+        let placing = Arc::new(plan_of(&view, placement).unwrap());
+        let both = [&failover, &placing];
+        assert!(!admit_beside(PlanPurpose::Placement, &hash, &target, &both));
+        assert!(
+            decide_beside(&view, &beside(&both, &topology))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_burst_of_new_shards_is_placed_by_several_plans_that_see_each_others_replicas() {
+        let view = unplaced(400);
+        let topology = view.topology().0;
+        let mut made: Vec<Arc<Plan>> = Vec::new();
+        let cluster = PlanTarget {
+            kind: TargetKind::DatabaseCluster,
+            name: "main".into(),
+        };
+        loop {
+            let active: Vec<&Arc<Plan>> = made.iter().collect();
+            let Some(decision) = decide_beside(&view, &beside(&active, &topology)).unwrap() else {
+                break;
+            };
+            if !admit_beside(
+                PlanPurpose::Placement,
+                &decision.plan.hash,
+                &cluster,
+                &active,
+            ) {
+                break;
+            }
+            made.push(Arc::new(plan_of(&view, decision).unwrap()));
+        }
+        assert_eq!(made.len(), MAX_PLACEMENTS);
+        // No replica is placed by two plans, and the plans together spread the replicas
+        // evenly: each saw the replicas the ones before it placed.
+        let mut placed = BTreeSet::new();
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for plan in &made {
+            for step in plan.spec.steps.iter().filter(|s| s.action == "AddReplica") {
+                let action = plan_wire::step_action(step).unwrap();
+                let plan::StepAction::AddReplica { shard, node } = action else {
+                    unreachable!("an AddReplica step holds an AddReplica action")
+                };
+                assert!(placed.insert((shard, node.clone())), "placed twice");
+                *per_node.entry(node).or_default() += 1;
+            }
+        }
+        let least = per_node.values().min().unwrap();
+        let most = per_node.values().max().unwrap();
+        assert!(most - least <= 1, "{per_node:?}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub use reshard::{NewShard, ReshardRequest, plan_reshard};
 pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};
 pub use schedule::{ConcurrencyLimits, Plan};
 pub use shares::{Imbalance, measure_imbalance};
-pub use simulate::apply_plan;
+pub use simulate::{apply_plan, apply_steps};
 pub use spread::{SpreadLimits, spread_limits};
 pub use steps::{
     BlockReason, Blocker, Operation, PlacementRejection, PlanKind, RiskClass, Step, StepAction,

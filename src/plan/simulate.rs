@@ -10,6 +10,16 @@ use super::topology::{NodePhase, Replica, ReplicaRole, Shard, ShardPlacement, To
 /// The topology after every step of `plan` has run. Steps naming unknown shards or nodes
 /// change nothing.
 pub fn apply_plan(topology: &Topology, plan: &Plan) -> Topology {
+    apply_steps(topology, plan.steps().map(|s| &s.action))
+}
+
+/// The topology after every one of `steps` has run, in order (the steps of plans already
+/// made, read back from their wire form). Steps naming unknown shards or nodes change
+/// nothing.
+pub fn apply_steps<'a>(
+    topology: &Topology,
+    steps: impl IntoIterator<Item = &'a StepAction>,
+) -> Topology {
     let mut next = topology.clone();
     let mut index: HashMap<String, usize> = next
         .shards
@@ -17,8 +27,8 @@ pub fn apply_plan(topology: &Topology, plan: &Plan) -> Topology {
         .enumerate()
         .map(|(i, s)| (s.name.clone(), i))
         .collect();
-    for step in plan.steps() {
-        match &step.action {
+    for action in steps {
+        match action {
             StepAction::AddReplica { shard, node } => {
                 if let Some(s) = index.get(shard).map(|&i| &mut next.shards[i])
                     && !s.has_replica_on(node)

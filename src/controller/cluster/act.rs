@@ -11,11 +11,11 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::plan::{PlanPhase, PlanPurpose, PlanTarget};
+use crate::api::plan::{PlanPhase, PlanPurpose};
 use crate::api::{DatabaseNode, Plan};
 use crate::decide::cluster::{
-    Admission, MAX_DECISIONS_BESIDE, admit, admit_beside, decide_beside, held_shards,
-    history_to_prune, node_counts, node_finalizers,
+    Admission, MAX_DECISIONS_BESIDE, admit, admit_beside, beside, decide_beside, history_to_prune,
+    node_counts, node_finalizers,
 };
 use crate::decide::plan_wire::Decision;
 use crate::decide::{self, ClusterView};
@@ -65,19 +65,19 @@ pub async fn persist(
 }
 
 /// Creates the plans to run beside the active ones ([`decide_beside`]): up to
-/// [`MAX_DECISIONS_BESIDE`], each on shards that neither the active plans nor the plans
-/// created before it hold, each admitted by [`admit_beside`].
+/// [`MAX_DECISIONS_BESIDE`], each decided with the active plans and those created before it
+/// in view ([`beside`]) and admitted by [`admit_beside`].
 pub async fn persist_beside(
     ctx: &Context,
     view: &ClusterView,
     topology: &Topology,
     active: &[&Arc<Plan>],
 ) -> Result<(), ClusterError> {
-    let mut held = held_shards(active, topology);
-    let mut created: Vec<(PlanPurpose, PlanTarget)> = Vec::new();
-    for _ in 0..MAX_DECISIONS_BESIDE {
+    let mut made: Vec<Arc<Plan>> = Vec::new();
+    while made.len() < MAX_DECISIONS_BESIDE {
+        let all: Vec<&Arc<Plan>> = active.iter().copied().chain(&made).collect();
         let decision =
-            decide_beside(view, topology, &held).map_err(|source| ClusterError::Plan {
+            decide_beside(view, &beside(&all, topology)).map_err(|source| ClusterError::Plan {
                 cluster: view.name().to_owned(),
                 source,
             })?;
@@ -85,21 +85,14 @@ pub async fn persist_beside(
             return Ok(());
         };
         let purpose = decide::plan_wire::purpose(decision.plan.kind);
-        let target = decision.context.target.clone();
-        let admitted = admit_beside(purpose, &decision.plan.hash, &target, active)
-            && !created.iter().any(|c| c == &(purpose, target.clone()));
-        if !admitted {
+        let target = &decision.context.target;
+        if !admit_beside(purpose, &decision.plan.hash, target, &all) {
             return Ok(());
         }
-        held.extend(
-            decision
-                .plan
-                .steps()
-                .flat_map(|s| s.action.shards())
-                .map(str::to_owned),
-        );
-        create(ctx, view, plan_object(view, decision)?).await?;
-        created.push((purpose, target));
+        match create(ctx, view, plan_object(view, decision)?).await? {
+            Some(plan) => made.push(Arc::new(plan)),
+            None => return Ok(()),
+        }
     }
     Ok(())
 }
