@@ -260,6 +260,22 @@ where
     pub fn state(&self) -> Vec<std::sync::Arc<K>> {
         self.store.state()
     }
+
+    /// The cached object `name` in `namespace`, if the cache holds it.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.store
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// A cache that holds nothing and watches nothing (for tests of one reconciler).
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        let (store, _writer) = reflector::store();
+        Cache {
+            store,
+            task: tokio::spawn(async {}),
+        }
+    }
 }
 
 /// Drops the `managedFields` entries of status writers from a cached object: on a Shard,

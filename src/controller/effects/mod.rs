@@ -15,7 +15,7 @@ use kube::Api;
 use crate::api::Shard;
 use crate::plan::StepAction;
 
-use super::context::{Context, now_ms};
+use super::context::{Cache, Context, now_ms};
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use super::table::TableError;
@@ -59,9 +59,11 @@ impl From<TableError> for StepError {
     }
 }
 
-/// Applies `action`'s effect (idempotently) in `namespace` and reports whether it holds.
+/// Applies `action`'s effect (idempotently) in `namespace` and reports whether it holds;
+/// replica steps look at `shards` (a watch cache) first.
 pub async fn advance(
     ctx: &Context,
+    shards: &Cache<Shard>,
     namespace: &str,
     action: &StepAction,
 ) -> Result<Progress, StepError> {
@@ -70,7 +72,9 @@ pub async fn advance(
         | StepAction::CatchUp { .. }
         | StepAction::TransferPrimary { .. }
         | StepAction::Promote { .. }
-        | StepAction::RemoveReplica { .. } => replicas::advance(ctx, namespace, action).await,
+        | StepAction::RemoveReplica { .. } => {
+            replicas::advance(ctx, shards, namespace, action).await
+        }
         StepAction::WaitUntil { not_before_ms } => {
             let now = now_ms();
             if now >= *not_before_ms {

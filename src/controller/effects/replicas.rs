@@ -12,44 +12,64 @@ use crate::decide::domain::observed_on;
 use crate::plan::StepAction;
 use crate::protocol::EXECUTOR_MANAGER;
 
-use super::super::context::Context;
+use super::super::context::{Cache, Context};
 use super::super::error::Doing;
 use super::{Progress, StepError, get_shard};
 
-/// Applies a replica step's effect (idempotently) and reports whether it holds.
+/// Applies a replica step's effect (idempotently) and reports whether it holds. What the step
+/// waits for (a report of the agents) is read from `cached` (a watch cache of the Shards),
+/// so a waiting step costs no request; the shard is read from the API server only when its
+/// effect is still to be written as the cache has it (the cache may lag the executor's own
+/// writes, and a write is conditional on the version read).
 pub async fn advance(
     ctx: &Context,
+    cached: &Cache<Shard>,
     namespace: &str,
     action: &StepAction,
 ) -> Result<Progress, StepError> {
     let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
-    match action {
-        StepAction::AddReplica { shard, node } => {
-            let current = get_shard(&shards, shard).await?;
-            let mut desired = desired(&current);
-            if !desired.iter().any(|r| &r.node == node) {
-                desired.push(DesiredReplica {
-                    node: node.clone(),
-                    role: ReplicaRole::Secondary,
-                });
-                write_desired(ctx, &shards, &current, desired, primary(&current)).await?;
-            }
-            Ok(Progress::Done)
+    let (shard, effect) = match action {
+        StepAction::AddReplica { shard, .. }
+        | StepAction::TransferPrimary { shard, .. }
+        | StepAction::Promote { shard, .. }
+        | StepAction::RemoveReplica { shard, .. } => (shard, true),
+        StepAction::CatchUp { shard, .. } => (shard, false),
+        other => {
+            return Err(StepError::Permanent(format!(
+                "{other:?} is not a replica step"
+            )));
         }
-        StepAction::CatchUp { shard, node } => {
-            let current = get_shard(&shards, shard).await?;
-            let status = current.status.unwrap_or_default();
-            match observed_on(&status.replicas, node) {
-                Some(r) if r.state == ReplicaState::InSync => Ok(Progress::Done),
-                Some(r) => Ok(Progress::Waiting(format!(
-                    "replica of {shard} on {node} is {:?}",
-                    r.state
-                ))),
-                None => Ok(Progress::Waiting(format!(
-                    "no report yet of the replica of {shard} on {node}"
-                ))),
-            }
+    };
+    if let Some(current) = cached.get(namespace, shard)
+        && (!effect || written(&current, action)?)
+    {
+        return look(ctx, namespace, &current, action).await;
+    }
+    let current = get_shard(&shards, shard).await?;
+    if !written(&current, action)? {
+        write(ctx, &shards, &current, action).await?;
+        if let StepAction::TransferPrimary {
+            shard, to, epoch, ..
         }
+        | StepAction::Promote {
+            shard,
+            node: to,
+            epoch,
+        } = action
+        {
+            return Ok(Progress::Waiting(format!(
+                "{to} is to serve {shard} at epoch {epoch}"
+            )));
+        }
+    }
+    look(ctx, namespace, &current, action).await
+}
+
+/// Whether `action`'s effect is written on `current` (refused if it never can be).
+fn written(current: &Shard, action: &StepAction) -> Result<bool, StepError> {
+    let desired = desired(current);
+    Ok(match action {
+        StepAction::AddReplica { node, .. } => desired.iter().any(|r| &r.node == node),
         StepAction::TransferPrimary {
             shard, to, epoch, ..
         }
@@ -58,53 +78,22 @@ pub async fn advance(
             node: to,
             epoch,
         } => {
-            let current = get_shard(&shards, shard).await?;
             let epoch = *epoch as i64;
-            let target = PrimaryRef {
-                node: to.clone(),
-                epoch,
-            };
-            if primary(&current).as_ref() != Some(&target) {
-                if primary(&current).is_some_and(|p| p.epoch > epoch) {
-                    return Err(StepError::Permanent(format!(
-                        "shard {shard} is already at an epoch above {epoch}: another promotion happened since this plan was made"
-                    )));
-                }
-                let desired = desired(&current)
-                    .into_iter()
-                    .map(|r| DesiredReplica {
-                        role: if &r.node == to {
-                            ReplicaRole::Primary
-                        } else if r.role == ReplicaRole::Primary {
-                            ReplicaRole::Secondary
-                        } else {
-                            r.role
-                        },
-                        node: r.node,
-                    })
-                    .collect();
-                write_desired(ctx, &shards, &current, desired, Some(target)).await?;
-                return Ok(Progress::Waiting(format!(
-                    "{to} is to serve {shard} at epoch {epoch}"
+            let now = primary(current);
+            if now
+                .as_ref()
+                .is_some_and(|p| &p.node == to && p.epoch == epoch)
+            {
+                true
+            } else if now.is_some_and(|p| p.epoch > epoch) {
+                return Err(StepError::Permanent(format!(
+                    "shard {shard} is already at an epoch above {epoch}: another promotion happened since this plan was made"
                 )));
-            }
-            let status = current.status.unwrap_or_default();
-            match observed_on(&status.replicas, to) {
-                Some(r)
-                    if r.role == ReplicaRole::Primary
-                        && r.epoch == Some(epoch)
-                        && r.state == ReplicaState::InSync =>
-                {
-                    Ok(Progress::Done)
-                }
-                _ => Ok(Progress::Waiting(format!(
-                    "waiting for {to} to report {shard} primary at epoch {epoch}"
-                ))),
+            } else {
+                false
             }
         }
         StepAction::RemoveReplica { shard, node } => {
-            let current = get_shard(&shards, shard).await?;
-            let mut desired = desired(&current);
             if desired
                 .iter()
                 .any(|r| &r.node == node && r.role == ReplicaRole::Primary)
@@ -113,11 +102,98 @@ pub async fn advance(
                     "refusing to remove the primary of {shard} on {node}; transfer it first"
                 )));
             }
-            if desired.iter().any(|r| &r.node == node) {
-                desired.retain(|r| &r.node != node);
-                write_desired(ctx, &shards, &current, desired, primary(&current)).await?;
+            !desired.iter().any(|r| &r.node == node)
+        }
+        _ => true,
+    })
+}
+
+/// Writes `action`'s effect on `current`.
+async fn write(
+    ctx: &Context,
+    shards: &Api<Shard>,
+    current: &Shard,
+    action: &StepAction,
+) -> Result<(), StepError> {
+    let mut desired = desired(current);
+    match action {
+        StepAction::AddReplica { node, .. } => {
+            desired.push(DesiredReplica {
+                node: node.clone(),
+                role: ReplicaRole::Secondary,
+            });
+            write_desired(ctx, shards, current, desired, primary(current)).await
+        }
+        StepAction::TransferPrimary { to, epoch, .. }
+        | StepAction::Promote {
+            node: to, epoch, ..
+        } => {
+            let desired = desired
+                .into_iter()
+                .map(|r| DesiredReplica {
+                    role: if &r.node == to {
+                        ReplicaRole::Primary
+                    } else if r.role == ReplicaRole::Primary {
+                        ReplicaRole::Secondary
+                    } else {
+                        r.role
+                    },
+                    node: r.node,
+                })
+                .collect();
+            let target = PrimaryRef {
+                node: to.clone(),
+                epoch: *epoch as i64,
+            };
+            write_desired(ctx, shards, current, desired, Some(target)).await
+        }
+        StepAction::RemoveReplica { node, .. } => {
+            desired.retain(|r| &r.node != node);
+            write_desired(ctx, shards, current, desired, primary(current)).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `action`'s effect, written, holds on `current`: what the agents report.
+async fn look(
+    ctx: &Context,
+    namespace: &str,
+    current: &Shard,
+    action: &StepAction,
+) -> Result<Progress, StepError> {
+    let status = current.status.clone().unwrap_or_default();
+    match action {
+        StepAction::CatchUp { shard, node } => match observed_on(&status.replicas, node) {
+            Some(r) if r.state == ReplicaState::InSync => Ok(Progress::Done),
+            Some(r) => Ok(Progress::Waiting(format!(
+                "replica of {shard} on {node} is {:?}",
+                r.state
+            ))),
+            None => Ok(Progress::Waiting(format!(
+                "no report yet of the replica of {shard} on {node}"
+            ))),
+        },
+        StepAction::TransferPrimary {
+            shard, to, epoch, ..
+        }
+        | StepAction::Promote {
+            shard,
+            node: to,
+            epoch,
+        } => match observed_on(&status.replicas, to) {
+            Some(r)
+                if r.role == ReplicaRole::Primary
+                    && r.epoch == Some(*epoch as i64)
+                    && r.state == ReplicaState::InSync =>
+            {
+                Ok(Progress::Done)
             }
-            let status = current.status.unwrap_or_default();
+            _ => Ok(Progress::Waiting(format!(
+                "waiting for {to} to report {shard} primary at epoch {epoch}"
+            ))),
+        },
+        StepAction::RemoveReplica { shard, node } => {
             if observed_on(&status.replicas, node).is_none()
                 || !node_live(ctx, namespace, node).await?
             {
@@ -128,9 +204,7 @@ pub async fn advance(
                 )))
             }
         }
-        other => Err(StepError::Permanent(format!(
-            "{other:?} is not a replica step"
-        ))),
+        _ => Ok(Progress::Done),
     }
 }
 

@@ -33,7 +33,7 @@ use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire;
 use crate::plan::StepAction;
 
-use super::context::Context;
+use super::context::{Cache, Context};
 use super::effects::{self, Progress, StepError};
 use super::error::ApiError;
 use super::fence::NotLeader;
@@ -99,14 +99,26 @@ pub enum ExecutorError {
     },
 }
 
+/// What the executor's reconciles share: the operator's context, and a watch cache of the
+/// Shards its replica steps wait on (`effects::advance`), so that a waiting step costs no
+/// request.
+pub struct Executor {
+    ctx: Arc<Context>,
+    shards: Cache<Shard>,
+}
+
 /// Runs the executor while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
+    let executor = Arc::new(Executor {
+        ctx: ctx.clone(),
+        shards: Cache::start(&ctx).await,
+    });
     let controller = Controller::new(ctx.watched::<Plan>(), watcher::Config::default());
     let plans = controller.store();
     ctx.metrics.queue.track("Plan", plans.clone());
-    // A split's or merge's steps wait on its shards' agents: a change of such a shard wakes
-    // the running plans at once instead of at their next poll (the write fence is up
-    // meanwhile).
+    // A running plan waits on its shards' agents: a change of a shard it names (or of any
+    // shard with a split/merge order or report, for the splits and merges) wakes it at once
+    // instead of at its next poll (a split's write fence is up meanwhile).
     controller
         .watches(
             ctx.watched::<Shard>(),
@@ -117,24 +129,31 @@ pub async fn run(ctx: Arc<Context>) {
                     .as_ref()
                     .is_some_and(|s| s.reshard.is_some() || s.reshard_report.is_some());
                 let namespace = shard.namespace();
+                let name = shard.name_any();
                 plans
                     .state()
                     .into_iter()
                     .filter(move |plan| {
-                        resharding
-                            && plan.namespace() == namespace
+                        plan.namespace() == namespace
                             && plan.status.as_ref().and_then(|s| s.phase)
                                 == Some(PlanPhase::Running)
+                            && (resharding
+                                || plan
+                                    .spec
+                                    .steps
+                                    .iter()
+                                    .any(|s| s.shard.as_deref() == Some(name.as_str())))
                     })
                     .map(|plan| ObjectRef::from_obj(plan.as_ref()))
             },
         )
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, executor)
         .for_each(|_| async {})
         .await;
 }
 
-fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Action {
+fn error_policy(plan: Arc<Plan>, error: &ExecutorError, executor: Arc<Executor>) -> Action {
+    let ctx = &executor.ctx;
     if let ExecutorError::Api(error) = error
         && error.is_conflict()
     {
@@ -151,25 +170,26 @@ fn error_policy(plan: Arc<Plan>, error: &ExecutorError, ctx: Arc<Context>) -> Ac
     ctx.retry("Plan", plan.as_ref(), result, error)
 }
 
-async fn reconcile(plan: Arc<Plan>, ctx: Arc<Context>) -> Result<Action, ExecutorError> {
+async fn reconcile(plan: Arc<Plan>, executor: Arc<Executor>) -> Result<Action, ExecutorError> {
+    let (ctx, shards) = (&executor.ctx, &executor.shards);
     let started = Instant::now();
     ctx.reconcile_started("Plan", plan.as_ref());
     ctx.leader.ensure()?;
-    let mut writer = StatusWriter::new(&ctx, &plan);
+    let mut writer = StatusWriter::new(ctx, &plan);
     let action = match writer.status.phase {
         Some(PlanPhase::Superseded) if plan.spec.purpose == PlanPurpose::Reshard => {
-            undo_superseded_reshard(&ctx, &plan).await?;
+            undo_superseded_reshard(ctx, &plan).await?;
             ctx.next("Plan", plan.as_ref(), None)
         }
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
             ctx.next("Plan", plan.as_ref(), None)
         }
-        Some(PlanPhase::Running) => execute(&ctx, &plan, &mut writer).await?,
+        Some(PlanPhase::Running) => execute(ctx, shards, &plan, &mut writer).await?,
         None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
-            match approval(&ctx, &plan).await? {
+            match approval(ctx, &plan).await? {
                 Verdict::Approved(by) => {
-                    start(&ctx, &plan, &mut writer, by).await?;
-                    execute(&ctx, &plan, &mut writer).await?
+                    start(ctx, &plan, &mut writer, by).await?;
+                    execute(ctx, shards, &plan, &mut writer).await?
                 }
                 Verdict::Waiting { reason, message } => {
                     let generation = plan.meta().generation;
@@ -351,6 +371,7 @@ struct Round {
 /// are recorded with the next write. Returns when the plan waits, fails or succeeded.
 async fn execute(
     ctx: &Context,
+    shards: &Cache<Shard>,
     plan: &Plan,
     writer: &mut StatusWriter<'_>,
 ) -> Result<Action, ExecutorError> {
@@ -376,7 +397,8 @@ async fn execute(
         let outcomes: Vec<(usize, Result<Progress, StepError>)> = futures::stream::iter(next)
             .map(|i| {
                 let namespace = namespace.as_str();
-                async move { (i, advance(ctx, plan, namespace, &plan.spec.steps[i]).await) }
+                let step = &plan.spec.steps[i];
+                async move { (i, advance(ctx, shards, plan, namespace, step).await) }
             })
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
@@ -488,12 +510,13 @@ async fn begin(
 /// Applies the effect of `step` of `plan` (idempotently) and reports whether it holds.
 async fn advance(
     ctx: &Context,
+    shards: &Cache<Shard>,
     plan: &Plan,
     namespace: &str,
     step: &PlanStep,
 ) -> Result<Progress, StepError> {
     let outcome = match plan_wire::step_action(step) {
-        Ok(action) => effects::advance(ctx, namespace, &action).await,
+        Ok(action) => effects::advance(ctx, shards, namespace, &action).await,
         Err(error) => Err(StepError::Permanent(format!(
             "step {} cannot be read: {error}",
             step.id

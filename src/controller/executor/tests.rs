@@ -14,6 +14,14 @@ use crate::plan::{self, Operation, PlanKind, Step};
 
 const NS: &str = "db";
 
+/// An executor against the mock API server, its shard cache empty (so every replica step
+/// reads the shard from the API server).
+fn executor(leading: bool) -> (Arc<Executor>, fixtures::ApiServer) {
+    let (ctx, server) = fixtures::context(leading);
+    let shards = Cache::empty();
+    (Arc::new(Executor { ctx, shards }), server)
+}
+
 /// A one-step plan adding a replica of `orders-0` on n2, of `risk`, in `status`.
 fn add_replica_plan(risk: plan::RiskClass, status: Option<PlanStatus>) -> Arc<Plan> {
     let mut step = Step::new(
@@ -109,7 +117,7 @@ fn plan_status_written(plan: &Plan) -> Expect {
 
 #[tokio::test]
 async fn a_step_is_recorded_running_before_its_effect_and_applied_once_across_a_retry() {
-    let (ctx, server) = fixtures::context(true);
+    let (ctx, server) = executor(true);
 
     // First look: the step's Running is written before its effect; that write meets a newer
     // plan (409), so the effect is not applied at all.
@@ -165,7 +173,7 @@ async fn a_step_is_recorded_running_before_its_effect_and_applied_once_across_a_
 
 #[tokio::test]
 async fn an_effect_that_already_holds_is_not_written_again() {
-    let (ctx, server) = fixtures::context(true);
+    let (ctx, server) = executor(true);
     // A new leader (epoch 1) resumes a step a deposed one (epoch 0) left Running: the attempt
     // is counted, and n2 is already wanted, so the shard is not written.
     let mut status = running(StepPhase::Running, 1);
@@ -184,7 +192,7 @@ async fn an_effect_that_already_holds_is_not_written_again() {
 
 #[tokio::test]
 async fn a_destructive_plan_waits_for_the_hash_on_its_target_and_names_both_hashes() {
-    let (ctx, server) = fixtures::context(true);
+    let (ctx, server) = executor(true);
     let plan = add_replica_plan(plan::RiskClass::Destructive, None);
     let mut target: Table = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
@@ -237,7 +245,7 @@ async fn a_destructive_plan_waits_for_the_hash_on_its_target_and_names_both_hash
 
 #[tokio::test]
 async fn a_replica_that_does_not_lead_writes_nothing() {
-    let (ctx, server) = fixtures::context(false);
+    let (ctx, server) = executor(false);
     let plan = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Pending, 0)));
     let result = server.run(Vec::new(), reconcile(plan, ctx)).await;
     assert!(
@@ -331,7 +339,7 @@ fn shard_with_n2(name: &str, state: &str) -> Shard {
 
 #[tokio::test]
 async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_other_back() {
-    let (ctx, server) = fixtures::context(true);
+    let (ctx, server) = executor(true);
     let plan = two_operation_plan();
     let catching_up = shard_with_n2("orders-0", "CatchingUp");
     let in_sync = shard_with_n2("orders-1", "InSync");
