@@ -15,6 +15,7 @@ use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
 use super::error::AgentError;
 use super::postgres::{Credentials, InstanceSettings, Toolchain};
+use super::self_fence::FenceLocks;
 
 /// What every replica task of this node shares.
 pub(crate) struct NodeContext {
@@ -34,7 +35,9 @@ pub(crate) struct NodeContext {
     pub settings: InstanceSettings,
     /// Whether this node proved its liveness recently enough.
     pub live: watch::Receiver<bool>,
-    /// The agent's API client.
+    /// One lock per replica, held while its write fence is set or lifted (`self_fence.rs`).
+    pub(super) fence_locks: FenceLocks,
+    /// The agent's API client for calls (not watches), with deadlines (`api_client.rs`).
     pub(super) client: Client,
     /// The node's namespace.
     pub(super) namespace: String,
