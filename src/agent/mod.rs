@@ -11,6 +11,7 @@ pub mod config;
 mod context;
 pub mod decide;
 pub mod error;
+mod fence_locks;
 mod node;
 pub mod postgres;
 pub mod protocol;

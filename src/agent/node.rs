@@ -39,11 +39,12 @@ use super::config::{
 };
 use super::context::NodeContext;
 use super::error::AgentError;
+use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::LivenessReporter;
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
-use super::self_fence::{self, FenceLocks};
+use super::self_fence;
 
 /// How often liveness is re-evaluated against the last proof.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);

@@ -6,8 +6,7 @@
 //! the replica's fence lock with liveness checked again, so a fence set here is never undone
 //! by a task that decided to serve before liveness was lost.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::context::NodeContext;
@@ -17,27 +16,6 @@ use super::record::{ReplicaRecord, replica_dir, replica_name};
 /// How often, while the node is not live, the replica folders are looked at again for a
 /// primary not fenced yet (one being started or promoted by its task).
 const RESCAN: Duration = Duration::from_millis(50);
-
-/// One lock per replica, held while its write fence is set or lifted: the keeper and the
-/// replica's task never fence or unfence the same instance at once (each would end the
-/// other's session), and a task lifts a fence only after checking, under the lock, that the
-/// node is live.
-#[derive(Default)]
-pub(crate) struct FenceLocks {
-    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl FenceLocks {
-    /// The lock of `shard`'s replica on this node.
-    pub(crate) fn of(&self, shard: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(shard.to_owned())
-            .or_default()
-            .clone()
-    }
-}
 
 /// Runs for the life of the agent: each time the node stops being live, fences every running
 /// primary of the node at once, and keeps fencing any that starts serving until the node is
