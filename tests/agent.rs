@@ -407,10 +407,15 @@ async fn a_primary_whose_api_calls_hang_fences_itself_in_time() {
         report(shard, &primary.node).and_then(|r| r.last_seen_time.clone())
     };
     let first = seen(&plane.shards().get(&name).await.unwrap());
+    let looking = Instant::now();
     let refreshed_at = loop {
         if seen(&plane.shards().get(&name).await.unwrap()) != first {
             break Instant::now();
         }
+        assert!(
+            looking.elapsed() < Duration::from_secs(15),
+            "the primary's report was not refreshed within 15 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
