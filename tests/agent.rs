@@ -20,7 +20,7 @@ use support::{env_with_crds, eventually};
 
 use harness::{
     ApiProxy, DataPlane, NODES, TABLE, connect, count, insert, keys_in, report, secondaries,
-    serving_primary,
+    serving_primary, set_failure_detection,
 };
 
 const SHARDS: usize = 4;
@@ -315,6 +315,179 @@ async fn a_primary_that_cannot_prove_liveness_fences_itself_until_it_can() {
         "the primary was not unfenced after its liveness was proven again"
     );
     let after = plane.shards().get(&shard.name_any()).await.unwrap();
+    assert_eq!(
+        after.status.unwrap().primary,
+        Some(primary),
+        "no failover was due"
+    );
+}
+
+/// Failure detection of the freeze test (ms): heartbeat interval, suspect after, dead after.
+/// The suspicion is long enough that the primary's report refresh, due just after the freeze,
+/// is surely in flight before liveness is lost.
+const FREEZE_DETECTION: (u64, u64, u64) = (200, 3000, 6000);
+
+/// One write of the prober: when it started, and the key it wrote or the SQLSTATE (or error)
+/// that refused it.
+struct Probe {
+    at: Instant,
+    outcome: Result<i64, String>,
+}
+
+/// Writes a row to the primary at `endpoint` every 25 ms, on a session kept open (reopened
+/// when the fence ends it), until `stop`; returns every attempt.
+fn probe_writes(
+    endpoint: String,
+    keys: Vec<i64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Probe>> {
+    tokio::spawn(async move {
+        let statement = format!("INSERT INTO {TABLE} (id, note) VALUES ($1, 'probe')");
+        let mut session: Option<tokio_postgres::Client> = None;
+        let mut probes = Vec::new();
+        for key in keys {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let at = Instant::now();
+            if session.as_ref().is_none_or(|s| s.is_closed()) {
+                session = connect(&endpoint).await.ok();
+            }
+            let outcome = match &session {
+                None => Err("no session".to_owned()),
+                Some(client) => {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+                    let write = client.execute(&statement, &params);
+                    match tokio::time::timeout(Duration::from_secs(1), write).await {
+                        Ok(Ok(_)) => Ok(key),
+                        Ok(Err(error)) => Err(sqlstate(&error)),
+                        Err(_) => {
+                            session = None;
+                            Err("no answer within 1 s".to_owned())
+                        }
+                    }
+                }
+            };
+            probes.push(Probe { at, outcome });
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        probes
+    })
+}
+
+/// The fence never waits on a network call. A partition that drops packets makes API calls
+/// hang rather than fail; here the agents' API server is frozen (connections accepted and
+/// held, nothing forwarded either way) just before the primary's agent refreshes its replica
+/// report, so that call is in flight, and the operator is stopped, so liveness cannot be
+/// proven. The primary must refuse writes before the operator could declare the node dead
+/// (`deadAfterMs` after its last proof), while the API server is still frozen; once the link
+/// is restored and the operator is back, it takes writes again at the same epoch, with every
+/// acknowledged write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_api_calls_hang_fences_itself_in_time() {
+    let env = env_with_crds().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ApiProxy::start(env.control_plane.kubeconfig_path(), dir.path()).await;
+    let mut plane =
+        DataPlane::start(env.client.clone(), &env.namespace, &proxy.kubeconfig, 1).await;
+    plane.wait_serving(1, Duration::from_secs(60)).await;
+    set_failure_detection(&plane, FREEZE_DETECTION).await;
+    let (_, suspect_ms, dead_ms) = FREEZE_DETECTION;
+    let dead = Duration::from_millis(dead_ms);
+    let shard = plane.shard_list().await.remove(0);
+    let name = shard.name_any();
+    let primary = shard.status.clone().unwrap().primary.unwrap();
+    let endpoint = report(&shard, &primary.node)
+        .and_then(|r| r.endpoint.clone())
+        .unwrap();
+
+    // The primary's agent refreshes its unchanged report every 10 s: see one refresh land,
+    // then freeze half a second before the next one is due.
+    let seen = |shard: &shardplane::api::Shard| {
+        report(shard, &primary.node).and_then(|r| r.last_seen_time.clone())
+    };
+    let first = seen(&plane.shards().get(&name).await.unwrap());
+    let looking = Instant::now();
+    let refreshed_at = loop {
+        if seen(&plane.shards().get(&name).await.unwrap()) != first {
+            break Instant::now();
+        }
+        assert!(
+            looking.elapsed() < Duration::from_secs(15),
+            "the primary's report was not refreshed within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe_writes(endpoint.clone(), (1..1_000_000).collect(), stop.clone());
+    tokio::time::sleep_until((refreshed_at + Duration::from_millis(9_500)).into()).await;
+    plane.stop_operator();
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    tokio::time::sleep(dead + Duration::from_secs(2)).await;
+    let thawed_at = Instant::now();
+    proxy.restore();
+    plane.restart_operator();
+
+    // Writes are taken again once liveness is proven (through the prober's own session).
+    let recovered = eventually(Duration::from_secs(30), || async {
+        insert(&endpoint, &[2_000_000]).await.is_ok()
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let probes = prober.await.unwrap();
+    let acknowledged: Vec<i64> = probes
+        .iter()
+        .filter_map(|p| p.outcome.as_ref().ok().copied())
+        .collect();
+
+    // While frozen: the last acknowledged write, and the refusals after it.
+    let frozen: Vec<&Probe> = probes
+        .iter()
+        .filter(|p| p.at >= frozen_at && p.at < thawed_at)
+        .collect();
+    let last_ack = frozen.iter().rposition(|p| p.outcome.is_ok());
+    let refused = &frozen[last_ack.map_or(0, |i| i + 1)..];
+    let fenced_after = refused.first().map(|p| p.at - frozen_at);
+    eprintln!(
+        "{} probes while frozen; fenced {fenced_after:?} after the freeze (suspectAfterMs {suspect_ms}, deadAfterMs {dead_ms}); \
+         last refusals: {:?}",
+        frozen.len(),
+        refused
+            .iter()
+            .rev()
+            .take(3)
+            .map(|p| p.outcome.clone())
+            .collect::<Vec<_>>()
+    );
+    let Some(fenced_after) = fenced_after.filter(|_| refused.len() > 10) else {
+        panic!(
+            "the primary kept taking writes while the API server was frozen ({:.1?})",
+            thawed_at - frozen_at
+        );
+    };
+    assert!(
+        fenced_after < dead,
+        "fenced only {fenced_after:?} after the freeze: the operator could have declared the node dead first"
+    );
+    assert_eq!(
+        refused.last().unwrap().outcome,
+        Err(READ_ONLY.to_owned()),
+        "the primary refuses writes as a fenced primary does"
+    );
+    assert!(
+        recovered,
+        "the primary was not unfenced after its liveness was proven again"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count(&endpoint, &acknowledged).await.ok() == Some(acknowledged.len() as i64)
+        })
+        .await,
+        "the primary does not hold every acknowledged write"
+    );
+    let after = plane.shards().get(&name).await.unwrap();
     assert_eq!(
         after.status.unwrap().primary,
         Some(primary),

@@ -14,6 +14,7 @@ use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
 use super::error::AgentError;
+use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain};
 
 /// What every replica task of this node shares.
@@ -34,7 +35,9 @@ pub(crate) struct NodeContext {
     pub settings: InstanceSettings,
     /// Whether this node proved its liveness recently enough.
     pub live: watch::Receiver<bool>,
-    /// The agent's API client.
+    /// One lock per replica, held while its write fence is set or lifted (`fence_locks.rs`).
+    pub(super) fence_locks: FenceLocks,
+    /// The agent's API client for calls (not watches), with deadlines (`api_client.rs`).
     pub(super) client: Client,
     /// The node's namespace.
     pub(super) namespace: String,

@@ -7,8 +7,10 @@
 //! Self-fencing: liveness is proven at the send time of a heartbeat a leader answered, or at
 //! the start of a successful Lease renewal; the operator counts the node alive until at
 //! least that instant plus `deadAfterMs`. The agent declares itself not live once the last
-//! proof is older than `suspectAfterMs`, and its primaries then fence their writes — well
-//! before the operator can declare the node dead and promote elsewhere.
+//! proof is older than `suspectAfterMs` — judged on the local clock alone, never on a call
+//! returning — and its primaries then fence their writes (`self_fence.rs`, which touches only
+//! local PostgreSQL) — well before the operator can declare the node dead and promote
+//! elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
@@ -31,15 +33,18 @@ use crate::api::database_node::{DatabaseNodeSpec, NodeCapacity, PortRange};
 use crate::api::{DatabaseCluster, DatabaseNode, Shard};
 use crate::protocol::{Heartbeat, agent_manager};
 
+use super::api_client;
 use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
 use super::context::NodeContext;
 use super::error::AgentError;
+use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::LivenessReporter;
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
+use super::self_fence;
 
 /// How often liveness is re-evaluated against the last proof.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
@@ -48,10 +53,14 @@ const NODE_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the dispatcher looks at the shards even when no watch event arrived.
 const DISPATCH_TICK: Duration = Duration::from_secs(1);
 
-/// Runs the agent until the process is stopped (or a start-up step fails).
+/// Runs the agent until the process is stopped (or a start-up step fails). `client` serves
+/// the watches; calls go through a client of their own with deadlines (`api_client.rs`).
 pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> {
     let toolchain = Toolchain::detect()?;
-    let node = register(&client, &config).await?;
+    let calls = api_client::with_deadlines()
+        .await
+        .map_err(AgentError::api("configuring the API client"))?;
+    let node = register(&calls, &config).await?;
     let agent_epoch = next_agent_epoch(&config.data_dir)?;
     let watched = |client: &Client| -> Api<DatabaseCluster> {
         Api::namespaced(client.clone(), &config.namespace)
@@ -74,7 +83,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         .state()
         .into_iter()
         .find(|c| c.name_any() == node.spec.cluster);
-    let credentials = credentials(&client, &config, cluster.as_deref()).await?;
+    let credentials = credentials(&calls, &config, cluster.as_deref()).await?;
 
     let (live_tx, live) = watch::channel(false);
     let ports = (
@@ -96,7 +105,8 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         toolchain,
         credentials,
         live,
-        client: client.clone(),
+        fence_locks: FenceLocks::default(),
+        client: calls,
         namespace: config.namespace.clone(),
         cluster: node.spec.cluster.clone(),
         nodes,
@@ -271,9 +281,10 @@ async fn credentials(
     ))
 }
 
-/// Runs [`prove_liveness`] on a thread of its own with its own runtime and API client, so
-/// that replica work (PostgreSQL sessions' SCRAM handshakes, process starts) never delays a
-/// heartbeat or the fence decision. It runs for the life of the process.
+/// Runs [`prove_liveness`] and the self-fence keeper (`self_fence.rs`) on a thread of its own
+/// with its own runtime and API client (with deadlines), so that replica work (PostgreSQL
+/// sessions' SCRAM handshakes, process starts) and replica tasks stuck in API calls never
+/// delay a heartbeat, the fence decision or the fence. It runs for the life of the process.
 fn spawn_liveness_thread(
     ctx: Arc<NodeContext>,
     operators: Vec<std::net::SocketAddr>,
@@ -291,15 +302,17 @@ fn spawn_liveness_thread(
         .name("liveness".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let client = match Client::try_default().await {
+                let keeper = self_fence::keep(&ctx);
+                let client = match api_client::with_deadlines().await {
                     Ok(client) => client,
                     Err(error) => {
                         tracing::error!(%error, "no API client for liveness: this node never proves it is live");
+                        keeper.await;
                         return;
                     }
                 };
                 let leases: Api<Lease> = Api::namespaced(client, &beat.namespace);
-                prove_liveness(&ctx, operators, beat, leases, &live).await;
+                tokio::join!(prove_liveness(&ctx, operators, beat, leases, &live), keeper);
             });
         });
     thread.map(drop).map_err(|source| AgentError::Io {

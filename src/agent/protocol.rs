@@ -30,8 +30,11 @@ use crate::protocol::{HEARTBEAT_PATH, Heartbeat, agent_manager, node_lease_name}
 
 /// How often the node Lease is renewed while the leader answers heartbeats.
 pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
-/// The least time a heartbeat's answer is awaited (its proof counts from its send time, so
-/// waiting longer on a loaded machine costs nothing).
+/// The least time a heartbeat's answer, or a Lease renewal, is awaited: each is awaited for
+/// the heartbeat interval but never less than this. A proof counts from the call's start, so
+/// waiting longer on a loaded machine costs nothing; but a call is never awaited without a
+/// deadline: a partition that drops packets makes it hang rather than fail, and a hung renewal
+/// would hold up the renewals after it.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a heartbeat was not answered.
@@ -228,7 +231,7 @@ impl LivenessReporter {
             loop {
                 let period = interval();
                 if self.renewal_due(period) {
-                    self.renew().await;
+                    self.renew(period.max(HEARTBEAT_TIMEOUT)).await;
                 }
                 tokio::time::sleep(period).await;
             }
@@ -268,14 +271,17 @@ impl LivenessReporter {
         leader_silent || renewal_old
     }
 
-    async fn renew(&self) {
+    /// Renews the Lease, giving up after `deadline`; a renewal that succeeded proves liveness
+    /// from its start.
+    async fn renew(&self, deadline: Duration) {
         let started = Instant::now();
-        match renew_lease(&self.leases, &self.beat.node).await {
-            Ok(()) => {
+        match tokio::time::timeout(deadline, renew_lease(&self.leases, &self.beat.node)).await {
+            Ok(Ok(())) => {
                 let mut proofs = self.proofs.lock().unwrap_or_else(|p| p.into_inner());
                 proofs.lease_renewed = proofs.lease_renewed.max(Some(started));
             }
-            Err(error) => tracing::debug!(%error, "node lease not renewed"),
+            Ok(Err(error)) => tracing::debug!(%error, "node lease not renewed"),
+            Err(_) => tracing::debug!(?deadline, "node lease not renewed: no answer in time"),
         }
     }
 }

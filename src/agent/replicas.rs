@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use tokio::sync::watch;
 
 use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState, ShardStatus};
-use crate::api::{SchemaVersion, Shard, Table};
+use crate::api::{DatabaseNode, NodePhase, SchemaVersion, Shard, Table};
 use crate::protocol::Endpoint;
 
 use super::context::NodeContext;
@@ -232,18 +232,7 @@ impl ReplicaWorker {
         let local = self.local();
         let status = shard.and_then(|s| s.status.clone()).unwrap_or_default();
         let offline = self.ctx.offline_nodes();
-        let view = ReplicaView {
-            node: &self.ctx.node,
-            desired: status
-                .desired_replicas
-                .iter()
-                .find(|d| d.node == self.ctx.node)
-                .map(|d| d.role),
-            primary: status.primary.as_ref(),
-            reports: &status.replicas,
-            offline_nodes: &offline,
-            live: *self.ctx.live.borrow(),
-        };
+        let view = replica_view(&self.ctx.node, &status, &offline, *self.ctx.live.borrow());
         let action = decide(&view, &local);
         let secondaries: Vec<String> = status
             .desired_replicas
@@ -463,6 +452,8 @@ impl ReplicaWorker {
                 Ok(Pass::Again)
             }
             ReplicaAction::Fence(_) => {
+                let lock = self.ctx.fence_locks.of(&self.shard);
+                let _fencing = lock.lock().await;
                 let held = self.held_mut()?;
                 if held.instance.is_running() && !held.write_fenced().await? {
                     held.instance.fence_writes().await?;
@@ -470,7 +461,7 @@ impl ReplicaWorker {
                 }
                 Ok(Pass::Idle)
             }
-            ReplicaAction::ServePrimary { .. } => {
+            ReplicaAction::ServePrimary { epoch } => {
                 let ctx = self.ctx.clone();
                 let missing = self.not_held();
                 let held = self.held.as_mut().ok_or(missing)?;
@@ -486,10 +477,25 @@ impl ReplicaWorker {
                     served?;
                     return Ok(Pass::Idle);
                 }
-                if held.write_fenced().await? {
+                let fenced = held.write_fenced().await?;
+                // The watch caches may be minutes behind after a partition: a fence is lifted
+                // only if the Shard and the node, read now, still make this the primary.
+                if fenced && !self.still_primary(epoch).await? {
+                    return Ok(Pass::Idle);
+                }
+                // No network call from here to the unfence: the keeper (`self_fence.rs`) must
+                // never wait on one for this lock.
+                let lock = ctx.fence_locks.of(&shard_name);
+                let _fencing = lock.lock().await;
+                if !*ctx.live.borrow() {
+                    // Liveness was lost since this pass decided: the fence stays.
+                    return Ok(Pass::Again);
+                }
+                let held = self.held_mut()?;
+                if fenced && held.write_fenced().await? {
                     held.instance.unfence_writes(&quorum).await?;
                     tracing::info!(shard = %self.shard, "liveness proven again: primary unfenced");
-                } else if quorum_changed {
+                } else if !fenced && quorum_changed {
                     held.instance.set_sync_quorum(&quorum).await?;
                 }
                 self.applied_quorum = Some(quorum);
@@ -620,6 +626,39 @@ impl ReplicaWorker {
             &shard.spec.range,
         )
         .map_err(problem)
+    }
+
+    /// Whether the Shard and this node as the API server has them now (not as the watch caches
+    /// have them: a partition can leave a watch minutes behind) still make this replica the
+    /// serving primary at `epoch`: what must hold before a fence is lifted.
+    async fn still_primary(&mut self, epoch: i64) -> Result<bool, AgentError> {
+        let shard = self
+            .ctx
+            .shards()
+            .get(&self.shard)
+            .await
+            .map_err(AgentError::api(format!("reading Shard {}", self.shard)))?;
+        let node = self
+            .ctx
+            .api::<DatabaseNode>()
+            .get(&self.ctx.node)
+            .await
+            .map_err(AgentError::api(format!(
+                "reading DatabaseNode {}",
+                self.ctx.node
+            )))?;
+        let mut offline = self.ctx.offline_nodes();
+        offline.remove(&self.ctx.node);
+        if matches!(
+            node.status.and_then(|s| s.phase),
+            Some(NodePhase::Offline | NodePhase::Decommissioned)
+        ) {
+            offline.insert(self.ctx.node.clone());
+        }
+        let status = shard.status.unwrap_or_default();
+        let local = self.local();
+        let view = replica_view(&self.ctx.node, &status, &offline, *self.ctx.live.borrow());
+        Ok(decide(&view, &local) == ReplicaAction::ServePrimary { epoch })
     }
 
     /// Whether this replica, wanted as a secondary, has not streamed for [`STUCK_STANDBY`]
@@ -774,6 +813,27 @@ impl ReplicaWorker {
                 tracing::warn!(shard = %self.shard, %error, "replica report not written")
             }
         }
+    }
+}
+
+/// What `decide` is given about the replica of `node`, from a Shard's `status`.
+fn replica_view<'a>(
+    node: &'a str,
+    status: &'a ShardStatus,
+    offline_nodes: &'a BTreeSet<String>,
+    live: bool,
+) -> ReplicaView<'a> {
+    ReplicaView {
+        node,
+        desired: status
+            .desired_replicas
+            .iter()
+            .find(|d| d.node == node)
+            .map(|d| d.role),
+        primary: status.primary.as_ref(),
+        reports: &status.replicas,
+        offline_nodes,
+        live,
     }
 }
 

@@ -112,14 +112,25 @@ impl Drop for DataPlane {
     }
 }
 
-/// A TCP proxy in front of the API server, to cut agents off from it: every connection is
-/// forwarded until [`ApiProxy::cut`], after which open connections are dropped and new ones
-/// refused until [`ApiProxy::restore`].
+/// A TCP proxy in front of the API server, to cut agents off from it. Every connection is
+/// forwarded while the link is open. [`ApiProxy::cut`] drops open connections and refuses new
+/// ones (a refused connection fails at once); [`ApiProxy::freeze`] is a partition that drops
+/// packets: connections are accepted and kept, open ones too, but no byte is forwarded in
+/// either direction, so every call hangs until the caller's own deadline. Both last until
+/// [`ApiProxy::restore`], which forwards again (bytes held by a freeze are then delivered).
 pub struct ApiProxy {
     /// A kubeconfig that reaches the API server through the proxy.
     pub kubeconfig: PathBuf,
-    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    link: Arc<tokio::sync::watch::Sender<Link>>,
     task: JoinHandle<()>,
+}
+
+/// The state of an [`ApiProxy`]'s link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Open,
+    Frozen,
+    Cut,
 }
 
 impl ApiProxy {
@@ -142,43 +153,83 @@ impl ApiProxy {
             text.replace(&server, &format!("https://{proxy_addr}")),
         )
         .unwrap();
-        let (cut, watching) = tokio::sync::watch::channel(false);
+        let (link, watching) = tokio::sync::watch::channel(Link::Open);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                if *watching.borrow() {
+                if *watching.borrow() == Link::Cut {
                     continue;
                 }
                 let mut cut_off = watching.clone();
+                let link = watching.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_off.wait_for(|cut| *cut) => {}
+                        _ = async {
+                            tokio::join!(
+                                forward(from_client, to_server, link.clone()),
+                                forward(from_server, to_client, link),
+                            )
+                        } => {}
+                        _ = cut_off.wait_for(|link| *link == Link::Cut) => {}
                     }
                 });
             }
         });
         ApiProxy {
             kubeconfig: proxied,
-            cut: Arc::new(cut),
+            link: Arc::new(link),
             task,
         }
     }
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.link.send_replace(Link::Cut);
+    }
+
+    /// Forwards nothing, in either direction, on open and new connections, without closing
+    /// any: like a partition that drops packets.
+    pub fn freeze(&self) {
+        self.link.send_replace(Link::Frozen);
     }
 
     /// Forwards again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.link.send_replace(Link::Open);
     }
+}
+
+/// Copies bytes from `from` to `to` while the link is open; a chunk read while it is frozen
+/// is held until it opens again (or is dropped with the connection when it is cut).
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut link: tokio::sync::watch::Receiver<Link>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if link.wait_for(|link| *link == Link::Open).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if link.wait_for(|link| *link == Link::Open).await.is_err()
+            || to.write_all(&chunk[..n]).await.is_err()
+        {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for ApiProxy {

@@ -184,6 +184,21 @@ impl Instance {
         Ok(instance)
     }
 
+    /// A handle on an instance that another value owns (the same folder and port), for
+    /// fencing it from another task while its owner is busy: it connects and runs SQL like
+    /// the owner, but never starts, stops or kills the server (dropping it leaves the server
+    /// running), and making it writes nothing.
+    pub fn handle(toolchain: &Toolchain, spec: &InstanceSpec, credentials: &Credentials) -> Self {
+        Instance {
+            name: spec.name.clone(),
+            dir: spec.dir.clone(),
+            port: spec.port,
+            toolchain: toolchain.clone(),
+            credentials: credentials.clone(),
+            postmaster: None,
+        }
+    }
+
     /// The folder and password file of an instance, created if missing.
     fn prepare(
         toolchain: &Toolchain,
