@@ -28,8 +28,10 @@ use crate::api::Shard;
 use crate::api::shard::ObservedReplica;
 use crate::protocol::{HEARTBEAT_PATH, Heartbeat, agent_manager, node_lease_name};
 
-/// How often the node Lease is renewed while the leader answers heartbeats.
-pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
+/// How often the node Lease is renewed while the leader answers heartbeats: 0.1 API writes
+/// per node per second, as the kubelet's node Lease (heartbeats, which write nothing, detect
+/// failures; the Lease is the durable record, renewed every interval while no leader answers).
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 /// The least time a heartbeat's answer, or a Lease renewal, is awaited: each is awaited for
 /// the heartbeat interval but never less than this. A proof counts from the call's start, so
 /// waiting longer on a loaded machine costs nothing; but a call is never awaited without a
@@ -141,7 +143,7 @@ pub async fn renew_lease(leases: &Api<Lease>, node: &str) -> Result<(), kube::Er
     let patch = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": node_lease_name(node)},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": 15, "renewTime": MicroTime(Timestamp::now())},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": MicroTime(Timestamp::now())},
     });
     let params = PatchParams::apply(&agent_manager(node)).force();
     leases

@@ -1,5 +1,5 @@
 //! Node liveness. Agents send a heartbeat to the operator's HTTP server every
-//! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 5 s as the durable
+//! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 10 s as the durable
 //! fallback (one API write per node per 5 s). The leader keeps the last heartbeat of every
 //! node in memory and, every 100 ms, derives each node's phase: Online, Suspect after
 //! `suspectAfterMs` of silence, Offline after `deadAfterMs` — unless the node's Lease was
