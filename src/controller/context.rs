@@ -270,7 +270,18 @@ where
     /// A cache that holds nothing and watches nothing (for tests of one reconciler).
     #[cfg(test)]
     pub fn empty() -> Self {
-        let (store, _writer) = reflector::store();
+        Self::holding(Vec::new())
+    }
+
+    /// A cache that holds `objects` and watches nothing (for tests of one reconciler).
+    #[cfg(test)]
+    pub fn holding(objects: impl IntoIterator<Item = K>) -> Self {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
         Cache {
             store,
             task: tokio::spawn(async {}),

@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 
 use crate::api::{Shard, Table};
 
-use super::context::Context;
+use super::context::{Cache, Context};
 use super::error::ApiError;
 use super::fence::NotLeader;
 
@@ -46,8 +46,20 @@ pub enum TableError {
     },
 }
 
+/// What the table reconciles share: the operator's context, and a watch cache of the
+/// Shards each Table's status is computed from (a LIST per reconcile — one per agent report —
+/// made the API server filter every Shard of the namespace each time).
+pub struct Tables {
+    ctx: Arc<Context>,
+    shards: Cache<Shard>,
+}
+
 /// Runs the reconciler while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
+    let tables = Arc::new(Tables {
+        ctx: ctx.clone(),
+        shards: Cache::start(&ctx).await,
+    });
     let controller = Controller::new(ctx.watched::<Table>(), watcher::Config::default());
     ctx.metrics.queue.track("Table", controller.store());
     controller
@@ -62,12 +74,13 @@ pub async fn run(ctx: Arc<Context>) {
                 })
             },
         )
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, tables)
         .for_each(|_| async {})
         .await;
 }
 
-fn error_policy(table: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Action {
+fn error_policy(table: Arc<Table>, error: &TableError, tables: Arc<Tables>) -> Action {
+    let ctx = &tables.ctx;
     let result = match error {
         TableError::NotLeader(_) => "not_leader",
         TableError::Api(_) => "api",
@@ -77,22 +90,23 @@ fn error_policy(table: Arc<Table>, error: &TableError, ctx: Arc<Context>) -> Act
     ctx.retry("Table", table.as_ref(), result, error)
 }
 
-async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, TableError> {
+async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, TableError> {
+    let ctx = &tables.ctx;
     let started = Instant::now();
     ctx.reconcile_started("Table", table.as_ref());
     ctx.leader.ensure()?;
 
-    // Observe.
+    // Observe (a Shard's change, seen by the cache, brings its table back here).
     let namespace = table.namespace().unwrap_or_default();
     let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), &namespace);
-    let shards_of_table = status::shards_of(&shards, &table.name_any()).await?;
+    let shards_of_table = status::cached_shards_of(&tables.shards, &namespace, &table.name_any());
 
     // Act: each shard's readiness, then the finalizer or the deleted table's drop.
     for shard in &shards_of_table {
-        status::report_readiness(&ctx, &shards, shard).await?;
+        status::report_readiness(ctx, &shards, shard).await?;
     }
     let (deletion, action) = if table.metadata.deletion_timestamp.is_some() {
-        let (observation, gone) = drop::guard_deletion(&ctx, &table, &shards_of_table).await?;
+        let (observation, gone) = drop::guard_deletion(ctx, &table, &shards_of_table).await?;
         if gone {
             ctx.metrics.reconciled("Table", "ok", started);
             return Ok(ctx.next("Table", table.as_ref(), None));
@@ -100,12 +114,12 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Table
         // The plan's approval is not watched here: look again shortly.
         (observation, Duration::from_secs(1))
     } else {
-        drop::ensure_finalizer(&ctx, &table).await?;
+        drop::ensure_finalizer(ctx, &table).await?;
         (None, Duration::from_secs(60))
     };
 
     // Status.
-    status::write(&ctx, &table, &shards_of_table, &[], deletion).await?;
+    status::write(ctx, &table, &shards_of_table, &[], deletion).await?;
     ctx.metrics.reconciled("Table", "ok", started);
     ctx.reconciled("Table", table.as_ref());
     Ok(ctx.next("Table", table.as_ref(), Some(action)))

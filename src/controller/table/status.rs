@@ -14,14 +14,26 @@ use crate::decide::conditions::Observation;
 use crate::decide::table::{shard_readiness, status};
 use crate::protocol::SHARD_STATUS_MANAGER;
 
-use super::super::context::Context;
+use super::super::context::{Cache, Context};
 use super::super::error::{ApiError, Doing};
 use super::TableError;
 
 /// How often the routing switch re-reads the Table when another writer got there first.
 const SWITCH_ATTEMPTS: usize = 5;
 
-/// The Shards of `table`.
+/// The Shards of `table` in `namespace` as the watch cache `cached` holds them, by name.
+pub fn cached_shards_of(cached: &Cache<Shard>, namespace: &str, table: &str) -> Vec<Shard> {
+    let mut shards: Vec<Shard> = cached
+        .state()
+        .into_iter()
+        .filter(|s| s.spec.table == table && s.namespace().as_deref() == Some(namespace))
+        .map(|s| (*s).clone())
+        .collect();
+    shards.sort_by_key(|s| s.name_any());
+    shards
+}
+
+/// The Shards of `table`, read from the API server now.
 pub async fn shards_of(shards: &Api<Shard>, table: &str) -> Result<Vec<Shard>, ApiError> {
     let selector = format!("spec.table={table}");
     Ok(shards

@@ -50,19 +50,21 @@ fn shard(name: &str, start: Option<i64>, end: Option<i64>, phase: Option<&str>) 
     .unwrap()
 }
 
-fn list_shards(shards: &[Shard]) -> Expect {
-    Expect::list::<Shard>(NS).items(shards)
+/// A table reconciler against the mock API server, its shard cache holding `shards`.
+fn tables(leading: bool, shards: &[Shard]) -> (Arc<Tables>, fixtures::ApiServer) {
+    let (ctx, server) = fixtures::context(leading);
+    let shards = Cache::holding(shards.to_vec());
+    (Arc::new(Tables { ctx, shards }), server)
 }
 
 #[tokio::test]
 async fn the_routing_map_is_written_once_conditional_on_the_version_read() {
-    let (ctx, server) = fixtures::context(true);
     let shards = [
         shard("orders-0", None, Some(0), Some("Serving")),
         shard("orders-1", Some(0), None, Some("Serving")),
     ];
+    let (ctx, server) = tables(true, &shards);
     let script = vec![
-        list_shards(&shards),
         Expect::patch_status::<Table>(NS, "orders")
             .field("/metadata/resourceVersion", "5")
             .field("/status/routing/version", 1)
@@ -88,10 +90,9 @@ async fn a_readiness_computed_from_a_stale_copy_is_refused_and_not_retried() {
     // The shard was read as Provisioning-free and not yet Serving; meanwhile a split's switch
     // marked it Retiring. The write carries the version read, so the API server refuses it
     // (409) and the newer phase stands: the reconcile goes on without overwriting it.
-    let (ctx, server) = fixtures::context(true);
     let stale = shard("orders-0", None, None, None);
+    let (ctx, server) = tables(true, std::slice::from_ref(&stale));
     let script = vec![
-        list_shards(std::slice::from_ref(&stale)),
         Expect::patch_status::<Shard>(NS, "orders-0")
             .field("/metadata/resourceVersion", "7")
             .field("/status/phase", "Serving")
@@ -110,7 +111,6 @@ async fn a_readiness_computed_from_a_stale_copy_is_refused_and_not_retried() {
 
 #[tokio::test]
 async fn a_new_table_gets_its_finalizer_and_an_unchanged_map_is_not_rewritten() {
-    let (ctx, server) = fixtures::context(true);
     let shards = [shard("orders-0", None, None, Some("Serving"))];
     let routed = table(true, json!(null));
     let written = crate::decide::table::status(
@@ -123,8 +123,8 @@ async fn a_new_table_gets_its_finalizer_and_an_unchanged_map_is_not_rewritten() 
     .unwrap();
     let mut current = (*table(false, json!(null))).clone();
     current.status = Some(written);
+    let (ctx, server) = tables(true, &shards);
     let script = vec![
-        list_shards(&shards),
         Expect::patch::<Table>(NS, "orders")
             .field("/metadata/resourceVersion", "5")
             .field("/metadata/finalizers", [TABLE_FINALIZER])
@@ -138,7 +138,6 @@ async fn a_new_table_gets_its_finalizer_and_an_unchanged_map_is_not_rewritten() 
 
 #[tokio::test]
 async fn a_deleted_table_waits_for_its_drop_plan_to_be_approved() {
-    let (ctx, server) = fixtures::context(true);
     let mut deleted = (*table(true, json!(null))).clone();
     deleted.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -151,8 +150,8 @@ async fn a_deleted_table_waits_for_its_drop_plan_to_be_approved() {
         crate::api::plan::PlanPurpose::DropTable,
         &planned.hash,
     );
+    let (ctx, server) = tables(true, &shards);
     let script = vec![
-        list_shards(&shards),
         Expect::get::<Plan>(NS, &plan_name).not_found(),
         Expect::create::<Plan>(NS)
             .field("/metadata/name", &plan_name)
@@ -174,7 +173,7 @@ async fn a_deleted_table_waits_for_its_drop_plan_to_be_approved() {
 
 #[tokio::test]
 async fn a_replica_that_does_not_lead_writes_nothing() {
-    let (ctx, server) = fixtures::context(false);
+    let (ctx, server) = tables(false, &[]);
     let result = server
         .run(Vec::new(), reconcile(table(true, json!(null)), ctx))
         .await;
