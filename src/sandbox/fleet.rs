@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::agent::protocol::{LivenessReporter, report_replica};
@@ -27,9 +28,9 @@ use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use crate::protocol::Heartbeat;
 
 /// How often every watched shard is compared with what the fleet's live nodes should report,
-/// besides at every change the watch brings: what turns a lagging replica in sync, retries
-/// a failed write and makes a revived node report again.
-const RESCAN: Duration = Duration::from_millis(500);
+/// besides at every change the watch brings, when a lagging replica's delay is up and when a
+/// node is revived: what retries a failed or unseen write.
+const RESCAN: Duration = Duration::from_secs(2);
 /// A write that succeeded but that the watch has not shown after this long is written again.
 const UNSEEN_WRITE_RETRY: Duration = Duration::from_secs(10);
 
@@ -104,6 +105,8 @@ struct Shared {
     catching_up_since: Mutex<HashMap<(String, String), Instant>>,
     permits: Arc<Semaphore>,
     rescan: Notify,
+    /// Shards to look at again because a lagging replica's delay is up.
+    due: mpsc::UnboundedSender<String>,
     counts: Counts,
 }
 
@@ -142,6 +145,7 @@ impl Fleet {
         operators: Vec<SocketAddr>,
         config: FleetConfig,
     ) -> Fleet {
+        let (due, due_shards) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             shards: Api::namespaced(client.clone(), namespace),
             leases: Api::namespaced(client, namespace),
@@ -154,6 +158,7 @@ impl Fleet {
             unseen: Mutex::default(),
             catching_up_since: Mutex::default(),
             rescan: Notify::new(),
+            due,
             counts: Counts::default(),
         });
         let count = nodes.len().max(1) as u32;
@@ -161,7 +166,7 @@ impl Fleet {
             let offset = shared.config.heartbeat_interval * i as u32 / count;
             shared.start_node(node, offset);
         }
-        let reports = tokio::spawn(report_loop(shared.clone()));
+        let reports = tokio::spawn(report_loop(shared.clone(), due_shards));
         Fleet { shared, reports }
     }
 
@@ -331,7 +336,15 @@ impl Shared {
             return ReplicaState::InSync;
         }
         let mut since = lock(&self.catching_up_since);
-        let since = since.entry(key.clone()).or_insert_with(Instant::now);
+        let since = *since.entry(key.clone()).or_insert_with(|| {
+            let due = self.due.clone();
+            let shard = key.0.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = due.send(shard);
+            });
+            Instant::now()
+        });
         if since.elapsed() >= delay {
             ReplicaState::InSync
         } else {
@@ -397,7 +410,7 @@ fn same_report(reported: Option<&ObservedReplica>, wanted: Option<&ObservedRepli
 
 /// The one watch of the namespace's Shards and the periodic rescan, driving every node's
 /// reports.
-async fn report_loop(shared: Arc<Shared>) {
+async fn report_loop(shared: Arc<Shared>, mut due_shards: mpsc::UnboundedReceiver<String>) {
     let (store, writer) = reflector::store();
     let events = reflector(
         writer,
@@ -421,6 +434,13 @@ async fn report_loop(shared: Arc<Shared>) {
                 }
                 None => return,
             },
+            Some(shard) = due_shards.recv() => {
+                let key = ObjectRef::new(&shard).within(&shared.namespace);
+                if let Some(shard) = store.get(&key) {
+                    shared.reconcile(&shard).await;
+                }
+                false
+            }
             _ = rescan.tick() => true,
             () = shared.rescan.notified() => true,
         };

@@ -8,6 +8,7 @@ mod control_plane;
 pub mod demo;
 mod error;
 pub mod fleet;
+pub mod fleet_cluster;
 mod process;
 pub mod stand_in_agent;
 mod work_dir;
