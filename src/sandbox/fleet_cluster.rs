@@ -73,6 +73,12 @@ impl FleetCluster {
 
     /// Creates the cluster, its nodes, tables and shards in `namespace`.
     pub async fn create(&self, client: &Client, namespace: &str) -> Result<(), kube::Error> {
+        self.create_nodes(client, namespace).await?;
+        self.create_tables(client, namespace).await
+    }
+
+    /// Creates the DatabaseCluster and its DatabaseNodes in `namespace`.
+    pub async fn create_nodes(&self, client: &Client, namespace: &str) -> Result<(), kube::Error> {
         let (heartbeat, suspect, dead) = self.failure_detection_ms;
         let regions: Vec<_> = (0..self.regions)
             .map(|r| {
@@ -107,7 +113,11 @@ impl FleetCluster {
                 }))
             })
             .collect::<Result<_, _>>()?;
-        create_all(client, namespace, nodes).await?;
+        create_all(client, namespace, nodes).await
+    }
+
+    /// Creates the Tables and their Shards in `namespace`.
+    pub async fn create_tables(&self, client: &Client, namespace: &str) -> Result<(), kube::Error> {
         let tables: Vec<Table> = (0..self.tables)
             .map(|t| {
                 from_json(json!({
