@@ -29,6 +29,12 @@ use shardplane::api::{DatabaseNode, NodePhase, Shard};
 use shardplane::sandbox::ControlPlane;
 use shardplane::sandbox::fleet::{Fleet, FleetConfig, ReplicaModel};
 use shardplane::sandbox::fleet_cluster::{FleetCluster, fully_serving};
+use support::{
+    free_addr, install_crds, is_write, label, liveness_write_count, machine, percentile,
+    request_counters, summary, wait_for,
+};
+
+mod support;
 
 const NAMESPACE: &str = "bench-scale";
 /// Heartbeat interval, suspect after, dead after (ms): the defaults doubled, so a thousand
@@ -85,14 +91,7 @@ async fn main() {
         },
     };
     let mut report = Report::default();
-    report.row(
-        "machine",
-        format!(
-            "{} cores, {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model()
-        ),
-    );
+    report.row("machine", machine());
     report.row(
         "size",
         format!(
@@ -110,7 +109,7 @@ async fn main() {
 
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client().await.unwrap();
-    install_crds(&cp).await;
+    install_crds(&cp).await.expect("CRDs installed");
     let ceiling = write_ceiling(&client).await;
     report.row("api_write_ceiling_per_s", format!("{ceiling:.0}"));
 
@@ -214,13 +213,13 @@ async fn main() {
 
     // The settled cluster: no plan runs, only liveness.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let liveness_before = liveness_writes(&cp).await;
+    let liveness_before = liveness_write_count(&cp).await;
     let all_before = api_requests(&cp).await;
     let cpu_before = sampler.cpu_s();
     let window_start = Instant::now();
     tokio::time::sleep(SETTLED_WINDOW).await;
     let window = window_start.elapsed().as_secs_f64();
-    let liveness = (liveness_writes(&cp).await - liveness_before) / window;
+    let liveness = (liveness_write_count(&cp).await - liveness_before) / window;
     let settled_writes: f64 = difference(&all_before, &api_requests(&cp).await)
         .iter()
         .filter(|(verb, _)| is_write(verb))
@@ -462,26 +461,6 @@ async fn count_online(nodes: &Api<DatabaseNode>) -> usize {
     })
 }
 
-async fn install_crds(cp: &ControlPlane) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = cp
-        .kubectl(["apply", "--server-side", "-f", crds])
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let out = cp
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .await
-        .unwrap();
-    assert!(out.status.success());
-}
-
 async fn create_namespace(client: &Client, name: &str) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     Api::all(client.clone())
@@ -569,45 +548,6 @@ async fn api_requests(cp: &ControlPlane) -> BTreeMap<String, f64> {
     by_verb
 }
 
-/// Mutating requests on leases and databasenodes (the liveness writes), all namespaces.
-async fn liveness_writes(cp: &ControlPlane) -> f64 {
-    request_counters(cp)
-        .await
-        .into_iter()
-        .filter(|(labels, _)| {
-            matches!(label(labels, "resource"), Some("leases" | "databasenodes"))
-                && label(labels, "verb").is_some_and(is_write)
-        })
-        .map(|(_, value)| value)
-        .sum()
-}
-
-/// `apiserver_request_total` lines: labels and value.
-async fn request_counters(cp: &ControlPlane) -> Vec<(String, f64)> {
-    let out = cp.kubectl(["get", "--raw", "/metrics"]).await.unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
-        .filter_map(|l| {
-            let (labels, value) = l.rsplit_once("} ")?;
-            Some((labels.to_owned(), value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-    let rest = &labels[start..];
-    Some(&rest[..rest.find('"')?])
-}
-
-fn is_write(verb: &str) -> bool {
-    matches!(
-        verb,
-        "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-    )
-}
-
 fn difference(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
@@ -687,56 +627,4 @@ fn read_proc(pid: u32) -> Option<ProcSample> {
         hwm_kib: kib("VmHWM:")?,
         cpu_s: ticks / per_s,
     })
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summary(samples: &[f64]) -> String {
-    if samples.is_empty() {
-        return "no run finished".into();
-    }
-    format!(
-        "runs {}  p50 {:.2}  p99 {:.2}  max {:.2}",
-        samples.len(),
-        percentile(samples, 0.5),
-        percentile(samples, 0.99),
-        percentile(samples, 1.0)
-    )
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string()
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
