@@ -168,10 +168,11 @@ async fn main() {
         if last_progress.elapsed() > Duration::from_secs(30) {
             last_progress = Instant::now();
             eprintln!(
-                "{:.0} s: {serving} of {} serving; operator RSS {:.0} MiB; fleet {:?}",
+                "{:.0} s: {serving} of {} serving; operator RSS {:.0} MiB, {} leadership losses; fleet {:?}",
                 started.elapsed().as_secs_f64(),
                 layout.shards,
                 sampler.rss_mib(),
+                leadership_losses(&log),
                 fleet.stats()
             );
         }
@@ -265,6 +266,16 @@ async fn main() {
         format!("{:.0}", sampler.hwm_mib()),
     );
     report.row("operator_cpu_s_total", format!("{:.1}", sampler.cpu_s()));
+    report.row("operator_leadership_losses", leadership_losses(&log));
+    if let Some(fleet_process) = read_proc(std::process::id()) {
+        report.row(
+            "fleet_process_cpu_s_total",
+            format!(
+                "{:.1} (this process: the fleet and the bench's watch)",
+                fleet_process.cpu_s
+            ),
+        );
+    }
     report.row("fleet_writes_total", format!("{:?}", fleet.stats()));
     for (name, pid) in cp.pids() {
         if let Some(sample) = read_proc(pid) {
@@ -535,6 +546,16 @@ fn spawn_operator(
         .stderr(out)
         .spawn()
         .unwrap()
+}
+
+/// How often the operator lost (or could no longer prove) leadership and stopped every
+/// reconciler, from its log: a sole replica never should, so each one is time lost to load.
+fn leadership_losses(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("lost leadership"))
+        .count()
 }
 
 /// `apiserver_request_total` summed by verb.
