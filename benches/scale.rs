@@ -186,8 +186,8 @@ async fn main() {
         "operator_cpu_s_placement",
         format!("{:.1}", sampler.cpu_s() - cpu_before),
     );
-    let requests = api_requests(&cp).await;
-    let by_verb = difference(&requests_before, &requests);
+    let requests = difference(&requests_before, &api_requests(&cp).await);
+    let by_verb = per_verb(&requests);
     let writes: f64 = by_verb
         .iter()
         .filter(|(verb, _)| is_write(verb))
@@ -202,6 +202,17 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    let mut busiest: Vec<_> = requests.iter().filter(|(_, n)| **n > 0.0).collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(a.1));
+    report.row(
+        "api_requests_placement_busiest",
+        busiest
+            .iter()
+            .take(8)
+            .map(|((verb, resource), n)| format!("{verb} {resource} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     report.row(
         "api_writes_per_s_placement",
         format!(
@@ -212,7 +223,12 @@ async fn main() {
     );
     report.row("fleet_writes_placement", format!("{:?}", fleet.stats()));
 
-    // The settled cluster: no plan runs, only liveness.
+    // The settled cluster: no plan runs, only liveness (unless placement timed out).
+    let unsettled = if all_serving {
+        ""
+    } else {
+        " (placement still running)"
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let liveness_before = liveness_write_count(&cp).await;
     let all_before = api_requests(&cp).await;
@@ -221,7 +237,7 @@ async fn main() {
     tokio::time::sleep(SETTLED_WINDOW).await;
     let window = window_start.elapsed().as_secs_f64();
     let liveness = (liveness_write_count(&cp).await - liveness_before) / window;
-    let settled_writes: f64 = difference(&all_before, &api_requests(&cp).await)
+    let settled_writes: f64 = per_verb(&difference(&all_before, &api_requests(&cp).await))
         .iter()
         .filter(|(verb, _)| is_write(verb))
         .map(|(_, n)| n)
@@ -229,22 +245,22 @@ async fn main() {
         / window;
     report.row(
         "liveness_api_writes_per_node_per_s",
-        format!("{:.3}", liveness / layout.nodes as f64),
+        format!("{:.3}{unsettled}", liveness / layout.nodes as f64),
     );
     report.row(
         "api_writes_per_s_settled",
         format!(
-            "{settled_writes:.0} ({:.1}% of the ceiling)",
+            "{settled_writes:.0} ({:.1}% of the ceiling){unsettled}",
             100.0 * settled_writes / ceiling
         ),
     );
     report.row(
         "operator_cpu_s_per_s_settled",
-        format!("{:.3}", (sampler.cpu_s() - cpu_before) / window),
+        format!("{:.3}{unsettled}", (sampler.cpu_s() - cpu_before) / window),
     );
     report.row(
         "operator_rss_mib_steady",
-        format!("{:.0}", sampler.rss_mib()),
+        format!("{:.0}{unsettled}", sampler.rss_mib()),
     );
     report.row("operator_rss_mib_peak", format!("{:.0}", sampler.hwm_mib()));
 
@@ -558,24 +574,33 @@ fn leadership_losses(log: &std::path::Path) -> usize {
         .count()
 }
 
-/// `apiserver_request_total` summed by verb.
-async fn api_requests(cp: &ControlPlane) -> BTreeMap<String, f64> {
-    let mut by_verb = BTreeMap::new();
+/// `apiserver_request_total` summed by verb and resource.
+async fn api_requests(cp: &ControlPlane) -> BTreeMap<(String, String), f64> {
+    let mut counts = BTreeMap::new();
     for (labels, value) in request_counters(cp).await {
         if let Some(verb) = label(&labels, "verb") {
-            *by_verb.entry(verb.to_owned()).or_default() += value;
+            let resource = label(&labels, "resource").unwrap_or("").to_owned();
+            *counts.entry((verb.to_owned(), resource)).or_default() += value;
         }
+    }
+    counts
+}
+
+fn per_verb(counts: &BTreeMap<(String, String), f64>) -> BTreeMap<String, f64> {
+    let mut by_verb = BTreeMap::new();
+    for ((verb, _), n) in counts {
+        *by_verb.entry(verb.clone()).or_default() += n;
     }
     by_verb
 }
 
-fn difference(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
+fn difference<K: Ord + Clone>(
+    before: &BTreeMap<K, f64>,
+    after: &BTreeMap<K, f64>,
+) -> BTreeMap<K, f64> {
     after
         .iter()
-        .map(|(verb, n)| (verb.clone(), n - before.get(verb).copied().unwrap_or(0.0)))
+        .map(|(key, n)| (key.clone(), n - before.get(key).copied().unwrap_or(0.0)))
         .collect()
 }
 
