@@ -19,6 +19,9 @@ use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard, Table};
 use shardplane::controller::{self, OperatorConfig};
 use shardplane::sandbox::ControlPlane;
 use shardplane::sandbox::stand_in_agent::StandInAgent;
+use support::{free_addr, install_crds, liveness_write_count, machine, summary, wait_for};
+
+mod support;
 
 const NODES: [(&str, &str, &str); 6] = [
     ("n1", "r1", "r1-a"),
@@ -36,71 +39,20 @@ const TAKEOVER_RUNS: usize = 5;
 async fn main() {
     let cp = ControlPlane::start().await.expect("control plane");
     let client = cp.client().await.unwrap();
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = cp
-        .kubectl(["apply", "--server-side", "-f", crds])
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let out = cp
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    install_crds(&cp).await.expect("CRDs installed");
 
     // First, while nothing else of Shardplane runs: the API writes liveness costs.
     let (writes, baseline) = liveness_writes(&cp, &client).await;
     let (detect, failover) = failover_runs(&cp, &client).await;
     let takeover = takeover_runs(&cp, &client).await;
 
-    println!(
-        "machine: {} cores, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
-    );
+    println!("machine: {}", machine());
     println!("node_failure_detect_s      {}", summary(&detect));
     println!("failover_complete_s        {}", summary(&failover));
     println!("leader_takeover_s          {}", summary(&takeover));
     println!(
         "liveness_api_writes_per_node_per_s {writes:.3}  (baseline: the bare control plane's own writes to leases and databasenodes, {baseline:.3}/s, subtracted)"
     );
-}
-
-fn summary(samples: &[f64]) -> String {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let pct = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
-    format!(
-        "runs {:>2}  p50 {:.2}  p99 {:.2}  max {:.2}",
-        s.len(),
-        pct(0.5),
-        pct(0.99),
-        s[s.len() - 1]
-    )
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string()
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 async fn namespace(client: &Client, name: &str) {
@@ -168,21 +120,6 @@ async fn create_cluster(client: &Client, ns: &str) {
             .await
             .unwrap();
     }
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// Whether `node` reaches `phase` within 30 s.
@@ -387,27 +324,4 @@ async fn liveness_writes(cp: &ControlPlane, client: &Client) -> (f64, f64) {
     operator.abort();
     let rate = (after - before) / window.as_secs_f64();
     ((rate - baseline) / NODES.len() as f64, baseline)
-}
-
-/// Mutating requests on leases and databasenodes, from kube-apiserver's own counters (all
-/// namespaces: this runs before anything else of Shardplane).
-async fn liveness_write_count(cp: &ControlPlane) -> f64 {
-    let out = cp.kubectl(["get", "--raw", "/metrics"]).await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"leases\"") || l.contains("resource=\"databasenodes\""))
-        .filter(|l| {
-            [
-                "verb=\"POST\"",
-                "verb=\"PUT\"",
-                "verb=\"PATCH\"",
-                "verb=\"APPLY\"",
-                "verb=\"DELETE\"",
-            ]
-            .iter()
-            .any(|v| l.contains(v))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

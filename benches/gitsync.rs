@@ -17,7 +17,10 @@ use shardplane::api::GitSync;
 use shardplane::gitsync::{self, Syncer, webhook};
 use shardplane::plan::KeyRange;
 use shardplane::sandbox::ControlPlane;
+use support::install_crds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
 
 const OBJECTS: u64 = 10_000;
 const FILES: u64 = 10;
@@ -40,29 +43,7 @@ async fn main() -> ExitCode {
 async fn run() -> BenchResult<()> {
     let control_plane = ControlPlane::start().await?;
     let client = control_plane.client().await?;
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-    let out = control_plane
-        .kubectl(["apply", "--server-side", "-f", crds])
-        .await?;
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl apply crds: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let out = control_plane
-        .kubectl([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .await?;
-    if !out.status.success() {
-        return Err("CRDs never became Established".into());
-    }
+    install_crds(&control_plane).await?;
     let work = tempfile::tempdir()?;
     ten_thousand_objects(&client, work.path()).await?;
     webhook_latency(&client, work.path()).await?;

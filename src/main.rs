@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -75,6 +76,11 @@ enum Command {
     /// replica the operator places on the node (created, promoted, rewound and fenced as
     /// `Shard.status` asks), reports them, and proves the node's liveness to the operator.
     Agent(AgentArgs),
+    /// Simulate a fleet of node agents in this one process, to load-test a real operator:
+    /// every node heartbeats and renews its Lease as an agent does, and reports the replicas
+    /// the operator wants on it (in sync, or after a lag) — no PostgreSQL. Never a real
+    /// node's agent. Prints what it wrote every 10 s; runs until Ctrl-C.
+    Fleet(FleetArgs),
     /// Apply git repositories to the cluster: every GitSync object's branch and path is
     /// validated as a whole, applied with server-side apply and pruned (see docs/gitops.md).
     GitSync {
@@ -143,7 +149,10 @@ impl Command {
     /// none; `None` for the one-shot commands, which print their result and log nothing.
     fn default_log_filter(&self) -> Option<&'static str> {
         match self {
-            Command::Operator { .. } | Command::Agent(_) | Command::GitSync { .. } => Some("info"),
+            Command::Operator { .. }
+            | Command::Agent(_)
+            | Command::Fleet(_)
+            | Command::GitSync { .. } => Some("info"),
             // The demo's own output is the show: its operator's decisions on request only.
             Command::Demo { .. } => Some("error"),
             Command::Crds { .. } | Command::Plan { .. } => None,
@@ -234,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent(args) => agent(args).await,
+        Command::Fleet(args) => fleet(args).await,
         Command::GitSync {
             namespaces,
             checkout_dir,
@@ -393,6 +403,121 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     shardplane::agent::run(client, config).await?;
     Ok(())
+}
+
+/// The flags of `shardplane fleet`.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// The namespace of the nodes, their cluster and its shards.
+    #[arg(long)]
+    namespace: String,
+    /// Simulate every DatabaseNode of this DatabaseCluster, heartbeating at its
+    /// `failureDetection.heartbeatIntervalMs`.
+    #[arg(
+        long,
+        value_name = "CLUSTER",
+        required_unless_present = "nodes",
+        conflicts_with = "nodes"
+    )]
+    nodes_from_cluster: Option<String>,
+    /// Simulate the nodes PREFIX0 … PREFIX(N-1) (their DatabaseNodes must exist).
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
+    /// The name prefix of `--nodes`.
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    /// An operator replica's heartbeat address (`host:port`); repeat for every replica.
+    #[arg(long = "operator", value_name = "ADDR", required = true)]
+    operators: Vec<std::net::SocketAddr>,
+    /// How often each node heartbeats, in milliseconds (default: the cluster's, else 500).
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// A replica new on its node reports CatchingUp for this long before it is in sync
+    /// (default: in sync at once).
+    #[arg(long, value_name = "MS")]
+    lag_ms: Option<u64>,
+    /// Replica reports in flight at once, across the fleet.
+    #[arg(long, default_value_t = 48)]
+    max_in_flight: usize,
+}
+
+async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    use shardplane::api::{DatabaseCluster, DatabaseNode};
+    use shardplane::sandbox::fleet::{Fleet, FleetConfig, ReplicaModel};
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let mut config = FleetConfig::default();
+    let nodes = match (&args.nodes_from_cluster, args.nodes) {
+        (Some(cluster), _) => {
+            let clusters: kube::Api<DatabaseCluster> =
+                kube::Api::namespaced(client.clone(), &args.namespace);
+            let found = clusters.get(cluster).await.with_context(|| {
+                format!(
+                    "reading DatabaseCluster {cluster} in namespace {}",
+                    args.namespace
+                )
+            })?;
+            if let Some(detection) = found.spec.failure_detection {
+                config.heartbeat_interval =
+                    Duration::from_millis(u64::try_from(detection.heartbeat_interval_ms)?);
+            }
+            let nodes: kube::Api<DatabaseNode> =
+                kube::Api::namespaced(client.clone(), &args.namespace);
+            let names: Vec<String> = nodes
+                .list(&Default::default())
+                .await
+                .with_context(|| format!("listing DatabaseNodes in namespace {}", args.namespace))?
+                .into_iter()
+                .filter(|node| &node.spec.cluster == cluster)
+                .filter_map(|node| node.metadata.name)
+                .collect();
+            anyhow::ensure!(
+                !names.is_empty(),
+                "DatabaseCluster {cluster} in namespace {} has no DatabaseNodes to simulate",
+                args.namespace
+            );
+            names
+        }
+        (None, Some(count)) => (0..count).map(|i| format!("{}{i}", args.prefix)).collect(),
+        (None, None) => anyhow::bail!("give --nodes-from-cluster or --nodes"),
+    };
+    if let Some(ms) = args.heartbeat_interval_ms {
+        config.heartbeat_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.lag_ms {
+        config.model = ReplicaModel::Lagging {
+            delay: Duration::from_millis(ms),
+        };
+    }
+    config.max_in_flight = args.max_in_flight;
+    tracing::info!(
+        nodes = nodes.len(),
+        heartbeat_interval_ms = config.heartbeat_interval.as_millis() as u64,
+        model = ?config.model,
+        "fleet starting"
+    );
+    let fleet = Fleet::start(client, &args.namespace, nodes, args.operators, config);
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                interrupted.context("waiting for Ctrl-C")?;
+                return Ok(());
+            }
+            _ = every.tick() => {
+                let stats = fleet.stats();
+                tracing::info!(
+                    reports = stats.reports,
+                    withdrawals = stats.withdrawals,
+                    conflicts = stats.conflicts,
+                    errors = stats.errors,
+                    "fleet writes so far"
+                );
+            }
+        }
+    }
 }
 
 /// Host name and process id: unique among replicas on one machine and across pods.
