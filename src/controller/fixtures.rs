@@ -102,11 +102,6 @@ impl Expect {
         Self::new(Method::GET, object::<K>(namespace, name))
     }
 
-    /// A list (GET of the collection) of kind `K`; answer it with [`Expect::items`].
-    pub fn list<K: Resource<DynamicType = ()>>(namespace: &str) -> Self {
-        Self::new(Method::GET, collection::<K>(namespace))
-    }
-
     /// A create (POST to the collection) of kind `K`; the answer echoes the request's body.
     pub fn create<K: Resource<DynamicType = ()>>(namespace: &str) -> Self {
         Self::new(Method::POST, collection::<K>(namespace)).echo()
@@ -154,14 +149,6 @@ impl Expect {
         self.status = StatusCode::OK;
         self.answer = Answer::Json(serde_json::to_value(object).unwrap_or(Value::Null));
         self
-    }
-
-    /// Answers `200` with a list of `items`.
-    pub fn items<T: Serialize>(self, items: &[T]) -> Self {
-        self.answer(json!({
-            "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
-            "items": items,
-        }))
     }
 
     /// Answers with the request's own body.

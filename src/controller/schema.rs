@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -21,7 +21,7 @@ use crate::api::schema_version::RolloutPhase;
 use crate::api::{SchemaVersion, Table};
 use crate::protocol::TABLE_LABEL;
 
-use super::context::Context;
+use super::context::{Cache, Context};
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
@@ -44,16 +44,29 @@ pub enum SchemaError {
     Api(#[from] ApiError),
 }
 
+/// What the schema reconciles share: the operator's context, and a watch cache of the
+/// SchemaVersions (a LIST per reconcile — one per write of any Table's status, its routing
+/// map among them — made the API server filter every SchemaVersion each time).
+pub struct Schemas {
+    ctx: Arc<Context>,
+    versions: Cache<SchemaVersion>,
+}
+
 /// Runs the controller while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
+    let schemas = Arc::new(Schemas {
+        ctx: ctx.clone(),
+        versions: Cache::start(&ctx).await,
+    });
     Controller::new(ctx.watched::<Table>(), watcher::Config::default())
         .owns(ctx.watched::<SchemaVersion>(), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, schemas)
         .for_each(|_| async {})
         .await;
 }
 
-fn error_policy(table: Arc<Table>, error: &SchemaError, ctx: Arc<Context>) -> Action {
+fn error_policy(table: Arc<Table>, error: &SchemaError, schemas: Arc<Schemas>) -> Action {
+    let ctx = &schemas.ctx;
     let result = match error {
         SchemaError::NotLeader(_) => "not_leader",
         SchemaError::Api(_) => "api",
@@ -61,7 +74,8 @@ fn error_policy(table: Arc<Table>, error: &SchemaError, ctx: Arc<Context>) -> Ac
     ctx.retry("TableSchema", table.as_ref(), result, error)
 }
 
-async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, SchemaError> {
+async fn reconcile(table: Arc<Table>, schemas: Arc<Schemas>) -> Result<Action, SchemaError> {
+    let ctx = &schemas.ctx;
     let started = Instant::now();
     ctx.leader.ensure()?;
     if table.meta().deletion_timestamp.is_some() {
@@ -70,19 +84,20 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
     }
     let namespace = table.namespace().unwrap_or_default();
     let versions: Api<SchemaVersion> = Api::namespaced(ctx.client.clone(), &namespace);
-    // A consistent list, not a cache: a version created a moment ago must be seen, or a
-    // second one would be made for the same generation.
-    let selector = format!("{TABLE_LABEL}={}", table.name_any());
-    let listed = versions
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .doing(|| {
-            format!(
-                "list the SchemaVersions of Table {namespace}/{}",
-                table.name_any()
-            )
-        })?
-        .items;
+    // From the watch cache: a version created a moment ago and not yet in it is created again
+    // under the same name (versions are named by table and number), which the API server
+    // refuses (409) and `create` leaves as it is — never a second version for a generation.
+    let name = table.name_any();
+    let listed: Vec<SchemaVersion> = schemas
+        .versions
+        .state()
+        .into_iter()
+        .filter(|v| {
+            v.namespace().as_deref() == Some(namespace.as_str())
+                && v.labels().get(TABLE_LABEL) == Some(&name)
+        })
+        .map(|v| (*v).clone())
+        .collect();
     let observation = match next_version(&table, newest_owned(&table, &listed)) {
         Outcome::Current { version } => Observation {
             type_: SCHEMA_ACCEPTED,
@@ -91,7 +106,7 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
             message: format!("schema version {version} holds the declared schema"),
         },
         Outcome::Create(version) => {
-            create(&ctx, &table, &versions, &version).await?;
+            create(ctx, &table, &versions, &version).await?;
             Observation {
                 type_: SCHEMA_ACCEPTED,
                 holds: true,
@@ -109,7 +124,7 @@ async fn reconcile(table: Arc<Table>, ctx: Arc<Context>) -> Result<Action, Schem
             message,
         },
     };
-    write_condition(&ctx, &table, observation).await?;
+    write_condition(ctx, &table, observation).await?;
     ctx.metrics.reconciled("TableSchema", "ok", started);
     ctx.reconciled("TableSchema", table.as_ref());
     Ok(Action::await_change())
@@ -349,8 +364,11 @@ mod tests {
             .field("/spec/version", version)
     }
 
-    fn list_versions(versions: &[SchemaVersion]) -> Expect {
-        Expect::list::<SchemaVersion>("db").items(versions)
+    /// A schema reconciler against the mock API server, its cache holding `versions`.
+    fn schemas(leading: bool, versions: &[SchemaVersion]) -> (Arc<Schemas>, fixtures::ApiServer) {
+        let (ctx, server) = fixtures::context(leading);
+        let versions = Cache::holding(versions.to_vec());
+        (Arc::new(Schemas { ctx, versions }), server)
     }
 
     /// The Table's `SchemaAccepted` condition written as `status` with `reason`, conditional
@@ -367,10 +385,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_table_is_persisted_as_schema_version_one() {
-        let (ctx, server) = fixtures::context(true);
+        let (ctx, server) = schemas(true, &[]);
         let t = watched(1, &[ID]);
         let script = vec![
-            list_versions(&[]),
             version_created(1)
                 .field("/metadata/labels/shardplane.io~1table", "orders")
                 .field("/metadata/ownerReferences/0/uid", "u1")
@@ -397,11 +414,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_table_gets_the_next_version_with_the_ddl_from_the_previous() {
-        let (ctx, server) = fixtures::context(true);
         let v1 = stored(&watched(1, &[ID]));
+        let (ctx, server) = schemas(true, &[v1]);
         let t = watched(2, &[ID, X]);
         let script = vec![
-            list_versions(&[v1]),
             version_created(2)
                 .field("/spec/previousVersion", 1)
                 .field(
@@ -424,9 +440,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_unchanged_table_causes_no_write() {
-        let (ctx, server) = fixtures::context(true);
         let mut t = (*watched(1, &[ID])).clone();
         let v1 = stored(&t);
+        let (ctx, server) = schemas(true, &[v1]);
         let mut conditions = Vec::new();
         conditions::set(
             &mut conditions,
@@ -441,7 +457,7 @@ mod tests {
         );
         t.status.get_or_insert_default().conditions = conditions;
         let action = server
-            .run(vec![list_versions(&[v1])], reconcile(Arc::new(t), ctx))
+            .run(vec![], reconcile(Arc::new(t), ctx))
             .await
             .unwrap();
         assert_eq!(action, Action::await_change());
@@ -449,11 +465,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_change_writes_schema_accepted_false_and_no_version() {
-        let (ctx, server) = fixtures::context(true);
         let v1 = stored(&watched(1, &[ID, X]));
+        let (ctx, server) = schemas(true, &[v1]);
         let dropped = watched(2, &[ID]);
         let script = vec![
-            list_versions(&[v1]),
             Expect::patch_status::<Table>("db", "orders")
                 .field("/metadata/resourceVersion", "5")
                 .field("/status/conditions/0/type", SCHEMA_ACCEPTED)
@@ -471,10 +486,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_version_another_leader_created_is_left_as_it_is() {
-        let (ctx, server) = fixtures::context(true);
+        let (ctx, server) = schemas(true, &[]);
         let t = watched(1, &[ID]);
         let script = vec![
-            list_versions(&[]),
             version_created(1).fail(409, "AlreadyExists"),
             condition_written("True", "SchemaVersionCreated"),
         ];
@@ -482,16 +496,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_list_writes_nothing_and_is_retried() {
-        let (ctx, server) = fixtures::context(true);
-        let script = vec![Expect::list::<SchemaVersion>("db").fail(500, "InternalError")];
-        let result = server.run(script, reconcile(watched(1, &[ID]), ctx)).await;
-        assert!(matches!(result, Err(SchemaError::Api(_))), "{result:?}");
-    }
-
-    #[tokio::test]
     async fn a_table_being_deleted_gets_no_version() {
-        let (ctx, server) = fixtures::context(true);
+        let (ctx, server) = schemas(true, &[]);
         let mut t = (*watched(1, &[ID])).clone();
         t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
@@ -505,7 +511,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replica_that_does_not_lead_writes_nothing() {
-        let (ctx, server) = fixtures::context(false);
+        let (ctx, server) = schemas(false, &[]);
         let result = server.run(vec![], reconcile(watched(1, &[ID]), ctx)).await;
         assert!(
             matches!(result, Err(SchemaError::NotLeader(_))),
