@@ -5,7 +5,7 @@
 //! Sized by `SCALE_NODES` (default 100, spread over 10 regions × 3 zones), `SCALE_SHARDS`
 //! (default 1000, at replication factor 3), `SCALE_TABLES` (default: one per shard),
 //! `SCALE_TIMEOUT_S` (default 900: how long placement may take before the partial figure is
-//! printed), `SCALE_FAILOVER_RUNS` (default 3) and `SCALE_LAG_MS` (default 0: replicas in
+//! printed), `SCALE_FAILOVER_RUNS` (default 3), `SCALE_LEASE_S` (the operator's leader Lease, default 4) and `SCALE_LAG_MS` (default 0: replicas in
 //! sync at once; else new replicas catch up for that long). Prints `| key | value |` rows:
 //! the API server's write ceiling on this machine (measured first, in the same run), time
 //! until every shard is Serving with 3 in-sync replicas, the operator's RSS and CPU (from
@@ -555,6 +555,10 @@ fn spawn_operator(
             "scale-op",
         ])
         .args(["--listen", &addr.to_string()])
+        .args([
+            "--lease-duration-seconds",
+            &env_or("SCALE_LEASE_S", 4).to_string(),
+        ])
         .env("KUBECONFIG", cp.kubeconfig_path())
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())

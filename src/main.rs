@@ -58,6 +58,12 @@ enum Command {
         /// This replica's identity in leader election (default: host name and process id).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// How long the leader's Lease lasts: a standby takes over about this long after the
+        /// leader dies, and the leader stops acting when it cannot confirm a renewal within
+        /// it (renewed half-way). Longer rides out a slow API server at large scale.
+        #[arg(long, env = "SHARDPLANE_LEASE_DURATION_SECONDS", default_value_t = 4,
+              value_parser = clap::value_parser!(u64).range(3..=120))]
+        lease_duration_seconds: u64,
         /// Address of the metrics, health and heartbeat server.
         #[arg(long, default_value = "0.0.0.0:9090")]
         listen: std::net::SocketAddr,
@@ -211,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             namespace,
             lease_namespace,
             identity,
+            lease_duration_seconds,
             listen,
             admission_listen,
             admission_cert,
@@ -223,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = OperatorConfig::new(identity, lease_namespace);
             config.namespace = namespace;
             config.listen = listen;
+            config.lease_duration = std::time::Duration::from_secs(lease_duration_seconds);
             if let (Some(listen), Some(cert), Some(key)) =
                 (admission_listen, admission_cert, admission_key)
             {
