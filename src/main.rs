@@ -244,9 +244,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     private_key_pem: read(key)?,
                 });
             }
-            let client = kube::Client::try_default()
+            let api = kube::Config::infer()
                 .await
+                .context("finding the Kubernetes API (KUBECONFIG or in-cluster)")?;
+            let client = kube::Client::try_from(api.clone())
                 .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+            config.api = Some(api);
             controller::run(client, config).await?;
             Ok(())
         }

@@ -15,6 +15,11 @@ pub struct OperatorConfig {
     pub lease_namespace: String,
     /// How long a leader's Lease is valid after its last renewal.
     pub lease_duration: Duration,
+    /// How the leader election's own client reaches the API server (the server the
+    /// reconcilers' client talks to). `None` shares the reconcilers' client — fine for
+    /// tests; `shardplane operator` always sets it, so that no reconciler request can delay
+    /// a renewal.
+    pub api: Option<kube::Config>,
     /// Address of the metrics, health and heartbeat server.
     pub listen: SocketAddr,
     /// How often a waiting plan step is checked again.
@@ -31,6 +36,7 @@ impl OperatorConfig {
             identity: identity.into(),
             lease_namespace: lease_namespace.into(),
             lease_duration: Duration::from_secs(4),
+            api: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             step_poll: Duration::from_millis(200),
             webhook: None,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::context::Context;
 use crate::protocol::OPERATOR_LEASE;
@@ -21,24 +21,74 @@ use crate::protocol::OPERATOR_LEASE;
 pub struct Leadership {
     elected: watch::Receiver<bool>,
     ctx: Arc<Context>,
-    tasks: Vec<tokio::task::AbortHandle>,
+    /// Dropped with the Leadership: the election thread then stops, and its runtime with the
+    /// Lease manager and the confirm loop.
+    _stop: oneshot::Sender<()>,
 }
 
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+/// Why this replica cannot take part in the election.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// The election's thread or runtime could not be started.
+    #[error("cannot start the leader election's thread: {0}")]
+    Thread(std::io::Error),
+    /// The election's own API client could not be made from `OperatorConfig::api`.
+    #[error("cannot make the leader election's API client: {0}")]
+    Client(kube::Error),
+    /// The Lease manager refused to start.
+    #[error(transparent)]
+    Lease(#[from] LeaseManagerError),
 }
 
-/// Joins the election and starts confirming leadership from the Lease.
-pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, LeaseManagerError> {
+/// Joins the election and starts confirming leadership from the Lease, on a thread of its
+/// own with its own runtime and — when `OperatorConfig::api` is set — its own API client,
+/// so that reconcilers busy deserialising large lists, or queued behind each other's
+/// requests, never delay a renewal or its confirmation (at the seed's size they did, and the
+/// leader lost its Lease every cycle: BENCHMARKS.md, "Operator at scale", run E).
+pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, ElectionError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ElectionError::Thread)?;
+    let (started_tx, started) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let election_ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("election".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let started = start(client, &election_ctx).await;
+                let ok = started.is_ok();
+                if started_tx.send(started).is_ok() && ok {
+                    // Until the Leadership is dropped; the runtime's end then aborts the
+                    // Lease manager and the confirm loop.
+                    let _ = stopped.await;
+                }
+            });
+        })
+        .map_err(ElectionError::Thread)?;
+    let elected = started
+        .await
+        .map_err(|_| ElectionError::Thread(std::io::Error::other("the election thread ended")))??;
+    Ok(Leadership {
+        elected,
+        ctx,
+        _stop: stop,
+    })
+}
+
+/// On the election's thread: the Lease manager and the loop that confirms leadership from
+/// the Lease.
+async fn start(shared: Client, ctx: &Arc<Context>) -> Result<watch::Receiver<bool>, ElectionError> {
     let config = &ctx.config;
     // Renew half-way through the Lease, so the fence (valid until renewal + duration − 1 s)
     // sees each renewal before it runs out; renewing only 1 s before expiry left the leader
     // unable to act for a moment every cycle (seen as detection and failover delays).
     let duration = config.lease_duration.as_secs().max(3);
+    let client = match &config.api {
+        Some(api) => election_client(api.clone(), Duration::from_secs(duration))?,
+        None => shared,
+    };
     let manager = LeaseManagerBuilder::new(client.clone(), OPERATOR_LEASE)
         .with_namespace(config.lease_namespace.clone())
         .with_identity(config.identity.clone())
@@ -46,17 +96,25 @@ pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, L
         .with_grace(duration / 2)
         .build()
         .await?;
-    let (elected, manager_task) = manager.watch().await;
+    // The manager's task runs on this runtime and ends with it.
+    let (elected, _manager_task) = manager.watch().await;
     let leases: Api<Lease> = Api::namespaced(client, &config.lease_namespace);
     // The fence's margin must stay below the renewal's, or the fence lapses before each
     // renewal is seen.
     let safety = Duration::from_secs(duration / 2).min(Duration::from_secs(2)) / 2;
-    let confirm_task = tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone(), safety));
-    Ok(Leadership {
-        elected,
-        ctx,
-        tasks: vec![manager_task.abort_handle(), confirm_task.abort_handle()],
-    })
+    tokio::spawn(confirm_loop(leases, ctx.clone(), elected.clone(), safety));
+    Ok(elected)
+}
+
+/// The election's client, bound to the election's runtime: it gives up on a connection
+/// after a second and on an answer after one Lease duration — an answer later than that
+/// could not keep the Lease anyway, and a call hung on a dropped link must not hold the
+/// next renewal.
+fn election_client(mut api: kube::Config, lease: Duration) -> Result<Client, ElectionError> {
+    api.connect_timeout = Some(Duration::from_secs(1));
+    api.read_timeout = Some(lease);
+    api.reset_reader_on_write = true;
+    Client::try_from(api).map_err(ElectionError::Client)
 }
 
 impl Leadership {

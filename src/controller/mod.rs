@@ -55,7 +55,7 @@ pub enum OperatorError {
     },
     /// Leader election failed in a way it cannot retry.
     #[error("leader election failed: {0}")]
-    Leader(#[from] kube_lease_manager::LeaseManagerError),
+    Leader(#[from] leader::ElectionError),
     /// The admission webhook cannot be served.
     #[error(transparent)]
     Webhook(#[from] WebhookError),

@@ -298,6 +298,12 @@ impl ControlPlane {
         client_for(&self.kubeconfig, None).await
     }
 
+    /// How a client reaches this control plane, for callers that make their own clients
+    /// (the operator's election makes one on its own runtime).
+    pub async fn kube_config(&self) -> Result<kube::Config, SandboxError> {
+        config_for(&self.kubeconfig, None).await
+    }
+
     /// A `kubectl` command with `KUBECONFIG` pointing at this control plane, for callers that
     /// need more control than [`ControlPlane::kubectl`] (stdin, a blocking run in `Drop`).
     pub fn kubectl_command(&self) -> Command {
@@ -430,6 +436,18 @@ fn write_kubeconfig(
 /// A client from `kubeconfig`, optionally aimed at another server that trusts the same CA
 /// (kube-controller-manager's health endpoint).
 async fn client_for(kubeconfig: &Path, server: Option<String>) -> Result<Client, SandboxError> {
+    let config = config_for(kubeconfig, server).await?;
+    Client::try_from(config).map_err(|source| SandboxError::Client {
+        path: kubeconfig.to_path_buf(),
+        source,
+    })
+}
+
+/// How to reach the server of `kubeconfig`, or `server` with the same credentials.
+async fn config_for(
+    kubeconfig: &Path,
+    server: Option<String>,
+) -> Result<kube::Config, SandboxError> {
     let kubeconfig_error = |source| SandboxError::Kubeconfig {
         path: kubeconfig.to_path_buf(),
         source,
@@ -444,13 +462,9 @@ async fn client_for(kubeconfig: &Path, server: Option<String>) -> Result<Client,
             cluster.server = Some(server.clone());
         }
     }
-    let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
-        .map_err(kubeconfig_error)?;
-    Client::try_from(config).map_err(|source| SandboxError::Client {
-        path: kubeconfig.to_path_buf(),
-        source,
-    })
+        .map_err(kubeconfig_error)
 }
 
 /// True when etcd's `/health` on `port` reports healthy.
