@@ -11,15 +11,18 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fixtures::{free_addr, start_operator};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shardplane::api::plan::{PlanPhase, PlanPurpose};
 use shardplane::api::shard::ReplicaRole;
 use shardplane::api::{DatabaseCluster, DatabaseNode, NodePhase, Plan, Shard, Table};
+use shardplane::controller::{self, OperatorConfig};
+use shardplane::protocol::OPERATOR_LEASE;
 use shardplane::sandbox::stand_in_agent::StandInAgent;
 use support::operator::{
     OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, lease_holder,
@@ -769,6 +772,86 @@ async fn a_standby_operator_takes_over_when_the_leader_dies() {
     b.kill();
 }
 
+/// The election runs on a thread of its own with its own client: a leader whose reconcilers'
+/// runtime does not run for two Lease durations still renews meanwhile. (Before, renewal and
+/// fence shared that runtime; at the seed's size, busy reconcilers cost the leader its Lease
+/// every cycle.)
+#[tokio::test]
+async fn a_leader_renews_its_lease_while_its_reconcilers_runtime_is_blocked() {
+    let env = env_with_crds().await;
+    let api = env.control_plane.kube_config().await.unwrap();
+    let mut config = OperatorConfig::new("op-busy", env.namespace.clone());
+    config.namespace = Some(env.namespace.clone());
+    config.listen = free_addr();
+    config.api = Some(api.clone());
+    let lease_duration = config.lease_duration;
+    let operator = tokio::spawn(controller::run(env.client.clone(), config));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&env.client, &env.namespace).await.as_deref() == Some("op-busy")
+        })
+        .await,
+        "op-busy never led"
+    );
+
+    // This test's runtime is the operator's too (one thread): block it, then read the Lease
+    // from another thread and runtime before unblocking.
+    let blocked_at = SystemTime::now();
+    std::thread::sleep(lease_duration * 2);
+    let namespace = env.namespace.clone();
+    let lease = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = kube::Client::try_from(api).unwrap();
+            Api::<Lease>::namespaced(client, &namespace)
+                .get(OPERATOR_LEASE)
+                .await
+                .unwrap()
+        })
+    })
+    .join()
+    .unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("op-busy"));
+    let renewed = spec.renew_time.unwrap().0.as_millisecond();
+    let blocked_ms = blocked_at.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let renewed_after = renewed - blocked_ms;
+    assert!(
+        renewed_after > lease_duration.as_millis() as i64,
+        "the Lease was last renewed {renewed_after} ms after the runtime was blocked: \
+         renewals stopped with the reconcilers"
+    );
+    operator.abort();
+}
+
+/// Aborting an in-process operator (a crash, in tests) stops its election thread too: a
+/// standby takes the Lease once it expires.
+#[tokio::test]
+async fn a_standby_takes_over_from_an_aborted_in_process_leader() {
+    let env = env_with_crds().await;
+    let (a, _) = start_operator(&env, "op-a");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&env.client, &env.namespace).await.as_deref() == Some("op-a")
+        })
+        .await,
+        "op-a never led"
+    );
+    let (b, _) = start_operator(&env, "op-b");
+    a.abort();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            lease_holder(&env.client, &env.namespace).await.as_deref() == Some("op-b")
+        })
+        .await,
+        "op-b never took over: the aborted leader's election still renews"
+    );
+    b.abort();
+}
+
 #[tokio::test]
 async fn a_deleted_node_is_kept_until_its_replicas_have_moved() {
     let env = env_with_crds().await;
@@ -1002,8 +1085,14 @@ async fn the_operator_process_logs_each_decision_and_step_and_times_them() {
     let addr = free_addr();
     let operator = OperatorProcess::in_env(&env, "op-logged", addr);
     let plan = placement_done(&env, addr).await;
-    let log = std::fs::read_to_string(&operator.log).unwrap();
     let name = format!("plan={}", plan.name_any());
+    // The executor logs a plan's success after writing it: the line may trail the status.
+    let read_log = || std::fs::read_to_string(&operator.log).unwrap();
+    eventually(Duration::from_secs(10), || async {
+        !lines_with(&read_log(), &["plan succeeded", &name]).is_empty()
+    })
+    .await;
+    let log = read_log();
     let hash = format!("hash={}", plan.spec.hash);
     let decision = [
         "plan created",
