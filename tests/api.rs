@@ -664,6 +664,30 @@ fn refusals() -> Vec<Refusal> {
             ),
             &["spec.steps", "immutable"],
         ),
+        change(
+            "a destructive plan's purpose rewritten to Failover (which needs no approval)",
+            named(plan(), "repurposed"),
+            named(
+                with(plan(), "/spec/purpose", json!("Failover")),
+                "repurposed",
+            ),
+            &["only spec.approval may change", "purpose"],
+        ),
+        change(
+            "a plan's cause rewritten (its audit trail)",
+            named(plan(), "recaused"),
+            named(
+                with(plan(), "/spec/cause/commit", json!("0000000")),
+                "recaused",
+            ),
+            &["only spec.approval may change", "cause"],
+        ),
+        change(
+            "a plan's facts removed",
+            named(plan(), "forgetful"),
+            named(with(plan(), "/spec/facts", json!(null)), "forgetful"),
+            &["only spec.approval may change", "facts"],
+        ),
     ]
 }
 

@@ -59,6 +59,10 @@ use super::Condition;
         "rule": "!has(self.approval) || self.approval.planHash == self.hash",
         "message": "spec.approval.planHash must equal spec.hash: an approval names exactly the plan it approves",
         "fieldPath": ".approval.planHash"
+    },
+    {
+        "rule": "self.cluster == oldSelf.cluster && self.purpose == oldSelf.purpose && self.cause == oldSelf.cause && self.summary == oldSelf.summary && has(self.blocked) == has(oldSelf.blocked) && (!has(self.blocked) || self.blocked == oldSelf.blocked) && has(self.facts) == has(oldSelf.facts) && (!has(self.facts) || self.facts == oldSelf.facts)",
+        "message": "a Plan is a record: only spec.approval may change once it is made (spec.cluster, purpose, cause, summary, blocked and facts are immutable; a different change is a new Plan)"
     }
 ]))]
 pub struct PlanSpec {
