@@ -17,7 +17,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::api::PostParams;
 use serde_yaml::Value;
-use shardplane::api::{GitSync, GitSyncSpec};
+use shardplane::agent::protocol::renew_lease;
+use shardplane::api::{DatabaseCluster, GitSync, GitSyncSpec};
 use support::{TestEnv, control_plane, eventually, test_env};
 
 /// The chart, by absolute path so that helm finds it whatever the working directory.
@@ -392,6 +393,8 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
     assert!(allows(&agent, "shardplane.io", "shards/status", "patch"));
     assert!(allows(&agent, "shardplane.io", "databasenodes", "create"));
     assert!(allows(&agent, "coordination.k8s.io", "leases", "update"));
+    assert!(allows(&agent, "coordination.k8s.io", "leases", "patch"));
+    assert!(allows(&agent, "shardplane.io", "databaseclusters", "watch"));
 
     let git_sync = rules(find(&objects, "Role", "least-shardplane-git-sync"));
     let subresources: Vec<&String> = git_sync
@@ -874,6 +877,33 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
         .await;
         assert!(established, "CRD {crd_name} is not Established");
     }
+}
+
+/// Real requests under the agent's identity, not `auth can-i`: the agent renews its node
+/// Lease by server-side apply (a `patch` that creates the Lease the first time) and lists the
+/// DatabaseClusters of its namespace. Both were refused under the chart's first rules.
+#[tokio::test]
+async fn the_agents_identity_renews_its_node_lease_and_reads_its_cluster() {
+    let env = test_env().await;
+    install(&env, "agentid", &[]).await;
+    let mut config = env.control_plane.kube_config().await.unwrap();
+    config.auth_info.impersonate = Some(service_account(&env, "agentid-shardplane-agent"));
+    let agent = kube::Client::try_from(config).unwrap();
+    let leases: Api<Lease> = Api::namespaced(agent.clone(), &env.namespace);
+    // RBAC reaches the API server's authorizer through an informer: allow it a moment.
+    let created = eventually(SETTLE_TIMEOUT, || async {
+        renew_lease(&leases, "n1").await.is_ok()
+    })
+    .await;
+    let renewed = renew_lease(&leases, "n1").await;
+    assert!(
+        created && renewed.is_ok(),
+        "the agent cannot renew its node Lease: {renewed:?}"
+    );
+    Api::<DatabaseCluster>::namespaced(agent, &env.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap_or_else(|error| panic!("the agent cannot list DatabaseClusters: {error}"));
 }
 
 #[tokio::test]
@@ -1522,6 +1552,167 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
     )
     .await;
     assert!(wrong.is_empty(), "wrong rights:\n{}", wrong.join("\n"));
+}
+
+/// Approving a Plan — by its `spec.approval` or by the hash annotation on its target — is
+/// refused, with a message saying who may approve, unless the requester holds the verb
+/// `approve` on plans (admin through the chart's roles; git-sync for merged commits); the
+/// approver a Plan records must be the requester. Enforced by the chart's
+/// ValidatingAdmissionPolicy, evaluated by the real API server.
+#[tokio::test]
+async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
+    let env = test_env().await;
+    install(&env, "appr", &EVERYTHING_ON).await;
+    for (user, roles) in [
+        ("editor", &["view", "edit"][..]),
+        ("approver", &["view", "edit", "admin"][..]),
+    ] {
+        for role in roles {
+            let output = env
+                .kubectl([
+                    "create",
+                    "rolebinding",
+                    &format!("{user}-{role}"),
+                    &format!("--clusterrole=appr-shardplane-{role}"),
+                    &format!("--user={user}"),
+                ])
+                .await;
+            assert!(output.status.success(), "{}", describe(&output));
+        }
+    }
+    let hash = "a".repeat(64);
+    let manifests = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+         "metadata": {"name": "commerce"},
+         "spec": {"regions": [{"name": "eu", "zones": ["eu-a"]}], "replicationFactor": 1}},
+        {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+         "metadata": {"name": "eu-a-1"},
+         "spec": {"cluster": "commerce", "region": "eu", "zone": "eu-a", "address": "127.0.0.1",
+                  "ports": {"first": 20000, "last": 20031},
+                  "capacity": {"storageBytes": 1_000_000_000i64}}},
+        {"apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
+         "metadata": {"name": "drop-orders"},
+         "spec": {"cluster": "commerce", "target": {"kind": "SchemaVersion", "name": "orders-v2"},
+                  "purpose": "SchemaRollout",
+                  "cause": {"kind": "GitCommit", "commit": "4f1c2a9", "detail": "drop column note"},
+                  "risk": "Destructive", "hash": hash, "summary": "drop column orders.note",
+                  "steps": [{"id": 0, "action": "ApplySchema", "shard": "orders-0",
+                             "detail": "{\"ApplySchema\":{\"shard\":\"orders-0\",\"version\":2}}",
+                             "reason": "canary wave"}]}},
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("objects.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&manifests).unwrap()).unwrap();
+    let applied = env.kubectl(["apply", "-f", path.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", describe(&applied));
+
+    // The agent may patch its DatabaseNode (RBAC), so the policy is what stops it; the
+    // others are tried on the cluster.
+    let annotate = |user: String, value: &str, dry_run: bool| {
+        let env = &env;
+        let target = if user.ends_with("-agent") {
+            "databasenode/eu-a-1"
+        } else {
+            "databasecluster/commerce"
+        };
+        let mut args = vec![
+            "annotate".to_owned(),
+            "--overwrite".to_owned(),
+            target.to_owned(),
+            format!("shardplane.io/approve-plan={value}"),
+            format!("--as={user}"),
+        ];
+        if dry_run {
+            args.push("--dry-run=server".to_owned());
+        }
+        async move { env.kubectl(&args).await }
+    };
+    let approve = |user: &str, approved_by: &str| {
+        let env = &env;
+        let patch = serde_json::json!({"spec": {"approval": {"planHash": hash, "approvedBy": approved_by}}})
+            .to_string();
+        let args = vec![
+            "patch".to_owned(),
+            "plan/drop-orders".to_owned(),
+            "--type=merge".to_owned(),
+            format!("--patch={patch}"),
+            format!("--as={user}"),
+        ];
+        async move { env.kubectl(&args).await }
+    };
+    // The policy and the bindings reach the API server through informers: wait (without
+    // changing anything) until an editor's approval is refused.
+    let enforced = eventually(SETTLE_TIMEOUT, || async {
+        !annotate("editor".into(), &hash, true)
+            .await
+            .status
+            .success()
+    })
+    .await;
+    assert!(enforced, "an editor's approval was never refused");
+
+    let mut wrong = Vec::new();
+    let agent = service_account(&env, "appr-shardplane-agent");
+    for (who, output) in [
+        (
+            "an editor annotating",
+            annotate("editor".into(), &hash, false).await,
+        ),
+        ("the agent annotating", annotate(agent, &hash, false).await),
+    ] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() || !stderr.contains("may not approve Plans") {
+            wrong.push(format!(
+                "{who} was not refused as it should be: {}",
+                describe(&output)
+            ));
+        }
+    }
+    let editor_patch = approve("editor", "editor").await;
+    if editor_patch.status.success() {
+        wrong.push(format!(
+            "an editor approved the Plan: {}",
+            describe(&editor_patch)
+        ));
+    }
+    let impostor = approve("approver", "alice").await;
+    if impostor.status.success()
+        || !String::from_utf8_lossy(&impostor.stderr).contains("must be your own user name")
+    {
+        wrong.push(format!(
+            "an approval recorded as someone else: {}",
+            describe(&impostor)
+        ));
+    }
+    for (who, output) in [
+        (
+            "an admin patching the Plan",
+            approve("approver", "approver").await,
+        ),
+        (
+            "an admin annotating",
+            annotate("approver".into(), &hash, false).await,
+        ),
+        (
+            "git-sync annotating (a merged commit)",
+            annotate(
+                service_account(&env, "appr-shardplane-git-sync"),
+                &"b".repeat(64),
+                false,
+            )
+            .await,
+        ),
+    ] {
+        if !output.status.success() {
+            wrong.push(format!("{who} was refused: {}", describe(&output)));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let plan: shardplane::api::Plan = env.api().get("drop-orders").await.unwrap();
+    assert_eq!(
+        plan.spec.approval.map(|a| a.approved_by).as_deref(),
+        Some("approver")
+    );
 }
 
 // ---------------------------------------------------------------------------------------

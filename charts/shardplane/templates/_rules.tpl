@@ -52,13 +52,14 @@ Tables or Plans: those decisions are the operator's.
 - apiGroups: ["shardplane.io"]
   resources: ["databasenodes/status", "shards/status"]
   verbs: ["get", "update", "patch"]
+{{- /* The cluster its node belongs to (credentials' Secret name, settings), and the schema it applies. */}}
 - apiGroups: ["shardplane.io"]
-  resources: ["shards", "tables", "schemaversions"]
+  resources: ["databaseclusters", "shards", "tables", "schemaversions"]
   verbs: ["get", "list", "watch"]
-{{- /* Its node liveness lease. */}}
+{{- /* Its node liveness lease, renewed by server-side apply (a patch that creates it the first time). */}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "create", "update"]
+  verbs: ["get", "create", "update", "patch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -87,6 +88,10 @@ GitSyncs, so a repository cannot add repositories, and only reads Plans (to see 
 - apiGroups: ["shardplane.io"]
   resources: ["plans"]
   verbs: ["get", "list", "watch"]
+{{- /* A merged commit may carry an approval (the approve-plan annotation on a plan's target): the approval policy checks this verb (approval-policy.yaml). */}}
+- apiGroups: ["shardplane.io"]
+  resources: ["plans"]
+  verbs: ["approve"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
