@@ -205,8 +205,13 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
-    task: JoinHandle<()>,
+    /// The task driving the watch; `None` when a controller drives it ([`Cache::feeding`]) or
+    /// nothing does (tests).
+    task: Option<JoinHandle<()>>,
 }
+
+/// The stream of objects a [`Cache::feeding`] cache hands its controller.
+pub type Feed<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
 
 impl<K> Cache<K>
 where
@@ -230,15 +235,40 @@ where
         Self::watch(ctx, Some((changed, relevant))).await
     }
 
+    /// A cache fed by the returned stream, for a kube `Controller` to consume as the trigger of
+    /// its reconciles (`watches_stream`): each object is in the store before the controller
+    /// hears of it, so a reconcile it triggers reads at least that version. (With a watch of
+    /// its own the trigger could come first: the table reconciler read a stale Shard, wrote
+    /// nothing, and waited for its 60 s requeue.) Reconciles wait for [`Cache::ready`].
+    pub fn feeding(ctx: &Context) -> (Self, Feed<K>) {
+        let (store, writer) = reflector::store();
+        let feed = Self::reflected(ctx, writer).boxed();
+        (Cache { store, task: None }, feed)
+    }
+
+    /// The watch of every `K`, without status writers' managedFields, stored by `writer`
+    /// before each object is passed on.
+    fn reflected(
+        ctx: &Context,
+        writer: reflector::store::Writer<K>,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        watcher(ctx.watched::<K>(), watcher::Config::default())
+            .default_backoff()
+            .modify(forget_status_writers)
+            .reflect(writer)
+            .touched_objects()
+    }
+
+    /// Returns once the first list is in.
+    pub async fn ready(&self) {
+        if self.store.wait_until_ready().await.is_err() {
+            tracing::warn!("a watch cache stopped before its first list");
+        }
+    }
+
     async fn watch(ctx: &Context, notify: Option<(Arc<Notify>, Relevant<K>)>) -> Self {
         let (store, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher(ctx.watched::<K>(), watcher::Config::default()),
-        )
-        .default_backoff()
-        .modify(forget_status_writers)
-        .touched_objects();
+        let stream = Self::reflected(ctx, writer);
         let task = match notify {
             None => tokio::spawn(stream.for_each(|_| async {})),
             Some((changed, relevant)) => tokio::spawn(
@@ -250,10 +280,12 @@ where
                     }),
             ),
         };
-        if store.wait_until_ready().await.is_err() {
-            tracing::warn!("a watch cache stopped before its first list");
-        }
-        Cache { store, task }
+        let cache = Cache {
+            store,
+            task: Some(task),
+        };
+        cache.ready().await;
+        cache
     }
 
     /// Every cached object.
@@ -282,10 +314,7 @@ where
             writer.apply_watcher_event(&watcher::Event::InitApply(object));
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
-        Cache {
-            store,
-            task: tokio::spawn(async {}),
-        }
+        Cache { store, task: None }
     }
 }
 
@@ -304,7 +333,9 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -312,14 +343,16 @@ where
 mod tests {
     use serde_json::json;
 
+    use super::super::fixtures::{self, Expect};
     use super::*;
     use crate::api::Shard;
 
-    #[test]
-    fn a_cached_object_keeps_its_spec_writers_and_forgets_its_status_writers() {
-        let mut shard: Shard = serde_json::from_value(json!({
+    /// A Shard written by kubectl (spec), an agent and the executor (status).
+    fn shard_with_three_writers() -> serde_json::Value {
+        json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
-            "metadata": {"name": "orders-0", "namespace": "db", "managedFields": [
+            "metadata": {"name": "orders-0", "namespace": "db", "resourceVersion": "7",
+                "managedFields": [
                 {"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
                  "fieldsV1": {"f:spec": {}}},
                 {"manager": "shardplane-agent/n1", "operation": "Apply", "subresource": "status",
@@ -328,16 +361,47 @@ mod tests {
                  "subresource": "status", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}},
             ]},
             "spec": {"table": "orders", "range": {}},
-        }))
-        .unwrap();
-        forget_status_writers(&mut shard);
-        let managers: Vec<&str> = shard
+        })
+    }
+
+    fn managers(shard: &Shard) -> Vec<&str> {
+        shard
             .metadata
             .managed_fields
             .iter()
             .flatten()
             .filter_map(|f| f.manager.as_deref())
-            .collect();
-        assert_eq!(managers, ["kubectl"]);
+            .collect()
+    }
+
+    #[test]
+    fn a_cached_object_keeps_its_spec_writers_and_forgets_its_status_writers() {
+        let mut shard: Shard = serde_json::from_value(shard_with_three_writers()).unwrap();
+        forget_status_writers(&mut shard);
+        assert_eq!(managers(&shard), ["kubectl"]);
+    }
+
+    /// The store itself holds the trimmed object, not only what the watch passes on (the
+    /// trimming once ran after the store and saved nothing).
+    #[tokio::test]
+    async fn the_store_holds_no_status_writers() {
+        let mut config = OperatorConfig::new("test-operator", "default");
+        config.namespace = Some("db".into());
+        let (ctx, server) = fixtures::context_with(config, true);
+        // The first list; the watch that follows is answered 500 (and retried), unverified.
+        let _scenario = server.expect(vec![
+            Expect::new(axum::http::Method::GET, fixtures::collection::<Shard>("db")).answer(
+                json!({
+                    "apiVersion": "shardplane.io/v1alpha1", "kind": "ShardList",
+                    "metadata": {"resourceVersion": "7"},
+                    "items": [shard_with_three_writers()],
+                }),
+            ),
+        ]);
+        let cache = Cache::<Shard>::start(&ctx).await;
+        let cached = cache
+            .get("db", "orders-0")
+            .expect("the listed shard is cached");
+        assert_eq!(managers(&cached), ["kubectl"]);
     }
 }
