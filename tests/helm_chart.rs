@@ -200,6 +200,30 @@ fn service_account(env: &TestEnv, name: &str) -> String {
     format!("system:serviceaccount:{}:{name}", env.namespace)
 }
 
+/// Binds each user to the chart's `<release>-shardplane-<role>` ClusterRoles in the test's
+/// namespace. The test control plane runs no clusterrole-aggregation controller, so the roles
+/// are bound as the built-in view, edit and admin would contain them.
+async fn bind_roles(env: &TestEnv, release: &str, users: &[(&str, &[&str])]) {
+    for (user, roles) in users {
+        for role in *roles {
+            let output = env
+                .kubectl([
+                    "create",
+                    "rolebinding",
+                    &format!("{user}-{role}"),
+                    &format!("--clusterrole={release}-shardplane-{role}"),
+                    &format!("--user={user}"),
+                ])
+                .await;
+            assert!(
+                output.status.success(),
+                "create rolebinding: {}",
+                describe(&output)
+            );
+        }
+    }
+}
+
 /// `kubectl auth can-i <args>` as `user`.
 async fn can_i(env: &TestEnv, user: &str, args: &[&str]) -> bool {
     let impersonate = format!("--as={user}");
@@ -1485,30 +1509,16 @@ async fn operator_runs_with_nothing_but_its_chart_rights() {
 async fn people_can_read_declare_and_approve_according_to_their_role() {
     let env = test_env().await;
     install(&env, "people", &[]).await;
-    // The test control plane runs no clusterrole-aggregation controller, so bind the roles
-    // as the built-in view, edit and admin would contain them.
-    for (user, roles) in [
-        ("viewer", &["view"][..]),
-        ("editor", &["view", "edit"][..]),
-        ("approver", &["view", "edit", "admin"][..]),
-    ] {
-        for role in roles {
-            let output = env
-                .kubectl([
-                    "create",
-                    "rolebinding",
-                    &format!("{user}-{role}"),
-                    &format!("--clusterrole=people-shardplane-{role}"),
-                    &format!("--user={user}"),
-                ])
-                .await;
-            assert!(
-                output.status.success(),
-                "create rolebinding: {}",
-                describe(&output)
-            );
-        }
-    }
+    bind_roles(
+        &env,
+        "people",
+        &[
+            ("viewer", &["view"]),
+            ("editor", &["view", "edit"]),
+            ("approver", &["view", "edit", "admin"]),
+        ],
+    )
+    .await;
     let wrong = wrong_rights(
         &env,
         &[
@@ -1563,23 +1573,15 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
 async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
     let env = test_env().await;
     install(&env, "appr", &EVERYTHING_ON).await;
-    for (user, roles) in [
-        ("editor", &["view", "edit"][..]),
-        ("approver", &["view", "edit", "admin"][..]),
-    ] {
-        for role in roles {
-            let output = env
-                .kubectl([
-                    "create",
-                    "rolebinding",
-                    &format!("{user}-{role}"),
-                    &format!("--clusterrole=appr-shardplane-{role}"),
-                    &format!("--user={user}"),
-                ])
-                .await;
-            assert!(output.status.success(), "{}", describe(&output));
-        }
-    }
+    bind_roles(
+        &env,
+        "appr",
+        &[
+            ("editor", &["view", "edit"]),
+            ("approver", &["view", "edit", "admin"]),
+        ],
+    )
+    .await;
     let hash = "a".repeat(64);
     let manifests = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",

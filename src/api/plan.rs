@@ -334,6 +334,20 @@ pub struct StepStatus {
     pub message: Option<String>,
 }
 
+impl StepStatus {
+    /// Step `id`, not yet started.
+    pub fn pending(id: i32) -> Self {
+        StepStatus {
+            id,
+            phase: StepPhase::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        }
+    }
+}
+
 /// A plan's progress.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

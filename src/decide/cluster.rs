@@ -884,12 +884,9 @@ mod tests {
         assert!(!supersedes(&split(false), "n5"));
     }
 
-    #[test]
-    fn a_waiting_failover_holds_back_no_placement_of_other_shards() {
-        let view = unplaced(2);
-        let mut topology = view.topology().0;
-        // t-0000 lives on n0 (now offline), n1 and n2; t-0001 is a new table's, unplaced.
-        topology.shards[0].replicas = ["n0", "n1", "n2"]
+    /// In-sync replicas on `nodes`, the first of them primary.
+    fn in_sync_on(nodes: &[&str]) -> Vec<plan::Replica> {
+        nodes
             .iter()
             .enumerate()
             .map(|(i, node)| plan::Replica {
@@ -902,7 +899,15 @@ mod tests {
                 in_sync: true,
                 lag_bytes: 0,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_waiting_failover_holds_back_no_placement_of_other_shards() {
+        let view = unplaced(2);
+        let mut topology = view.topology().0;
+        // t-0000 lives on n0 (now offline), n1 and n2; t-0001 is a new table's, unplaced.
+        topology.shards[0].replicas = in_sync_on(&["n0", "n1", "n2"]);
         let n0 = topology.nodes.iter_mut().find(|n| n.name == "n0").unwrap();
         n0.phase = plan::NodePhase::Offline;
 
@@ -1002,20 +1007,7 @@ mod tests {
         let mut topology = view.topology().0;
         // Region r0 (n0, n3, n6) is lost: t-0000 was led by n0, t-0001 by n3.
         for (shard, nodes) in [(0, ["n0", "n1", "n2"]), (1, ["n3", "n4", "n5"])] {
-            topology.shards[shard].replicas = nodes
-                .iter()
-                .enumerate()
-                .map(|(i, node)| plan::Replica {
-                    node: (*node).into(),
-                    role: if i == 0 {
-                        plan::ReplicaRole::Primary
-                    } else {
-                        plan::ReplicaRole::Secondary
-                    },
-                    in_sync: true,
-                    lag_bytes: 0,
-                })
-                .collect();
+            topology.shards[shard].replicas = in_sync_on(&nodes);
         }
         for node in topology.nodes.iter_mut().filter(|n| n.region == "r0") {
             node.phase = plan::NodePhase::Offline;

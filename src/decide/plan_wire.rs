@@ -250,12 +250,9 @@ mod tests {
             steps: succeeded
                 .iter()
                 .map(|&id| StepStatus {
-                    id,
                     phase: StepPhase::Succeeded,
                     attempts: 1,
-                    started_at: None,
-                    finished_at: None,
-                    message: None,
+                    ..StepStatus::pending(id)
                 })
                 .collect(),
             ..PlanStatus::default()

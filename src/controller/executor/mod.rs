@@ -295,14 +295,7 @@ async fn start(
         .spec
         .steps
         .iter()
-        .map(|s| StepStatus {
-            id: s.id,
-            phase: StepPhase::Pending,
-            attempts: 0,
-            started_at: None,
-            finished_at: None,
-            message: None,
-        })
+        .map(|s| StepStatus::pending(s.id))
         .collect();
     conditions::set(
         &mut status.conditions,
@@ -450,14 +443,7 @@ fn status_index(status: &mut PlanStatus, id: i32) -> usize {
     if let Some(index) = status.steps.iter().position(|s| s.id == id) {
         return index;
     }
-    status.steps.push(StepStatus {
-        id,
-        phase: StepPhase::Pending,
-        attempts: 0,
-        started_at: None,
-        finished_at: None,
-        message: None,
-    });
+    status.steps.push(StepStatus::pending(id));
     status.steps.len() - 1
 }
 

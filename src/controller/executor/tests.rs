@@ -74,12 +74,9 @@ fn running(phase: StepPhase, attempts: i32) -> PlanStatus {
         total_steps: Some(1),
         completed_steps: Some(0),
         steps: vec![StepStatus {
-            id: 0,
             phase,
             attempts,
-            started_at: None,
-            finished_at: None,
-            message: None,
+            ..StepStatus::pending(0)
         }],
         ..Default::default()
     }
@@ -308,16 +305,7 @@ fn two_operation_plan() -> Arc<Plan> {
     object.metadata.generation = Some(1);
     let mut status = running(StepPhase::Pending, 0);
     status.total_steps = Some(4);
-    status.steps = (0..4)
-        .map(|id| StepStatus {
-            id,
-            phase: StepPhase::Pending,
-            attempts: 0,
-            started_at: None,
-            finished_at: None,
-            message: None,
-        })
-        .collect();
+    status.steps = (0..4).map(StepStatus::pending).collect();
     object.status = Some(status);
     Arc::new(object)
 }
