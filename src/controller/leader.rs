@@ -43,8 +43,8 @@ pub enum ElectionError {
 /// Joins the election and starts confirming leadership from the Lease, on a thread of its
 /// own with its own runtime and — when `OperatorConfig::api` is set — its own API client,
 /// so that reconcilers busy deserialising large lists, or queued behind each other's
-/// requests, never delay a renewal or its confirmation (at the seed's size they did, and the
-/// leader lost its Lease every cycle: BENCHMARKS.md, "Operator at scale", run E).
+/// requests, never delay a renewal or its confirmation (BENCHMARKS.md, "Operator at scale",
+/// runs E and F: what this rules out, and the API server's own latency, which it cannot).
 pub async fn campaign(client: Client, ctx: Arc<Context>) -> Result<Leadership, ElectionError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
