@@ -570,6 +570,18 @@ fn refusals() -> Vec<Refusal> {
             ],
         ),
         refuse(
+            "a column named like a PostgreSQL system column",
+            named(
+                with(
+                    with(table(), "/spec/columns/2/name", json!("xmin")),
+                    "/spec/indexes",
+                    json!([]),
+                ),
+                "system-column",
+            ),
+            &["spec.columns[2].name", "PostgreSQL system column"],
+        ),
+        refuse(
             "a nullable primary-key column",
             named(
                 with(table(), "/spec/columns/1/nullable", json!(true)),

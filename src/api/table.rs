@@ -128,8 +128,13 @@ pub struct TableSchema {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct Column {
-    /// The column's name: a lower-case SQL identifier.
+    /// The column's name: a lower-case SQL identifier, not one of PostgreSQL's system
+    /// columns.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!(self in ['tableoid', 'xmin', 'cmin', 'xmax', 'cmax', 'ctid'])",
+         "message": "is a PostgreSQL system column name (tableoid, xmin, cmin, xmax, cmax, ctid), which every table already has: rename the column"}
+    ]))]
     pub name: String,
     /// The SQL type: smallint, integer, bigint, real, double precision, numeric,
     /// numeric(p[,s]), boolean, text, varchar(n), char(n), bytea, date, time, timestamp,
