@@ -238,6 +238,18 @@ async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
     eprintln!("whole test took {:.1?}", started.elapsed());
 }
 
+/// A one-node data plane whose agents reach the API server through an [`ApiProxy`] (its
+/// files in `dir`), once its shard serves.
+async fn serving_behind_proxy(
+    env: &support::TestEnv,
+    dir: &std::path::Path,
+) -> (ApiProxy, DataPlane) {
+    let proxy = ApiProxy::start(env.control_plane.kubeconfig_path(), dir).await;
+    let plane = DataPlane::start(env.client.clone(), &env.namespace, &proxy.kubeconfig, 1).await;
+    plane.wait_serving(1, Duration::from_secs(60)).await;
+    (proxy, plane)
+}
+
 /// A primary whose node can prove its liveness neither to the operator (it is down) nor
 /// through its Lease (the API server is cut off) fences its writes before the operator could
 /// declare the node dead (`deadAfterMs` 1200), keeps serving reads, and takes writes again
@@ -246,10 +258,7 @@ async fn replicas_run_as_postgresql_fail_over_and_come_back_as_standbys() {
 async fn a_primary_that_cannot_prove_liveness_fences_itself_until_it_can() {
     let env = env_with_crds().await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = ApiProxy::start(env.control_plane.kubeconfig_path(), dir.path()).await;
-    let mut plane =
-        DataPlane::start(env.client.clone(), &env.namespace, &proxy.kubeconfig, 1).await;
-    plane.wait_serving(1, Duration::from_secs(60)).await;
+    let (proxy, mut plane) = serving_behind_proxy(&env, dir.path()).await;
     let shard = plane.shard_list().await.remove(0);
     let primary = shard.status.clone().unwrap().primary.unwrap();
     let endpoint = report(&shard, &primary.node)
@@ -387,10 +396,7 @@ fn probe_writes(
 async fn a_primary_whose_api_calls_hang_fences_itself_in_time() {
     let env = env_with_crds().await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = ApiProxy::start(env.control_plane.kubeconfig_path(), dir.path()).await;
-    let mut plane =
-        DataPlane::start(env.client.clone(), &env.namespace, &proxy.kubeconfig, 1).await;
-    plane.wait_serving(1, Duration::from_secs(60)).await;
+    let (proxy, mut plane) = serving_behind_proxy(&env, dir.path()).await;
     set_failure_detection(&plane, FREEZE_DETECTION).await;
     let (_, suspect_ms, dead_ms) = FREEZE_DETECTION;
     let dead = Duration::from_millis(dead_ms);

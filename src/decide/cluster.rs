@@ -297,12 +297,7 @@ pub fn beside(active: &[&Arc<Plan>], topology: &Topology) -> Beside {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let offline: Vec<&str> = topology
-        .nodes
-        .iter()
-        .filter(|n| n.phase == plan::NodePhase::Offline)
-        .map(|n| n.name.as_str())
-        .collect();
+    let offline = offline_nodes(topology);
     held.extend(
         topology
             .shards
@@ -603,12 +598,7 @@ pub fn status(
         .iter()
         .filter(|n| n.phase == plan::NodePhase::Online)
         .count();
-    let offline: Vec<&str> = topology
-        .nodes
-        .iter()
-        .filter(|n| n.phase == plan::NodePhase::Offline)
-        .map(|n| n.name.as_str())
-        .collect();
+    let offline = offline_nodes(topology);
     let rf = topology.replication_factor as usize;
     let degraded_shards = topology
         .shards
@@ -716,6 +706,16 @@ pub fn plan_of(
         view.cluster.namespace().unwrap_or_default(),
         spec,
     ))
+}
+
+/// The names of `topology`'s Offline nodes.
+fn offline_nodes(topology: &plan::Topology) -> Vec<&str> {
+    topology
+        .nodes
+        .iter()
+        .filter(|n| n.phase == plan::NodePhase::Offline)
+        .map(|n| n.name.as_str())
+        .collect()
 }
 
 #[cfg(test)]

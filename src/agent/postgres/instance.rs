@@ -215,14 +215,7 @@ impl Instance {
                 source,
             })?;
         toolchain.hand_over(&spec.dir)?;
-        let instance = Instance {
-            name: spec.name.clone(),
-            dir: spec.dir.clone(),
-            port: spec.port,
-            toolchain: toolchain.clone(),
-            credentials: credentials.clone(),
-            postmaster: None,
-        };
+        let instance = Self::handle(toolchain, spec, credentials);
         instance.write_private(&instance.pgpass_path(), &credentials.pgpass())?;
         Ok(instance)
     }
