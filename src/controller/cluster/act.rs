@@ -12,7 +12,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::plan::{PlanPhase, PlanPurpose};
-use crate::api::{DatabaseNode, Plan};
+use crate::api::{DatabaseNode, Plan, Shard};
 use crate::decide::cluster::{
     Admission, MAX_DECISIONS_BESIDE, admit, admit_beside, beside, decide_beside, history_to_prune,
     node_counts, node_finalizers,
@@ -251,16 +251,22 @@ pub async fn prune_history(ctx: &Context, view: &ClusterView) -> Result<(), Clus
 }
 
 /// Keeps the drain-before-delete finalizer on every node, and lifts it from a deleted node
-/// once no replica is left on it.
+/// once no replica is left on it — as the API server has it now, not only the watch caches:
+/// a cache that had not yet seen the executor's last replica on the node released a node
+/// still holding replicas (CI-equivalent run 11).
 pub async fn guard_node_deletion(
     ctx: &Context,
     view: &ClusterView,
     topology: &Topology,
 ) -> Result<(), ClusterError> {
     for (node, wanted) in node_finalizers(view, topology) {
+        let releasing = node.metadata.deletion_timestamp.is_some();
+        if releasing && holds_replicas_now(ctx, node).await? {
+            continue;
+        }
         ctx.set_finalizers::<_, ClusterError>(node.as_ref(), wanted)
             .await?;
-        if node.metadata.deletion_timestamp.is_some() {
+        if releasing {
             ctx.event(
                 node.as_ref(),
                 false,
@@ -274,6 +280,24 @@ pub async fn guard_node_deletion(
         }
     }
     Ok(())
+}
+
+/// Whether any Shard of `node`'s namespace, read from the API server now, wants a replica
+/// on it. A LIST, made only when a deleted node is about to be released.
+async fn holds_replicas_now(ctx: &Context, node: &DatabaseNode) -> Result<bool, ClusterError> {
+    let namespace = node.namespace().unwrap_or_default();
+    let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), &namespace);
+    let list = shards
+        .list(&Default::default())
+        .await
+        .doing(|| format!("list the Shards of namespace {namespace}"))?;
+    let name = node.name_any();
+    Ok(list.items.iter().any(|shard| {
+        shard
+            .status
+            .as_ref()
+            .is_some_and(|status| status.desired_replicas.iter().any(|r| r.node == name))
+    }))
 }
 
 /// Writes each node's replica and primary counts where they changed.

@@ -261,3 +261,55 @@ async fn a_plan_already_made_is_not_made_twice() {
         .await
         .unwrap();
 }
+
+/// n1, deleted while it still holds its finalizer.
+fn deleted_n1() -> Vec<Arc<DatabaseNode>> {
+    let mut nodes = nodes("Online", 0, 0);
+    let mut n1 = (*nodes[0]).clone();
+    n1.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    nodes[0] = Arc::new(n1);
+    nodes
+}
+
+/// The Shards of the namespace as the API server lists them.
+fn shard_list(shard: Arc<Shard>) -> Expect {
+    Expect::new(axum::http::Method::GET, fixtures::collection::<Shard>(NS)).answer(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "ShardList",
+        "metadata": {"resourceVersion": "10"}, "items": [shard.as_ref()],
+    }))
+}
+
+/// A deleted node whose replicas the caches no longer show is released only if the API
+/// server, read now, agrees: a cache behind the executor's last write once released a node
+/// that still held replicas.
+#[tokio::test]
+async fn a_deleted_node_is_released_only_when_the_api_server_shows_it_empty() {
+    let (ctx, server) = fixtures::context(true);
+    // The caches show the shard unplaced; the API server already has a replica on n1.
+    let stale = view(deleted_n1(), vec![shard(false)], Vec::new());
+    let topology = stale.topology().0;
+    server
+        .run(
+            vec![shard_list(shard(true))],
+            act::guard_node_deletion(&ctx, &stale, &topology),
+        )
+        .await
+        .unwrap();
+
+    // Read now, nothing is on n1 either: its finalizer is lifted, with an Event.
+    server
+        .run(
+            vec![
+                shard_list(shard(false)),
+                Expect::patch::<DatabaseNode>(NS, "n1")
+                    .field("/metadata/finalizers", json!([]))
+                    .answer(deleted_n1()[0].as_ref()),
+                Expect::event(NS, "NodeRemoved").echo(),
+            ],
+            act::guard_node_deletion(&ctx, &stale, &topology),
+        )
+        .await
+        .unwrap();
+}
