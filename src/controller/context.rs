@@ -205,13 +205,9 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
-    /// The task driving the watch; `None` when a controller drives it ([`Cache::feeding`]) or
-    /// nothing does (tests).
+    /// The task driving the watch; `None` when nothing does (tests).
     task: Option<JoinHandle<()>>,
 }
-
-/// The stream of objects a [`Cache::feeding`] cache hands its controller.
-pub type Feed<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
 
 impl<K> Cache<K>
 where
@@ -233,17 +229,6 @@ where
     /// predicate: a hash of what matters about it) and each new object wake `changed`.
     pub async fn notifying(ctx: &Context, changed: Arc<Notify>, relevant: Relevant<K>) -> Self {
         Self::watch(ctx, Some((changed, relevant))).await
-    }
-
-    /// A cache fed by the returned stream, for a kube `Controller` to consume as the trigger of
-    /// its reconciles (`watches_stream`): each object is in the store before the controller
-    /// hears of it, so a reconcile it triggers reads at least that version. (With a watch of
-    /// its own the trigger could come first: the table reconciler read a stale Shard, wrote
-    /// nothing, and waited for its 60 s requeue.) Reconciles wait for [`Cache::ready`].
-    pub fn feeding(ctx: &Context) -> (Self, Feed<K>) {
-        let (store, writer) = reflector::store();
-        let feed = Self::reflected(ctx, writer).boxed();
-        (Cache { store, task: None }, feed)
     }
 
     /// The watch of every `K`, without status writers' managedFields, stored by `writer`

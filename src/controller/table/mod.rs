@@ -48,8 +48,7 @@ pub enum TableError {
 
 /// What the table reconciles share: the operator's context, and a watch cache of the
 /// Shards each Table's status is computed from (a LIST per reconcile — one per agent report —
-/// made the API server filter every Shard of the namespace each time). The same watch
-/// triggers the reconciles, after the cache holds the change.
+/// made the API server filter every Shard of the namespace each time).
 pub struct Tables {
     ctx: Arc<Context>,
     shards: Cache<Shard>,
@@ -57,21 +56,24 @@ pub struct Tables {
 
 /// Runs the reconciler while this replica leads.
 pub async fn run(ctx: Arc<Context>) {
-    let (shards, shard_changes) = Cache::feeding(&ctx);
     let tables = Arc::new(Tables {
         ctx: ctx.clone(),
-        shards,
+        shards: Cache::start(&ctx).await,
     });
     let controller = Controller::new(ctx.watched::<Table>(), watcher::Config::default());
     ctx.metrics.queue.track("Table", controller.store());
     controller
-        .watches_stream(shard_changes, |shard: Shard| {
-            let table = ObjectRef::<Table>::new(&shard.spec.table);
-            Some(match shard.namespace() {
-                Some(ns) => table.within(&ns),
-                None => table,
-            })
-        })
+        .watches(
+            ctx.watched::<Shard>(),
+            watcher::Config::default(),
+            |shard: Shard| {
+                let table = ObjectRef::<Table>::new(&shard.spec.table);
+                Some(match shard.namespace() {
+                    Some(ns) => table.within(&ns),
+                    None => table,
+                })
+            },
+        )
         .run(reconcile, error_policy, tables)
         .for_each(|_| async {})
         .await;
@@ -93,8 +95,6 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
     let started = Instant::now();
     ctx.reconcile_started("Table", table.as_ref());
     ctx.leader.ensure()?;
-    // A status computed before the first list of Shards would route nothing.
-    tables.shards.ready().await;
 
     // Observe (a Shard's change, seen by the cache, brings its table back here).
     let namespace = table.namespace().unwrap_or_default();
