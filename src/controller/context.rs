@@ -231,29 +231,14 @@ where
         Self::watch(ctx, Some((changed, relevant))).await
     }
 
-    /// The watch of every `K`, without status writers' managedFields, stored by `writer`
-    /// before each object is passed on.
-    fn reflected(
-        ctx: &Context,
-        writer: reflector::store::Writer<K>,
-    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        watcher(ctx.watched::<K>(), watcher::Config::default())
+    async fn watch(ctx: &Context, notify: Option<(Arc<Notify>, Relevant<K>)>) -> Self {
+        let (store, writer) = reflector::store();
+        // Trimmed before the store, so the store keeps the trimmed object.
+        let stream = watcher(ctx.watched::<K>(), watcher::Config::default())
             .default_backoff()
             .modify(forget_status_writers)
             .reflect(writer)
-            .touched_objects()
-    }
-
-    /// Returns once the first list is in.
-    pub async fn ready(&self) {
-        if self.store.wait_until_ready().await.is_err() {
-            tracing::warn!("a watch cache stopped before its first list");
-        }
-    }
-
-    async fn watch(ctx: &Context, notify: Option<(Arc<Notify>, Relevant<K>)>) -> Self {
-        let (store, writer) = reflector::store();
-        let stream = Self::reflected(ctx, writer);
+            .touched_objects();
         let task = match notify {
             None => tokio::spawn(stream.for_each(|_| async {})),
             Some((changed, relevant)) => tokio::spawn(
@@ -265,12 +250,13 @@ where
                     }),
             ),
         };
-        let cache = Cache {
+        if store.wait_until_ready().await.is_err() {
+            tracing::warn!("a watch cache stopped before its first list");
+        }
+        Cache {
             store,
             task: Some(task),
-        };
-        cache.ready().await;
-        cache
+        }
     }
 
     /// Every cached object.
