@@ -494,7 +494,63 @@ fn refusals() -> Vec<Refusal> {
                 ),
                 "own-port",
             ),
-            &["spec.postgresParameters", "must not set port"],
+            &["spec.postgresParameters", "may not set port", "manages"],
+        ),
+        refuse(
+            "PostgreSQL parameters that would undo durability or recovery",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"work_mem": "8MB", "synchronous_commit": "off", "recovery_target_lsn": "0/0"}),
+                ),
+                "own-durability",
+            ),
+            &[
+                "spec.postgresParameters",
+                "may not set",
+                "recovery_target_lsn",
+                "synchronous_commit",
+            ],
+        ),
+        refuse(
+            "a configuration-file directive as a PostgreSQL parameter",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"include_dir": "/etc"}),
+                ),
+                "own-include",
+            ),
+            &["spec.postgresParameters", "may not set include_dir"],
+        ),
+        refuse(
+            "a malformed PostgreSQL parameter name",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"Work-Mem": "8MB"}),
+                ),
+                "bad-param-name",
+            ),
+            &[
+                "spec.postgresParameters",
+                "invalid parameter names: Work-Mem",
+            ],
+        ),
+        refuse(
+            "a PostgreSQL parameter value spanning lines",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"work_mem": "8MB\nport = 1"}),
+                ),
+                "multi-line-value",
+            ),
+            &["spec.postgresParameters", "one line", "work_mem"],
         ),
         refuse(
             "an unknown field",

@@ -8,6 +8,7 @@
 
 mod api_client;
 pub mod config;
+mod configuration;
 mod context;
 pub mod decide;
 pub mod error;

@@ -37,6 +37,7 @@ use super::api_client;
 use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
+use super::configuration;
 use super::context::NodeContext;
 use super::error::AgentError;
 use super::fence_locks::FenceLocks;
@@ -112,6 +113,8 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         nodes,
         clusters,
         reserved_ports: Mutex::new(BTreeSet::new()),
+        instances: Mutex::new(BTreeMap::new()),
+        reported: Notify::new(),
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
@@ -363,8 +366,10 @@ fn ms(value: i64) -> Duration {
     Duration::from_millis(u64::try_from(value).unwrap_or(0))
 }
 
-/// Reports the agent-owned fields of the node's status now and every
-/// [`NODE_STATUS_INTERVAL`]: software and PostgreSQL versions, disk use, agent epoch.
+/// Reports the agent-owned fields of the node's status now, every [`NODE_STATUS_INTERVAL`]
+/// and whenever an instance's configuration report changes: software and PostgreSQL
+/// versions, disk use, agent epoch, the cluster's parameters as the instances run them, and
+/// the plan whose restart every instance carried out (`configuration.rs`).
 async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
     let postgres_version = postgres_version(&ctx.toolchain).await;
     let major = postgres_version
@@ -373,20 +378,35 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
         .unwrap_or("0")
         .to_owned();
     let version = format!("{major}-shardplane.{}", env!("CARGO_PKG_VERSION"));
+    let mut used = None;
+    let mut next_full_report = tokio::time::Instant::now();
     loop {
-        let dir = ctx.data_dir.clone();
-        let used = tokio::task::spawn_blocking(move || disk_use(&dir))
-            .await
-            .unwrap_or(0);
+        if tokio::time::Instant::now() >= next_full_report || used.is_none() {
+            let dir = ctx.data_dir.clone();
+            used = Some(
+                tokio::task::spawn_blocking(move || disk_use(&dir))
+                    .await
+                    .unwrap_or(0),
+            );
+            next_full_report = tokio::time::Instant::now() + NODE_STATUS_INTERVAL;
+        }
+        let requested = ctx.restart_requested();
+        let (parameters, restarted_for) =
+            configuration::summarize(&ctx.reports(), requested.as_deref());
+        let mut status = json!({
+            "version": version,
+            "postgresVersion": postgres_version,
+            "usedBytes": used,
+            "agentEpoch": agent_epoch,
+            "parameters": parameters,
+        });
+        if let Some(plan) = restarted_for {
+            status["restartedFor"] = json!(plan);
+        }
         let patch = json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
             "metadata": {"name": ctx.node},
-            "status": {
-                "version": version,
-                "postgresVersion": postgres_version,
-                "usedBytes": used,
-                "agentEpoch": agent_epoch,
-            },
+            "status": status,
         });
         let params = PatchParams::apply(&agent_manager(&ctx.node)).force();
         if let Err(error) = ctx
@@ -396,7 +416,10 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
         {
             tracing::warn!(%error, "node status not reported");
         }
-        tokio::time::sleep(NODE_STATUS_INTERVAL).await;
+        tokio::select! {
+            () = ctx.reported.notified() => {}
+            () = tokio::time::sleep_until(next_full_report) => {}
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState, ShardStatus}
 use crate::api::{DatabaseNode, NodePhase, SchemaVersion, Shard, Table};
 use crate::protocol::Endpoint;
 
+use super::configuration::InstanceConfig;
 use super::context::NodeContext;
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum};
 use super::error::AgentError;
@@ -182,6 +183,8 @@ struct ReplicaWorker {
     not_streaming_since: Option<Instant>,
     /// A split's or merge's comparison prepared while this primary serves, for its fence.
     reshard: Option<super::reshard::Prepared>,
+    /// The cluster's parameters and the operator's restarts on the instance.
+    config: InstanceConfig,
 }
 
 /// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
@@ -189,10 +192,21 @@ struct ReplicaWorker {
 pub(crate) async fn run(
     ctx: Arc<NodeContext>,
     shard: String,
+    updates: watch::Receiver<Option<Arc<Shard>>>,
+) {
+    let context = ctx.clone();
+    serve(ctx, shard.clone(), updates).await;
+    context.forget(&shard);
+}
+
+async fn serve(
+    ctx: Arc<NodeContext>,
+    shard: String,
     mut updates: watch::Receiver<Option<Arc<Shard>>>,
 ) {
     let mut live = ctx.live.clone();
     let mut worker = ReplicaWorker {
+        config: InstanceConfig::new(&ctx, &shard),
         dir: replica_dir(&ctx.data_dir, &shard),
         ctx,
         shard,
@@ -252,6 +266,14 @@ impl ReplicaWorker {
                 self.schema
                     .look(&self.ctx, shard, &mut held.instance)
                     .await?;
+            }
+            if let Some(held) = self.held.as_mut()
+                && let Some(plan) = self
+                    .config
+                    .look(&self.ctx, &self.shard, &mut held.instance)
+                    .await?
+            {
+                self.confirm_restart(shard, plan).await;
             }
         }
         Ok(next)
@@ -773,6 +795,29 @@ impl ReplicaWorker {
             };
         }
         Some(report)
+    }
+
+    /// Publishes that the instance carried out `plan`'s restart once it is back — serving,
+    /// or streaming within the lag bound — after writing that report, so the plan's health
+    /// gate reads the replica's state from after the restart.
+    async fn confirm_restart(&mut self, shard: Option<&Shard>, plan: String) {
+        let report = self.observe().await;
+        let back = report
+            .as_ref()
+            .is_some_and(|r| r.state == ReplicaState::InSync && r.received_lsn.is_none());
+        if !back {
+            return;
+        }
+        if shard.is_some() {
+            self.last_report = None;
+            self.write_report(report).await;
+            if self.last_report.is_none() {
+                return;
+            }
+        }
+        tracing::info!(shard = %self.shard, %plan, "the instance is back after the restart");
+        self.ctx
+            .publish(&self.shard, |r| r.restarted_for = Some(plan));
     }
 
     async fn report(&mut self, shard: Option<&Shard>) {

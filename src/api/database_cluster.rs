@@ -98,17 +98,29 @@ pub struct DatabaseClusterSpec {
     /// How fast a dead node is detected and its replicas replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_detection: Option<FailureDetection>,
-    /// PostgreSQL server parameters applied to every replica (for example
-    /// `work_mem: 8MB`). Parameters the agent manages itself (ports, replication,
-    /// `synchronous_standby_names`) are refused.
+    /// PostgreSQL server parameters applied to every instance (for example `work_mem: 8MB`,
+    /// `shared_buffers: 256MB`). Reloadable ones take effect at once; ones that need a
+    /// restart (`shared_buffers`, `max_connections`, ...) through a rolling restart plan. A
+    /// value PostgreSQL refuses changes nothing and is named in the nodes' status and the
+    /// cluster's `ParametersApplied` condition. Parameters Shardplane manages itself
+    /// (addresses, ports, replication, durability, the write fence, the configuration files)
+    /// are refused: see `MANAGED_PARAMETERS`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-validations" = [
         {
-            "rule": "self.all(k, !(k in ['port', 'listen_addresses', 'synchronous_standby_names', 'primary_conninfo', 'hot_standby', 'wal_level', 'data_directory']))",
-            "message": "spec.postgresParameters must not set port, listen_addresses, synchronous_standby_names, primary_conninfo, hot_standby, wal_level or data_directory: the agent manages them"
+            "rule": "self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption']) && !k.startsWith('recovery_'))",
+            "messageExpression": "'spec.postgresParameters may not set ' + self.filter(k, k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption'] || k.startsWith('recovery_')).join(', ') + ': Shardplane manages addresses, ports, replication, durability, the write fence, recovery and the configuration files itself'"
+        },
+        {
+            "rule": "self.all(k, k.matches('^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$'))",
+            "messageExpression": "'spec.postgresParameters has invalid parameter names: ' + self.filter(k, !k.matches('^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$')).join(', ') + ' (lower-case letters, digits and underscores, with one dot for an extension parameter such as auto_explain.log_min_duration)'"
+        },
+        {
+            "rule": "self.all(k, !self[k].matches('[\\x00-\\x1f]'))",
+            "messageExpression": "'spec.postgresParameters values must be one line without control characters: ' + self.filter(k, self[k].matches('[\\x00-\\x1f]')).join(', ')"
         }
     ]))]
-    #[schemars(extend("maxProperties" = 256))]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     pub postgres_parameters: std::collections::BTreeMap<String, String>,
     /// The Secret (in this namespace) with the PostgreSQL superuser and replication
     /// credentials (keys `superuser-password`, `replication-password`). Passwords never
@@ -116,6 +128,44 @@ pub struct DatabaseClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
+}
+
+/// Parameters the agent sets itself, which `spec.postgresParameters` may not set (nor any
+/// `recovery_*` parameter): addresses and ports, the files the configuration comes from,
+/// replication, durability (`synchronous_*`) and the write fence
+/// (`default_transaction_read_only`). The CRD's rule lists the same names (a test checks).
+pub const MANAGED_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
+    "wal_level",
+    "hot_standby",
+    "hot_standby_feedback",
+    "max_wal_senders",
+    "max_replication_slots",
+    "wal_log_hints",
+    "wal_receiver_status_interval",
+    "synchronous_standby_names",
+    "synchronous_commit",
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "default_transaction_read_only",
+    "fsync",
+    "password_encryption",
+];
+
+/// Whether Shardplane manages parameter `name` itself.
+pub fn is_managed_parameter(name: &str) -> bool {
+    MANAGED_PARAMETERS.contains(&name) || name.starts_with("recovery_")
 }
 
 /// One region of the cluster and its zones.

@@ -2,6 +2,8 @@
 //! capacity use and replica counts in status; users may cordon, put into maintenance or
 //! decommission it through its spec.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -193,4 +195,60 @@ pub struct DatabaseNodeStatus {
     /// told apart from one that merely paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_epoch: Option<i64>,
+    /// The cluster's `spec.postgresParameters` as the node's instances run them (written by
+    /// the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<NodeParameters>,
+    /// The restart the operator last asked of the node (written by the plan executor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartRequest>,
+    /// The Plan whose restart every instance of the node has carried out (written by the
+    /// agent); equal to `restart.plan` once the restart is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_for: Option<String>,
+}
+
+/// The cluster's PostgreSQL parameters on one node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeParameters {
+    /// Each parameter of `spec.postgresParameters` and the value PostgreSQL runs with now
+    /// (as `SHOW` prints it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub effective: BTreeMap<String, String>,
+    /// Parameters whose new value takes effect only at the next restart of the instances (a
+    /// rolling restart plan carries it out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub pending_restart: Vec<String>,
+    /// Parameters PostgreSQL refused (unknown, or a value out of range): while any is
+    /// refused, none of the change is applied and the previous parameters stay in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedParameter>,
+}
+
+/// A parameter PostgreSQL refused, and its words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedParameter {
+    /// The parameter's name.
+    pub name: String,
+    /// Why it was refused (PostgreSQL's message).
+    pub reason: String,
+}
+
+/// A restart the operator asked of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartRequest {
+    /// The Plan whose `RestartNode` step asked; a resumed step asks again with the same
+    /// name, so no node restarts twice for one plan.
+    pub plan: String,
+    /// The `shardplane.io/restart-requested` annotations (of the cluster and the node) the
+    /// restart answers, when it was asked for on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<String>,
 }

@@ -103,6 +103,30 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_refuses_exactly_the_managed_parameters() {
+        let schema = serde_json::to_value(schemars::schema_for!(DatabaseClusterSpec)).unwrap();
+        let rules = schema["properties"]["postgresParameters"]["x-kubernetes-validations"]
+            .as_array()
+            .expect("postgresParameters has validation rules");
+        let rule = rules[0]["rule"].as_str().unwrap();
+        let listed: Vec<&str> = rule
+            .split('[')
+            .nth(1)
+            .and_then(|list| list.split(']').next())
+            .unwrap()
+            .split(", ")
+            .map(|name| name.trim_matches('\''))
+            .collect();
+        assert_eq!(listed, database_cluster::MANAGED_PARAMETERS);
+        let message = rules[0]["messageExpression"].as_str().unwrap();
+        assert!(message.contains(&rule[rule.find('[').unwrap()..rule.find(']').unwrap()]));
+        assert!(database_cluster::is_managed_parameter(
+            "recovery_target_time"
+        ));
+        assert!(!database_cluster::is_managed_parameter("work_mem"));
+    }
+
+    #[test]
     fn every_field_of_every_kind_has_a_description() {
         for crd in crds() {
             let version = &crd.spec.versions[0];

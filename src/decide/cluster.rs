@@ -22,13 +22,13 @@ use crate::protocol::NODE_FINALIZER;
 use super::conditions::{self, Observation};
 use super::domain::desired_state;
 use super::plan_wire::{self, Decision, MAX_PLAN_STEPS, PlanContext, change_cause};
-use super::{ClusterView, Object, reshard};
+use super::{ClusterView, Object, reshard, rollout};
 
 /// How many finished plans of a cluster are kept as its history.
 pub const PLAN_HISTORY: usize = 20;
 
 /// The planner's decision for this cluster now, by priority: failover, a declared split or
-/// merge, placement, drain, rebalance. `None` when nothing needs doing. `shardplane plan`
+/// merge, placement, drain, rolling restart, rebalance. `None` when nothing needs doing. `shardplane plan`
 /// calls it on a pull request's desired state to show (and hash) the very plan the operator
 /// will make. `now_ms` only reaches failover plans (the re-replication delay), which never
 /// wait for approval.
@@ -172,6 +172,10 @@ pub fn decide(
             },
             plan: drain,
         }));
+    }
+
+    if let Some(decision) = rollout::decide(view, topology)? {
+        return Ok(Some(decision));
     }
 
     let rebalancing = spec.rebalancing.as_ref();
@@ -650,6 +654,12 @@ pub fn status(
             reason: if active > 0 { "PlanActive" } else { "Idle" },
             message: format!("{active} plan(s) awaiting approval or running"),
         },
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        rollout::parameters_observation(view),
         now,
     );
     let mut problems: Vec<String> = Vec::new();

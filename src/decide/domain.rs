@@ -6,8 +6,9 @@ use crate::api::NodePhase as WireNodePhase;
 use crate::api::database_node::NodeDesiredState;
 use crate::api::shard::ReplicaRole as WireRole;
 use crate::api::shard::{ObservedReplica, ReplicaState};
-use crate::api::{DatabaseNode, Shard};
+use crate::api::{DatabaseCluster, DatabaseNode, Shard};
 use crate::plan::{self, KeyRange};
+use crate::protocol::RESTART_ANNOTATION;
 
 use super::Object;
 
@@ -18,6 +19,24 @@ pub fn desired_state(node: &DatabaseNode) -> Option<NodeDesiredState> {
     } else {
         node.spec.desired_state
     }
+}
+
+/// The on-demand restart the `shardplane.io/restart-requested` annotations of `cluster` and
+/// `node` ask of the node (`cluster=V,node=W`), if either has one. A node has answered it
+/// once its `status.restart.onDemand` says the same.
+pub fn restart_on_demand(cluster: &DatabaseCluster, node: &DatabaseNode) -> Option<String> {
+    let parts: Vec<String> = [
+        ("cluster", cluster.annotation(RESTART_ANNOTATION)),
+        ("node", node.annotation(RESTART_ANNOTATION)),
+    ]
+    .into_iter()
+    .filter_map(|(scope, value)| {
+        value
+            .filter(|value| !value.is_empty())
+            .map(|value| format!("{scope}={value}"))
+    })
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 /// A DatabaseNode as the planner sees it.

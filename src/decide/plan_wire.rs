@@ -212,7 +212,7 @@ fn subjects(action: &StepAction) -> (Option<String>, Option<String>) {
         StepAction::CopyRows { source, .. } => (some(source), None),
         StepAction::CatchUpTarget { target } => (some(target), None),
         StepAction::ApplySchema { shard, .. } => (some(shard), None),
-        StepAction::RestartNode { node }
+        StepAction::RestartNode { node, .. }
         | StepAction::UpgradeNode { node, .. }
         | StepAction::AwaitNodeHealthy { node }
         | StepAction::RemoveNode { node } => (None, some(node)),

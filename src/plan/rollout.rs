@@ -51,7 +51,10 @@ impl RolloutPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeWork {
     /// Restart its PostgreSQL instances.
-    Restart,
+    Restart {
+        /// What the restart answers (`StepAction::RestartNode`).
+        request: String,
+    },
     /// Upgrade its software to a version.
     Upgrade {
         /// The version to run.
@@ -157,8 +160,11 @@ fn node_steps(state: &mut ClusterState<'_>, node: usize, work: &NodeWork, wave: 
     }
     let name = state.node_name(node).to_owned();
     let (action, why) = match work {
-        NodeWork::Restart => (
-            StepAction::RestartNode { node: name.clone() },
+        NodeWork::Restart { request } => (
+            StepAction::RestartNode {
+                node: name.clone(),
+                request: request.clone(),
+            },
             format!("restart in wave {wave}; no shard loses more than this replica"),
         ),
         NodeWork::Upgrade { version } => (
@@ -280,7 +286,9 @@ mod tests {
         let plan = plan_node_rollout(
             &topology,
             &[],
-            &NodeWork::Restart,
+            &NodeWork::Restart {
+                request: "test".into(),
+            },
             &RolloutPolicy::default(),
         )
         .expect("plan");
@@ -320,7 +328,7 @@ mod tests {
                 topology.nodes[n].phase = NodePhase::Offline;
             }
             let policy = RolloutPolicy { canary: 1, growth: 2, max_wave: policy_size };
-            let plan = plan_node_rollout(&topology, &[], &NodeWork::Restart, &policy).expect("plan");
+            let plan = plan_node_rollout(&topology, &[], &NodeWork::Restart { request: "test".into() }, &policy).expect("plan");
             let node_of = |name: &str| topology.nodes.iter().find(|n| n.name == name).expect("node");
             let mut waves: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
             for op in &plan.operations {

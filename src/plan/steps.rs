@@ -156,6 +156,11 @@ pub enum StepAction {
     RestartNode {
         /// The node.
         node: String,
+        /// What the restart answers (parameters of a cluster generation waiting for it, or
+        /// an on-demand request): two rolling restarts for different reasons are different
+        /// plans.
+        #[serde(default)]
+        request: String,
     },
     /// Upgrade a node's software, restarting its instances.
     UpgradeNode {
@@ -259,7 +264,7 @@ impl StepAction {
             | StepAction::CatchUp { node, .. }
             | StepAction::Promote { node, .. }
             | StepAction::RemoveReplica { node, .. }
-            | StepAction::RestartNode { node }
+            | StepAction::RestartNode { node, .. }
             | StepAction::UpgradeNode { node, .. }
             | StepAction::AwaitNodeHealthy { node }
             | StepAction::RemoveNode { node } => out.push(node),

@@ -4,6 +4,10 @@
 /// reviewed pull request can approve exactly the plan it previewed.
 pub const APPROVE_ANNOTATION: &str = "shardplane.io/approve-plan";
 
+/// Asks for a rolling restart, on a DatabaseCluster (every node) or a DatabaseNode (that
+/// node): a new value (a timestamp, say) asks again, as `kubectl rollout restart` does.
+pub const RESTART_ANNOTATION: &str = "shardplane.io/restart-requested";
+
 /// The commit that last changed an object's manifest, stamped by git-sync; the operator
 /// names it as the cause of the plans the object's change makes.
 pub const SOURCE_COMMIT_ANNOTATION: &str = "shardplane.io/source-commit";

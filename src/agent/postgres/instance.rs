@@ -225,12 +225,27 @@ impl Instance {
         let data = self.data_dir();
         self.write_private(&data.join("shardplane.conf"), &settings.render())?;
         self.write_private(&data.join("pg_hba.conf"), PG_HBA)?;
-        let main = data.join("postgresql.conf");
+        self.ensure_included("include 'shardplane.conf'")?;
+        self.ensure_parameters_included()
+    }
+
+    /// Makes `postgresql.conf` include the cluster's parameters file (after the agent's own
+    /// settings, so a tunable the cluster sets wins) if it exists; instances made before the
+    /// file existed get the line at their next parameters change.
+    pub(super) fn ensure_parameters_included(&self) -> Result<(), PostgresError> {
+        self.ensure_included(&format!(
+            "include_if_exists '{}'",
+            super::parameters::PARAMETERS_FILE
+        ))
+    }
+
+    /// Appends `include` to `postgresql.conf` unless it has the line.
+    fn ensure_included(&self, include: &str) -> Result<(), PostgresError> {
+        let main = self.data_dir().join("postgresql.conf");
         let text = std::fs::read_to_string(&main).map_err(|source| PostgresError::Io {
             path: main.clone(),
             source,
         })?;
-        let include = "include 'shardplane.conf'";
         if !text.lines().any(|line| line == include) {
             self.append(&main, &format!("{include}\n"))?;
         }
@@ -502,7 +517,7 @@ impl Instance {
     }
 
     /// Writes a file only the PostgreSQL user can read.
-    fn write_private(&self, path: &Path, contents: &str) -> Result<(), PostgresError> {
+    pub(super) fn write_private(&self, path: &Path, contents: &str) -> Result<(), PostgresError> {
         let io_error = |source| PostgresError::Io {
             path: path.to_path_buf(),
             source,

@@ -59,12 +59,13 @@ impl From<TableError> for StepError {
     }
 }
 
-/// Applies `action`'s effect (idempotently) in `namespace` and reports whether it holds;
-/// replica steps look at `shards` (a watch cache) first.
+/// Applies `action`'s effect (idempotently) in `namespace` for the Plan named `plan` and
+/// reports whether it holds; replica steps look at `shards` (a watch cache) first.
 pub async fn advance(
     ctx: &Context,
     shards: &Cache<Shard>,
     namespace: &str,
+    plan: &str,
     action: &StepAction,
 ) -> Result<Progress, StepError> {
     match action {
@@ -99,7 +100,9 @@ pub async fn advance(
         StepAction::RemoveNode { .. }
         | StepAction::RestartNode { .. }
         | StepAction::UpgradeNode { .. }
-        | StepAction::AwaitNodeHealthy { .. } => node::advance(ctx, namespace, action).await,
+        | StepAction::AwaitNodeHealthy { .. } => {
+            node::advance(ctx, shards, namespace, plan, action).await
+        }
     }
 }
 

@@ -1,24 +1,33 @@
-//! Node steps: a node leaving the cluster once it holds nothing. Software rollouts
-//! (restart, upgrade, health gate) are refused until the agents can carry them out.
+//! Node steps: a node leaving the cluster once it holds nothing; a rolling restart's restart
+//! of every instance of a node (asked in `DatabaseNode.status.restart`, carried out by the
+//! agent, which answers in `status.restartedFor` once each instance is back in sync) and its
+//! health gate. Software upgrades are refused until the agents can carry them out.
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::api::{DatabaseNode, NodePhase, Shard};
+use crate::api::database_node::RestartRequest;
+use crate::api::shard::{ReplicaRole, ReplicaState};
+use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
+use crate::decide::domain::restart_on_demand;
 use crate::plan::StepAction;
 
-use super::super::context::Context;
+use super::super::context::{Cache, Context};
 use super::super::error::Doing;
 use super::{Progress, StepError};
 
-/// Applies a node step's effect (idempotently) and reports whether it holds.
+/// Applies a node step of `plan` (idempotently) and reports whether it holds.
 pub async fn advance(
     ctx: &Context,
+    shards: &Cache<Shard>,
     namespace: &str,
+    plan: &str,
     action: &StepAction,
 ) -> Result<Progress, StepError> {
     match action {
+        StepAction::RestartNode { node, .. } => restart(ctx, namespace, plan, node).await,
+        StepAction::AwaitNodeHealthy { node } => healthy(ctx, shards, namespace, node).await,
         StepAction::RemoveNode { node } => {
             let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
             let shards_on_node = shards
@@ -54,4 +63,112 @@ pub async fn advance(
             serde_json::to_string(other).unwrap_or_default()
         ))),
     }
+}
+
+/// Asks `node` to restart its instances for `plan` (once: a resumed step finds the request
+/// written), and holds once the agent reports every instance restarted and back in sync.
+async fn restart(
+    ctx: &Context,
+    namespace: &str,
+    plan: &str,
+    node: &str,
+) -> Result<Progress, StepError> {
+    let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
+    let current = read_node(&nodes, namespace, node).await?;
+    let status = current.status.clone().unwrap_or_default();
+    let asked = status.restart.as_ref().is_some_and(|r| r.plan == plan);
+    if asked && status.restarted_for.as_deref() == Some(plan) {
+        return Ok(Progress::Done);
+    }
+    if asked {
+        return Ok(Progress::Waiting(format!(
+            "{node} has not yet restarted every instance and brought it back in sync"
+        )));
+    }
+    let clusters: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let cluster = clusters
+        .get(&current.spec.cluster)
+        .await
+        .doing(|| format!("read DatabaseCluster {namespace}/{}", current.spec.cluster))?;
+    let request = RestartRequest {
+        plan: plan.to_owned(),
+        on_demand: restart_on_demand(&cluster, &current),
+    };
+    ctx.leader.ensure()?;
+    nodes
+        .patch_status(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"restart": request}})),
+        )
+        .await
+        .doing(|| format!("ask DatabaseNode {namespace}/{node} to restart"))?;
+    Ok(Progress::Waiting(format!(
+        "asked {node} to restart its instances"
+    )))
+}
+
+/// Holds once `node` is online and every replica wanted on it reports in sync: a serving
+/// primary, or a standby streaming within the lag bound.
+async fn healthy(
+    ctx: &Context,
+    shards: &Cache<Shard>,
+    namespace: &str,
+    node: &str,
+) -> Result<Progress, StepError> {
+    let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
+    let current = read_node(&nodes, namespace, node).await?;
+    let phase = current.status.as_ref().and_then(|s| s.phase);
+    if phase != Some(NodePhase::Online) {
+        return Ok(Progress::Waiting(format!(
+            "{node} is {phase:?}, not Online"
+        )));
+    }
+    let mut behind = Vec::new();
+    for shard in shards.state() {
+        if shard.namespace().as_deref() != Some(namespace) {
+            continue;
+        }
+        let Some(status) = shard.status.as_ref() else {
+            continue;
+        };
+        if !status.desired_replicas.iter().any(|d| d.node == node) {
+            continue;
+        }
+        let in_sync = status.replicas.iter().any(|r| {
+            r.node == node
+                && r.state == ReplicaState::InSync
+                && (r.role == ReplicaRole::Primary || r.received_lsn.is_none())
+        });
+        if !in_sync {
+            behind.push(shard.name_any());
+        }
+    }
+    if behind.is_empty() {
+        return Ok(Progress::Done);
+    }
+    behind.sort();
+    let more = behind.len().saturating_sub(5);
+    behind.truncate(5);
+    Ok(Progress::Waiting(format!(
+        "replicas of {}{} on {node} are not in sync yet",
+        behind.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
+async fn read_node(
+    nodes: &Api<DatabaseNode>,
+    namespace: &str,
+    node: &str,
+) -> Result<DatabaseNode, StepError> {
+    nodes
+        .get_opt(node)
+        .await
+        .doing(|| format!("read DatabaseNode {namespace}/{node}"))?
+        .ok_or_else(|| StepError::Permanent(format!("node {node} no longer exists")))
 }

@@ -502,7 +502,7 @@ async fn advance(
     step: &PlanStep,
 ) -> Result<Progress, StepError> {
     let outcome = match plan_wire::step_action(step) {
-        Ok(action) => effects::advance(ctx, shards, namespace, &action).await,
+        Ok(action) => effects::advance(ctx, shards, namespace, &plan.name_any(), &action).await,
         Err(error) => Err(StepError::Permanent(format!(
             "step {} cannot be read: {error}",
             step.id

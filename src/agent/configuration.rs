@@ -1,0 +1,206 @@
+//! The cluster's PostgreSQL parameters and the operator's restarts on each instance of the
+//! node. Every replica task looks after its pass (`InstanceConfig::look`): a restart the
+//! operator asked for (`DatabaseNode.status.restart`, written by a plan's `RestartNode`
+//! step) is carried out once per plan, then a changed `spec.postgresParameters` is checked
+//! and applied (`postgres/parameters.rs`). What each instance runs with is published in the
+//! node context, and the node's status reporter sums it up: the effective values, what
+//! waits for a restart, what PostgreSQL refused, and which plan's restart is done everywhere.
+
+use std::collections::BTreeMap;
+
+use crate::api::database_node::{NodeParameters, RejectedParameter};
+
+use super::context::NodeContext;
+use super::error::AgentError;
+use super::postgres::{EffectiveParameters, Instance, StopMode};
+
+/// What one instance runs with, as its task last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct InstanceReport {
+    /// The cluster's parameters it runs with (and those waiting for a restart).
+    pub effective: Option<EffectiveParameters>,
+    /// The cluster's parameters PostgreSQL refused: (name, reason).
+    pub refused: Vec<(String, String)>,
+    /// The plan whose restart it has carried out, or had no need to.
+    pub restarted_for: Option<String>,
+}
+
+/// One replica task's memory of its instance's configuration.
+pub(super) struct InstanceConfig {
+    /// The parameter set last applied or refused; a look acts only on a change.
+    seen: Option<BTreeMap<String, String>>,
+    /// The plan whose restart the instance carried out, or had no need to.
+    restarted_for: Option<String>,
+}
+
+impl InstanceConfig {
+    /// Starts tracking the replica of `shard`. An instance started from now on reads the
+    /// newest configuration, so it needs no restart asked for before this moment.
+    pub fn new(ctx: &NodeContext, shard: &str) -> Self {
+        let restarted_for = ctx.restart_requested();
+        let published = restarted_for.clone();
+        ctx.publish(shard, |report| report.restarted_for = published);
+        InstanceConfig {
+            seen: None,
+            restarted_for,
+        }
+    }
+
+    /// Carries out a restart asked for and not yet done (returning the plan that asked;
+    /// the replica task publishes it once the instance is back in sync), then applies a
+    /// changed parameter set.
+    pub async fn look(
+        &mut self,
+        ctx: &NodeContext,
+        shard: &str,
+        instance: &mut Instance,
+    ) -> Result<Option<String>, AgentError> {
+        let requested = ctx.restart_requested();
+        if requested.is_some() && self.restarted_for != requested {
+            if instance.is_running() {
+                tracing::info!(%shard, plan = ?requested, "restarting the instance as the plan asks");
+                instance.stop(StopMode::Fast).await;
+                instance.start().await?;
+            }
+            // An instance that is not running reads the newest files when it starts.
+            self.restarted_for.clone_from(&requested);
+            // What waits for a restart is read afresh.
+            self.seen = None;
+        }
+        let parameters = ctx.parameters();
+        if self.seen.as_ref() != Some(&parameters) && instance.is_running() {
+            self.apply(ctx, shard, instance, &parameters).await?;
+        }
+        Ok(requested.filter(|plan| ctx.restarted_for(shard).as_ref() != Some(plan)))
+    }
+
+    async fn apply(
+        &mut self,
+        ctx: &NodeContext,
+        shard: &str,
+        instance: &mut Instance,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<(), AgentError> {
+        let refusals = instance.check_parameters(parameters).await?;
+        if refusals.is_empty() {
+            let effective = instance.apply_parameters(parameters).await?;
+            tracing::info!(%shard, ?effective, "parameters applied");
+            ctx.publish(shard, |report| {
+                report.effective = Some(effective);
+                report.refused.clear();
+            });
+        } else {
+            tracing::warn!(%shard, ?refusals, "parameters refused; the previous ones stay in force");
+            ctx.publish(shard, |report| {
+                report.refused = refusals.into_iter().map(|r| (r.name, r.reason)).collect();
+            });
+        }
+        self.seen = Some(parameters.clone());
+        Ok(())
+    }
+}
+
+/// The node's summary of its instances' reports: the parameters (values as the first
+/// instance shows them; waiting and refused ones of any instance) and the plan whose
+/// restart every instance has carried out.
+pub(super) fn summarize(
+    reports: &BTreeMap<String, InstanceReport>,
+    requested: Option<&str>,
+) -> (NodeParameters, Option<String>) {
+    let mut summary = NodeParameters::default();
+    for report in reports.values() {
+        if let Some(effective) = &report.effective {
+            for (name, value) in &effective.values {
+                summary
+                    .effective
+                    .entry(name.clone())
+                    .or_insert_with(|| value.clone());
+            }
+            summary
+                .pending_restart
+                .extend(effective.pending_restart.iter().cloned());
+        }
+        for (name, reason) in &report.refused {
+            if !summary.rejected.iter().any(|r| &r.name == name) {
+                summary.rejected.push(RejectedParameter {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    summary.pending_restart.sort();
+    summary.pending_restart.dedup();
+    let done = requested.filter(|plan| {
+        reports
+            .values()
+            .all(|r| r.restarted_for.as_deref() == Some(*plan))
+    });
+    (summary, done.map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn report(
+        values: &[(&str, &str)],
+        pending: &[&str],
+        restarted_for: Option<&str>,
+    ) -> InstanceReport {
+        InstanceReport {
+            effective: Some(EffectiveParameters {
+                values: values
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                pending_restart: pending
+                    .iter()
+                    .map(|p| (*p).to_owned())
+                    .collect::<BTreeSet<_>>(),
+            }),
+            refused: Vec::new(),
+            restarted_for: restarted_for.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_restart_is_done_only_when_every_instance_did_it() {
+        let mut reports = BTreeMap::from([
+            (
+                "s1".to_owned(),
+                report(&[("work_mem", "8MB")], &[], Some("p1")),
+            ),
+            (
+                "s2".to_owned(),
+                report(&[("work_mem", "4MB")], &["shared_buffers"], Some("p0")),
+            ),
+        ]);
+        let (summary, done) = summarize(&reports, Some("p1"));
+        assert_eq!(done, None);
+        assert_eq!(summary.pending_restart, vec!["shared_buffers".to_owned()]);
+        assert_eq!(summary.effective["work_mem"], "8MB");
+        reports.get_mut("s2").unwrap().restarted_for = Some("p1".into());
+        assert_eq!(summarize(&reports, Some("p1")).1.as_deref(), Some("p1"));
+        assert_eq!(
+            summarize(&BTreeMap::new(), Some("p1")).1.as_deref(),
+            Some("p1")
+        );
+        assert_eq!(summarize(&reports, None).1, None);
+    }
+
+    #[test]
+    fn a_parameter_refused_anywhere_is_named_once() {
+        let refused = InstanceReport {
+            refused: vec![("work_mem".into(), "5 kB is outside the valid range".into())],
+            ..InstanceReport::default()
+        };
+        let reports =
+            BTreeMap::from([("a".to_owned(), refused.clone()), ("b".to_owned(), refused)]);
+        let (summary, _) = summarize(&reports, None);
+        assert_eq!(summary.rejected.len(), 1);
+        assert_eq!(summary.rejected[0].name, "work_mem");
+    }
+}
