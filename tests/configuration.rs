@@ -56,21 +56,13 @@ async fn instances(
 
 async fn set_parameters(plane: &DataPlane, parameters: serde_json::Value) {
     let clusters: Api<DatabaseCluster> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    // One write replacing the whole map: keys absent from `parameters` are removed.
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/spec/postgresParameters", "value": parameters}
+    ]))
+    .unwrap();
     clusters
-        .patch(
-            "main",
-            &PatchParams::default(),
-            // A merge patch of the whole map: keys absent from `parameters` are removed.
-            &Patch::Merge(json!({"spec": {"postgresParameters": null}})),
-        )
-        .await
-        .unwrap();
-    clusters
-        .patch(
-            "main",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"postgresParameters": parameters}})),
-        )
+        .patch("main", &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
         .unwrap();
 }
@@ -111,7 +103,7 @@ fn restarts_logged(plane: &DataPlane) -> usize {
         .sum()
 }
 
-/// The most replicas of one shard that were not in sync at one poll.
+/// The most replicas of one shard that were down at one poll.
 #[derive(Default)]
 struct WorstShard(usize);
 
@@ -119,16 +111,34 @@ impl PlanWatcher for WorstShard {
     async fn observe(&mut self, plane: &mut DataPlane, _: &Plan) {
         for shard in plane.shard_list().await {
             let status = shard.status.unwrap_or_default();
+            // Down: not reported, not running, or being (re)built. A fenced former primary
+            // and a standby catching up with a new primary still run.
             let down = status
                 .desired_replicas
                 .iter()
                 .filter(|d| {
-                    !status
-                        .replicas
-                        .iter()
-                        .any(|r| r.node == d.node && r.state == ReplicaState::InSync)
+                    !status.replicas.iter().any(|r| {
+                        r.node == d.node
+                            && !matches!(
+                                r.state,
+                                ReplicaState::Down
+                                    | ReplicaState::Creating
+                                    | ReplicaState::Removing
+                            )
+                    })
                 })
                 .count();
+            if down > self.0 {
+                println!(
+                    "{}: {down} replica(s) down: {:?}",
+                    shard.metadata.name.as_deref().unwrap_or_default(),
+                    status
+                        .replicas
+                        .iter()
+                        .map(|r| (&r.node, r.role, r.state, r.received_lsn))
+                        .collect::<Vec<_>>()
+                );
+            }
             self.0 = self.0.max(down);
         }
     }

@@ -23,6 +23,8 @@ pub(super) struct InstanceReport {
     pub refused: Vec<(String, String)>,
     /// The plan whose restart it has carried out, or had no need to.
     pub restarted_for: Option<String>,
+    /// The cluster generation whose parameters it has applied (or refused).
+    pub generation: Option<i64>,
 }
 
 /// One replica task's memory of its instance's configuration.
@@ -46,30 +48,36 @@ impl InstanceConfig {
         }
     }
 
-    /// Carries out a restart asked for and not yet done (returning the plan that asked;
-    /// the replica task publishes it once the instance is back in sync), then applies a
-    /// changed parameter set.
+    /// Applies a changed parameter set, then carries out a restart asked for and not yet
+    /// done; returns the plan whose restart the replica task is to confirm (it publishes it
+    /// once the instance is back in sync).
     pub async fn look(
         &mut self,
         ctx: &NodeContext,
         shard: &str,
         instance: &mut Instance,
     ) -> Result<Option<String>, AgentError> {
+        let (parameters, generation) = ctx.parameters();
+        if self.seen.as_ref() != Some(&parameters) && instance.is_running() {
+            self.apply(ctx, shard, instance, &parameters).await?;
+        }
         let requested = ctx.restart_requested();
         if requested.is_some() && self.restarted_for != requested {
-            if instance.is_running() {
+            // An instance that is not running reads the newest files when it starts.
+            let running = instance.is_running();
+            if running {
                 tracing::info!(%shard, plan = ?requested, "restarting the instance as the plan asks");
                 instance.stop(StopMode::Fast).await;
                 instance.start().await?;
             }
-            // An instance that is not running reads the newest files when it starts.
             self.restarted_for.clone_from(&requested);
-            // What waits for a restart is read afresh.
-            self.seen = None;
+            if running {
+                // What waits for a restart is read afresh.
+                self.apply(ctx, shard, instance, &parameters).await?;
+            }
         }
-        let parameters = ctx.parameters();
-        if self.seen.as_ref() != Some(&parameters) && instance.is_running() {
-            self.apply(ctx, shard, instance, &parameters).await?;
+        if self.seen.as_ref() == Some(&parameters) {
+            ctx.publish(shard, |report| report.generation = generation);
         }
         Ok(requested.filter(|plan| ctx.restarted_for(shard).as_ref() != Some(plan)))
     }
@@ -106,8 +114,16 @@ impl InstanceConfig {
 pub(super) fn summarize(
     reports: &BTreeMap<String, InstanceReport>,
     requested: Option<&str>,
+    cluster_generation: Option<i64>,
 ) -> (NodeParameters, Option<String>) {
-    let mut summary = NodeParameters::default();
+    let mut summary = NodeParameters {
+        observed_generation: if reports.is_empty() {
+            cluster_generation
+        } else {
+            reports.values().map(|r| r.generation).min().flatten()
+        },
+        ..NodeParameters::default()
+    };
     for report in reports.values() {
         if let Some(effective) = &report.effective {
             for (name, value) in &effective.values {
@@ -163,6 +179,7 @@ mod tests {
             }),
             refused: Vec::new(),
             restarted_for: restarted_for.map(str::to_owned),
+            generation: Some(2),
         }
     }
 
@@ -178,17 +195,23 @@ mod tests {
                 report(&[("work_mem", "4MB")], &["shared_buffers"], Some("p0")),
             ),
         ]);
-        let (summary, done) = summarize(&reports, Some("p1"));
+        let (summary, done) = summarize(&reports, Some("p1"), None);
         assert_eq!(done, None);
         assert_eq!(summary.pending_restart, vec!["shared_buffers".to_owned()]);
         assert_eq!(summary.effective["work_mem"], "8MB");
+        assert_eq!(summary.observed_generation, Some(2));
         reports.get_mut("s2").unwrap().restarted_for = Some("p1".into());
-        assert_eq!(summarize(&reports, Some("p1")).1.as_deref(), Some("p1"));
         assert_eq!(
-            summarize(&BTreeMap::new(), Some("p1")).1.as_deref(),
+            summarize(&reports, Some("p1"), None).1.as_deref(),
             Some("p1")
         );
-        assert_eq!(summarize(&reports, None).1, None);
+        assert_eq!(
+            summarize(&BTreeMap::new(), Some("p1"), Some(3))
+                .1
+                .as_deref(),
+            Some("p1")
+        );
+        assert_eq!(summarize(&reports, None, None).1, None);
     }
 
     #[test]
@@ -199,7 +222,7 @@ mod tests {
         };
         let reports =
             BTreeMap::from([("a".to_owned(), refused.clone()), ("b".to_owned(), refused)]);
-        let (summary, _) = summarize(&reports, None);
+        let (summary, _) = summarize(&reports, None, None);
         assert_eq!(summary.rejected.len(), 1);
         assert_eq!(summary.rejected[0].name, "work_mem");
     }

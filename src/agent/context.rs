@@ -110,10 +110,11 @@ impl NodeContext {
             .unwrap_or_default()
     }
 
-    /// The cluster's `spec.postgresParameters` (none while the cluster is unknown).
-    pub(super) fn parameters(&self) -> BTreeMap<String, String> {
+    /// The cluster's `spec.postgresParameters` and the generation they are of (none while
+    /// the cluster is unknown).
+    pub(super) fn parameters(&self) -> (BTreeMap<String, String>, Option<i64>) {
         self.cluster()
-            .map(|c| c.spec.postgres_parameters.clone())
+            .map(|c| (c.spec.postgres_parameters.clone(), c.metadata.generation))
             .unwrap_or_default()
     }
 

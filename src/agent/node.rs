@@ -392,7 +392,7 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
         }
         let requested = ctx.restart_requested();
         let (parameters, restarted_for) =
-            configuration::summarize(&ctx.reports(), requested.as_deref());
+            configuration::summarize(&ctx.reports(), requested.as_deref(), ctx.parameters().1);
         let mut status = json!({
             "version": version,
             "postgresVersion": postgres_version,

@@ -254,7 +254,17 @@ impl ReplicaWorker {
             .filter(|d| d.node != self.ctx.node && d.role != ReplicaRole::Primary)
             .map(|d| replica_name(&d.node))
             .collect();
-        let next = self.act(shard, action, secondaries).await?;
+        let next = match self.act(shard, action, secondaries).await {
+            Ok(next) => next,
+            // A standby that keeps failing (to start, say) while its primary serves is rebuilt
+            // from that primary, as one that cannot stream is.
+            Err(error) if self.standby_stuck(&status, &offline) => {
+                tracing::warn!(shard = %self.shard, %error, "the standby has not run for {STUCK_STANDBY:?} while its primary serves; it is rebuilt from the primary");
+                self.discard().await?;
+                return Ok(Pass::Again);
+            }
+            Err(error) => return Err(error),
+        };
         if !matches!(next, Pass::Removed) {
             self.report(shard).await;
             if self.standby_stuck(&status, &offline) {
@@ -688,9 +698,10 @@ impl ReplicaWorker {
     /// it safe: the primary holds every acknowledged commit.
     fn standby_stuck(&mut self, status: &ShardStatus, offline: &BTreeSet<String>) -> bool {
         let not_streaming = self.last_report.as_ref().is_some_and(|(report, _)| {
-            report
-                .as_ref()
-                .is_some_and(|r| r.role == ReplicaRole::Secondary && r.received_lsn.is_some())
+            report.as_ref().is_some_and(|r| {
+                r.role == ReplicaRole::Secondary
+                    && (r.received_lsn.is_some() || r.state == ReplicaState::Down)
+            })
         });
         let wanted_secondary = status
             .desired_replicas

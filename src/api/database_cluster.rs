@@ -109,15 +109,15 @@ pub struct DatabaseClusterSpec {
     #[schemars(extend("x-kubernetes-validations" = [
         {
             "rule": "self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption']) && !k.startsWith('recovery_'))",
-            "messageExpression": "'spec.postgresParameters may not set ' + self.filter(k, k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption'] || k.startsWith('recovery_')).join(', ') + ': Shardplane manages addresses, ports, replication, durability, the write fence, recovery and the configuration files itself'"
+            "message": "spec.postgresParameters may not set a parameter Shardplane manages itself: listen_addresses, port, unix_socket_directories, data_directory, config_file, hba_file, ident_file, external_pid_file, include, include_dir, include_if_exists, wal_level, hot_standby, hot_standby_feedback, max_wal_senders, max_replication_slots, wal_log_hints, wal_receiver_status_interval, synchronous_standby_names, synchronous_commit, primary_conninfo, primary_slot_name, restore_command, default_transaction_read_only, fsync, password_encryption, or any recovery_* parameter"
         },
         {
             "rule": "self.all(k, k.matches('^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$'))",
-            "messageExpression": "'spec.postgresParameters has invalid parameter names: ' + self.filter(k, !k.matches('^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$')).join(', ') + ' (lower-case letters, digits and underscores, with one dot for an extension parameter such as auto_explain.log_min_duration)'"
+            "message": "spec.postgresParameters has an invalid parameter name: names are lower-case letters, digits and underscores, with one dot for an extension parameter such as auto_explain.log_min_duration"
         },
         {
             "rule": "self.all(k, !self[k].matches('[\\x00-\\x1f]'))",
-            "messageExpression": "'spec.postgresParameters values must be one line without control characters: ' + self.filter(k, self[k].matches('[\\x00-\\x1f]')).join(', ')"
+            "message": "spec.postgresParameters values must be one line without control characters"
         }
     ]))]
     #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 1024}))]

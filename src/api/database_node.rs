@@ -213,6 +213,10 @@ pub struct DatabaseNodeStatus {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeParameters {
+    /// The DatabaseCluster `metadata.generation` whose parameters every instance of the node
+    /// has applied (or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// Each parameter of `spec.postgresParameters` and the value PostgreSQL runs with now
     /// (as `SHOW` prints it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -118,8 +118,8 @@ mod tests {
             .map(|name| name.trim_matches('\''))
             .collect();
         assert_eq!(listed, database_cluster::MANAGED_PARAMETERS);
-        let message = rules[0]["messageExpression"].as_str().unwrap();
-        assert!(message.contains(&rule[rule.find('[').unwrap()..rule.find(']').unwrap()]));
+        let message = rules[0]["message"].as_str().unwrap();
+        assert!(message.contains(&database_cluster::MANAGED_PARAMETERS.join(", ")));
         assert!(database_cluster::is_managed_parameter(
             "recovery_target_time"
         ));

@@ -50,7 +50,7 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
         );
         let detail = format!("{request} (annotation shardplane.io/restart-requested)");
         (asked.into_keys().collect::<Vec<_>>(), request, detail)
-    } else if !pending.is_empty() {
+    } else if !pending.is_empty() && parameters_settled(view) {
         let names: BTreeSet<&String> = pending.values().flatten().collect();
         let names = names.into_iter().cloned().collect::<Vec<_>>().join(", ");
         let generation = cluster.metadata.generation.unwrap_or(0);
@@ -96,6 +96,28 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
         },
         plan: rollout,
     }))
+}
+
+/// Whether every online node has applied (or refused) the cluster's newest parameters: a
+/// restart for them is planned once, for every node that needs it.
+fn parameters_settled(view: &ClusterView) -> bool {
+    let generation = view.cluster.metadata.generation;
+    online(view).all(|node| applied_generation(node) >= generation)
+}
+
+fn online(view: &ClusterView) -> impl Iterator<Item = &std::sync::Arc<DatabaseNode>> {
+    view.nodes
+        .iter()
+        .filter(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
+}
+
+/// The cluster generation whose parameters `node` reports applied.
+fn applied_generation(node: &DatabaseNode) -> Option<i64> {
+    node.status
+        .as_ref()?
+        .parameters
+        .as_ref()?
+        .observed_generation
 }
 
 /// Whether `node` may be asked for a restart now: online, staying in the cluster, no restart
@@ -152,14 +174,11 @@ fn restarted(plan: &Plan, node: &str) -> bool {
 /// then nodes that have not applied the newest set yet.
 pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
     let wanted = &view.cluster.spec.postgres_parameters;
-    let online = view
-        .nodes
-        .iter()
-        .filter(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online));
+    let generation = view.cluster.metadata.generation;
     let mut refused = Vec::new();
     let mut waiting: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut behind = Vec::new();
-    for node in online {
+    for node in online(view) {
         let reported = node
             .status
             .as_ref()
@@ -176,7 +195,7 @@ pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
         for name in &reported.pending_restart {
             waiting.entry(name.clone()).or_default().push(node.name());
         }
-        if wanted.keys().any(|k| !reported.effective.contains_key(k)) {
+        if reported.observed_generation < generation {
             behind.push(node.name());
         }
     }

@@ -165,7 +165,12 @@ impl Instance {
     /// discarded — they were never acknowledged by a quorum. The slot must exist on the new
     /// primary.
     pub async fn rewind_and_follow(&mut self, upstream: &Upstream) -> Result<(), PostgresError> {
-        self.stop(StopMode::Fast).await;
+        // Stopped at once: a clean shutdown writes a checkpoint record right at the point the
+        // new primary forked from, and standbys still streaming from this instance replay
+        // it — past the fork, so they could not start again on the new timeline ("requested
+        // timeline is not a child of this server's history"). pg_rewind runs the crash
+        // recovery an immediate stop leaves, locally.
+        self.stop(StopMode::Immediate).await;
         // pg_rewind reads the source's timeline from its control file, which a promotion
         // updates only at the next checkpoint; without one it finds "no rewind required"
         // and the old primary cannot follow.

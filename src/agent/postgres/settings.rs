@@ -70,6 +70,7 @@ impl InstanceSettings {
              wal_receiver_status_interval = '1s'\n\
              wal_retrieve_retry_interval = '200ms'\n\
              max_wal_size = '256MB'\n\
+             wal_keep_size = '128MB'\n\
              min_wal_size = '32MB'\n\
              logging_collector = off\n\
              log_line_prefix = '%m [%p] %q%a '\n",
