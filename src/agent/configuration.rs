@@ -12,20 +12,8 @@ use crate::api::database_node::{NodeParameters, RejectedParameter};
 
 use super::context::NodeContext;
 use super::error::AgentError;
-use super::postgres::{EffectiveParameters, Instance, StopMode};
-
-/// What one instance runs with, as its task last saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct InstanceReport {
-    /// The cluster's parameters it runs with (and those waiting for a restart).
-    pub effective: Option<EffectiveParameters>,
-    /// The cluster's parameters PostgreSQL refused: (name, reason).
-    pub refused: Vec<(String, String)>,
-    /// The plan whose restart it has carried out, or had no need to.
-    pub restarted_for: Option<String>,
-    /// The cluster generation whose parameters it has applied (or refused).
-    pub generation: Option<i64>,
-}
+use super::instance_reports::InstanceReport;
+use super::postgres::{Instance, StopMode};
 
 /// One replica task's memory of its instance's configuration.
 pub(super) struct InstanceConfig {
@@ -41,7 +29,8 @@ impl InstanceConfig {
     pub fn new(ctx: &NodeContext, shard: &str) -> Self {
         let restarted_for = ctx.restart_requested();
         let published = restarted_for.clone();
-        ctx.publish(shard, |report| report.restarted_for = published);
+        ctx.instances
+            .publish(shard, |report| report.restarted_for = published);
         InstanceConfig {
             seen: None,
             restarted_for,
@@ -77,9 +66,10 @@ impl InstanceConfig {
             }
         }
         if self.seen.as_ref() == Some(&parameters) {
-            ctx.publish(shard, |report| report.generation = generation);
+            ctx.instances
+                .publish(shard, |report| report.generation = generation);
         }
-        Ok(requested.filter(|plan| ctx.restarted_for(shard).as_ref() != Some(plan)))
+        Ok(requested.filter(|plan| ctx.instances.restarted_for(shard).as_ref() != Some(plan)))
     }
 
     async fn apply(
@@ -93,13 +83,13 @@ impl InstanceConfig {
         if refusals.is_empty() {
             let effective = instance.apply_parameters(parameters).await?;
             tracing::info!(%shard, ?effective, "parameters applied");
-            ctx.publish(shard, |report| {
+            ctx.instances.publish(shard, |report| {
                 report.effective = Some(effective);
                 report.refused.clear();
             });
         } else {
             tracing::warn!(%shard, ?refusals, "parameters refused; the previous ones stay in force");
-            ctx.publish(shard, |report| {
+            ctx.instances.publish(shard, |report| {
                 report.refused = refusals.into_iter().map(|r| (r.name, r.reason)).collect();
             });
         }
@@ -159,6 +149,7 @@ pub(super) fn summarize(
 mod tests {
     use std::collections::BTreeSet;
 
+    use super::super::postgres::EffectiveParameters;
     use super::*;
 
     fn report(

@@ -3,19 +3,19 @@
 //! the node is live. It reads caches and hands out ports; it runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
-use super::configuration::InstanceReport;
 use super::error::AgentError;
 use super::fence_locks::FenceLocks;
+use super::instance_reports::InstanceReports;
 use super::postgres::{Credentials, InstanceSettings, Toolchain};
 
 /// What every replica task of this node shares.
@@ -50,10 +50,8 @@ pub(crate) struct NodeContext {
     pub(super) clusters: Store<DatabaseCluster>,
     /// Ports held by this node's replicas (recorded ones included).
     pub(super) reserved_ports: Mutex<BTreeSet<u16>>,
-    /// What each replica's instance runs with, by shard (`configuration.rs`).
-    pub(super) instances: Mutex<BTreeMap<String, InstanceReport>>,
-    /// Wakes the node's status reporter when a report above changed.
-    pub(super) reported: Notify,
+    /// What each replica's instance runs with (`instance_reports.rs`).
+    pub(super) instances: InstanceReports,
 }
 
 impl NodeContext {
@@ -125,42 +123,6 @@ impl NodeContext {
             .into_iter()
             .find(|n| n.name_any() == self.node)
             .and_then(|n| n.status.as_ref()?.restart.as_ref().map(|r| r.plan.clone()))
-    }
-
-    fn instance_reports(&self) -> MutexGuard<'_, BTreeMap<String, InstanceReport>> {
-        self.instances
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Updates the report of `shard`'s instance; wakes the reporter if it changed.
-    pub(super) fn publish(&self, shard: &str, update: impl FnOnce(&mut InstanceReport)) {
-        let mut reports = self.instance_reports();
-        let report = reports.entry(shard.to_owned()).or_default();
-        let before = report.clone();
-        update(report);
-        if *report != before {
-            self.reported.notify_one();
-        }
-    }
-
-    /// The plan whose restart `shard`'s instance has carried out.
-    pub(super) fn restarted_for(&self, shard: &str) -> Option<String> {
-        self.instance_reports()
-            .get(shard)
-            .and_then(|r| r.restarted_for.clone())
-    }
-
-    /// Drops the report of a replica that left the node.
-    pub(super) fn forget(&self, shard: &str) {
-        if self.instance_reports().remove(shard).is_some() {
-            self.reported.notify_one();
-        }
-    }
-
-    /// Every instance's report, now.
-    pub(super) fn reports(&self) -> BTreeMap<String, InstanceReport> {
-        self.instance_reports().clone()
     }
 
     /// The lowest port of the node's range that no replica holds and that is free now.

@@ -13,6 +13,7 @@ mod context;
 pub mod decide;
 pub mod error;
 mod fence_locks;
+mod instance_reports;
 mod node;
 pub mod postgres;
 pub mod protocol;

@@ -113,8 +113,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         nodes,
         clusters,
         reserved_ports: Mutex::new(BTreeSet::new()),
-        instances: Mutex::new(BTreeMap::new()),
-        reported: Notify::new(),
+        instances: Default::default(),
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
@@ -391,8 +390,11 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
             next_full_report = tokio::time::Instant::now() + NODE_STATUS_INTERVAL;
         }
         let requested = ctx.restart_requested();
-        let (parameters, restarted_for) =
-            configuration::summarize(&ctx.reports(), requested.as_deref(), ctx.parameters().1);
+        let (parameters, restarted_for) = configuration::summarize(
+            &ctx.instances.snapshot(),
+            requested.as_deref(),
+            ctx.parameters().1,
+        );
         let mut status = json!({
             "version": version,
             "postgresVersion": postgres_version,
@@ -417,7 +419,7 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
             tracing::warn!(%error, "node status not reported");
         }
         tokio::select! {
-            () = ctx.reported.notified() => {}
+            () = ctx.instances.changed.notified() => {}
             () = tokio::time::sleep_until(next_full_report) => {}
         }
     }

@@ -196,7 +196,7 @@ pub(crate) async fn run(
 ) {
     let context = ctx.clone();
     serve(ctx, shard.clone(), updates).await;
-    context.forget(&shard);
+    context.instances.forget(&shard);
 }
 
 async fn serve(
@@ -828,6 +828,7 @@ impl ReplicaWorker {
         }
         tracing::info!(shard = %self.shard, %plan, "the instance is back after the restart");
         self.ctx
+            .instances
             .publish(&self.shard, |r| r.restarted_for = Some(plan));
     }
 

@@ -255,3 +255,208 @@ pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn object<K: serde::de::DeserializeOwned>(value: Value) -> K {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// Three online nodes holding the three replicas of one shard (n0 leads it), the
+    /// cluster at generation 2 with a parameter, each node reporting `node_status` besides
+    /// its phase; and `plans`.
+    fn view(node_status: &[Value], cluster_annotations: Value, plans: Vec<Plan>) -> ClusterView {
+        let cluster = object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+            "metadata": {"name": "main", "namespace": "db", "generation": 2,
+                         "annotations": cluster_annotations},
+            "spec": {"replicationFactor": 3, "postgresParameters": {"shared_buffers": "64MB"},
+                     "regions": [{"name": "r0", "zones": ["r0-a"]}, {"name": "r1", "zones": ["r1-a"]},
+                                 {"name": "r2", "zones": ["r2-a"]}]},
+        }));
+        let nodes = node_status
+            .iter()
+            .enumerate()
+            .map(|(i, status)| {
+                let mut status = status.clone();
+                status["phase"] = json!("Online");
+                Arc::new(object(json!({
+                    "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+                    "metadata": {"name": format!("n{i}"), "namespace": "db"},
+                    "spec": {"cluster": "main", "region": format!("r{i}"), "zone": format!("r{i}-a"),
+                             "address": "127.0.0.1", "ports": {"first": 20000, "last": 20010},
+                             "capacity": {"storageBytes": 1_000_000_000_i64}},
+                    "status": status,
+                })))
+            })
+            .collect();
+        let table = Arc::new(object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+            "metadata": {"name": "t", "namespace": "db"},
+            "spec": {"cluster": "main", "shardKey": "id",
+                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
+        })));
+        let role = |i: usize| if i == 0 { "Primary" } else { "Secondary" };
+        let shard = Arc::new(object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": "t-0", "namespace": "db"},
+            "spec": {"table": "t", "range": {}},
+            "status": {
+                "phase": "Serving",
+                "primary": {"node": "n0", "epoch": 1},
+                "desiredReplicas": (0..3).map(|i| json!({"node": format!("n{i}"), "role": role(i)})).collect::<Vec<_>>(),
+                "replicas": (0..3).map(|i| json!({"node": format!("n{i}"), "role": role(i), "state": "InSync", "epoch": 1})).collect::<Vec<_>>(),
+            },
+        })));
+        let plans = plans.into_iter().map(Arc::new).collect();
+        ClusterView::of(Arc::new(cluster), nodes, vec![table], vec![shard], plans)
+    }
+
+    fn pending(generation: i64) -> Value {
+        json!({"parameters": {"observedGeneration": generation, "pendingRestart": ["shared_buffers"]}})
+    }
+
+    fn decided(view: &ClusterView) -> Option<Decision> {
+        let (topology, invalid) = view.topology();
+        assert!(invalid.is_empty(), "{invalid:?}");
+        decide(view, &topology).unwrap()
+    }
+
+    fn restarted_nodes(decision: &Decision) -> Vec<String> {
+        decision
+            .plan
+            .steps()
+            .filter_map(|s| match &s.action {
+                plan::StepAction::RestartNode { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parameters_waiting_for_a_restart_restart_every_node_once_all_applied_them() {
+        let behind = view(&[pending(2), pending(2), pending(1)], json!({}), Vec::new());
+        assert!(
+            decided(&behind).is_none(),
+            "n2 has not applied generation 2 yet"
+        );
+        let settled = view(&[pending(2), pending(2), pending(2)], json!({}), Vec::new());
+        let decision = decided(&settled).expect("a rolling restart");
+        assert_eq!(restarted_nodes(&decision), ["n0", "n1", "n2"]);
+        assert!(decision.context.cause.detail.contains("shared_buffers"));
+        // The leader hands its primary over before it restarts.
+        let first = decision
+            .plan
+            .operations
+            .iter()
+            .find(|op| op.subject == "n0")
+            .unwrap();
+        assert!(matches!(
+            first.steps[0].action,
+            plan::StepAction::TransferPrimary { .. }
+        ));
+        // Waves: no two replicas of the shard down at once.
+        let waves: BTreeSet<u32> = decision.plan.operations.iter().map(|op| op.wave).collect();
+        assert_eq!(waves.len(), 3);
+    }
+
+    #[test]
+    fn a_node_restarting_or_seen_before_its_last_restart_is_left_out() {
+        let under_way = json!({"parameters": {"observedGeneration": 2, "pendingRestart": ["shared_buffers"]},
+                               "restart": {"plan": "main-noderollout-1"}, "restartedFor": "main-noderollout-0"});
+        let decision = decided(&view(
+            &[under_way, pending(2), pending(2)],
+            json!({}),
+            Vec::new(),
+        ))
+        .expect("the others restart");
+        assert_eq!(restarted_nodes(&decision), ["n1", "n2"]);
+
+        // A plan restarted n1 after the restart n1's status names: the view of n1 is stale.
+        let earlier = json!({"parameters": {"observedGeneration": 2, "pendingRestart": ["shared_buffers"]},
+                             "restart": {"plan": "p-old"}, "restartedFor": "p-old"});
+        let done: Plan = object(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Plan",
+            "metadata": {"name": "p-new", "namespace": "db", "creationTimestamp": "2026-12-05T10:00:00Z"},
+            "spec": {"cluster": "main", "target": {"kind": "DatabaseCluster", "name": "main"},
+                     "purpose": "NodeRollout", "risk": "Disruptive", "hash": "0".repeat(64), "summary": "s",
+                     "cause": {"kind": "Policy", "detail": "d"},
+                     "steps": [{"id": 0, "wave": 0, "operation": 0, "action": "RestartNode", "node": "n1",
+                                "detail": "{\"RestartNode\":{\"node\":\"n1\",\"request\":\"r\"}}", "reason": "r"}]},
+            "status": {"phase": "Succeeded", "steps": [{"id": 0, "phase": "Succeeded", "attempts": 1}]},
+        }));
+        let decision = decided(&view(
+            &[pending(2), earlier, pending(2)],
+            json!({}),
+            vec![done],
+        ))
+        .expect("the others restart");
+        assert_eq!(restarted_nodes(&decision), ["n0", "n2"]);
+    }
+
+    #[test]
+    fn an_on_demand_request_restarts_until_answered_and_only_once() {
+        let asked = json!({"shardplane.io/restart-requested": "2026-12-05"});
+        let decision = decided(&view(
+            &[json!({}), json!({}), json!({})],
+            asked.clone(),
+            Vec::new(),
+        ))
+        .expect("a rolling restart");
+        assert_eq!(restarted_nodes(&decision), ["n0", "n1", "n2"]);
+        assert!(decision.context.cause.detail.contains("cluster=2026-12-05"));
+        let answered = json!({"restart": {"plan": "p", "onDemand": "cluster=2026-12-05"}, "restartedFor": "p"});
+        let view = view(
+            &[answered.clone(), answered.clone(), answered],
+            asked,
+            Vec::new(),
+        );
+        assert!(decided(&view).is_none());
+    }
+
+    #[test]
+    fn the_condition_names_refused_and_waiting_parameters() {
+        let refused = json!({"parameters": {"observedGeneration": 2,
+            "rejected": [{"name": "shared_buffers", "reason": "invalid value"}]}});
+        let observation = parameters_observation(&view(
+            &[refused, pending(2), json!({})],
+            json!({}),
+            Vec::new(),
+        ));
+        assert_eq!(
+            (observation.holds, observation.reason),
+            (false, "ParametersRejected")
+        );
+        assert!(
+            observation
+                .message
+                .contains("shared_buffers on n0: invalid value")
+        );
+        let observation = parameters_observation(&view(
+            &[pending(2), pending(2), json!({})],
+            json!({}),
+            Vec::new(),
+        ));
+        assert_eq!(observation.reason, "RestartPending");
+        assert!(observation.message.contains("shared_buffers on n0, n1"));
+        let applied = json!({"parameters": {"observedGeneration": 2, "effective": {"shared_buffers": "64MB"}}});
+        let observation = parameters_observation(&view(
+            &[applied.clone(), applied.clone(), json!({})],
+            json!({}),
+            Vec::new(),
+        ));
+        assert_eq!((observation.holds, observation.reason), (false, "Applying"));
+        let observation = parameters_observation(&view(
+            &[applied.clone(), applied.clone(), applied],
+            json!({}),
+            Vec::new(),
+        ));
+        assert!(observation.holds);
+    }
+}

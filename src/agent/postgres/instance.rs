@@ -18,7 +18,9 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::protocol::Endpoint;
 
-use super::settings::{Credentials, InstanceSettings, PG_HBA, REPLICATION_USER, SUPERUSER};
+use super::settings::{
+    Credentials, InstanceSettings, PARAMETERS_FILE, PG_HBA, REPLICATION_USER, SUPERUSER,
+};
 use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 use super::{PostgresError, Toolchain};
 
@@ -233,10 +235,7 @@ impl Instance {
     /// settings, so a tunable the cluster sets wins) if it exists; instances made before the
     /// file existed get the line at their next parameters change.
     pub(super) fn ensure_parameters_included(&self) -> Result<(), PostgresError> {
-        self.ensure_included(&format!(
-            "include_if_exists '{}'",
-            super::parameters::PARAMETERS_FILE
-        ))
+        self.ensure_included(&format!("include_if_exists '{}'", PARAMETERS_FILE))
     }
 
     /// Appends `include` to `postgresql.conf` unless it has the line.

@@ -13,10 +13,8 @@ use crate::api::database_cluster::is_managed_parameter;
 
 use super::PostgresError;
 use super::instance::Instance;
+use super::settings::PARAMETERS_FILE;
 use super::sql::quote_literal;
-
-/// The file of the data directory holding the cluster's parameters.
-pub(crate) const PARAMETERS_FILE: &str = "shardplane-parameters.conf";
 
 /// How long a reload may take to reach the session that reads the result back.
 const RELOAD_SETTLE: Duration = Duration::from_secs(5);

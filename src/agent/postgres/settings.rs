@@ -83,6 +83,10 @@ impl InstanceSettings {
     }
 }
 
+/// The file of the data directory holding the cluster's `spec.postgresParameters`
+/// (`parameters.rs`), included after the agent's own settings.
+pub(crate) const PARAMETERS_FILE: &str = "shardplane-parameters.conf";
+
 /// The contents of `pg_hba.conf`: password (SCRAM) logins on loopback only, replication
 /// only for the replication role.
 pub(crate) const PG_HBA: &str = "# Written by the Shardplane agent.\n\
