@@ -4,8 +4,9 @@
 //! A reloadable parameter takes effect everywhere without a plan; a value PostgreSQL refuses
 //! changes nothing and is named in the cluster's condition; a parameter that needs a restart
 //! becomes a rolling restart plan that completes while the operator is SIGKILLed at every
-//! step — each instance restarted exactly once, never two replicas of a shard down — and a
-//! restart asked of one node by annotation restarts that node's instances only.
+//! step — each instance restarted exactly once, never two replicas of a shard down — a
+//! restart asked of one node by annotation restarts that node's instances only, and a value
+//! no start can meet halts the plan at its canary, saying why, until it is reverted.
 
 #[path = "agent/harness.rs"]
 mod harness;
@@ -336,6 +337,91 @@ async fn parameters_apply_online_and_restarts_roll_one_replica_at_a_time() {
     // Answered: no further restart for the same request.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rollouts().await, 2);
+
+    // A value PostgreSQL accepts but no start can meet (shared memory larger than the
+    // machine): the plan halts at its canary, which says why, the cluster serves on; the
+    // value reverted, the canary starts and the plan completes.
+    let workload = ledger.start(100).await;
+    set_parameters(
+        &plane,
+        json!({"work_mem": "8MB", "max_connections": "40", "shared_buffers": "64GB"}),
+    )
+    .await;
+    let plans_api: Api<Plan> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let halted = eventually(Duration::from_secs(180), || async {
+        support::operator::newest_plan(&plans_api, PlanPurpose::NodeRollout)
+            .await
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Progressing"
+                        && c.message.contains("cannot start")
+                        && c.message.contains("could not map anonymous shared memory")
+                })
+            })
+    })
+    .await;
+    let plan = support::operator::newest_plan(&plans_api, PlanPurpose::NodeRollout)
+        .await
+        .unwrap();
+    assert!(halted, "{:?}", plan.status);
+    let asked: Vec<String> = nodes(&plane)
+        .await
+        .into_iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.restart.as_ref())
+                .map(|r| r.plan.as_str())
+                == Some(plan.name_any().as_str())
+        })
+        .map(|n| n.name_any())
+        .collect();
+    assert_eq!(
+        asked.len(),
+        1,
+        "only the canary is asked to restart: {asked:?}"
+    );
+    let clusters: Api<DatabaseCluster> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let degraded = clusters
+        .get("main")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions;
+    let degraded = degraded.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded.reason, "InstancesFailing", "{degraded:?}");
+    assert!(
+        degraded.message.contains(&format!("on {}", asked[0])),
+        "{degraded:?}"
+    );
+    println!("canary halted: {}", degraded.message);
+    set_parameters(&plane, json!({"work_mem": "8MB", "max_connections": "40"})).await;
+    let finished = eventually(Duration::from_secs(300), || async {
+        plans_api
+            .get(&plan.name_any())
+            .await
+            .ok()
+            .and_then(|p| p.status?.phase)
+            == Some(PlanPhase::Succeeded)
+    })
+    .await;
+    assert!(
+        finished,
+        "{:?}",
+        plans_api.get(&plan.name_any()).await.unwrap().status
+    );
+    ledger
+        .finish(
+            "a canary that cannot start, then the value reverted",
+            workload,
+            100,
+        )
+        .await;
+    for (instance, (_, value)) in instances(&plane, "shared_buffers").await {
+        assert_eq!(value, "16MB", "{instance:?}");
+    }
     ledger.summary();
     println!("configuration scenario took {:.1?}", started.elapsed());
 }

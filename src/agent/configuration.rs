@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::database_node::{NodeParameters, RejectedParameter};
+use crate::api::database_node::{InstanceFailure, NodeParameters, RejectedParameter};
 
 use super::context::NodeContext;
 use super::error::AgentError;
@@ -46,21 +46,23 @@ impl InstanceConfig {
         shard: &str,
         instance: &mut Instance,
     ) -> Result<Option<String>, AgentError> {
+        if instance.is_running() {
+            ctx.instances.publish(shard, |report| report.failure = None);
+        }
         let (parameters, generation) = ctx.parameters();
-        if self.seen.as_ref() != Some(&parameters) && instance.is_running() {
+        if self.seen.as_ref() != Some(&parameters) {
             self.apply(ctx, shard, instance, &parameters).await?;
         }
         let requested = ctx.restart_requested();
         if requested.is_some() && self.restarted_for != requested {
-            // An instance that is not running reads the newest files when it starts.
-            let running = instance.is_running();
-            if running {
+            // Once stopped (or not running), its next start reads the newest files: the
+            // restart is done as far as this instance goes, whether that start succeeds now
+            // or after a fix.
+            self.restarted_for.clone_from(&requested);
+            if instance.is_running() {
                 tracing::info!(%shard, plan = ?requested, "restarting the instance as the plan asks");
                 instance.stop(StopMode::Fast).await;
                 instance.start().await?;
-            }
-            self.restarted_for.clone_from(&requested);
-            if running {
                 // What waits for a restart is read afresh.
                 self.apply(ctx, shard, instance, &parameters).await?;
             }
@@ -72,6 +74,21 @@ impl InstanceConfig {
         Ok(requested.filter(|plan| ctx.instances.restarted_for(shard).as_ref() != Some(plan)))
     }
 
+    /// Before an instance that does not run is started: writes a changed parameter set into
+    /// its data directory, so the start reads it (a reverted value may be what lets it start).
+    pub async fn prepare(
+        &mut self,
+        ctx: &NodeContext,
+        shard: &str,
+        instance: &mut Instance,
+    ) -> Result<(), AgentError> {
+        let (parameters, _) = ctx.parameters();
+        if self.seen.as_ref() != Some(&parameters) {
+            self.apply(ctx, shard, instance, &parameters).await?;
+        }
+        Ok(())
+    }
+
     async fn apply(
         &mut self,
         ctx: &NodeContext,
@@ -80,6 +97,12 @@ impl InstanceConfig {
         parameters: &BTreeMap<String, String>,
     ) -> Result<(), AgentError> {
         let refusals = instance.check_parameters(parameters).await?;
+        if refusals.is_empty() && !instance.is_running() {
+            // In force at its next start (which the set may be what lets it start); read back
+            // once it runs.
+            instance.write_parameters(parameters)?;
+            return Ok(());
+        }
         if refusals.is_empty() {
             let effective = instance.apply_parameters(parameters).await?;
             tracing::info!(%shard, ?effective, "parameters applied");
@@ -98,14 +121,25 @@ impl InstanceConfig {
     }
 }
 
+/// What the node's status says of its instances ([`summarize`]).
+pub(super) struct NodeSummary {
+    /// The cluster's parameters on the node.
+    pub parameters: NodeParameters,
+    /// The plan whose restart every instance has carried out, if it is the one asked for.
+    pub restarted_for: Option<String>,
+    /// Instances whose last start failed.
+    pub failed: Vec<InstanceFailure>,
+}
+
 /// The node's summary of its instances' reports: the parameters (values as the first
-/// instance shows them; waiting and refused ones of any instance) and the plan whose
-/// restart every instance has carried out.
+/// instance shows them; waiting and refused ones of any instance; the oldest generation
+/// applied, or the cluster's when the node holds no instance), the plan whose restart every
+/// instance has carried out, and the instances that fail to start.
 pub(super) fn summarize(
     reports: &BTreeMap<String, InstanceReport>,
     requested: Option<&str>,
     cluster_generation: Option<i64>,
-) -> (NodeParameters, Option<String>) {
+) -> NodeSummary {
     let mut summary = NodeParameters {
         observed_generation: if reports.is_empty() {
             cluster_generation
@@ -114,7 +148,8 @@ pub(super) fn summarize(
         },
         ..NodeParameters::default()
     };
-    for report in reports.values() {
+    let mut failed = Vec::new();
+    for (shard, report) in reports {
         if let Some(effective) = &report.effective {
             for (name, value) in &effective.values {
                 summary
@@ -134,6 +169,12 @@ pub(super) fn summarize(
                 });
             }
         }
+        if let Some(reason) = &report.failure {
+            failed.push(InstanceFailure {
+                shard: shard.clone(),
+                reason: reason.clone(),
+            });
+        }
     }
     summary.pending_restart.sort();
     summary.pending_restart.dedup();
@@ -142,7 +183,11 @@ pub(super) fn summarize(
             .values()
             .all(|r| r.restarted_for.as_deref() == Some(*plan))
     });
-    (summary, done.map(str::to_owned))
+    NodeSummary {
+        parameters: summary,
+        restarted_for: done.map(str::to_owned),
+        failed,
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +216,7 @@ mod tests {
             refused: Vec::new(),
             restarted_for: restarted_for.map(str::to_owned),
             generation: Some(2),
+            failure: None,
         }
     }
 
@@ -186,23 +232,29 @@ mod tests {
                 report(&[("work_mem", "4MB")], &["shared_buffers"], Some("p0")),
             ),
         ]);
-        let (summary, done) = summarize(&reports, Some("p1"), None);
+        let NodeSummary {
+            parameters: summary,
+            restarted_for: done,
+            ..
+        } = summarize(&reports, Some("p1"), None);
         assert_eq!(done, None);
         assert_eq!(summary.pending_restart, vec!["shared_buffers".to_owned()]);
         assert_eq!(summary.effective["work_mem"], "8MB");
         assert_eq!(summary.observed_generation, Some(2));
         reports.get_mut("s2").unwrap().restarted_for = Some("p1".into());
         assert_eq!(
-            summarize(&reports, Some("p1"), None).1.as_deref(),
+            summarize(&reports, Some("p1"), None)
+                .restarted_for
+                .as_deref(),
             Some("p1")
         );
         assert_eq!(
             summarize(&BTreeMap::new(), Some("p1"), Some(3))
-                .1
+                .restarted_for
                 .as_deref(),
             Some("p1")
         );
-        assert_eq!(summarize(&reports, None, None).1, None);
+        assert_eq!(summarize(&reports, None, None).restarted_for, None);
     }
 
     #[test]
@@ -213,8 +265,28 @@ mod tests {
         };
         let reports =
             BTreeMap::from([("a".to_owned(), refused.clone()), ("b".to_owned(), refused)]);
-        let (summary, _) = summarize(&reports, None, None);
+        let summary = summarize(&reports, None, None).parameters;
+        assert_eq!(
+            summary.observed_generation, None,
+            "no instance reported a generation"
+        );
         assert_eq!(summary.rejected.len(), 1);
         assert_eq!(summary.rejected[0].name, "work_mem");
+    }
+
+    #[test]
+    fn instances_failing_to_start_are_named_with_their_shard() {
+        let failing = InstanceReport {
+            failure: Some("could not map anonymous shared memory".into()),
+            ..report(&[], &[], Some("p1"))
+        };
+        let reports = BTreeMap::from([
+            ("s1".to_owned(), report(&[], &[], Some("p1"))),
+            ("s2".to_owned(), failing),
+        ]);
+        let failed = summarize(&reports, Some("p1"), None).failed;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].shard, "s2");
+        assert!(failed[0].reason.contains("shared memory"));
     }
 }

@@ -101,6 +101,14 @@ impl From<PostgresError> for AgentError {
 }
 
 impl AgentError {
+    /// The PostgreSQL error inside, if any.
+    pub fn postgres(&self) -> Option<&PostgresError> {
+        match self {
+            AgentError::Postgres(error) => Some(error),
+            _ => None,
+        }
+    }
+
     /// An [`AgentError::Api`] for `what`.
     pub fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> AgentError {
         let what = what.into();

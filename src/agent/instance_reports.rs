@@ -20,6 +20,8 @@ pub(super) struct InstanceReport {
     pub restarted_for: Option<String>,
     /// The cluster generation whose parameters it has applied (or refused).
     pub generation: Option<i64>,
+    /// Why its last start failed, while it does not run.
+    pub failure: Option<String>,
 }
 
 /// The node's instance reports, by shard.

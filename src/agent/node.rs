@@ -390,7 +390,7 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
             next_full_report = tokio::time::Instant::now() + NODE_STATUS_INTERVAL;
         }
         let requested = ctx.restart_requested();
-        let (parameters, restarted_for) = configuration::summarize(
+        let summary = configuration::summarize(
             &ctx.instances.snapshot(),
             requested.as_deref(),
             ctx.parameters().1,
@@ -400,9 +400,10 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
             "postgresVersion": postgres_version,
             "usedBytes": used,
             "agentEpoch": agent_epoch,
-            "parameters": parameters,
+            "parameters": summary.parameters,
+            "failedInstances": summary.failed,
         });
-        if let Some(plan) = restarted_for {
+        if let Some(plan) = summary.restarted_for {
             status["restartedFor"] = json!(plan);
         }
         let patch = json!({

@@ -227,6 +227,12 @@ async fn serve(
             Ok(Pass::Idle) => {}
             Err(error) => {
                 tracing::warn!(shard = %worker.shard, %error, "replica action failed; retrying");
+                if let Some(reason) = error.postgres().and_then(PostgresError::start_failure) {
+                    worker
+                        .ctx
+                        .instances
+                        .publish(&worker.shard, |report| report.failure = Some(reason));
+                }
                 worker.report(snapshot.as_deref()).await;
                 tokio::time::sleep(TICK).await;
             }
@@ -243,6 +249,13 @@ impl ReplicaWorker {
     /// One look: find what runs, decide, act, report.
     async fn pass(&mut self, shard: Option<&Shard>) -> Result<Pass, AgentError> {
         self.load()?;
+        if let Some(held) = self.held.as_mut()
+            && !held.instance.is_running()
+        {
+            self.config
+                .prepare(&self.ctx, &self.shard, &mut held.instance)
+                .await?;
+        }
         let local = self.local();
         let status = shard.and_then(|s| s.status.clone()).unwrap_or_default();
         let offline = self.ctx.offline_nodes();
@@ -256,9 +269,15 @@ impl ReplicaWorker {
             .collect();
         let next = match self.act(shard, action, secondaries).await {
             Ok(next) => next,
-            // A standby that keeps failing (to start, say) while its primary serves is rebuilt
-            // from that primary, as one that cannot stream is.
-            Err(error) if self.standby_stuck(&status, &offline) => {
+            // A standby whose data directory cannot start on its primary's timeline, while
+            // that primary serves, is rebuilt from it, as one that cannot stream is (a
+            // configuration or resource problem would meet a rebuild again: it is reported).
+            Err(error)
+                if error
+                    .postgres()
+                    .is_some_and(PostgresError::data_directory_unusable)
+                    && self.standby_stuck(&status, &offline) =>
+            {
                 tracing::warn!(shard = %self.shard, %error, "the standby has not run for {STUCK_STANDBY:?} while its primary serves; it is rebuilt from the primary");
                 self.discard().await?;
                 return Ok(Pass::Again);

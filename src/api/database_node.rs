@@ -206,6 +206,21 @@ pub struct DatabaseNodeStatus {
     /// agent); equal to `restart.plan` once the restart is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_for: Option<String>,
+    /// Instances that failed to start at their last attempt, and PostgreSQL's reason
+    /// (written by the agent); a rolling restart waits at this node and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_instances: Vec<InstanceFailure>,
+}
+
+/// An instance that failed to start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceFailure {
+    /// The shard whose replica it is.
+    pub shard: String,
+    /// Why, in PostgreSQL's words (the server log's last `FATAL` line).
+    pub reason: String,
 }
 
 /// The cluster's PostgreSQL parameters on one node.

@@ -225,3 +225,80 @@ pub enum PostgresError {
         on_target: RangeDigest,
     },
 }
+
+impl PostgresError {
+    /// Why a start failed, in PostgreSQL's words (the server log's last `FATAL` line), if
+    /// this is a failed start.
+    pub fn start_failure(&self) -> Option<String> {
+        let (tail, otherwise) = match self {
+            PostgresError::ExitedEarly { tail, status, .. } => {
+                (tail, format!("the server exited during startup ({status})"))
+            }
+            PostgresError::NotReady { tail, timeout, .. } => (
+                tail,
+                format!("the server did not accept connections within {timeout:?}"),
+            ),
+            _ => return None,
+        };
+        let fatal = tail
+            .lines()
+            .filter_map(|line| line.split_once("FATAL:").map(|(_, why)| why.trim()))
+            .next_back();
+        Some(fatal.map_or(otherwise, str::to_owned))
+    }
+
+    /// Whether a failed start says the data directory cannot be recovered as it is (it is
+    /// past its upstream's timeline, or lacks the checkpoint it starts from), as opposed to
+    /// a configuration or resource problem a rebuild from the primary would copy or meet
+    /// again.
+    pub fn data_directory_unusable(&self) -> bool {
+        self.start_failure()
+            .is_some_and(|why| why.contains("timeline") || why.contains("checkpoint record"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn exited(tail: &str) -> PostgresError {
+        PostgresError::ExitedEarly {
+            instance: "n1_x".into(),
+            status: ExitStatus::from_raw(256),
+            log: "postgres.log".into(),
+            tail: tail.into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_start_is_told_by_its_last_fatal_line() {
+        let timeline = exited(
+            "LOG:  entering standby mode\n\
+             2026-12-05 07:56:22.059 UTC [1] FATAL:  requested timeline 2 is not a child of this server's history\n\
+             DETAIL:  Latest checkpoint is at 0/4012070 on timeline 1\n",
+        );
+        assert_eq!(
+            timeline.start_failure().as_deref(),
+            Some("requested timeline 2 is not a child of this server's history")
+        );
+        assert!(timeline.data_directory_unusable());
+        let memory = exited(
+            "2026-12-05 08:15:32.886 UTC [8841] FATAL:  could not map anonymous shared memory: Cannot allocate memory\n\
+             HINT:  This error usually means ...\n",
+        );
+        assert!(memory.start_failure().unwrap().starts_with("could not map"));
+        assert!(!memory.data_directory_unusable());
+        assert!(
+            exited("no fatal line")
+                .start_failure()
+                .unwrap()
+                .contains("exited during startup")
+        );
+        let other = PostgresError::NotRunning {
+            instance: "n1_x".into(),
+        };
+        assert_eq!(other.start_failure(), None);
+    }
+}

@@ -121,20 +121,30 @@ impl Instance {
         Ok(Some(reason.to_owned()))
     }
 
+    /// Writes `parameters` (already checked) to the instance's parameters file, for its
+    /// next start or reload; returns whether the file changed.
+    pub fn write_parameters(
+        &self,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<bool, PostgresError> {
+        let path = self.data_dir().join(PARAMETERS_FILE);
+        let text = render(parameters);
+        let changed = std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+        if changed {
+            self.write_private(&path, &text)?;
+        }
+        self.ensure_parameters_included()?;
+        Ok(changed)
+    }
+
     /// Writes `parameters` (already checked) to the instance's parameters file, reloads the
     /// configuration and reads back what the instance runs with. Idempotent.
     pub async fn apply_parameters(
         &self,
         parameters: &BTreeMap<String, String>,
     ) -> Result<EffectiveParameters, PostgresError> {
+        let changed = self.write_parameters(parameters)?;
         let path = self.data_dir().join(PARAMETERS_FILE);
-        let text = render(parameters);
-        let written = std::fs::read_to_string(&path).ok();
-        let changed = written.as_deref() != Some(text.as_str());
-        if changed {
-            self.write_private(&path, &text)?;
-        }
-        self.ensure_parameters_included()?;
         let client = self.connect().await?;
         if changed {
             client

@@ -81,9 +81,18 @@ async fn restart(
         return Ok(Progress::Done);
     }
     if asked {
-        return Ok(Progress::Waiting(format!(
-            "{node} has not yet restarted every instance and brought it back in sync"
-        )));
+        let why = match status.failed_instances.as_slice() {
+            [] => "has not yet restarted every instance and brought it back in sync".to_owned(),
+            failed => format!(
+                "cannot start {}; the plan waits here, the other nodes serve",
+                failed
+                    .iter()
+                    .map(|f| format!("the instance of {}: {}", f.shard, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
+        return Ok(Progress::Waiting(format!("{node} {why}")));
     }
     let clusters: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), namespace);
     let cluster = clusters
