@@ -17,10 +17,17 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::api::{Shard, Table};
+use crate::decide::table::shard_settling;
 
 use super::context::{Cache, Context};
 use super::error::ApiError;
 use super::fence::NotLeader;
+
+/// How soon a table is looked at again while it is quiet (every change wakes it anyway).
+const QUIET_LOOK: Duration = Duration::from_secs(60);
+/// How soon a table is looked at again while one of its shards settles, or its cached shards
+/// proved stale.
+const SETTLING_LOOK: Duration = Duration::from_secs(5);
 
 pub use status::switch_routing;
 
@@ -102,9 +109,14 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
     let shards_of_table = status::cached_shards_of(&tables.shards, &namespace, &table.name_any());
 
     // Act: each shard's readiness, then the finalizer or the deleted table's drop.
+    let mut stale = false;
     for shard in &shards_of_table {
-        status::report_readiness(ctx, &shards, shard).await?;
+        stale |= status::report_readiness(ctx, &shards, shard).await?;
     }
+    // The Shard watch that wakes this reconciler and the cache it reads are separate: a
+    // wake-up can come before the cache has the change. While a shard settles (or the
+    // cache proved stale) the table is looked at again soon, not after the quiet interval.
+    let settling = stale || shards_of_table.iter().any(shard_settling);
     let (deletion, action) = if table.metadata.deletion_timestamp.is_some() {
         let (observation, gone) = drop::guard_deletion(ctx, &table, &shards_of_table).await?;
         if gone {
@@ -115,7 +127,8 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
         (observation, Duration::from_secs(1))
     } else {
         drop::ensure_finalizer(ctx, &table).await?;
-        (None, Duration::from_secs(60))
+        let quiet = if settling { SETTLING_LOOK } else { QUIET_LOOK };
+        (None, quiet)
     };
 
     // Status.

@@ -43,14 +43,15 @@ pub async fn shards_of(shards: &Api<Shard>, table: &str) -> Result<Vec<Shard>, A
         .items)
 }
 
-/// Writes the shard's ready-replica count and phase where they changed.
+/// Writes the shard's ready-replica count and phase where they changed. Returns whether
+/// the shard read was stale (the write met a newer version).
 pub async fn report_readiness(
     ctx: &Context,
     shards: &Api<Shard>,
     shard: &Shard,
-) -> Result<(), TableError> {
+) -> Result<bool, TableError> {
     let Some((ready, phase)) = shard_readiness(shard) else {
-        return Ok(());
+        return Ok(false);
     };
     ctx.leader.ensure()?;
     // Conditional on the version read: a phase computed from a cached shard must not
@@ -66,13 +67,13 @@ pub async fn report_readiness(
         .patch_status(&shard.name_any(), &params, &Patch::Apply(patch))
         .await
     {
-        // The shard changed since it was read: its change brings this reconciler back.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        // The shard changed since it was read: the cache lags; the caller looks again soon.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
         Err(source) => {
             let action = format!("write the readiness of Shard {}", shard.name_any());
             Err(ApiError { action, source }.into())
         }
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(false),
     }
 }
 

@@ -86,10 +86,11 @@ async fn the_routing_map_is_written_once_conditional_on_the_version_read() {
 }
 
 #[tokio::test]
-async fn a_readiness_computed_from_a_stale_copy_is_refused_and_not_retried() {
+async fn a_readiness_computed_from_a_stale_copy_is_refused_and_looked_at_again_soon() {
     // The shard was read as Provisioning-free and not yet Serving; meanwhile a split's switch
     // marked it Retiring. The write carries the version read, so the API server refuses it
-    // (409) and the newer phase stands: the reconcile goes on without overwriting it.
+    // (409) and the newer phase stands: the reconcile goes on without overwriting it, and
+    // looks again soon (the change that woke it may have come before the cache had it).
     let stale = shard("orders-0", None, None, None);
     let (ctx, server) = tables(true, std::slice::from_ref(&stale));
     let script = vec![
@@ -103,10 +104,11 @@ async fn a_readiness_computed_from_a_stale_copy_is_refused_and_not_retried() {
             .field("/status/routing/ranges/0/shard", "orders-0")
             .answer(table(true, json!(null)).as_ref()),
     ];
-    server
+    let action = server
         .run(script, reconcile(table(true, json!(null)), ctx))
         .await
         .unwrap();
+    assert_eq!(action, Action::requeue(SETTLING_LOOK));
 }
 
 #[tokio::test]
