@@ -397,7 +397,47 @@ async fn parameters_apply_online_and_restarts_roll_one_replica_at_a_time() {
         "{degraded:?}"
     );
     println!("canary halted: {}", degraded.message);
+    // Paused meanwhile (spec.paused may change on a made Plan): reverting the value lets the
+    // canary start, but no further step starts until the plan is resumed.
+    let pause = |paused: bool| {
+        let plans_api = plans_api.clone();
+        let name = plan.name_any();
+        async move {
+            plans_api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"paused": paused}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    pause(true).await;
+    let progress = || async {
+        let status = plans_api
+            .get(&plan.name_any())
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        let reason = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .map(|c| c.reason.clone());
+        (status.phase, status.completed_steps, reason)
+    };
+    let paused = eventually(Duration::from_secs(30), || async {
+        progress().await.2.as_deref() == Some("Paused")
+    })
+    .await;
+    assert!(paused, "{:?}", progress().await);
     set_parameters(&plane, json!({"work_mem": "8MB", "max_connections": "40"})).await;
+    let held = progress().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(progress().await, held, "a paused plan took a step");
+    pause(false).await;
     let finished = eventually(Duration::from_secs(300), || async {
         plans_api
             .get(&plan.name_any())

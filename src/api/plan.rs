@@ -62,7 +62,7 @@ use super::Condition;
     },
     {
         "rule": "self.cluster == oldSelf.cluster && self.purpose == oldSelf.purpose && self.cause == oldSelf.cause && self.summary == oldSelf.summary && has(self.blocked) == has(oldSelf.blocked) && (!has(self.blocked) || self.blocked == oldSelf.blocked) && has(self.facts) == has(oldSelf.facts) && (!has(self.facts) || self.facts == oldSelf.facts)",
-        "message": "a Plan is a record: only spec.approval may change once it is made (spec.cluster, purpose, cause, summary, blocked and facts are immutable; a different change is a new Plan)"
+        "message": "a Plan is a record: only spec.approval and spec.paused may change once it is made (spec.cluster, purpose, cause, summary, blocked and facts are immutable; a different change is a new Plan)"
     }
 ]))]
 pub struct PlanSpec {
@@ -115,6 +115,11 @@ pub struct PlanSpec {
     /// The approval, when a human gave it by patching the Plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<PlanApproval>,
+    /// `true` pauses the plan: the executor starts no further step (a step already running
+    /// keeps the effect it wrote) until it is set back to `false` or removed, and the plan
+    /// holds the cluster's next decisions back meanwhile (a failover still runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// What a plan is for.

@@ -102,6 +102,7 @@ pub fn to_spec(plan: &plan::Plan, context: PlanContext) -> Result<PlanSpec, serd
             .collect(),
         facts: context.facts,
         approval: None,
+        paused: None,
     })
 }
 

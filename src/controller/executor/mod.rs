@@ -184,12 +184,17 @@ async fn reconcile(plan: Arc<Plan>, executor: Arc<Executor>) -> Result<Action, E
         Some(PlanPhase::Succeeded | PlanPhase::Failed | PlanPhase::Superseded) => {
             ctx.next("Plan", plan.as_ref(), None)
         }
+        Some(PlanPhase::Running) if paused(&plan) => pause(ctx, &plan, &mut writer).await?,
         Some(PlanPhase::Running) => execute(ctx, shards, &plan, &mut writer).await?,
         None | Some(PlanPhase::Pending | PlanPhase::AwaitingApproval) => {
             match approval(ctx, &plan).await? {
                 Verdict::Approved(by) => {
                     start(ctx, &plan, &mut writer, by).await?;
-                    execute(ctx, shards, &plan, &mut writer).await?
+                    if paused(&plan) {
+                        pause(ctx, &plan, &mut writer).await?
+                    } else {
+                        execute(ctx, shards, &plan, &mut writer).await?
+                    }
                 }
                 Verdict::Waiting { reason, message } => {
                     let generation = plan.meta().generation;
@@ -233,6 +238,45 @@ async fn reconcile(plan: Arc<Plan>, executor: Arc<Executor>) -> Result<Action, E
     ctx.metrics.reconciled("Plan", "ok", started);
     ctx.reconciled("Plan", plan.as_ref());
     Ok(action)
+}
+
+fn paused(plan: &Plan) -> bool {
+    plan.spec.paused == Some(true)
+}
+
+/// Holds a running plan that `spec.paused` pauses: no step starts; the plan says so (once)
+/// and waits for its spec to change.
+async fn pause(
+    ctx: &Context,
+    plan: &Plan,
+    writer: &mut StatusWriter<'_>,
+) -> Result<Action, ExecutorError> {
+    let done = writer
+        .status
+        .steps
+        .iter()
+        .filter(|s| s.phase == StepPhase::Succeeded)
+        .count();
+    let message = format!(
+        "paused by spec.paused after {done} of {} step(s); set spec.paused to false to resume",
+        plan.spec.steps.len()
+    );
+    let news = !writer
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.message == message);
+    set_progress(
+        &mut writer.status,
+        plan.meta().generation,
+        "Paused",
+        message.clone(),
+    );
+    writer.flush_if_changed(plan).await?;
+    if news {
+        plan_line!(Level::INFO, plan, why = message.as_str(), "plan paused");
+    }
+    Ok(ctx.next("Plan", plan, None))
 }
 
 /// A split or merge superseded (by a failover) before its routing switch: its shards are

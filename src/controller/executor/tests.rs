@@ -371,3 +371,27 @@ async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_o
     let action = server.run(script, reconcile(plan, ctx)).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_millis(200)));
 }
+
+#[tokio::test]
+async fn a_paused_plan_starts_no_step_and_says_so() {
+    let (ctx, server) = executor(true);
+    let mut paused =
+        (*add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Pending, 0)))).clone();
+    paused.spec.paused = Some(true);
+    let paused = Arc::new(paused);
+    // One status write saying why, and no request for the step's effect (the mock API
+    // server fails on any request not listed).
+    let script = vec![
+        plan_status_written(&paused)
+            .field("/status/phase", "Running")
+            .field("/status/steps/0/phase", "Pending")
+            .field("/status/conditions/0/type", "Progressing")
+            .field("/status/conditions/0/reason", "Paused")
+            .field(
+                "/status/conditions/0/message",
+                "paused by spec.paused after 0 of 1 step(s); set spec.paused to false to resume",
+            ),
+    ];
+    let action = server.run(script, reconcile(paused, ctx)).await.unwrap();
+    assert_eq!(action, Action::await_change());
+}
