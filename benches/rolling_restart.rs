@@ -11,7 +11,8 @@
 //! gaps (as many as the plan switches that shard). Baseline, in the same run on the same
 //! machine: the same probe against a standalone PostgreSQL instance restarted in place (fast
 //! shutdown, start) — what a restart without a handover costs its clients. At the end the
-//! checker finds every acknowledged probe row exactly once.
+//! checker finds every acknowledged probe row exactly once. `SHARDPLANE_BENCH_TRACE=1` prints
+//! the operator's log and the agents' switchover lines, to see where a pause goes.
 
 #[path = "../tests/agent/harness.rs"]
 mod harness;
@@ -176,8 +177,39 @@ async fn in_place_restart_pauses() -> Vec<u64> {
     largest_pauses(&acks, BASELINE_RESTARTS)
 }
 
+/// With `SHARDPLANE_BENCH_TRACE` set: the agents' log lines of the switchovers, in time order
+/// (the operator's, running in this process, are printed as they happen).
+fn print_switchover_lines(plane: &harness::DataPlane) {
+    let mut lines: Vec<String> = plane
+        .agents
+        .values()
+        .flat_map(|agent| {
+            std::fs::read_to_string(&agent.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| {
+                    ["fenced", "Promote", "promoted", "Demote", "rewound", "Follow", "restarting"]
+                        .iter()
+                        .any(|word| line.contains(word))
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    for line in lines {
+        println!("agent: {line}");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
+    let trace = std::env::var_os("SHARDPLANE_BENCH_TRACE").is_some();
+    if trace {
+        tracing_subscriber::fmt()
+            .with_env_filter("info,kube=warn")
+            .init();
+    }
     let baseline = in_place_restart_pauses().await;
     println!("baseline: in-place restarts of a standalone instance, pauses {baseline:?} ms");
 
@@ -249,6 +281,9 @@ async fn main() {
         pauses.extend(shard_pauses);
         failed += seen.failed;
         acked.extend(seen.acked.into_iter().map(ShardKeyValue::Int));
+    }
+    if trace {
+        print_switchover_lines(&plane);
     }
     let check = checker.check(&acked).await.expect("check");
     println!("rolling restart bench: {check}");
