@@ -188,9 +188,17 @@ fn print_switchover_lines(plane: &harness::DataPlane) {
                 .unwrap_or_default()
                 .lines()
                 .filter(|line| {
-                    ["fenced", "Promote", "promoted", "Demote", "rewound", "Follow", "restarting"]
-                        .iter()
-                        .any(|word| line.contains(word))
+                    [
+                        "fenced",
+                        "Promote",
+                        "promoted",
+                        "Demote",
+                        "rewound",
+                        "Follow",
+                        "restarting",
+                    ]
+                    .iter()
+                    .any(|word| line.contains(word))
                 })
                 .map(str::to_owned)
                 .collect::<Vec<_>>()

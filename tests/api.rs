@@ -739,7 +739,7 @@ fn refusals() -> Vec<Refusal> {
                 with(plan(), "/spec/purpose", json!("Failover")),
                 "repurposed",
             ),
-            &["only spec.approval may change", "purpose"],
+            &["only spec.approval and spec.paused may change", "purpose"],
         ),
         change(
             "a plan's cause rewritten (its audit trail)",
@@ -748,13 +748,13 @@ fn refusals() -> Vec<Refusal> {
                 with(plan(), "/spec/cause/commit", json!("0000000")),
                 "recaused",
             ),
-            &["only spec.approval may change", "cause"],
+            &["only spec.approval and spec.paused may change", "cause"],
         ),
         change(
             "a plan's facts removed",
             named(plan(), "forgetful"),
             named(with(plan(), "/spec/facts", json!(null)), "forgetful"),
-            &["only spec.approval may change", "facts"],
+            &["only spec.approval and spec.paused may change", "facts"],
         ),
     ]
 }

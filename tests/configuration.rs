@@ -81,6 +81,17 @@ async fn parameters_condition(plane: &DataPlane) -> Option<(String, String, Stri
         .map(|c| (format!("{:?}", c.status), c.reason, c.message))
 }
 
+/// Waits until the cluster's `ParametersApplied` condition holds for its generation.
+async fn wait_parameters_applied(plane: &DataPlane) {
+    let applied = eventually(Duration::from_secs(60), || async {
+        parameters_condition(plane)
+            .await
+            .is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert!(applied, "{:?}", parameters_condition(plane).await);
+}
+
 async fn nodes(plane: &DataPlane) -> Vec<DatabaseNode> {
     let api: Api<DatabaseNode> = Api::namespaced(plane.client.clone(), &plane.namespace);
     api.list(&Default::default()).await.unwrap().items
@@ -168,13 +179,7 @@ async fn parameters_apply_online_and_restarts_roll_one_replica_at_a_time() {
     let before = instances(&plane, "work_mem").await;
     assert_eq!(before.len(), SHARDS * 3);
     set_parameters(&plane, json!({"work_mem": "8MB"})).await;
-    let applied = eventually(Duration::from_secs(60), || async {
-        parameters_condition(&plane)
-            .await
-            .is_some_and(|c| c.0 == "True")
-    })
-    .await;
-    assert!(applied, "{:?}", parameters_condition(&plane).await);
+    wait_parameters_applied(&plane).await;
     let after = instances(&plane, "work_mem").await;
     for (instance, (start, value)) in &after {
         assert_eq!(value, "8MB", "{instance:?}");
@@ -286,13 +291,7 @@ async fn parameters_apply_online_and_restarts_roll_one_replica_at_a_time() {
         );
         assert!(status.parameters.unwrap().pending_restart.is_empty());
     }
-    let applied = eventually(Duration::from_secs(60), || async {
-        parameters_condition(&plane)
-            .await
-            .is_some_and(|c| c.0 == "True")
-    })
-    .await;
-    assert!(applied, "{:?}", parameters_condition(&plane).await);
+    wait_parameters_applied(&plane).await;
     ledger
         .finish("rolling restart for max_connections", workload, 100)
         .await;

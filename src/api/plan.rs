@@ -339,6 +339,16 @@ pub struct StepStatus {
     pub message: Option<String>,
 }
 
+impl PlanStatus {
+    /// How many steps have succeeded.
+    pub fn succeeded_steps(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.phase == StepPhase::Succeeded)
+            .count()
+    }
+}
+
 impl StepStatus {
     /// Step `id`, not yet started.
     pub fn pending(id: i32) -> Self {

@@ -782,12 +782,7 @@ mod tests {
                 })))
             })
             .collect();
-        let table = Arc::new(object(json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-            "metadata": {"name": "t", "namespace": "db"},
-            "spec": {"cluster": "main", "shardKey": "id",
-                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
-        })));
+        let table = crate::decide::testkit::table();
         let width = u64::MAX / shards as u64;
         let shards = (0..shards)
             .map(|i| {

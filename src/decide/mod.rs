@@ -79,3 +79,24 @@ object!(
     Plan,
     SchemaVersion
 );
+
+/// Objects the decision layer's unit tests share.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::sync::Arc;
+
+    use crate::api::Table;
+
+    /// Table `t` of cluster `main` in namespace `db`, keyed by a bigint `id`.
+    pub fn table() -> Arc<Table> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+                "metadata": {"name": "t", "namespace": "db"},
+                "spec": {"cluster": "main", "shardKey": "id",
+                         "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
+            }))
+            .unwrap(),
+        )
+    }
+}

@@ -296,12 +296,7 @@ mod tests {
                 })))
             })
             .collect();
-        let table = Arc::new(object(json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-            "metadata": {"name": "t", "namespace": "db"},
-            "spec": {"cluster": "main", "shardKey": "id",
-                     "columns": [{"name": "id", "type": "bigint"}], "primaryKey": ["id"]},
-        })));
+        let table = crate::decide::testkit::table();
         let role = |i: usize| if i == 0 { "Primary" } else { "Secondary" };
         let shard = Arc::new(object(json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",

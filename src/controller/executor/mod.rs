@@ -251,12 +251,7 @@ async fn pause(
     plan: &Plan,
     writer: &mut StatusWriter<'_>,
 ) -> Result<Action, ExecutorError> {
-    let done = writer
-        .status
-        .steps
-        .iter()
-        .filter(|s| s.phase == StepPhase::Succeeded)
-        .count();
+    let done = writer.status.succeeded_steps();
     let message = format!(
         "paused by spec.paused after {done} of {} step(s); set spec.paused to false to resume",
         plan.spec.steps.len()
@@ -622,12 +617,7 @@ fn record(
             Err(StepError::NotLeader(error)) => return Err(error),
         }
     }
-    let done = writer
-        .status
-        .steps
-        .iter()
-        .filter(|s| s.phase == StepPhase::Succeeded)
-        .count();
+    let done = writer.status.succeeded_steps();
     writer.status.completed_steps = Some(done as i32);
     Ok(round)
 }
