@@ -381,16 +381,26 @@ async fn parameters_apply_online_and_restarts_roll_one_replica_at_a_time() {
         1,
         "only the canary is asked to restart: {asked:?}"
     );
+    // The cluster's condition follows the node's report at the cluster reconciler's next look.
     let clusters: Api<DatabaseCluster> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    let degraded = clusters
-        .get("main")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .conditions;
-    let degraded = degraded.iter().find(|c| c.type_ == "Degraded").unwrap();
-    assert_eq!(degraded.reason, "InstancesFailing", "{degraded:?}");
+    let degraded = || async {
+        clusters
+            .get("main")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap()
+    };
+    let failing = eventually(Duration::from_secs(30), || async {
+        degraded().await.reason == "InstancesFailing"
+    })
+    .await;
+    let degraded = degraded().await;
+    assert!(failing, "{degraded:?}");
     assert!(
         degraded.message.contains(&format!("on {}", asked[0])),
         "{degraded:?}"
