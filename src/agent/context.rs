@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
@@ -91,9 +91,7 @@ impl NodeContext {
 
     fn cluster(&self) -> Option<Arc<DatabaseCluster>> {
         self.clusters
-            .state()
-            .into_iter()
-            .find(|c| c.name_any() == self.cluster)
+            .get(&ObjectRef::new(&self.cluster).within(&self.namespace))
     }
 
     /// The cluster's durability policy, if it states one.
@@ -118,11 +116,14 @@ impl NodeContext {
 
     /// The plan that last asked this node for a restart (`status.restart.plan`).
     pub(super) fn restart_requested(&self) -> Option<String> {
-        self.nodes
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == self.node)
-            .and_then(|n| n.status.as_ref()?.restart.as_ref().map(|r| r.plan.clone()))
+        let node = self
+            .nodes
+            .get(&ObjectRef::new(&self.node).within(&self.namespace))?;
+        node.status
+            .as_ref()?
+            .restart
+            .as_ref()
+            .map(|r| r.plan.clone())
     }
 
     /// The lowest port of the node's range that no replica holds and that is free now.

@@ -662,30 +662,31 @@ pub fn status(
         rollout::parameters_observation(view),
         now,
     );
-    let failing_instances = view.nodes.iter().any(|n| {
-        n.status
-            .as_ref()
-            .is_some_and(|s| !s.failed_instances.is_empty())
-    });
+    let failing: Vec<String> = view
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            let failed = node
+                .status
+                .as_ref()
+                .map(|s| s.failed_instances.as_slice())
+                .unwrap_or_default();
+            failed.iter().map(move |f| {
+                format!(
+                    "on {} the instance of {} fails to start: {}",
+                    node.name(),
+                    f.shard,
+                    f.reason
+                )
+            })
+        })
+        .collect();
+    let failing_instances = !failing.is_empty();
     let mut problems: Vec<String> = Vec::new();
     if !offline.is_empty() {
         problems.push(format!("node(s) offline: {}", offline.join(", ")));
     }
-    problems.extend(view.nodes.iter().flat_map(|node| {
-        let failed = node
-            .status
-            .as_ref()
-            .map(|s| s.failed_instances.as_slice())
-            .unwrap_or_default();
-        failed.iter().map(move |f| {
-            format!(
-                "on {} the instance of {} fails to start: {}",
-                node.name(),
-                f.shard,
-                f.reason
-            )
-        })
-    }));
+    problems.extend(failing);
     problems.extend(invalid.iter().map(|i| format!("invalid shard {i}")));
     problems.extend(blocked.iter().map(|b| format!("blocked {b}")));
     conditions::set(

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::database_node::NodeDesiredState;
+use crate::api::database_node::{NodeDesiredState, NodeParameters};
 use crate::api::plan::{PlanTarget, StepPhase, TargetKind};
 use crate::api::{DatabaseNode, NodePhase, Plan};
 use crate::plan::{self, NodeWork, PlanError, RolloutPolicy, Topology};
@@ -26,20 +26,20 @@ pub fn decide(view: &ClusterView, topology: &Topology) -> Result<Option<Decision
     let mut asked: BTreeMap<String, String> = BTreeMap::new();
     let mut pending: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for node in view.nodes.iter().filter(|n| restartable(view, n)) {
-        let status = node.status.clone().unwrap_or_default();
-        let answered = status.restart.as_ref().and_then(|r| r.on_demand.clone());
+        let Some(status) = node.status.as_ref() else {
+            continue;
+        };
+        let answered = status.restart.as_ref().and_then(|r| r.on_demand.as_ref());
         if let Some(request) = restart_on_demand(cluster, node)
-            && Some(&request) != answered.as_ref()
+            && Some(&request) != answered
         {
             asked.insert(node.name().to_owned(), request);
             continue;
         }
-        let waiting = status
-            .parameters
-            .map(|p| p.pending_restart)
-            .unwrap_or_default();
-        if !waiting.is_empty() {
-            pending.insert(node.name().to_owned(), waiting);
+        if let Some(parameters) = &status.parameters
+            && !parameters.pending_restart.is_empty()
+        {
+            pending.insert(node.name().to_owned(), parameters.pending_restart.clone());
         }
     }
     let (nodes, request, detail) = if !asked.is_empty() {
@@ -123,7 +123,9 @@ fn applied_generation(node: &DatabaseNode) -> Option<i64> {
 /// Whether `node` may be asked for a restart now: online, staying in the cluster, no restart
 /// under way, and seen at least as recently as the last restart a plan made of it.
 fn restartable(view: &ClusterView, node: &DatabaseNode) -> bool {
-    let status = node.status.clone().unwrap_or_default();
+    let Some(status) = node.status.as_ref() else {
+        return false;
+    };
     let staying = !matches!(
         desired_state(node),
         Some(NodeDesiredState::Drained | NodeDesiredState::Decommissioned)
@@ -178,12 +180,13 @@ pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
     let mut refused = Vec::new();
     let mut waiting: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     let mut behind = Vec::new();
+    let none = NodeParameters::default();
     for node in online(view) {
         let reported = node
             .status
             .as_ref()
-            .and_then(|s| s.parameters.clone())
-            .unwrap_or_default();
+            .and_then(|s| s.parameters.as_ref())
+            .unwrap_or(&none);
         for rejected in &reported.rejected {
             refused.push(format!(
                 "{} on {}: {}",

@@ -140,7 +140,9 @@ pub fn shard_readiness(shard: &Shard) -> Option<(i32, ShardPhase)> {
 /// primary serving, as `shard` shows it; a shard in a split, merge, move or retirement is
 /// followed by its plan instead.
 pub fn shard_settling(shard: &Shard) -> bool {
-    let status = shard.status.clone().unwrap_or_default();
+    let Some(status) = shard.status.as_ref() else {
+        return true;
+    };
     if matches!(
         status.phase,
         Some(

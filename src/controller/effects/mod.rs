@@ -10,7 +10,8 @@ mod replicas;
 mod reshard;
 mod schema;
 
-use kube::Api;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 
 use crate::api::Shard;
 use crate::plan::StepAction;
@@ -108,14 +109,22 @@ pub async fn advance(
 
 /// The named shard, read now; a shard that no longer exists fails the step.
 async fn get_shard(shards: &Api<Shard>, name: &str) -> Result<Shard, StepError> {
-    match shards
+    read_now(shards, "shard", name).await
+}
+
+/// The named object (a `what`), read now; one that no longer exists fails the step.
+async fn read_now<K>(api: &Api<K>, what: &str, name: &str) -> Result<K, StepError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api
         .get_opt(name)
         .await
-        .doing(|| format!("read Shard {name}"))?
+        .doing(|| format!("read {} {name}", K::kind(&())))?
     {
-        Some(shard) => Ok(shard),
+        Some(object) => Ok(object),
         None => Err(StepError::Permanent(format!(
-            "shard {name} no longer exists"
+            "{what} {name} no longer exists"
         ))),
     }
 }

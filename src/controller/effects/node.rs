@@ -15,7 +15,7 @@ use crate::plan::StepAction;
 
 use super::super::context::{Cache, Context};
 use super::super::error::Doing;
-use super::{Progress, StepError};
+use super::{Progress, StepError, read_now};
 
 /// Applies a node step of `plan` (idempotently) and reports whether it holds.
 pub async fn advance(
@@ -74,7 +74,7 @@ async fn restart(
     node: &str,
 ) -> Result<Progress, StepError> {
     let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
-    let current = read_node(&nodes, namespace, node).await?;
+    let current = read_now(&nodes, "node", node).await?;
     let status = current.status.clone().unwrap_or_default();
     let asked = status.restart.as_ref().is_some_and(|r| r.plan == plan);
     if asked && status.restarted_for.as_deref() == Some(plan) {
@@ -126,7 +126,7 @@ async fn healthy(
     node: &str,
 ) -> Result<Progress, StepError> {
     let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), namespace);
-    let current = read_node(&nodes, namespace, node).await?;
+    let current = read_now(&nodes, "node", node).await?;
     let phase = current.status.as_ref().and_then(|s| s.phase);
     if phase != Some(NodePhase::Online) {
         return Ok(Progress::Waiting(format!(
@@ -168,16 +168,4 @@ async fn healthy(
             String::new()
         }
     )))
-}
-
-async fn read_node(
-    nodes: &Api<DatabaseNode>,
-    namespace: &str,
-    node: &str,
-) -> Result<DatabaseNode, StepError> {
-    nodes
-        .get_opt(node)
-        .await
-        .doing(|| format!("read DatabaseNode {namespace}/{node}"))?
-        .ok_or_else(|| StepError::Permanent(format!("node {node} no longer exists")))
 }
