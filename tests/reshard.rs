@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
 use shardplane::api::Plan;
 use shardplane::api::plan::{PlanPhase, PlanPurpose, StepPhase};
 use shardplane::api::shard::{
@@ -279,7 +280,10 @@ enum KillPoint {
     SourceFenceOrdered,
     /// The source's primary, once its agent reported it fenced and before the routing
     /// switch (the agent reports the fence and the range checks in one write, so: once
-    /// verified, before the switch).
+    /// verified, before the switch). The operator may verify and switch within one poll of
+    /// the report, so the test pauses the plan (`spec.paused`) from the kill before this one
+    /// until this kill: the agent fences and reports while the plan holds, and the kill lands
+    /// in that state every run (CI once missed it unpaused).
     SourceFenced,
     /// The first target's primary, once the routing switched: while the targets drop their
     /// subscriptions and the source waits out its grace period (the source may be deleted
@@ -340,6 +344,20 @@ struct SplitAgentKills {
     seen_retiring: bool,
     /// When the source was last seen to exist (ms since the epoch).
     last_seen_ms: i64,
+}
+
+/// Sets the plan's `spec.paused`.
+async fn set_paused(plane: &DataPlane, plan: &Plan, paused: bool) {
+    let plans: Api<Plan> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    plans
+        .patch(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .unwrap();
+    println!("plan {} paused: {paused}", plan.name_any());
 }
 
 fn primary_node(shard: &Shard) -> Option<String> {
@@ -461,6 +479,11 @@ impl PlanWatcher for SplitAgentKills {
         let point = self.kills[next].point;
         if let Some((node, seen)) = self.reached(plane, &source, point, &action).await {
             self.kills[next].kill(plane, &node, seen);
+            match point {
+                KillPoint::SourceFenceOrdered => set_paused(plane, plan, true).await,
+                KillPoint::SourceFenced => set_paused(plane, plan, false).await,
+                _ => {}
+            }
         }
     }
 }
