@@ -22,7 +22,8 @@ use crate::api::database_node::NodeDesiredState;
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase};
 use crate::protocol::node_lease_name;
 
-use super::context::{Cache, Context};
+use super::caches::Caches;
+use super::context::Context;
 use crate::decide::domain::desired_state;
 
 /// Timings of failure detection, from the cluster's spec or the defaults.
@@ -46,9 +47,10 @@ impl Timings {
 }
 
 /// Derives node phases from heartbeats every 100 ms while this replica leads.
-pub async fn run(ctx: Arc<Context>) {
-    let nodes = Cache::<DatabaseNode>::start(&ctx).await;
-    let clusters = Cache::<DatabaseCluster>::start(&ctx).await;
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
+    let Caches {
+        nodes, clusters, ..
+    } = caches;
     let _stop_leading = scopeguard(ctx.clone());
     ctx.liveness.leading_since();
     let mut leases = LeaseEvidence::default();

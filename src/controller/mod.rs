@@ -9,6 +9,7 @@
 //! planner could make; no I/O happens in the planner.
 
 mod backoff;
+mod caches;
 mod cluster;
 mod config;
 mod context;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::task::JoinSet;
 
+use caches::Caches;
 pub use config::{OperatorConfig, WebhookServing};
 pub use context::Context;
 pub use fence::LeaderGuard;
@@ -82,11 +84,15 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
         server.spawn(webhook::serve(listener, tls));
     }
 
+    // Started before the campaign and kept across leadership terms: a standby takes over on
+    // warm caches, and a lost term does not list every object again.
+    let caches = Caches::start(&ctx).await;
+    tracing::info!("watch caches filled");
     let mut leadership = leader::campaign(client, ctx.clone()).await?;
     loop {
         leadership.became_leader().await;
         tracing::info!(identity = %ctx.config.identity, epoch = ctx.leader.epoch(), "leading");
-        let mut reconcilers = spawn_reconcilers(ctx.clone());
+        let mut reconcilers = spawn_reconcilers(&ctx, &caches);
         tokio::select! {
             _ = leadership.lost_leadership() => {
                 tracing::warn!("lost leadership; stopping every reconciler");
@@ -105,13 +111,13 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
 }
 
 /// The reconcilers one leader runs, in a set that is aborted as a whole when it stops leading.
-fn spawn_reconcilers(ctx: Arc<Context>) -> JoinSet<()> {
+fn spawn_reconcilers(ctx: &Arc<Context>, caches: &Caches) -> JoinSet<()> {
     let mut set = JoinSet::new();
-    set.spawn(liveness::run(ctx.clone()));
-    set.spawn(cluster::run(ctx.clone()));
-    set.spawn(executor::run(ctx.clone()));
-    set.spawn(schema::run(ctx.clone()));
-    set.spawn(schema_rollout::run(ctx.clone()));
-    set.spawn(table::run(ctx));
+    set.spawn(liveness::run(ctx.clone(), caches.clone()));
+    set.spawn(cluster::run(ctx.clone(), caches.clone()));
+    set.spawn(executor::run(ctx.clone(), caches.clone()));
+    set.spawn(schema::run(ctx.clone(), caches.clone()));
+    set.spawn(schema_rollout::run(ctx.clone(), caches.clone()));
+    set.spawn(table::run(ctx.clone(), caches.clone()));
     set
 }

@@ -13,7 +13,6 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -21,7 +20,8 @@ use crate::api::schema_version::RolloutPhase;
 use crate::api::{SchemaVersion, Table};
 use crate::protocol::TABLE_LABEL;
 
-use super::context::{Cache, Context};
+use super::caches::{Cache, Caches};
+use super::context::Context;
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
@@ -53,13 +53,13 @@ pub struct Schemas {
 }
 
 /// Runs the controller while this replica leads.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let schemas = Arc::new(Schemas {
         ctx: ctx.clone(),
-        versions: Cache::start(&ctx).await,
+        versions: caches.versions.clone(),
     });
-    Controller::new(ctx.watched::<Table>(), watcher::Config::default())
-        .owns(ctx.watched::<SchemaVersion>(), watcher::Config::default())
+    Controller::for_shared_stream(caches.tables.changes(), caches.tables.store())
+        .owns_shared_stream(caches.versions.changes())
         .run(reconcile, error_policy, schemas)
         .for_each(|_| async {})
         .await;

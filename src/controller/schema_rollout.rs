@@ -17,7 +17,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -32,6 +31,7 @@ use crate::decide::ClusterView;
 use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire::{self, PlanContext, change_cause};
 
+use super::caches::Caches;
 use super::context::Context;
 use super::effects::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
@@ -60,8 +60,8 @@ pub enum RolloutError {
 }
 
 /// Runs the rollout while this replica leads.
-pub async fn run(ctx: Arc<Context>) {
-    Controller::new(ctx.watched::<SchemaVersion>(), watcher::Config::default())
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
+    Controller::for_shared_stream(caches.versions.changes(), caches.versions.store())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
-use tokio::sync::Notify;
 
 use crate::api::plan::PlanPurpose;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, Shard, Table};
@@ -23,7 +21,8 @@ use crate::decide::cluster::MAX_DECISIONS_BESIDE;
 use crate::decide::{self, ClusterView};
 use crate::plan::{PlanError, Topology};
 
-use super::context::{Cache, Context, now_ms};
+use super::caches::Caches;
+use super::context::{Context, now_ms};
 use super::error::ApiError;
 use super::fence::NotLeader;
 
@@ -65,69 +64,54 @@ impl ClusterError {
     }
 }
 
-/// The watch caches a cluster view is gathered from.
-struct Caches {
-    nodes: Cache<DatabaseNode>,
-    tables: Cache<Table>,
-    shards: Cache<Shard>,
-    plans: Cache<Plan>,
+/// A change that needs a decision at once: a node's phase or desired state, a shard or table
+/// declared or changed, its routing map switched, a plan's phase (each as a key of what
+/// matters, kube's predicate).
+fn decisive_changes(caches: &Caches) -> impl futures::Stream<Item = ()> + Send + use<> {
+    let nodes = caches.nodes.relevant_changes(|n: &DatabaseNode| {
+        let phase = n.status.as_ref().and_then(|s| s.phase);
+        Some(key((
+            n.metadata.generation,
+            n.metadata.deletion_timestamp.is_some(),
+            format!("{phase:?}"),
+        )))
+    });
+    let tables = caches.tables.relevant_changes(|t: &Table| {
+        let routing = t
+            .status
+            .as_ref()
+            .and_then(|s| s.routing.as_ref())
+            .map(|r| r.version);
+        Some(key((
+            t.metadata.generation,
+            t.metadata.deletion_timestamp.is_some(),
+            routing,
+        )))
+    });
+    let shards = caches.shards.relevant_changes(|s: &Shard| {
+        let phase = s.status.as_ref().and_then(|s| s.phase);
+        Some(key((
+            s.metadata.generation,
+            s.metadata.deletion_timestamp.is_some(),
+            format!("{phase:?}"),
+        )))
+    });
+    let plans = caches.plans.relevant_changes(|p: &Plan| {
+        let phase = p.status.as_ref().and_then(|s| s.phase);
+        Some(key(format!("{phase:?}")))
+    });
+    futures::stream::select_all([nodes.boxed(), tables.boxed(), shards.boxed(), plans.boxed()])
 }
 
-impl Caches {
-    /// Starts the caches; a change that needs a decision at once wakes `changed`: a node's
-    /// phase or desired state, a shard or table declared or changed, its routing map
-    /// switched, a plan's phase.
-    async fn start(ctx: &Context, changed: &Arc<Notify>) -> Self {
-        Caches {
-            nodes: Cache::notifying(ctx, changed.clone(), |n: &DatabaseNode| {
-                let phase = n.status.as_ref().and_then(|s| s.phase);
-                Some(key((
-                    n.metadata.generation,
-                    n.metadata.deletion_timestamp.is_some(),
-                    format!("{phase:?}"),
-                )))
-            })
-            .await,
-            tables: Cache::notifying(ctx, changed.clone(), |t: &Table| {
-                let routing = t
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.routing.as_ref())
-                    .map(|r| r.version);
-                Some(key((
-                    t.metadata.generation,
-                    t.metadata.deletion_timestamp.is_some(),
-                    routing,
-                )))
-            })
-            .await,
-            shards: Cache::notifying(ctx, changed.clone(), |s: &Shard| {
-                let phase = s.status.as_ref().and_then(|s| s.phase);
-                Some(key((
-                    s.metadata.generation,
-                    s.metadata.deletion_timestamp.is_some(),
-                    format!("{phase:?}"),
-                )))
-            })
-            .await,
-            plans: Cache::notifying(ctx, changed.clone(), |p: &Plan| {
-                let phase = p.status.as_ref().and_then(|s| s.phase);
-                Some(key(format!("{phase:?}")))
-            })
-            .await,
-        }
-    }
-
-    /// `cluster`'s objects as the caches hold them now.
-    fn view(&self, cluster: Arc<DatabaseCluster>) -> ClusterView {
-        ClusterView::of(
-            cluster,
-            self.nodes.state(),
-            self.tables.state(),
-            self.shards.state(),
-            self.plans.state(),
-        )
-    }
+/// `cluster`'s objects as the caches hold them now.
+fn view(caches: &Caches, cluster: Arc<DatabaseCluster>) -> ClusterView {
+    ClusterView::of(
+        cluster,
+        caches.nodes.state(),
+        caches.tables.state(),
+        caches.shards.state(),
+        caches.plans.state(),
+    )
 }
 
 struct Reconciler {
@@ -136,9 +120,9 @@ struct Reconciler {
 }
 
 /// Runs the reconciler while this replica leads (it is aborted when leadership is lost).
-pub async fn run(ctx: Arc<Context>) {
-    let changed = Arc::new(Notify::new());
-    let caches = Caches::start(&ctx, &changed).await;
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
+    let changes = decisive_changes(&caches);
+    let clusters = caches.clusters.clone();
     let reconciler = Arc::new(Reconciler {
         ctx: ctx.clone(),
         caches,
@@ -147,20 +131,16 @@ pub async fn run(ctx: Arc<Context>) {
     // at once when one changes in a way that needs a decision (the controller runs one
     // reconcile of a cluster at a time, so changes during one are looked at together, right
     // after it), and every half second for the rest (reported progress, sizes); a reconcile
-    // that finds nothing new writes nothing.
+    // that finds nothing new writes nothing. Changes that arrive together (a burst of
+    // creations) are one look.
     let ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Some(((), ()))
     });
-    let changes = futures::stream::unfold(changed, |changed| async {
-        changed.notified().await;
-        Some(((), changed))
-    });
+    let changes = changes.ready_chunks(CHANGES_PER_LOOK).map(|_| ());
     let ticks = futures::stream::select(ticks, changes);
-    let controller = Controller::new(ctx.watched::<DatabaseCluster>(), watcher::Config::default());
-    ctx.metrics
-        .queue
-        .track("DatabaseCluster", controller.store());
+    let controller = Controller::for_shared_stream(clusters.changes(), clusters.store());
+    ctx.metrics.queue.track("DatabaseCluster", clusters.store());
     controller
         .reconcile_all_on(ticks)
         .run(reconcile, error_policy, reconciler)
@@ -168,7 +148,10 @@ pub async fn run(ctx: Arc<Context>) {
         .await;
 }
 
-/// A hash of `value`: an object's key for [`Cache::start`].
+/// How many decisive changes that arrived together one look takes in.
+const CHANGES_PER_LOOK: usize = 1024;
+
+/// A hash of `value`: an object's key for [`Cache::relevant_changes`].
 fn key(value: impl Hash) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.hash(&mut hasher);
@@ -189,7 +172,7 @@ async fn reconcile(
     ctx.reconcile_started("DatabaseCluster", cluster.as_ref());
     ctx.leader.ensure()?;
     // Observe.
-    let view = r.caches.view(cluster.clone());
+    let view = view(&r.caches, cluster.clone());
     let active = converge(ctx, &view, now_ms()).await?;
     ctx.metrics.active_plans.set(active as i64);
     ctx.metrics.reconciled("DatabaseCluster", "ok", started);

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use crate::api::Shard;
 use crate::plan::StepAction;
 
-use super::context::{Cache, Context, now_ms};
+use super::caches::Cache;
+use super::context::{Context, now_ms};
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use super::table::TableError;

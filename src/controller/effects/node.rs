@@ -13,7 +13,8 @@ use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 use crate::decide::domain::restart_on_demand;
 use crate::plan::StepAction;
 
-use super::super::context::{Cache, Context};
+use super::super::caches::Cache;
+use super::super::context::Context;
 use super::super::error::Doing;
 use super::{Progress, StepError, read_now};
 

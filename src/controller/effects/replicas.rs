@@ -12,7 +12,8 @@ use crate::decide::domain::observed_on;
 use crate::plan::StepAction;
 use crate::protocol::EXECUTOR_MANAGER;
 
-use super::super::context::{Cache, Context};
+use super::super::caches::Cache;
+use super::super::context::Context;
 use super::super::error::Doing;
 use super::{Progress, StepError, get_shard};
 

@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::Level;
 
@@ -33,7 +32,8 @@ use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire;
 use crate::plan::StepAction;
 
-use super::context::{Cache, Context};
+use super::caches::{Cache, Caches};
+use super::context::Context;
 use super::effects::{self, Progress, StepError};
 use super::error::ApiError;
 use super::fence::NotLeader;
@@ -108,45 +108,40 @@ pub struct Executor {
 }
 
 /// Runs the executor while this replica leads.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let executor = Arc::new(Executor {
         ctx: ctx.clone(),
-        shards: Cache::start(&ctx).await,
+        shards: caches.shards.clone(),
     });
-    let controller = Controller::new(ctx.watched::<Plan>(), watcher::Config::default());
-    let plans = controller.store();
+    let plans = caches.plans.store();
+    let controller = Controller::for_shared_stream(caches.plans.changes(), plans.clone());
     ctx.metrics.queue.track("Plan", plans.clone());
     // A running plan waits on its shards' agents: a change of a shard it names (or of any
     // shard with a split/merge order or report, for the splits and merges) wakes it at once
     // instead of at its next poll (a split's write fence is up meanwhile).
     controller
-        .watches(
-            ctx.watched::<Shard>(),
-            watcher::Config::default(),
-            move |shard: Shard| {
-                let resharding = shard
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.reshard.is_some() || s.reshard_report.is_some());
-                let namespace = shard.namespace();
-                let name = shard.name_any();
-                plans
-                    .state()
-                    .into_iter()
-                    .filter(move |plan| {
-                        plan.namespace() == namespace
-                            && plan.status.as_ref().and_then(|s| s.phase)
-                                == Some(PlanPhase::Running)
-                            && (resharding
-                                || plan
-                                    .spec
-                                    .steps
-                                    .iter()
-                                    .any(|s| s.shard.as_deref() == Some(name.as_str())))
-                    })
-                    .map(|plan| ObjectRef::from_obj(plan.as_ref()))
-            },
-        )
+        .watches_shared_stream(caches.shards.changes(), move |shard: Arc<Shard>| {
+            let resharding = shard
+                .status
+                .as_ref()
+                .is_some_and(|s| s.reshard.is_some() || s.reshard_report.is_some());
+            let namespace = shard.namespace();
+            let name = shard.name_any();
+            plans
+                .state()
+                .into_iter()
+                .filter(move |plan| {
+                    plan.namespace() == namespace
+                        && plan.status.as_ref().and_then(|s| s.phase) == Some(PlanPhase::Running)
+                        && (resharding
+                            || plan
+                                .spec
+                                .steps
+                                .iter()
+                                .any(|s| s.shard.as_deref() == Some(name.as_str())))
+                })
+                .map(|plan| ObjectRef::from_obj(plan.as_ref()))
+        })
         .run(reconcile, error_policy, executor)
         .for_each(|_| async {})
         .await;

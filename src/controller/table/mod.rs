@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::api::{Shard, Table};
 use crate::decide::table::shard_settling;
 
-use super::context::{Cache, Context};
+use super::caches::{Cache, Caches};
+use super::context::Context;
 use super::error::ApiError;
 use super::fence::NotLeader;
 
@@ -62,25 +62,22 @@ pub struct Tables {
 }
 
 /// Runs the reconciler while this replica leads.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let tables = Arc::new(Tables {
         ctx: ctx.clone(),
-        shards: Cache::start(&ctx).await,
+        shards: caches.shards.clone(),
     });
-    let controller = Controller::new(ctx.watched::<Table>(), watcher::Config::default());
-    ctx.metrics.queue.track("Table", controller.store());
+    let controller = Controller::for_shared_stream(caches.tables.changes(), caches.tables.store());
+    ctx.metrics.queue.track("Table", caches.tables.store());
+    // A shard's change wakes its table once the Shard cache the reconcile reads holds it.
     controller
-        .watches(
-            ctx.watched::<Shard>(),
-            watcher::Config::default(),
-            |shard: Shard| {
-                let table = ObjectRef::<Table>::new(&shard.spec.table);
-                Some(match shard.namespace() {
-                    Some(ns) => table.within(&ns),
-                    None => table,
-                })
-            },
-        )
+        .watches_shared_stream(caches.shards.changes(), |shard: Arc<Shard>| {
+            let table = ObjectRef::<Table>::new(&shard.spec.table);
+            Some(match shard.namespace() {
+                Some(ns) => table.within(&ns),
+                None => table,
+            })
+        })
         .run(reconcile, error_policy, tables)
         .for_each(|_| async {})
         .await;

@@ -14,7 +14,8 @@ use crate::decide::conditions::Observation;
 use crate::decide::table::{shard_readiness, status};
 use crate::protocol::SHARD_STATUS_MANAGER;
 
-use super::super::context::{Cache, Context};
+use super::super::caches::Cache;
+use super::super::context::Context;
 use super::super::error::{ApiError, Doing};
 use super::TableError;
 
