@@ -136,31 +136,6 @@ pub fn shard_readiness(shard: &Shard) -> Option<(i32, ShardPhase)> {
     (!unchanged).then_some((ready, phase))
 }
 
-/// Whether a serving-or-provisioning shard has not yet every desired replica ready and its
-/// primary serving, as `shard` shows it; a shard in a split, merge, move or retirement is
-/// followed by its plan instead.
-pub fn shard_settling(shard: &Shard) -> bool {
-    let Some(status) = shard.status.as_ref() else {
-        return true;
-    };
-    if matches!(
-        status.phase,
-        Some(
-            ShardPhase::Splitting
-                | ShardPhase::Merging
-                | ShardPhase::Migrating
-                | ShardPhase::Retiring
-        )
-    ) {
-        return false;
-    }
-    let (ready, phase) = shard_readiness(shard).unwrap_or((
-        status.ready_replicas.unwrap_or_default(),
-        status.phase.unwrap_or(ShardPhase::Provisioning),
-    ));
-    phase != ShardPhase::Serving || (ready as usize) < status.desired_replicas.len()
-}
-
 /// The plan that drops the data of a deleted table's `shards`: one destructive step, not
 /// before the deletion time (`not_before_ms`), so the same deletion always gives the same
 /// plan and hash. The planner has no kind of its own for it yet: it is hashed as a

@@ -16,7 +16,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use crate::api::{Shard, Table};
-use crate::decide::table::shard_settling;
 
 use super::caches::{Cache, Caches};
 use super::context::Context;
@@ -25,9 +24,8 @@ use super::fence::NotLeader;
 
 /// How soon a table is looked at again while it is quiet (every change wakes it anyway).
 const QUIET_LOOK: Duration = Duration::from_secs(60);
-/// How soon a table is looked at again while one of its shards settles, or its cached shards
-/// proved stale.
-const SETTLING_LOOK: Duration = Duration::from_secs(5);
+/// How soon a table is looked at again when its cached shards proved stale.
+const STALE_LOOK: Duration = Duration::from_secs(5);
 
 pub use status::switch_routing;
 
@@ -110,10 +108,9 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
     for shard in &shards_of_table {
         stale |= status::report_readiness(ctx, &shards, shard).await?;
     }
-    // The Shard watch that wakes this reconciler and the cache it reads are separate: a
-    // wake-up can come before the cache has the change. While a shard settles (or the
-    // cache proved stale) the table is looked at again soon, not after the quiet interval.
-    let settling = stale || shards_of_table.iter().any(shard_settling);
+    // A readiness write refused as stale (409): the cache's copy of a shard was older than
+    // the API server's. The newer version's watch event brings the table back once the
+    // cache holds it; the short look is a fallback, not the trigger.
     let (deletion, action) = if table.metadata.deletion_timestamp.is_some() {
         let (observation, gone) = drop::guard_deletion(ctx, &table, &shards_of_table).await?;
         if gone {
@@ -124,7 +121,7 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
         (observation, Duration::from_secs(1))
     } else {
         drop::ensure_finalizer(ctx, &table).await?;
-        let quiet = if settling { SETTLING_LOOK } else { QUIET_LOOK };
+        let quiet = if stale { STALE_LOOK } else { QUIET_LOOK };
         (None, quiet)
     };
 

@@ -108,7 +108,7 @@ async fn a_readiness_computed_from_a_stale_copy_is_refused_and_looked_at_again_s
         .run(script, reconcile(table(true, json!(null)), ctx))
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(SETTLING_LOOK));
+    assert_eq!(action, Action::requeue(STALE_LOOK));
 }
 
 #[tokio::test]
