@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
@@ -620,6 +621,10 @@ async fn operator_deployment_is_hardened_and_probed() {
         Some(&serde_yaml::from_str("fieldRef: {fieldPath: metadata.namespace}").unwrap()),
         "the leader-election Lease belongs in the release namespace, where the RBAC allows it"
     );
+    assert_eq!(
+        env_value(&container["env"], "SHARDPLANE_LEASE_DURATION_SECONDS"),
+        Some(&Value::from("4"))
+    );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
@@ -651,6 +656,56 @@ async fn operator_deployment_is_hardened_and_probed() {
             name(object)
         );
     }
+}
+
+/// The operator's Lease requests, and nothing else of anyone, go to the API server's
+/// `leader-election` priority level; the FlowSchema can be turned off.
+#[tokio::test]
+async fn only_the_operators_lease_requests_are_prioritised() {
+    let objects = render("prio", &["--set", "operator.leaderElection.leaseDurationSeconds=15"])
+        .await;
+    let schema = find(
+        &objects,
+        "FlowSchema",
+        "prio-shardplane-operator-leader-election",
+    );
+    let spec = &schema["spec"];
+    assert_eq!(spec["priorityLevelConfiguration"]["name"], "leader-election");
+    let precedence = spec["matchingPrecedence"].as_u64().unwrap();
+    assert!(
+        (201..9000).contains(&precedence),
+        "precedence {precedence}: after the built-in leader-election schemas, before the \
+         catch-all service-account one"
+    );
+    let rules = spec["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    let subjects = rules[0]["subjects"].as_sequence().unwrap();
+    assert_eq!(
+        subjects,
+        &[serde_yaml::from_str::<Value>(
+            "{kind: ServiceAccount, serviceAccount: {name: prio-shardplane-operator, \
+             namespace: shardplane-system}}"
+        )
+        .unwrap()]
+    );
+    assert!(rules[0]["nonResourceRules"].is_null());
+    assert_eq!(
+        rules[0]["resourceRules"],
+        serde_yaml::from_str::<Value>(
+            "[{apiGroups: [coordination.k8s.io], resources: [leases], \
+             verbs: [get, create, update, patch], namespaces: [shardplane-system]}]"
+        )
+        .unwrap()
+    );
+    let deployment = find(&objects, "Deployment", "prio-shardplane-operator");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(&container["env"], "SHARDPLANE_LEASE_DURATION_SECONDS"),
+        Some(&Value::from("15"))
+    );
+
+    let off = render("prio", &["--set", "operator.leaderElection.flowSchema=false"]).await;
+    assert!(!off.iter().any(|object| kind(object) == "FlowSchema"));
 }
 
 #[tokio::test]
@@ -789,6 +844,28 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
             .await
             .unwrap_or_else(|error| panic!("ServiceAccount {wanted}: {error}"));
     }
+
+    // The Lease's FlowSchema is accepted and names a priority level this API server has.
+    let schemas: Api<FlowSchema> = Api::all(env.client.clone());
+    let schema = "inst-shardplane-operator-leader-election";
+    let resolved = eventually(SETTLE_TIMEOUT, || async {
+        schemas
+            .get(schema)
+            .await
+            .ok()
+            .and_then(|s| s.status?.conditions)
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.type_.as_deref() == Some("Dangling") && c.status.as_deref() == Some("False")
+                })
+            })
+    })
+    .await;
+    assert!(
+        resolved,
+        "FlowSchema {schema} is missing or dangling: {:?}",
+        schemas.get(schema).await.map(|s| s.status)
+    );
 
     let roles: Api<Role> = env.api();
     let bindings: Api<RoleBinding> = env.api();

@@ -186,3 +186,15 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
+
+/// How the per-Table reconcilers (a table's status and routing, its schema, its schema
+/// rollouts) run: at most [`PER_TABLE_RECONCILES`] reconciles each at once, so that 10,000
+/// Tables created together queue here instead of reaching the API server as 10,000
+/// concurrent requests, ahead of the cluster's decisions and the leader Lease's renewal.
+/// (Never two reconciles of one object at once either way.)
+pub fn per_table_controller() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(PER_TABLE_RECONCILES)
+}
+
+/// How many reconciles each per-Table reconciler runs at once.
+pub const PER_TABLE_RECONCILES: u16 = 16;

@@ -21,7 +21,7 @@ use crate::api::{SchemaVersion, Table};
 use crate::protocol::TABLE_LABEL;
 
 use super::caches::{Cache, Caches};
-use super::context::Context;
+use super::context::{self, Context};
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use crate::decide::conditions::{self, Observation};
@@ -60,6 +60,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
     });
     Controller::for_shared_stream(caches.tables.changes(), caches.tables.store())
         .owns_shared_stream(caches.versions.changes())
+        .with_config(context::per_table_controller())
         .run(reconcile, error_policy, schemas)
         .for_each(|_| async {})
         .await;

@@ -32,7 +32,7 @@ use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire::{self, PlanContext, change_cause};
 
 use super::caches::Caches;
-use super::context::Context;
+use super::context::{self, Context};
 use super::effects::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
 };
@@ -62,6 +62,7 @@ pub enum RolloutError {
 /// Runs the rollout while this replica leads.
 pub async fn run(ctx: Arc<Context>, caches: Caches) {
     Controller::for_shared_stream(caches.versions.changes(), caches.versions.store())
+        .with_config(context::per_table_controller())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 use crate::api::{Shard, Table};
 
 use super::caches::{Cache, Caches};
-use super::context::Context;
+use super::context::{self, Context};
 use super::error::ApiError;
 use super::fence::NotLeader;
 
@@ -65,7 +65,8 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
         ctx: ctx.clone(),
         shards: caches.shards.clone(),
     });
-    let controller = Controller::for_shared_stream(caches.tables.changes(), caches.tables.store());
+    let controller = Controller::for_shared_stream(caches.tables.changes(), caches.tables.store())
+        .with_config(context::per_table_controller());
     ctx.metrics.queue.track("Table", caches.tables.store());
     // A shard's change wakes its table once the Shard cache the reconcile reads holds it.
     controller
