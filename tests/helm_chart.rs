@@ -662,15 +662,21 @@ async fn operator_deployment_is_hardened_and_probed() {
 /// `leader-election` priority level; the FlowSchema can be turned off.
 #[tokio::test]
 async fn only_the_operators_lease_requests_are_prioritised() {
-    let objects = render("prio", &["--set", "operator.leaderElection.leaseDurationSeconds=15"])
-        .await;
+    let objects = render(
+        "prio",
+        &["--set", "operator.leaderElection.leaseDurationSeconds=15"],
+    )
+    .await;
     let schema = find(
         &objects,
         "FlowSchema",
         "prio-shardplane-operator-leader-election",
     );
     let spec = &schema["spec"];
-    assert_eq!(spec["priorityLevelConfiguration"]["name"], "leader-election");
+    assert_eq!(
+        spec["priorityLevelConfiguration"]["name"],
+        "leader-election"
+    );
     let precedence = spec["matchingPrecedence"].as_u64().unwrap();
     assert!(
         (201..9000).contains(&precedence),
@@ -704,7 +710,11 @@ async fn only_the_operators_lease_requests_are_prioritised() {
         Some(&Value::from("15"))
     );
 
-    let off = render("prio", &["--set", "operator.leaderElection.flowSchema=false"]).await;
+    let off = render(
+        "prio",
+        &["--set", "operator.leaderElection.flowSchema=false"],
+    )
+    .await;
     assert!(!off.iter().any(|object| kind(object) == "FlowSchema"));
 }
 

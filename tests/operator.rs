@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fixtures::{free_addr, start_operator};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -25,8 +26,8 @@ use shardplane::controller::{self, OperatorConfig};
 use shardplane::protocol::OPERATOR_LEASE;
 use shardplane::sandbox::stand_in_agent::StandInAgent;
 use support::operator::{
-    OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, lease_holder,
-    newest_plan, scrape,
+    OperatorProcess, assert_no_step_repeated, finish_plan_killing_operator, leader_gauge,
+    lease_holder, newest_plan, scrape,
 };
 use support::{TestEnv, env_with_crds, eventually};
 use tokio::task::JoinHandle;
@@ -823,6 +824,105 @@ async fn a_leader_renews_its_lease_while_its_reconcilers_runtime_is_blocked() {
         renewed_after > lease_duration.as_millis() as i64,
         "the Lease was last renewed {renewed_after} ms after the runtime was blocked: \
          renewals stopped with the reconcilers"
+    );
+    operator.abort();
+}
+
+/// `shardplane_watch_cache_lists_total` of the operator at `addr`, by kind.
+async fn cache_lists(addr: SocketAddr) -> std::collections::BTreeMap<String, u64> {
+    scrape(addr)
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("shardplane_watch_cache_lists_total{kind=\"")?;
+            let (kind, count) = rest.split_once("\"} ")?;
+            Some((kind.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The watch caches outlive a leadership term: a leader whose Lease is taken from it stops
+/// reconciling, wins the Lease again once the taker lets it expire, and goes on from the caches
+/// it had — listing nothing again — reconciling what changed while it did not lead (a Table
+/// created meanwhile gets its SchemaVersion).
+#[tokio::test]
+async fn a_leader_that_loses_and_regains_its_lease_lists_nothing_again() {
+    let env = env_with_crds().await;
+    create_cluster(&env, "Automatic").await;
+    let (operator, addr) = start_operator(&env, "op-a");
+    let leading = |wanted: i64| async move {
+        eventually(Duration::from_secs(30), || async {
+            leader_gauge(addr).await == Some(wanted)
+        })
+        .await
+    };
+    assert!(leading(1).await, "op-a never led");
+    let kinds = [
+        "DatabaseCluster",
+        "DatabaseNode",
+        "Plan",
+        "SchemaVersion",
+        "Shard",
+        "Table",
+    ];
+    let listed_once: std::collections::BTreeMap<String, u64> =
+        kinds.iter().map(|k| (k.to_string(), 1)).collect();
+    assert_eq!(cache_lists(addr).await, listed_once);
+
+    // Another holder takes the Lease (and never renews it).
+    let leases: Api<Lease> = env.api();
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    leases
+        .patch(
+            OPERATOR_LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "thief", "renewTime": now}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        leading(0).await,
+        "op-a kept leading under a Lease held by another"
+    );
+    let versions: Api<shardplane::api::SchemaVersion> = env.api();
+    let late: Table = serde_json::from_value(json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
+        "metadata": {"name": "late"},
+        "spec": {"cluster": "main", "shardKey": "id", "columns": [{"name": "id", "type": "bigint", "nullable": false}], "primaryKey": ["id"]}
+    }))
+    .unwrap();
+    env.api::<Table>()
+        .create(&PostParams::default(), &late)
+        .await
+        .unwrap();
+
+    assert!(
+        leading(1).await,
+        "op-a never led again after the Lease expired"
+    );
+    assert_eq!(
+        lease_holder(&env.client, &env.namespace).await.as_deref(),
+        Some("op-a")
+    );
+    let versioned = eventually(Duration::from_secs(20), || async {
+        versions
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|v| v.spec.table == "late")
+    })
+    .await;
+    assert!(
+        versioned,
+        "the Table created while op-a did not lead was never reconciled"
+    );
+    assert_eq!(
+        cache_lists(addr).await,
+        listed_once,
+        "a new leadership term listed again"
     );
     operator.abort();
 }

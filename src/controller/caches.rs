@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::context::Context;
+use super::metrics::KindLabels;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, Table};
 
 /// The caches of every kind the operator reconciles or reads.
@@ -39,12 +40,12 @@ impl Caches {
     /// Starts every cache and returns once each holds its first list.
     pub async fn start(ctx: &Context) -> Self {
         let (clusters, nodes, tables, shards, versions, plans) = tokio::join!(
-            Cache::start(ctx),
-            Cache::start(ctx),
-            Cache::start(ctx),
-            Cache::start(ctx),
-            Cache::start(ctx),
-            Cache::start(ctx),
+            Cache::start(ctx, "DatabaseCluster"),
+            Cache::start(ctx, "DatabaseNode"),
+            Cache::start(ctx, "Table"),
+            Cache::start(ctx, "Shard"),
+            Cache::start(ctx, "SchemaVersion"),
+            Cache::start(ctx, "Plan"),
         );
         Caches {
             clusters,
@@ -118,11 +119,16 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    /// Starts watching and returns once the first list is in.
-    pub async fn start(ctx: &Context) -> Self {
+    /// Starts watching `kind` and returns once the first list is in.
+    pub async fn start(ctx: &Context, kind: &'static str) -> Self {
         let (store, writer) = reflector::store();
         let (changes, _) = broadcast::channel(CHANGES_KEPT);
         let (sender, reader) = (changes.clone(), store.clone());
+        let lists = ctx
+            .metrics
+            .cache_lists
+            .get_or_create(&KindLabels { kind })
+            .clone();
         // Trimmed before the store, so the store keeps the trimmed object; announced after it,
         // so a subscriber woken by a change finds it in the store.
         let stream = watcher(ctx.watched::<K>(), watcher::Config::default())
@@ -142,6 +148,10 @@ where
                     object: Arc::new(object),
                     deleted: true,
                 }),
+                Ok(watcher::Event::InitDone) => {
+                    lists.inc();
+                    None
+                }
                 _ => None,
             };
             if let Some(change) = change {
@@ -331,7 +341,7 @@ mod tests {
                 }),
             ),
         ]);
-        let cache = Cache::<Shard>::start(&ctx).await;
+        let cache = Cache::<Shard>::start(&ctx, "Shard").await;
         let cached = cache
             .get("db", "orders-0")
             .expect("the listed shard is cached");

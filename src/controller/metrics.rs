@@ -71,6 +71,10 @@ pub struct Metrics {
     pub detection_seconds: Histogram,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// Full lists of each kind's watch cache (its first, and any re-list after its watch
+    /// expired): once per process while the API server keeps the watches alive, whatever the
+    /// leadership terms.
+    pub cache_lists: Family<KindLabels, Counter>,
     /// Plans awaiting approval or running.
     pub active_plans: Gauge,
     /// Objects per kind waiting for a reconcile (see [`ReconcileQueue`]); set at each scrape.
@@ -114,6 +118,7 @@ impl Default for Metrics {
         let failovers = Counter::default();
         let detection_seconds = Histogram::new(exponential_buckets(0.25, 1.5, 12));
         let leader = Gauge::default();
+        let cache_lists = Family::<KindLabels, Counter>::default();
         let active_plans = Gauge::default();
         let queue_depth = Family::<KindLabels, Gauge>::default();
         // The event's time has a resolution of one second: finer buckets would be noise.
@@ -165,6 +170,11 @@ impl Default for Metrics {
             leader.clone(),
         );
         registry.register(
+            "watch_cache_lists",
+            "Full lists of each kind's watch cache (the first, then re-lists after a watch expired)",
+            cache_lists.clone(),
+        );
+        registry.register(
             "active_plans",
             "Plans awaiting approval or running",
             active_plans.clone(),
@@ -177,6 +187,7 @@ impl Default for Metrics {
             failovers,
             detection_seconds,
             leader,
+            cache_lists,
             active_plans,
             queue_depth,
             queue: ReconcileQueue::default(),
