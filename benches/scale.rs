@@ -560,7 +560,10 @@ fn spawn_operator(
             &env_or("SCALE_LEASE_S", 4).to_string(),
         ])
         .env("KUBECONFIG", cp.kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SCALE_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)

@@ -55,7 +55,8 @@ async fn create_node(env: &TestEnv, name: &str, region: &str, zone: &str) {
         .unwrap();
 }
 
-async fn create_cluster(env: &TestEnv, approval: &str) {
+/// The `main` cluster and the [`NODES`].
+async fn create_cluster_and_nodes(env: &TestEnv, approval: &str) {
     let cluster: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": "main"},
@@ -79,6 +80,16 @@ async fn create_cluster(env: &TestEnv, approval: &str) {
     for (name, region, zone) in NODES {
         create_node(env, name, region, zone).await;
     }
+}
+
+/// [`create_cluster_and_nodes`], then the `orders` table of eight shards.
+async fn create_cluster(env: &TestEnv, approval: &str) {
+    create_cluster_and_nodes(env, approval).await;
+    create_orders(env).await;
+}
+
+/// The `orders` table and eight shards tiling its key space.
+async fn create_orders(env: &TestEnv) {
     let table: Table = serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
         "metadata": {"name": "orders"},
@@ -157,13 +168,29 @@ fn zone_of(node: &str) -> &'static str {
 }
 
 /// The cluster of [`NODES`] with eight shards, an in-process operator and stand-in agents,
-/// once every shard serves.
+/// once every shard serves. The shards are created once every node is Online, so that each
+/// is placed on the whole cluster (placed while some agents have not reported yet, they would
+/// go to the first nodes heard from, leaving others empty — the tests kill or delete nodes
+/// they expect to hold replicas).
 async fn serving_cluster(
     env: &TestEnv,
 ) -> (JoinHandle<()>, SocketAddr, Vec<(String, StandInAgent)>) {
-    create_cluster(env, "Automatic").await;
+    create_cluster_and_nodes(env, "Automatic").await;
     let (operator, addr) = start_operator(env, "op-a");
     let agents = start_agents(env, vec![addr]);
+    let nodes: Api<DatabaseNode> = env.api();
+    let online = eventually(Duration::from_secs(30), || async {
+        nodes.list(&Default::default()).await.is_ok_and(|list| {
+            list.items.len() == NODES.len()
+                && list
+                    .items
+                    .iter()
+                    .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
+        })
+    })
+    .await;
+    assert!(online, "the nodes never all came Online");
+    create_orders(env).await;
     let shards: Api<Shard> = env.api();
     assert!(
         eventually(Duration::from_secs(60), || all_serving(&shards)).await,

@@ -1,7 +1,7 @@
 //! What every reconciler shares: the client, the configuration, the leadership guard, the
 //! liveness table, metrics and the event recorder.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource};
@@ -29,6 +29,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Retry delays of objects whose reconcile failed.
     pub backoff: Backoff,
+    /// Plans this process created that the Plan cache has not shown yet.
+    pub plans_created: Awaited,
 }
 
 impl Context {
@@ -44,6 +46,7 @@ impl Context {
             liveness: Liveness::default(),
             metrics: Metrics::default(),
             backoff: Backoff::default(),
+            plans_created: Awaited::default(),
             client,
             config,
         }
@@ -198,3 +201,50 @@ pub fn per_table_controller() -> kube::runtime::controller::Config {
 
 /// How many reconciles each per-Table reconciler runs at once.
 pub const PER_TABLE_RECONCILES: u16 = 16;
+
+/// Objects this process created that its watch cache has not shown yet (controller-runtime's
+/// "expectations"): a decision made on a cache without them would decide again what they
+/// already decide — two placements of one shard, or a placement beside a plan it should
+/// wait for. An object not seen within [`AWAITED_AT_MOST`] (deleted at once, say) is awaited
+/// no more.
+#[derive(Default)]
+pub struct Awaited(std::sync::Mutex<Vec<(String, String, Instant)>>);
+
+/// How long a created object is awaited in the cache at most.
+pub const AWAITED_AT_MOST: Duration = Duration::from_secs(10);
+
+impl Awaited {
+    /// `namespace/name` was created now.
+    pub fn created(&self, namespace: &str, name: &str) {
+        let mut awaited = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        awaited.push((namespace.to_owned(), name.to_owned(), Instant::now()));
+    }
+
+    /// Whether every awaited object is seen (`seen(namespace, name)`): those seen, and those
+    /// awaited longer than [`AWAITED_AT_MOST`], are awaited no more.
+    pub fn all_seen(&self, seen: impl Fn(&str, &str) -> bool) -> bool {
+        let mut awaited = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        awaited.retain(|(namespace, name, since)| {
+            !seen(namespace, name) && since.elapsed() < AWAITED_AT_MOST
+        });
+        awaited.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_object_is_awaited_until_seen() {
+        let awaited = Awaited::default();
+        assert!(awaited.all_seen(|_, _| false), "nothing awaited");
+        awaited.created("db", "main-placement-1");
+        awaited.created("db", "main-placement-2");
+        assert!(!awaited.all_seen(|_, name| name == "main-placement-1"));
+        // The one seen is awaited no more, even if the cache drops it later.
+        assert!(!awaited.all_seen(|_, _| false));
+        assert!(awaited.all_seen(|_, name| name == "main-placement-2"));
+        assert!(awaited.all_seen(|_, _| false));
+    }
+}

@@ -3,7 +3,7 @@
 //! under-replicated shards, drains, rebalancing); which running plans a decision supersedes;
 //! which finished plans are pruned; node finalizers and counts; the cluster's status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -563,21 +563,24 @@ pub fn node_counts<'a>(
     view: &'a ClusterView,
     topology: &Topology,
 ) -> Vec<(&'a Arc<DatabaseNode>, i32, i32)> {
+    // One pass over the shards (not one per node: 1,000 nodes × 10,000 shards).
+    let mut counts: HashMap<&str, (i32, i32)> = HashMap::new();
+    for shard in &topology.shards {
+        let nodes: BTreeSet<&str> = shard.replicas.iter().map(|r| r.node.as_str()).collect();
+        for node in nodes {
+            counts.entry(node).or_default().0 += 1;
+        }
+        if let Some(primary) = shard.primary_node() {
+            counts.entry(primary).or_default().1 += 1;
+        }
+    }
     let mut changes = Vec::new();
     for node in &view.nodes {
-        let name = node.name();
-        let replicas = topology
-            .shards
-            .iter()
-            .filter(|s| s.has_replica_on(name))
-            .count() as i32;
-        let primaries = topology
-            .shards
-            .iter()
-            .filter(|s| s.primary_node() == Some(name))
-            .count() as i32;
-        let status = node.status.clone().unwrap_or_default();
-        if status.replicas != Some(replicas) || status.primaries != Some(primaries) {
+        let (replicas, primaries) = counts.get(node.name()).copied().unwrap_or_default();
+        let status = node.status.as_ref();
+        if status.and_then(|s| s.replicas) != Some(replicas)
+            || status.and_then(|s| s.primaries) != Some(primaries)
+        {
             changes.push((node, replicas, primaries));
         }
     }

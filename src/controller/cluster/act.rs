@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -149,6 +150,7 @@ async fn create(
             }
         }
     }
+    ctx.plans_created.created(&namespace, &object.name_any());
     let created = Timestamp::now();
     ctx.metrics.plan_created(
         object_key(&object),
@@ -300,30 +302,53 @@ async fn holds_replicas_now(ctx: &Context, node: &DatabaseNode) -> Result<bool, 
     }))
 }
 
-/// Writes each node's replica and primary counts where they changed.
+/// Writes one node's replica and primary counts.
+async fn write_node_counts(
+    ctx: &Context,
+    node: Arc<DatabaseNode>,
+    replicas: i32,
+    primaries: i32,
+) -> Result<(), ApiError> {
+    let namespace = node.namespace().unwrap_or_default();
+    let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({"status": {"replicas": replicas, "primaries": primaries}});
+    nodes
+        .patch_status(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .doing(|| {
+            format!(
+                "write the counts of DatabaseNode {namespace}/{}",
+                node.name_any()
+            )
+        })?;
+    Ok(())
+}
+
+/// How many nodes' counts are written at once.
+const NODE_COUNT_WRITES_AT_ONCE: usize = 16;
+
+/// Writes each node's replica and primary counts where they changed (informational: written
+/// after the look's decisions).
 pub async fn update_node_counts(
     ctx: &Context,
     view: &ClusterView,
     topology: &Topology,
 ) -> Result<(), ClusterError> {
-    for (node, replicas, primaries) in node_counts(view, topology) {
-        ctx.leader.ensure()?;
-        let namespace = node.namespace().unwrap_or_default();
-        let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({"status": {"replicas": replicas, "primaries": primaries}});
-        nodes
-            .patch_status(
-                &node.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await
-            .doing(|| {
-                format!(
-                    "write the counts of DatabaseNode {namespace}/{}",
-                    node.name_any()
-                )
-            })?;
-    }
+    ctx.leader.ensure()?;
+    let writes: Vec<_> = node_counts(view, topology)
+        .into_iter()
+        .map(|(node, replicas, primaries)| (node.clone(), replicas, primaries))
+        .collect();
+    // Side by side: a placement at 1,000 nodes changes every node's counts, and one write
+    // after another took ≈ 30 s per look at a loaded API server.
+    futures::stream::iter(writes)
+        .map(|(node, replicas, primaries)| write_node_counts(ctx, node, replicas, primaries))
+        .buffer_unordered(NODE_COUNT_WRITES_AT_ONCE)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(())
 }
