@@ -88,16 +88,20 @@ async fn create_cluster(env: &TestEnv, approval: &str) {
     create_orders(env).await;
 }
 
-/// The `orders` table and eight shards tiling its key space.
-async fn create_orders(env: &TestEnv) {
-    let table: Table = serde_json::from_value(json!({
+/// A Table `name` of cluster `main`, keyed by a bigint `id`.
+fn table(name: &str) -> Table {
+    serde_json::from_value(json!({
         "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-        "metadata": {"name": "orders"},
+        "metadata": {"name": name},
         "spec": {"cluster": "main", "shardKey": "id", "columns": [{"name": "id", "type": "bigint", "nullable": false}], "primaryKey": ["id"]}
     }))
-    .unwrap();
+    .unwrap()
+}
+
+/// The `orders` table and eight shards tiling its key space.
+async fn create_orders(env: &TestEnv) {
     env.api::<Table>()
-        .create(&PostParams::default(), &table)
+        .create(&PostParams::default(), &table("orders"))
         .await
         .unwrap();
     // Eight shards tiling the key space.
@@ -392,16 +396,8 @@ async fn a_new_table_is_placed_while_a_failover_waits_to_replace_a_dead_nodes_re
 
     // A new table of two shards, applied while the failover waits.
     let applied = Instant::now();
-    let table: Table = serde_json::from_value(json!({
-        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-        "metadata": {"name": "events"},
-        "spec": {"cluster": "main", "shardKey": "id",
-                 "columns": [{"name": "id", "type": "bigint", "nullable": false}],
-                 "primaryKey": ["id"]}
-    }))
-    .unwrap();
     env.api::<Table>()
-        .create(&PostParams::default(), &table)
+        .create(&PostParams::default(), &table("events"))
         .await
         .unwrap();
     let shards: Api<Shard> = env.api();
@@ -857,16 +853,10 @@ async fn a_leader_renews_its_lease_while_its_reconcilers_runtime_is_blocked() {
 
 /// `shardplane_watch_cache_lists_total` of the operator at `addr`, by kind.
 async fn cache_lists(addr: SocketAddr) -> std::collections::BTreeMap<String, u64> {
-    scrape(addr)
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("shardplane_watch_cache_lists_total{kind=\"")?;
-            let (kind, count) = rest.split_once("\"} ")?;
-            Some((kind.to_owned(), count.trim().parse().ok()?))
-        })
-        .collect()
+    by_kind(
+        &scrape(addr).await.unwrap_or_default(),
+        "shardplane_watch_cache_lists_total",
+    )
 }
 
 /// The watch caches outlive a leadership term: a leader whose Lease is taken from it stops
@@ -913,14 +903,8 @@ async fn a_leader_that_loses_and_regains_its_lease_lists_nothing_again() {
         "op-a kept leading under a Lease held by another"
     );
     let versions: Api<shardplane::api::SchemaVersion> = env.api();
-    let late: Table = serde_json::from_value(json!({
-        "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-        "metadata": {"name": "late"},
-        "spec": {"cluster": "main", "shardKey": "id", "columns": [{"name": "id", "type": "bigint", "nullable": false}], "primaryKey": ["id"]}
-    }))
-    .unwrap();
     env.api::<Table>()
-        .create(&PostParams::default(), &late)
+        .create(&PostParams::default(), &table("late"))
         .await
         .unwrap();
 
@@ -1105,10 +1089,18 @@ async fn a_deleted_table_keeps_its_data_until_the_drop_plan_is_approved() {
 
 /// The reconcile queue depth of each kind in a scrape.
 fn queue_depths(metrics: &str) -> std::collections::BTreeMap<String, i64> {
+    by_kind(metrics, "shardplane_reconcile_queue_depth")
+}
+
+/// The values of `metric` in a scrape, by their `kind` label.
+fn by_kind<T: std::str::FromStr>(
+    metrics: &str,
+    metric: &str,
+) -> std::collections::BTreeMap<String, T> {
     metrics
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix("shardplane_reconcile_queue_depth{kind=\"")?;
+            let rest = line.strip_prefix(metric)?.strip_prefix("{kind=\"")?;
             let (kind, value) = rest.split_once("\"} ")?;
             Some((kind.to_owned(), value.trim().parse().ok()?))
         })
@@ -1136,12 +1128,7 @@ async fn metrics_show_the_reconcile_queue_filling_and_draining() {
     let creations = (0..40).map(|i| {
         let tables = tables.clone();
         async move {
-            let table: Table = serde_json::from_value(json!({
-                "apiVersion": "shardplane.io/v1alpha1", "kind": "Table",
-                "metadata": {"name": format!("burst-{i}")},
-                "spec": {"cluster": "main", "shardKey": "id", "columns": [{"name": "id", "type": "bigint", "nullable": false}], "primaryKey": ["id"]}
-            }))
-            .unwrap();
+            let table = table(&format!("burst-{i}"));
             tables.create(&PostParams::default(), &table).await.unwrap();
         }
     });

@@ -559,10 +559,7 @@ pub fn node_finalizers<'a>(
 }
 
 /// Each node's replica and primary counts, where they differ from its status.
-pub fn node_counts<'a>(
-    view: &'a ClusterView,
-    topology: &Topology,
-) -> Vec<(&'a Arc<DatabaseNode>, i32, i32)> {
+pub fn node_counts(view: &ClusterView, topology: &Topology) -> Vec<(Arc<DatabaseNode>, i32, i32)> {
     // One pass over the shards (not one per node: 1,000 nodes × 10,000 shards).
     let mut counts: HashMap<&str, (i32, i32)> = HashMap::new();
     for shard in &topology.shards {
@@ -581,7 +578,7 @@ pub fn node_counts<'a>(
         if status.and_then(|s| s.replicas) != Some(replicas)
             || status.and_then(|s| s.primaries) != Some(primaries)
         {
-            changes.push((node, replicas, primaries));
+            changes.push((node.clone(), replicas, primaries));
         }
     }
     changes

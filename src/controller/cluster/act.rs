@@ -339,13 +339,9 @@ pub async fn update_node_counts(
     topology: &Topology,
 ) -> Result<(), ClusterError> {
     ctx.leader.ensure()?;
-    let writes: Vec<_> = node_counts(view, topology)
-        .into_iter()
-        .map(|(node, replicas, primaries)| (node.clone(), replicas, primaries))
-        .collect();
     // Side by side: a placement at 1,000 nodes changes every node's counts, and one write
     // after another took ≈ 30 s per look at a loaded API server.
-    futures::stream::iter(writes)
+    futures::stream::iter(node_counts(view, topology))
         .map(|(node, replicas, primaries)| write_node_counts(ctx, node, replicas, primaries))
         .buffer_unordered(NODE_COUNT_WRITES_AT_ONCE)
         .try_collect::<Vec<_>>()
