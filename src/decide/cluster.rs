@@ -138,9 +138,12 @@ pub fn decide(
 
     // A placement that is only blocked (no step possible) must not hide a drain or a
     // rebalance that can proceed; its blockers still reach the cluster's conditions.
-    let placement = plan::plan_placement(topology, limits)?.first_steps(MAX_PLAN_STEPS);
-    if !placement.operations.is_empty() {
-        return Ok(Some(placement_decision(view, placement)));
+    let placement = match liveness_judged(topology) {
+        true => Some(plan::plan_placement(topology, limits)?.first_steps(MAX_PLAN_STEPS)),
+        false => None,
+    };
+    if placement.as_ref().is_some_and(|p| !p.operations.is_empty()) {
+        return Ok(placement.map(|p| placement_decision(view, p)));
     }
 
     for node in &view.nodes {
@@ -225,10 +228,9 @@ pub fn decide(
             }));
         }
     }
-    if placement.blocked.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(placement_decision(view, placement)))
+    Ok(placement
+        .filter(|p| !p.blocked.is_empty())
+        .map(|p| placement_decision(view, p)))
 }
 
 /// The decision to place `placement`'s replicas of under-replicated shards.
@@ -325,12 +327,26 @@ pub fn decide_beside(view: &ClusterView, beside: &Beside) -> Result<Option<Decis
     if let Some(decision) = reshard::decide_free(view, &beside.topology, &beside.held)? {
         return Ok(Some(decision));
     }
+    if !liveness_judged(&beside.topology) {
+        return Ok(None);
+    }
     let placement =
         plan::plan_placement(&beside.topology, limits(view))?.first_steps(MAX_PLAN_STEPS);
     if placement.operations.is_empty() {
         return Ok(None);
     }
     Ok(Some(placement_decision(view, placement)))
+}
+
+/// Whether the liveness loop has judged every node (none is still `Pending`). Placement
+/// waits for it: the loop judges every node within a tick of leading, and a placement made
+/// before would put a new cluster's shards on the first nodes judged only, leaving the others
+/// empty until a rebalance.
+fn liveness_judged(topology: &Topology) -> bool {
+    topology
+        .nodes
+        .iter()
+        .all(|n| n.phase != plan::NodePhase::Pending)
 }
 
 /// Whether a decision made beside the active plans ([`decide_beside`]) is created: not if a
@@ -799,6 +815,29 @@ mod tests {
             })
             .collect();
         ClusterView::of(Arc::new(cluster), nodes, vec![table], shards, Vec::new())
+    }
+
+    /// A node the liveness loop has not judged yet (`Pending`) holds placement back: placed
+    /// before, a new cluster's shards would go to the nodes judged first only.
+    #[test]
+    fn placement_waits_until_every_node_is_judged() {
+        let view = unplaced(8);
+        let mut nodes = view.nodes.clone();
+        let mut pending = (*nodes[0]).clone();
+        pending.status = None;
+        nodes[0] = Arc::new(pending);
+        let waiting = ClusterView::of(
+            view.cluster.clone(),
+            nodes,
+            view.tables.clone(),
+            view.shards.clone(),
+            Vec::new(),
+        );
+        let (topology, _) = waiting.topology();
+        assert!(decide(&waiting, &topology, 0).unwrap().is_none());
+        let (topology, _) = view.topology();
+        let decision = decide(&view, &topology, 0).unwrap().unwrap();
+        assert_eq!(decision.plan.kind, plan::PlanKind::Placement);
     }
 
     #[test]
