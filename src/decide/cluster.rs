@@ -139,7 +139,11 @@ pub fn decide(
     // A placement that is only blocked (no step possible) must not hide a drain or a
     // rebalance that can proceed; its blockers still reach the cluster's conditions.
     let placement = match liveness_judged(topology) {
-        true => Some(plan::plan_placement(topology, limits)?.first_steps(MAX_PLAN_STEPS)),
+        true => Some(plan::plan_placement_within(
+            topology,
+            limits,
+            MAX_PLAN_STEPS,
+        )?),
         false => None,
     };
     if placement.as_ref().is_some_and(|p| !p.operations.is_empty()) {
@@ -330,8 +334,7 @@ pub fn decide_beside(view: &ClusterView, beside: &Beside) -> Result<Option<Decis
     if !liveness_judged(&beside.topology) {
         return Ok(None);
     }
-    let placement =
-        plan::plan_placement(&beside.topology, limits(view))?.first_steps(MAX_PLAN_STEPS);
+    let placement = plan::plan_placement_within(&beside.topology, limits(view), MAX_PLAN_STEPS)?;
     if placement.operations.is_empty() {
         return Ok(None);
     }

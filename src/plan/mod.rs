@@ -36,7 +36,7 @@ pub use keyspace::{
     KEYSPACE_END, KEYSPACE_START, KeyRange, KeyRangeError, TilingError, TilingProblem,
     WireKeyRange, check_tiling, check_tiling_of,
 };
-pub use placement::plan_placement;
+pub use placement::{plan_placement, plan_placement_within};
 pub use rebalance::{RebalancePlan, RebalancePolicy, RebalanceReport, plan_rebalance};
 pub use reshard::{NewShard, ReshardRequest, plan_reshard};
 pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};

@@ -6,71 +6,113 @@ use super::cluster::ClusterState;
 use super::error::PlanError;
 use super::moves::add_replica;
 use super::schedule::{ConcurrencyLimits, Plan, PlanBuilder};
-use super::steps::{BlockReason, PlanKind};
+use super::steps::{BlockReason, Blocker, PlanKind, Step, StepAction};
 use super::topology::Topology;
 
 /// A plan that gives every shard `replication_factor` serving replicas: pinned nodes first,
 /// then the best-spread, least-loaded nodes. Shards that cannot be fully placed are blocked
 /// with the reason each candidate node was turned down — never silently under-replicated.
 pub fn plan_placement(topology: &Topology, limits: ConcurrencyLimits) -> Result<Plan, PlanError> {
+    plan_placement_within(topology, limits, usize::MAX)
+}
+
+/// [`plan_placement`] for the shards, in order, whose steps fit in `max_steps` (at least one
+/// shard's, however many it needs); the shards after them are not looked at — the next plan
+/// places them. A cluster of 10,000 new shards is decided in the time its first part takes,
+/// not the whole (0.7 s at 1,000 nodes) before all but one plan's worth is thrown away.
+///
+/// A *new* shard — no replica anywhere, so nothing to copy — has its replicas added together
+/// and waited for together (the first promoted before the others are added), in the plan's
+/// first wave: the concurrency limits bound copies, and a new shard copies nothing. A shard
+/// with data gets its missing replicas one at a time, each within the limits.
+pub fn plan_placement_within(
+    topology: &Topology,
+    limits: ConcurrencyLimits,
+    max_steps: usize,
+) -> Result<Plan, PlanError> {
     let mut state = ClusterState::new(topology)?;
     let mut plan = PlanBuilder::new(PlanKind::Placement, limits);
-    let rf = topology.replication_factor;
+    let mut planned = 0;
     for shard in 0..topology.shards.len() {
-        let have = state.serving_replicas(shard);
-        if have >= rf {
+        let new = state.serving_replicas(shard) == 0 && state.primary_of(shard).is_none();
+        let (steps, blocked) = place(&mut state, shard, topology.replication_factor);
+        if !steps.is_empty() && planned > 0 && planned + steps.len() > max_steps {
+            break;
+        }
+        for Blocker { subject, reason } in blocked {
+            plan.block(&subject, reason);
+        }
+        if steps.is_empty() {
             continue;
         }
-        let mut steps = Vec::new();
-        let mut missing = rf - have;
-        let pins = state.pinned[shard].clone();
-        for node in pins {
-            if missing == 0 || state.slots[shard].iter().any(|s| s.node == node) {
-                continue;
-            }
-            match state.check_host(shard, node, None) {
-                Ok(()) => {
-                    steps.extend(add_replica(&mut state, shard, node, "pinned by the user"));
-                    missing -= 1;
-                }
-                Err(why) => {
-                    plan.block(
-                        state.shard_name(shard),
-                        BlockReason::NoPlacement {
-                            missing,
-                            rejected: vec![(why, 1)],
-                        },
-                    );
-                    missing = 0;
-                }
-            }
-        }
-        while missing > 0 {
-            match state.choose_host(shard, None) {
-                Ok(node) => {
-                    let why = format!(
-                        "shard has {} of {rf} replicas; {} is the least-loaded node in a zone and \
-                         region not yet holding one",
-                        state.serving_replicas(shard),
-                        state.node_name(node)
-                    );
-                    steps.extend(add_replica(&mut state, shard, node, &why));
-                    missing -= 1;
-                }
-                Err(rejected) => {
-                    plan.block(
-                        state.shard_name(shard),
-                        BlockReason::NoPlacement { missing, rejected },
-                    );
-                    missing = 0;
-                }
-            }
-        }
-        if !steps.is_empty() {
-            plan.schedule(state.shard_name(shard), steps, None);
+        planned += steps.len();
+        let subject = state.shard_name(shard).to_owned();
+        if new {
+            plan.schedule_in_wave(&subject, together(steps), 0);
+        } else {
+            plan.schedule(&subject, steps, None);
         }
     }
     Ok(plan.finish())
+}
+
+/// The steps that bring `shard` to `rf` replicas on `state` (recorded there), and why any
+/// replica cannot be placed.
+fn place(state: &mut ClusterState<'_>, shard: usize, rf: u32) -> (Vec<Step>, Vec<Blocker>) {
+    let mut steps = Vec::new();
+    let mut blocked = Vec::new();
+    let mut block = |state: &ClusterState<'_>, reason| {
+        blocked.push(Blocker {
+            subject: state.shard_name(shard).to_owned(),
+            reason,
+        })
+    };
+    let mut missing = rf.saturating_sub(state.serving_replicas(shard));
+    let pins = state.pinned[shard].clone();
+    for node in pins {
+        if missing == 0 || state.slots[shard].iter().any(|s| s.node == node) {
+            continue;
+        }
+        match state.check_host(shard, node, None) {
+            Ok(()) => {
+                steps.extend(add_replica(state, shard, node, "pinned by the user"));
+                missing -= 1;
+            }
+            Err(why) => {
+                let rejected = vec![(why, 1)];
+                block(state, BlockReason::NoPlacement { missing, rejected });
+                missing = 0;
+            }
+        }
+    }
+    while missing > 0 {
+        match state.choose_host(shard, None) {
+            Ok(node) => {
+                let why = format!(
+                    "shard has {} of {rf} replicas; {} is the least-loaded node in a zone and \
+                     region not yet holding one",
+                    state.serving_replicas(shard),
+                    state.node_name(node)
+                );
+                steps.extend(add_replica(state, shard, node, &why));
+                missing -= 1;
+            }
+            Err(rejected) => {
+                block(state, BlockReason::NoPlacement { missing, rejected });
+                missing = 0;
+            }
+        }
+    }
+    (steps, blocked)
+}
+
+/// A new shard's steps reordered so that its secondaries are added together, then waited
+/// for together: the first replica and its promotion, every other replica's addition, then
+/// every catch-up.
+fn together(steps: Vec<Step>) -> Vec<Step> {
+    let catch_up = |s: &Step| matches!(s.action, StepAction::CatchUp { .. });
+    let (waits, rest): (Vec<Step>, Vec<Step>) = steps.into_iter().partition(catch_up);
+    rest.into_iter().chain(waits).collect()
 }
 
 #[cfg(test)]
@@ -80,7 +122,7 @@ mod tests {
     use super::*;
     use crate::plan::simulate::apply_plan;
     use crate::plan::steps::{PlacementRejection, StepAction};
-    use crate::plan::testkit::{mk_node, mk_nodes, mk_unplaced, spread_violations};
+    use crate::plan::testkit::{mk_node, mk_nodes, mk_placed, mk_unplaced, spread_violations};
     use crate::plan::topology::NodePhase;
 
     #[test]
@@ -158,6 +200,93 @@ mod tests {
                 assert!(!s.has_replica_on(bad), "{} on {bad}", s.name);
             }
         }
+    }
+
+    fn actions(op: &crate::plan::steps::Operation) -> Vec<&'static str> {
+        op.steps
+            .iter()
+            .map(|s| match s.action {
+                StepAction::AddReplica { .. } => "add",
+                StepAction::Promote { .. } => "promote",
+                StepAction::CatchUp { .. } => "catch-up",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_shards_replicas_are_added_together_in_the_first_wave() {
+        let tight = ConcurrencyLimits {
+            per_node: 1,
+            per_cluster: 2,
+        };
+        let topology = Topology {
+            replication_factor: 3,
+            nodes: mk_nodes(3, 1, 2),
+            shards: mk_unplaced(&[100; 10]),
+        };
+        let plan = plan_placement(&topology, tight).expect("plan");
+        assert_eq!(plan.operations.len(), 10);
+        for op in &plan.operations {
+            // Nothing to copy: no limit holds a new shard back, and its two secondaries are
+            // added before either is waited for.
+            assert_eq!(op.wave, 0, "{}", op.subject);
+            assert_eq!(
+                actions(op),
+                ["add", "promote", "add", "add", "catch-up", "catch-up"]
+            );
+        }
+        let after = apply_plan(&topology, &plan);
+        assert!(spread_violations(&after).is_empty());
+        assert!(after.shards.iter().all(|s| s.replicas.len() == 3));
+    }
+
+    #[test]
+    fn a_shard_with_data_gets_its_replicas_one_at_a_time_within_the_limits() {
+        let tight = ConcurrencyLimits {
+            per_node: 8,
+            per_cluster: 2,
+        };
+        let mut topology = mk_placed(3, mk_nodes(3, 1, 2), &[100; 5]);
+        for shard in &mut topology.shards {
+            shard.replicas.truncate(1);
+        }
+        let plan = plan_placement(&topology, tight).expect("plan");
+        let waves: Vec<u32> = plan.operations.iter().map(|op| op.wave).collect();
+        assert_eq!(waves, [0, 0, 1, 1, 2]);
+        for op in &plan.operations {
+            assert_eq!(actions(op), ["add", "catch-up", "add", "catch-up"]);
+        }
+    }
+
+    #[test]
+    fn a_budget_places_the_first_shards_whole_and_looks_no_further() {
+        let topology = Topology {
+            replication_factor: 3,
+            nodes: mk_nodes(3, 3, 4),
+            shards: mk_unplaced(&[100; 50]),
+        };
+        let full = plan_placement(&topology, ConcurrencyLimits::default()).expect("plan");
+        let part =
+            plan_placement_within(&topology, ConcurrencyLimits::default(), 20).expect("plan");
+        // 6 steps a shard: the first three shards fit in 20 steps, whole, as the full plan
+        // places them.
+        assert_eq!(part.operations, full.operations[..3]);
+        assert_eq!(part.hash, part.content_hash());
+        // At least one shard, however many steps it needs.
+        let one = plan_placement_within(&topology, ConcurrencyLimits::default(), 1).expect("plan");
+        assert_eq!(one.operations, full.operations[..1]);
+
+        // One region of two zones: every shard's third replica is blocked (4 steps a shard).
+        let blocked = Topology {
+            nodes: mk_nodes(1, 2, 4),
+            ..topology
+        };
+        let part = plan_placement_within(&blocked, ConcurrencyLimits::default(), 12).expect("plan");
+        // The shards looked at are reported blocked; the ones after the budget are not looked at.
+        let subjects: Vec<&str> = part.blocked.iter().map(|b| b.subject.as_str()).collect();
+        assert_eq!(subjects, ["s0", "s1", "s2"]);
+        assert_eq!(part.operations.len(), 3);
     }
 
     proptest! {
