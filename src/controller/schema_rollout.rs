@@ -31,7 +31,7 @@ use crate::decide::ClusterView;
 use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire::{self, PlanContext, change_cause};
 
-use super::caches::Caches;
+use super::caches::{Cache, Caches};
 use super::context::{self, Context};
 use super::effects::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
@@ -59,16 +59,28 @@ pub enum RolloutError {
     Plan(#[from] PlanError),
 }
 
+/// What the rollout's reconciles share: the operator's context, and the Tables' watch cache
+/// (a new table's version 1 reads its table from it).
+pub struct Rollouts {
+    ctx: Arc<Context>,
+    tables: Cache<Table>,
+}
+
 /// Runs the rollout while this replica leads.
 pub async fn run(ctx: Arc<Context>, caches: Caches) {
+    let rollouts = Arc::new(Rollouts {
+        ctx,
+        tables: caches.tables.clone(),
+    });
     Controller::for_shared_stream(caches.versions.changes(), caches.versions.store())
         .with_config(context::per_table_controller())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, rollouts)
         .for_each(|_| async {})
         .await;
 }
 
-fn error_policy(version: Arc<SchemaVersion>, error: &RolloutError, ctx: Arc<Context>) -> Action {
+fn error_policy(version: Arc<SchemaVersion>, error: &RolloutError, r: Arc<Rollouts>) -> Action {
+    let ctx = &r.ctx;
     let result = match error {
         RolloutError::NotLeader(_) => "not_leader",
         RolloutError::Api(_) => "api",
@@ -81,7 +93,8 @@ fn error_policy(version: Arc<SchemaVersion>, error: &RolloutError, ctx: Arc<Cont
 /// How often an unfinished rollout is looked at (plans and agents are not watched here).
 const POLL: Duration = Duration::from_millis(500);
 
-async fn reconcile(version: Arc<SchemaVersion>, ctx: Arc<Context>) -> Result<Action, RolloutError> {
+async fn reconcile(version: Arc<SchemaVersion>, r: Arc<Rollouts>) -> Result<Action, RolloutError> {
+    let ctx = &r.ctx;
     ctx.leader.ensure()?;
     let status = version.status.clone().unwrap_or_default();
     if matches!(
@@ -91,19 +104,28 @@ async fn reconcile(version: Arc<SchemaVersion>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     let namespace = version.namespace().unwrap_or_default();
-    let api = Apis::new(&ctx, &namespace);
-    let table = api
-        .tables
-        .get_opt(&version.spec.table)
-        .await
-        .doing(|| format!("read Table {}", version.spec.table))?;
+    let api = Apis::new(ctx, &namespace);
+    // Version 1 only sets the table's version where it has none: the cached table does (a
+    // stale copy sets the same number again); a later version reads the table now.
+    let cached = match version.spec.previous_version {
+        None => r.tables.get(&namespace, &version.spec.table),
+        Some(_) => None,
+    };
+    let table = match cached {
+        Some(table) => Some((*table).clone()),
+        None => api
+            .tables
+            .get_opt(&version.spec.table)
+            .await
+            .doing(|| format!("read Table {}", version.spec.table))?,
+    };
     let Some(table) = table else {
         return Ok(Action::await_change());
     };
     let current = table.status.as_ref().and_then(|s| s.schema_version);
     let number = version.spec.version;
     let mut rollout = Rollout {
-        ctx: &ctx,
+        ctx,
         api: &api,
         version: &version,
         table: &table,

@@ -1,11 +1,10 @@
 //! What the cluster reconciler does to the world once it has decided: creates the decided
-//! plan (superseding the plans it replaces), prunes finished plans, keeps node finalizers
-//! and counts. Every write is made by the leader only. A plan created or superseded is one
-//! log line each, and a plan created is timed from the event that needed it.
+//! plan (superseding the plans it replaces), prunes finished plans, keeps node finalizers.
+//! Every write is made by the leader only. A plan created or superseded is one log line
+//! each, and a plan created is timed from the event that needed it.
 
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -16,7 +15,7 @@ use crate::api::plan::{PlanPhase, PlanPurpose};
 use crate::api::{DatabaseNode, Plan, Shard};
 use crate::decide::cluster::{
     Admission, MAX_DECISIONS_BESIDE, admit, admit_beside, beside, decide_beside, history_to_prune,
-    node_counts, node_finalizers,
+    node_finalizers,
 };
 use crate::decide::plan_wire::Decision;
 use crate::decide::{self, ClusterView};
@@ -300,51 +299,4 @@ async fn holds_replicas_now(ctx: &Context, node: &DatabaseNode) -> Result<bool, 
             .as_ref()
             .is_some_and(|status| status.desired_replicas.iter().any(|r| r.node == name))
     }))
-}
-
-/// Writes one node's replica and primary counts.
-async fn write_node_counts(
-    ctx: &Context,
-    node: Arc<DatabaseNode>,
-    replicas: i32,
-    primaries: i32,
-) -> Result<(), ApiError> {
-    let namespace = node.namespace().unwrap_or_default();
-    let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({"status": {"replicas": replicas, "primaries": primaries}});
-    nodes
-        .patch_status(
-            &node.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-        .doing(|| {
-            format!(
-                "write the counts of DatabaseNode {namespace}/{}",
-                node.name_any()
-            )
-        })?;
-    Ok(())
-}
-
-/// How many nodes' counts are written at once.
-const NODE_COUNT_WRITES_AT_ONCE: usize = 16;
-
-/// Writes each node's replica and primary counts where they changed (informational: written
-/// after the look's decisions).
-pub async fn update_node_counts(
-    ctx: &Context,
-    view: &ClusterView,
-    topology: &Topology,
-) -> Result<(), ClusterError> {
-    ctx.leader.ensure()?;
-    // Side by side: a placement at 1,000 nodes changes every node's counts, and one write
-    // after another took ≈ 30 s per look at a loaded API server.
-    futures::stream::iter(node_counts(view, topology))
-        .map(|(node, replicas, primaries)| write_node_counts(ctx, node, replicas, primaries))
-        .buffer_unordered(NODE_COUNT_WRITES_AT_ONCE)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(())
 }

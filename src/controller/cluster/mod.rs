@@ -2,10 +2,12 @@
 //! nodes, tables, shards and plans (watch caches); decide (`crate::decide::cluster`: the
 //! planner's next plan by priority, what to supersede or prune, and — when an active plan
 //! holds that decision back — what can run beside it on other shards); act (`act.rs`: persist
-//! the decisions as `Plan`s owned by the cluster, node finalizers and counts); report the
-//! cluster's state (`status.rs`). It never executes a step — the plan executor does.
+//! the decisions as `Plan`s owned by the cluster and node finalizers); report the cluster's
+//! state (`status.rs`) and hand each node's counts to their writer (`counts.rs`). It never
+//! executes a step — the plan executor does.
 
 mod act;
+mod counts;
 mod status;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -25,6 +27,7 @@ use super::caches::Caches;
 use super::context::{Context, now_ms};
 use super::error::ApiError;
 use super::fence::NotLeader;
+use counts::Counts;
 
 /// Why a cluster reconcile failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,7 @@ fn view(caches: &Caches, cluster: Arc<DatabaseCluster>) -> ClusterView {
 struct Reconciler {
     ctx: Arc<Context>,
     caches: Caches,
+    counts: Counts,
 }
 
 /// Runs the reconciler while this replica leads (it is aborted when leadership is lost).
@@ -126,6 +130,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let reconciler = Arc::new(Reconciler {
         ctx: ctx.clone(),
         caches,
+        counts: Counts::default(),
     });
     // Nodes, shards and plans change the decision as much as the cluster does: look again
     // at once when one changes in a way that needs a decision (the controller runs one
@@ -141,11 +146,11 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let ticks = futures::stream::select(ticks, changes);
     let controller = Controller::for_shared_stream(clusters.changes(), clusters.store());
     ctx.metrics.queue.track("DatabaseCluster", clusters.store());
-    controller
+    let looks = controller
         .reconcile_all_on(ticks)
-        .run(reconcile, error_policy, reconciler)
-        .for_each(|_| async {})
-        .await;
+        .run(reconcile, error_policy, reconciler.clone())
+        .for_each(|_| async {});
+    futures::join!(looks, reconciler.counts.write_forever(&ctx));
 }
 
 /// How soon a look put off for a created plan the cache does not hold yet is made again.
@@ -189,7 +194,7 @@ async fn reconcile(
         ));
     }
     let view = view(&r.caches, cluster.clone());
-    let active = converge(ctx, &view, now_ms()).await?;
+    let active = converge(ctx, &view, &r.counts, now_ms()).await?;
     ctx.metrics.active_plans.set(active as i64);
     ctx.metrics.reconciled("DatabaseCluster", "ok", started);
     ctx.reconciled("DatabaseCluster", cluster.as_ref());
@@ -200,9 +205,14 @@ async fn reconcile(
     ))
 }
 
-/// Decides, acts and reports on one observed view of the cluster at `now_ms`; returns how
-/// many plans hold the cluster's next decision back.
-async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usize, ClusterError> {
+/// Decides, acts and reports on one observed view of the cluster at `now_ms`, offering each
+/// node's counts to `counts`; returns how many plans hold the cluster's next decision back.
+async fn converge(
+    ctx: &Context,
+    view: &ClusterView,
+    counts: &Counts,
+    now_ms: u64,
+) -> Result<usize, ClusterError> {
     let started = Instant::now();
     let (topology, invalid) = view.topology();
     let observed = started.elapsed();
@@ -219,8 +229,8 @@ async fn converge(ctx: &Context, view: &ClusterView, now_ms: u64) -> Result<usiz
     let blocked = decide_and_persist(ctx, view, &topology, now_ms).await?;
     let decided = started.elapsed();
 
-    // Status (after the decisions: a placement at 1,000 nodes changes every node's counts).
-    act::update_node_counts(ctx, view, &topology).await?;
+    // Status.
+    counts.offer(decide::cluster::node_counts(view, &topology));
     status::write(ctx, view, &topology, &invalid, &blocked).await?;
     act::prune_history(ctx, view).await?;
     tracing::debug!(

@@ -144,7 +144,10 @@ async fn a_decision_is_persisted_as_a_plan_owned_by_the_cluster() {
         Expect::event(NS, "PlanCreated"),
         cluster_status(),
     ];
-    let active = server.run(script, converge(&ctx, &view, 0)).await.unwrap();
+    let active = server
+        .run(script, converge(&ctx, &view, &Counts::default(), 0))
+        .await
+        .unwrap();
     assert_eq!(active, 0);
 }
 
@@ -173,7 +176,10 @@ async fn a_failover_supersedes_a_running_plan_on_its_node_before_it_is_created()
         Expect::event(NS, "PlanCreated"),
         cluster_status(),
     ];
-    let active = server.run(script, converge(&ctx, &view, 0)).await.unwrap();
+    let active = server
+        .run(script, converge(&ctx, &view, &Counts::default(), 0))
+        .await
+        .unwrap();
     assert_eq!(
         active, 1,
         "the superseded plan was still active in this view"
@@ -195,7 +201,10 @@ async fn a_failover_runs_beside_a_plan_that_does_not_touch_its_node() {
         Expect::event(NS, "PlanCreated"),
         cluster_status(),
     ];
-    server.run(script, converge(&ctx, &view, 0)).await.unwrap();
+    server
+        .run(script, converge(&ctx, &view, &Counts::default(), 0))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -224,7 +233,7 @@ async fn a_settled_cluster_with_a_current_status_writes_nothing() {
         Vec::new(),
     );
     server
-        .run(Vec::new(), converge(&ctx, &view, 0))
+        .run(Vec::new(), converge(&ctx, &view, &Counts::default(), 0))
         .await
         .unwrap();
 }
@@ -233,7 +242,9 @@ async fn a_settled_cluster_with_a_current_status_writes_nothing() {
 async fn a_replica_that_does_not_lead_writes_nothing() {
     let (ctx, server) = fixtures::context(false);
     let view = view(nodes("Online", 0, 0), vec![shard(false)], Vec::new());
-    let result = server.run(Vec::new(), converge(&ctx, &view, 0)).await;
+    let result = server
+        .run(Vec::new(), converge(&ctx, &view, &Counts::default(), 0))
+        .await;
     assert!(
         matches!(result, Err(ClusterError::NotLeader(_))),
         "{result:?}"
@@ -257,7 +268,10 @@ async fn a_plan_already_made_is_not_made_twice() {
     );
     // Only the status: the pending plan with the same hash is the decision.
     server
-        .run(vec![cluster_status()], converge(&ctx, &again, 0))
+        .run(
+            vec![cluster_status()],
+            converge(&ctx, &again, &Counts::default(), 0),
+        )
         .await
         .unwrap();
 }

@@ -19,9 +19,9 @@ use super::{Progress, StepError, get_shard};
 
 /// Applies a replica step's effect (idempotently) and reports whether it holds. What the step
 /// waits for (a report of the agents) is read from `cached` (a watch cache of the Shards),
-/// so a waiting step costs no request; the shard is read from the API server only when its
-/// effect is still to be written as the cache has it (the cache may lag the executor's own
-/// writes, and a write is conditional on the version read).
+/// so a waiting step costs no request; the effect is written on the cached copy, and the
+/// shard read from the API server only when that write finds the copy stale (the cache may
+/// lag the executor's own writes; a write is conditional on the version read).
 pub async fn advance(
     ctx: &Context,
     cached: &Cache<Shard>,
@@ -41,29 +41,52 @@ pub async fn advance(
             )));
         }
     };
-    if let Some(current) = cached.get(namespace, shard)
-        && (!effect || written(&current, action)?)
+    let cached = cached.get(namespace, shard);
+    if let Some(current) = &cached
+        && (!effect || written(current, action)?)
     {
-        return look(ctx, namespace, &current, action).await;
+        return look(ctx, namespace, current, action).await;
     }
-    let current = get_shard(&shards, shard).await?;
+    // The effect is to be written: on the cached copy first. The write is conditional on the
+    // version read, so a copy older than the API server's is refused (409) and the shard is
+    // read now — a read only when the cache lags, not before every write.
+    let current = match cached {
+        Some(current) => match write(ctx, &shards, &current, action).await {
+            Ok(()) => return wrote(ctx, namespace, &current, action).await,
+            Err(StepError::Api(error)) if error.is_conflict() => get_shard(&shards, shard).await?,
+            Err(error) => return Err(error),
+        },
+        None => get_shard(&shards, shard).await?,
+    };
     if !written(&current, action)? {
         write(ctx, &shards, &current, action).await?;
-        if let StepAction::TransferPrimary {
-            shard, to, epoch, ..
-        }
-        | StepAction::Promote {
-            shard,
-            node: to,
-            epoch,
-        } = action
-        {
-            return Ok(Progress::Waiting(format!(
-                "{to} is to serve {shard} at epoch {epoch}"
-            )));
-        }
+        return wrote(ctx, namespace, &current, action).await;
     }
     look(ctx, namespace, &current, action).await
+}
+
+/// What a step whose effect was just written on `current` waits for: a promotion for its
+/// node's report; anything else as [`look`] finds it.
+async fn wrote(
+    ctx: &Context,
+    namespace: &str,
+    current: &Shard,
+    action: &StepAction,
+) -> Result<Progress, StepError> {
+    if let StepAction::TransferPrimary {
+        shard, to, epoch, ..
+    }
+    | StepAction::Promote {
+        shard,
+        node: to,
+        epoch,
+    } = action
+    {
+        return Ok(Progress::Waiting(format!(
+            "{to} is to serve {shard} at epoch {epoch}"
+        )));
+    }
+    look(ctx, namespace, current, action).await
 }
 
 /// Whether `action`'s effect is written on `current` (refused if it never can be).

@@ -169,6 +169,60 @@ async fn a_step_is_recorded_running_before_its_effect_and_applied_once_across_a_
 }
 
 #[tokio::test]
+async fn an_effect_is_written_on_the_cached_shard_and_read_anew_only_when_that_copy_is_stale() {
+    let (ctx, server) = fixtures::context(true);
+    let mut stale = shard(&["n1"]);
+    stale.metadata.resource_version = Some("10".into());
+    let executor = Arc::new(Executor {
+        ctx,
+        shards: Cache::holding([stale]),
+    });
+    let resumed = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Running, 1)));
+    let mut done = running(StepPhase::Succeeded, 1);
+    done.phase = Some(PlanPhase::Succeeded);
+    let script = vec![
+        // No read first: the write carries the cached copy's version, which is stale.
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "10")
+            .field("/status/desiredReplicas/1/node", "n2")
+            .fail(409, "Conflict"),
+        Expect::get::<Shard>(NS, "orders-0").answer(shard(&["n1"])),
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "11")
+            .field("/status/desiredReplicas/1/node", "n2")
+            .answer(shard(&["n1", "n2"])),
+        plan_status_written(&add_replica_plan(plan::RiskClass::Safe, Some(done)))
+            .field("/status/phase", "Succeeded"),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server
+        .run(script, reconcile(resumed.clone(), executor.clone()))
+        .await
+        .unwrap();
+
+    // A current copy: written at once, no read at all.
+    let (ctx, server) = fixtures::context(true);
+    let executor = Arc::new(Executor {
+        ctx,
+        shards: Cache::holding([shard(&["n1"])]),
+    });
+    let mut done = running(StepPhase::Succeeded, 1);
+    done.phase = Some(PlanPhase::Succeeded);
+    let script = vec![
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "11")
+            .answer(shard(&["n1", "n2"])),
+        plan_status_written(&add_replica_plan(plan::RiskClass::Safe, Some(done)))
+            .field("/status/phase", "Succeeded"),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server
+        .run(script, reconcile(resumed, executor))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn an_effect_that_already_holds_is_not_written_again() {
     let (ctx, server) = executor(true);
     // A new leader (epoch 1) resumes a step a deposed one (epoch 0) left Running: the attempt
