@@ -136,27 +136,17 @@ where
             .modify(forget_status_writers)
             .reflect(writer);
         let task = tokio::spawn(stream.for_each(move |event| {
-            let change = match event {
-                // The store's own copy (no second copy in the feed).
-                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => reader
-                    .get(&ObjectRef::from_obj(&object))
-                    .map(|object| Change {
-                        object,
-                        deleted: false,
-                    }),
-                Ok(watcher::Event::Delete(object)) => Some(Change {
-                    object: Arc::new(object),
-                    deleted: true,
-                }),
-                Ok(watcher::Event::InitDone) => {
-                    lists.inc();
-                    None
+            match event {
+                Ok(event) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        lists.inc();
+                    }
+                    for change in announced(&event, &reader) {
+                        // No subscriber is no error: nothing waits for changes then.
+                        let _ = sender.send(change);
+                    }
                 }
-                _ => None,
-            };
-            if let Some(change) = change {
-                // No subscriber is no error: nothing waits for changes then.
-                let _ = sender.send(change);
+                Err(error) => tracing::debug!(%error, "a watch failed; it is retried"),
             }
             ready(())
         }));
@@ -271,6 +261,37 @@ where
     }
 }
 
+/// The changes a watch event announces, once `store` has taken it in: an applied object as
+/// stored; a deleted one as last seen; and after a list — the first, or a re-list when a watch
+/// could not resume (its version expired, an error) — every object, because the store takes
+/// a list in at its end, all at once. An object listed is not in the store before then, so
+/// announcing each as it is listed announced nothing for an object created while the watch
+/// was down, and an older copy for one changed meanwhile — and nothing woke a reconciler for
+/// either again.
+fn announced<K>(event: &watcher::Event<K>, store: &Store<K>) -> Vec<Change<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let stored = |object: Arc<K>| Change {
+        object,
+        deleted: false,
+    };
+    match event {
+        watcher::Event::Apply(object) => store
+            .get(&ObjectRef::from_obj(object))
+            .map(stored)
+            .into_iter()
+            .collect(),
+        watcher::Event::Delete(object) => vec![Change {
+            object: Arc::new(object.clone()),
+            deleted: true,
+        }],
+        watcher::Event::InitDone => store.state().into_iter().map(stored).collect(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => Vec::new(),
+    }
+}
+
 /// Drops the `managedFields` entries of status writers from a cached object: on a Shard,
 /// every agent reporting a replica and the executor each hold one, which would make up most
 /// of the cache. Spec writers stay (a plan's decision clock reads them:
@@ -283,6 +304,7 @@ fn forget_status_writers<K: Resource>(object: &mut K) {
 
 #[cfg(test)]
 mod tests {
+    use kube::ResourceExt;
     use serde_json::json;
 
     use super::super::config::OperatorConfig;
@@ -315,6 +337,73 @@ mod tests {
             .flatten()
             .filter_map(|f| f.manager.as_deref())
             .collect()
+    }
+
+    fn shard_at(name: &str, version: &str) -> Shard {
+        serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": name, "namespace": "db", "resourceVersion": version},
+            "spec": {"table": "orders", "range": {}},
+        }))
+        .unwrap()
+    }
+
+    /// Applies `event` to the store as the watch does, then says what it announces: each
+    /// announced object's name and version as the store holds it.
+    fn take_in(
+        writer: &mut reflector::store::Writer<Shard>,
+        store: &Store<Shard>,
+        event: watcher::Event<Shard>,
+    ) -> Vec<(String, String)> {
+        writer.apply_watcher_event(&event);
+        let mut seen: Vec<(String, String)> = announced(&event, store)
+            .into_iter()
+            .map(|c| {
+                (
+                    c.object.name_any(),
+                    c.object.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_relist_announces_what_changed_while_the_watch_was_down_once_the_store_holds_it() {
+        let (store, mut writer) = reflector::store();
+        let pair = |name: &str, version: &str| (name.to_owned(), version.to_owned());
+        take_in(&mut writer, &store, watcher::Event::Init);
+        take_in(
+            &mut writer,
+            &store,
+            watcher::Event::InitApply(shard_at("a", "1")),
+        );
+        assert_eq!(
+            take_in(&mut writer, &store, watcher::Event::InitDone),
+            [pair("a", "1")]
+        );
+        assert_eq!(
+            take_in(
+                &mut writer,
+                &store,
+                watcher::Event::Apply(shard_at("a", "2"))
+            ),
+            [pair("a", "2")]
+        );
+        // The watch could not resume: a re-list, while which `a` changed and `b` was made.
+        take_in(&mut writer, &store, watcher::Event::Init);
+        for listed in [shard_at("a", "5"), shard_at("b", "4")] {
+            // Not in the store yet: announcing it now would announce `a` at 2 and no `b`.
+            assert!(take_in(&mut writer, &store, watcher::Event::InitApply(listed)).is_empty());
+        }
+        assert_eq!(
+            take_in(&mut writer, &store, watcher::Event::InitDone),
+            [pair("a", "5"), pair("b", "4")]
+        );
+        let gone = shard_at("b", "6");
+        let deleted = announced(&watcher::Event::Delete(gone.clone()), &store);
+        assert!(deleted.len() == 1 && deleted[0].deleted);
     }
 
     #[test]

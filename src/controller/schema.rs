@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::api::schema_version::RolloutPhase;
 use crate::api::{SchemaVersion, Table};
-use crate::protocol::TABLE_LABEL;
+use crate::protocol::{SCHEMA_MANAGER, TABLE_LABEL};
 
 use super::caches::{Cache, Caches};
 use super::context::{self, Context};
@@ -181,8 +181,11 @@ async fn create(
     Ok(())
 }
 
-/// Sets the `SchemaAccepted` condition in one write conditional on the version read; a
-/// Warning Event accompanies a refusal the first time it is reported.
+/// Sets the `SchemaAccepted` condition — by server-side apply of that one condition under
+/// the schema reconciler's own field manager, so it neither waits for nor refuses the table
+/// reconciler's writes of the table's other conditions and routing map (conditional on the
+/// version read, the two refused each other, 409, for most new tables); a Warning Event
+/// accompanies a refusal the first time it is reported.
 async fn write_condition(
     ctx: &Context,
     table: &Table,
@@ -203,15 +206,21 @@ async fn write_condition(
     ctx.leader.ensure()?;
     let tables: Api<Table> =
         Api::namespaced(ctx.client.clone(), &table.namespace().unwrap_or_default());
+    let accepted: Vec<_> = conditions
+        .iter()
+        .filter(|c| c.type_ == SCHEMA_ACCEPTED)
+        .collect();
     let patch = json!({
-        "metadata": {"resourceVersion": table.resource_version()},
-        "status": {"conditions": conditions},
+        "apiVersion": "shardplane.io/v1alpha1",
+        "kind": "Table",
+        "metadata": {"name": table.name_any()},
+        "status": {"conditions": accepted},
     });
     tables
         .patch_status(
             &table.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
+            &PatchParams::apply(SCHEMA_MANAGER).force(),
+            &Patch::Apply(patch),
         )
         .await
         .doing(|| {
@@ -380,7 +389,7 @@ mod tests {
     /// on the version read.
     fn condition_written(status: &str, reason: &str) -> Expect {
         Expect::patch_status::<Table>("db", "orders")
-            .field("/metadata/resourceVersion", "5")
+            .absent("/metadata/resourceVersion")
             .field("/status/conditions/0/type", SCHEMA_ACCEPTED)
             .field("/status/conditions/0/status", status)
             .field("/status/conditions/0/reason", reason)
@@ -472,7 +481,7 @@ mod tests {
         let dropped = watched(2, &[ID]);
         let script = vec![
             Expect::patch_status::<Table>("db", "orders")
-                .field("/metadata/resourceVersion", "5")
+                .absent("/metadata/resourceVersion")
                 .field("/status/conditions/0/type", SCHEMA_ACCEPTED)
                 .field("/status/conditions/0/status", "False")
                 .field("/status/conditions/0/reason", REFUSED_REASON)

@@ -43,6 +43,9 @@ pub const RESHARD_MANAGER: &str = "shardplane-operator/reshard";
 /// Field manager of the schema rollout's requests in `Shard.status.schemaRequest`.
 pub const SCHEMA_ROLLOUT_MANAGER: &str = "shardplane-operator/schema-rollout";
 
+/// Field manager of a Table's `SchemaAccepted` condition (the schema reconciler's one field).
+pub const SCHEMA_MANAGER: &str = "shardplane-operator/schema";
+
 /// Field manager of the shard readiness fields (`readyReplicas`, `phase`).
 pub const SHARD_STATUS_MANAGER: &str = "shardplane-operator/shard-status";
 

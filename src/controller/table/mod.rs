@@ -126,8 +126,16 @@ async fn reconcile(table: Arc<Table>, tables: Arc<Tables>) -> Result<Action, Tab
         (None, quiet)
     };
 
-    // Status.
-    status::write(ctx, &table, &shards_of_table, &[], deletion).await?;
+    // Status. Refused as stale (409: the schema rollout or a split's switch wrote the table
+    // since the cached copy): the newer version's watch event brings the table back once the
+    // cache holds it — a race, not a failure (no backoff, no warning).
+    let action = match status::write(ctx, &table, &shards_of_table, &[], deletion).await {
+        Err(TableError::Api(error)) if error.is_conflict() => action.min(STALE_LOOK),
+        written => {
+            written?;
+            action
+        }
+    };
     ctx.metrics.reconciled("Table", "ok", started);
     ctx.reconciled("Table", table.as_ref());
     Ok(ctx.next("Table", table.as_ref(), Some(action)))

@@ -112,6 +112,25 @@ async fn a_readiness_computed_from_a_stale_copy_is_refused_and_looked_at_again_s
 }
 
 #[tokio::test]
+async fn a_status_write_that_meets_a_newer_table_is_a_race_looked_at_again_not_a_failure() {
+    // The schema rollout wrote the table since the cached copy: the routing map's write is
+    // refused (409); the reconcile succeeds and looks again soon (the newer version's watch
+    // event brings it back before that), with no backoff.
+    let shards = [shard("orders-0", None, None, Some("Serving"))];
+    let (ctx, server) = tables(true, &shards);
+    let script = vec![
+        Expect::patch_status::<Table>(NS, "orders")
+            .field("/metadata/resourceVersion", "5")
+            .fail(409, "Conflict"),
+    ];
+    let action = server
+        .run(script, reconcile(table(true, json!(null)), ctx))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(STALE_LOOK));
+}
+
+#[tokio::test]
 async fn a_new_table_gets_its_finalizer_and_an_unchanged_map_is_not_rewritten() {
     let shards = [shard("orders-0", None, None, Some("Serving"))];
     let routed = table(true, json!(null));
