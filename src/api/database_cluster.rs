@@ -257,7 +257,7 @@ pub struct RebalancingPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub max_concurrent_moves_per_node: Option<i32>,
-    /// How many replica moves may run in the whole cluster at a time (default 16).
+    /// How many replica moves may run in the whole cluster at a time (default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4096))]
     pub max_concurrent_moves: Option<i32>,
