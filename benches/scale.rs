@@ -31,7 +31,7 @@ use shardplane::sandbox::fleet::{Fleet, FleetConfig, ReplicaModel};
 use shardplane::sandbox::fleet_cluster::{FleetCluster, fully_serving};
 use support::{
     free_addr, install_crds, is_write, label, liveness_write_count, machine, percentile,
-    request_counters, summary, wait_for,
+    request_counters, request_seconds, summary, wait_for,
 };
 
 mod support;
@@ -141,6 +141,7 @@ async fn main() {
 
     let store = watch_shards(&client);
     let requests_before = api_requests(&cp).await;
+    let seconds_before = api_request_seconds(&cp).await;
     let cpu_before = sampler.cpu_s();
     let started = Instant::now();
     layout.create_tables(&client, NAMESPACE).await.unwrap();
@@ -210,6 +211,26 @@ async fn main() {
             .iter()
             .take(8)
             .map(|((verb, resource), n)| format!("{verb} {resource} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    // Where the API server's time went: requests by the seconds they took in all (the
+    // server's CPU is what limits placement at the seed's size).
+    let seconds = difference(&seconds_before, &api_request_seconds(&cp).await);
+    let mut slowest: Vec<_> = seconds.iter().filter(|(_, s)| **s > 0.0).collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(a.1));
+    report.row(
+        "api_request_seconds_placement_busiest",
+        slowest
+            .iter()
+            .take(8)
+            .map(|(key @ (verb, resource), s)| {
+                let n = requests.get(key).copied().unwrap_or(0.0);
+                format!(
+                    "{verb} {resource} {s:.0} s ({n:.0}, {:.0} ms each)",
+                    1000.0 * *s / n.max(1.0)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -583,14 +604,31 @@ fn leadership_losses(log: &std::path::Path) -> usize {
 
 /// `apiserver_request_total` summed by verb and resource.
 async fn api_requests(cp: &ControlPlane) -> BTreeMap<(String, String), f64> {
-    let mut counts = BTreeMap::new();
-    for (labels, value) in request_counters(cp).await {
+    by_verb_and_resource(request_counters(cp).await)
+}
+
+/// The seconds requests took (`apiserver_request_duration_seconds_sum`) by verb and
+/// resource (with its subresource: `plans/status`); watches excluded (they last).
+async fn api_request_seconds(cp: &ControlPlane) -> BTreeMap<(String, String), f64> {
+    let lines = request_seconds(cp).await.into_iter();
+    by_verb_and_resource(lines.filter(|(labels, _)| label(labels, "verb") != Some("WATCH")))
+}
+
+/// Series summed by their verb and resource (and subresource, where one is named).
+fn by_verb_and_resource(
+    series: impl IntoIterator<Item = (String, f64)>,
+) -> BTreeMap<(String, String), f64> {
+    let mut sums = BTreeMap::new();
+    for (labels, value) in series {
         if let Some(verb) = label(&labels, "verb") {
-            let resource = label(&labels, "resource").unwrap_or("").to_owned();
-            *counts.entry((verb.to_owned(), resource)).or_default() += value;
+            let mut resource = label(&labels, "resource").unwrap_or("").to_owned();
+            if let Some(sub) = label(&labels, "subresource").filter(|s| !s.is_empty()) {
+                resource = format!("{resource}/{sub}");
+            }
+            *sums.entry((verb.to_owned(), resource)).or_default() += value;
         }
     }
-    counts
+    sums
 }
 
 fn per_verb(counts: &BTreeMap<(String, String), f64>) -> BTreeMap<String, f64> {

@@ -41,10 +41,22 @@ pub async fn install_crds(cp: &ControlPlane) -> Result<(), String> {
 
 /// kube-apiserver's `apiserver_request_total` lines: their labels and value.
 pub async fn request_counters(cp: &ControlPlane) -> Vec<(String, f64)> {
+    apiserver_series(cp, "apiserver_request_total").await
+}
+
+/// kube-apiserver's `apiserver_request_duration_seconds_sum` lines (the time requests took,
+/// in seconds): their labels and value.
+pub async fn request_seconds(cp: &ControlPlane) -> Vec<(String, f64)> {
+    apiserver_series(cp, "apiserver_request_duration_seconds_sum").await
+}
+
+/// The lines of kube-apiserver's metric `name`: their labels and value.
+async fn apiserver_series(cp: &ControlPlane, name: &str) -> Vec<(String, f64)> {
     let out = cp.kubectl(["get", "--raw", "/metrics"]).await.unwrap();
+    let prefix = format!("{name}{{");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.strip_prefix("apiserver_request_total{"))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|l| {
             let (labels, value) = l.rsplit_once("} ")?;
             Some((labels.to_owned(), value.trim().parse().ok()?))
