@@ -203,13 +203,9 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let mut busiest: Vec<_> = requests.iter().filter(|(_, n)| **n > 0.0).collect();
-    busiest.sort_by(|a, b| b.1.total_cmp(a.1));
     report.row(
         "api_requests_placement_busiest",
-        busiest
-            .iter()
-            .take(8)
+        largest(&requests, 8)
             .map(|((verb, resource), n)| format!("{verb} {resource} {n:.0}"))
             .collect::<Vec<_>>()
             .join(", "),
@@ -217,18 +213,14 @@ async fn main() {
     // Where the API server's time went: requests by the seconds they took in all (the
     // server's CPU is what limits placement at the seed's size).
     let seconds = difference(&seconds_before, &api_request_seconds(&cp).await);
-    let mut slowest: Vec<_> = seconds.iter().filter(|(_, s)| **s > 0.0).collect();
-    slowest.sort_by(|a, b| b.1.total_cmp(a.1));
     report.row(
         "api_request_seconds_placement_busiest",
-        slowest
-            .iter()
-            .take(8)
+        largest(&seconds, 8)
             .map(|(key @ (verb, resource), s)| {
                 let n = requests.get(key).copied().unwrap_or(0.0);
                 format!(
                     "{verb} {resource} {s:.0} s ({n:.0}, {:.0} ms each)",
-                    1000.0 * *s / n.max(1.0)
+                    1000.0 * s / n.max(1.0)
                 )
             })
             .collect::<Vec<_>>()
@@ -629,6 +621,17 @@ fn by_verb_and_resource(
         }
     }
     sums
+}
+
+/// The `n` largest positive values of `sums`, largest first, with their keys.
+fn largest<K>(sums: &BTreeMap<K, f64>, n: usize) -> impl Iterator<Item = (&K, f64)> {
+    let mut positive: Vec<(&K, f64)> = sums
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| (k, *v))
+        .collect();
+    positive.sort_by(|a, b| b.1.total_cmp(&a.1));
+    positive.into_iter().take(n)
 }
 
 fn per_verb(counts: &BTreeMap<(String, String), f64>) -> BTreeMap<String, f64> {

@@ -20,6 +20,7 @@ use crate::api::DatabaseNode;
 
 use super::super::context::Context;
 use super::super::error::Doing;
+use super::ClusterError;
 
 /// How many nodes' counts are written at once.
 const WRITES_AT_ONCE: usize = 16;
@@ -110,7 +111,7 @@ async fn write(
     ctx: &Context,
     node: &DatabaseNode,
     (replicas, primaries): Tally,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), ClusterError> {
     ctx.leader.ensure()?;
     let namespace = node.namespace().unwrap_or_default();
     let nodes: Api<DatabaseNode> = Api::namespaced(ctx.client.clone(), &namespace);
