@@ -9,8 +9,8 @@ use std::time::Duration;
 use shardplane::agent::postgres::{
     Credentials, HeldSnapshot, Instance, InstanceSettings, InstanceSpec, KeyKind, PostgresError,
     Role, ShardedTable, Side, StopMode, SyncQuorum, Toolchain, WalLevel, copy_range,
-    free_loopback_port, range_digest, track_changes, untrack_changes, verify_range,
-    verify_range_since,
+    free_loopback_port, range_digest, release_orphaned_segment, track_changes, untrack_changes,
+    verify_range, verify_range_since,
 };
 use shardplane::plan::KeyRange;
 use shardplane::routing::{ShardKeyValue, keyspace_id};
@@ -620,6 +620,47 @@ async fn instance_reopens_after_stop() {
         matches!(error, PostgresError::NotAnInstance { .. }),
         "{error}"
     );
+}
+
+/// A SIGKILLed postmaster leaves its System V interlock segment; it is kept while anything
+/// attaches to it and released once nothing does, which is what the agent does before it
+/// removes a replica's directory.
+#[tokio::test]
+async fn a_killed_instances_segment_is_released_only_once_nothing_attaches() {
+    let sandbox = Sandbox::new();
+    let mut instance = sandbox.primary("killed").await;
+    let data_dir = instance.data_dir();
+    let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    let id: libc::c_int = pid_file
+        .lines()
+        .nth(6)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let exists = |id| {
+        let mut info: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: IPC_STAT only fills `info`.
+        unsafe { libc::shmctl(id, libc::IPC_STAT, &mut info) == 0 }
+    };
+    assert!(exists(id), "the running server has no segment {id}");
+    assert!(
+        !release_orphaned_segment(&data_dir),
+        "a running server's segment was removed"
+    );
+
+    instance.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !release_orphaned_segment(&data_dir) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment {id} never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!exists(id), "segment {id} outlived its release");
 }
 
 impl Sandbox {

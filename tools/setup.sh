@@ -25,6 +25,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="/usr/lib/postgresql/15/bin:$PATH"
 
+# A PostgreSQL server SIGKILLed by a test (a node's death) leaves its System V interlock
+# segment behind, and the test then removes its data directory, so nothing reclaims it; at
+# kernel.shmmni segments (4,096) every new server fails with "could not create shared memory
+# segment". Remove the ones no process attaches to, owned by the PostgreSQL user or by us
+# (a running server attaches to its own; a stopped one has none).
+for segment in $(ipcs -m 2>/dev/null | awk -v me="$(id -un)" \
+    'NR > 3 && $6 == 0 && ($3 == "postgres" || $3 == me) { print $2 }'); do
+  ipcrm -m "$segment" 2>/dev/null || true
+done
+
 for tool in go cargo; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed; this machine kind ships it" >&2; exit 1; }
 done

@@ -617,7 +617,10 @@ impl ReplicaWorker {
         }
     }
 
+    /// Removes the replica's directory, releasing the shared memory segment a killed
+    /// postmaster left for it first (nothing else ever would).
     fn remove_dir(&self) -> Result<(), AgentError> {
+        super::postgres::release_orphaned_segment(&self.dir.join("data"));
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
