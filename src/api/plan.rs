@@ -387,9 +387,11 @@ pub struct PlanStatus {
     /// Steps in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_steps: Option<i32>,
-    /// Per-step progress, in step order.
+    /// Per-step progress, in step order. Written whole by the executor, its one writer (an
+    /// atomic list: the server keeps no per-step field ownership, a third of a large plan's
+    /// size otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub steps: Vec<StepStatus>,
     /// The leader epoch of the operator executing the plan; a deposed operator's writes carry
     /// an older one.

@@ -5,6 +5,7 @@
 //! what the agents report. Every effect is idempotent: applying it twice leaves the same
 //! state, and an epoch is fixed by the plan, so a resumed step never bumps it twice.
 
+mod copies;
 mod node;
 mod replicas;
 mod reshard;
@@ -16,12 +17,12 @@ use serde::de::DeserializeOwned;
 use crate::api::Shard;
 use crate::plan::StepAction;
 
-use super::caches::Cache;
 use super::context::{Context, now_ms};
 use super::error::{ApiError, Doing};
 use super::fence::NotLeader;
 use super::table::TableError;
 
+pub use copies::ShardCopies;
 pub use reshard::undo_superseded;
 pub use schema::{
     LOCK_TIMEOUT_MS, primary_verified, replica_error, replicas_verified, write_schema_request,
@@ -62,10 +63,11 @@ impl From<TableError> for StepError {
 }
 
 /// Applies `action`'s effect (idempotently) in `namespace` for the Plan named `plan` and
-/// reports whether it holds; replica steps look at `shards` (a watch cache) first.
+/// reports whether it holds; replica steps look at `shards` (a watch cache and the
+/// executor's own newest writes) first.
 pub async fn advance(
     ctx: &Context,
-    shards: &Cache<Shard>,
+    shards: &ShardCopies,
     namespace: &str,
     plan: &str,
     action: &StepAction,
@@ -103,7 +105,7 @@ pub async fn advance(
         | StepAction::RestartNode { .. }
         | StepAction::UpgradeNode { .. }
         | StepAction::AwaitNodeHealthy { .. } => {
-            node::advance(ctx, shards, namespace, plan, action).await
+            node::advance(ctx, shards.cache(), namespace, plan, action).await
         }
     }
 }

@@ -12,19 +12,18 @@ use crate::decide::domain::observed_on;
 use crate::plan::StepAction;
 use crate::protocol::EXECUTOR_MANAGER;
 
-use super::super::caches::Cache;
 use super::super::context::Context;
 use super::super::error::Doing;
-use super::{Progress, StepError, get_shard};
+use super::{Progress, ShardCopies, StepError, get_shard};
 
 /// Applies a replica step's effect (idempotently) and reports whether it holds. What the step
-/// waits for (a report of the agents) is read from `cached` (a watch cache of the Shards),
-/// so a waiting step costs no request; the effect is written on the cached copy, and the
-/// shard read from the API server only when that write finds the copy stale (the cache may
-/// lag the executor's own writes; a write is conditional on the version read).
+/// waits for (a report of the agents) is read from `copies` (a watch cache of the Shards and
+/// the executor's own newest writes), so a waiting step costs no request; the effect is
+/// written on that copy, and the shard read from the API server only when the write finds
+/// the copy stale (a write is conditional on the version read).
 pub async fn advance(
     ctx: &Context,
-    cached: &Cache<Shard>,
+    copies: &ShardCopies,
     namespace: &str,
     action: &StepAction,
 ) -> Result<Progress, StepError> {
@@ -41,7 +40,7 @@ pub async fn advance(
             )));
         }
     };
-    let cached = cached.get(namespace, shard);
+    let cached = copies.get(namespace, shard);
     if let Some(current) = &cached
         && (!effect || written(current, action)?)
     {
@@ -52,14 +51,18 @@ pub async fn advance(
     // read now — a read only when the cache lags, not before every write.
     let current = match cached {
         Some(current) => match write(ctx, &shards, &current, action).await {
-            Ok(()) => return wrote(ctx, namespace, &current, action).await,
+            Ok(written) => {
+                copies.wrote(current.resource_version(), written);
+                return wrote(ctx, namespace, &current, action).await;
+            }
             Err(StepError::Api(error)) if error.is_conflict() => get_shard(&shards, shard).await?,
             Err(error) => return Err(error),
         },
         None => get_shard(&shards, shard).await?,
     };
     if !written(&current, action)? {
-        write(ctx, &shards, &current, action).await?;
+        let written = write(ctx, &shards, &current, action).await?;
+        copies.wrote(current.resource_version(), written);
         return wrote(ctx, namespace, &current, action).await;
     }
     look(ctx, namespace, &current, action).await
@@ -132,13 +135,13 @@ fn written(current: &Shard, action: &StepAction) -> Result<bool, StepError> {
     })
 }
 
-/// Writes `action`'s effect on `current`.
+/// Writes `action`'s effect on `current`; returns the shard as written.
 async fn write(
     ctx: &Context,
     shards: &Api<Shard>,
     current: &Shard,
     action: &StepAction,
-) -> Result<(), StepError> {
+) -> Result<Shard, StepError> {
     let mut desired = desired(current);
     match action {
         StepAction::AddReplica { node, .. } => {
@@ -175,7 +178,9 @@ async fn write(
             desired.retain(|r| &r.node != node);
             write_desired(ctx, shards, current, desired, primary(current)).await
         }
-        _ => Ok(()),
+        _ => Err(StepError::Permanent(format!(
+            "{action:?} writes nothing on a shard"
+        ))),
     }
 }
 
@@ -247,14 +252,15 @@ fn primary(shard: &Shard) -> Option<PrimaryRef> {
 /// Writes the desired replica set and primary with server-side apply under the executor's
 /// own field manager (agents own their `replicas` entries, other reconcilers other fields),
 /// conditional on the resourceVersion read, so a decision made on stale state is refused.
-/// The one writer of `Shard.status.desiredReplicas` and `Shard.status.primary`.
+/// The one writer of `Shard.status.desiredReplicas` and `Shard.status.primary`. Returns the
+/// shard as written.
 pub async fn write_desired(
     ctx: &Context,
     shards: &Api<Shard>,
     shard: &Shard,
     desired: Vec<DesiredReplica>,
     primary: Option<PrimaryRef>,
-) -> Result<(), StepError> {
+) -> Result<Shard, StepError> {
     ctx.leader.ensure()?;
     let mut status = json!({"desiredReplicaCount": desired.len(), "desiredReplicas": desired});
     if let Some(primary) = primary {
@@ -267,11 +273,11 @@ pub async fn write_desired(
         "status": status,
     });
     let params = PatchParams::apply(EXECUTOR_MANAGER).force();
-    shards
+    let written = shards
         .patch_status(&shard.name_any(), &params, &Patch::Apply(patch))
         .await
         .doing(|| format!("write the desired replicas of Shard {}", shard.name_any()))?;
-    Ok(())
+    Ok(written)
 }
 
 async fn node_live(ctx: &Context, namespace: &str, node: &str) -> Result<bool, StepError> {

@@ -32,9 +32,9 @@ use crate::decide::conditions::{self, Observation};
 use crate::decide::plan_wire;
 use crate::plan::StepAction;
 
-use super::caches::{Cache, Caches};
+use super::caches::Caches;
 use super::context::Context;
-use super::effects::{self, Progress, StepError};
+use super::effects::{self, Progress, ShardCopies, StepError};
 use super::error::ApiError;
 use super::fence::NotLeader;
 use super::metrics::{StepLabels, object_key, purpose_label};
@@ -104,14 +104,14 @@ pub enum ExecutorError {
 /// request.
 pub struct Executor {
     ctx: Arc<Context>,
-    shards: Cache<Shard>,
+    shards: ShardCopies,
 }
 
 /// Runs the executor while this replica leads.
 pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let executor = Arc::new(Executor {
         ctx: ctx.clone(),
-        shards: caches.shards.clone(),
+        shards: ShardCopies::new(caches.shards.clone()),
     });
     let plans = caches.plans.store();
     let controller = Controller::for_shared_stream(caches.plans.changes(), plans.clone());
@@ -398,7 +398,7 @@ struct Round {
 /// are recorded with the next write. Returns when the plan waits, fails or succeeded.
 async fn execute(
     ctx: &Context,
-    shards: &Cache<Shard>,
+    shards: &ShardCopies,
     plan: &Plan,
     writer: &mut StatusWriter<'_>,
 ) -> Result<Action, ExecutorError> {
@@ -450,7 +450,9 @@ async fn execute(
                 format!("step {} ({}): {why}{others}", step.id, step.action),
             );
         }
-        if !round.progressed || !round.news.is_empty() {
+        // A round that progressed is written with the next one's start (or its end): the
+        // plan's status is large, and one write per round is enough to resume from.
+        if !round.progressed {
             writer.flush_if_changed(plan).await?;
         }
         // Once per new reason (written), not at every poll.
@@ -530,7 +532,7 @@ async fn begin(
 /// Applies the effect of `step` of `plan` (idempotently) and reports whether it holds.
 async fn advance(
     ctx: &Context,
-    shards: &Cache<Shard>,
+    shards: &ShardCopies,
     plan: &Plan,
     namespace: &str,
     step: &PlanStep,

@@ -9,6 +9,7 @@ use super::super::fixtures::{self, Expect};
 use super::*;
 use crate::api::plan::{PlanStatus, TargetKind};
 use crate::api::{DatabaseCluster, Table};
+use crate::controller::caches::Cache;
 use crate::decide::plan_wire::{PlanContext, plan_object, to_spec};
 use crate::plan::{self, Operation, PlanKind, Step};
 
@@ -18,20 +19,35 @@ const NS: &str = "db";
 /// reads the shard from the API server).
 fn executor(leading: bool) -> (Arc<Executor>, fixtures::ApiServer) {
     let (ctx, server) = fixtures::context(leading);
-    let shards = Cache::empty();
+    let shards = ShardCopies::new(Cache::empty());
     (Arc::new(Executor { ctx, shards }), server)
 }
 
 /// A one-step plan adding a replica of `orders-0` on n2, of `risk`, in `status`.
 fn add_replica_plan(risk: plan::RiskClass, status: Option<PlanStatus>) -> Arc<Plan> {
-    let mut step = Step::new(
-        StepAction::AddReplica {
-            shard: "orders-0".into(),
-            node: "n2".into(),
-        },
-        "below the replication factor",
-    );
-    step.risk = risk;
+    add_replicas_plan(risk, &["n2"], status)
+}
+
+/// A plan of one operation adding replicas of `orders-0` on `nodes`, one after the other.
+fn add_replicas_plan(
+    risk: plan::RiskClass,
+    nodes: &[&str],
+    status: Option<PlanStatus>,
+) -> Arc<Plan> {
+    let steps = nodes
+        .iter()
+        .map(|node| {
+            let mut step = Step::new(
+                StepAction::AddReplica {
+                    shard: "orders-0".into(),
+                    node: (*node).into(),
+                },
+                "below the replication factor",
+            );
+            step.risk = risk;
+            step
+        })
+        .collect();
     let mut planned = plan::Plan {
         kind: PlanKind::Placement,
         risk,
@@ -39,7 +55,7 @@ fn add_replica_plan(risk: plan::RiskClass, status: Option<PlanStatus>) -> Arc<Pl
         operations: vec![Operation {
             wave: 0,
             subject: "orders-0".into(),
-            steps: vec![step],
+            steps,
         }],
         blocked: Vec::new(),
     };
@@ -175,7 +191,7 @@ async fn an_effect_is_written_on_the_cached_shard_and_read_anew_only_when_that_c
     stale.metadata.resource_version = Some("10".into());
     let executor = Arc::new(Executor {
         ctx,
-        shards: Cache::holding([stale]),
+        shards: ShardCopies::new(Cache::holding([stale])),
     });
     let resumed = add_replica_plan(plan::RiskClass::Safe, Some(running(StepPhase::Running, 1)));
     let mut done = running(StepPhase::Succeeded, 1);
@@ -204,7 +220,7 @@ async fn an_effect_is_written_on_the_cached_shard_and_read_anew_only_when_that_c
     let (ctx, server) = fixtures::context(true);
     let executor = Arc::new(Executor {
         ctx,
-        shards: Cache::holding([shard(&["n1"])]),
+        shards: ShardCopies::new(Cache::holding([shard(&["n1"])])),
     });
     let mut done = running(StepPhase::Succeeded, 1);
     done.phase = Some(PlanPhase::Succeeded);
@@ -220,6 +236,41 @@ async fn an_effect_is_written_on_the_cached_shard_and_read_anew_only_when_that_c
         .run(script, reconcile(resumed, executor))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_step_writing_a_shard_the_previous_step_wrote_uses_that_writes_answer_not_the_lagging_cache()
+ {
+    let (ctx, server) = fixtures::context(true);
+    // The cache holds version 11 and never sees the executor's writes (it lags them).
+    let executor = Arc::new(Executor {
+        ctx,
+        shards: ShardCopies::new(Cache::holding([shard(&["n1"])])),
+    });
+    let mut status = running(StepPhase::Running, 1);
+    status.total_steps = Some(2);
+    status.steps.push(StepStatus::pending(1));
+    let plan = add_replicas_plan(plan::RiskClass::Safe, &["n2", "n3"], Some(status));
+    let mut added = shard(&["n1", "n2"]);
+    added.metadata.resource_version = Some("12".into());
+    let mut done = plan.status.clone().unwrap();
+    done.phase = Some(PlanPhase::Succeeded);
+    let script = vec![
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "11")
+            .field("/status/desiredReplicas/1/node", "n2")
+            .answer(&added),
+        // Step 1 recorded Running, then written on version 12, the first write's answer: no
+        // 409 on the cache's version 11, no read.
+        plan_status_written(&plan).field("/status/steps/1/phase", "Running"),
+        Expect::patch_status::<Shard>(NS, "orders-0")
+            .field("/metadata/resourceVersion", "12")
+            .field("/status/desiredReplicas/2/node", "n3")
+            .answer(shard(&["n1", "n2", "n3"])),
+        plan_status_written(&plan).field("/status/phase", "Succeeded"),
+        Expect::event(NS, "PlanSucceeded"),
+    ];
+    server.run(script, reconcile(plan, executor)).await.unwrap();
 }
 
 #[tokio::test]
@@ -402,8 +453,11 @@ async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_o
             .field("/status/steps/3/phase", "Running"),
         Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
         Expect::get::<Shard>(NS, "orders-1").answer(&in_sync),
-        // orders-1 is done although orders-0 still waits (a new reason: written before it
-        // is logged); only orders-0 is looked at again.
+        // orders-1 is done although orders-0 still waits: a round that progressed is not
+        // written by itself; only orders-0 is looked at again.
+        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
+        // Every operation left waits: one write holds the round that progressed and says
+        // which step waits and why.
         plan_status_written(&plan)
             .field("/status/phase", "Running")
             .field("/status/completedSteps", 3)
@@ -412,10 +466,7 @@ async fn the_operations_of_a_wave_run_side_by_side_and_one_that_waits_holds_no_o
                 "/status/steps/1/message",
                 "replica of orders-0 on n2 is CatchingUp",
             )
-            .field("/status/steps/3/phase", "Succeeded"),
-        Expect::get::<Shard>(NS, "orders-0").answer(&catching_up),
-        // Every operation left waits: the plan says which step and why.
-        plan_status_written(&plan)
+            .field("/status/steps/3/phase", "Succeeded")
             .field("/status/conditions/0/type", "Progressing")
             .field(
                 "/status/conditions/0/message",
