@@ -45,6 +45,8 @@ const BASELINE_RESTARTS: usize = 5;
 /// What one probe saw: the instants its writes were acknowledged, and the failed ones.
 struct Probe {
     acks: Vec<Instant>,
+    /// The same instants on the wall clock (for the trace's pause windows).
+    wall: Vec<std::time::SystemTime>,
     acked: Vec<i64>,
     failed: usize,
 }
@@ -53,6 +55,7 @@ struct Probe {
 async fn probe(router: Router, keys: Vec<i64>, stop: Arc<AtomicBool>) -> Probe {
     let mut seen = Probe {
         acks: Vec::new(),
+        wall: Vec::new(),
         acked: Vec::new(),
         failed: 0,
     };
@@ -68,6 +71,7 @@ async fn probe(router: Router, keys: Vec<i64>, stop: Arc<AtomicBool>) -> Probe {
         {
             Ok(_) => {
                 seen.acks.push(Instant::now());
+                seen.wall.push(std::time::SystemTime::now());
                 seen.acked.push(key);
             }
             Err(error) => {
@@ -177,6 +181,31 @@ async fn in_place_restart_pauses() -> Vec<u64> {
     largest_pauses(&acks, BASELINE_RESTARTS)
 }
 
+/// With `SHARDPLANE_BENCH_TRACE` set: the `n` largest pauses of a probe as wall-clock windows
+/// (last acknowledgement before, first after), to lay beside the log lines.
+fn print_pause_windows(shard: &str, seen: &Probe, n: usize) {
+    let mut gaps: Vec<(Duration, usize)> = seen
+        .acks
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (w[1] - w[0], i))
+        .collect();
+    gaps.sort_unstable_by(|a, b| b.cmp(a));
+    for (gap, i) in gaps.into_iter().take(n) {
+        let at = |t: std::time::SystemTime| {
+            k8s_openapi::jiff::Timestamp::try_from(t)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        println!(
+            "pause: {shard} {} ms from {} to {}",
+            gap.saturating_sub(PACE).as_millis(),
+            at(seen.wall[i]),
+            at(seen.wall[i + 1])
+        );
+    }
+}
+
 /// With `SHARDPLANE_BENCH_TRACE` set: the agents' log lines of the switchovers, in time order
 /// (the operator's, running in this process, are printed as they happen).
 fn print_switchover_lines(plane: &harness::DataPlane) {
@@ -210,12 +239,45 @@ fn print_switchover_lines(plane: &harness::DataPlane) {
     }
 }
 
+/// With `SHARDPLANE_BENCH_TRACE` set: every PostgreSQL server's log lines from the rolling
+/// restart on (the agents' folders hold one `postgres.log` per instance), each prefixed with
+/// its node and instance, in time order — the walreceivers' and walsenders' side of a pause.
+fn print_server_logs(plane: &harness::DataPlane) {
+    let mut lines = Vec::new();
+    for (node, agent) in &plane.agents {
+        let Some(folder) = agent.log.parent().map(|p| p.join(node).join("replicas")) else {
+            continue;
+        };
+        let Ok(instances) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for instance in instances.flatten() {
+            let log = instance.path().join("postgres.log");
+            let name = instance.file_name().to_string_lossy().into_owned();
+            for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+                let interesting = ["replication", "timeline", "WAL", "FATAL", "ERROR", "promot"]
+                    .iter()
+                    .any(|word| line.contains(word));
+                if interesting {
+                    lines.push(format!("{line}  [{node} {name}]"));
+                }
+            }
+        }
+    }
+    lines.sort();
+    for line in lines {
+        println!("server: {line}");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let trace = std::env::var_os("SHARDPLANE_BENCH_TRACE").is_some();
     if trace {
         tracing_subscriber::fmt()
-            .with_env_filter("info,kube=warn")
+            .with_env_filter(
+                "info,kube=warn,shardplane::controller::table=debug,shardplane::routing=debug",
+            )
             .init();
     }
     let baseline = in_place_restart_pauses().await;
@@ -286,12 +348,16 @@ async fn main() {
             seen.acked.len(),
             seen.failed
         );
+        if trace {
+            print_pause_windows(&shard.name_any(), &seen, switchovers);
+        }
         pauses.extend(shard_pauses);
         failed += seen.failed;
         acked.extend(seen.acked.into_iter().map(ShardKeyValue::Int));
     }
     if trace {
         print_switchover_lines(&plane);
+        print_server_logs(&plane);
     }
     let check = checker.check(&acked).await.expect("check");
     println!("rolling restart bench: {check}");

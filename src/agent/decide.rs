@@ -115,6 +115,10 @@ pub enum ReplicaAction {
     },
     /// Keep streaming.
     ServeStandby,
+    /// Wanted as primary while the previous primary still serves (its fence is coming): keep
+    /// a replication slot for every wanted standby, so that they can stream from this standby
+    /// before its promotion and acknowledge its first commits at once; why it waits.
+    PrepareToLead(String),
 }
 
 /// The next action for one replica.
@@ -161,7 +165,7 @@ fn decide_primary(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaAction
                     epoch,
                     catch_up_with: p.endpoint.clone(),
                 },
-                Some(p) if p.state != ReplicaState::Down => ReplicaAction::Wait(format!(
+                Some(p) if p.state != ReplicaState::Down => ReplicaAction::PrepareToLead(format!(
                     "waiting for the previous primary on {} to fence its writes",
                     p.node
                 )),
@@ -212,6 +216,28 @@ fn decide_secondary(view: &ReplicaView<'_>, local: &LocalReplica) -> ReplicaActi
             })
             .and_then(|r| r.endpoint.clone())
             .map(|endpoint| (endpoint, p.epoch))
+    });
+    // A running standby moves to the standby about to be promoted as soon as that one is
+    // named, while it still streams in sync (cascading replication): at its promotion this
+    // standby already streams from it, follows its new timeline on the same connection, and
+    // acknowledges its first commits at once — instead of being re-pointed only after the
+    // promotion, while the new primary's commits wait for a quorum. Nothing is promoted or
+    // written here: the promotion keeps its own rules.
+    let upstream = upstream.or_else(|| match local {
+        LocalReplica::Standby { running: true, .. } => primary.and_then(|p| {
+            view.reports
+                .iter()
+                .find(|r| {
+                    r.node == p.node
+                        && r.role == ReplicaRole::Secondary
+                        && r.state == ReplicaState::InSync
+                        && r.received_lsn.is_none()
+                        && !view.offline_nodes.contains(&r.node)
+                })
+                .and_then(|r| r.endpoint.clone())
+                .map(|endpoint| (endpoint, p.epoch))
+        }),
+        _ => None,
     });
     match (local, upstream) {
         (LocalReplica::Absent, Some((upstream, epoch))) => {
@@ -457,7 +483,10 @@ mod tests {
         let old = [report("n2", ReplicaRole::Primary, ReplicaState::InSync, 1)];
         let none = BTreeSet::new();
         let v = view(Some(ReplicaRole::Primary), Some(&p), &old, &none, true);
-        assert!(matches!(decide(&v, &STANDBY), ReplicaAction::Wait(_)));
+        assert!(matches!(
+            decide(&v, &STANDBY),
+            ReplicaAction::PrepareToLead(_)
+        ));
         let offline: BTreeSet<String> = ["n2".to_string()].into();
         let v = view(Some(ReplicaRole::Primary), Some(&p), &old, &offline, true);
         assert_eq!(
@@ -566,5 +595,99 @@ mod tests {
         );
         let v = view(None, Some(&p), &reports, &none, true);
         assert_eq!(decide(&v, &following), ReplicaAction::Remove);
+    }
+
+    #[test]
+    fn a_standby_streams_from_the_named_new_primary_before_its_promotion_when_it_is_in_sync() {
+        let none = BTreeSet::new();
+        let p = at("n2", 3);
+        let with_endpoint = |mut r: ObservedReplica, port: u16| {
+            r.endpoint = Some(format!("127.0.0.1:{port}"));
+            r
+        };
+        let old = with_endpoint(
+            report("n3", ReplicaRole::Primary, ReplicaState::InSync, 2),
+            3,
+        );
+        let following_old = LocalReplica::Standby {
+            upstream: old.endpoint.clone(),
+            running: true,
+        };
+        // n2 is named primary at epoch 3 and still a standby in sync: n1 streams from it now.
+        let candidate = with_endpoint(
+            report("n2", ReplicaRole::Secondary, ReplicaState::InSync, 2),
+            2,
+        );
+        let reports = [old.clone(), candidate.clone()];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &reports,
+            &none,
+            true,
+        );
+        assert_eq!(
+            decide(&v, &following_old),
+            ReplicaAction::Follow {
+                upstream: "127.0.0.1:2".into(),
+                epoch: 3
+            }
+        );
+        // Already there: it keeps streaming, and its promotion changes nothing here.
+        let following_new = LocalReplica::Standby {
+            upstream: candidate.endpoint.clone(),
+            running: true,
+        };
+        assert_eq!(decide(&v, &following_new), ReplicaAction::ServeStandby);
+
+        // Not while the named standby lags, has lost its stream, or its node is offline; and
+        // a replica not yet made is copied only from a serving primary.
+        let lagging = [
+            old.clone(),
+            with_endpoint(
+                report("n2", ReplicaRole::Secondary, ReplicaState::CatchingUp, 2),
+                2,
+            ),
+        ];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &lagging,
+            &none,
+            true,
+        );
+        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
+        let mut broken = candidate.clone();
+        broken.received_lsn = Some(42);
+        let reports = [old.clone(), broken];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &reports,
+            &none,
+            true,
+        );
+        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
+        let offline: BTreeSet<String> = ["n2".to_owned()].into();
+        let reports = [old, candidate];
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &reports,
+            &offline,
+            true,
+        );
+        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
+        let v = view(
+            Some(ReplicaRole::Secondary),
+            Some(&p),
+            &reports,
+            &none,
+            true,
+        );
+        assert!(matches!(
+            decide(&v, &LocalReplica::Absent),
+            ReplicaAction::Wait(_)
+        ));
     }
 }

@@ -365,7 +365,10 @@ impl ReplicaWorker {
         action: ReplicaAction,
         secondaries: Vec<String>,
     ) -> Result<Pass, AgentError> {
-        if let ReplicaAction::Wait(why) | ReplicaAction::Fence(why) = &action {
+        if let ReplicaAction::Wait(why)
+        | ReplicaAction::Fence(why)
+        | ReplicaAction::PrepareToLead(why) = &action
+        {
             if self.last_wait.as_ref() != Some(why) {
                 tracing::info!(shard = %self.shard, reason = %why, "replica waits");
                 self.last_wait = Some(why.clone());
@@ -385,6 +388,10 @@ impl ReplicaWorker {
         let shard_name = self.shard.clone();
         match action {
             ReplicaAction::Wait(_) | ReplicaAction::ServeStandby => Ok(Pass::Idle),
+            ReplicaAction::PrepareToLead(_) => {
+                ensure_slots(self.held_mut()?, &secondaries).await?;
+                Ok(Pass::Idle)
+            }
             ReplicaAction::Remove => {
                 self.discard().await?;
                 if shard.is_some() {
@@ -457,6 +464,8 @@ impl ReplicaWorker {
                 epoch,
                 catch_up_with,
             } => {
+                // The standbys' slots first: they may already stream from this standby.
+                ensure_slots(self.held_mut()?, &secondaries).await?;
                 let held = self.held_mut()?;
                 if catch_up_with.is_some() {
                     wait_caught_up(held, HANDOVER_CATCH_UP).await?;

@@ -110,6 +110,22 @@ pub fn backoff(retry: u32, base: Duration, cap: Duration) -> Duration {
     ceiling.mul_f64((500 + permille) as f64 / 1000.0)
 }
 
+/// The pause before retry number `retry` after a failure for `reason`: [`backoff`] up to
+/// `caps.0`, or up to `caps.1` after a read-only refusal (a primary being promoted, or fenced
+/// a moment before the map moves: over within a promotion's time, so followed closely).
+pub fn backoff_after(
+    reason: RetryReason,
+    retry: u32,
+    base: Duration,
+    (cap, read_only_cap): (Duration, Duration),
+) -> Duration {
+    let cap = match reason {
+        RetryReason::ReadOnly => cap.min(read_only_cap),
+        _ => cap,
+    };
+    backoff(retry, base, cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +164,18 @@ mod tests {
         for (index, reason) in RetryReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index, "{reason:?}");
         }
+    }
+
+    #[test]
+    fn a_read_only_refusal_is_followed_closely_and_other_failures_back_off_further() {
+        let base = Duration::from_millis(20);
+        let caps = (Duration::from_millis(500), Duration::from_millis(40));
+        for retry in 1..12 {
+            let read_only = backoff_after(RetryReason::ReadOnly, retry, base, caps);
+            assert!(read_only <= caps.1, "retry {retry}: {read_only:?}");
+        }
+        let connection = backoff_after(RetryReason::Connection, 8, base, caps);
+        assert!(connection >= Duration::from_millis(250), "{connection:?}");
     }
 
     #[test]

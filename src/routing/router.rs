@@ -23,7 +23,7 @@ use super::keyhash::ShardKeyValue;
 use super::lock;
 use super::map::{Route, RouteTable};
 use super::pool::{CheckoutError, DatabaseCredentials, EndpointPool};
-use super::retry::{RetryReason, backoff, classify, classify_connect};
+use super::retry::{RetryReason, backoff_after, classify, classify_connect};
 use crate::api::Table;
 use crate::protocol::Endpoint;
 
@@ -42,6 +42,12 @@ pub struct RouterConfig {
     pub backoff_base: Duration,
     /// Longest pause between attempts. Default 500 ms.
     pub backoff_cap: Duration,
+    /// Longest pause after a read-only refusal (SQLSTATE 25006) while the map has not
+    /// changed. The map names a new primary as soon as its promotion is ordered, so such a
+    /// refusal is mostly a primary being promoted this moment (or one fenced a moment before
+    /// the map moves): it ends within a promotion's time, and the write should follow it
+    /// closely rather than back off for half a second. Default 40 ms.
+    pub read_only_backoff_cap: Duration,
     /// Name of the `CHECK` constraint by which every shard refuses rows outside its range
     /// (built with `ShardedTable::range_check_constraint`). Default `shard_range`.
     pub range_constraint: String,
@@ -57,6 +63,7 @@ impl Default for RouterConfig {
             pool_size: 4,
             backoff_base: Duration::from_millis(20),
             backoff_cap: Duration::from_millis(500),
+            read_only_backoff_cap: Duration::from_millis(40),
             range_constraint: "shard_range".to_owned(),
             first_map_timeout: Duration::from_secs(10),
         }
@@ -453,11 +460,9 @@ impl Router {
         }
         shared.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(table = %self.inner.table, ?reason, attempt = attempts, "retrying: {last}");
-        let pause = backoff(
-            attempts,
-            self.inner.config.backoff_base,
-            self.inner.config.backoff_cap,
-        );
+        let config = &self.inner.config;
+        let caps = (config.backoff_cap, config.read_only_backoff_cap);
+        let pause = backoff_after(reason, attempts, config.backoff_base, caps);
         let newer = async {
             let changed = map
                 .wait_for(
@@ -509,7 +514,17 @@ impl Router {
                 Ok(value)
             }
             Err(error) => match classify(&error, &inner.config.range_constraint) {
-                // The session's state is unknown: the connection is dropped, not reused.
+                // A read-only refusal leaves the session as it was (the one statement failed
+                // in its own transaction): kept, so that following a primary being promoted
+                // costs no new connection per attempt.
+                Some(RetryReason::ReadOnly) => {
+                    connection.release();
+                    Err(AttemptError::Retry(
+                        RetryReason::ReadOnly,
+                        postgres_message(&error),
+                    ))
+                }
+                // Otherwise the session's state is unknown: the connection is dropped.
                 Some(reason) => Err(AttemptError::Retry(reason, postgres_message(&error))),
                 None => {
                     connection.release();
@@ -608,6 +623,7 @@ fn publish(sender: &watch::Sender<Observed>, shared: &Shared, observed: Observed
         }
         match &observed {
             Observed::Usable(map) => {
+                tracing::debug!(version = map.version(), "routing map observed");
                 shared.map_updates.fetch_add(1, Ordering::Relaxed);
                 shared.map_version.store(map.version(), Ordering::Relaxed);
                 let wanted: Vec<&Endpoint> = map

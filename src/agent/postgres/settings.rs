@@ -68,7 +68,7 @@ impl InstanceSettings {
              hot_standby_feedback = on\n\
              wal_log_hints = on\n\
              wal_receiver_status_interval = '1s'\n\
-             wal_retrieve_retry_interval = '200ms'\n\
+             wal_retrieve_retry_interval = '50ms'\n\
              max_wal_size = '256MB'\n\
              wal_keep_size = '128MB'\n\
              min_wal_size = '32MB'\n\

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::api::database_node::RestartRequest;
 use crate::api::shard::{ReplicaRole, ReplicaState};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
-use crate::decide::domain::restart_on_demand;
+use crate::decide::domain::{observed_on, restart_on_demand};
 use crate::plan::StepAction;
 
 use super::super::caches::Cache;
@@ -27,7 +27,7 @@ pub async fn advance(
     action: &StepAction,
 ) -> Result<Progress, StepError> {
     match action {
-        StepAction::RestartNode { node, .. } => restart(ctx, namespace, plan, node).await,
+        StepAction::RestartNode { node, .. } => restart(ctx, shards, namespace, plan, node).await,
         StepAction::AwaitNodeHealthy { node } => healthy(ctx, shards, namespace, node).await,
         StepAction::RemoveNode { node } => {
             let shards: Api<Shard> = Api::namespaced(ctx.client.clone(), namespace);
@@ -68,8 +68,12 @@ pub async fn advance(
 
 /// Asks `node` to restart its instances for `plan` (once: a resumed step finds the request
 /// written), and holds once the agent reports every instance restarted and back in sync.
+/// The request waits until every other replica of the node's shards is in sync: a restart
+/// beside a replica still rejoining (a former primary being rewound after its handover)
+/// would leave a shard's new primary no standby to acknowledge its commits.
 async fn restart(
     ctx: &Context,
+    shards: &Cache<Shard>,
     namespace: &str,
     plan: &str,
     node: &str,
@@ -95,6 +99,16 @@ async fn restart(
         };
         return Ok(Progress::Waiting(format!("{node} {why}")));
     }
+    let behind = shards
+        .state()
+        .into_iter()
+        .filter(|shard| shard.namespace().as_deref() == Some(namespace))
+        .find_map(|shard| replica_out_of_sync_beside(&shard, node));
+    if let Some(behind) = behind {
+        return Ok(Progress::Waiting(format!(
+            "{node} restarts once {behind}: only one replica of a shard is down at a time"
+        )));
+    }
     let clusters: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), namespace);
     let cluster = clusters
         .get(&current.spec.cluster)
@@ -116,6 +130,43 @@ async fn restart(
     Ok(Progress::Waiting(format!(
         "asked {node} to restart its instances"
     )))
+}
+
+/// For a shard with a replica wanted on `node`: the first of its other wanted replicas not
+/// reported in sync in the role wanted (the primary at the shard's epoch), said as what the
+/// restart waits for; `None` when every other replica is in sync, or the shard has none on
+/// `node`.
+fn replica_out_of_sync_beside(shard: &Shard, node: &str) -> Option<String> {
+    let status = shard.status.as_ref()?;
+    if !status.desired_replicas.iter().any(|d| d.node == node) {
+        return None;
+    }
+    let epoch = status.primary.as_ref().map(|p| p.epoch);
+    status
+        .desired_replicas
+        .iter()
+        .filter(|d| d.node != node)
+        .find_map(|wanted| {
+            let report = observed_on(&status.replicas, &wanted.node);
+            let in_sync = report.is_some_and(|r| {
+                r.role == wanted.role
+                    && r.state == ReplicaState::InSync
+                    && match wanted.role {
+                        ReplicaRole::Primary => r.epoch == epoch,
+                        _ => r.received_lsn.is_none(),
+                    }
+            });
+            (!in_sync).then(|| {
+                let state = report.map_or("not reported".to_owned(), |r| {
+                    format!("{:?} {:?}", r.role, r.state).to_lowercase()
+                });
+                format!(
+                    "the replica of {} on {} is in sync (it is {state})",
+                    shard.name_any(),
+                    wanted.node
+                )
+            })
+        })
 }
 
 /// Holds once `node` is online and every replica wanted on it reports in sync: a serving
@@ -169,4 +220,74 @@ async fn healthy(
             String::new()
         }
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Shard `orders-0` wanting n1 (primary, epoch 2), n2 and n3, with `reports`.
+    fn shard(reports: serde_json::Value) -> Shard {
+        serde_json::from_value(json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": "orders-0", "namespace": "db"},
+            "spec": {"table": "orders", "range": {}},
+            "status": {
+                "primary": {"node": "n1", "epoch": 2},
+                "desiredReplicas": [
+                    {"node": "n1", "role": "Primary"},
+                    {"node": "n2", "role": "Secondary"},
+                    {"node": "n3", "role": "Secondary"},
+                ],
+                "replicas": reports,
+            },
+        }))
+        .unwrap()
+    }
+
+    fn report(node: &str, role: &str, state: &str, epoch: i64) -> serde_json::Value {
+        json!({"node": node, "role": role, "state": state, "epoch": epoch})
+    }
+
+    #[test]
+    fn a_node_restarts_only_while_every_other_replica_of_its_shards_is_in_sync() {
+        let healthy = shard(json!([
+            report("n1", "Primary", "InSync", 2),
+            report("n2", "Secondary", "InSync", 2),
+            report("n3", "Secondary", "InSync", 2),
+        ]));
+        assert_eq!(replica_out_of_sync_beside(&healthy, "n3"), None);
+        assert_eq!(
+            replica_out_of_sync_beside(&healthy, "n4"),
+            None,
+            "no replica there"
+        );
+
+        // A former primary still being rewound after its handover: n3 must wait, or the new
+        // primary on n1 has no standby left to acknowledge a commit.
+        let rejoining = shard(json!([
+            report("n1", "Primary", "InSync", 2),
+            report("n2", "Primary", "Fenced", 1),
+            report("n3", "Secondary", "InSync", 2),
+        ]));
+        let why = replica_out_of_sync_beside(&rejoining, "n3").unwrap();
+        assert!(why.contains("orders-0 on n2"), "{why}");
+        assert!(why.contains("primary fenced"), "{why}");
+        // n2 itself may restart: the others are in sync.
+        assert_eq!(replica_out_of_sync_beside(&rejoining, "n2"), None);
+
+        // A primary reported at an older epoch is not the primary the shard has now.
+        let old_epoch = shard(json!([
+            report("n1", "Primary", "InSync", 1),
+            report("n2", "Secondary", "InSync", 2),
+            report("n3", "Secondary", "InSync", 2),
+        ]));
+        assert!(replica_out_of_sync_beside(&old_epoch, "n3").is_some());
+
+        let unreported = shard(json!([report("n1", "Primary", "InSync", 2)]));
+        let why = replica_out_of_sync_beside(&unreported, "n3").unwrap();
+        assert!(why.contains("not reported"), "{why}");
+    }
 }

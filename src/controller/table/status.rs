@@ -110,6 +110,12 @@ pub async fn write(
         )
         .await
         .doing(|| format!("write the routing map of Table {}", table.name_any()))?;
+    tracing::debug!(
+        table = %table.name_any(),
+        namespace = %table.namespace().unwrap_or_default(),
+        version = status.pointer("/routing/version").map(tracing::field::display),
+        "table status written"
+    );
     Ok(Some(written))
 }
 
