@@ -1,6 +1,6 @@
 //! Node liveness. Agents send a heartbeat to the operator's HTTP server every
-//! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 10 s as the durable
-//! fallback (one API write per node per 5 s). The leader keeps the last heartbeat of every
+//! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 30 s — every
+//! interval while no leader answers them — as the durable fallback. The leader keeps the last heartbeat of every
 //! node in memory and, every 100 ms, derives each node's phase: Online, Suspect after
 //! `suspectAfterMs` of silence, Offline after `deadAfterMs` — unless the node's Lease was
 //! renewed meanwhile, which means the node lives and only its path to this operator broke.
