@@ -601,6 +601,17 @@ mod tests {
     fn a_standby_streams_from_the_named_new_primary_before_its_promotion_when_it_is_in_sync() {
         let none = BTreeSet::new();
         let p = at("n2", 3);
+        let next =
+            |reports: &[ObservedReplica], offline: &BTreeSet<String>, local: &LocalReplica| {
+                let v = view(
+                    Some(ReplicaRole::Secondary),
+                    Some(&p),
+                    reports,
+                    offline,
+                    true,
+                );
+                decide(&v, local)
+            };
         let with_endpoint = |mut r: ObservedReplica, port: u16| {
             r.endpoint = Some(format!("127.0.0.1:{port}"));
             r
@@ -619,15 +630,8 @@ mod tests {
             2,
         );
         let reports = [old.clone(), candidate.clone()];
-        let v = view(
-            Some(ReplicaRole::Secondary),
-            Some(&p),
-            &reports,
-            &none,
-            true,
-        );
         assert_eq!(
-            decide(&v, &following_old),
+            next(&reports, &none, &following_old),
             ReplicaAction::Follow {
                 upstream: "127.0.0.1:2".into(),
                 epoch: 3
@@ -638,55 +642,29 @@ mod tests {
             upstream: candidate.endpoint.clone(),
             running: true,
         };
-        assert_eq!(decide(&v, &following_new), ReplicaAction::ServeStandby);
+        assert_eq!(
+            next(&reports, &none, &following_new),
+            ReplicaAction::ServeStandby
+        );
 
         // Not while the named standby lags, has lost its stream, or its node is offline; and
         // a replica not yet made is copied only from a serving primary.
-        let lagging = [
-            old.clone(),
-            with_endpoint(
-                report("n2", ReplicaRole::Secondary, ReplicaState::CatchingUp, 2),
-                2,
-            ),
-        ];
-        let v = view(
-            Some(ReplicaRole::Secondary),
-            Some(&p),
-            &lagging,
-            &none,
-            true,
+        let lagging = with_endpoint(
+            report("n2", ReplicaRole::Secondary, ReplicaState::CatchingUp, 2),
+            2,
         );
-        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
         let mut broken = candidate.clone();
         broken.received_lsn = Some(42);
-        let reports = [old.clone(), broken];
-        let v = view(
-            Some(ReplicaRole::Secondary),
-            Some(&p),
-            &reports,
-            &none,
-            true,
-        );
-        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
         let offline: BTreeSet<String> = ["n2".to_owned()].into();
-        let reports = [old, candidate];
-        let v = view(
-            Some(ReplicaRole::Secondary),
-            Some(&p),
-            &reports,
-            &offline,
-            true,
-        );
-        assert_eq!(decide(&v, &following_old), ReplicaAction::ServeStandby);
-        let v = view(
-            Some(ReplicaRole::Secondary),
-            Some(&p),
-            &reports,
-            &none,
-            true,
-        );
+        for (named, offline) in [(lagging, &none), (broken, &none), (candidate, &offline)] {
+            let reports = [old.clone(), named];
+            assert_eq!(
+                next(&reports, offline, &following_old),
+                ReplicaAction::ServeStandby
+            );
+        }
         assert!(matches!(
-            decide(&v, &LocalReplica::Absent),
+            next(&reports, &none, &LocalReplica::Absent),
             ReplicaAction::Wait(_)
         ));
     }
