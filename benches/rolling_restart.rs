@@ -225,6 +225,7 @@ fn print_switchover_lines(plane: &harness::DataPlane) {
                         "rewound",
                         "Follow",
                         "restarting",
+                        "report written",
                     ]
                     .iter()
                     .any(|word| line.contains(word))

@@ -896,7 +896,12 @@ impl ReplicaWorker {
         });
         let shards = self.ctx.shards();
         match report_replica(&shards, &self.shard, &self.ctx.node, stamped.as_ref()).await {
-            Ok(()) => self.last_report = Some((report, Instant::now())),
+            Ok(()) => {
+                if let Some(written) = &report {
+                    tracing::debug!(shard = %self.shard, role = ?written.role, state = ?written.state, epoch = written.epoch, "replica report written");
+                }
+                self.last_report = Some((report, Instant::now()));
+            }
             Err(error) => {
                 tracing::warn!(shard = %self.shard, %error, "replica report not written")
             }

@@ -137,7 +137,8 @@ impl Drop for OperatorProcess {
 }
 
 /// Spawns `command` (a `shardplane` subcommand) on the control plane of `kubeconfig`, its
-/// output appended to `log`.
+/// output appended to `log`, logging at `info` (or as `SHARDPLANE_CHILD_LOG` says, for a
+/// trace: `info,kube=warn,shardplane::agent::replicas=debug`, say).
 pub fn spawn_logged(mut command: Command, kubeconfig: &Path, log: &Path) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -146,7 +147,10 @@ pub fn spawn_logged(mut command: Command, kubeconfig: &Path, log: &Path) -> Chil
         .unwrap();
     command
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SHARDPLANE_CHILD_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
