@@ -464,7 +464,8 @@ impl ReplicaWorker {
                 epoch,
                 catch_up_with,
             } => {
-                // The standbys' slots first: they may already stream from this standby.
+                // The standbys' slots before the promotion (they survive it): the standbys may
+                // already stream from this standby, and its first commits wait for them.
                 ensure_slots(self.held_mut()?, &secondaries).await?;
                 let held = self.held_mut()?;
                 if catch_up_with.is_some() {
@@ -475,7 +476,6 @@ impl ReplicaWorker {
                 held.record.upstream = None;
                 held.record.save(&dir)?;
                 self.applied_quorum = Some(quorum);
-                ensure_slots(self.held_mut()?, &secondaries).await?;
                 tracing::info!(shard = %self.shard, epoch, "promoted");
                 Ok(Pass::Again)
             }

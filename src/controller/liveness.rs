@@ -1,10 +1,10 @@
 //! Node liveness. Agents send a heartbeat to the operator's HTTP server every
 //! `heartbeatIntervalMs` (no API write), and renew a per-node Lease every 30 s — every
-//! interval while no leader answers them — as the durable fallback. The leader keeps the last heartbeat of every
-//! node in memory and, every 100 ms, derives each node's phase: Online, Suspect after
-//! `suspectAfterMs` of silence, Offline after `deadAfterMs` — unless the node's Lease was
-//! renewed meanwhile, which means the node lives and only its path to this operator broke.
-//! A new leader starts every live node's silence at its own start, so a takeover never
+//! interval while no leader answers them — as the durable fallback. The leader keeps the last
+//! heartbeat of every node in memory and, every 100 ms, derives each node's phase: Online,
+//! Suspect after `suspectAfterMs` of silence, Offline after `deadAfterMs` — unless the node's
+//! Lease was renewed meanwhile, which means the node lives and only its path to this operator
+//! broke. A new leader starts every live node's silence at its own start, so a takeover never
 //! causes a false failover. Phase changes are the only writes.
 
 use std::collections::HashMap;

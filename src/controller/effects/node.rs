@@ -8,7 +8,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::api::database_node::RestartRequest;
-use crate::api::shard::{ReplicaRole, ReplicaState};
+use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 use crate::decide::domain::{observed_on, restart_on_demand};
 use crate::plan::StepAction;
@@ -150,11 +150,8 @@ fn replica_out_of_sync_beside(shard: &Shard, node: &str) -> Option<String> {
             let report = observed_on(&status.replicas, &wanted.node);
             let in_sync = report.is_some_and(|r| {
                 r.role == wanted.role
-                    && r.state == ReplicaState::InSync
-                    && match wanted.role {
-                        ReplicaRole::Primary => r.epoch == epoch,
-                        _ => r.received_lsn.is_none(),
-                    }
+                    && reports_in_sync(r)
+                    && (wanted.role != ReplicaRole::Primary || r.epoch == epoch)
             });
             (!in_sync).then(|| {
                 let state = report.map_or("not reported".to_owned(), |r| {
@@ -167,6 +164,13 @@ fn replica_out_of_sync_beside(shard: &Shard, node: &str) -> Option<String> {
                 )
             })
         })
+}
+
+/// Whether a replica reports itself in sync: a serving primary, or a standby streaming within
+/// the lag bound (a standby whose stream broke reports the WAL it holds instead).
+fn reports_in_sync(report: &ObservedReplica) -> bool {
+    report.state == ReplicaState::InSync
+        && (report.role == ReplicaRole::Primary || report.received_lsn.is_none())
 }
 
 /// Holds once `node` is online and every replica wanted on it reports in sync: a serving
@@ -196,11 +200,10 @@ async fn healthy(
         if !status.desired_replicas.iter().any(|d| d.node == node) {
             continue;
         }
-        let in_sync = status.replicas.iter().any(|r| {
-            r.node == node
-                && r.state == ReplicaState::InSync
-                && (r.role == ReplicaRole::Primary || r.received_lsn.is_none())
-        });
+        let in_sync = status
+            .replicas
+            .iter()
+            .any(|r| r.node == node && reports_in_sync(r));
         if !in_sync {
             behind.push(shard.name_any());
         }

@@ -50,19 +50,15 @@ pub async fn advance(
     // version read, so a copy older than the API server's is refused (409) and the shard is
     // read now — a read only when the cache lags, not before every write.
     let current = match cached {
-        Some(current) => match write(ctx, &shards, &current, action).await {
-            Ok(written) => {
-                copies.wrote(current.resource_version(), written);
-                return wrote(ctx, namespace, &current, action).await;
-            }
+        Some(current) => match write(ctx, copies, &shards, &current, action).await {
+            Ok(()) => return wrote(ctx, namespace, &current, action).await,
             Err(StepError::Api(error)) if error.is_conflict() => get_shard(&shards, shard).await?,
             Err(error) => return Err(error),
         },
         None => get_shard(&shards, shard).await?,
     };
     if !written(&current, action)? {
-        let written = write(ctx, &shards, &current, action).await?;
-        copies.wrote(current.resource_version(), written);
+        write(ctx, copies, &shards, &current, action).await?;
         return wrote(ctx, namespace, &current, action).await;
     }
     look(ctx, namespace, &current, action).await
@@ -135,15 +131,16 @@ fn written(current: &Shard, action: &StepAction) -> Result<bool, StepError> {
     })
 }
 
-/// Writes `action`'s effect on `current`; returns the shard as written.
+/// Writes `action`'s effect on `current`, and remembers the shard as written in `copies`.
 async fn write(
     ctx: &Context,
+    copies: &ShardCopies,
     shards: &Api<Shard>,
     current: &Shard,
     action: &StepAction,
-) -> Result<Shard, StepError> {
+) -> Result<(), StepError> {
     let mut desired = desired(current);
-    match action {
+    let written = match action {
         StepAction::AddReplica { node, .. } => {
             desired.push(DesiredReplica {
                 node: node.clone(),
@@ -181,7 +178,9 @@ async fn write(
         _ => Err(StepError::Permanent(format!(
             "{action:?} writes nothing on a shard"
         ))),
-    }
+    }?;
+    copies.wrote(current.resource_version(), written);
+    Ok(())
 }
 
 /// Whether `action`'s effect, written, holds on `current`: what the agents report.
