@@ -465,6 +465,26 @@ fn refusals() -> Vec<Refusal> {
             &["spec.approval.destructive", "must be Manual"],
         ),
         refuse(
+            "a client network that is not a network",
+            named(
+                with(
+                    cluster(),
+                    "/spec/network",
+                    json!({"clientNetworks": ["10.0.0.0/8", "10.0.0.0/33"]}),
+                ),
+                "bad-network",
+            ),
+            &["spec.network.clientNetworks[1]", "CIDR notation"],
+        ),
+        refuse(
+            "a node address that is not one host",
+            named(
+                with(node(), "/spec/address", json!("10.0.0.7 trust")),
+                "bad-address",
+            ),
+            &["spec.address", "IP address", "DNS host name"],
+        ),
+        refuse(
             "a dead timeout shorter than the suspect timeout",
             named(
                 with(cluster(), "/spec/failureDetection/deadAfterMs", json!(900)),

@@ -13,7 +13,7 @@ use crate::api::database_node::{InstanceFailure, NodeParameters, RejectedParamet
 use super::context::NodeContext;
 use super::error::AgentError;
 use super::instance_reports::InstanceReport;
-use super::postgres::{Instance, StopMode};
+use super::postgres::{Access, Instance, StopMode};
 
 /// One replica task's memory of its instance's configuration.
 pub(super) struct InstanceConfig {
@@ -21,6 +21,8 @@ pub(super) struct InstanceConfig {
     seen: Option<BTreeMap<String, String>>,
     /// The plan whose restart the instance carried out, or had no need to.
     restarted_for: Option<String>,
+    /// The access rules last written (`pg_hba.conf`); a look rewrites them only on a change.
+    access: Option<Access>,
 }
 
 impl InstanceConfig {
@@ -34,6 +36,7 @@ impl InstanceConfig {
         InstanceConfig {
             seen: None,
             restarted_for,
+            access: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl InstanceConfig {
         if instance.is_running() {
             ctx.instances.publish(shard, |report| report.failure = None);
         }
+        self.admit(ctx, shard, instance).await?;
         let (parameters, generation) = ctx.parameters();
         if self.seen.as_ref() != Some(&parameters) {
             self.apply(ctx, shard, instance, &parameters).await?;
@@ -82,9 +86,27 @@ impl InstanceConfig {
         shard: &str,
         instance: &mut Instance,
     ) -> Result<(), AgentError> {
+        self.admit(ctx, shard, instance).await?;
         let (parameters, _) = ctx.parameters();
         if self.seen.as_ref() != Some(&parameters) {
             self.apply(ctx, shard, instance, &parameters).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the instance's access rules when the cluster's nodes or client networks
+    /// changed (a reload if it runs): a node that joins may replicate from it at once.
+    async fn admit(
+        &mut self,
+        ctx: &NodeContext,
+        shard: &str,
+        instance: &mut Instance,
+    ) -> Result<(), AgentError> {
+        let access = ctx.access();
+        if self.access.as_ref() != Some(&access) {
+            instance.apply_access(&access).await?;
+            tracing::debug!(%shard, nodes = access.nodes.len(), clients = ?access.clients, "access rules written");
+            self.access = Some(access);
         }
         Ok(())
     }

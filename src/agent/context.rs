@@ -16,7 +16,7 @@ use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 use super::error::AgentError;
 use super::fence_locks::FenceLocks;
 use super::instance_reports::InstanceReports;
-use super::postgres::{Credentials, InstanceSettings, Toolchain};
+use super::postgres::{Access, Credentials, InstanceSettings, Toolchain};
 
 /// What every replica task of this node shares.
 pub(crate) struct NodeContext {
@@ -32,7 +32,8 @@ pub(crate) struct NodeContext {
     pub toolchain: Toolchain,
     /// The replica sets' passwords.
     pub credentials: Credentials,
-    /// Settings of every instance.
+    /// Settings of every instance (its access rules as the agent started: see
+    /// [`NodeContext::instance_settings`]).
     pub settings: InstanceSettings,
     /// Whether this node proved its liveness recently enough.
     pub live: watch::Receiver<bool>,
@@ -112,6 +113,36 @@ impl NodeContext {
         self.cluster()
             .map(|c| (c.spec.postgres_parameters.clone(), c.metadata.generation))
             .unwrap_or_default()
+    }
+
+    /// Who may connect to the node's instances from elsewhere now: the addresses of the
+    /// cluster's nodes (but decommissioned ones) for replication and the agents' sessions,
+    /// the cluster's `spec.network.clientNetworks` for applications.
+    pub(super) fn access(&self) -> Access {
+        let nodes = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| {
+                n.spec.cluster == self.cluster
+                    && n.status.as_ref().and_then(|s| s.phase) != Some(NodePhase::Decommissioned)
+            })
+            .map(|n| n.spec.address.clone())
+            .chain([self.address.clone()])
+            .collect();
+        let clients = self
+            .cluster()
+            .and_then(|c| c.spec.network.clone())
+            .and_then(|network| network.client_networks);
+        Access { nodes, clients }
+    }
+
+    /// The settings of an instance made now: the node's, with [`NodeContext::access`].
+    pub(super) fn instance_settings(&self) -> InstanceSettings {
+        InstanceSettings {
+            access: self.access(),
+            ..self.settings.clone()
+        }
     }
 
     /// The plan that last asked this node for a restart (`status.restart.plan`).

@@ -101,6 +101,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
             // A primary may become the source of a split or merge (a row-filtered
             // publication), which needs logical decoding.
             wal_level: WalLevel::Logical,
+            listen_address: Some(node.spec.address.clone()),
             ..InstanceSettings::default()
         },
         toolchain,

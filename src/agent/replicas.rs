@@ -355,7 +355,7 @@ impl ReplicaWorker {
             name: replica_name(&self.ctx.node),
             dir: self.dir.clone(),
             port,
-            settings: self.ctx.settings.clone(),
+            settings: self.ctx.instance_settings(),
         }
     }
 

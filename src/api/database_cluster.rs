@@ -128,6 +128,32 @@ pub struct DatabaseClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
+    /// Where sessions may reach the cluster's instances from. Replication and the agents'
+    /// own sessions (copies, subscriptions, checks) are admitted only from the addresses of
+    /// the cluster's nodes, whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<ClusterNetwork>,
+}
+
+/// Where application sessions may reach the cluster's instances from (`pg_hba.conf`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetwork {
+    /// The networks application sessions may come from, in CIDR notation (`10.0.0.0/8`,
+    /// `fd00::/8`, `192.0.2.7/32`). Unset: from any address (with the password, as every
+    /// session); empty: from none but the node itself. Changes are applied by a reload, with
+    /// no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("items" = {
+        "type": "string",
+        "maxLength": 43,
+        "x-kubernetes-validations": [{
+            "rule": "isCIDR(self)",
+            "message": "must be a network in CIDR notation, such as 10.0.0.0/8, fd00::/8 or 192.0.2.7/32"
+        }]
+    }))]
+    pub client_networks: Option<Vec<String>>,
 }
 
 /// Parameters the agent sets itself, which `spec.postgresParameters` may not set (nor any

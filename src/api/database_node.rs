@@ -72,8 +72,15 @@ pub struct DatabaseNodeSpec {
     ]))]
     pub zone: String,
     /// The host name or IP address other nodes and clients reach the node's PostgreSQL
-    /// instances at.
+    /// instances at; its instances listen on it, and admit replication from the cluster's
+    /// nodes' addresses only.
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isIP(self) || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+            "message": "spec.address must be an IP address (10.0.0.7, fd00::7) or a DNS host name (lower-case letters, digits, '-' and '.')"
+        }
+    ]))]
     pub address: String,
     /// The TCP ports the node's PostgreSQL instances may listen on, one per replica.
     pub ports: PortRange,

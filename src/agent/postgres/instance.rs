@@ -19,7 +19,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::protocol::Endpoint;
 
 use super::settings::{
-    Credentials, InstanceSettings, PARAMETERS_FILE, PG_HBA, REPLICATION_USER, SUPERUSER,
+    Access, Credentials, InstanceSettings, PARAMETERS_FILE, REPLICATION_USER, SUPERUSER,
 };
 use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 use super::{PostgresError, Toolchain};
@@ -80,6 +80,8 @@ pub struct Instance {
     port: u16,
     toolchain: Toolchain,
     credentials: Credentials,
+    /// What its files say (rewritten where a program copied another instance's).
+    settings: InstanceSettings,
     postmaster: Option<Child>,
 }
 
@@ -107,7 +109,7 @@ impl Instance {
         let result = instance.run("initdb", &mut initdb).await;
         let _ = std::fs::remove_file(&password_file);
         result?;
-        instance.write_settings(&spec.settings)?;
+        instance.write_settings()?;
         instance.start().await?;
         let client = instance.connect().await?;
         let create_role = format!(
@@ -161,7 +163,7 @@ impl Instance {
             backup.arg("--no-sync");
         }
         instance.run("pg_basebackup", &mut backup).await?;
-        instance.write_settings(&spec.settings)?;
+        instance.write_settings()?;
         instance.configure_standby(upstream)?;
         instance.start().await?;
         Ok(instance)
@@ -182,7 +184,7 @@ impl Instance {
                 dir: instance.data_dir(),
             });
         }
-        instance.write_settings(&spec.settings)?;
+        instance.write_settings()?;
         Ok(instance)
     }
 
@@ -197,6 +199,7 @@ impl Instance {
             port: spec.port,
             toolchain: toolchain.clone(),
             credentials: credentials.clone(),
+            settings: spec.settings.clone(),
             postmaster: None,
         }
     }
@@ -222,11 +225,12 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Writes `shardplane.conf`, includes it from `postgresql.conf`, and writes `pg_hba.conf`.
-    fn write_settings(&self, settings: &InstanceSettings) -> Result<(), PostgresError> {
+    /// Writes `shardplane.conf`, includes it from `postgresql.conf`, and writes `pg_hba.conf`:
+    /// this node's, also where `pg_basebackup` or `pg_rewind` copied another node's.
+    pub(super) fn write_settings(&self) -> Result<(), PostgresError> {
         let data = self.data_dir();
-        self.write_private(&data.join("shardplane.conf"), &settings.render())?;
-        self.write_private(&data.join("pg_hba.conf"), PG_HBA)?;
+        self.write_private(&data.join("shardplane.conf"), &self.settings.render())?;
+        self.write_access(&self.settings.access)?;
         self.ensure_included("include 'shardplane.conf'")?;
         self.ensure_parameters_included()
     }
@@ -513,6 +517,26 @@ impl Instance {
             .batch_execute("SELECT pg_reload_conf()")
             .await
             .map_err(|source| self.sql_error(what, source))
+    }
+
+    /// Writes `pg_hba.conf` for `access`.
+    fn write_access(&self, access: &Access) -> Result<(), PostgresError> {
+        self.write_private(&self.data_dir().join("pg_hba.conf"), &access.render())
+    }
+
+    /// Admits the sessions `access` says from now on: writes `pg_hba.conf` and, if the
+    /// instance runs, reloads its configuration (open sessions stay).
+    pub async fn apply_access(&mut self, access: &Access) -> Result<(), PostgresError> {
+        self.write_access(access)?;
+        self.settings.access = access.clone();
+        if self.is_running() {
+            self.connect()
+                .await?
+                .batch_execute("SELECT pg_reload_conf()")
+                .await
+                .map_err(|source| self.sql_error("reload pg_hba.conf", source))?;
+        }
+        Ok(())
     }
 
     /// Writes a file only the PostgreSQL user can read.

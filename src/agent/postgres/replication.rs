@@ -197,6 +197,8 @@ impl Instance {
             .arg(self.data_dir())
             .arg(format!("--source-server={source}"));
         self.run("pg_rewind", &mut rewind).await?;
+        // pg_rewind copied the new primary's configuration files: this node's again.
+        self.write_settings()?;
         self.configure_standby(upstream)?;
         self.start().await
     }

@@ -2,7 +2,9 @@
 //! is part of the data directory, so a standby made by `pg_basebackup` inherits it; what
 //! differs per instance (the port) is given on the postmaster's command line instead.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 
 /// The WAL detail an instance writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,11 @@ pub struct InstanceSettings {
     pub max_wal_senders: u32,
     /// `max_replication_slots`: one per standby of this instance, plus spare.
     pub max_replication_slots: u32,
+    /// The node's address, listened on besides loopback (where the agent itself connects);
+    /// `None` or a loopback address: loopback only.
+    pub listen_address: Option<String>,
+    /// Who may connect from elsewhere (`pg_hba.conf`).
+    pub access: Access,
 }
 
 impl Default for InstanceSettings {
@@ -41,6 +48,8 @@ impl Default for InstanceSettings {
             wal_level: WalLevel::Replica,
             max_wal_senders: 10,
             max_replication_slots: 10,
+            listen_address: None,
+            access: Access::default(),
         }
     }
 }
@@ -53,9 +62,15 @@ impl InstanceSettings {
             WalLevel::Replica => "replica",
             WalLevel::Logical => "logical",
         };
+        let listen = match self.listen_address.as_deref() {
+            Some(address) if !is_loopback(address) && is_host(address) => {
+                format!("127.0.0.1,{address}")
+            }
+            _ => "127.0.0.1".to_owned(),
+        };
         format!(
             "# Written by the Shardplane agent; changes are overwritten.\n\
-             listen_addresses = '127.0.0.1'\n\
+             listen_addresses = '{listen}'\n\
              unix_socket_directories = ''\n\
              password_encryption = 'scram-sha-256'\n\
              shared_buffers = '{shared_buffers}MB'\n\
@@ -87,11 +102,90 @@ impl InstanceSettings {
 /// (`parameters.rs`), included after the agent's own settings.
 pub(crate) const PARAMETERS_FILE: &str = "shardplane-parameters.conf";
 
-/// The contents of `pg_hba.conf`: password (SCRAM) logins on loopback only, replication
-/// only for the replication role.
-pub(crate) const PG_HBA: &str = "# Written by the Shardplane agent.\n\
-host all all 127.0.0.1/32 scram-sha-256\n\
-host replication replicator 127.0.0.1/32 scram-sha-256\n";
+/// Who may open a session with an instance from another host: what `pg_hba.conf` says.
+/// Every session authenticates with its role's password (SCRAM); loopback (the agent on the
+/// instance's own host) is always admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The addresses of the cluster's nodes (IP addresses or host names): replication
+    /// sessions (standbys, `pg_basebackup`, `pg_rewind`) and the superuser's (the agents'
+    /// copies, subscriptions and checks) come from these only.
+    pub nodes: BTreeSet<String>,
+    /// The networks (CIDR) application sessions may come from; `None`: any address.
+    pub clients: Option<Vec<String>>,
+}
+
+impl Default for Access {
+    /// Loopback only.
+    fn default() -> Self {
+        Access {
+            nodes: BTreeSet::new(),
+            clients: Some(Vec::new()),
+        }
+    }
+}
+
+impl Access {
+    /// The contents of `pg_hba.conf`. PostgreSQL takes the first line that matches a
+    /// session's type, database, user and address; a session no line matches is refused.
+    /// An address that is neither an IP address, a network nor a host name (it could not
+    /// be written as one field) is left out.
+    pub(crate) fn render(&self) -> String {
+        let mut hba = String::from(
+            "# Written by the Shardplane agent; changes are overwritten.\n\
+             # type database user address method\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication replicator 127.0.0.1/32 scram-sha-256\n",
+        );
+        for node in self.nodes.iter().filter_map(|node| hba_address(node)) {
+            hba.push_str(&format!(
+                "host replication {REPLICATION_USER} {node} scram-sha-256\n\
+                 host all {SUPERUSER} {node} scram-sha-256\n"
+            ));
+        }
+        match &self.clients {
+            None => hba.push_str("host all all all scram-sha-256\n"),
+            Some(networks) => {
+                for network in networks.iter().filter_map(|network| hba_address(network)) {
+                    hba.push_str(&format!("host all all {network} scram-sha-256\n"));
+                }
+            }
+        }
+        hba
+    }
+}
+
+/// `address` as the address field of a `pg_hba.conf` line: an IP address as the network of
+/// that one address, a network (`10.0.0.0/8`) or a host name as it is; `None` for anything
+/// else.
+fn hba_address(address: &str) -> Option<String> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        return Some(format!("{ip}/{bits}"));
+    }
+    if let Some((ip, bits)) = address.split_once('/') {
+        let ip: IpAddr = ip.parse().ok()?;
+        let bits: u8 = bits.parse().ok()?;
+        let most = if ip.is_ipv4() { 32 } else { 128 };
+        return (bits <= most).then(|| format!("{ip}/{bits}"));
+    }
+    is_host(address).then(|| address.to_owned())
+}
+
+/// Whether `address` is an IP address or a DNS host name (letters, digits, `-` and `.`).
+fn is_host(address: &str) -> bool {
+    address.parse::<IpAddr>().is_ok()
+        || (!address.is_empty()
+            && address.len() <= 253
+            && address
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+}
+
+/// Whether `address` names this host's loopback.
+fn is_loopback(address: &str) -> bool {
+    address == "localhost" || address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
 
 /// The superuser every instance is initialised with.
 pub const SUPERUSER: &str = "postgres";
@@ -120,11 +214,12 @@ impl Credentials {
         &self.superuser_password
     }
 
-    /// A libpq password file (`.pgpass`) holding both roles' loopback passwords.
+    /// A libpq password file (`.pgpass`) holding both roles' passwords, for any host: the
+    /// cluster's instances share them.
     pub(crate) fn pgpass(&self) -> String {
         let escape = |text: &str| text.replace('\\', "\\\\").replace(':', "\\:");
         format!(
-            "127.0.0.1:*:*:{SUPERUSER}:{}\n127.0.0.1:*:*:{REPLICATION_USER}:{}\n",
+            "*:*:*:{SUPERUSER}:{}\n*:*:*:{REPLICATION_USER}:{}\n",
             escape(&self.superuser_password),
             escape(&self.replication_password)
         )
@@ -140,5 +235,97 @@ impl Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Credentials { .. }")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hba_lines(access: &Access) -> Vec<String> {
+        access
+            .render()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn replication_and_the_superuser_come_only_from_nodes_and_clients_from_their_networks() {
+        let access = Access {
+            nodes: ["10.1.0.11", "fd00::12", "db-3.example"]
+                .map(String::from)
+                .into(),
+            clients: Some(vec!["192.0.2.0/24".into()]),
+        };
+        let lines = hba_lines(&access);
+        assert_eq!(
+            lines,
+            [
+                "host all all 127.0.0.1/32 scram-sha-256",
+                "host replication replicator 127.0.0.1/32 scram-sha-256",
+                "host replication replicator 10.1.0.11/32 scram-sha-256",
+                "host all postgres 10.1.0.11/32 scram-sha-256",
+                "host replication replicator db-3.example scram-sha-256",
+                "host all postgres db-3.example scram-sha-256",
+                "host replication replicator fd00::12/128 scram-sha-256",
+                "host all postgres fd00::12/128 scram-sha-256",
+                "host all all 192.0.2.0/24 scram-sha-256",
+            ]
+        );
+        // No line admits replication from anywhere but loopback and the nodes.
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l.contains(" replication "))
+                .all(|l| !l.contains(" all scram") && !l.contains("192.0.2"))
+        );
+    }
+
+    #[test]
+    fn clients_unset_come_from_anywhere_and_empty_from_loopback_only() {
+        let anywhere = Access {
+            nodes: BTreeSet::new(),
+            clients: None,
+        };
+        assert!(hba_lines(&anywhere).contains(&"host all all all scram-sha-256".to_owned()));
+        assert_eq!(hba_lines(&Access::default()).len(), 2);
+    }
+
+    #[test]
+    fn an_address_that_is_not_one_field_is_left_out() {
+        let access = Access {
+            nodes: ["10.0.0.1 trust\nhost all all all", "10.0.0.0/33", "", "a b"]
+                .map(String::from)
+                .into(),
+            clients: Some(vec!["all trust".into(), "10.0.0.0/8".into()]),
+        };
+        let lines = hba_lines(&access);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[2], "host all all 10.0.0.0/8 scram-sha-256");
+    }
+
+    #[test]
+    fn the_node_address_is_listened_on_besides_loopback() {
+        let listen = |address: Option<&str>| {
+            let settings = InstanceSettings {
+                listen_address: address.map(str::to_owned),
+                ..InstanceSettings::default()
+            };
+            settings
+                .render()
+                .lines()
+                .find(|line| line.starts_with("listen_addresses"))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(listen(None), "listen_addresses = '127.0.0.1'");
+        assert_eq!(listen(Some("127.0.0.1")), "listen_addresses = '127.0.0.1'");
+        assert_eq!(
+            listen(Some("10.213.0.11")),
+            "listen_addresses = '127.0.0.1,10.213.0.11'"
+        );
+        assert_eq!(listen(Some("x',port='1")), "listen_addresses = '127.0.0.1'");
     }
 }
