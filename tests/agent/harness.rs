@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -31,6 +31,10 @@ use tokio::task::JoinHandle;
 
 use crate::support::eventually;
 use crate::support::operator::{self, OperatorProcess, free_addr};
+
+#[path = "network.rs"]
+pub mod network;
+use network::TestNetwork;
 
 /// A node: name, region, zone, first port of its range (20 ports each).
 pub type NodeDef = (&'static str, &'static str, &'static str, u16);
@@ -98,7 +102,18 @@ pub struct DataPlane {
     /// Every node the plane may run (the cluster declares their regions and zones).
     nodes: Vec<NodeDef>,
     port_offset: u16,
+    /// The hosts the nodes run on, when they are not all this host's loopback.
+    hosts: Option<Hosts>,
     dir: tempfile::TempDir,
+}
+
+/// The plane's nodes as hosts of a test network (`network.rs`).
+struct Hosts {
+    network: TestNetwork,
+    /// The agents' kubeconfig: the API server through a proxy on the gateway.
+    kubeconfig: PathBuf,
+    /// That proxy.
+    _proxy: ApiProxy,
 }
 
 impl Drop for DataPlane {
@@ -137,20 +152,32 @@ impl ApiProxy {
     /// A proxy for the API server of `kubeconfig` (whose server is `https://127.0.0.1:<port>`);
     /// its own kubeconfig is written into `dir`.
     pub async fn start(kubeconfig: &Path, dir: &Path) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(kubeconfig, dir, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// [`ApiProxy::start`] listening on `ip` (a test network's gateway, for agents on its
+    /// hosts); its kubeconfig still verifies the server's certificate as `127.0.0.1`'s.
+    pub async fn start_on(kubeconfig: &Path, dir: &Path, ip: Ipv4Addr) -> Self {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         let text = std::fs::read_to_string(kubeconfig).unwrap();
-        let server = text
+        let (server_line, server) = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("server: "))
-            .unwrap()
-            .trim_matches('"')
-            .to_owned();
+            .find_map(|l| Some((l, l.trim().strip_prefix("server: ")?)))
+            .unwrap();
+        let server = server.trim_matches('"').to_owned();
         let upstream: SocketAddr = server.trim_start_matches("https://").parse().unwrap();
-        let proxied = dir.join("proxied-kubeconfig");
+        let indent = &server_line[..server_line.len() - server_line.trim_start().len()];
+        let proxied = dir.join(format!("proxied-kubeconfig-{ip}"));
         std::fs::write(
             &proxied,
-            text.replace(&server, &format!("https://{proxy_addr}")),
+            text.replace(
+                server_line,
+                &format!(
+                    "{indent}server: https://{proxy_addr}\n{indent}tls-server-name: {}",
+                    upstream.ip()
+                ),
+            ),
         )
         .unwrap();
         let (link, watching) = tokio::sync::watch::channel(Link::Open);
@@ -376,11 +403,70 @@ impl DataPlane {
         running: usize,
         mode: OperatorMode,
     ) -> Self {
+        Self::launch(
+            client, namespace, kubeconfig, shards, nodes, running, mode, None,
+        )
+        .await
+    }
+
+    /// [`DataPlane::start_with`] with every node a host of `network` (added to it here): each
+    /// agent and its instances in the host's namespace, at the host's address; the
+    /// operator's heartbeat endpoint and the API server (through a proxy) on the gateway.
+    pub async fn start_on_network(
+        client: Client,
+        namespace: &str,
+        kubeconfig: &Path,
+        shards: usize,
+        nodes: &[NodeDef],
+        mut network: TestNetwork,
+    ) -> Self {
+        for (node, ..) in nodes {
+            network.add_host(node);
+        }
+        let mode = OperatorMode::InProcess;
+        let running = nodes.len();
+        Self::launch(
+            client,
+            namespace,
+            kubeconfig,
+            shards,
+            nodes,
+            running,
+            mode,
+            Some(network),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        client: Client,
+        namespace: &str,
+        kubeconfig: &Path,
+        shards: usize,
+        nodes: &[NodeDef],
+        running: usize,
+        mode: OperatorMode,
+        network: Option<TestNetwork>,
+    ) -> Self {
         declare_cluster_with(&client, namespace, shards, nodes).await;
         let dir = tempfile::tempdir().unwrap();
         // PostgreSQL runs as its own user, which must reach the instances' folders.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let in_process_addr = free_addr();
+        let (in_process_addr, hosts) = match network {
+            None => (free_addr(), None),
+            Some(network) => {
+                let gateway = network.gateway();
+                let proxy = ApiProxy::start_on(kubeconfig, dir.path(), gateway).await;
+                let listener = std::net::TcpListener::bind((gateway, 0)).unwrap();
+                let hosts = Hosts {
+                    kubeconfig: proxy.kubeconfig.clone(),
+                    _proxy: proxy,
+                    network,
+                };
+                (listener.local_addr().unwrap(), Some(hosts))
+            }
+        };
         let (operator, operators) = match mode {
             OperatorMode::InProcess => (
                 Some(operator::start_in_process(
@@ -416,6 +502,7 @@ impl DataPlane {
             operator,
             operators,
             nodes: nodes.to_vec(),
+            hosts,
             dir,
         };
         for (node, ..) in &nodes[..running] {
@@ -468,7 +555,19 @@ impl DataPlane {
         let first_port = first_port + self.port_offset;
         let data_dir = self.dir.path().join(node);
         let log = self.dir.path().join(format!("{node}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shardplane"));
+        let program = env!("CARGO_BIN_EXE_shardplane");
+        let (mut command, address, kubeconfig) = match &self.hosts {
+            None => (
+                Command::new(program),
+                "127.0.0.1".to_owned(),
+                &self.kubeconfig,
+            ),
+            Some(hosts) => (
+                hosts.network.command(node, program),
+                hosts.network.address(node).to_string(),
+                &hosts.kubeconfig,
+            ),
+        };
         command
             .args(["agent", "--node", node, "--namespace", &self.namespace])
             .arg("--data-dir")
@@ -479,12 +578,21 @@ impl DataPlane {
                     .flat_map(|addr| ["--operator".to_owned(), addr.to_string()]),
             )
             .args(["--cluster", "main", "--region", region, "--zone", zone])
-            .args(["--address", "127.0.0.1", "--storage-bytes", "10000000000"])
+            .args(["--address", &address, "--storage-bytes", "10000000000"])
             .args(["--ports", &format!("{first_port}-{}", first_port + 19)])
             .arg("--no-fsync");
-        let child = operator::spawn_logged(command, &self.kubeconfig, &log);
+        let child = operator::spawn_logged(command, kubeconfig, &log);
         self.agents
             .insert(node.to_owned(), AgentProcess { child, log });
+    }
+
+    /// The test network the nodes are hosts of ([`DataPlane::start_on_network`]).
+    pub fn network(&self) -> &TestNetwork {
+        &self
+            .hosts
+            .as_ref()
+            .expect("the plane runs on a test network")
+            .network
     }
 
     /// Prints every agent's log (for a failed test).
