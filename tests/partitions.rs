@@ -425,3 +425,123 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     }
     ledger.summary();
 }
+
+/// The control plane out of reach of everything (issue #14, case g): each host's packets to
+/// and from the API server and the operator are dropped, and the operator's own link to the
+/// API server is frozen, for `SHARDPLANE_OUTAGE_S` seconds (default 20; the benchmark's
+/// figure is for 120). Every peer of each primary confirms it (failsafe), so the primaries
+/// keep taking writes: the routed workload writes on, no failover happens, nothing is
+/// re-done when the control plane returns, and every acknowledged write is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach() {
+    let outage = Duration::from_secs(
+        std::env::var("SHARDPLANE_OUTAGE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let env = env_with_crds().await;
+    let plane = DataPlane::start_on_network(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &NODES,
+        TestNetwork::new(),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let shards = plane.shard_list().await;
+    let epochs: BTreeMap<String, (String, i64)> = shards
+        .iter()
+        .map(|s| {
+            let primary = s.status.as_ref().unwrap().primary.clone().unwrap();
+            (s.name_any(), (primary.node, primary.epoch))
+        })
+        .collect();
+    let plans_before = harness::plans(&plane).await.len();
+    let mut ledger = Ledger::new(&plane.client, &plane.namespace, 4, 200.0).await;
+    let workload = ledger.start(50).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut probers = Vec::new();
+    for shard in &shards {
+        for replica in &shard.status.as_ref().unwrap().replicas {
+            let port = replica
+                .endpoint
+                .as_deref()
+                .unwrap()
+                .rsplit_once(':')
+                .unwrap()
+                .1;
+            probers.push(probe(
+                plane.network(),
+                shard,
+                &replica.node,
+                port.parse().unwrap(),
+                stop.clone(),
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let acked_before = workload.acked_so_far();
+    let cut = Instant::now();
+    plane.cut_control_plane();
+    tokio::time::sleep(outage).await;
+    let acked_during = workload.acked_so_far() - acked_before;
+    plane.restore_control_plane();
+    let restored = Instant::now();
+    println!(
+        "control plane out of reach for {:.1?}: {acked_during} routed writes acknowledged meanwhile",
+        restored - cut
+    );
+    // Time for anything the control plane would do on its return.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ledger
+        .finish("control plane out of reach", workload, 100)
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut probes = Vec::new();
+    for prober in probers {
+        probes.push(prober.await.unwrap());
+    }
+
+    let both = two_writable_primaries(&probes);
+    println!("two_writable_primaries_observed: {}", both.len());
+    assert!(both.is_empty(), "two writable primaries: {both:#?}");
+    // The primaries' probes during the outage: the share that found them writable.
+    let during: Vec<Writable> = probes
+        .iter()
+        .filter(|p| epochs[&p.shard].0 == p.node)
+        .flat_map(|p| {
+            p.samples
+                .iter()
+                .filter(|(at, _)| *at >= cut && *at < restored)
+                .map(|(_, found)| *found)
+        })
+        .collect();
+    let writable = during.iter().filter(|w| **w == Writable::Yes).count();
+    let pct = 100.0 * writable as f64 / during.len().max(1) as f64;
+    println!(
+        "control_plane_outage_write_success_pct: {pct:.1} ({writable} of {} probes of the primaries accepted a write)",
+        during.len()
+    );
+    for shard in plane.shard_list().await {
+        let primary = shard.status.unwrap().primary.unwrap();
+        assert_eq!(
+            (primary.node.clone(), primary.epoch),
+            epochs[&shard.metadata.name.clone().unwrap()],
+            "a failover happened"
+        );
+    }
+    let plans_after = harness::plans(&plane).await.len();
+    assert_eq!(
+        plans_after, plans_before,
+        "plans were made during or after the outage"
+    );
+    assert!(
+        acked_during > 0 && pct >= 95.0,
+        "the primaries did not keep their writes: {acked_during} routed writes acknowledged, {pct:.1} % of probes writable"
+    );
+    ledger.summary();
+}

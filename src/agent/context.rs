@@ -14,6 +14,7 @@ use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
 use super::error::AgentError;
+use super::failsafe::Failsafe;
 use super::fence_locks::FenceLocks;
 use super::instance_reports::InstanceReports;
 use super::postgres::{Access, Credentials, InstanceSettings, Toolchain};
@@ -53,6 +54,9 @@ pub(crate) struct NodeContext {
     pub(super) reserved_ports: Mutex<BTreeSet<u16>>,
     /// What each replica's instance runs with (`instance_reports.rs`).
     pub(super) instances: InstanceReports,
+    /// Liveness proven by the peers while the control plane is out of reach, and the
+    /// promise this node gave them (`failsafe.rs`).
+    pub(super) failsafe: Failsafe,
 }
 
 impl NodeContext {
@@ -157,14 +161,16 @@ impl NodeContext {
             .map(|r| r.plan.clone())
     }
 
-    /// The lowest port of the node's range that no replica holds and that is free now.
+    /// The lowest port of the node's range that no replica holds and that is free now (the
+    /// last one is never an instance's).
     pub fn allocate_port(&self) -> Result<u16, AgentError> {
         let mut reserved = self
             .reserved_ports
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The last port is the agent's own endpoint (`failsafe.rs`).
         let (first, last) = self.ports;
-        let free = (first..=last).find(|port| {
+        let free = (first..last).find(|port| {
             !reserved.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
         });
         match free {

@@ -12,6 +12,7 @@ mod configuration;
 mod context;
 pub mod decide;
 pub mod error;
+mod failsafe;
 mod fence_locks;
 mod instance_reports;
 mod node;

@@ -40,6 +40,7 @@ use super::config::{
 use super::configuration;
 use super::context::NodeContext;
 use super::error::AgentError;
+use super::failsafe;
 use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::LivenessReporter;
@@ -115,13 +116,20 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         clusters,
         reserved_ports: Mutex::new(BTreeSet::new()),
         instances: Default::default(),
+        failsafe: Default::default(),
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
         node: config.node.clone(),
         agent_epoch,
     };
-    spawn_liveness_thread(ctx.clone(), config.operators.clone(), beat, live_tx)?;
+    spawn_liveness_thread(
+        ctx.clone(),
+        config.operators.clone(),
+        beat,
+        live_tx,
+        shards.clone(),
+    )?;
     tasks.spawn(report_node_status(ctx.clone(), agent_epoch));
     tracing::info!(node = %config.node, agent_epoch, "agent started");
     tokio::select! {
@@ -284,15 +292,17 @@ async fn credentials(
     ))
 }
 
-/// Runs [`prove_liveness`] and the self-fence keeper (`self_fence.rs`) on a thread of its own
-/// with its own runtime and API client (with deadlines), so that replica work (PostgreSQL
-/// sessions' SCRAM handshakes, process starts) and replica tasks stuck in API calls never
-/// delay a heartbeat, the fence decision or the fence. It runs for the life of the process.
+/// Runs [`prove_liveness`], the failsafe (`failsafe.rs`: its endpoint and its questions to
+/// the peers) and the self-fence keeper (`self_fence.rs`) on a thread of its own with its own
+/// runtime and API client (with deadlines), so that replica work (PostgreSQL sessions' SCRAM
+/// handshakes, process starts) and replica tasks stuck in API calls never delay a heartbeat,
+/// the fence decision or the fence. It runs for the life of the process.
 fn spawn_liveness_thread(
     ctx: Arc<NodeContext>,
     operators: Vec<std::net::SocketAddr>,
     beat: Heartbeat,
     live: watch::Sender<bool>,
+    shards: Store<Shard>,
 ) -> Result<(), AgentError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -315,7 +325,12 @@ fn spawn_liveness_thread(
                     }
                 };
                 let leases: Api<Lease> = Api::namespaced(client, &beat.namespace);
-                tokio::join!(prove_liveness(&ctx, operators, beat, leases, &live), keeper);
+                tokio::join!(
+                    prove_liveness(&ctx, operators, beat, leases, &live),
+                    failsafe::serve(ctx.clone()),
+                    failsafe::ask_peers(&ctx, &shards),
+                    keeper
+                );
             });
         });
     thread.map(drop).map_err(|source| AgentError::Io {
@@ -335,11 +350,24 @@ async fn prove_liveness(
 ) {
     let reporter = LivenessReporter::new(operators, beat, leases);
     let judge = async {
+        let mut failsafe_logged = false;
         loop {
             let suspect = ms(ctx.failure_detection().suspect_after_ms);
-            let now_live = reporter
-                .last_proof()
+            let control_plane = reporter.last_proof();
+            ctx.failsafe.control_plane_proved(control_plane);
+            let peers = ctx.failsafe.peers_proof();
+            let now_live = control_plane
+                .max(peers)
                 .is_some_and(|at| at.elapsed() < suspect);
+            let by_peers_only = now_live && control_plane.is_none_or(|at| at.elapsed() >= suspect);
+            if by_peers_only != failsafe_logged {
+                failsafe_logged = by_peers_only;
+                if by_peers_only {
+                    tracing::warn!(
+                        "the control plane is out of reach; every peer confirms this node (failsafe): its primaries keep their writes"
+                    );
+                }
+            }
             live.send_if_modified(|was| {
                 if *was == now_live {
                     return false;

@@ -22,6 +22,7 @@ use super::configuration::InstanceConfig;
 use super::context::NodeContext;
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum};
 use super::error::AgentError;
+use super::failsafe;
 use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
@@ -464,6 +465,16 @@ impl ReplicaWorker {
                 epoch,
                 catch_up_with,
             } => {
+                // A peer this node confirmed while the control plane was out of reach may
+                // write until this node's promise lapses (`failsafe.rs`).
+                if let Some(until) = self
+                    .ctx
+                    .failsafe
+                    .promotion_barred_until(failsafe::promise(&self.ctx))
+                {
+                    tracing::info!(shard = %self.shard, wait = ?until.saturating_duration_since(Instant::now()), "promotion waits for the failsafe promise to lapse");
+                    tokio::time::sleep_until(until.into()).await;
+                }
                 // The standbys' slots before the promotion (they survive it): the standbys may
                 // already stream from this standby, and its first commits wait for them.
                 ensure_slots(self.held_mut()?, &secondaries).await?;

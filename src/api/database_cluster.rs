@@ -351,6 +351,12 @@ pub struct FailureDetection {
     #[serde(default = "default_replace_after_s")]
     #[schemars(range(min = 0, max = 604800))]
     pub replace_replicas_after_seconds: i64,
+    /// Whether a primary keeps taking writes while nobody can reach the control plane, as
+    /// long as every other replica of its shards confirms it (default true; Patroni's
+    /// failsafe mode). Off: every primary that cannot prove its liveness to the control plane
+    /// fences its writes after `suspectAfterMs`, even when the control plane is down for all.
+    #[serde(default = "default_failsafe")]
+    pub failsafe: bool,
 }
 
 impl Default for FailureDetection {
@@ -360,6 +366,7 @@ impl Default for FailureDetection {
             suspect_after_ms: default_suspect_ms(),
             dead_after_ms: default_dead_ms(),
             replace_replicas_after_seconds: default_replace_after_s(),
+            failsafe: default_failsafe(),
         }
     }
 }
@@ -375,6 +382,9 @@ fn default_dead_ms() -> i64 {
 }
 fn default_replace_after_s() -> i64 {
     300
+}
+fn default_failsafe() -> bool {
+    true
 }
 
 /// What the operator observes of the cluster as a whole.

@@ -113,7 +113,9 @@ struct Hosts {
     /// The agents' kubeconfig: the API server through a proxy on the gateway.
     kubeconfig: PathBuf,
     /// That proxy.
-    _proxy: ApiProxy,
+    proxy: ApiProxy,
+    /// The operator's own proxy to the API server (on loopback).
+    operator_proxy: ApiProxy,
 }
 
 impl Drop for DataPlane {
@@ -136,6 +138,8 @@ impl Drop for DataPlane {
 pub struct ApiProxy {
     /// A kubeconfig that reaches the API server through the proxy.
     pub kubeconfig: PathBuf,
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
     link: Arc<tokio::sync::watch::Sender<Link>>,
     task: JoinHandle<()>,
 }
@@ -211,6 +215,7 @@ impl ApiProxy {
         });
         ApiProxy {
             kubeconfig: proxied,
+            addr: proxy_addr,
             link: Arc::new(link),
             task,
         }
@@ -279,6 +284,18 @@ where
         .create(&PostParams::default(), object)
         .await
         .unwrap();
+}
+
+/// A client of the API server `kubeconfig` names.
+pub async fn client_of(kubeconfig: &Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
 }
 
 /// The Secret, the cluster (RF 3, fast failure detection, replicas replaced only after
@@ -458,19 +475,27 @@ impl DataPlane {
             Some(network) => {
                 let gateway = network.gateway();
                 let proxy = ApiProxy::start_on(kubeconfig, dir.path(), gateway).await;
+                let operator_proxy = ApiProxy::start(kubeconfig, dir.path()).await;
                 let listener = std::net::TcpListener::bind((gateway, 0)).unwrap();
                 let hosts = Hosts {
                     kubeconfig: proxy.kubeconfig.clone(),
-                    _proxy: proxy,
+                    proxy,
+                    operator_proxy,
                     network,
                 };
                 (listener.local_addr().unwrap(), Some(hosts))
             }
         };
+        // On a test network the operator, too, reaches the API server through a proxy, so
+        // that the control plane can be taken away from every component.
+        let operator_client = match &hosts {
+            None => client.clone(),
+            Some(hosts) => client_of(&hosts.operator_proxy.kubeconfig).await,
+        };
         let (operator, operators) = match mode {
             OperatorMode::InProcess => (
                 Some(operator::start_in_process(
-                    &client,
+                    &operator_client,
                     namespace,
                     IN_PROCESS_IDENTITY,
                     in_process_addr,
@@ -584,6 +609,36 @@ impl DataPlane {
         let child = operator::spawn_logged(command, kubeconfig, &log);
         self.agents
             .insert(node.to_owned(), AgentProcess { child, log });
+    }
+
+    /// Takes the control plane away from every component, as a stopped or frozen API server
+    /// and operator would look to them: each host's packets to and from the API server's
+    /// proxy and the operator's heartbeat port are dropped, and the operator's own link to
+    /// the API server is frozen. The test's own client keeps working (it checks).
+    pub fn cut_control_plane(&self) {
+        let hosts = self
+            .hosts
+            .as_ref()
+            .expect("the plane runs on a test network");
+        let ports = [hosts.proxy.addr.port(), self.operator_addr.port()];
+        for (node, ..) in &self.nodes {
+            hosts
+                .network
+                .cut_ports(node, hosts.network.gateway(), &ports);
+        }
+        hosts.operator_proxy.freeze();
+    }
+
+    /// Gives the control plane back ([`DataPlane::cut_control_plane`]).
+    pub fn restore_control_plane(&self) {
+        let hosts = self
+            .hosts
+            .as_ref()
+            .expect("the plane runs on a test network");
+        for (node, ..) in &self.nodes {
+            hosts.network.heal(node);
+        }
+        hosts.operator_proxy.restore();
     }
 
     /// The test network the nodes are hosts of ([`DataPlane::start_on_network`]).
@@ -996,6 +1051,19 @@ pub async fn set_failure_detection(plane: &DataPlane, (heartbeat, suspect, dead)
             &kube::api::Patch::Merge(json!({"spec": {"failureDetection": {
                 "heartbeatIntervalMs": heartbeat, "suspectAfterMs": suspect, "deadAfterMs": dead
             }}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Turns the cluster's failsafe off (`spec.failureDetection.failsafe`): a primary that cannot
+/// prove its liveness to the control plane fences even when its peers cannot either.
+pub async fn disable_failsafe(plane: &DataPlane) {
+    Api::<DatabaseCluster>::namespaced(plane.client.clone(), &plane.namespace)
+        .patch(
+            "main",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"failureDetection": {"failsafe": false}}})),
         )
         .await
         .unwrap();

@@ -144,6 +144,25 @@ impl TestNetwork {
         );
     }
 
+    /// Cuts host `name` off from TCP port `ports` of `peer` (packets dropped both ways),
+    /// leaving its other traffic with `peer` alone.
+    pub fn cut_ports(&self, name: &str, peer: Ipv4Addr, ports: &[u16]) {
+        let set = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.rules(
+            name,
+            &format!(
+                "table inet partition {{\n\
+                   chain input {{ type filter hook input priority 0; policy accept; ip saddr {peer} tcp sport {{ {set} }} drop; }}\n\
+                   chain output {{ type filter hook output priority 0; policy accept; ip daddr {peer} tcp dport {{ {set} }} drop; }}\n\
+                 }}\n"
+            ),
+        );
+    }
+
     /// Removes every fault of host `name`.
     pub fn heal(&self, name: &str) {
         let out = self
