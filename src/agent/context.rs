@@ -14,9 +14,9 @@ use crate::api::database_cluster::{Durability, FailureDetection};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
 use super::error::AgentError;
-use super::failsafe::Failsafe;
 use super::fence_locks::FenceLocks;
 use super::instance_reports::InstanceReports;
+use super::liveness_record::LivenessRecord;
 use super::postgres::{Access, Credentials, InstanceSettings, Toolchain};
 
 /// What every replica task of this node shares.
@@ -56,7 +56,7 @@ pub(crate) struct NodeContext {
     pub(super) instances: InstanceReports,
     /// Liveness proven by the peers while the control plane is out of reach, and the
     /// promise this node gave them (`failsafe.rs`).
-    pub(super) failsafe: Failsafe,
+    pub(super) failsafe: LivenessRecord,
 }
 
 impl NodeContext {

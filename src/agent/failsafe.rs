@@ -32,7 +32,7 @@
 //! only the cluster's nodes reach.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -68,54 +68,6 @@ struct Question {
 struct Answer {
     /// Whether it confirms (and so promises not to promote for a while).
     confirmed: bool,
-}
-
-/// This node's failsafe state, shared by the liveness loop, the endpoint and the replica
-/// tasks.
-#[derive(Default)]
-pub(crate) struct Failsafe {
-    times: Mutex<Times>,
-}
-
-#[derive(Default)]
-struct Times {
-    /// The newest proof of liveness from the control plane (heartbeat or Lease).
-    control_plane: Option<Instant>,
-    /// The send time of the newest round every peer confirmed.
-    peers: Option<Instant>,
-    /// When this node last confirmed a peer.
-    confirmed: Option<Instant>,
-}
-
-impl Failsafe {
-    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
-        self.times.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records the newest proof of liveness from the control plane.
-    pub fn control_plane_proved(&self, at: Option<Instant>) {
-        self.times().control_plane = at;
-    }
-
-    /// The send time of the newest round every peer confirmed.
-    pub fn peers_proof(&self) -> Option<Instant> {
-        self.times().peers
-    }
-
-    /// Whether the control plane has not confirmed this node's liveness for `quiet`.
-    fn control_plane_quiet(&self, quiet: Duration) -> bool {
-        self.times()
-            .control_plane
-            .is_none_or(|at| at.elapsed() >= quiet)
-    }
-
-    /// Until when this node may promote nothing: `wait` after its last confirmation.
-    pub fn promotion_barred_until(&self, wait: Duration) -> Option<Instant> {
-        self.times()
-            .confirmed
-            .map(|at| at + wait)
-            .filter(|until| *until > Instant::now())
-    }
 }
 
 /// How long a node that confirmed a peer waits before it promotes anything.
@@ -173,7 +125,7 @@ async fn confirm(
     let confirmed =
         ctx.failure_detection().failsafe && ctx.failsafe.control_plane_quiet(quiet(&ctx));
     if confirmed {
-        ctx.failsafe.times().confirmed = Some(Instant::now());
+        ctx.failsafe.confirmed_now();
         tracing::debug!(peer = %request.node, "failsafe confirmed: the control plane is out of reach here too");
     }
     Json(Answer { confirmed })
@@ -221,8 +173,7 @@ async fn round(
         .map(|(peer, _)| peer)
         .collect();
     if refused.is_empty() {
-        let mut times = ctx.failsafe.times();
-        times.peers = times.peers.max(Some(sent));
+        ctx.failsafe.peers_proved(sent);
     } else {
         tracing::debug!(?refused, "failsafe not confirmed by every peer");
     }
@@ -289,29 +240,6 @@ fn peers(ctx: &NodeContext, shards: &Store<Shard>) -> Option<BTreeSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_confirmation_bars_promotion_for_the_promise_and_no_longer() {
-        let failsafe = Failsafe::default();
-        let promise = Duration::from_millis(300);
-        assert_eq!(failsafe.promotion_barred_until(promise), None);
-        failsafe.times().confirmed = Some(Instant::now());
-        let until = failsafe.promotion_barred_until(promise).unwrap();
-        assert!(until > Instant::now() + Duration::from_millis(200));
-        failsafe.times().confirmed = Some(Instant::now() - Duration::from_millis(301));
-        assert_eq!(failsafe.promotion_barred_until(promise), None);
-    }
-
-    #[test]
-    fn the_control_plane_is_quiet_only_once_its_newest_proof_is_old_enough() {
-        let failsafe = Failsafe::default();
-        let quiet = Duration::from_millis(750);
-        assert!(failsafe.control_plane_quiet(quiet), "never proven");
-        failsafe.control_plane_proved(Some(Instant::now() - Duration::from_millis(500)));
-        assert!(!failsafe.control_plane_quiet(quiet));
-        failsafe.control_plane_proved(Some(Instant::now() - Duration::from_millis(800)));
-        assert!(failsafe.control_plane_quiet(quiet));
-    }
 
     #[test]
     fn an_ipv6_peer_is_bracketed() {

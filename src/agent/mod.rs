@@ -15,6 +15,7 @@ pub mod error;
 mod failsafe;
 mod fence_locks;
 mod instance_reports;
+mod liveness_record;
 mod node;
 pub mod postgres;
 pub mod protocol;
