@@ -11,7 +11,6 @@ mod harness;
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,158 +19,20 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use shardplane::api::DatabaseCluster;
 use shardplane::api::shard::{ReplicaRole, ReplicaState};
-use shardplane::api::{DatabaseCluster, Shard};
 use shardplane::routing::ShardKeyValue;
 use support::{env_with_crds, eventually};
 
 use harness::network::TestNetwork;
-use harness::{DataPlane, Ledger, NODES, SUPERUSER_PASSWORD, TABLE, connect, keys_in, report};
+use harness::probes::{
+    Writable, first_acknowledged, probe_every_replica, two_writable_primaries, writable_stretches,
+};
+use harness::{DataPlane, Ledger, NODES, TABLE, connect, keys_in, report};
 
 const SHARDS: usize = 2;
 /// The cluster's `deadAfterMs` (`declare_cluster_with`).
 const DEAD_AFTER: Duration = Duration::from_millis(1200);
-/// How often the prober asks each replica whether it accepts a write.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
-
-/// What one probe of a replica found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Writable {
-    /// An INSERT succeeded (and was rolled back).
-    Yes,
-    /// Refused: read-only (a standby, or a fenced primary).
-    No,
-    /// No answer (no session, or none within the probe's deadline).
-    Unknown,
-}
-
-/// Every probe of one replica: when, and what it found.
-struct ReplicaProbes {
-    shard: String,
-    node: String,
-    samples: Vec<(Instant, Writable)>,
-}
-
-/// Asks the instance of `shard` on `node` (port `port` on the host's loopback) every
-/// [`PROBE_EVERY`] whether it accepts a write — an INSERT of a key of the shard's range in a
-/// transaction that is rolled back, so nothing is written and no commit waits for a
-/// quorum — until `stop`.
-fn probe(
-    network: &TestNetwork,
-    shard: &Shard,
-    node: &str,
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<ReplicaProbes> {
-    let key = keys_in(shard, 4_000_000_000, 1)[0];
-    let (shard, node) = (shard.name_any(), node.to_owned());
-    // The connection is made from inside the host; the task only keeps the session.
-    let connector = network.connector(&node);
-    tokio::spawn(async move {
-        let statement = format!("INSERT INTO {TABLE} (id, note) VALUES ($1, 'probe')");
-        let mut session: Option<tokio_postgres::Client> = None;
-        let mut samples = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            let at = Instant::now();
-            if session.as_ref().is_none_or(|s| s.is_closed()) {
-                session = open_session(&connector, port).await;
-            }
-            let found = match session.as_mut() {
-                None => Writable::Unknown,
-                Some(client) => {
-                    let attempt = async {
-                        let transaction = client.transaction().await?;
-                        transaction.execute(&statement, &[&key]).await
-                    };
-                    match tokio::time::timeout(Duration::from_millis(500), attempt).await {
-                        Ok(Ok(_)) => Writable::Yes,
-                        Ok(Err(error)) if error.code().is_some_and(|c| c.code() == "25006") => {
-                            Writable::No
-                        }
-                        Ok(Err(_)) | Err(_) => {
-                            session = None;
-                            Writable::Unknown
-                        }
-                    }
-                }
-            };
-            samples.push((at, found));
-            tokio::time::sleep_until((at + PROBE_EVERY).into()).await;
-        }
-        ReplicaProbes {
-            shard,
-            node,
-            samples,
-        }
-    })
-}
-
-/// A superuser session with the instance on `port` of the host `connector` enters.
-async fn open_session(
-    connector: &harness::network::Connector,
-    port: u16,
-) -> Option<tokio_postgres::Client> {
-    let to = SocketAddr::from(([127, 0, 0, 1], port));
-    let stream = tokio::time::timeout(Duration::from_secs(1), connector.connect(to))
-        .await
-        .ok()?
-        .ok()?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user("postgres")
-        .password(SUPERUSER_PASSWORD)
-        .dbname("postgres");
-    let (client, connection) = tokio::time::timeout(
-        Duration::from_secs(1),
-        config.connect_raw(stream, tokio_postgres::NoTls),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    tokio::spawn(connection);
-    Some(client)
-}
-
-/// The stretches of time during which `samples` said writable, each from its first to its
-/// last consecutive writable sample (a probe without answer ends none).
-fn writable_stretches(samples: &[(Instant, Writable)]) -> Vec<(Instant, Instant)> {
-    let mut stretches: Vec<(Instant, Instant)> = Vec::new();
-    let mut open = false;
-    for &(at, found) in samples {
-        match found {
-            Writable::Yes if open => stretches.last_mut().unwrap().1 = at,
-            Writable::Yes => {
-                stretches.push((at, at));
-                open = true;
-            }
-            Writable::No => open = false,
-            Writable::Unknown => {}
-        }
-    }
-    stretches
-}
-
-/// Pairs of replicas of one shard that were both seen writable in overlapping stretches (a
-/// stretch is widened by one probe interval each way, as the truth lies between samples).
-fn two_writable_primaries(probes: &[ReplicaProbes]) -> Vec<String> {
-    let mut found = Vec::new();
-    for (i, a) in probes.iter().enumerate() {
-        for b in probes[i + 1..].iter().filter(|b| b.shard == a.shard) {
-            for (a_from, a_to) in writable_stretches(&a.samples) {
-                for (b_from, b_to) in writable_stretches(&b.samples) {
-                    if a_from < b_to + PROBE_EVERY && b_from < a_to + PROBE_EVERY {
-                        found.push(format!(
-                            "{}: {} writable {:?}..{:?} and {} writable {:?}..{:?}",
-                            a.shard, a.node, a_from, a_to, b.node, b_from, b_to
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    found
-}
-
 /// Runs `psql` (from `host`, or from the gateway) with a replication session to `endpoint`.
 fn replication_session(network: &TestNetwork, host: Option<&str>, endpoint: &str) -> Output {
     let (address, port) = endpoint.rsplit_once(':').unwrap();
@@ -276,30 +137,32 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         "an application session from inside spec.network.clientNetworks was refused"
     );
 
-    // The isolated primary.
+    primary_cut_off(&plane, &primary, Cut::Everything).await;
+}
+
+/// How a primary's host is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// From everything (case a).
+    Everything,
+    /// From the API server and the operator only; clients and peers still reach it (case b).
+    ControlPlane,
+    /// From the other nodes only; clients and the control plane still reach it (case c).
+    Standbys,
+}
+
+/// Cuts off the host of `primary` (a node holding primaries) as `cut` says, under the routed
+/// workload and the probers: the cut-off primaries stop taking writes before a standby
+/// elsewhere is promoted (no two writable primaries, seen from inside every host), routed
+/// writes resume on the new primaries, and after the heal the old primaries rejoin as
+/// streaming standbys by themselves; every acknowledged write is found exactly once.
+async fn primary_cut_off(plane: &DataPlane, primary: &str, cut: Cut) {
+    let what = format!("{cut:?} cut from {primary}");
     let mut ledger = Ledger::new(&plane.client, &plane.namespace, 4, 200.0).await;
     let workload = ledger.start(50).await;
     let shards = plane.shard_list().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut probers = Vec::new();
-    for shard in &shards {
-        for replica in shard.status.as_ref().unwrap().replicas.iter() {
-            let port = replica
-                .endpoint
-                .as_deref()
-                .unwrap()
-                .rsplit_once(':')
-                .unwrap()
-                .1;
-            probers.push(probe(
-                plane.network(),
-                shard,
-                &replica.node,
-                port.parse().unwrap(),
-                stop.clone(),
-            ));
-        }
-    }
+    let probers = probe_every_replica(plane, &shards, &stop);
     let epochs: BTreeMap<String, i64> = shards
         .iter()
         .filter(|s| s.status.as_ref().unwrap().primary.as_ref().unwrap().node == primary)
@@ -310,71 +173,73 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
             )
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let cut = Instant::now();
-    plane.network().isolate(&primary);
-    // One routed write of an affected shard every 20 ms, each on its own: the first
-    // acknowledged after the cut was taken by the new primary (no answer leaves the cut-off
-    // host).
     let affected = shards
         .iter()
-        .find(|s| s.name_any() == shard.name_any())
-        .unwrap();
-    let keys = keys_in(affected, 5_000_000_000, 500);
-    let first_ack = Arc::new(std::sync::Mutex::new(None::<Duration>));
-    let mut writes = Vec::new();
-    for key in keys.iter().copied() {
-        let router = ledger.router.clone();
-        let first = first_ack.clone();
-        writes.push(tokio::spawn(async move {
-            let statement =
-                format!("INSERT INTO {TABLE} (id, note) VALUES ($1, 'cut') ON CONFLICT DO NOTHING");
-            let done = router
-                .execute(&ShardKeyValue::Int(key), &statement, &[&key])
-                .await;
-            if done.is_ok() {
-                let mut first = first.lock().unwrap();
-                let at = cut.elapsed();
-                if first.is_none_or(|f| at < f) {
-                    *first = Some(at);
-                }
-            }
-            done.is_ok().then_some(key)
-        }));
-        if first_ack.lock().unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut acked_by_new = Vec::new();
-    for write in writes {
-        acked_by_new.extend(write.await.unwrap());
-    }
-    let failover = first_ack
-        .lock()
-        .unwrap()
-        .expect("no routed write was acknowledged");
-    ledger.acked.extend(&acked_by_new);
-    println!("partition_failover_s: {:.3}", failover.as_secs_f64());
-    for (name, epoch) in &epochs {
-        let shard = plane.shards().get(name).await.unwrap();
-        let now = shard.status.unwrap().primary.unwrap();
-        assert!(
-            now.node != primary && now.epoch > *epoch,
-            "{name}: primary {} at epoch {} after the cut (was {primary} at {epoch})",
-            now.node,
-            now.epoch
-        );
-    }
+        .find(|s| epochs.contains_key(&s.name_any()))
+        .expect("the node holds a primary");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Heal: the old primary rejoins as a standby of the new one, with no step by anyone.
+    let at = Instant::now();
+    match cut {
+        Cut::Everything => plane.network().isolate(primary),
+        Cut::ControlPlane => plane.cut_control_plane_of(primary),
+        Cut::Standbys => {
+            let peers: Vec<_> = NODES
+                .iter()
+                .filter(|n| n.0 != primary)
+                .map(|n| plane.network().address(n.0))
+                .collect();
+            plane.network().cut(primary, &peers);
+        }
+    }
+    if cut != Cut::ControlPlane {
+        // The cut-off primary acknowledges nothing after the cut (no answer leaves its host,
+        // or no standby acknowledges its commits), so the first routed write of an affected
+        // shard acknowledged after the cut was taken by its new primary: one every 20 ms,
+        // each on its own.
+        let first_ack = first_acknowledged(&mut ledger, affected, at).await;
+        println!("partition_failover_s: {:.3}", first_ack.as_secs_f64());
+    }
+    let moved = eventually(Duration::from_secs(60), || async {
+        let mut moved = true;
+        for (name, epoch) in &epochs {
+            let now = plane
+                .shards()
+                .get(name)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .primary
+                .unwrap();
+            moved &= now.node != primary && now.epoch > *epoch;
+        }
+        moved
+    })
+    .await;
+    assert!(moved, "{what}: its primaries did not move elsewhere");
+    // One routed write of an affected shard: acknowledged by the new primary.
+    let key = keys_in(affected, 5_000_000_000, 1)[0];
+    let statement =
+        format!("INSERT INTO {TABLE} (id, note) VALUES ($1, 'cut') ON CONFLICT DO NOTHING");
+    ledger
+        .router
+        .execute(&ShardKeyValue::Int(key), &statement, &[&key])
+        .await
+        .unwrap();
+    ledger.acked.insert(key);
+    println!(
+        "{what}: primaries moved, a routed write acknowledged {:.2?} after the cut",
+        at.elapsed()
+    );
+
+    // Heal: the old primaries rejoin as standbys of the new ones, with no step by anyone.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    plane.network().heal(&primary);
+    plane.network().heal(primary);
     let healed = Instant::now();
     let rejoined = eventually(Duration::from_secs(90), || async {
         plane.shard_list().await.iter().all(|shard| {
-            report(shard, &primary).is_some_and(|r| {
+            report(shard, primary).is_some_and(|r| {
                 r.role == ReplicaRole::Secondary && r.state == ReplicaState::InSync
             })
         })
@@ -382,13 +247,13 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     .await;
     assert!(
         rejoined,
-        "{primary} did not rejoin every shard as a streaming standby"
+        "{what}: {primary} did not rejoin every shard as a streaming standby"
     );
     println!(
-        "rejoined as standbys {:.1?} after the heal",
+        "{what}: rejoined as standbys {:.1?} after the heal",
         healed.elapsed()
     );
-    ledger.finish("isolated primary", workload, 100).await;
+    ledger.finish(&what, workload, 100).await;
 
     stop.store(true, Ordering::SeqCst);
     let mut probes = Vec::new();
@@ -396,34 +261,86 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         probes.push(prober.await.unwrap());
     }
     let both = two_writable_primaries(&probes);
-    println!("two_writable_primaries_observed: {}", both.len());
-    assert!(both.is_empty(), "two writable primaries: {both:#?}");
-    for probes in probes
-        .iter()
-        .filter(|p| p.node == primary && epochs.contains_key(&p.shard))
-    {
-        let last = writable_stretches(&probes.samples)
+    println!("{what}: two_writable_primaries_observed: {}", both.len());
+    assert!(both.is_empty(), "{what}: two writable primaries: {both:#?}");
+    for (shard, epoch) in &epochs {
+        let old = probes
+            .iter()
+            .find(|p| &p.shard == shard && p.node == primary)
+            .unwrap();
+        let last_old = writable_stretches(&old.samples)
             .iter()
             .map(|s| s.1)
-            .filter(|to| *to < cut + Duration::from_secs(60))
+            .filter(|to| *to < healed)
             .max()
             .expect("the old primary was never seen writable");
+        let first_new = probes
+            .iter()
+            .filter(|p| &p.shard == shard && p.node != primary)
+            .flat_map(|p| writable_stretches(&p.samples))
+            .map(|s| s.0)
+            .filter(|from| *from > at)
+            .min()
+            .expect("no new primary was seen writable");
         println!(
-            "{}: the isolated primary's last writable probe {:.0?} after the cut (deadAfterMs {:?})",
-            probes.shard,
-            last.saturating_duration_since(cut),
-            DEAD_AFTER
+            "{what}: partition_failover {shard} (epoch {epoch}): the cut-off primary's last writable probe {:.0?} after the cut, the new primary's first {:.0?} (deadAfterMs {DEAD_AFTER:?})",
+            last_old.saturating_duration_since(at),
+            first_new.saturating_duration_since(at),
         );
         assert!(
-            probes
-                .samples
+            old.samples
                 .iter()
-                .any(|(at, w)| *at > cut && *at < healed && *w == Writable::No),
-            "{}: the isolated primary was never seen refusing writes during the cut",
-            probes.shard
+                .any(|(t, w)| *t > at && *t < healed && *w == Writable::No),
+            "{what}: {shard}: the cut-off primary was never seen refusing writes during the cut"
         );
     }
     ledger.summary();
+}
+
+/// A primary's host cut from its standbys only (case c): it still reaches the control plane
+/// and its clients, but no commit can be acknowledged. Once every in-sync standby has
+/// reported its broken stream for `deadAfterMs`, the operator promotes the most advanced one
+/// (which holds every acknowledged write); the old primary fences first; routed writes
+/// follow; after the heal it rejoins as a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_cut_from_its_standbys_is_replaced_by_the_most_advanced_one() {
+    let env = env_with_crds().await;
+    let plane = DataPlane::start_on_network(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &NODES,
+        TestNetwork::new(),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let shard = plane.shard_list().await.remove(0);
+    let primary = shard.status.unwrap().primary.unwrap().node;
+    primary_cut_off(&plane, &primary, Cut::Standbys).await;
+}
+
+/// A primary's host cut from the API server and the operator but not from its peers or its
+/// clients (case b): its peers reach the control plane, so they do not confirm it (the
+/// failsafe is for a control plane down for everyone) and fencing wins — it fences within
+/// `suspectAfterMs`, a standby is promoted, routed writes follow, and after the heal it
+/// rejoins as a standby. Never two writable primaries; every acknowledged write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_cut_from_the_control_plane_only_fences_and_a_peer_takes_over() {
+    let env = env_with_crds().await;
+    let plane = DataPlane::start_on_network(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &NODES,
+        TestNetwork::new(),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let shard = plane.shard_list().await.remove(0);
+    let primary = shard.status.unwrap().primary.unwrap().node;
+    primary_cut_off(&plane, &primary, Cut::ControlPlane).await;
 }
 
 /// The control plane out of reach of everything (issue #14, case g): each host's packets to
@@ -463,25 +380,7 @@ async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach
     let mut ledger = Ledger::new(&plane.client, &plane.namespace, 4, 200.0).await;
     let workload = ledger.start(50).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut probers = Vec::new();
-    for shard in &shards {
-        for replica in &shard.status.as_ref().unwrap().replicas {
-            let port = replica
-                .endpoint
-                .as_deref()
-                .unwrap()
-                .rsplit_once(':')
-                .unwrap()
-                .1;
-            probers.push(probe(
-                plane.network(),
-                shard,
-                &replica.node,
-                port.parse().unwrap(),
-                stop.clone(),
-            ));
-        }
-    }
+    let probers = probe_every_replica(&plane, &shards, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let acked_before = workload.acked_so_far();

@@ -39,6 +39,9 @@ const IN_SYNC_LAG_BYTES: i64 = 16 * 1024 * 1024;
 const SLOT_GRACE: Duration = Duration::from_secs(30);
 /// How long a planned handover waits for the new primary to replay the fenced old one's WAL.
 const HANDOVER_CATCH_UP: Duration = Duration::from_secs(5);
+/// How long that wait goes on while the standby does not stream from the fenced primary at
+/// all (it cannot reach it): a planned handover's standby streams throughout.
+const NO_STREAM_TO_CATCH_UP: Duration = Duration::from_secs(1);
 /// How long a standby may go without streaming from a serving, live primary before it is
 /// rebuilt from that primary (it can no longer follow it, e.g. it lacks WAL the primary
 /// no longer has).
@@ -956,9 +959,21 @@ fn upstream_at(endpoint: &str) -> Result<Upstream, AgentError> {
 /// Waits (at most `limit`) until the standby has replayed everything its upstream sent.
 async fn wait_caught_up(held: &mut Held, limit: Duration) -> Result<(), AgentError> {
     let started = Instant::now();
+    let mut streamed = started;
     while started.elapsed() < limit {
         let progress = held.standby_progress().await?;
         if progress.streaming && progress.lag == Some(0) {
+            return Ok(());
+        }
+        if progress.streaming {
+            streamed = Instant::now();
+        } else if streamed.elapsed() >= NO_STREAM_TO_CATCH_UP {
+            // Cut off from the fenced primary (the failover of a primary that lost its
+            // quorum): nothing can arrive; what this standby holds was chosen as enough.
+            tracing::warn!(
+                instance = held.instance.name(),
+                "no stream from the fenced primary to catch up with; promoting"
+            );
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,7 +20,7 @@ use crate::plan::{
 use crate::protocol::NODE_FINALIZER;
 
 use super::conditions::{self, Observation};
-use super::domain::desired_state;
+use super::domain::{self, desired_state};
 use super::plan_wire::{self, Decision, MAX_PLAN_STEPS, PlanContext, change_cause};
 use super::{ClusterView, Object, reshard, rollout};
 
@@ -125,6 +125,64 @@ pub fn decide(
                         .count(),
                     node.name
                 ),
+                facts,
+            },
+            plan: failover.plan,
+        }));
+    }
+
+    // A live primary cut off from every in-sync standby: its commits wait for ever. One shard
+    // at a time, like the dead nodes; a shard whose failover is under way is left to it.
+    let detection = spec.failure_detection.clone().unwrap_or_default();
+    let online = |node: &str| {
+        topology
+            .nodes
+            .iter()
+            .any(|n| n.name == node && n.phase == plan::NodePhase::Online)
+    };
+    let after_ms = detection.dead_after_ms.max(0) as u64;
+    let lost = view
+        .shards
+        .iter()
+        .find(|s| !under_way(s.name()) && domain::quorum_lost(s, online, now_ms, after_ms));
+    if let Some(shard) = lost {
+        let name = shard.name();
+        let policy = FailoverPolicy {
+            max_lag_bytes: 0,
+            re_replication_delay_ms: 0,
+            limits,
+        };
+        let failover = plan::plan_quorum_failover(topology, name, &policy)?;
+        let old = shard
+            .status
+            .as_ref()
+            .and_then(|s| s.primary.as_ref())
+            .map_or_else(String::new, |p| p.node.clone());
+        let facts = failover
+            .decisions
+            .iter()
+            .map(|d| {
+                (
+                    format!("failover.{}", d.shard),
+                    format!(
+                        "promote {}",
+                        d.new_primary.as_deref().unwrap_or("nobody (blocked)")
+                    ),
+                )
+            })
+            .collect();
+        return Ok(Some(Decision {
+            context: PlanContext {
+                cluster: cluster.clone(),
+                target: target(TargetKind::Shard, name),
+                cause: cause(
+                    CauseKind::Failure,
+                    format!(
+                        "the primary of {name} on {old} lost every in-sync standby's stream for \
+                         {after_ms} ms: its commits cannot be acknowledged"
+                    ),
+                ),
+                summary: format!("fail over {name}, whose primary on {old} lost its quorum"),
                 facts,
             },
             plan: failover.plan,

@@ -95,6 +95,44 @@ fn held_positions(replicas: &[ObservedReplica]) -> Option<Option<i64>> {
     Some(in_sync.iter().filter_map(|o| o.received_lsn).max())
 }
 
+/// Whether `shard`'s primary lost its quorum: it reports itself serving at the shard's epoch
+/// on a node `online` says is live, while every in-sync secondary (one at least) has
+/// reported a broken stream — the end of the WAL it holds — at least `after_ms` before
+/// `now_ms` (report times are whole seconds, so up to a second less in truth). Then the
+/// primary is cut off from its standbys and its commits wait for ever;
+/// the standbys' positions are final (no commit can be acknowledged without one of them), so
+/// the most advanced one holds every acknowledged write.
+pub fn quorum_lost(
+    shard: &Shard,
+    online: impl Fn(&str) -> bool,
+    now_ms: u64,
+    after_ms: u64,
+) -> bool {
+    let Some(status) = shard.status.as_ref() else {
+        return false;
+    };
+    let Some(primary) = status.primary.as_ref() else {
+        return false;
+    };
+    let serving = observed_on(&status.replicas, &primary.node).is_some_and(|r| {
+        r.role == WireRole::Primary
+            && r.epoch == Some(primary.epoch)
+            && r.state == ReplicaState::InSync
+    });
+    let in_sync: Vec<&ObservedReplica> = status
+        .replicas
+        .iter()
+        .filter(|r| r.role == WireRole::Secondary && r.state == ReplicaState::InSync)
+        .collect();
+    let broken_long = |r: &&ObservedReplica| {
+        r.received_lsn.is_some()
+            && r.last_seen_time.as_ref().is_some_and(|seen| {
+                u64::try_from(seen.0.as_millisecond()).is_ok_and(|at| at + after_ms <= now_ms)
+            })
+    };
+    serving && online(&primary.node) && !in_sync.is_empty() && in_sync.iter().all(broken_long)
+}
+
 /// How far a replica is behind. Once a standby's stream has broken it reports the end of
 /// the WAL it holds; then the lag that counts is against the in-sync standby holding the
 /// most, so failover (which promotes only the least lagging) never picks one missing a
@@ -193,6 +231,53 @@ mod tests {
             held_positions(&[ahead.clone(), catching_up]),
             Some(Some(5_000))
         );
+    }
+
+    fn serving(primary: &str, standbys: Vec<ObservedReplica>) -> Shard {
+        let mut replicas = standbys;
+        let mut p = standby(primary, None);
+        p.role = WireRole::Primary;
+        replicas.push(p);
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "shardplane.io/v1alpha1", "kind": "Shard",
+            "metadata": {"name": "s"},
+            "spec": {"table": "t", "range": {}},
+            "status": {"primary": {"node": primary, "epoch": 1}, "replicas": replicas}
+        }))
+        .unwrap()
+    }
+
+    fn broken_at(node: &str, lsn: i64, at_ms: i64) -> ObservedReplica {
+        let mut r = standby(node, Some(lsn));
+        r.last_seen_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_millisecond(at_ms).unwrap(),
+        ));
+        r
+    }
+
+    #[test]
+    fn a_live_primary_whose_every_in_sync_standby_lost_its_stream_long_enough_lost_its_quorum() {
+        let online = |_: &str| true;
+        // Report times are whole seconds (`metav1.Time`).
+        let both = serving(
+            "p",
+            vec![broken_at("a", 10, 1_000), broken_at("b", 9, 2_000)],
+        );
+        assert!(quorum_lost(&both, online, 3_500, 1_500));
+        // Not yet long enough for the later report.
+        assert!(!quorum_lost(&both, online, 3_400, 1_500));
+        // One standby still streams: the quorum holds.
+        let one = serving("p", vec![broken_at("a", 10, 1_000), standby("b", None)]);
+        assert!(!quorum_lost(&one, online, 60_000, 1_500));
+        // The primary's node is not live: that is a dead node's failover, not this.
+        assert!(!quorum_lost(&both, |n: &str| n != "p", 60_000, 1_500));
+        // A fenced primary is not serving.
+        let mut fenced = both.clone();
+        let status = fenced.status.as_mut().unwrap();
+        status.replicas.last_mut().unwrap().state = ReplicaState::Fenced;
+        assert!(!quorum_lost(&fenced, online, 60_000, 1_500));
+        // No in-sync standby at all: nothing to fail over to.
+        assert!(!quorum_lost(&serving("p", vec![]), online, 60_000, 1_500));
     }
 
     #[test]

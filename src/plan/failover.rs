@@ -207,6 +207,64 @@ pub fn plan_failover(
     })
 }
 
+/// Plans the failover of `shard_name`, whose primary serves on a live node but lost its
+/// quorum — every in-sync standby's stream from it broke (the primary is cut off from its
+/// standbys), so its commits wait forever. The most caught-up live in-sync secondary is
+/// promoted at a bumped epoch, chosen as for a dead node; the old primary, alive, fences its
+/// writes before that promotion and rejoins as a standby once it reaches the new one (the
+/// agents' part). Nothing is re-replicated: no replica is lost.
+pub fn plan_quorum_failover(
+    topology: &Topology,
+    shard_name: &str,
+    policy: &FailoverPolicy,
+) -> Result<FailoverPlan, PlanError> {
+    let mut state = ClusterState::new(topology)?;
+    let mut plan = PlanBuilder::new(PlanKind::Failover, policy.limits);
+    let Some((shard, old)) = topology
+        .shards
+        .iter()
+        .position(|s| s.name == shard_name)
+        .and_then(|shard| Some((shard, state.primary_of(shard)?)))
+    else {
+        return Ok(FailoverPlan {
+            plan: plan.finish(),
+            decisions: Vec::new(),
+        });
+    };
+    let (decision, chosen) = choose_primary(&state, shard, old, policy);
+    let decision = match (chosen, decision.new_primary.clone()) {
+        (Some(to), Some(node)) => {
+            let epoch = state.make_primary(shard, to);
+            let why = format!(
+                "the primary on {} lost every in-sync standby's stream; {node} is the most \
+                 caught-up live in-sync secondary",
+                state.node_name(old)
+            );
+            let step = Step::new(
+                StepAction::Promote {
+                    shard: shard_name.to_owned(),
+                    node,
+                    epoch,
+                },
+                why,
+            );
+            plan.schedule_in_wave(shard_name, vec![step], 0);
+            FailoverDecision {
+                new_epoch: Some(epoch),
+                ..decision
+            }
+        }
+        _ => {
+            plan.block(shard_name, BlockReason::NoInSyncReplica);
+            decision
+        }
+    };
+    Ok(FailoverPlan {
+        plan: plan.finish(),
+        decisions: vec![decision],
+    })
+}
+
 /// Judges every other replica of `shard` and picks the new primary: live, in sync within the
 /// lag bound, not a witness; then in the preferred region, on a node that stays, lowest lag,
 /// first by name.
@@ -350,6 +408,39 @@ mod tests {
         assert_eq!(after.shards[0].epoch, 2);
         assert!(spread_violations(&after).is_empty());
         assert_eq!(out.plan.risk, crate::plan::steps::RiskClass::Disruptive);
+    }
+
+    #[test]
+    fn a_primary_that_lost_its_quorum_is_replaced_on_a_live_node_with_nothing_re_replicated() {
+        // The old primary's node is live: it stays a replica (it rejoins as a standby).
+        let topology = cluster();
+        let out =
+            plan_quorum_failover(&topology, &topology.shards[0].name, &policy()).expect("plan");
+        let d = &out.decisions[0];
+        assert_eq!(d.new_primary.as_deref(), Some("r2z0n0"));
+        assert_eq!(d.new_epoch, Some(2));
+        let actions: Vec<&StepAction> = out.plan.steps().map(|s| &s.action).collect();
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(
+            matches!(actions[0], StepAction::Promote { node, epoch: 2, .. } if node == "r2z0n0")
+        );
+        assert!(
+            out.plan
+                .steps()
+                .next()
+                .unwrap()
+                .reason
+                .contains("lost every in-sync standby")
+        );
+        // No in-sync candidate: blocked, nothing promoted.
+        let mut topology = cluster();
+        for replica in &mut topology.shards[0].replicas[1..] {
+            replica.in_sync = false;
+        }
+        let out =
+            plan_quorum_failover(&topology, &topology.shards[0].name, &policy()).expect("plan");
+        assert_eq!(out.plan.blocked[0].reason, BlockReason::NoInSyncReplica);
+        assert_eq!(out.plan.steps().count(), 0);
     }
 
     #[test]

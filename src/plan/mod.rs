@@ -31,6 +31,7 @@ pub use drain::{DrainGoal, plan_drain};
 pub use error::PlanError;
 pub use failover::{
     Candidate, FailoverDecision, FailoverPlan, FailoverPolicy, Rejection, plan_failover,
+    plan_quorum_failover,
 };
 pub use keyspace::{
     KEYSPACE_END, KEYSPACE_START, KeyRange, KeyRangeError, TilingError, TilingProblem,

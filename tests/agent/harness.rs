@@ -34,6 +34,8 @@ use crate::support::operator::{self, OperatorProcess, free_addr};
 
 #[path = "network.rs"]
 pub mod network;
+#[path = "probes.rs"]
+pub mod probes;
 use network::TestNetwork;
 
 /// A node: name, region, zone, first port of its range (20 ports each).
@@ -620,13 +622,24 @@ impl DataPlane {
             .hosts
             .as_ref()
             .expect("the plane runs on a test network");
-        let ports = [hosts.proxy.addr.port(), self.operator_addr.port()];
         for (node, ..) in &self.nodes {
-            hosts
-                .network
-                .cut_ports(node, hosts.network.gateway(), &ports);
+            self.cut_control_plane_of(node);
         }
         hosts.operator_proxy.freeze();
+    }
+
+    /// Takes the control plane away from host `node` only ([`DataPlane::cut_control_plane`]
+    /// for one host): its packets to and from the API server's proxy and the operator are
+    /// dropped; its peers and clients still reach it. Healed by the network's `heal`.
+    pub fn cut_control_plane_of(&self, node: &str) {
+        let hosts = self
+            .hosts
+            .as_ref()
+            .expect("the plane runs on a test network");
+        let ports = [hosts.proxy.addr.port(), self.operator_addr.port()];
+        hosts
+            .network
+            .cut_ports(node, hosts.network.gateway(), &ports);
     }
 
     /// Gives the control plane back ([`DataPlane::cut_control_plane`]).
@@ -937,6 +950,32 @@ pub async fn bench_plane(
     namespace: &str,
     shards: usize,
 ) -> (shardplane::sandbox::ControlPlane, DataPlane) {
+    let (cp, client) = bench_control_plane(namespace).await;
+    let plane = DataPlane::start(client, namespace, cp.kubeconfig_path(), shards).await;
+    (cp, plane)
+}
+
+/// [`bench_plane`] with the three nodes hosts of `network` ([`DataPlane::start_on_network`]).
+pub async fn bench_plane_on_network(
+    namespace: &str,
+    shards: usize,
+    network: TestNetwork,
+) -> (shardplane::sandbox::ControlPlane, DataPlane) {
+    let (cp, client) = bench_control_plane(namespace).await;
+    let plane = DataPlane::start_on_network(
+        client,
+        namespace,
+        cp.kubeconfig_path(),
+        shards,
+        &NODES,
+        network,
+    )
+    .await;
+    (cp, plane)
+}
+
+/// A control plane of its own with the CRDs established and `namespace` made, and a client.
+async fn bench_control_plane(namespace: &str) -> (shardplane::sandbox::ControlPlane, Client) {
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::runtime::wait::{await_condition, conditions::is_crd_established};
@@ -973,8 +1012,7 @@ pub async fn bench_plane(
         .create(&PostParams::default(), &object)
         .await
         .expect("namespace");
-    let plane = DataPlane::start(client, namespace, cp.kubeconfig_path(), shards).await;
-    (cp, plane)
+    (cp, client)
 }
 
 /// Schema rollouts (`tests/schema_rollout.rs`, `benches/schema_rollout.rs`): declares the

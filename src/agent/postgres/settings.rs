@@ -84,6 +84,8 @@ impl InstanceSettings {
              wal_log_hints = on\n\
              wal_receiver_status_interval = '1s'\n\
              wal_retrieve_retry_interval = '50ms'\n\
+             wal_receiver_timeout = '3s'\n\
+             wal_sender_timeout = '5s'\n\
              max_wal_size = '256MB'\n\
              wal_keep_size = '128MB'\n\
              min_wal_size = '32MB'\n\

@@ -1,0 +1,223 @@
+//! Network faults of the real data plane on a test network (`tests/agent/network.rs`):
+//! `cargo bench --bench partitions` (needs root, like the partition tests). Three hosts —
+//! network namespaces, each with its agent and its PostgreSQL instances — two shards, RF 3,
+//! `ANY 1`, failure detection 200 / 600 / 1200 ms, the routed workload (4 writers,
+//! 200 writes/s) throughout. Each round runs three trials on the node leading `orders-0`:
+//!
+//! - `kill` (the same-run baseline, as `dataplane_failover`): its agent SIGKILLed, PostgreSQL
+//!   with it; restarted afterwards;
+//! - `isolated` (issue #14, case a): its host cut off from everything, not killed; healed;
+//! - `standbys` (case c): its host cut from the other nodes only; healed.
+//!
+//! Each trial's figure is the time from the fault to the first routed write of an affected
+//! shard acknowledged after it (by the new primary: the old one can acknowledge none), with a
+//! prober inside every host counting instants with two writable primaries, and every
+//! acknowledged write checked afterwards. Then the control plane is taken from every
+//! component for `SHARDPLANE_OUTAGE_S` seconds (default 120; case g) and the share of the
+//! primaries' probes that took a write is reported. `SHARDPLANE_BENCH_RUNS` rounds (default 5).
+
+#[path = "../tests/agent/harness.rs"]
+mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use shardplane::api::shard::{ReplicaRole, ReplicaState};
+
+use harness::network::TestNetwork;
+use harness::probes::{Writable, first_acknowledged, probe_every_replica, two_writable_primaries};
+use harness::{DataPlane, Ledger, NODES, report};
+use support::eventually;
+
+const SHARDS: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Isolated,
+    Standbys,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let namespace = "bench-partitions";
+    let (_cp, mut plane) =
+        harness::bench_plane_on_network(namespace, SHARDS, TestNetwork::new()).await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let runs = std::env::var("SHARDPLANE_BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let outage = Duration::from_secs(
+        std::env::var("SHARDPLANE_OUTAGE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120),
+    );
+    let mut ledger = Ledger::new(&plane.client, namespace, 4, 200.0).await;
+    let faults = [Fault::Kill, Fault::Isolated, Fault::Standbys];
+    let mut samples: Vec<(Fault, f64)> = Vec::new();
+    let mut two_writable = 0;
+    for run in 0..runs {
+        for fault in faults {
+            let (took, both) = trial(&mut plane, &mut ledger, fault).await;
+            println!(
+                "run {run}: {fault:?}: first acknowledged write {took:.3} s after the fault, two writable primaries {both}"
+            );
+            samples.push((fault, took));
+            two_writable += both;
+        }
+    }
+    let (pct, acked_during) = outage_trial(&plane, &mut ledger, outage).await;
+    ledger.summary();
+
+    println!("\n| key | value |\n|---|---|");
+    for (fault, key) in [
+        (Fault::Kill, "kill_failover_s"),
+        (Fault::Isolated, "partition_failover_s"),
+        (Fault::Standbys, "quorum_loss_failover_s"),
+    ] {
+        let mut of: Vec<f64> = samples
+            .iter()
+            .filter(|(f, _)| *f == fault)
+            .map(|(_, s)| *s)
+            .collect();
+        of.sort_by(f64::total_cmp);
+        println!("| {key}_p50 | {:.3} |", percentile(&of, 0.50));
+        println!("| {key}_p99 | {:.3} |", percentile(&of, 0.99));
+    }
+    println!("| partition_trials | {runs} per fault |");
+    println!("| two_writable_primaries_observed | {two_writable} |");
+    println!(
+        "| acked_writes_lost | 0 (of {} acknowledged; checked after every trial) |",
+        ledger.acked.len()
+    );
+    println!("| control_plane_outage_s | {} |", outage.as_secs());
+    println!("| control_plane_outage_write_success_pct | {pct:.1} |");
+    println!("| control_plane_outage_routed_writes_acked | {acked_during} |");
+}
+
+/// One fault on the node leading `orders-0`, under the workload: how long until an affected
+/// shard's first routed write after it was acknowledged, and how many instants with two
+/// writable primaries the probers saw. Ends with the node back as a standby of every shard
+/// and every acknowledged write found (the ledger panics otherwise).
+async fn trial(plane: &mut DataPlane, ledger: &mut Ledger, fault: Fault) -> (f64, usize) {
+    let shards = plane.shard_list().await;
+    let victim = shards[0].status.clone().unwrap().primary.unwrap().node;
+    let workload = ledger.start(20).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probers = probe_every_replica(plane, &shards, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at = Instant::now();
+    match fault {
+        Fault::Kill => plane.agents.get_mut(&victim).expect("agent").kill(),
+        Fault::Isolated => plane.network().isolate(&victim),
+        Fault::Standbys => {
+            let peers: Vec<_> = NODES
+                .iter()
+                .filter(|n| n.0 != victim)
+                .map(|n| plane.network().address(n.0))
+                .collect();
+            plane.network().cut(&victim, &peers);
+        }
+    }
+    let took = first_acknowledged(ledger, &shards[0], at).await;
+    match fault {
+        Fault::Kill => plane.start_agent(&victim),
+        Fault::Isolated | Fault::Standbys => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            plane.network().heal(&victim);
+        }
+    }
+    let rejoined = eventually(Duration::from_secs(120), || async {
+        plane.shard_list().await.iter().all(|shard| {
+            report(shard, &victim).is_some_and(|r| {
+                r.role == ReplicaRole::Secondary && r.state == ReplicaState::InSync
+            })
+        })
+    })
+    .await;
+    assert!(rejoined, "{fault:?}: {victim} did not rejoin as a standby");
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    ledger
+        .finish(&format!("{fault:?} of {victim}"), workload, 20)
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut probes = Vec::new();
+    for prober in probers {
+        probes.push(prober.await.unwrap());
+    }
+    let both = two_writable_primaries(&probes);
+    for line in &both {
+        println!("{fault:?}: two writable primaries: {line}");
+    }
+    (took.as_secs_f64(), both.len())
+}
+
+/// The control plane out of reach of every component for `outage`: the share of the
+/// primaries' probes that took a write meanwhile, and the routed writes acknowledged.
+async fn outage_trial(plane: &DataPlane, ledger: &mut Ledger, outage: Duration) -> (f64, u64) {
+    let shards = plane.shard_list().await;
+    let primaries: Vec<(String, String)> = shards
+        .iter()
+        .map(|s| {
+            (
+                s.name_any(),
+                s.status.clone().unwrap().primary.unwrap().node,
+            )
+        })
+        .collect();
+    let workload = ledger.start(20).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probers = probe_every_replica(plane, &shards, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = workload.acked_so_far();
+    let cut = Instant::now();
+    plane.cut_control_plane();
+    tokio::time::sleep(outage).await;
+    let acked_during = workload.acked_so_far() - before;
+    plane.restore_control_plane();
+    let restored = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ledger
+        .finish("control plane out of reach", workload, 20)
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut probes = Vec::new();
+    for prober in probers {
+        probes.push(prober.await.unwrap());
+    }
+    let during: Vec<Writable> = probes
+        .iter()
+        .filter(|p| primaries.contains(&(p.shard.clone(), p.node.clone())))
+        .flat_map(|p| {
+            p.samples
+                .iter()
+                .filter(|(at, _)| *at >= cut && *at < restored)
+                .map(|(_, found)| *found)
+        })
+        .collect();
+    let writable = during.iter().filter(|w| **w == Writable::Yes).count();
+    println!(
+        "outage {:.0?}: {writable} of {} probes of the primaries took a write; {acked_during} routed writes acknowledged; two writable primaries {}",
+        restored - cut,
+        during.len(),
+        two_writable_primaries(&probes).len()
+    );
+    (
+        100.0 * writable as f64 / during.len().max(1) as f64,
+        acked_during,
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
