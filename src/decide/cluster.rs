@@ -140,7 +140,7 @@ pub fn decide(
             .iter()
             .any(|n| n.name == node && n.phase == plan::NodePhase::Online)
     };
-    let after_ms = detection.dead_after_ms.max(0) as u64;
+    let after_ms = domain::quorum_loss_after_ms(detection.dead_after_ms);
     let lost = view
         .shards
         .iter()

@@ -130,8 +130,35 @@ pub fn quorum_lost(
                 u64::try_from(seen.0.as_millisecond()).is_ok_and(|at| at + after_ms <= now_ms)
             })
     };
-    serving && online(&primary.node) && !in_sync.is_empty() && in_sync.iter().all(broken_long)
+    // A secondary still catching up streams (it reports no position while it does): the
+    // primary reaches it.
+    let one_streams = status.replicas.iter().any(|r| {
+        r.role == WireRole::Secondary
+            && r.state == ReplicaState::CatchingUp
+            && r.received_lsn.is_none()
+    });
+    serving
+        && online(&primary.node)
+        && !one_streams
+        && !in_sync.is_empty()
+        && in_sync.iter().all(broken_long)
 }
+
+/// How long every in-sync standby's stream must have been reported broken before a live
+/// primary counts as having lost its quorum: the cluster's `deadAfterMs`, at least
+/// [`QUORUM_LOSS_AFTER_MS`], and a second more for the whole seconds of the report times. A
+/// standby's stream also breaks for a moment when it is made or its primary restarts (seen
+/// for about a second right after a standby's creation); a partition is noticed only after
+/// the instances' `wal_receiver_timeout` (3 s) and lasts.
+pub fn quorum_loss_after_ms(dead_after_ms: i64) -> u64 {
+    u64::try_from(dead_after_ms)
+        .unwrap_or(0)
+        .max(QUORUM_LOSS_AFTER_MS)
+        + 1_000
+}
+
+/// The least time of [`quorum_loss_after_ms`].
+pub const QUORUM_LOSS_AFTER_MS: u64 = 5_000;
 
 /// How far a replica is behind. Once a standby's stream has broken it reports the end of
 /// the WAL it holds; then the lag that counts is against the in-sync standby holding the
@@ -276,6 +303,12 @@ mod tests {
         let status = fenced.status.as_mut().unwrap();
         status.replicas.last_mut().unwrap().state = ReplicaState::Fenced;
         assert!(!quorum_lost(&fenced, online, 60_000, 1_500));
+        // A standby catching up streams from the primary.
+        let mut copying = standby("c", None);
+        copying.state = ReplicaState::CatchingUp;
+        let mut streams = both.clone();
+        streams.status.as_mut().unwrap().replicas.push(copying);
+        assert!(!quorum_lost(&streams, online, 60_000, 1_500));
         // No in-sync standby at all: nothing to fail over to.
         assert!(!quorum_lost(&serving("p", vec![]), online, 60_000, 1_500));
     }

@@ -224,5 +224,8 @@ pub async fn first_acknowledged(ledger: &mut Ledger, shard: &Shard, since: Insta
         "no routed write was acknowledged in 30 s"
     );
     ledger.acked.extend(acked);
-    first.lock().unwrap().expect("an acknowledged write was timed")
+    first
+        .lock()
+        .unwrap()
+        .expect("an acknowledged write was timed")
 }
