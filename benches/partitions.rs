@@ -22,14 +22,17 @@ mod harness;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use shardplane::api::shard::{ReplicaRole, ReplicaState};
 
 use harness::network::TestNetwork;
-use harness::probes::{Writable, first_acknowledged, probe_every_replica, two_writable_primaries};
+use harness::probes::{
+    control_plane_outage, first_acknowledged, probe_every_replica, stop_probers,
+    two_writable_primaries, writable_share,
+};
 use harness::{DataPlane, Ledger, NODES, report};
 use support::eventually;
 
@@ -146,11 +149,7 @@ async fn trial(plane: &mut DataPlane, ledger: &mut Ledger, fault: Fault) -> (f64
     ledger
         .finish(&format!("{fault:?} of {victim}"), workload, 20)
         .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut probes = Vec::new();
-    for prober in probers {
-        probes.push(prober.await.unwrap());
-    }
+    let probes = stop_probers(&stop, probers).await;
     let both = two_writable_primaries(&probes);
     for line in &both {
         println!("{fault:?}: two writable primaries: {line}");
@@ -175,43 +174,25 @@ async fn outage_trial(plane: &DataPlane, ledger: &mut Ledger, outage: Duration) 
     let stop = Arc::new(AtomicBool::new(false));
     let probers = probe_every_replica(plane, &shards, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = workload.acked_so_far();
-    let cut = Instant::now();
-    plane.cut_control_plane();
-    tokio::time::sleep(outage).await;
-    let acked_during = workload.acked_so_far() - before;
-    plane.restore_control_plane();
-    let restored = Instant::now();
+    let (cut, restored, acked_during) = control_plane_outage(plane, &workload, outage).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     ledger
         .finish("control plane out of reach", workload, 20)
         .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut probes = Vec::new();
-    for prober in probers {
-        probes.push(prober.await.unwrap());
-    }
-    let during: Vec<Writable> = probes
-        .iter()
-        .filter(|p| primaries.contains(&(p.shard.clone(), p.node.clone())))
-        .flat_map(|p| {
-            p.samples
-                .iter()
-                .filter(|(at, _)| *at >= cut && *at < restored)
-                .map(|(_, found)| *found)
-        })
-        .collect();
-    let writable = during.iter().filter(|w| **w == Writable::Yes).count();
+    let probes = stop_probers(&stop, probers).await;
+    let (writable, probed) = writable_share(
+        &probes,
+        |shard, node| primaries.iter().any(|(s, n)| s == shard && n == node),
+        cut,
+        restored,
+    );
     println!(
         "outage {:.0?}: {writable} of {} probes of the primaries took a write; {acked_during} routed writes acknowledged; two writable primaries {}",
         restored - cut,
-        during.len(),
+        probed,
         two_writable_primaries(&probes).len()
     );
-    (
-        100.0 * writable as f64 / during.len().max(1) as f64,
-        acked_during,
-    )
+    (100.0 * writable as f64 / probed.max(1) as f64, acked_during)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -13,7 +13,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
@@ -26,7 +26,8 @@ use support::{env_with_crds, eventually};
 
 use harness::network::TestNetwork;
 use harness::probes::{
-    Writable, first_acknowledged, probe_every_replica, two_writable_primaries, writable_stretches,
+    Writable, control_plane_outage, first_acknowledged, probe_every_replica, stop_probers,
+    two_writable_primaries, writable_share, writable_stretches,
 };
 use harness::{DataPlane, Ledger, NODES, TABLE, connect, keys_in, report};
 
@@ -73,18 +74,8 @@ async fn set_client_networks(plane: &DataPlane, networks: serde_json::Value) {
 async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_after_the_heal() {
     let env = env_with_crds().await;
     let started = Instant::now();
-    let network = TestNetwork::new();
-    let gateway = network.gateway();
-    let plane = DataPlane::start_on_network(
-        env.client.clone(),
-        &env.namespace,
-        env.control_plane.kubeconfig_path(),
-        SHARDS,
-        &NODES,
-        network,
-    )
-    .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let plane = serving_on_hosts(&env).await;
+    let gateway = plane.network().gateway();
     println!("serving on three hosts after {:.1?}", started.elapsed());
 
     // Replication: refused from the gateway (not a node), admitted from a node's host.
@@ -129,15 +120,49 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         "an application session from outside spec.network.clientNetworks was not refused"
     );
     set_client_networks(&plane, json!([format!("{gateway}/32")])).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            connect(&endpoint).await.is_ok()
+    // Each replica's agent applies the change on its own next look: every primary admits the
+    // gateway before the workload starts (a refused login is no error a router retries).
+    let primaries: Vec<String> = plane
+        .shard_list()
+        .await
+        .iter()
+        .filter_map(|s| {
+            let primary = s.status.as_ref()?.primary.as_ref()?;
+            report(s, &primary.node)?.endpoint.clone()
         })
-        .await,
-        "an application session from inside spec.network.clientNetworks was refused"
-    );
+        .collect();
+    for primary in &primaries {
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                connect(primary).await.is_ok()
+            })
+            .await,
+            "an application session from inside spec.network.clientNetworks was refused by {primary}"
+        );
+    }
 
     primary_cut_off(&plane, &primary, Cut::Everything).await;
+}
+
+/// The three nodes on hosts of a new test network, once every shard serves.
+async fn serving_on_hosts(env: &support::TestEnv) -> DataPlane {
+    let plane = DataPlane::start_on_network(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &NODES,
+        TestNetwork::new(),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    plane
+}
+
+/// The node holding the first shard's primary.
+async fn leader_of_first_shard(plane: &DataPlane) -> String {
+    let shard = plane.shard_list().await.remove(0);
+    shard.status.unwrap().primary.unwrap().node
 }
 
 /// How a primary's host is cut off.
@@ -255,11 +280,7 @@ async fn primary_cut_off(plane: &DataPlane, primary: &str, cut: Cut) {
     );
     ledger.finish(&what, workload, 100).await;
 
-    stop.store(true, Ordering::SeqCst);
-    let mut probes = Vec::new();
-    for prober in probers {
-        probes.push(prober.await.unwrap());
-    }
+    let probes = stop_probers(&stop, probers).await;
     let both = two_writable_primaries(&probes);
     println!("{what}: two_writable_primaries_observed: {}", both.len());
     assert!(both.is_empty(), "{what}: two writable primaries: {both:#?}");
@@ -305,19 +326,8 @@ async fn primary_cut_off(plane: &DataPlane, primary: &str, cut: Cut) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_cut_from_its_standbys_is_replaced_by_the_most_advanced_one() {
     let env = env_with_crds().await;
-    let plane = DataPlane::start_on_network(
-        env.client.clone(),
-        &env.namespace,
-        env.control_plane.kubeconfig_path(),
-        SHARDS,
-        &NODES,
-        TestNetwork::new(),
-    )
-    .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
-    let shard = plane.shard_list().await.remove(0);
-    let primary = shard.status.unwrap().primary.unwrap().node;
-    primary_cut_off(&plane, &primary, Cut::Standbys).await;
+    let plane = serving_on_hosts(&env).await;
+    primary_cut_off(&plane, &leader_of_first_shard(&plane).await, Cut::Standbys).await;
 }
 
 /// A primary's host cut from the API server and the operator but not from its peers or its
@@ -328,19 +338,13 @@ async fn a_primary_cut_from_its_standbys_is_replaced_by_the_most_advanced_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_cut_from_the_control_plane_only_fences_and_a_peer_takes_over() {
     let env = env_with_crds().await;
-    let plane = DataPlane::start_on_network(
-        env.client.clone(),
-        &env.namespace,
-        env.control_plane.kubeconfig_path(),
-        SHARDS,
-        &NODES,
-        TestNetwork::new(),
+    let plane = serving_on_hosts(&env).await;
+    primary_cut_off(
+        &plane,
+        &leader_of_first_shard(&plane).await,
+        Cut::ControlPlane,
     )
     .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
-    let shard = plane.shard_list().await.remove(0);
-    let primary = shard.status.unwrap().primary.unwrap().node;
-    primary_cut_off(&plane, &primary, Cut::ControlPlane).await;
 }
 
 /// The control plane out of reach of everything (issue #14, case g): each host's packets to
@@ -358,16 +362,7 @@ async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach
             .unwrap_or(20),
     );
     let env = env_with_crds().await;
-    let plane = DataPlane::start_on_network(
-        env.client.clone(),
-        &env.namespace,
-        env.control_plane.kubeconfig_path(),
-        SHARDS,
-        &NODES,
-        TestNetwork::new(),
-    )
-    .await;
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let plane = serving_on_hosts(&env).await;
     let shards = plane.shard_list().await;
     let epochs: BTreeMap<String, (String, i64)> = shards
         .iter()
@@ -383,13 +378,7 @@ async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach
     let probers = probe_every_replica(&plane, &shards, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let acked_before = workload.acked_so_far();
-    let cut = Instant::now();
-    plane.cut_control_plane();
-    tokio::time::sleep(outage).await;
-    let acked_during = workload.acked_so_far() - acked_before;
-    plane.restore_control_plane();
-    let restored = Instant::now();
+    let (cut, restored, acked_during) = control_plane_outage(&plane, &workload, outage).await;
     println!(
         "control plane out of reach for {:.1?}: {acked_during} routed writes acknowledged meanwhile",
         restored - cut
@@ -399,31 +388,21 @@ async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach
     ledger
         .finish("control plane out of reach", workload, 100)
         .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut probes = Vec::new();
-    for prober in probers {
-        probes.push(prober.await.unwrap());
-    }
+    let probes = stop_probers(&stop, probers).await;
 
     let both = two_writable_primaries(&probes);
     println!("two_writable_primaries_observed: {}", both.len());
     assert!(both.is_empty(), "two writable primaries: {both:#?}");
     // The primaries' probes during the outage: the share that found them writable.
-    let during: Vec<Writable> = probes
-        .iter()
-        .filter(|p| epochs[&p.shard].0 == p.node)
-        .flat_map(|p| {
-            p.samples
-                .iter()
-                .filter(|(at, _)| *at >= cut && *at < restored)
-                .map(|(_, found)| *found)
-        })
-        .collect();
-    let writable = during.iter().filter(|w| **w == Writable::Yes).count();
-    let pct = 100.0 * writable as f64 / during.len().max(1) as f64;
+    let (writable, probed) = writable_share(
+        &probes,
+        |shard, node| epochs[shard].0 == node,
+        cut,
+        restored,
+    );
+    let pct = 100.0 * writable as f64 / probed.max(1) as f64;
     println!(
-        "control_plane_outage_write_success_pct: {pct:.1} ({writable} of {} probes of the primaries accepted a write)",
-        during.len()
+        "control_plane_outage_write_success_pct: {pct:.1} ({writable} of {probed} probes of the primaries accepted a write)"
     );
     for shard in plane.shard_list().await {
         let primary = shard.status.unwrap().primary.unwrap();

@@ -117,47 +117,39 @@ impl TestNetwork {
     /// Cuts host `name` off from everything (packets dropped both ways, so calls hang until
     /// their deadlines): only its own loopback still works.
     pub fn isolate(&self, name: &str) {
-        self.rules(
-            name,
-            "table inet partition {\n\
-               chain input { type filter hook input priority 0; policy accept; iifname \"eth0\" drop; }\n\
-               chain output { type filter hook output priority 0; policy accept; oifname \"eth0\" drop; }\n\
-             }\n",
-        );
+        self.drop_both_ways(name, "iifname \"eth0\"", "oifname \"eth0\"");
     }
 
     /// Cuts host `name` off from `peers` only (packets dropped both ways).
     pub fn cut(&self, name: &str, peers: &[Ipv4Addr]) {
-        let set = peers
-            .iter()
-            .map(Ipv4Addr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.rules(
+        let set = listed(peers);
+        self.drop_both_ways(
             name,
-            &format!(
-                "table inet partition {{\n\
-                   chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}\n\
-                   chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}\n\
-                 }}\n"
-            ),
+            &format!("ip saddr {{ {set} }}"),
+            &format!("ip daddr {{ {set} }}"),
         );
     }
 
     /// Cuts host `name` off from TCP port `ports` of `peer` (packets dropped both ways),
     /// leaving its other traffic with `peer` alone.
     pub fn cut_ports(&self, name: &str, peer: Ipv4Addr, ports: &[u16]) {
-        let set = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let set = listed(ports);
+        self.drop_both_ways(
+            name,
+            &format!("ip saddr {peer} tcp sport {{ {set} }}"),
+            &format!("ip daddr {peer} tcp dport {{ {set} }}"),
+        );
+    }
+
+    /// Drops the packets host `name` receives that match `incoming` and those it sends that
+    /// match `outgoing` (nftables expressions).
+    fn drop_both_ways(&self, name: &str, incoming: &str, outgoing: &str) {
         self.rules(
             name,
             &format!(
                 "table inet partition {{\n\
-                   chain input {{ type filter hook input priority 0; policy accept; ip saddr {peer} tcp sport {{ {set} }} drop; }}\n\
-                   chain output {{ type filter hook output priority 0; policy accept; ip daddr {peer} tcp dport {{ {set} }} drop; }}\n\
+                   chain input {{ type filter hook input priority 0; policy accept; {incoming} drop; }}\n\
+                   chain output {{ type filter hook output priority 0; policy accept; {outgoing} drop; }}\n\
                  }}\n"
             ),
         );
@@ -258,6 +250,15 @@ impl Connector {
             .map_err(|_| std::io::Error::other("the connecting thread ended"))??;
         tokio::net::TcpStream::from_std(stream)
     }
+}
+
+/// `items` as an nftables set's elements.
+fn listed<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs `ip` with `args`; panics with its words if it fails.

@@ -134,6 +134,58 @@ pub fn writable_stretches(samples: &[(Instant, Writable)]) -> Vec<(Instant, Inst
     stretches
 }
 
+/// Stops the probers of [`probe_every_replica`] and returns what each found.
+pub async fn stop_probers(
+    stop: &AtomicBool,
+    probers: Vec<tokio::task::JoinHandle<ReplicaProbes>>,
+) -> Vec<ReplicaProbes> {
+    stop.store(true, Ordering::SeqCst);
+    let mut probes = Vec::new();
+    for prober in probers {
+        probes.push(prober.await.expect("a prober panicked"));
+    }
+    probes
+}
+
+/// Takes the control plane from every component of `plane` for `outage` while `workload`
+/// writes ([`DataPlane::cut_control_plane`]), then gives it back: when it was cut and
+/// restored, and how many routed writes were acknowledged meanwhile.
+pub async fn control_plane_outage(
+    plane: &DataPlane,
+    workload: &shardplane::workload::Workload,
+    outage: Duration,
+) -> (Instant, Instant, u64) {
+    let before = workload.acked_so_far();
+    let cut = Instant::now();
+    plane.cut_control_plane();
+    tokio::time::sleep(outage).await;
+    let acked_during = workload.acked_so_far() - before;
+    plane.restore_control_plane();
+    (cut, Instant::now(), acked_during)
+}
+
+/// Of the probes of the replicas `is_primary` picks (by shard and node) made in
+/// `[from, to)`: how many found a writable replica, and how many there were.
+pub fn writable_share(
+    probes: &[ReplicaProbes],
+    is_primary: impl Fn(&str, &str) -> bool,
+    from: Instant,
+    to: Instant,
+) -> (usize, usize) {
+    let during: Vec<Writable> = probes
+        .iter()
+        .filter(|p| is_primary(&p.shard, &p.node))
+        .flat_map(|p| {
+            p.samples
+                .iter()
+                .filter(|(at, _)| *at >= from && *at < to)
+                .map(|(_, found)| *found)
+        })
+        .collect();
+    let writable = during.iter().filter(|w| **w == Writable::Yes).count();
+    (writable, during.len())
+}
+
 /// Pairs of replicas of one shard that were both seen writable in overlapping stretches (a
 /// stretch is widened by one probe interval each way, as the truth lies between samples).
 pub fn two_writable_primaries(probes: &[ReplicaProbes]) -> Vec<String> {
