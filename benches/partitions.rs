@@ -12,7 +12,8 @@
 //! Each trial's figure is the time from the fault to the first routed write of an affected
 //! shard acknowledged after it (by the new primary: the old one can acknowledge none), with a
 //! prober inside every host counting instants with two writable primaries, and every
-//! acknowledged write checked afterwards. Then the control plane is taken from every
+//! acknowledged write checked afterwards. The next trial starts only once the node is back as a
+//! standby that streams again (not merely in sync and holding all it received). Then the control plane is taken from every
 //! component for `SHARDPLANE_OUTAGE_S` seconds (default 120; case g) and the share of the
 //! primaries' probes that took a write is reported. `SHARDPLANE_BENCH_RUNS` rounds (default 5).
 
@@ -129,6 +130,32 @@ async fn trial(plane: &mut DataPlane, ledger: &mut Ledger, fault: Fault) -> (f64
         }
     }
     let took = first_acknowledged(ledger, &shards[0], at).await;
+    // Every shard the node led moves before it returns (or a return supersedes the rest of
+    // its failover, and it leads them again).
+    let led: Vec<(String, i64)> = shards
+        .iter()
+        .filter_map(|s| {
+            let primary = s.status.as_ref()?.primary.clone()?;
+            (primary.node == victim).then(|| (s.name_any(), primary.epoch))
+        })
+        .collect();
+    let moved = eventually(Duration::from_secs(60), || async {
+        let now = plane.shard_list().await;
+        led.iter().all(|(name, epoch)| {
+            now.iter().any(|s| {
+                &s.name_any() == name
+                    && s.status
+                        .as_ref()
+                        .and_then(|st| st.primary.as_ref())
+                        .is_some_and(|p| p.node != victim && p.epoch > *epoch)
+            })
+        })
+    })
+    .await;
+    assert!(
+        moved,
+        "{fault:?}: the primaries of {victim} did not all move"
+    );
     match fault {
         Fault::Kill => plane.start_agent(&victim),
         Fault::Isolated | Fault::Standbys => {
@@ -139,7 +166,9 @@ async fn trial(plane: &mut DataPlane, ledger: &mut Ledger, fault: Fault) -> (f64
     let rejoined = eventually(Duration::from_secs(120), || async {
         plane.shard_list().await.iter().all(|shard| {
             report(shard, &victim).is_some_and(|r| {
-                r.role == ReplicaRole::Secondary && r.state == ReplicaState::InSync
+                r.role == ReplicaRole::Secondary
+                    && r.state == ReplicaState::InSync
+                    && r.received_lsn.is_none()
             })
         })
     })

@@ -265,7 +265,9 @@ async fn primary_cut_off(plane: &DataPlane, primary: &str, cut: Cut) {
     let rejoined = eventually(Duration::from_secs(90), || async {
         plane.shard_list().await.iter().all(|shard| {
             report(shard, primary).is_some_and(|r| {
-                r.role == ReplicaRole::Secondary && r.state == ReplicaState::InSync
+                r.role == ReplicaRole::Secondary
+                    && r.state == ReplicaState::InSync
+                    && r.received_lsn.is_none()
             })
         })
     })

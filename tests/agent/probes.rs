@@ -241,6 +241,10 @@ pub fn probe_every_replica(
 pub async fn first_acknowledged(ledger: &mut Ledger, shard: &Shard, since: Instant) -> Duration {
     let first = Arc::new(std::sync::Mutex::new(None::<Duration>));
     let mut writes = Vec::new();
+    // A write sent at the very moment of a kill may still be acknowledged by the dying
+    // primary (its PostgreSQL dies a few milliseconds after the agent): the first is sent
+    // 100 ms after the fault.
+    tokio::time::sleep_until((since + Duration::from_millis(100)).into()).await;
     // Each call writes keys of its own.
     static CALLS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let from = 6_000_000_000 + 100_000_000 * CALLS.fetch_add(1, Ordering::Relaxed);
