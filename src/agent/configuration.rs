@@ -7,6 +7,7 @@
 //! waits for a restart, what PostgreSQL refused, and which plan's restart is done everywhere.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::api::database_node::{InstanceFailure, NodeParameters, RejectedParameter};
 
@@ -22,7 +23,7 @@ pub(super) struct InstanceConfig {
     /// The plan whose restart the instance carried out, or had no need to.
     restarted_for: Option<String>,
     /// The access rules last written (`pg_hba.conf`); a look rewrites them only on a change.
-    access: Option<Access>,
+    access: Option<Arc<Access>>,
 }
 
 impl InstanceConfig {
@@ -103,7 +104,11 @@ impl InstanceConfig {
         instance: &mut Instance,
     ) -> Result<(), AgentError> {
         let access = ctx.access();
-        if self.access.as_ref() != Some(&access) {
+        if !self
+            .access
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, &access))
+        {
             instance.apply_access(&access).await?;
             tracing::debug!(%shard, nodes = access.nodes.len(), clients = ?access.clients, "access rules written");
             self.access = Some(access);

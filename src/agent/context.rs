@@ -54,6 +54,8 @@ pub(crate) struct NodeContext {
     pub(super) reserved_ports: Mutex<BTreeSet<u16>>,
     /// What each replica's instance runs with (`instance_reports.rs`).
     pub(super) instances: InstanceReports,
+    /// Who may connect to the instances from elsewhere ([`NodeContext::refresh_access`]).
+    pub(super) access: Mutex<Arc<Access>>,
     /// Liveness proven by the peers while the control plane is out of reach, and the
     /// promise this node gave them (`failsafe.rs`).
     pub(super) failsafe: LivenessRecord,
@@ -119,10 +121,20 @@ impl NodeContext {
             .unwrap_or_default()
     }
 
-    /// Who may connect to the node's instances from elsewhere now: the addresses of the
-    /// cluster's nodes (but decommissioned ones) for replication and the agents' sessions,
-    /// the cluster's `spec.network.clientNetworks` for applications.
-    pub(super) fn access(&self) -> Access {
+    /// Who may connect to the node's instances from elsewhere, as last looked at by
+    /// [`NodeContext::refresh_access`]. The same `Arc` until the rules change, so a replica
+    /// task tells a change by pointer, not by comparing every node's address on every pass.
+    pub(super) fn access(&self) -> Arc<Access> {
+        self.access
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Looks at the access rules again (the dispatcher does, once per look at the shards): the
+    /// addresses of the cluster's nodes (but decommissioned ones) for replication and the
+    /// agents' sessions, the cluster's `spec.network.clientNetworks` for applications.
+    pub(super) fn refresh_access(&self) {
         let nodes = self
             .nodes
             .state()
@@ -138,13 +150,20 @@ impl NodeContext {
             .cluster()
             .and_then(|c| c.spec.network.clone())
             .and_then(|network| network.client_networks);
-        Access { nodes, clients }
+        let now = Access { nodes, clients };
+        let mut access = self
+            .access
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **access != now {
+            *access = Arc::new(now);
+        }
     }
 
     /// The settings of an instance made now: the node's, with [`NodeContext::access`].
     pub(super) fn instance_settings(&self) -> InstanceSettings {
         InstanceSettings {
-            access: self.access(),
+            access: Access::clone(&self.access()),
             ..self.settings.clone()
         }
     }

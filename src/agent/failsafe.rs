@@ -73,17 +73,18 @@ struct Answer {
 /// How long a node that confirmed a peer waits before it promotes anything.
 pub(crate) fn promise(ctx: &NodeContext) -> Duration {
     let detection = ctx.failure_detection();
-    millis(detection.suspect_after_ms) + millis(detection.heartbeat_interval_ms)
+    detection.suspect_after() + detection.heartbeat_interval()
 }
 
 /// How long the control plane must have been silent for a node before it asks its peers, or
 /// confirms one: one and a half heartbeat intervals. A proof is a heartbeat's send time, so
 /// while the control plane answers it is never older than one interval and an answer's
-/// round trip; a peer that missed one answer confirms soon enough for the asking node's
-/// newest proof to arrive within `suspectAfterMs` of its last one from the control plane
-/// (with the default timings) — the primaries do not fence when an outage begins.
+/// round trip. A peer confirms within 1.5 intervals of an outage's start, while the asking
+/// node's last proof may lapse `suspectAfterMs − heartbeatIntervalMs` after it: with 200 /
+/// 600 ms in time, with the defaults (500 / 1000 ms) possibly not (docs/dataplane.md,
+/// "Failsafe").
 fn quiet(ctx: &NodeContext) -> Duration {
-    millis(ctx.failure_detection().heartbeat_interval_ms) * 3 / 2
+    ctx.failure_detection().heartbeat_interval() * 3 / 2
 }
 
 /// `host:port`, with an IPv6 address in brackets.
@@ -93,10 +94,6 @@ fn endpoint(host: &str, port: impl std::fmt::Display) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-fn millis(value: i64) -> Duration {
-    Duration::from_millis(u64::try_from(value).unwrap_or(0))
 }
 
 /// Serves the endpoint on the node's address at the last port of its range, for the life of
@@ -141,7 +138,7 @@ pub(crate) async fn ask_peers(ctx: &NodeContext, shards: &Store<Shard>) {
         Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector)
     };
     loop {
-        let interval = millis(ctx.failure_detection().heartbeat_interval_ms);
+        let interval = ctx.failure_detection().heartbeat_interval();
         if ctx.failure_detection().failsafe && ctx.failsafe.control_plane_quiet(quiet(ctx)) {
             round(ctx, shards, &http).await;
         }
@@ -159,7 +156,7 @@ async fn round(
         return;
     };
     let sent = Instant::now();
-    let deadline = millis(ctx.failure_detection().suspect_after_ms);
+    let deadline = ctx.failure_detection().suspect_after();
     let answers = futures::future::join_all(
         peers
             .iter()

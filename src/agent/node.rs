@@ -116,6 +116,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         clusters,
         reserved_ports: Mutex::new(BTreeSet::new()),
         instances: Default::default(),
+        access: Default::default(),
         failsafe: Default::default(),
     });
     let beat = Heartbeat {
@@ -352,7 +353,7 @@ async fn prove_liveness(
     let judge = async {
         let mut failsafe_logged = false;
         loop {
-            let suspect = ms(ctx.failure_detection().suspect_after_ms);
+            let suspect = ctx.failure_detection().suspect_after();
             let control_plane = reporter.last_proof();
             ctx.failsafe.control_plane_proved(control_plane);
             let peers = ctx.failsafe.peers_proof();
@@ -386,12 +387,8 @@ async fn prove_liveness(
             tokio::time::sleep(LIVENESS_CHECK).await;
         }
     };
-    let interval = || ms(ctx.failure_detection().heartbeat_interval_ms);
+    let interval = || ctx.failure_detection().heartbeat_interval();
     tokio::join!(judge, reporter.run(interval));
-}
-
-fn ms(value: i64) -> Duration {
-    Duration::from_millis(u64::try_from(value).unwrap_or(0))
 }
 
 /// Reports the agent-owned fields of the node's status now, every [`NODE_STATUS_INTERVAL`]
@@ -494,6 +491,7 @@ async fn dispatch(ctx: Arc<NodeContext>, shards: Store<Shard>, notify: Arc<Notif
     // Replicas left by an earlier run: their ports are taken before any new one is chosen.
     let mut leftovers = local_replicas(&ctx);
     loop {
+        ctx.refresh_access();
         let current = shards.state();
         workers.retain(|_, (_, task)| !task.is_finished());
         for name in leftovers.drain(..) {

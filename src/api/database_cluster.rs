@@ -359,6 +359,27 @@ pub struct FailureDetection {
     pub failsafe: bool,
 }
 
+impl FailureDetection {
+    /// `heartbeatIntervalMs` as a duration (a negative value as none).
+    pub fn heartbeat_interval(&self) -> std::time::Duration {
+        millis(self.heartbeat_interval_ms)
+    }
+
+    /// `suspectAfterMs` as a duration.
+    pub fn suspect_after(&self) -> std::time::Duration {
+        millis(self.suspect_after_ms)
+    }
+
+    /// `deadAfterMs` as a duration.
+    pub fn dead_after(&self) -> std::time::Duration {
+        millis(self.dead_after_ms)
+    }
+}
+
+fn millis(value: i64) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(value).unwrap_or(0))
+}
+
 impl Default for FailureDetection {
     fn default() -> Self {
         FailureDetection {

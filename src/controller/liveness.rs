@@ -38,10 +38,9 @@ impl Timings {
         let spec = cluster
             .and_then(|c| c.spec.failure_detection.clone())
             .unwrap_or_default();
-        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
         Timings {
-            suspect: ms(spec.suspect_after_ms),
-            dead: ms(spec.dead_after_ms),
+            suspect: spec.suspect_after(),
+            dead: spec.dead_after(),
         }
     }
 }

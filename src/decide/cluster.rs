@@ -134,17 +134,17 @@ pub fn decide(
     // A live primary cut off from every in-sync standby: its commits wait for ever. One shard
     // at a time, like the dead nodes; a shard whose failover is under way is left to it.
     let detection = spec.failure_detection.clone().unwrap_or_default();
-    let online = |node: &str| {
-        topology
-            .nodes
-            .iter()
-            .any(|n| n.name == node && n.phase == plan::NodePhase::Online)
-    };
-    let after_ms = domain::quorum_loss_after_ms(detection.dead_after_ms);
-    let lost = view
-        .shards
+    let online: BTreeSet<&str> = topology
+        .nodes
         .iter()
-        .find(|s| !under_way(s.name()) && domain::quorum_lost(s, online, now_ms, after_ms));
+        .filter(|n| n.phase == plan::NodePhase::Online)
+        .map(|n| n.name.as_str())
+        .collect();
+    let after_ms = domain::quorum_loss_after_ms(detection.dead_after_ms);
+    let lost = view.shards.iter().find(|s| {
+        domain::quorum_lost(s, |node| online.contains(node), now_ms, after_ms)
+            && !under_way(s.name())
+    });
     if let Some(shard) = lost {
         let name = shard.name();
         let policy = FailoverPolicy {

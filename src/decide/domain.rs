@@ -82,10 +82,7 @@ pub fn domain_role(role: WireRole) -> plan::ReplicaRole {
 /// primary is gone): `None` while none has reported one (they stream; their own lag counts),
 /// `Some(None)` while some have and others not yet, `Some(Some(most))` once all have.
 fn held_positions(replicas: &[ObservedReplica]) -> Option<Option<i64>> {
-    let in_sync: Vec<_> = replicas
-        .iter()
-        .filter(|o| o.role == WireRole::Secondary && o.state == ReplicaState::InSync)
-        .collect();
+    let in_sync: Vec<_> = in_sync_secondaries(replicas).collect();
     if in_sync.iter().all(|o| o.received_lsn.is_none()) {
         return None;
     }
@@ -114,22 +111,17 @@ pub fn quorum_lost(
     let Some(primary) = status.primary.as_ref() else {
         return false;
     };
-    let serving = observed_on(&status.replicas, &primary.node).is_some_and(|r| {
-        r.role == WireRole::Primary
-            && r.epoch == Some(primary.epoch)
-            && r.state == ReplicaState::InSync
-    });
-    let in_sync: Vec<&ObservedReplica> = status
-        .replicas
-        .iter()
-        .filter(|r| r.role == WireRole::Secondary && r.state == ReplicaState::InSync)
-        .collect();
-    let broken_long = |r: &&ObservedReplica| {
+    let broken_long = |r: &ObservedReplica| {
         r.received_lsn.is_some()
             && r.last_seen_time.as_ref().is_some_and(|seen| {
                 u64::try_from(seen.0.as_millisecond()).is_ok_and(|at| at + after_ms <= now_ms)
             })
     };
+    // Cheapest and rarest first: this is asked of every shard at every look.
+    let mut in_sync = in_sync_secondaries(&status.replicas).peekable();
+    if in_sync.peek().is_none() || !in_sync.all(broken_long) {
+        return false;
+    }
     // A secondary still catching up streams (it reports no position while it does): the
     // primary reaches it.
     let one_streams = status.replicas.iter().any(|r| {
@@ -137,11 +129,20 @@ pub fn quorum_lost(
             && r.state == ReplicaState::CatchingUp
             && r.received_lsn.is_none()
     });
-    serving
-        && online(&primary.node)
-        && !one_streams
-        && !in_sync.is_empty()
-        && in_sync.iter().all(broken_long)
+    let serving = observed_on(&status.replicas, &primary.node).is_some_and(|r| {
+        r.role == WireRole::Primary
+            && r.epoch == Some(primary.epoch)
+            && r.state == ReplicaState::InSync
+    });
+    !one_streams && serving && online(&primary.node)
+}
+
+/// The secondaries of `replicas` that report themselves in sync (streaming, or holding all
+/// they received once their stream broke).
+fn in_sync_secondaries(replicas: &[ObservedReplica]) -> impl Iterator<Item = &ObservedReplica> {
+    replicas
+        .iter()
+        .filter(|o| o.role == WireRole::Secondary && o.state == ReplicaState::InSync)
 }
 
 /// How long every in-sync standby's stream must have been reported broken before a live
