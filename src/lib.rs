@@ -12,4 +12,5 @@ pub mod protocol;
 pub mod routing;
 pub mod sandbox;
 pub mod schema;
+pub mod tls;
 pub mod workload;

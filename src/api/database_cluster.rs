@@ -108,8 +108,8 @@ pub struct DatabaseClusterSpec {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-validations" = [
         {
-            "rule": "self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption']) && !k.startsWith('recovery_'))",
-            "message": "spec.postgresParameters may not set a parameter Shardplane manages itself: listen_addresses, port, unix_socket_directories, data_directory, config_file, hba_file, ident_file, external_pid_file, include, include_dir, include_if_exists, wal_level, hot_standby, hot_standby_feedback, max_wal_senders, max_replication_slots, wal_log_hints, wal_receiver_status_interval, synchronous_standby_names, synchronous_commit, primary_conninfo, primary_slot_name, restore_command, default_transaction_read_only, fsync, password_encryption, or any recovery_* parameter"
+            "rule": "self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists', 'wal_level', 'hot_standby', 'hot_standby_feedback', 'max_wal_senders', 'max_replication_slots', 'wal_log_hints', 'wal_receiver_status_interval', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'default_transaction_read_only', 'fsync', 'password_encryption', 'ssl', 'ssl_cert_file', 'ssl_key_file', 'ssl_ca_file']) && !k.startsWith('recovery_'))",
+            "message": "spec.postgresParameters may not set a parameter Shardplane manages itself: listen_addresses, port, unix_socket_directories, data_directory, config_file, hba_file, ident_file, external_pid_file, include, include_dir, include_if_exists, wal_level, hot_standby, hot_standby_feedback, max_wal_senders, max_replication_slots, wal_log_hints, wal_receiver_status_interval, synchronous_standby_names, synchronous_commit, primary_conninfo, primary_slot_name, restore_command, default_transaction_read_only, fsync, password_encryption, ssl, ssl_cert_file, ssl_key_file, ssl_ca_file, or any recovery_* parameter"
         },
         {
             "rule": "self.all(k, k.matches('^[a-z_][a-z0-9_]*([.][a-z_][a-z0-9_]*)?$'))",
@@ -133,6 +133,32 @@ pub struct DatabaseClusterSpec {
     /// the cluster's nodes, whatever this says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<ClusterNetwork>,
+    /// The cluster's certificates. Every instance serves TLS with its node's certificate;
+    /// sessions from other hosts must use it (`hostssl`), and standbys, copies and
+    /// subscriptions check the server with `sslmode=verify-full` against the cluster's
+    /// authority. Unset: the operator generates the authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+/// Where the cluster's certificate authority comes from and how long node certificates
+/// live.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterTls {
+    /// A Secret in this namespace holding the authority that signs the nodes' certificates
+    /// (`tls.crt` and `tls.key`, the layout cert-manager writes for a CA Certificate). The
+    /// operator only reads it. Unset: the operator generates an authority into
+    /// `<cluster>-ca` once. Replacing the authority re-issues every node's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret: Option<String>,
+    /// How long a node certificate is valid, in seconds (default 7,776,000: 90 days). The
+    /// operator issues a new one once two thirds of it have passed; the agent installs it
+    /// with a reload, so no session or write is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3600, max = 315360000))]
+    pub certificate_duration_seconds: Option<i64>,
 }
 
 /// Where application sessions may reach the cluster's instances from (`pg_hba.conf`).
@@ -187,6 +213,10 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "default_transaction_read_only",
     "fsync",
     "password_encryption",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
 ];
 
 /// Whether Shardplane manages parameter `name` itself.
