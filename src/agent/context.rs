@@ -3,6 +3,7 @@
 //! the node is live. It reads caches and hands out ports; it runs nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -59,6 +60,9 @@ pub(crate) struct NodeContext {
     /// Liveness proven by the peers while the control plane is out of reach, and the
     /// promise this node gave them (`failsafe.rs`).
     pub(super) failsafe: LivenessRecord,
+    /// How many renewed certificates were installed since the agent started
+    /// (`certificates.rs`).
+    pub(super) certificates: AtomicU64,
 }
 
 impl NodeContext {
@@ -150,7 +154,12 @@ impl NodeContext {
             .cluster()
             .and_then(|c| c.spec.network.clone())
             .and_then(|network| network.client_networks);
-        let now = Access { nodes, clients };
+        let now = Access {
+            nodes,
+            clients,
+            tls: self.settings.tls.is_some(),
+            certificates: self.certificates.load(Ordering::Relaxed),
+        };
         let mut access = self
             .access
             .lock()
@@ -158,6 +167,12 @@ impl NodeContext {
         if **access != now {
             *access = Arc::new(now);
         }
+    }
+
+    /// Says that a renewed certificate was installed: the next look at the access rules
+    /// reloads every instance, which reads it.
+    pub(super) fn certificates_installed(&self) {
+        self.certificates.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The settings of an instance made now: the node's, with [`NodeContext::access`].

@@ -46,6 +46,15 @@ pub enum AgentError {
         problem: String,
     },
 
+    /// The node's certificate (from the operator's Secret) cannot be used.
+    #[error("the certificate of node {node} cannot be used: {problem}")]
+    Certificate {
+        /// The node.
+        node: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// No port of the node's range is free for a new instance.
     #[error(
         "no free port in {first}-{last} (spec.ports of DatabaseNode {node}) for a new replica; \

@@ -7,6 +7,7 @@
 //! carries it out safely.
 
 mod api_client;
+mod certificates;
 pub mod config;
 mod configuration;
 mod context;

@@ -34,6 +34,7 @@ use crate::api::{DatabaseCluster, DatabaseNode, Shard};
 use crate::protocol::{Heartbeat, agent_manager};
 
 use super::api_client;
+use super::certificates;
 use super::config::{
     AgentConfig, DEFAULT_CREDENTIALS_SECRET, REPLICATION_PASSWORD_KEY, SUPERUSER_PASSWORD_KEY,
 };
@@ -86,6 +87,13 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         .into_iter()
         .find(|c| c.name_any() == node.spec.cluster);
     let credentials = credentials(&calls, &config, cluster.as_deref()).await?;
+    let (tls, peers) = certificates::install_first(
+        &Api::namespaced(calls.clone(), &config.namespace),
+        &config.node,
+        &config.data_dir,
+        &toolchain,
+    )
+    .await?;
 
     let (live_tx, live) = watch::channel(false);
     let ports = (
@@ -103,10 +111,11 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
             // publication), which needs logical decoding.
             wal_level: WalLevel::Logical,
             listen_address: Some(node.spec.address.clone()),
+            tls: Some(tls),
             ..InstanceSettings::default()
         },
         toolchain,
-        credentials,
+        credentials: credentials.with_tls(peers),
         live,
         fence_locks: FenceLocks::default(),
         client: calls,
@@ -118,6 +127,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         instances: Default::default(),
         access: Default::default(),
         failsafe: Default::default(),
+        certificates: Default::default(),
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
@@ -132,6 +142,8 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         shards.clone(),
     )?;
     tasks.spawn(report_node_status(ctx.clone(), agent_epoch));
+    let renewing = ctx.clone();
+    tasks.spawn(async move { certificates::keep_renewed(&renewing).await });
     tracing::info!(node = %config.node, agent_epoch, "agent started");
     tokio::select! {
         () = dispatch(ctx, shards, notify) => {}

@@ -10,6 +10,7 @@
 
 mod backoff;
 mod caches;
+mod certificates;
 mod cluster;
 mod config;
 mod context;
@@ -114,6 +115,7 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
 fn spawn_reconcilers(ctx: &Arc<Context>, caches: &Caches) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(liveness::run(ctx.clone(), caches.clone()));
+    set.spawn(certificates::run(ctx.clone(), caches.clone()));
     set.spawn(cluster::run(ctx.clone(), caches.clone()));
     set.spawn(executor::run(ctx.clone(), caches.clone()));
     set.spawn(schema::run(ctx.clone(), caches.clone()));

@@ -7,19 +7,40 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::lock;
 use crate::protocol::Endpoint;
+use crate::tls::{TlsError, postgres_connector};
 
-/// The role, password and database a client connects with. `Debug` never shows the password,
-/// and no error or log line of this module contains it.
+/// The role, password and database a client connects with, and the cluster's authority when
+/// sessions use TLS. `Debug` never shows the password, and no error or log line of this module
+/// contains it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseCredentials {
     user: String,
     password: String,
     database: String,
+    tls: Option<ServerCheck>,
 }
+
+/// Sessions over TLS that check the server's certificate and name against the cluster's
+/// authority (libpq's `sslmode=verify-full`).
+#[derive(Clone)]
+struct ServerCheck {
+    authority_pem: String,
+    connector: MakeRustlsConnect,
+}
+
+impl PartialEq for ServerCheck {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority_pem == other.authority_pem
+    }
+}
+
+impl Eq for ServerCheck {}
 
 impl DatabaseCredentials {
     /// Credentials of `user` with `password` for `database`.
@@ -32,7 +53,23 @@ impl DatabaseCredentials {
             user: user.into(),
             password: password.into(),
             database: database.into(),
+            tls: None,
         }
+    }
+
+    /// These credentials with every session over TLS, the server checked against the
+    /// cluster's authority `authority_pem` (the `ca.crt` of the cluster's authority Secret or
+    /// of any node's certificate Secret) and its name against the endpoint's host — what
+    /// libpq's `sslmode=verify-full` does. Instances admit sessions from other hosts over TLS
+    /// only.
+    pub fn with_tls(self, authority_pem: &str) -> Result<Self, TlsError> {
+        Ok(DatabaseCredentials {
+            tls: Some(ServerCheck {
+                authority_pem: authority_pem.to_owned(),
+                connector: postgres_connector(authority_pem)?,
+            }),
+            ..self
+        })
     }
 
     /// The role.
@@ -45,8 +82,8 @@ impl DatabaseCredentials {
         &self.database
     }
 
-    /// One connection to `endpoint` (no TLS: instances listen on loopback), its connection
-    /// task spawned on the current tokio runtime. Gives up after `timeout`.
+    /// One connection to `endpoint` (over TLS if [`DatabaseCredentials::with_tls`] said so),
+    /// its connection task spawned on the current tokio runtime. Gives up after `timeout`.
     pub async fn connect(
         &self,
         endpoint: &Endpoint,
@@ -62,11 +99,21 @@ impl DatabaseCredentials {
             .dbname(&self.database)
             .application_name(application_name)
             .connect_timeout(timeout);
-        let (client, connection) = config.connect(NoTls).await?;
-        // Ends when the client drops or the server goes away; the client then reports the
-        // error of its next request, which is where the router classifies it.
-        tokio::spawn(connection);
-        Ok(client)
+        // Each connection ends when the client drops or the server goes away; the client then
+        // reports the error of its next request, which is where the router classifies it.
+        match &self.tls {
+            Some(check) => {
+                config.ssl_mode(SslMode::Require);
+                let (client, connection) = config.connect(check.connector.clone()).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+        }
     }
 }
 
@@ -75,6 +122,7 @@ impl fmt::Debug for DatabaseCredentials {
         f.debug_struct("DatabaseCredentials")
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -34,10 +34,10 @@ API group is named: no wildcards, so a new resource or verb is never granted by 
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]
-{{- /* PostgreSQL credentials of the clusters it manages. */}}
+{{- /* PostgreSQL credentials of the clusters it manages; their certificate authorities and node certificates, which it creates and renews (never deletes: they go with their owner). */}}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
 {{- end -}}
 
 {{/*

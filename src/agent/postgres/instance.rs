@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
 use crate::protocol::Endpoint;
@@ -159,6 +160,11 @@ impl Instance {
             .args(["-U", REPLICATION_USER, "--no-password"])
             .args(["-X", "stream", "--checkpoint=fast", "-S", &spec.name])
             .env("PGPASSFILE", instance.pgpass_path());
+        if let Some(tls) = credentials.tls() {
+            backup
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", tls.authority_file());
+        }
         if !spec.settings.fsync {
             backup.arg("--no-sync");
         }
@@ -274,11 +280,12 @@ impl Instance {
     pub(crate) fn primary_conninfo(&self, upstream: &Upstream) -> String {
         format!(
             "host={} port={} user={REPLICATION_USER} application_name={} passfile={} \
-             sslmode=disable connect_timeout=2",
+             {} connect_timeout=2",
             quote_conninfo(&upstream.host),
             upstream.port,
             self.name,
-            quote_conninfo(&self.pgpass_path().to_string_lossy())
+            quote_conninfo(&self.pgpass_path().to_string_lossy()),
+            self.credentials.peer_ssl_options()
         )
     }
 
@@ -391,7 +398,7 @@ impl Instance {
     /// A superuser connection to the `postgres` database. Its connection task runs on the
     /// current tokio runtime.
     pub async fn connect(&self) -> Result<Client, PostgresError> {
-        connect(&self.upstream(), &self.credentials)
+        connect_local(self.port, &self.credentials)
             .await
             .map_err(|source| PostgresError::Connect {
                 instance: self.name.clone(),
@@ -524,11 +531,12 @@ impl Instance {
         self.write_private(&self.data_dir().join("pg_hba.conf"), &access.render())
     }
 
-    /// Admits the sessions `access` says from now on: writes `pg_hba.conf` and, if the
-    /// instance runs, reloads its configuration (open sessions stay).
+    /// Admits the sessions `access` says from now on: writes `pg_hba.conf` (and the settings,
+    /// so TLS is served wherever `hostssl` is asked for) and, if the instance runs, reloads
+    /// its configuration, which also reads the certificate files again (open sessions stay).
     pub async fn apply_access(&mut self, access: &Access) -> Result<(), PostgresError> {
-        self.write_access(access)?;
         self.settings.access = access.clone();
+        self.write_settings()?;
         if self.is_running() {
             self.connect()
                 .await?
@@ -573,23 +581,55 @@ impl Instance {
     }
 }
 
-/// A superuser connection to the `postgres` database of the server at `address`.
+/// A superuser connection to the `postgres` database of the server at `address`, a peer:
+/// over TLS, checking its certificate and name against the cluster's authority, once the
+/// node has its certificate (`Credentials::tls`).
 pub(crate) async fn connect(
     address: &Upstream,
     credentials: &Credentials,
 ) -> Result<Client, tokio_postgres::Error> {
+    let mut config = superuser_config(&address.host, address.port, credentials);
+    match credentials.tls() {
+        Some(tls) => {
+            config.ssl_mode(SslMode::Require);
+            spawned(config.connect(tls.connector()).await?)
+        }
+        None => spawned(config.connect(NoTls).await?),
+    }
+}
+
+/// A superuser connection to this node's own instance on `port`, over loopback (which
+/// `pg_hba.conf` admits without TLS).
+async fn connect_local(
+    port: u16,
+    credentials: &Credentials,
+) -> Result<Client, tokio_postgres::Error> {
+    let config = superuser_config("127.0.0.1", port, credentials);
+    spawned(config.connect(NoTls).await?)
+}
+
+fn superuser_config(host: &str, port: u16, credentials: &Credentials) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&address.host)
-        .port(address.port)
+        .host(host)
+        .port(port)
         .user(SUPERUSER)
         .password(credentials.superuser_password())
         .dbname("postgres")
         .application_name("shardplane-agent")
         .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = config.connect(NoTls).await?;
-    // The connection ends when the client drops or the server goes away; the client
-    // reports the error of any request after that.
+    config
+}
+
+/// The client of a new session, its connection driven by a task of the current runtime: it
+/// ends when the client drops or the server goes away; the client reports the error of any
+/// request after that.
+fn spawned<S>(
+    (client, connection): (Client, tokio_postgres::Connection<tokio_postgres::Socket, S>),
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         let _ = connection.await;
     });

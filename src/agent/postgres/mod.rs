@@ -26,7 +26,9 @@ pub(crate) use instance::connect;
 pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
 pub use parameters::{EffectiveParameters, Refusal};
 pub use replication::SyncQuorum;
-pub use settings::{Access, Credentials, InstanceSettings, REPLICATION_USER, SUPERUSER, WalLevel};
+pub use settings::{
+    Access, Credentials, InstanceSettings, PeerTls, REPLICATION_USER, SUPERUSER, ServerTls, WalLevel,
+};
 pub use shared_memory::release_orphaned_segment;
 pub(crate) use sql::quote_ident;
 pub use status::{InstanceStatus, Role, StandbyStatus};

@@ -186,10 +186,11 @@ impl Instance {
             .await
             .map_err(upstream_error)?;
         let source = format!(
-            "host={} port={} user={SUPERUSER} dbname=postgres passfile={} sslmode=disable",
+            "host={} port={} user={SUPERUSER} dbname=postgres passfile={} {}",
             quote_conninfo(&upstream.host),
             upstream.port,
-            quote_conninfo(&self.pgpass_path().to_string_lossy())
+            quote_conninfo(&self.pgpass_path().to_string_lossy()),
+            self.credentials().peer_ssl_options()
         );
         let mut rewind = self.toolchain().command("pg_rewind", &self.data_dir());
         rewind
@@ -219,10 +220,11 @@ impl Instance {
     ) -> Result<(), PostgresError> {
         check_replica_name(subscription)?;
         let conninfo = format!(
-            "host={} port={} user={SUPERUSER} dbname=postgres passfile={} sslmode=disable",
+            "host={} port={} user={SUPERUSER} dbname=postgres passfile={} {}",
             quote_conninfo(&upstream.host),
             upstream.port,
-            quote_conninfo(&self.pgpass_path().to_string_lossy())
+            quote_conninfo(&self.pgpass_path().to_string_lossy()),
+            self.credentials().peer_ssl_options()
         );
         let statement = format!(
             "CREATE SUBSCRIPTION {subscription} CONNECTION {} PUBLICATION {} \

@@ -5,6 +5,13 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::sql::{quote_conninfo, quote_literal};
+use crate::tls::{TlsError, postgres_connector};
 
 /// The WAL detail an instance writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +44,33 @@ pub struct InstanceSettings {
     pub listen_address: Option<String>,
     /// Who may connect from elsewhere (`pg_hba.conf`).
     pub access: Access,
+    /// The node's certificate, served to every session that asks for TLS; `None`: no TLS
+    /// (an instance outside a cluster, as in tests of one instance).
+    pub tls: Option<ServerTls>,
+}
+
+/// The files of a node's certificate, its key and the cluster's authority, shared by every
+/// instance of the node (`agent/certificates.rs` installs them). PostgreSQL reads them at
+/// start and at every reload, so a renewed certificate takes effect with a reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate (PEM).
+    pub certificate_file: PathBuf,
+    /// Its private key (PEM, 0600, the server's user's).
+    pub key_file: PathBuf,
+    /// The cluster's authority (PEM): what peers' certificates are checked against.
+    pub authority_file: PathBuf,
+}
+
+impl ServerTls {
+    /// The files in folder `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        ServerTls {
+            certificate_file: dir.join("server.crt"),
+            key_file: dir.join("server.key"),
+            authority_file: dir.join("ca.crt"),
+        }
+    }
 }
 
 impl Default for InstanceSettings {
@@ -50,6 +84,7 @@ impl Default for InstanceSettings {
             max_replication_slots: 10,
             listen_address: None,
             access: Access::default(),
+            tls: None,
         }
     }
 }
@@ -67,6 +102,15 @@ impl InstanceSettings {
                 format!("127.0.0.1,{address}")
             }
             _ => "127.0.0.1".to_owned(),
+        };
+        let tls = match &self.tls {
+            Some(tls) => format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_ca_file = {}\n",
+                quote_literal(&tls.certificate_file.to_string_lossy()),
+                quote_literal(&tls.key_file.to_string_lossy()),
+                quote_literal(&tls.authority_file.to_string_lossy()),
+            ),
+            None => "ssl = off\n".to_owned(),
         };
         format!(
             "# Written by the Shardplane agent; changes are overwritten.\n\
@@ -90,7 +134,8 @@ impl InstanceSettings {
              wal_keep_size = '128MB'\n\
              min_wal_size = '32MB'\n\
              logging_collector = off\n\
-             log_line_prefix = '%m [%p] %q%a '\n",
+             log_line_prefix = '%m [%p] %q%a '\n\
+             {tls}",
             shared_buffers = self.shared_buffers_mb,
             max_connections = self.max_connections,
             fsync = on_off(self.fsync),
@@ -115,6 +160,13 @@ pub struct Access {
     pub nodes: BTreeSet<String>,
     /// The networks (CIDR) application sessions may come from; `None`: any address.
     pub clients: Option<Vec<String>>,
+    /// Whether sessions from other hosts must use TLS (`hostssl`): so whenever the node has
+    /// its certificate.
+    pub tls: bool,
+    /// How many times the node's certificate files were replaced: rules that differ only
+    /// here are the same rules, but writing them reloads the instance, which reads the new
+    /// certificate.
+    pub certificates: u64,
 }
 
 impl Default for Access {
@@ -123,6 +175,8 @@ impl Default for Access {
         Access {
             nodes: BTreeSet::new(),
             clients: Some(Vec::new()),
+            tls: false,
+            certificates: 0,
         }
     }
 }
@@ -131,8 +185,10 @@ impl Access {
     /// The contents of `pg_hba.conf`. PostgreSQL takes the first line that matches a
     /// session's type, database, user and address; a session no line matches is refused.
     /// An address that is neither an IP address, a network nor a host name (it could not
-    /// be written as one field) is left out.
+    /// be written as one field) is left out. With [`Access::tls`], every line but
+    /// loopback's admits TLS sessions only.
     pub(crate) fn render(&self) -> String {
+        let host = if self.tls { "hostssl" } else { "host" };
         let mut hba = String::from(
             "# Written by the Shardplane agent; changes are overwritten.\n\
              # type database user address method\n\
@@ -141,15 +197,15 @@ impl Access {
         );
         for node in self.nodes.iter().filter_map(|node| hba_address(node)) {
             hba.push_str(&format!(
-                "host replication {REPLICATION_USER} {node} scram-sha-256\n\
-                 host all {SUPERUSER} {node} scram-sha-256\n"
+                "{host} replication {REPLICATION_USER} {node} scram-sha-256\n\
+                 {host} all {SUPERUSER} {node} scram-sha-256\n"
             ));
         }
         match &self.clients {
-            None => hba.push_str("host all all all scram-sha-256\n"),
+            None => hba.push_str(&format!("{host} all all all scram-sha-256\n")),
             Some(networks) => {
                 for network in networks.iter().filter_map(|network| hba_address(network)) {
-                    hba.push_str(&format!("host all all {network} scram-sha-256\n"));
+                    hba.push_str(&format!("{host} all all {network} scram-sha-256\n"));
                 }
             }
         }
@@ -195,19 +251,48 @@ pub const SUPERUSER: &str = "postgres";
 /// The role standbys (and `pg_basebackup`) connect as.
 pub const REPLICATION_USER: &str = "replicator";
 
-/// The passwords of a replica set's superuser and replication role. `Debug` never shows them.
+/// What an instance's sessions with its peers present and check: the passwords of a replica
+/// set's superuser and replication role, and — once the node has its certificate — the
+/// cluster's authority, against which every peer's certificate and name are checked. `Debug`
+/// never shows the passwords.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     superuser_password: String,
     replication_password: String,
+    tls: Option<PeerTls>,
 }
 
 impl Credentials {
-    /// Credentials from the two passwords.
+    /// Credentials from the two passwords, with no TLS.
     pub fn new(superuser_password: String, replication_password: String) -> Self {
         Credentials {
             superuser_password,
             replication_password,
+            tls: None,
+        }
+    }
+
+    /// These credentials, checking peers with `tls`.
+    pub fn with_tls(self, tls: PeerTls) -> Self {
+        Credentials {
+            tls: Some(tls),
+            ..self
+        }
+    }
+
+    /// How sessions with peers check them, if they use TLS.
+    pub fn tls(&self) -> Option<&PeerTls> {
+        self.tls.as_ref()
+    }
+
+    /// The `sslmode` (and root certificate) of a libpq connection string to a peer.
+    pub(crate) fn peer_ssl_options(&self) -> String {
+        match &self.tls {
+            Some(tls) => format!(
+                "sslmode=verify-full sslrootcert={}",
+                quote_conninfo(&tls.authority_file.to_string_lossy())
+            ),
+            None => "sslmode=disable".to_owned(),
         }
     }
 
@@ -240,6 +325,59 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// How an instance's sessions with peers check them: libpq's (standbys, `pg_basebackup`,
+/// `pg_rewind`, subscriptions) with `sslmode=verify-full` against the authority's file, the
+/// agent's own (`tokio_postgres`) with a connector trusting the same authority. Both follow
+/// a replaced authority: libpq reads the file at every connection, the connector is
+/// replaced by [`PeerTls::trust`]. Clones share the connector.
+#[derive(Clone)]
+pub struct PeerTls {
+    authority_file: PathBuf,
+    connector: Arc<Mutex<MakeRustlsConnect>>,
+}
+
+impl PeerTls {
+    /// Checks peers against `authority_pem`, which is also in `authority_file`.
+    pub fn new(authority_file: PathBuf, authority_pem: &str) -> Result<Self, TlsError> {
+        Ok(PeerTls {
+            authority_file,
+            connector: Arc::new(Mutex::new(postgres_connector(authority_pem)?)),
+        })
+    }
+
+    /// Checks peers against `authority_pem` from now on (its file was rewritten).
+    pub fn trust(&self, authority_pem: &str) -> Result<(), TlsError> {
+        let connector = postgres_connector(authority_pem)?;
+        *self
+            .connector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = connector;
+        Ok(())
+    }
+
+    /// The authority's file.
+    pub fn authority_file(&self) -> &Path {
+        &self.authority_file
+    }
+
+    /// The connector for a new session.
+    pub(crate) fn connector(&self) -> MakeRustlsConnect {
+        self.connector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl PartialEq for PeerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority_file == other.authority_file
+            && Arc::ptr_eq(&self.connector, &other.connector)
+    }
+}
+
+impl Eq for PeerTls {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +398,7 @@ mod tests {
                 .map(String::from)
                 .into(),
             clients: Some(vec!["192.0.2.0/24".into()]),
+            ..Access::default()
         };
         let lines = hba_lines(&access);
         assert_eq!(
@@ -286,10 +425,42 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_every_line_but_loopbacks_admits_tls_sessions_only() {
+        let access = Access {
+            nodes: ["10.1.0.11"].map(String::from).into(),
+            clients: None,
+            tls: true,
+            certificates: 3,
+        };
+        let lines = hba_lines(&access);
+        assert_eq!(
+            lines,
+            [
+                "host all all 127.0.0.1/32 scram-sha-256",
+                "host replication replicator 127.0.0.1/32 scram-sha-256",
+                "hostssl replication replicator 10.1.0.11/32 scram-sha-256",
+                "hostssl all postgres 10.1.0.11/32 scram-sha-256",
+                "hostssl all all all scram-sha-256",
+            ]
+        );
+        let settings = InstanceSettings {
+            tls: Some(ServerTls::in_dir(Path::new("/var/lib/n1/tls"))),
+            ..InstanceSettings::default()
+        };
+        let conf = settings.render();
+        assert!(conf.contains("ssl = on\n"), "{conf}");
+        assert!(conf.contains("ssl_cert_file = '/var/lib/n1/tls/server.crt'\n"));
+        assert!(conf.contains("ssl_key_file = '/var/lib/n1/tls/server.key'\n"));
+        assert!(conf.contains("ssl_ca_file = '/var/lib/n1/tls/ca.crt'\n"));
+        assert!(InstanceSettings::default().render().contains("ssl = off\n"));
+    }
+
+    #[test]
     fn clients_unset_come_from_anywhere_and_empty_from_loopback_only() {
         let anywhere = Access {
             nodes: BTreeSet::new(),
             clients: None,
+            ..Access::default()
         };
         assert!(hba_lines(&anywhere).contains(&"host all all all scram-sha-256".to_owned()));
         assert_eq!(hba_lines(&Access::default()).len(), 2);
@@ -302,6 +473,7 @@ mod tests {
                 .map(String::from)
                 .into(),
             clients: Some(vec!["all trust".into(), "10.0.0.0/8".into()]),
+            ..Access::default()
         };
         let lines = hba_lines(&access);
         assert_eq!(lines.len(), 3, "{lines:?}");
