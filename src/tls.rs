@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -144,9 +144,8 @@ impl Authority {
         let failed = |source| TlsError::Certificate { what, source };
         let key = KeyPair::generate().map_err(failed)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&format!(
-            "Shardplane cluster {namespace}/{cluster} CA"
-        ));
+        params.distinguished_name =
+            distinguished_name(&format!("Shardplane cluster {namespace}/{cluster} CA"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         (params.not_before, params.not_after) = validity(now, AUTHORITY_DURATION);
@@ -297,8 +296,7 @@ impl Certificate {
             what: "a node certificate",
             detail,
         };
-        let der =
-            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let (_, parsed) =
             x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
         let seconds = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
@@ -443,7 +441,8 @@ mod tests {
             .collect();
         assert_eq!(uris, ["shardplane://prod/orders/n1"]);
         // Signed by the authority: its public key verifies the signature.
-        let ca_der = CertificateDer::from_pem_slice(authority.certificate_pem().as_bytes()).unwrap();
+        let ca_der =
+            CertificateDer::from_pem_slice(authority.certificate_pem().as_bytes()).unwrap();
         let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
         assert_eq!(parsed.issuer(), ca.subject());
         assert!(ca.is_ca());
@@ -457,17 +456,23 @@ mod tests {
     fn an_authority_read_back_from_its_secret_signs_certificates_that_chain_to_it() {
         let now = SystemTime::now();
         let generated = Authority::generate("prod", "orders", now).unwrap();
-        let read =
-            Authority::from_pem(generated.certificate_pem(), &generated.key_pem()).unwrap();
-        let issued = read.issue(&identity("n2"), "db-2.example", now, DAY).unwrap();
+        let read = Authority::from_pem(generated.certificate_pem(), &generated.key_pem()).unwrap();
+        let issued = read
+            .issue(&identity("n2"), "db-2.example", now, DAY)
+            .unwrap();
         let der = CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes()).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let ca_der = CertificateDer::from_pem_slice(generated.certificate_pem().as_bytes()).unwrap();
+        let ca_der =
+            CertificateDer::from_pem_slice(generated.certificate_pem().as_bytes()).unwrap();
         let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
         parsed
             .verify_signature(Some(ca.public_key()))
             .expect("signed by the authority's key");
-        assert!(Certificate::from_pem(&issued.certificate_pem).unwrap().names("DB-2.example"));
+        assert!(
+            Certificate::from_pem(&issued.certificate_pem)
+                .unwrap()
+                .names("DB-2.example")
+        );
     }
 
     #[test]

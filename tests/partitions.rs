@@ -11,11 +11,13 @@ mod harness;
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -29,27 +31,89 @@ use harness::probes::{
     Writable, control_plane_outage, first_acknowledged, probe_every_replica, stop_probers,
     two_writable_primaries, writable_share, writable_stretches,
 };
-use harness::{DataPlane, Ledger, NODES, TABLE, connect, keys_in, report};
+use harness::{DataPlane, Ledger, NODES, TABLE, cluster_authority, connect_tls, keys_in, report};
 
 const SHARDS: usize = 2;
 /// The cluster's `deadAfterMs` (`declare_cluster_with`).
 const DEAD_AFTER: Duration = Duration::from_millis(1200);
-/// Runs `psql` (from `host`, or from the gateway) with a replication session to `endpoint`.
-fn replication_session(network: &TestNetwork, host: Option<&str>, endpoint: &str) -> Output {
+/// Runs `psql` (from `host`, or from the gateway) with a replication session to `endpoint`:
+/// over TLS checked against the authority in `authority_file` (`verify-full`), or without
+/// TLS when `None`.
+fn replication_session(
+    network: &TestNetwork,
+    host: Option<&str>,
+    endpoint: &str,
+    authority_file: Option<&Path>,
+) -> Output {
     let (address, port) = endpoint.rsplit_once(':').unwrap();
     let mut command = match host {
         Some(host) => network.command(host, "psql"),
         None => std::process::Command::new("psql"),
     };
+    let ssl = match authority_file {
+        Some(file) => format!("sslmode=verify-full sslrootcert={}", file.display()),
+        None => "sslmode=disable".to_owned(),
+    };
     command
         .arg(format!(
             "host={address} port={port} user=replicator dbname=postgres replication=true \
-             sslmode=disable connect_timeout=5"
+             {ssl} connect_timeout=5"
         ))
         .args(["-c", "IDENTIFY_SYSTEM"])
         .env("PGPASSWORD", "test-replication-secret")
         .output()
         .expect("psql runs")
+}
+
+/// `pem` in a file of `dir`, for `psql`.
+fn pem_file(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+/// The certificate the server at `endpoint` presents (PostgreSQL's TLS negotiation:
+/// `SSLRequest`, then a handshake checked against `authority`, server name = the host).
+async fn served_certificate(endpoint: &str, authority: &str) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+    // Length 8, then the SSLRequest code 80877103.
+    stream
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    assert_eq!(answer[0], b'S', "{host}:{port} does not serve TLS");
+    let config = shardplane::tls::client_config(authority).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls = connector.connect(name, stream).await?;
+    let (_, session) = tls.get_ref();
+    Ok(session.peer_certificates().unwrap()[0].to_vec())
+}
+
+/// When the server behind `session` started.
+async fn postmaster_started(session: &tokio_postgres::Client) -> String {
+    let row = session
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// How many standbys stream from the primary behind `session`, and how many of them over TLS.
+async fn standbys_over_tls(session: &tokio_postgres::Client) -> (i64, i64) {
+    let row = session
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) \
+             FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE r.state = 'streaming'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 async fn set_client_networks(plane: &DataPlane, networks: serde_json::Value) {
@@ -78,7 +142,14 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     let gateway = plane.network().gateway();
     println!("serving on three hosts after {:.1?}", started.elapsed());
 
-    // Replication: refused from the gateway (not a node), admitted from a node's host.
+    // Replication: only over TLS, only from a node's host, and only with a server
+    // certificate from this cluster's authority.
+    let authority = cluster_authority(&plane.client, &plane.namespace).await;
+    let files = tempfile::tempdir().unwrap();
+    let authority_file = pem_file(files.path(), "ca.crt", &authority);
+    let now = std::time::SystemTime::now();
+    let foreign = shardplane::tls::Authority::generate(&plane.namespace, "main", now).unwrap();
+    let foreign_file = pem_file(files.path(), "foreign.crt", foreign.certificate_pem());
     let shard = plane.shard_list().await.remove(0);
     let primary = shard.status.clone().unwrap().primary.unwrap().node;
     let endpoint = report(&shard, &primary)
@@ -88,7 +159,7 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         endpoint.starts_with(&plane.network().address(&primary).to_string()),
         "the primary's endpoint {endpoint} is not its host's address"
     );
-    let refused = replication_session(plane.network(), None, &endpoint);
+    let refused = replication_session(plane.network(), None, &endpoint, Some(&authority_file));
     let words = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success()
@@ -98,11 +169,36 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         "a replication session from the gateway: {words}"
     );
     let other = NODES.iter().map(|n| n.0).find(|n| *n != primary).unwrap();
-    let admitted = replication_session(plane.network(), Some(other), &endpoint);
+    let admitted = replication_session(
+        plane.network(),
+        Some(other),
+        &endpoint,
+        Some(&authority_file),
+    );
     assert!(
         admitted.status.success(),
-        "a replication session from {other}'s host: {}",
+        "a replication session over TLS from {other}'s host: {}",
         String::from_utf8_lossy(&admitted.stderr)
+    );
+    let plain = replication_session(plane.network(), Some(other), &endpoint, None);
+    let words = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && words.contains("no encryption"),
+        "a replication session without TLS from {other}'s host: {words}"
+    );
+    let impostor =
+        replication_session(plane.network(), Some(other), &endpoint, Some(&foreign_file));
+    let words = String::from_utf8_lossy(&impostor.stderr);
+    assert!(
+        !impostor.status.success() && words.contains("certificate verify failed"),
+        "a session checking the server against another cluster's authority: {words}"
+    );
+    // Every standby streams over TLS (checking the primary with verify-full).
+    let session = connect_tls(&endpoint, &authority).await.unwrap();
+    let (standbys, over_tls) = standbys_over_tls(&session).await;
+    assert!(
+        standbys == 2 && over_tls == 2,
+        "{standbys} standbys stream from {endpoint}, {over_tls} of them over TLS"
     );
 
     // Application sessions: refused once the gateway is outside the client networks,
@@ -111,7 +207,7 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     let refusal = format!("no pg_hba.conf entry for host \"{gateway}\"");
     assert!(
         eventually(Duration::from_secs(30), || async {
-            connect(&endpoint).await.is_err_and(|e| {
+            connect_tls(&endpoint, &authority).await.is_err_and(|e| {
                 e.as_db_error()
                     .is_some_and(|e| e.message().contains(&refusal))
             })
@@ -134,7 +230,7 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     for primary in &primaries {
         assert!(
             eventually(Duration::from_secs(30), || async {
-                connect(primary).await.is_ok()
+                connect_tls(primary, &authority).await.is_ok()
             })
             .await,
             "an application session from inside spec.network.clientNetworks was refused by {primary}"
@@ -142,6 +238,66 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
     }
 
     primary_cut_off(&plane, &primary, Cut::Everything).await;
+}
+
+/// A node's certificate renewed (here: its Secret deleted, so the operator issues a new one,
+/// as it does two thirds through a certificate's life) is served by its instances after a
+/// reload: the postmaster keeps running, an open session stays open, standbys keep
+/// streaming over TLS, and routed writes over TLS never fail meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewed_certificate_is_served_without_a_restart_or_a_failed_write() {
+    let env = env_with_crds().await;
+    let plane = serving_on_hosts(&env).await;
+    let authority = cluster_authority(&plane.client, &plane.namespace).await;
+    let shard = plane.shard_list().await.remove(0);
+    let primary = shard.status.clone().unwrap().primary.unwrap().node;
+    let endpoint = report(&shard, &primary)
+        .and_then(|r| r.endpoint.clone())
+        .unwrap();
+    let before = served_certificate(&endpoint, &authority).await.unwrap();
+    let session = connect_tls(&endpoint, &authority).await.unwrap();
+    let postmaster = postmaster_started(&session).await;
+    let mut ledger = Ledger::new(&plane.client, &plane.namespace, 2, 100.0).await;
+    let workload = ledger.start(20).await;
+
+    let secrets: Api<Secret> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let secret = format!("{primary}-tls");
+    secrets.delete(&secret, &Default::default()).await.unwrap();
+    let renewed = Instant::now();
+    let served = eventually(Duration::from_secs(60), || async {
+        served_certificate(&endpoint, &authority)
+            .await
+            .is_ok_and(|now| now != before)
+    })
+    .await;
+    assert!(
+        served,
+        "{endpoint} still serves the certificate it served before the renewal"
+    );
+    println!(
+        "the renewed certificate served {:.1?} after the old one's Secret went",
+        renewed.elapsed()
+    );
+    let reissued = secrets.get(&secret).await.unwrap();
+    assert_eq!(
+        reissued
+            .labels()
+            .get(shardplane::tls::TLS_SECRET_LABEL)
+            .map(String::as_str),
+        Some("main")
+    );
+    assert_eq!(
+        postmaster_started(&session).await,
+        postmaster,
+        "the postmaster restarted"
+    );
+    let (standbys, over_tls) = standbys_over_tls(&session).await;
+    assert!(
+        standbys == 2 && over_tls == 2,
+        "after the renewal {standbys} standbys stream from {endpoint}, {over_tls} of them over TLS"
+    );
+    ledger.finish("certificate renewal", workload, 50).await;
+    ledger.summary();
 }
 
 /// The three nodes on hosts of a new test network, once every shard serves.

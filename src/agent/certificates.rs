@@ -70,12 +70,12 @@ pub(super) async fn install_first(
         waited += 1;
         tokio::time::sleep(FIRST_POLL).await;
     };
-    let peers = PeerTls::new(files.authority_file.clone(), &material.authority).map_err(
-        |error| AgentError::Certificate {
+    let peers = PeerTls::new(files.clone(), &material.authority).map_err(|error| {
+        AgentError::Certificate {
             node: node.to_owned(),
             problem: error.to_string(),
-        },
-    )?;
+        }
+    })?;
     Ok((files, peers))
 }
 
@@ -99,7 +99,10 @@ pub(super) async fn keep_renewed(ctx: &NodeContext) {
             continue;
         }
         let installed = write_files(&files, &issued, &ctx.toolchain).and_then(|()| {
-            let trust = ctx.credentials.tls().map(|tls| tls.trust(&issued.authority));
+            let trust = ctx
+                .credentials
+                .tls()
+                .map(|tls| tls.trust(&issued.authority));
             trust
                 .transpose()
                 .map_err(|error| AgentError::Certificate {
@@ -131,18 +134,20 @@ async fn read_secret(secrets: &Api<Secret>, node: &str) -> Result<Option<Materia
             .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
             .filter(|text| !text.is_empty())
     };
-    Ok(match (
-        text(CERTIFICATE_KEY),
-        text(PRIVATE_KEY_KEY),
-        text(AUTHORITY_KEY),
-    ) {
-        (Some(certificate), Some(key), Some(authority)) => Some(Material {
-            certificate,
-            key,
-            authority,
-        }),
-        _ => None,
-    })
+    Ok(
+        match (
+            text(CERTIFICATE_KEY),
+            text(PRIVATE_KEY_KEY),
+            text(AUTHORITY_KEY),
+        ) {
+            (Some(certificate), Some(key), Some(authority)) => Some(Material {
+                certificate,
+                key,
+                authority,
+            }),
+            _ => None,
+        },
+    )
 }
 
 fn read_files(files: &ServerTls) -> Option<Material> {
@@ -168,7 +173,12 @@ fn write_files(
         source,
     })?;
     write_file(&files.key_file, &material.key, 0o600, toolchain)?;
-    write_file(&files.certificate_file, &material.certificate, 0o644, toolchain)?;
+    write_file(
+        &files.certificate_file,
+        &material.certificate,
+        0o644,
+        toolchain,
+    )?;
     write_file(&files.authority_file, &material.authority, 0o644, toolchain)
 }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -176,8 +176,7 @@ async fn generate_authority(
     name: &str,
 ) -> Option<Secret> {
     let namespace = cluster.namespace().unwrap_or_default();
-    let authority = match Authority::generate(&namespace, &cluster.name_any(), SystemTime::now())
-    {
+    let authority = match Authority::generate(&namespace, &cluster.name_any(), SystemTime::now()) {
         Ok(authority) => authority,
         Err(error) => {
             tracing::error!(%error, "cannot generate a certificate authority");

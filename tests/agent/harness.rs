@@ -764,6 +764,59 @@ pub async fn connect(endpoint: &str) -> Result<tokio_postgres::Client, tokio_pos
     Ok(client)
 }
 
+/// A superuser session on the instance at `endpoint` over TLS, the server checked against
+/// `authority` (PEM) and its name against the endpoint's host (`verify-full`).
+pub async fn connect_tls(
+    endpoint: &str,
+    authority: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let endpoint = Endpoint::parse(endpoint).unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&endpoint.host)
+        .port(endpoint.port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(2));
+    let connector = shardplane::tls::postgres_connector(authority).unwrap();
+    let (client, connection) = config.connect(connector).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The certificate of the cluster `main`'s authority (PEM), once the operator made it.
+pub async fn cluster_authority(client: &Client, namespace: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(secret) = secrets.get_opt("main-ca").await.unwrap() {
+            let data = secret.data.unwrap_or_default();
+            let authority = data.get(shardplane::tls::CERTIFICATE_KEY).unwrap();
+            return String::from_utf8(authority.0.clone()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator made no certificate authority for cluster main in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The superuser's credentials for routed sessions, over TLS checked against the cluster's
+/// authority.
+pub async fn routed_credentials(
+    client: &Client,
+    namespace: &str,
+) -> shardplane::routing::DatabaseCredentials {
+    shardplane::routing::DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres")
+        .with_tls(&cluster_authority(client, namespace).await)
+        .unwrap()
+}
+
 /// `n` keys whose keyspace id lies in the shard's range, starting the search at `from`.
 pub fn keys_in(shard: &Shard, from: i64, n: usize) -> Vec<i64> {
     let start = shard.spec.range.start.unwrap_or(i64::MIN);
@@ -1118,7 +1171,7 @@ pub async fn table_router(plane: &DataPlane) -> shardplane::routing::Router {
         plane.client.clone(),
         &plane.namespace,
         TABLE,
-        shardplane::routing::DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres"),
+        routed_credentials(&plane.client, &plane.namespace).await,
         config,
     )
     .await
@@ -1166,8 +1219,8 @@ pub async fn router_and_checker(
     namespace: &str,
 ) -> (shardplane::routing::Router, Checker) {
     use shardplane::agent::postgres::{KeyKind, ShardedTable};
-    use shardplane::routing::{DatabaseCredentials, Router, RouterConfig};
-    let credentials = DatabaseCredentials::new("postgres", SUPERUSER_PASSWORD, "postgres");
+    use shardplane::routing::{Router, RouterConfig};
+    let credentials = routed_credentials(client, namespace).await;
     let config = RouterConfig {
         deadline: Duration::from_secs(40),
         range_constraint: shardplane::agent::shard_schema::RANGE_CONSTRAINT.to_owned(),

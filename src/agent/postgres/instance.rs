@@ -161,9 +161,10 @@ impl Instance {
             .args(["-X", "stream", "--checkpoint=fast", "-S", &spec.name])
             .env("PGPASSFILE", instance.pgpass_path());
         if let Some(tls) = credentials.tls() {
-            backup
-                .env("PGSSLMODE", "verify-full")
-                .env("PGSSLROOTCERT", tls.authority_file());
+            backup.env("PGSSLMODE", "verify-full");
+            for (name, file) in tls.libpq_settings() {
+                backup.env(format!("PG{}", name.to_uppercase()), file);
+            }
         }
         if !spec.settings.fsync {
             backup.arg("--no-sync");
@@ -625,7 +626,10 @@ fn superuser_config(host: &str, port: u16, credentials: &Credentials) -> tokio_p
 /// ends when the client drops or the server goes away; the client reports the error of any
 /// request after that.
 fn spawned<S>(
-    (client, connection): (Client, tokio_postgres::Connection<tokio_postgres::Socket, S>),
+    (client, connection): (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, S>,
+    ),
 ) -> Result<Client, tokio_postgres::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -288,9 +288,14 @@ impl Credentials {
     /// The `sslmode` (and root certificate) of a libpq connection string to a peer.
     pub(crate) fn peer_ssl_options(&self) -> String {
         match &self.tls {
-            Some(tls) => format!(
-                "sslmode=verify-full sslrootcert={}",
-                quote_conninfo(&tls.authority_file.to_string_lossy())
+            Some(tls) => tls.libpq_settings().iter().fold(
+                "sslmode=verify-full".to_owned(),
+                |options, (name, file)| {
+                    format!(
+                        "{options} {name}={}",
+                        quote_conninfo(&file.to_string_lossy())
+                    )
+                },
             ),
             None => "sslmode=disable".to_owned(),
         }
@@ -332,17 +337,29 @@ impl fmt::Debug for Credentials {
 /// replaced by [`PeerTls::trust`]. Clones share the connector.
 #[derive(Clone)]
 pub struct PeerTls {
-    authority_file: PathBuf,
+    files: ServerTls,
     connector: Arc<Mutex<MakeRustlsConnect>>,
 }
 
 impl PeerTls {
-    /// Checks peers against `authority_pem`, which is also in `authority_file`.
-    pub fn new(authority_file: PathBuf, authority_pem: &str) -> Result<Self, TlsError> {
+    /// Checks peers against `authority_pem`, which is also in `files.authority_file`; libpq
+    /// sessions present the node's certificate (`files`) to the peer.
+    pub fn new(files: ServerTls, authority_pem: &str) -> Result<Self, TlsError> {
         Ok(PeerTls {
-            authority_file,
+            files,
             connector: Arc::new(Mutex::new(postgres_connector(authority_pem)?)),
         })
+    }
+
+    /// The libpq settings of a session with a peer: `verify-full` against the authority's
+    /// file, presenting the node's certificate (libpq would otherwise look for one in the
+    /// home folder of the server's user).
+    pub(crate) fn libpq_settings(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("sslrootcert", &self.files.authority_file),
+            ("sslcert", &self.files.certificate_file),
+            ("sslkey", &self.files.key_file),
+        ]
     }
 
     /// Checks peers against `authority_pem` from now on (its file was rewritten).
@@ -353,11 +370,6 @@ impl PeerTls {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = connector;
         Ok(())
-    }
-
-    /// The authority's file.
-    pub fn authority_file(&self) -> &Path {
-        &self.authority_file
     }
 
     /// The connector for a new session.
@@ -371,8 +383,7 @@ impl PeerTls {
 
 impl PartialEq for PeerTls {
     fn eq(&self, other: &Self) -> bool {
-        self.authority_file == other.authority_file
-            && Arc::ptr_eq(&self.connector, &other.connector)
+        self.files == other.files && Arc::ptr_eq(&self.connector, &other.connector)
     }
 }
 
