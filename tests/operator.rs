@@ -266,10 +266,74 @@ async fn placement_honours_zones_and_regions_and_routing_follows() {
     operator.abort();
 }
 
+/// How many forged heartbeats the operator refused, and what it did with the others.
+type Forged = std::sync::Arc<std::sync::Mutex<(u32, Vec<String>)>>;
+
+/// Posts heartbeats for `node` to `operator` every 100 ms until aborted, none of them
+/// genuine — unsigned, signed with a key that is not the node's, and a correctly signed one
+/// whose sequence number was overtaken (a replay of a captured heartbeat) — and counts
+/// those the operator refused (the rest are the errors the forger saw).
+fn forge_heartbeats(env: &TestEnv, node: &str, operator: SocketAddr) -> (JoinHandle<()>, Forged) {
+    use shardplane::agent::protocol::{HeartbeatClient, HeartbeatError};
+    use shardplane::protocol::{Heartbeat, SignedHeartbeat};
+    let seen: Forged = Default::default();
+    let (counts, secrets) = (
+        seen.clone(),
+        env.api::<k8s_openapi::api::core::v1::Secret>(),
+    );
+    let beat = Heartbeat {
+        namespace: env.namespace.clone(),
+        node: node.to_owned(),
+        agent_epoch: 99,
+    };
+    let forger = tokio::spawn(async move {
+        let secret = secrets
+            .get(&shardplane::tls::node_secret_name(&beat.node))
+            .await
+            .unwrap();
+        let key = secret.data.unwrap()[shardplane::tls::HEARTBEAT_KEY]
+            .0
+            .clone();
+        let captured_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let client = HeartbeatClient::new();
+        loop {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let forged = [
+                SignedHeartbeat {
+                    mac: String::new(),
+                    ..SignedHeartbeat::sign(beat.clone(), now, &key)
+                },
+                SignedHeartbeat::sign(beat.clone(), now, b"not the node's key"),
+                SignedHeartbeat::sign(beat.clone(), captured_at - 1_000, &key),
+            ];
+            for heartbeat in &forged {
+                let answer = client
+                    .post(operator, heartbeat, &key, Duration::from_secs(1))
+                    .await;
+                let mut seen = counts.lock().unwrap();
+                match answer {
+                    Err(HeartbeatError::Refused { .. }) => seen.0 += 1,
+                    other => seen.1.push(format!("{other:?}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (forger, seen)
+}
+
+/// A node that dies is declared Offline and its primaries fail over, while a forger posts
+/// heartbeats in its name: every forged one is refused, and detection takes no longer.
 #[tokio::test]
 async fn a_dead_node_fails_over_with_bumped_epochs() {
     let env = env_with_crds().await;
-    let (operator, _, agents) = serving_cluster(&env).await;
+    let (operator, addr, agents) = serving_cluster(&env).await;
     let shards: Api<Shard> = env.api();
 
     // The node leading the most shards dies.
@@ -289,6 +353,7 @@ async fn a_dead_node_fails_over_with_bumped_epochs() {
     led.sort();
     let victim = led.last().unwrap().1.clone();
     assert!(led.last().unwrap().0 > 0);
+    let (forger, forged) = forge_heartbeats(&env, &victim, addr);
     let killed = Instant::now();
     agents.iter().find(|(n, _)| *n == victim).unwrap().1.kill();
 
@@ -305,6 +370,12 @@ async fn a_dead_node_fails_over_with_bumped_epochs() {
     .await;
     let detection = killed.elapsed();
     assert!(detected, "{victim} never declared Offline");
+    forger.abort();
+    let (refused, answered) = forged.lock().unwrap().clone();
+    assert!(
+        refused >= 9 && answered.is_empty(),
+        "forged heartbeats for {victim}: {refused} refused, others answered: {answered:?}"
+    );
 
     let failed_over = eventually(Duration::from_secs(30), || async {
         let now = shards.list(&Default::default()).await.unwrap().items;

@@ -93,6 +93,47 @@ async fn served_certificate(endpoint: &str, authority: &str) -> std::io::Result<
     Ok(session.peer_certificates().unwrap()[0].to_vec())
 }
 
+/// POSTs a failsafe question claiming to come from `claimed` to the agent endpoint `peer`
+/// (`address:port`) over TLS, checking the server against `authority` and presenting
+/// `identity` (certificate and key, PEM) if given; the HTTP answer, or why there was none.
+async fn ask_failsafe(
+    peer: &str,
+    authority: &str,
+    identity: Option<(&str, &str)>,
+    claimed: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = match identity {
+        Some((certificate, key)) => {
+            shardplane::tls::node_client_config(certificate, key, authority).unwrap()
+        }
+        None => shardplane::tls::client_config(authority).unwrap(),
+    };
+    let (host, _) = peer.rsplit_once(':').unwrap();
+    let stream = tokio::net::TcpStream::connect(peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = format!(r#"{{"node":"{claimed}"}}"#);
+    let request = format!(
+        "POST /v1/failsafe HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
 /// When the server behind `session` started.
 async fn postmaster_started(session: &tokio_postgres::Client) -> String {
     let row = session
@@ -193,6 +234,63 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         !impostor.status.success() && words.contains("certificate verify failed"),
         "a session checking the server against another cluster's authority: {words}"
     );
+    // The agents' failsafe endpoint admits only the cluster's nodes (mutual TLS): no client
+    // certificate, or one from another cluster's authority, gets no answer; a node's gets one.
+    let node_spec =
+        Api::<shardplane::api::DatabaseNode>::namespaced(plane.client.clone(), &plane.namespace)
+            .get(&primary)
+            .await
+            .unwrap()
+            .spec;
+    let peer = format!("{}:{}", node_spec.address, node_spec.ports.last);
+    let secrets: Api<Secret> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let other_tls = secrets
+        .get(&format!("{other}-tls"))
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let text = |key: &str| String::from_utf8(other_tls[key].0.clone()).unwrap();
+    let (certificate, key) = (text("tls.crt"), text("tls.key"));
+    let stranger = foreign
+        .issue(
+            &shardplane::tls::NodeIdentity {
+                namespace: plane.namespace.clone(),
+                cluster: "main".into(),
+                node: other.to_owned(),
+            },
+            &gateway.to_string(),
+            now,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let anonymous = ask_failsafe(&peer, &authority, None, other).await;
+    assert!(
+        !anonymous
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the failsafe endpoint answered a client without a certificate: {anonymous:?}"
+    );
+    let impostor = ask_failsafe(
+        &peer,
+        &authority,
+        Some((&stranger.certificate_pem, &stranger.key_pem)),
+        other,
+    )
+    .await;
+    assert!(
+        !impostor
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the failsafe endpoint answered a certificate of another authority: {impostor:?}"
+    );
+    let node = ask_failsafe(&peer, &authority, Some((&certificate, &key)), other).await;
+    assert!(
+        node.as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200") && a.contains(r#""confirmed":false"#)),
+        "the failsafe endpoint to {other}'s own certificate (the control plane is up: no confirmation): {node:?}"
+    );
+
     // Every standby streams over TLS (checking the primary with verify-full).
     let session = connect_tls(&endpoint, &authority).await.unwrap();
     let (standbys, over_tls) = standbys_over_tls(&session).await;

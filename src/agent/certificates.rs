@@ -5,20 +5,27 @@
 //! sessions from other hosts); after that, the files on disk are enough to start, so a node
 //! restarts without the control plane. A renewed certificate is installed file by file
 //! (each replaced by a rename, never half-written), then every instance reloads
-//! (`NodeContext::certificates_installed`): sessions that are open stay open.
+//! (`NodeContext::certificates_installed`): sessions that are open stay open. The node's
+//! heartbeat key comes in the same Secret (`heartbeat.key` beside the others, 0600).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 
 use super::context::NodeContext;
 use super::error::AgentError;
 use super::postgres::{PeerTls, ServerTls, Toolchain};
-use crate::tls::{AUTHORITY_KEY, CERTIFICATE_KEY, PRIVATE_KEY_KEY, node_secret_name};
+use super::protocol::HeartbeatKey;
+use crate::tls::{
+    AUTHORITY_KEY, CERTIFICATE_KEY, HEARTBEAT_KEY, PRIVATE_KEY_KEY, node_client_config,
+    node_secret_name, node_server_config,
+};
 
 /// How often the node's certificate Secret is read for a renewal. A renewal is due a third
 /// of a certificate's life before it expires, so this only bounds how soon a replaced
@@ -32,21 +39,28 @@ pub(super) fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("tls")
 }
 
-/// A certificate, its key and its authority, as PEM text.
+/// A certificate, its key and its authority, as PEM text, and the node's heartbeat key.
 #[derive(Clone, PartialEq, Eq)]
 struct Material {
     certificate: String,
     key: String,
     authority: String,
+    heartbeat_key: String,
+}
+
+/// The file beside the certificate's holding the node's heartbeat key (0600).
+fn heartbeat_key_file(files: &ServerTls) -> PathBuf {
+    files.key_file.with_file_name("heartbeat.key")
 }
 
 /// The node's certificate files, waiting for the operator to issue the first one if there
-/// are none yet; returns them and the peers' check built from them.
+/// are none yet; returns them and the peers' check built from them, and sets `heartbeat_key`.
 pub(super) async fn install_first(
     secrets: &Api<Secret>,
     node: &str,
     data_dir: &Path,
     toolchain: &Toolchain,
+    heartbeat_key: &HeartbeatKey,
 ) -> Result<(ServerTls, PeerTls), AgentError> {
     let files = ServerTls::in_dir(&tls_dir(data_dir));
     let mut waited = 0u32;
@@ -70,6 +84,7 @@ pub(super) async fn install_first(
         waited += 1;
         tokio::time::sleep(FIRST_POLL).await;
     };
+    heartbeat_key.set(material.heartbeat_key.as_bytes());
     let peers = PeerTls::new(files.clone(), &material.authority).map_err(|error| {
         AgentError::Certificate {
             node: node.to_owned(),
@@ -113,6 +128,7 @@ pub(super) async fn keep_renewed(ctx: &NodeContext) {
         });
         match installed {
             Ok(()) => {
+                ctx.heartbeat_key.set(issued.heartbeat_key.as_bytes());
                 ctx.certificates_installed();
                 tracing::info!(node = %ctx.node, "installed the node's renewed certificate; every instance reloads");
             }
@@ -121,6 +137,29 @@ pub(super) async fn keep_renewed(ctx: &NodeContext) {
             }
         }
     }
+}
+
+/// The TLS configurations of the node's endpoint between nodes (the failsafe), from its
+/// installed files: a server admitting only the cluster's nodes, a client presenting the
+/// node's certificate.
+pub(super) fn endpoint_configs(
+    ctx: &NodeContext,
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), AgentError> {
+    let unusable = |problem: String| AgentError::Certificate {
+        node: ctx.node.clone(),
+        problem,
+    };
+    let files = ctx
+        .settings
+        .tls
+        .as_ref()
+        .ok_or_else(|| unusable("the node has no certificate".into()))?;
+    let material = read_files(files).ok_or_else(|| unusable("its files cannot be read".into()))?;
+    let server = node_server_config(&material.certificate, &material.key, &material.authority)
+        .map_err(|e| unusable(e.to_string()))?;
+    let client = node_client_config(&material.certificate, &material.key, &material.authority)
+        .map_err(|e| unusable(e.to_string()))?;
+    Ok((Arc::new(server), Arc::new(client)))
 }
 
 /// The certificate the operator issued to `node`, if it did.
@@ -139,12 +178,16 @@ async fn read_secret(secrets: &Api<Secret>, node: &str) -> Result<Option<Materia
             text(CERTIFICATE_KEY),
             text(PRIVATE_KEY_KEY),
             text(AUTHORITY_KEY),
+            text(HEARTBEAT_KEY),
         ) {
-            (Some(certificate), Some(key), Some(authority)) => Some(Material {
-                certificate,
-                key,
-                authority,
-            }),
+            (Some(certificate), Some(key), Some(authority), Some(heartbeat_key)) => {
+                Some(Material {
+                    certificate,
+                    key,
+                    authority,
+                    heartbeat_key,
+                })
+            }
             _ => None,
         },
     )
@@ -156,6 +199,7 @@ fn read_files(files: &ServerTls) -> Option<Material> {
         certificate: read(&files.certificate_file)?,
         key: read(&files.key_file)?,
         authority: read(&files.authority_file)?,
+        heartbeat_key: read(&heartbeat_key_file(files))?,
     })
 }
 
@@ -172,6 +216,12 @@ fn write_files(
         path: dir.to_path_buf(),
         source,
     })?;
+    write_file(
+        &heartbeat_key_file(files),
+        &material.heartbeat_key,
+        0o600,
+        toolchain,
+    )?;
     write_file(&files.key_file, &material.key, 0o600, toolchain)?;
     write_file(
         &files.certificate_file,

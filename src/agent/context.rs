@@ -19,6 +19,7 @@ use super::fence_locks::FenceLocks;
 use super::instance_reports::InstanceReports;
 use super::liveness_record::LivenessRecord;
 use super::postgres::{Access, Credentials, InstanceSettings, Toolchain};
+use super::protocol::HeartbeatKey;
 
 /// What every replica task of this node shares.
 pub(crate) struct NodeContext {
@@ -63,6 +64,9 @@ pub(crate) struct NodeContext {
     /// How many renewed certificates were installed since the agent started
     /// (`certificates.rs`).
     pub(super) certificates: AtomicU64,
+    /// The node's heartbeat key (`certificates.rs` reads it, the liveness reporter signs
+    /// with it).
+    pub(super) heartbeat_key: HeartbeatKey,
 }
 
 impl NodeContext {
@@ -158,7 +162,7 @@ impl NodeContext {
             nodes,
             clients,
             tls: self.settings.tls.is_some(),
-            certificates: self.certificates.load(Ordering::Relaxed),
+            certificates: self.certificates_generation(),
         };
         let mut access = self
             .access
@@ -167,6 +171,11 @@ impl NodeContext {
         if **access != now {
             *access = Arc::new(now);
         }
+    }
+
+    /// How many renewed certificates were installed since the agent started.
+    pub(super) fn certificates_generation(&self) -> u64 {
+        self.certificates.load(Ordering::Relaxed)
     }
 
     /// Says that a renewed certificate was installed: the next look at the access rules

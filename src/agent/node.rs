@@ -44,7 +44,7 @@ use super::error::AgentError;
 use super::failsafe;
 use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
-use super::protocol::LivenessReporter;
+use super::protocol::{HeartbeatKey, LivenessReporter};
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
 use super::self_fence;
@@ -87,11 +87,13 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         .into_iter()
         .find(|c| c.name_any() == node.spec.cluster);
     let credentials = credentials(&calls, &config, cluster.as_deref()).await?;
+    let heartbeat_key = HeartbeatKey::default();
     let (tls, peers) = certificates::install_first(
         &Api::namespaced(calls.clone(), &config.namespace),
         &config.node,
         &config.data_dir,
         &toolchain,
+        &heartbeat_key,
     )
     .await?;
 
@@ -128,6 +130,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         access: Default::default(),
         failsafe: Default::default(),
         certificates: Default::default(),
+        heartbeat_key,
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
@@ -361,7 +364,7 @@ async fn prove_liveness(
     leases: Api<Lease>,
     live: &watch::Sender<bool>,
 ) {
-    let reporter = LivenessReporter::new(operators, beat, leases);
+    let reporter = LivenessReporter::new(operators, beat, ctx.heartbeat_key.clone(), leases);
     let judge = async {
         let mut failsafe_logged = false;
         loop {

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,9 @@ use serde_json::json;
 
 use crate::api::Shard;
 use crate::api::shard::ObservedReplica;
-use crate::protocol::{HEARTBEAT_PATH, Heartbeat, agent_manager, node_lease_name};
+use crate::protocol::{
+    HEARTBEAT_PATH, Heartbeat, HeartbeatAnswer, SignedHeartbeat, agent_manager, node_lease_name,
+};
 
 /// How often the node Lease is renewed while the leader answers heartbeats: one API write per
 /// node per 30 s. The leader reads a node's Lease only once the node has been silent for
@@ -54,9 +57,17 @@ pub enum HeartbeatError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// It answered something other than `200 OK` with `{"leader": bool}`.
+    /// It refused the heartbeat (`401`): the node's heartbeat key is not the one it knows.
+    #[error("the operator at {operator} refused the heartbeat: {reason}")]
+    Refused {
+        /// The operator replica's address.
+        operator: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
+    /// It answered something other than `200 OK` with an answer signed with the node's key.
     #[error(
-        "the operator at {operator} answered the heartbeat with {answer:?}; is it a Shardplane operator of this version?"
+        "the operator at {operator} answered the heartbeat with {answer:?}, not signed with the node's key; is it a Shardplane operator of this version?"
     )]
     BadAnswer {
         /// The operator replica's address.
@@ -92,11 +103,13 @@ impl HeartbeatClient {
     }
 
     /// POSTs `beat` to one operator replica, giving up after `timeout`, and returns whether
-    /// that replica is the leader.
+    /// that replica is the leader — if its answer is signed with `key`, the node's heartbeat
+    /// key (anything else could come from something that is not the operator).
     pub async fn post(
         &self,
         operator: SocketAddr,
-        beat: &Heartbeat,
+        beat: &SignedHeartbeat,
+        key: &[u8],
         timeout: Duration,
     ) -> Result<bool, HeartbeatError> {
         let unreachable = |source| HeartbeatError::Unreachable { operator, source };
@@ -121,11 +134,24 @@ impl HeartbeatClient {
                 .take(120)
                 .collect(),
         };
+        if status == StatusCode::UNAUTHORIZED {
+            let refusal: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+            return Err(HeartbeatError::Refused {
+                operator,
+                reason: refusal["refused"]
+                    .as_str()
+                    .unwrap_or("no reason")
+                    .to_owned(),
+            });
+        }
         if status != StatusCode::OK {
             return Err(bad());
         }
-        let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
-        answer["leader"].as_bool().ok_or_else(bad)
+        let answer: HeartbeatAnswer = serde_json::from_slice(&body).map_err(|_| bad())?;
+        if !beat.answered_by(&answer, key) {
+            return Err(bad());
+        }
+        Ok(answer.leader)
     }
 }
 
@@ -191,8 +217,28 @@ pub struct LivenessReporter {
     operators: Arc<Vec<SocketAddr>>,
     heartbeats: HeartbeatClient,
     beat: Arc<Heartbeat>,
+    key: HeartbeatKey,
+    /// The last heartbeat's sequence number.
+    sequence: Arc<AtomicU64>,
     leases: Api<Lease>,
     proofs: Arc<Mutex<Proofs>>,
+}
+
+/// The node's heartbeat key (`crate::tls::HEARTBEAT_KEY`), once known, shared by whoever
+/// reads it (the agent's certificate keeper) and the reporter that signs with it.
+#[derive(Clone, Default)]
+pub struct HeartbeatKey(Arc<Mutex<Option<Arc<[u8]>>>>);
+
+impl HeartbeatKey {
+    /// Signs with `key` from now on.
+    pub fn set(&self, key: &[u8]) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.into());
+    }
+
+    /// The key, if known.
+    pub fn get(&self) -> Option<Arc<[u8]>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Default)]
@@ -202,15 +248,38 @@ struct Proofs {
 }
 
 impl LivenessReporter {
-    /// A reporter for `beat.node`, whose Lease lives in `leases`' namespace.
-    pub fn new(operators: Vec<SocketAddr>, beat: Heartbeat, leases: Api<Lease>) -> Self {
+    /// A reporter for `beat.node`, signing with `key` (no heartbeat is sent while it is
+    /// unknown), whose Lease lives in `leases`' namespace.
+    pub fn new(
+        operators: Vec<SocketAddr>,
+        beat: Heartbeat,
+        key: HeartbeatKey,
+        leases: Api<Lease>,
+    ) -> Self {
         LivenessReporter {
             operators: Arc::new(operators),
             heartbeats: HeartbeatClient::new(),
             beat: Arc::new(beat),
+            key,
+            sequence: Arc::default(),
             leases,
             proofs: Arc::default(),
         }
+    }
+
+    /// The next sequence number: this clock in milliseconds, or one more than the last if
+    /// the clock did not move on (or went back).
+    fn next_sequence(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let previous = self
+            .sequence
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_default();
+        now.max(previous + 1)
     }
 
     /// When liveness was last proven.
@@ -246,11 +315,17 @@ impl LivenessReporter {
     }
 
     async fn heartbeat_round(&self, timeout: Duration) {
+        let Some(key) = self.key.get() else {
+            tracing::debug!(node = %self.beat.node, "no heartbeat key yet: no heartbeat sent");
+            return;
+        };
         let sent = Instant::now();
+        let signed =
+            SignedHeartbeat::sign(Heartbeat::clone(&self.beat), self.next_sequence(), &key);
         let answers = futures::future::join_all(
             self.operators
                 .iter()
-                .map(|operator| self.heartbeats.post(*operator, &self.beat, timeout)),
+                .map(|operator| self.heartbeats.post(*operator, &signed, &key, timeout)),
         )
         .await;
         let mut leader_answered = false;
@@ -294,7 +369,7 @@ impl LivenessReporter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use axum::Router;
     use axum::http::Version;
@@ -317,8 +392,10 @@ mod tests {
         if let Some(leader) = leader {
             let answer = move |version: Version, body: String| async move {
                 assert_eq!(version, Version::HTTP_11);
-                assert!(body.ends_with(r#""agentEpoch":3}"#), "{body}");
-                axum::Json(json!({ "leader": leader }))
+                let signed: SignedHeartbeat = serde_json::from_str(&body).unwrap();
+                assert_eq!(signed.beat.agent_epoch, 3, "{body}");
+                assert!(signed.signed_with(KEY));
+                axum::Json(signed.answer(leader, KEY))
             };
             app = app.route(HEARTBEAT_PATH, post(answer));
         }
@@ -326,12 +403,15 @@ mod tests {
         (addr, accepted)
     }
 
-    fn beat() -> Heartbeat {
-        Heartbeat {
+    const KEY: &[u8] = b"the heartbeat key of node n1";
+
+    fn beat() -> SignedHeartbeat {
+        let beat = Heartbeat {
             namespace: "ns".into(),
             node: "n1".into(),
             agent_epoch: 3,
-        }
+        };
+        SignedHeartbeat::sign(beat, 1_000, KEY)
     }
 
     #[tokio::test]
@@ -339,12 +419,17 @@ mod tests {
         let second = Duration::from_secs(1);
         let client = HeartbeatClient::new();
         let (leader, _) = answering(Some(true)).await;
-        assert!(client.post(leader, &beat(), second).await.unwrap());
+        assert!(client.post(leader, &beat(), KEY, second).await.unwrap());
         let (follower, _) = answering(Some(false)).await;
-        assert!(!client.post(follower, &beat(), second).await.unwrap());
+        assert!(!client.post(follower, &beat(), KEY, second).await.unwrap());
+        // An answer signed with another key could come from anyone: it proves nothing.
+        assert!(matches!(
+            client.post(leader, &beat(), b"another key", second).await,
+            Err(HeartbeatError::BadAnswer { .. })
+        ));
         let (stranger, _) = answering(None).await;
         assert!(matches!(
-            client.post(stranger, &beat(), second).await,
+            client.post(stranger, &beat(), KEY, second).await,
             Err(HeartbeatError::BadAnswer { .. })
         ));
         let closed = {
@@ -352,7 +437,7 @@ mod tests {
             listener.local_addr().unwrap()
         };
         assert!(matches!(
-            client.post(closed, &beat(), second).await,
+            client.post(closed, &beat(), KEY, second).await,
             Err(HeartbeatError::Unreachable { .. })
         ));
     }
@@ -363,7 +448,7 @@ mod tests {
         let client = HeartbeatClient::new();
         let (leader, accepted) = answering(Some(true)).await;
         for _ in 0..3 {
-            assert!(client.post(leader, &beat(), second).await.unwrap());
+            assert!(client.post(leader, &beat(), KEY, second).await.unwrap());
             // Beats are an interval apart: the answered connection is back in the pool.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use super::context::Context;
 use super::metrics::KindLabels;
 use crate::api::{DatabaseCluster, DatabaseNode, Plan, SchemaVersion, Shard, Table};
+use crate::tls::TLS_SECRET_LABEL;
+use k8s_openapi::api::core::v1::Secret;
 
 /// The caches of every kind the operator reconciles or reads.
 #[derive(Clone)]
@@ -34,11 +36,16 @@ pub struct Caches {
     pub versions: Cache<SchemaVersion>,
     /// Plans.
     pub plans: Cache<Plan>,
+    /// The Secrets the operator writes for the clusters' TLS (labelled
+    /// `crate::tls::TLS_SECRET_LABEL`; no other Secret is read): authorities, node
+    /// certificates, and the nodes' heartbeat keys every replica checks heartbeats with.
+    pub tls_secrets: Store<Secret>,
 }
 
 impl Caches {
     /// Starts every cache and returns once each holds its first list.
     pub async fn start(ctx: &Context) -> Self {
+        let tls_secrets = watch_tls_secrets(ctx);
         let (clusters, nodes, tables, shards, versions, plans) = tokio::join!(
             Cache::start(ctx, "DatabaseCluster"),
             Cache::start(ctx, "DatabaseNode"),
@@ -47,6 +54,9 @@ impl Caches {
             Cache::start(ctx, "SchemaVersion"),
             Cache::start(ctx, "Plan"),
         );
+        if tls_secrets.wait_until_ready().await.is_err() {
+            tracing::warn!("the TLS Secrets' watch stopped before its first list");
+        }
         Caches {
             clusters,
             nodes,
@@ -54,8 +64,26 @@ impl Caches {
             shards,
             versions,
             plans,
+            tls_secrets,
         }
     }
+}
+
+/// A watch-fed store of the Secrets labelled [`TLS_SECRET_LABEL`], for the life of the
+/// process.
+fn watch_tls_secrets(ctx: &Context) -> Store<Secret> {
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default().labels(TLS_SECRET_LABEL);
+    let stream = watcher(ctx.watched::<Secret>(), config)
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(stream.for_each(|event| {
+        if let Err(error) = event {
+            tracing::debug!(%error, "the TLS Secrets' watch failed; it is retried");
+        }
+        ready(())
+    }));
+    store
 }
 
 /// What about an object needs a decision when it changes: a hash of it (kube's predicate), or

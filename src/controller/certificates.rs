@@ -13,22 +13,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
 use super::caches::Caches;
 use super::context::Context;
 use crate::api::{DatabaseCluster, DatabaseNode};
 use crate::tls::{
-    AUTHORITY_KEY, Authority, CERTIFICATE_KEY, NodeIdentity, PRIVATE_KEY_KEY, TLS_SECRET_LABEL,
-    authority_generated, authority_secret_name, certificate_duration, node_secret_name,
-    renewal_due,
+    AUTHORITY_KEY, Authority, CERTIFICATE_KEY, HEARTBEAT_KEY, NodeIdentity, PRIVATE_KEY_KEY,
+    TLS_SECRET_LABEL, authority_generated, authority_secret_name, certificate_duration,
+    new_heartbeat_key, node_secret_name, renewal_due,
 };
 
 /// How often every node's certificate is looked at.
@@ -39,10 +37,7 @@ const SUPPLIED_AUTHORITY_TTL: Duration = Duration::from_secs(30);
 
 /// Issues and renews certificates while this replica leads.
 pub async fn run(ctx: Arc<Context>, caches: Caches) {
-    let secrets = watch_tls_secrets(&ctx);
-    if secrets.wait_until_ready().await.is_err() {
-        tracing::warn!("the TLS Secrets' watch stopped before its first list");
-    }
+    let secrets = caches.tls_secrets.clone();
     let mut authorities = Authorities::default();
     loop {
         for cluster in caches.clusters.state() {
@@ -60,26 +55,6 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
         }
         tokio::time::sleep(PERIOD).await;
     }
-}
-
-/// A cache of the Secrets the operator wrote for TLS (and only those: the label selects
-/// them, so no other Secret is read).
-fn watch_tls_secrets(ctx: &Context) -> Store<Secret> {
-    let (store, writer) = reflector::store();
-    let config = watcher::Config::default().labels(TLS_SECRET_LABEL);
-    let stream = watcher(ctx.watched::<Secret>(), config)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::debug!(%error, "the TLS Secrets' watch failed; it is retried");
-            }
-        }
-    });
-    store
 }
 
 /// Each cluster's authority, read once per version of its Secret.
@@ -223,14 +198,30 @@ async fn certify(
             .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
     };
     let now = SystemTime::now();
-    let Some(reason) = renewal_due(
+    let heartbeat_key = data(HEARTBEAT_KEY);
+    let renewal = renewal_due(
         data(CERTIFICATE_KEY).as_deref(),
         data(AUTHORITY_KEY).as_deref(),
         authority.certificate_pem(),
         &node.spec.address,
         now,
-    ) else {
-        return;
+    );
+    let reason = match (renewal, &heartbeat_key) {
+        (Some(renewal), _) => format!("{renewal:?}"),
+        (None, None) => "no heartbeat key".to_owned(),
+        (None, Some(_)) => return,
+    };
+    // The heartbeat key outlives certificates: a renewal must not make the node's
+    // heartbeats count as forged until its agent has read the Secret again.
+    let heartbeat_key = match heartbeat_key {
+        Some(key) => key,
+        None => match new_heartbeat_key() {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(%error, "cannot make a heartbeat key");
+                return;
+            }
+        },
     };
     let identity = NodeIdentity {
         namespace: namespace.clone(),
@@ -249,13 +240,17 @@ async fn certify(
             return;
         }
     };
-    let secret = tls_secret(
+    let mut secret = tls_secret(
         &name,
         &cluster.name_any(),
         owner(node),
         &issued.certificate_pem,
         &issued.key_pem,
         &issued.authority_pem,
+    );
+    secret.data.get_or_insert_default().insert(
+        HEARTBEAT_KEY.to_owned(),
+        ByteString(heartbeat_key.into_bytes()),
     );
     if ctx.leader.ensure().is_err() {
         return;
@@ -273,7 +268,7 @@ async fn certify(
     };
     match written {
         Ok(()) => {
-            tracing::info!(%namespace, node = %node.name_any(), secret = %name, ?reason, "issued the node's certificate");
+            tracing::info!(%namespace, node = %node.name_any(), secret = %name, %reason, "issued the node's certificate");
         }
         Err(error) => {
             tracing::warn!(%error, %namespace, node = %node.name_any(), secret = %name, "cannot store the node's certificate (a Secret of that name that is not the operator's is left alone)");

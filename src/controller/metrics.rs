@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::heartbeats::Refusal;
 use crate::api::plan::{PlanPurpose, PlanSpec, TargetKind};
 use crate::decide::ClusterView;
 
@@ -49,6 +50,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels naming why a heartbeat was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `no_key`, `bad_signature`, `replayed` or `stale`.
+    pub reason: &'static str,
+}
+
 /// Labels naming a plan's purpose.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PurposeLabels {
@@ -67,6 +75,8 @@ pub struct Metrics {
     pub plan_steps: Family<StepLabels, Counter>,
     /// Failover plans started.
     pub failovers: Counter,
+    /// Heartbeats refused, by reason (forged, replayed, or from a node without a key yet).
+    pub heartbeats_refused: Family<RefusalLabels, Counter>,
     /// Silence of a node when it was declared dead, in seconds.
     pub detection_seconds: Histogram,
     /// 1 while this replica leads.
@@ -107,6 +117,21 @@ struct PlanClock {
 /// a plan deleted before it ends is never heard of again.
 const MAX_PLAN_CLOCKS: usize = 10_000;
 
+impl Metrics {
+    /// Counts a refused heartbeat.
+    pub fn heartbeat_refused(&self, refusal: Refusal) {
+        let reason = match refusal {
+            Refusal::NoKey => "no_key",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Replayed => "replayed",
+            Refusal::Stale => "stale",
+        };
+        self.heartbeats_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("shardplane");
@@ -116,6 +141,7 @@ impl Default for Metrics {
         });
         let plan_steps = Family::<StepLabels, Counter>::default();
         let failovers = Counter::default();
+        let heartbeats_refused = Family::<RefusalLabels, Counter>::default();
         let detection_seconds = Histogram::new(exponential_buckets(0.25, 1.5, 12));
         let leader = Gauge::default();
         let cache_lists = Family::<KindLabels, Counter>::default();
@@ -160,6 +186,11 @@ impl Default for Metrics {
         );
         registry.register("failovers", "Failover plans started", failovers.clone());
         registry.register(
+            "heartbeats_refused",
+            "Heartbeats refused, by reason: no key known for the node, a signature not the node's, a sequence number used before, a clock too far off",
+            heartbeats_refused.clone(),
+        );
+        registry.register(
             "node_failure_detection_seconds",
             "Silence of a node when it was declared dead",
             detection_seconds.clone(),
@@ -185,6 +216,7 @@ impl Default for Metrics {
             reconcile_seconds,
             plan_steps,
             failovers,
+            heartbeats_refused,
             detection_seconds,
             leader,
             cache_lists,

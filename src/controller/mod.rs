@@ -88,6 +88,7 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), OperatorE
     // Started before the campaign and kept across leadership terms: a standby takes over on
     // warm caches, and a lost term does not list every object again.
     let caches = Caches::start(&ctx).await;
+    ctx.liveness.use_keys(caches.tls_secrets.clone());
     tracing::info!("watch caches filled");
     let mut leadership = leader::campaign(client, ctx.clone()).await?;
     loop {

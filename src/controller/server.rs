@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::context::Context;
-use crate::protocol::{HEARTBEAT_PATH, Heartbeat};
+use super::context::{Context, now_ms};
+use crate::protocol::{HEARTBEAT_PATH, SignedHeartbeat};
 
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Context>) {
@@ -47,11 +47,25 @@ async fn ready(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     )
 }
 
+/// Records a genuine heartbeat and answers it, signed with the node's key; refuses anything
+/// else with `401 Unauthorized` and the reason, recording nothing.
 async fn heartbeat(
     State(ctx): State<Arc<Context>>,
-    Json(beat): Json<Heartbeat>,
-) -> impl IntoResponse {
-    ctx.liveness.record(&beat);
-    let leading = ctx.leader.ensure().is_ok();
-    Json(json!({"leader": leading}))
+    Json(signed): Json<SignedHeartbeat>,
+) -> axum::response::Response {
+    match ctx.liveness.record(&signed, now_ms()) {
+        Ok(key) => {
+            let leading = ctx.leader.ensure().is_ok();
+            Json(signed.answer(leading, &key)).into_response()
+        }
+        Err(refusal) => {
+            ctx.metrics.heartbeat_refused(refusal);
+            tracing::debug!(namespace = %signed.beat.namespace, node = %signed.beat.node, %refusal, "heartbeat refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"refused": refusal.to_string()})),
+            )
+                .into_response()
+        }
+    }
 }

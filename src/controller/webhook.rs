@@ -7,33 +7,27 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::server::TlsStream;
 
 use crate::api::Table;
 use crate::schema::{self, ChangeClass, Diff};
+use crate::tls::TlsListener;
 
 use super::config::WebhookServing;
 use crate::decide::schema::shape;
 
 /// The path the API server posts Table admission reviews to.
 pub const TABLE_WEBHOOK_PATH: &str = "/validate/tables";
-
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the webhook cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -95,80 +89,10 @@ pub async fn bind(serving: &WebhookServing) -> Result<TcpListener, WebhookError>
 /// Serves admission reviews on `listener` over TLS until the task is aborted.
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>) {
     let app = Router::new().route(TABLE_WEBHOOK_PATH, post(review_table));
-    let listener = TlsListener::new(listener, TlsAcceptor::from(tls));
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = TlsListener::new(listener, "admission webhook", move || acceptor.clone());
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "the admission webhook server stopped");
-    }
-}
-
-/// TLS connections, handshaken concurrently so a slow client delays nobody else.
-struct TlsListener {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: std::io::Result<SocketAddr>,
-    acceptor: JoinHandle<()>,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, tls: TlsAcceptor) -> Self {
-        let local = listener.local_addr();
-        let (send, accepted) = mpsc::channel(64);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "admission webhook: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (tls, send) = (tls.clone(), send.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = send.send((stream, peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "admission webhook: TLS handshake failed")
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "admission webhook: TLS handshake timed out")
-                        }
-                    }
-                });
-            }
-        });
-        TlsListener {
-            accepted,
-            local,
-            acceptor,
-        }
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(connection) => connection,
-            // The acceptor only stops when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        match &self.local {
-            Ok(addr) => Ok(*addr),
-            Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
-        }
     }
 }
 

@@ -10,5 +10,7 @@ mod liveness;
 mod names;
 
 pub use endpoint::{Endpoint, EndpointError};
-pub use liveness::{HEARTBEAT_PATH, Heartbeat, OPERATOR_LEASE, node_lease_name};
+pub use liveness::{
+    HEARTBEAT_PATH, Heartbeat, HeartbeatAnswer, OPERATOR_LEASE, SignedHeartbeat, node_lease_name,
+};
 pub use names::*;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
@@ -22,10 +23,11 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::agent::protocol::{LivenessReporter, report_replica};
+use crate::agent::protocol::{HeartbeatKey, LivenessReporter, report_replica};
 use crate::api::Shard;
 use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use crate::protocol::Heartbeat;
+use crate::tls::{HEARTBEAT_KEY, node_secret_name};
 
 /// How often every watched shard is compared with what the fleet's live nodes should report,
 /// besides at every change the watch brings, when a lagging replica's delay is up and when a
@@ -92,6 +94,9 @@ pub struct Fleet {
 struct Shared {
     shards: Api<Shard>,
     leases: Api<Lease>,
+    /// Where each node's heartbeat key is (its certificate Secret, which the operator
+    /// issues to simulated nodes as to real ones).
+    secrets: Api<Secret>,
     namespace: String,
     operators: Vec<SocketAddr>,
     config: FleetConfig,
@@ -148,7 +153,8 @@ impl Fleet {
         let (due, due_shards) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             shards: Api::namespaced(client.clone(), namespace),
-            leases: Api::namespaced(client, namespace),
+            leases: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
             operators,
             permits: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
@@ -226,6 +232,19 @@ impl Drop for Fleet {
     }
 }
 
+/// `node`'s heartbeat key, once the operator issued its certificate Secret (read again every
+/// second until then).
+async fn heartbeat_key(secrets: &Api<Secret>, node: &str) -> Vec<u8> {
+    loop {
+        if let Ok(Some(secret)) = secrets.get_opt(&node_secret_name(node)).await
+            && let Some(key) = secret.data.and_then(|mut data| data.remove(HEARTBEAT_KEY))
+        {
+            return key.0;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 impl Shared {
     /// Starts `node`'s liveness after `offset`, at the next agent epoch; a node already live
     /// is left as it is.
@@ -245,10 +264,18 @@ impl Shared {
             node: node.to_owned(),
             agent_epoch,
         };
-        let reporter = LivenessReporter::new(self.operators.clone(), beat, self.leases.clone());
+        let key = HeartbeatKey::default();
+        let reporter = LivenessReporter::new(
+            self.operators.clone(),
+            beat,
+            key.clone(),
+            self.leases.clone(),
+        );
         let interval = self.config.heartbeat_interval;
+        let (secrets, name) = (self.secrets.clone(), node.to_owned());
         let liveness = tokio::spawn(async move {
             tokio::time::sleep(offset).await;
+            key.set(&heartbeat_key(&secrets, &name).await);
             reporter.run(|| interval).await;
         });
         live.insert(node.to_owned(), LiveNode { liveness });

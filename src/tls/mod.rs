@@ -18,12 +18,17 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 
 use crate::api::DatabaseCluster;
+
+mod listener;
+
+pub use listener::TlsListener;
 
 /// The key of a TLS Secret holding the certificate (`kubernetes.io/tls`).
 pub const CERTIFICATE_KEY: &str = "tls.crt";
@@ -31,6 +36,18 @@ pub const CERTIFICATE_KEY: &str = "tls.crt";
 pub const PRIVATE_KEY_KEY: &str = "tls.key";
 /// The key of a TLS Secret holding the certificate of the authority that signed it.
 pub const AUTHORITY_KEY: &str = "ca.crt";
+/// The key of a node's certificate Secret holding its heartbeat key (64 hexadecimal
+/// digits): what the node's heartbeats and the operator's answers are signed with
+/// (`crate::protocol::SignedHeartbeat`). Kept across renewals of the certificate.
+pub const HEARTBEAT_KEY: &str = "heartbeat.key";
+
+/// A new heartbeat key: 32 random bytes, hexadecimal.
+pub fn new_heartbeat_key() -> Result<String, TlsError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| TlsError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The label on every Secret the operator writes for a cluster's TLS (its value: the
 /// cluster's name), by which it watches them.
 pub const TLS_SECRET_LABEL: &str = "shardplane.io/tls-of-cluster";
@@ -98,6 +115,9 @@ pub enum TlsError {
         /// What went wrong.
         detail: String,
     },
+    /// The system's random numbers could not be read.
+    #[error("reading random bytes: {0}")]
+    Random(String),
     /// A TLS configuration could not be built.
     #[error("building a TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -345,6 +365,15 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
 /// A TLS client configuration that trusts only the authority (or authorities) in
 /// `authority_pem` and checks the server's name (PostgreSQL's `sslmode=verify-full`).
 pub fn client_config(authority_pem: &str) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(authority_pem)?)
+        .with_no_client_auth())
+}
+
+/// The authority (or authorities) in `authority_pem`, as trust roots.
+fn roots(authority_pem: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(authority_pem.as_bytes()) {
         let certificate = certificate.map_err(|e| TlsError::Pem {
@@ -359,11 +388,83 @@ pub fn client_config(authority_pem: &str) -> Result<ClientConfig, TlsError> {
             detail: "no certificate".into(),
         });
     }
+    Ok(roots)
+}
+
+/// The TLS server configuration of a node's endpoint between nodes (the failsafe): it serves
+/// the node's certificate and admits only clients presenting a certificate `authority_pem`
+/// signed — another node of the cluster ([`identity_of`] says which).
+pub fn node_server_config(
+    certificate_pem: &str,
+    key_pem: &str,
+    authority_pem: &str,
+) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(authority_pem)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let (chain, key) = certificate_and_key(certificate_pem, key_pem)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The TLS client configuration of a node asking another node: it checks the server against
+/// `authority_pem` and its name, and presents the node's certificate.
+pub fn node_client_config(
+    certificate_pem: &str,
+    key_pem: &str,
+    authority_pem: &str,
+) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = certificate_and_key(certificate_pem, key_pem)?;
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots(authority_pem)?)
+        .with_client_auth_cert(chain, key)?)
+}
+
+/// The node a certificate was issued to, from its `shardplane://<namespace>/<cluster>/<node>`
+/// name; `None` for a certificate without one.
+pub fn identity_of(certificate_der: &[u8]) -> Option<NodeIdentity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate_der).ok()?;
+    let names = parsed.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| {
+        let GeneralName::URI(uri) = name else {
+            return None;
+        };
+        let mut parts = uri.strip_prefix("shardplane://")?.split('/');
+        let identity = NodeIdentity {
+            namespace: parts.next()?.to_owned(),
+            cluster: parts.next()?.to_owned(),
+            node: parts.next()?.to_owned(),
+        };
+        parts.next().is_none().then_some(identity)
+    })
+}
+
+fn certificate_and_key(
+    certificate_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let bad = |detail: String| TlsError::Pem {
+        what: "the node's certificate",
+        detail,
+    };
+    let chain = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    Ok((chain, key))
 }
 
 /// A connector for `tokio_postgres` sessions that verify the server against `authority_pem`
@@ -515,6 +616,36 @@ mod tests {
         assert_eq!(
             renewal_due(Some("garbage"), Some(ca), ca, "10.0.0.1", issued_at),
             Some(Renewal::Unreadable)
+        );
+    }
+
+    #[test]
+    fn a_certificates_identity_is_read_back_from_its_uri() {
+        let now = SystemTime::now();
+        let authority = Authority::generate("prod", "orders", now).unwrap();
+        let issued = authority
+            .issue(&identity("n7"), "10.0.0.7", now, DAY)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes()).unwrap();
+        assert_eq!(identity_of(&der), Some(identity("n7")));
+        let ca_der =
+            CertificateDer::from_pem_slice(authority.certificate_pem().as_bytes()).unwrap();
+        assert_eq!(identity_of(&ca_der), None);
+        assert!(
+            node_server_config(
+                &issued.certificate_pem,
+                &issued.key_pem,
+                &issued.authority_pem
+            )
+            .is_ok()
+        );
+        assert!(
+            node_client_config(
+                &issued.certificate_pem,
+                &issued.key_pem,
+                &issued.authority_pem
+            )
+            .is_ok()
         );
     }
 
