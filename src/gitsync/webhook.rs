@@ -8,15 +8,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use hmac::{Hmac, Mac};
 use kube::Client;
 use kube::api::Api;
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::Target;
 use super::source::secret_data;
 use crate::api::GitSync;
+use crate::protocol::mac::{sign_hex, verify_hex};
 
 /// The header carrying the signature, as GitHub, Gitea and Forgejo send it.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -91,40 +90,14 @@ async fn receive(
 
 /// `sha256=<hex>`: the signature header value for `body` under `key` (as a forge sends it).
 pub fn sign(key: &[u8], body: &[u8]) -> String {
-    let Some(mut mac) = mac(key) else {
-        return String::new();
-    };
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", sign_hex(key, body))
 }
 
 /// Whether `header` is `sha256=<hex>` of `body` under `key`, compared in constant time.
 pub fn verify(key: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(expected) = header.strip_prefix("sha256=").and_then(decode_hex) else {
-        return false;
-    };
-    let Some(mut mac) = mac(key) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
-}
-
-/// HMAC-SHA256 keyed with `key`; HMAC takes keys of any length, so this is always `Some`.
-fn mac(key: &[u8]) -> Option<Hmac<Sha256>> {
-    <Hmac<Sha256> as Mac>::new_from_slice(key).ok()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    header
+        .strip_prefix("sha256=")
+        .is_some_and(|signature| verify_hex(key, body, signature))
 }
 
 #[cfg(test)]

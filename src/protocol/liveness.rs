@@ -7,9 +7,9 @@
 //! the operator accepts only once, only in order, and only near its own clock, so a captured
 //! heartbeat cannot be played again to keep a dead node alive.
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+
+use super::mac::{sign_hex, verify_hex};
 
 /// The HTTP path agents post heartbeats to.
 pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
@@ -60,7 +60,7 @@ pub struct HeartbeatAnswer {
 impl SignedHeartbeat {
     /// `beat` with `sequence`, signed with `key`.
     pub fn sign(beat: Heartbeat, sequence: u64, key: &[u8]) -> Self {
-        let mac = hex(&sign(key, &message("heartbeat", &beat, sequence, None)));
+        let mac = sign(key, &message("heartbeat", &beat, sequence, None));
         SignedHeartbeat {
             beat,
             sequence,
@@ -82,7 +82,7 @@ impl SignedHeartbeat {
         let message = message("answer", &self.beat, self.sequence, Some(leader));
         HeartbeatAnswer {
             leader,
-            mac: hex(&sign(key, &message)),
+            mac: sign(key, &message),
         }
     }
 
@@ -96,13 +96,6 @@ impl SignedHeartbeat {
     }
 }
 
-/// The MAC of `message` with `key` (empty for an empty key, which verifies nothing).
-fn sign(key: &[u8], message: &str) -> Vec<u8> {
-    mac(key)
-        .map(|m| m.chain_update(message).finalize().into_bytes().to_vec())
-        .unwrap_or_default()
-}
-
 /// What is signed: the kind, then every field, one per line (no field holds a newline: names
 /// are DNS labels).
 fn message(kind: &str, beat: &Heartbeat, sequence: u64, leader: Option<bool>) -> String {
@@ -113,31 +106,17 @@ fn message(kind: &str, beat: &Heartbeat, sequence: u64, leader: Option<bool>) ->
     )
 }
 
-fn mac(key: &[u8]) -> Option<Hmac<Sha256>> {
-    (!key.is_empty())
-        .then(|| <Hmac<Sha256> as Mac>::new_from_slice(key).ok())
-        .flatten()
-}
-
-fn verify(key: &[u8], message: &str, mac_hex: &str) -> bool {
-    let (Some(mac), Some(expected)) = (mac(key), unhex(mac_hex)) else {
-        return false;
-    };
-    mac.chain_update(message).verify_slice(&expected).is_ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
+/// The signature of `message` with `key`; nothing for an empty key, which signs nothing.
+fn sign(key: &[u8], message: &str) -> String {
+    if key.is_empty() {
+        return String::new();
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    sign_hex(key, message.as_bytes())
+}
+
+/// Whether `signature` is `message`'s with `key` (never for an empty key).
+fn verify(key: &[u8], message: &str, signature: &str) -> bool {
+    !key.is_empty() && verify_hex(key, message.as_bytes(), signature)
 }
 
 #[cfg(test)]

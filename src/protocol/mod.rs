@@ -7,6 +7,7 @@
 
 mod endpoint;
 mod liveness;
+pub mod mac;
 mod names;
 
 pub use endpoint::{Endpoint, EndpointError};

@@ -748,16 +748,9 @@ pub fn secondaries(shard: &Shard) -> Vec<ObservedReplica> {
 
 /// A superuser session on the instance at `endpoint` (`host:port`).
 pub async fn connect(endpoint: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let endpoint = Endpoint::parse(endpoint).unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&endpoint.host)
-        .port(endpoint.port)
-        .user("postgres")
-        .password(SUPERUSER_PASSWORD)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(2));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, connection) = superuser_config(endpoint)
+        .connect(tokio_postgres::NoTls)
+        .await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -770,6 +763,18 @@ pub async fn connect_tls(
     endpoint: &str,
     authority: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let connector = shardplane::tls::postgres_connector(authority).unwrap();
+    let (client, connection) = superuser_config(endpoint)
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect(connector)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn superuser_config(endpoint: &str) -> tokio_postgres::Config {
     let endpoint = Endpoint::parse(endpoint).unwrap();
     let mut config = tokio_postgres::Config::new();
     config
@@ -778,14 +783,8 @@ pub async fn connect_tls(
         .user("postgres")
         .password(SUPERUSER_PASSWORD)
         .dbname("postgres")
-        .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(2));
-    let connector = shardplane::tls::postgres_connector(authority).unwrap();
-    let (client, connection) = config.connect(connector).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    config
 }
 
 /// The certificate of the cluster `main`'s authority (PEM), once the operator made it.
