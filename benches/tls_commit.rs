@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use shardplane::agent::postgres::{
-    Credentials, Instance, InstanceSettings, InstanceSpec, PeerTls, ServerTls, SyncQuorum,
-    Toolchain, free_loopback_port,
+    Credentials, Instance, InstanceSettings, InstanceSpec, NodeTlsPem, PeerTls, ServerTls,
+    SyncQuorum, Toolchain, free_loopback_port,
 };
 use shardplane::tls::{Authority, NodeIdentity};
 use tempfile::TempDir;
@@ -56,14 +56,18 @@ impl Sandbox {
         }
     }
 
-    /// A primary and a synchronous standby, with TLS when `tls` names the node's files (and
-    /// `authority` is their authority).
-    async fn replica_set(&self, name: &'static str, tls: Option<(&ServerTls, &str)>) -> ReplicaSet {
+    /// A primary and a synchronous standby, with TLS when `tls` names the node's files and
+    /// their contents.
+    async fn replica_set(
+        &self,
+        name: &'static str,
+        tls: Option<(&ServerTls, &NodeTlsPem<'_>)>,
+    ) -> ReplicaSet {
         let credentials = match tls {
-            Some((files, authority)) => self
+            Some((files, node)) => self
                 .credentials
                 .clone()
-                .with_tls(PeerTls::new(files.clone(), authority).unwrap()),
+                .with_tls(PeerTls::new(files.clone(), node).unwrap()),
             None => self.credentials.clone(),
         };
         let files = tls.map(|(files, _)| files);
@@ -88,7 +92,7 @@ impl Sandbox {
             .await
             .unwrap();
         let client = self
-            .client(&primary, tls.map(|(_, authority)| authority))
+            .client(&primary, tls.map(|(_, node)| node.authority))
             .await;
         client
             .batch_execute("CREATE TABLE commits (id int8 PRIMARY KEY, note text)")
@@ -223,9 +227,12 @@ fn main() -> ExitCode {
         .unwrap();
     runtime.block_on(async {
         let plain = sandbox.replica_set("plain", None).await;
-        let tls = sandbox
-            .replica_set("tls", Some((&files, &issued.authority_pem)))
-            .await;
+        let node = NodeTlsPem {
+            certificate: &issued.certificate_pem,
+            key: &issued.key_pem,
+            authority: &issued.authority_pem,
+        };
+        let tls = sandbox.replica_set("tls", Some((&files, &node))).await;
         let (plain_standby, plain_client) = uses_tls(&plain).await;
         let (tls_standby, tls_client) = uses_tls(&tls).await;
         println!(

@@ -477,6 +477,33 @@ fn refusals() -> Vec<Refusal> {
             &["spec.network.clientNetworks[1]", "CIDR notation"],
         ),
         refuse(
+            "node certificates shorter-lived than an hour",
+            named(
+                with(
+                    cluster(),
+                    "/spec/tls",
+                    json!({"certificateDurationSeconds": 60}),
+                ),
+                "short-certificates",
+            ),
+            &[
+                "spec.tls.certificateDurationSeconds",
+                "greater than or equal to 3600",
+            ],
+        ),
+        refuse(
+            "the served certificate replaced through a parameter",
+            named(
+                with(
+                    cluster(),
+                    "/spec/postgresParameters",
+                    json!({"ssl_cert_file": "/tmp/mine.crt"}),
+                ),
+                "own-certificate",
+            ),
+            &["spec.postgresParameters", "manages itself", "ssl_cert_file"],
+        ),
+        refuse(
             "a node address that is not one host",
             named(
                 with(node(), "/spec/address", json!("10.0.0.7 trust")),

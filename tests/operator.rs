@@ -438,6 +438,141 @@ async fn a_dead_node_fails_over_with_bumped_epochs() {
     operator.abort();
 }
 
+/// The TLS Secret `name` of the test's namespace, as text by key; `None` while it does not
+/// exist.
+async fn tls_secret(
+    env: &TestEnv,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let secret = env
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, String::from_utf8(value.0).unwrap()))
+            .collect(),
+    )
+}
+
+/// Whether `certificate_pem` was signed by the authority `authority_pem`.
+fn signed_by(certificate_pem: &str, authority_pem: &str) -> bool {
+    let der = |pem: &str| {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        pem.contents
+    };
+    let (certificate, authority) = (der(certificate_pem), der(authority_pem));
+    let (_, certificate) = x509_parser::parse_x509_certificate(&certificate).unwrap();
+    let (_, authority) = x509_parser::parse_x509_certificate(&authority).unwrap();
+    certificate
+        .verify_signature(Some(authority.public_key()))
+        .is_ok()
+}
+
+/// The operator generates the cluster's authority and a certificate for every node; when
+/// the cluster is pointed at an authority the user supplies (as cert-manager would keep
+/// one), every node's certificate is issued again by it, each node keeps its heartbeat key,
+/// and so the nodes' heartbeats keep counting: no node leaves Online, no failover.
+#[tokio::test]
+async fn a_supplied_authority_reissues_every_node_certificate_and_heartbeats_keep_counting() {
+    let env = env_with_crds().await;
+    create_cluster_and_nodes(&env, "Automatic").await;
+    let (operator, addr) = start_operator(&env, "op-a");
+    let _agents = start_agents(&env, vec![addr]);
+    let nodes: Api<DatabaseNode> = env.api();
+    let all_online = || async {
+        nodes.list(&Default::default()).await.is_ok_and(|list| {
+            list.items.len() == NODES.len()
+                && list
+                    .items
+                    .iter()
+                    .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), all_online).await,
+        "the nodes never all came Online (their heartbeats need their keys)"
+    );
+    let generated = tls_secret(&env, "main-ca")
+        .await
+        .expect("a generated authority");
+    let mut keys = std::collections::BTreeMap::new();
+    for (node, _, _) in NODES {
+        let issued = tls_secret(&env, &format!("{node}-tls")).await.unwrap();
+        assert_eq!(issued["ca.crt"], generated["tls.crt"]);
+        assert!(signed_by(&issued["tls.crt"], &generated["tls.crt"]));
+        keys.insert(node, issued["heartbeat.key"].clone());
+    }
+
+    let now = SystemTime::now();
+    let supplied = shardplane::tls::Authority::generate("users", "their-ca", now).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "company-ca"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": supplied.certificate_pem(), "tls.key": supplied.key_pem()},
+    }))
+    .unwrap();
+    env.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    env.api::<DatabaseCluster>()
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tls": {"caSecret": "company-ca"}}})),
+        )
+        .await
+        .unwrap();
+    let reissued = eventually(Duration::from_secs(60), || async {
+        let mut all = true;
+        for (node, _, _) in NODES {
+            let issued = tls_secret(&env, &format!("{node}-tls")).await.unwrap();
+            all &= issued["ca.crt"].trim() == supplied.certificate_pem().trim()
+                && signed_by(&issued["tls.crt"], supplied.certificate_pem());
+        }
+        all
+    })
+    .await;
+    assert!(
+        reissued,
+        "the nodes' certificates were not issued again by the supplied authority"
+    );
+    for (node, _, _) in NODES {
+        let issued = tls_secret(&env, &format!("{node}-tls")).await.unwrap();
+        assert_eq!(
+            issued["heartbeat.key"], keys[node],
+            "{node}'s heartbeat key changed"
+        );
+        assert!(!issued["tls.crt"].contains("PRIVATE KEY"));
+    }
+    // The supplied Secret is only read, never written.
+    let kept = tls_secret(&env, "company-ca").await.unwrap();
+    assert_eq!(kept["tls.key"], supplied.key_pem());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        all_online().await,
+        "a node left Online while its certificate was replaced"
+    );
+    let plans: Api<Plan> = env.api();
+    assert!(
+        !plans
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|p| p.spec.purpose == PlanPurpose::Failover),
+        "a failover happened while the certificates were replaced"
+    );
+    operator.abort();
+}
+
 #[tokio::test]
 async fn a_new_table_is_placed_while_a_failover_waits_to_replace_a_dead_nodes_replicas() {
     let env = env_with_crds().await;

@@ -36,23 +36,48 @@ use harness::{DataPlane, Ledger, NODES, TABLE, cluster_authority, connect_tls, k
 const SHARDS: usize = 2;
 /// The cluster's `deadAfterMs` (`declare_cluster_with`).
 const DEAD_AFTER: Duration = Duration::from_millis(1200);
-/// Runs `psql` (from `host`, or from the gateway) with a replication session to `endpoint`:
-/// over TLS checked against the authority in `authority_file` (`verify-full`), or without
-/// TLS when `None`.
+/// How a test's replication session uses TLS.
+enum Ssl<'a> {
+    /// Not at all.
+    Off,
+    /// `verify-full` against the authority in `authority`, presenting the certificate and key
+    /// in `identity` if given.
+    VerifyFull {
+        authority: &'a Path,
+        identity: Option<(&'a Path, &'a Path)>,
+    },
+}
+
+/// Runs `psql` (from `host`, or from the gateway) with a replication session to `endpoint`.
 fn replication_session(
     network: &TestNetwork,
     host: Option<&str>,
     endpoint: &str,
-    authority_file: Option<&Path>,
+    ssl: Ssl<'_>,
 ) -> Output {
     let (address, port) = endpoint.rsplit_once(':').unwrap();
     let mut command = match host {
         Some(host) => network.command(host, "psql"),
         None => std::process::Command::new("psql"),
     };
-    let ssl = match authority_file {
-        Some(file) => format!("sslmode=verify-full sslrootcert={}", file.display()),
-        None => "sslmode=disable".to_owned(),
+    let ssl = match ssl {
+        Ssl::Off => "sslmode=disable".to_owned(),
+        Ssl::VerifyFull {
+            authority,
+            identity,
+        } => {
+            let identity = identity.map_or(String::new(), |(certificate, key)| {
+                format!(
+                    " sslcert={} sslkey={}",
+                    certificate.display(),
+                    key.display()
+                )
+            });
+            format!(
+                "sslmode=verify-full sslrootcert={}{identity}",
+                authority.display()
+            )
+        }
     };
     command
         .arg(format!(
@@ -200,7 +225,29 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
         endpoint.starts_with(&plane.network().address(&primary).to_string()),
         "the primary's endpoint {endpoint} is not its host's address"
     );
-    let refused = replication_session(plane.network(), None, &endpoint, Some(&authority_file));
+    // A node's own certificate and key, as its agent installed them, for sessions from its host.
+    let other = NODES.iter().map(|n| n.0).find(|n| *n != primary).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(plane.client.clone(), &plane.namespace);
+    let other_tls = secrets
+        .get(&format!("{other}-tls"))
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let text = |key: &str| String::from_utf8(other_tls[key].0.clone()).unwrap();
+    let (certificate, key) = (text("tls.crt"), text("tls.key"));
+    let certificate_file = pem_file(files.path(), "node.crt", &certificate);
+    let key_file = pem_file(files.path(), "node.key", &key);
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let as_node = |authority| Ssl::VerifyFull {
+        authority,
+        identity: Some((certificate_file.as_path(), key_file.as_path())),
+    };
+    let refused = replication_session(plane.network(), None, &endpoint, as_node(&authority_file));
     let words = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success()
@@ -209,26 +256,43 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
             )),
         "a replication session from the gateway: {words}"
     );
-    let other = NODES.iter().map(|n| n.0).find(|n| *n != primary).unwrap();
     let admitted = replication_session(
         plane.network(),
         Some(other),
         &endpoint,
-        Some(&authority_file),
+        as_node(&authority_file),
     );
     assert!(
         admitted.status.success(),
-        "a replication session over TLS from {other}'s host: {}",
+        "a replication session over TLS with {other}'s certificate from its host: {}",
         String::from_utf8_lossy(&admitted.stderr)
     );
-    let plain = replication_session(plane.network(), Some(other), &endpoint, None);
+    let password_only = replication_session(
+        plane.network(),
+        Some(other),
+        &endpoint,
+        Ssl::VerifyFull {
+            authority: &authority_file,
+            identity: None,
+        },
+    );
+    let words = String::from_utf8_lossy(&password_only.stderr);
+    assert!(
+        !password_only.status.success() && words.contains("certificate"),
+        "a replication session over TLS with the password but no node certificate: {words}"
+    );
+    let plain = replication_session(plane.network(), Some(other), &endpoint, Ssl::Off);
     let words = String::from_utf8_lossy(&plain.stderr);
     assert!(
         !plain.status.success() && words.contains("no encryption"),
         "a replication session without TLS from {other}'s host: {words}"
     );
-    let impostor =
-        replication_session(plane.network(), Some(other), &endpoint, Some(&foreign_file));
+    let impostor = replication_session(
+        plane.network(),
+        Some(other),
+        &endpoint,
+        as_node(&foreign_file),
+    );
     let words = String::from_utf8_lossy(&impostor.stderr);
     assert!(
         !impostor.status.success() && words.contains("certificate verify failed"),
@@ -243,15 +307,6 @@ async fn an_isolated_primary_fences_before_a_standby_takes_over_and_rejoins_afte
             .unwrap()
             .spec;
     let peer = format!("{}:{}", node_spec.address, node_spec.ports.last);
-    let secrets: Api<Secret> = Api::namespaced(plane.client.clone(), &plane.namespace);
-    let other_tls = secrets
-        .get(&format!("{other}-tls"))
-        .await
-        .unwrap()
-        .data
-        .unwrap();
-    let text = |key: &str| String::from_utf8(other_tls[key].0.clone()).unwrap();
-    let (certificate, key) = (text("tls.crt"), text("tls.key"));
     let stranger = foreign
         .issue(
             &shardplane::tls::NodeIdentity {
@@ -353,6 +408,25 @@ async fn a_renewed_certificate_is_served_without_a_restart_or_a_failed_write() {
         .and_then(|r| r.endpoint.clone())
         .unwrap();
     let before = served_certificate(&endpoint, &authority).await.unwrap();
+    // The node says when its certificate expires: 90 days from its issue by default.
+    let expires = eventually(Duration::from_secs(30), || async {
+        Api::<shardplane::api::DatabaseNode>::namespaced(plane.client.clone(), &plane.namespace)
+            .get(&primary)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate_not_after)
+            .is_some_and(|at| {
+                let days =
+                    (at.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second()) / 86_400;
+                (89..=90).contains(&days)
+            })
+    })
+    .await;
+    assert!(
+        expires,
+        "{primary}'s status does not say its certificate expires in 90 days"
+    );
     let session = connect_tls(&endpoint, &authority).await.unwrap();
     let postmaster = postmaster_started(&session).await;
     let mut ledger = Ledger::new(&plane.client, &plane.namespace, 2, 100.0).await;

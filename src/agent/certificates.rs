@@ -15,16 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use tokio_rustls::rustls::{ClientConfig, ServerConfig};
 
 use super::context::NodeContext;
 use super::error::AgentError;
-use super::postgres::{PeerTls, ServerTls, Toolchain};
+use super::postgres::{NodeTlsPem, PeerTls, ServerTls, Toolchain};
 use super::protocol::HeartbeatKey;
 use crate::tls::{
     AUTHORITY_KEY, CERTIFICATE_KEY, HEARTBEAT_KEY, PRIVATE_KEY_KEY, node_client_config,
-    node_secret_name, node_server_config,
+    node_secret_name, node_server_config, not_after,
 };
 
 /// How often the node's certificate Secret is read for a renewal. A renewal is due a third
@@ -46,6 +47,16 @@ struct Material {
     key: String,
     authority: String,
     heartbeat_key: String,
+}
+
+impl Material {
+    fn pem(&self) -> NodeTlsPem<'_> {
+        NodeTlsPem {
+            certificate: &self.certificate,
+            key: &self.key,
+            authority: &self.authority,
+        }
+    }
 }
 
 /// The file beside the certificate's holding the node's heartbeat key (0600).
@@ -85,12 +96,11 @@ pub(super) async fn install_first(
         tokio::time::sleep(FIRST_POLL).await;
     };
     heartbeat_key.set(material.heartbeat_key.as_bytes());
-    let peers = PeerTls::new(files.clone(), &material.authority).map_err(|error| {
-        AgentError::Certificate {
+    let peers =
+        PeerTls::new(files.clone(), &material.pem()).map_err(|error| AgentError::Certificate {
             node: node.to_owned(),
             problem: error.to_string(),
-        }
-    })?;
+        })?;
     Ok((files, peers))
 }
 
@@ -114,10 +124,7 @@ pub(super) async fn keep_renewed(ctx: &NodeContext) {
             continue;
         }
         let installed = write_files(&files, &issued, &ctx.toolchain).and_then(|()| {
-            let trust = ctx
-                .credentials
-                .tls()
-                .map(|tls| tls.trust(&issued.authority));
+            let trust = ctx.credentials.tls().map(|tls| tls.renew(&issued.pem()));
             trust
                 .transpose()
                 .map_err(|error| AgentError::Certificate {
@@ -160,6 +167,14 @@ pub(super) fn endpoint_configs(
     let client = node_client_config(&material.certificate, &material.key, &material.authority)
         .map_err(|e| unusable(e.to_string()))?;
     Ok((Arc::new(server), Arc::new(client)))
+}
+
+/// When the node's installed certificate expires (RFC 3339), for its status.
+pub(super) fn installed_not_after(ctx: &NodeContext) -> Option<String> {
+    let files = ctx.settings.tls.as_ref()?;
+    let pem = std::fs::read_to_string(&files.certificate_file).ok()?;
+    let seconds = i64::try_from(not_after(&pem)?).ok()?;
+    Some(Timestamp::from_second(seconds).ok()?.to_string())
 }
 
 /// The certificate the operator issued to `node`, if it did.

@@ -447,6 +447,9 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
         if let Some(plan) = summary.restarted_for {
             status["restartedFor"] = json!(plan);
         }
+        if let Some(expires) = certificates::installed_not_after(&ctx) {
+            status["certificateNotAfter"] = json!(expires);
+        }
         let patch = json!({
             "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
             "metadata": {"name": ctx.node},

@@ -202,6 +202,10 @@ pub struct DatabaseNodeStatus {
     /// told apart from one that merely paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_epoch: Option<i64>,
+    /// When the certificate the node's instances serve expires (written by the agent from
+    /// the installed file); the operator issues a new one two thirds through its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<Time>,
     /// The cluster's `spec.postgresParameters` as the node's instances run them (written by
     /// the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]

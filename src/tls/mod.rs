@@ -302,6 +302,13 @@ pub fn renewal_due(
     (unix_seconds(now) >= renew_at).then_some(Renewal::Expiring)
 }
 
+/// When the certificate in `certificate_pem` expires, in seconds since the Unix epoch.
+pub fn not_after(certificate_pem: &str) -> Option<u64> {
+    Certificate::from_pem(certificate_pem)
+        .ok()
+        .map(|certificate| certificate.validity.1)
+}
+
 /// What a certificate says, as far as renewal asks.
 struct Certificate {
     /// Not before, not after: seconds since the Unix epoch.

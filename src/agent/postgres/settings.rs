@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{quote_conninfo, quote_literal};
-use crate::tls::{TlsError, postgres_connector};
+use crate::tls::{TlsError, node_client_config};
 
 /// The WAL detail an instance writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,10 +195,17 @@ impl Access {
              host all all 127.0.0.1/32 scram-sha-256\n\
              host replication replicator 127.0.0.1/32 scram-sha-256\n",
         );
+        // A node's sessions also present its certificate, which must be the cluster
+        // authority's: a stolen password alone opens no replication or superuser session.
+        let node_certificate = if self.tls {
+            " clientcert=verify-ca"
+        } else {
+            ""
+        };
         for node in self.nodes.iter().filter_map(|node| hba_address(node)) {
             hba.push_str(&format!(
-                "{host} replication {REPLICATION_USER} {node} scram-sha-256\n\
-                 {host} all {SUPERUSER} {node} scram-sha-256\n"
+                "{host} replication {REPLICATION_USER} {node} scram-sha-256{node_certificate}\n\
+                 {host} all {SUPERUSER} {node} scram-sha-256{node_certificate}\n"
             ));
         }
         match &self.clients {
@@ -330,11 +337,12 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// How an instance's sessions with peers check them: libpq's (standbys, `pg_basebackup`,
-/// `pg_rewind`, subscriptions) with `sslmode=verify-full` against the authority's file, the
-/// agent's own (`tokio_postgres`) with a connector trusting the same authority. Both follow
-/// a replaced authority: libpq reads the file at every connection, the connector is
-/// replaced by [`PeerTls::trust`]. Clones share the connector.
+/// How an instance's sessions with peers check them and present the node: libpq's
+/// (standbys, `pg_basebackup`, `pg_rewind`, subscriptions) with `sslmode=verify-full`
+/// against the authority's file and the node's certificate files, the agent's own
+/// (`tokio_postgres`) with a connector built from the same. Both follow a renewal: libpq
+/// reads the files at every connection, the connector is replaced by [`PeerTls::renew`].
+/// Clones share the connector.
 #[derive(Clone)]
 pub struct PeerTls {
     files: ServerTls,
@@ -342,12 +350,12 @@ pub struct PeerTls {
 }
 
 impl PeerTls {
-    /// Checks peers against `authority_pem`, which is also in `files.authority_file`; libpq
-    /// sessions present the node's certificate (`files`) to the peer.
-    pub fn new(files: ServerTls, authority_pem: &str) -> Result<Self, TlsError> {
+    /// Checks peers against the authority and presents the node's certificate, both as in
+    /// `files` (given here as PEM text too).
+    pub fn new(files: ServerTls, node: &NodeTlsPem<'_>) -> Result<Self, TlsError> {
         Ok(PeerTls {
             files,
-            connector: Arc::new(Mutex::new(postgres_connector(authority_pem)?)),
+            connector: Arc::new(Mutex::new(node.connector()?)),
         })
     }
 
@@ -362,9 +370,9 @@ impl PeerTls {
         ]
     }
 
-    /// Checks peers against `authority_pem` from now on (its file was rewritten).
-    pub fn trust(&self, authority_pem: &str) -> Result<(), TlsError> {
-        let connector = postgres_connector(authority_pem)?;
+    /// Uses `node`'s authority and certificate from now on (their files were rewritten).
+    pub fn renew(&self, node: &NodeTlsPem<'_>) -> Result<(), TlsError> {
+        let connector = node.connector()?;
         *self
             .connector
             .lock()
@@ -378,6 +386,25 @@ impl PeerTls {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+}
+
+/// A node's certificate, its key and the cluster's authority, as PEM text.
+pub struct NodeTlsPem<'a> {
+    /// The node's certificate.
+    pub certificate: &'a str,
+    /// Its private key.
+    pub key: &'a str,
+    /// The cluster's authority.
+    pub authority: &'a str,
+}
+
+impl NodeTlsPem<'_> {
+    /// A connector for the agent's sessions with peers: checks them against the authority,
+    /// presents the node's certificate.
+    fn connector(&self) -> Result<MakeRustlsConnect, TlsError> {
+        let config = node_client_config(self.certificate, self.key, self.authority)?;
+        Ok(MakeRustlsConnect::new(config))
     }
 }
 
@@ -449,8 +476,8 @@ mod tests {
             [
                 "host all all 127.0.0.1/32 scram-sha-256",
                 "host replication replicator 127.0.0.1/32 scram-sha-256",
-                "hostssl replication replicator 10.1.0.11/32 scram-sha-256",
-                "hostssl all postgres 10.1.0.11/32 scram-sha-256",
+                "hostssl replication replicator 10.1.0.11/32 scram-sha-256 clientcert=verify-ca",
+                "hostssl all postgres 10.1.0.11/32 scram-sha-256 clientcert=verify-ca",
                 "hostssl all all all scram-sha-256",
             ]
         );
