@@ -912,6 +912,20 @@ async fn new_nodes_receive_shards_through_rebalancing() {
             StandInAgent::start(env.client.clone(), &env.namespace, name, vec![addr]),
         ));
     }
+    // Rebalancing counts Online nodes only, and a new node is Online once its heartbeats
+    // count — after the operator issued its certificate and heartbeat key, so the two new
+    // nodes may come Online seconds apart: rebalancing starts once both are.
+    let nodes: Api<DatabaseNode> = env.api();
+    let joined = eventually(Duration::from_secs(30), || async {
+        let mut online = true;
+        for name in ["n6", "n7"] {
+            online &= nodes.get(name).await.unwrap().status.and_then(|s| s.phase)
+                == Some(NodePhase::Online);
+        }
+        online
+    })
+    .await;
+    assert!(joined, "the new nodes never came Online");
     let clusters: Api<DatabaseCluster> = env.api();
     let patch = json!({"spec": {"rebalancing": {"enabled": true}}});
     clusters
