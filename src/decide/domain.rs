@@ -111,8 +111,12 @@ pub fn quorum_lost(
     let Some(primary) = status.primary.as_ref() else {
         return false;
     };
+    // Evidence about *this* primary only: a standby still reporting the stream it lost from
+    // the primary before (an older epoch: it has not reported since it was told to follow
+    // this one) says nothing about whether this one reaches it.
     let broken_long = |r: &ObservedReplica| {
         r.received_lsn.is_some()
+            && r.epoch == Some(primary.epoch)
             && r.last_seen_time.as_ref().is_some_and(|seen| {
                 u64::try_from(seen.0.as_millisecond()).is_ok_and(|at| at + after_ms <= now_ms)
             })
@@ -312,6 +316,12 @@ mod tests {
         assert!(!quorum_lost(&streams, online, 60_000, 1_500));
         // No in-sync standby at all: nothing to fail over to.
         assert!(!quorum_lost(&serving("p", vec![]), online, 60_000, 1_500));
+        // A standby whose last report is about the primary before (it lost that stream when
+        // that primary died, and has not reported since it was told to follow this one).
+        let mut earlier = broken_at("b", 9, 2_000);
+        earlier.epoch = Some(0);
+        let after_a_failover = serving("p", vec![broken_at("a", 10, 1_000), earlier]);
+        assert!(!quorum_lost(&after_a_failover, online, 60_000, 1_500));
     }
 
     #[test]
