@@ -82,6 +82,17 @@ async fn create_cluster_and_nodes(env: &TestEnv, approval: &str) {
     }
 }
 
+/// Whether every one of the [`NODES`] is Online.
+async fn all_online(nodes: &Api<DatabaseNode>) -> bool {
+    nodes.list(&Default::default()).await.is_ok_and(|list| {
+        list.items.len() == NODES.len()
+            && list
+                .items
+                .iter()
+                .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
+    })
+}
+
 /// [`create_cluster_and_nodes`], then the `orders` table of eight shards.
 async fn create_cluster(env: &TestEnv, approval: &str) {
     create_cluster_and_nodes(env, approval).await;
@@ -183,16 +194,7 @@ async fn serving_cluster(
     let (operator, addr) = start_operator(env, "op-a");
     let agents = start_agents(env, vec![addr]);
     let nodes: Api<DatabaseNode> = env.api();
-    let online = eventually(Duration::from_secs(30), || async {
-        nodes.list(&Default::default()).await.is_ok_and(|list| {
-            list.items.len() == NODES.len()
-                && list
-                    .items
-                    .iter()
-                    .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
-        })
-    })
-    .await;
+    let online = eventually(Duration::from_secs(30), || all_online(&nodes)).await;
     assert!(online, "the nodes never all came Online");
     create_orders(env).await;
     let shards: Api<Shard> = env.api();
@@ -484,17 +486,8 @@ async fn a_supplied_authority_reissues_every_node_certificate_and_heartbeats_kee
     let (operator, addr) = start_operator(&env, "op-a");
     let _agents = start_agents(&env, vec![addr]);
     let nodes: Api<DatabaseNode> = env.api();
-    let all_online = || async {
-        nodes.list(&Default::default()).await.is_ok_and(|list| {
-            list.items.len() == NODES.len()
-                && list
-                    .items
-                    .iter()
-                    .all(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
-        })
-    };
     assert!(
-        eventually(Duration::from_secs(30), all_online).await,
+        eventually(Duration::from_secs(30), || all_online(&nodes)).await,
         "the nodes never all came Online (their heartbeats need their keys)"
     );
     let generated = tls_secret(&env, "main-ca")
@@ -556,7 +549,7 @@ async fn a_supplied_authority_reissues_every_node_certificate_and_heartbeats_kee
     assert_eq!(kept["tls.key"], supplied.key_pem());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        all_online().await,
+        all_online(&nodes).await,
         "a node left Online while its certificate was replaced"
     );
     let plans: Api<Plan> = env.api();

@@ -25,7 +25,7 @@ use super::postgres::{NodeTlsPem, PeerTls, ServerTls, Toolchain};
 use super::protocol::HeartbeatKey;
 use crate::tls::{
     AUTHORITY_KEY, CERTIFICATE_KEY, HEARTBEAT_KEY, PRIVATE_KEY_KEY, node_client_config,
-    node_secret_name, node_server_config, not_after,
+    node_secret_name, node_server_config, not_after, secret_text,
 };
 
 /// How often the node's certificate Secret is read for a renewal. A renewal is due a third
@@ -124,14 +124,15 @@ pub(super) async fn keep_renewed(ctx: &NodeContext) {
             continue;
         }
         let installed = write_files(&files, &issued, &ctx.toolchain).and_then(|()| {
-            let trust = ctx.credentials.tls().map(|tls| tls.renew(&issued.pem()));
-            trust
-                .transpose()
-                .map_err(|error| AgentError::Certificate {
-                    node: ctx.node.clone(),
-                    problem: error.to_string(),
-                })
-                .map(drop)
+            match ctx.credentials.tls() {
+                Some(tls) => tls
+                    .renew(&issued.pem())
+                    .map_err(|error| AgentError::Certificate {
+                        node: ctx.node.clone(),
+                        problem: error.to_string(),
+                    }),
+                None => Ok(()),
+            }
         });
         match installed {
             Ok(()) => {
@@ -182,12 +183,7 @@ async fn read_secret(secrets: &Api<Secret>, node: &str) -> Result<Option<Materia
     let Some(secret) = secrets.get_opt(&node_secret_name(node)).await? else {
         return Ok(None);
     };
-    let data = secret.data.unwrap_or_default();
-    let text = |key: &str| {
-        data.get(key)
-            .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
-            .filter(|text| !text.is_empty())
-    };
+    let text = |key: &str| secret_text(&secret, key);
     Ok(
         match (
             text(CERTIFICATE_KEY),

@@ -25,8 +25,8 @@ use super::context::Context;
 use crate::api::{DatabaseCluster, DatabaseNode};
 use crate::tls::{
     AUTHORITY_KEY, Authority, CERTIFICATE_KEY, HEARTBEAT_KEY, NodeIdentity, PRIVATE_KEY_KEY,
-    TLS_SECRET_LABEL, authority_generated, authority_secret_name, certificate_duration,
-    new_heartbeat_key, node_secret_name, renewal_due,
+    Renewal, TLS_SECRET_LABEL, authority_generated, authority_secret_name, certificate_duration,
+    good_until, new_heartbeat_key, node_secret_name, secret_text,
 };
 
 /// How often every node's certificate is looked at.
@@ -39,6 +39,7 @@ const SUPPLIED_AUTHORITY_TTL: Duration = Duration::from_secs(30);
 pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let secrets = caches.tls_secrets.clone();
     let mut authorities = Authorities::default();
+    let mut good = GoodCertificates::default();
     loop {
         for cluster in caches.clusters.state() {
             let Some(authority) = authorities.of(&ctx, &secrets, &cluster).await else {
@@ -49,11 +50,71 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
                 if node.namespace().as_deref() == Some(namespace.as_str())
                     && node.spec.cluster == cluster.name_any()
                 {
-                    certify(&ctx, &secrets, &cluster, &node, &authority).await;
+                    certify(&ctx, &secrets, &cluster, &node, &authority, &mut good).await;
                 }
             }
         }
         tokio::time::sleep(PERIOD).await;
+    }
+}
+
+/// The node certificates found good, so that a pass reads (and parses) a certificate only
+/// when its Secret, the node's address or the authority changed, or its renewal is due.
+#[derive(Default)]
+struct GoodCertificates {
+    /// By (namespace, node).
+    checked: HashMap<(String, String), Good>,
+}
+
+/// What a certificate was found good for, and until when.
+struct Good {
+    /// The Secret's resource version.
+    version: String,
+    /// The node's address it names.
+    address: String,
+    /// The authority that signed it.
+    authority: Arc<Authority>,
+    /// When it is to be renewed.
+    until: SystemTime,
+}
+
+impl GoodCertificates {
+    /// Whether `node`'s certificate in `secret` was found good for its address and
+    /// `authority`, and is so still at `now`.
+    fn still(
+        &self,
+        node: &DatabaseNode,
+        secret: &Secret,
+        authority: &Arc<Authority>,
+        now: SystemTime,
+    ) -> bool {
+        let key = (node.namespace().unwrap_or_default(), node.name_any());
+        self.checked.get(&key).is_some_and(|good| {
+            Some(&good.version) == secret.metadata.resource_version.as_ref()
+                && good.address == node.spec.address
+                && Arc::ptr_eq(&good.authority, authority)
+                && now < good.until
+        })
+    }
+
+    fn remember(
+        &mut self,
+        node: &DatabaseNode,
+        secret: &Secret,
+        authority: &Arc<Authority>,
+        until: SystemTime,
+    ) {
+        let key = (node.namespace().unwrap_or_default(), node.name_any());
+        let Some(version) = secret.metadata.resource_version.clone() else {
+            return;
+        };
+        let good = Good {
+            version,
+            address: node.spec.address.clone(),
+            authority: authority.clone(),
+            until,
+        };
+        self.checked.insert(key, good);
     }
 }
 
@@ -117,15 +178,10 @@ impl Authorities {
         {
             return Some(authority.clone());
         }
-        let data = |key: &str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
-        };
-        let (Some(certificate), Some(private_key)) = (data(CERTIFICATE_KEY), data(PRIVATE_KEY_KEY))
-        else {
+        let (Some(certificate), Some(private_key)) = (
+            secret_text(&secret, CERTIFICATE_KEY),
+            secret_text(&secret, PRIVATE_KEY_KEY),
+        ) else {
             tracing::warn!(%namespace, secret = %name,
                 "the cluster's authority Secret lacks tls.crt or tls.key: no node certificate is issued");
             return None;
@@ -186,30 +242,36 @@ async fn certify(
     secrets: &Store<Secret>,
     cluster: &DatabaseCluster,
     node: &DatabaseNode,
-    authority: &Authority,
+    authority: &Arc<Authority>,
+    good: &mut GoodCertificates,
 ) {
     let namespace = node.namespace().unwrap_or_default();
     let name = node_secret_name(&node.name_any());
     let held = secrets.get(&ObjectRef::new(&name).within(&namespace));
-    let data = |key: &str| {
-        held.as_ref()
-            .and_then(|secret| secret.data.as_ref())
-            .and_then(|data| data.get(key))
-            .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
-    };
     let now = SystemTime::now();
+    if let Some(secret) = &held
+        && good.still(node, secret, authority, now)
+    {
+        return;
+    }
+    let data = |key: &str| held.as_ref().and_then(|secret| secret_text(secret, key));
     let heartbeat_key = data(HEARTBEAT_KEY);
-    let renewal = renewal_due(
+    let verdict = good_until(
         data(CERTIFICATE_KEY).as_deref(),
         data(AUTHORITY_KEY).as_deref(),
         authority.certificate_pem(),
         &node.spec.address,
-        now,
     );
-    let reason = match (renewal, &heartbeat_key) {
-        (Some(renewal), _) => format!("{renewal:?}"),
-        (None, None) => "no heartbeat key".to_owned(),
-        (None, Some(_)) => return,
+    let reason = match (verdict, &heartbeat_key) {
+        (Err(renewal), _) => format!("{renewal:?}"),
+        (Ok(until), _) if now >= until => format!("{:?}", Renewal::Expiring),
+        (Ok(_), None) => "no heartbeat key".to_owned(),
+        (Ok(until), Some(_)) => {
+            if let Some(secret) = &held {
+                good.remember(node, secret, authority, until);
+            }
+            return;
+        }
     };
     // The heartbeat key outlives certificates: a renewal must not make the node's
     // heartbeats count as forged until its agent has read the Secret again.

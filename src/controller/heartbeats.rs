@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::protocol::SignedHeartbeat;
-use crate::tls::{HEARTBEAT_KEY, node_secret_name};
+use crate::tls::{HEARTBEAT_KEY, node_secret_name, secret_text};
 
 /// How far a heartbeat's sequence number (the agent's clock) may be from this process's
 /// clock. Bounds how long a heartbeat captured on the wire could be replayed to a replica
@@ -68,8 +68,7 @@ impl Liveness {
             .keys
             .get()?
             .get(&ObjectRef::new(&node_secret_name(node)).within(namespace))?;
-        let key = secret.data.as_ref()?.get(HEARTBEAT_KEY)?;
-        (!key.0.is_empty()).then(|| key.0.clone())
+        secret_text(&secret, HEARTBEAT_KEY).map(String::into_bytes)
     }
 
     /// Records `heartbeat` if it is genuine and new (see the module's rules) at `now_ms`

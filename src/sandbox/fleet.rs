@@ -27,7 +27,7 @@ use crate::agent::protocol::{HeartbeatKey, LivenessReporter, report_replica};
 use crate::api::Shard;
 use crate::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
 use crate::protocol::Heartbeat;
-use crate::tls::{HEARTBEAT_KEY, node_secret_name};
+use crate::tls::{HEARTBEAT_KEY, node_secret_name, secret_text};
 
 /// How often every watched shard is compared with what the fleet's live nodes should report,
 /// besides at every change the watch brings, when a lagging replica's delay is up and when a
@@ -237,9 +237,9 @@ impl Drop for Fleet {
 async fn heartbeat_key(secrets: &Api<Secret>, node: &str) -> Vec<u8> {
     loop {
         if let Ok(Some(secret)) = secrets.get_opt(&node_secret_name(node)).await
-            && let Some(key) = secret.data.and_then(|mut data| data.remove(HEARTBEAT_KEY))
+            && let Some(key) = secret_text(&secret, HEARTBEAT_KEY)
         {
-            return key.0;
+            return key.into_bytes();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

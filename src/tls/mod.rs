@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use k8s_openapi::api::core::v1::Secret;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -285,21 +286,40 @@ pub fn renewal_due(
     address: &str,
     now: SystemTime,
 ) -> Option<Renewal> {
-    let Some(certificate_pem) = certificate_pem else {
-        return Some(Renewal::Missing);
-    };
-    let Ok(certificate) = Certificate::from_pem(certificate_pem) else {
-        return Some(Renewal::Unreadable);
-    };
+    match good_until(certificate_pem, issued_by_pem, authority_pem, address) {
+        Ok(until) => (now >= until).then_some(Renewal::Expiring),
+        Err(renewal) => Some(renewal),
+    }
+}
+
+/// Until when the node certificate `certificate_pem` (see [`renewal_due`]) is good: two thirds
+/// through its validity, from when it is renewed; or why it must be issued again whatever
+/// the time.
+pub fn good_until(
+    certificate_pem: Option<&str>,
+    issued_by_pem: Option<&str>,
+    authority_pem: &str,
+    address: &str,
+) -> Result<SystemTime, Renewal> {
+    let certificate_pem = certificate_pem.ok_or(Renewal::Missing)?;
+    let certificate = Certificate::from_pem(certificate_pem).map_err(|_| Renewal::Unreadable)?;
     if issued_by_pem.map(str::trim) != Some(authority_pem.trim()) {
-        return Some(Renewal::OtherAuthority);
+        return Err(Renewal::OtherAuthority);
     }
     if !certificate.names(address) {
-        return Some(Renewal::AddressNotNamed);
+        return Err(Renewal::AddressNotNamed);
     }
     let (not_before, not_after) = certificate.validity;
     let renew_at = not_before + (not_after.saturating_sub(not_before)) * 2 / 3;
-    (unix_seconds(now) >= renew_at).then_some(Renewal::Expiring)
+    Ok(UNIX_EPOCH + Duration::from_secs(renew_at))
+}
+
+/// The text under `key` of `secret`'s data, if it is there, UTF-8 and not empty.
+pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|text| !text.is_empty())
 }
 
 /// When the certificate in `certificate_pem` expires, in seconds since the Unix epoch.
