@@ -31,6 +31,7 @@ use harness::probes::{
     Writable, control_plane_outage, first_acknowledged, probe_every_replica, stop_probers,
     two_writable_primaries, writable_share, writable_stretches,
 };
+use harness::regions::{REGION_NODES, lose_region, region_leading_first_shard, set_replace_after};
 use harness::{DataPlane, Ledger, NODES, TABLE, cluster_authority, connect_tls, keys_in, report};
 
 const SHARDS: usize = 2;
@@ -750,6 +751,45 @@ async fn the_primaries_keep_their_writes_while_the_control_plane_is_out_of_reach
     assert!(
         acked_during > 0 && pct >= 95.0,
         "the primaries did not keep their writes: {acked_during} routed writes acknowledged, {pct:.1} % of probes writable"
+    );
+    ledger.summary();
+}
+
+/// A region lost (issue #14, case d): three regions of two zones, RF 3 with one replica per
+/// region, every host of the region leading the first shard cut off at once. The shards it
+/// led take writes again on new primaries elsewhere (no two writable primaries, nothing
+/// acknowledged lost); after `replaceReplicasAfterSeconds` its replicas are replaced inside
+/// the two regions left (one per zone: a lost region relaxes the spread rule); once it is
+/// healed, its nodes return by themselves and every shard gets one replica per region again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_region_is_failed_over_replaced_elsewhere_and_respread_on_its_return() {
+    const REPLACE_AFTER: Duration = Duration::from_secs(8);
+    let env = env_with_crds().await;
+    let plane = DataPlane::start_on_network(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &REGION_NODES,
+        TestNetwork::new(),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    set_replace_after(&plane, REPLACE_AFTER).await;
+    let region = region_leading_first_shard(&plane).await;
+    let mut ledger = Ledger::new(&plane.client, &plane.namespace, 4, 200.0).await;
+    let lost = lose_region(&plane, &mut ledger, &region, REPLACE_AFTER).await;
+    println!(
+        "region {} lost: region_loss_rto_s {:.3}, replaced after {:.1?}, one replica per region again {:.1?} after the heal",
+        lost.region,
+        lost.rto.as_secs_f64(),
+        lost.replaced,
+        lost.respread
+    );
+    assert!(
+        lost.two_writable.is_empty(),
+        "two writable primaries: {:#?}",
+        lost.two_writable
     );
     ledger.summary();
 }

@@ -1,6 +1,6 @@
 //! What a cluster needs next, and everything the cluster reconciler writes: the planner's
 //! decision by priority (failover of dead nodes, a declared split or merge, placement of
-//! under-replicated shards, drains, rebalancing); which running plans a decision supersedes;
+//! under-replicated shards, drains, respread, rebalancing); which running plans a decision supersedes;
 //! which finished plans are pruned; node finalizers and counts; the cluster's status.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,7 +28,8 @@ use super::{ClusterView, Object, reshard, rollout};
 pub const PLAN_HISTORY: usize = 20;
 
 /// The planner's decision for this cluster now, by priority: failover, a declared split or
-/// merge, placement, drain, rolling restart, rebalance. `None` when nothing needs doing. `shardplane plan`
+/// merge, placement, drain, respread (surplus and crowded replicas once nodes returned),
+/// rolling restart, rebalance. `None` when nothing needs doing. `shardplane plan`
 /// calls it on a pull request's desired state to show (and hash) the very plan the operator
 /// will make. `now_ms` only reaches failover plans (the re-replication delay), which never
 /// wait for approval.
@@ -236,6 +237,29 @@ pub fn decide(
                 facts: BTreeMap::new(),
             },
             plan: drain,
+        }));
+    }
+
+    // Replicas made while nodes were away, once those nodes are back: the surplus removed,
+    // a lost region's replacements moved back into it. Not a matter of balance, so not
+    // subject to `spec.rebalancing`.
+    let respread = plan::plan_respread(topology, limits)?.first_steps(MAX_PLAN_STEPS);
+    if !respread.operations.is_empty() {
+        let shards = respread.operations.len();
+        return Ok(Some(Decision {
+            context: PlanContext {
+                cluster: cluster.clone(),
+                target: target(TargetKind::DatabaseCluster, &cluster),
+                cause: cause(
+                    CauseKind::Policy,
+                    "shards hold more replicas than the replication factor, or more in one \
+                     zone or region than the spread rule allows, since nodes returned"
+                        .into(),
+                ),
+                summary: format!("restore the replica count and spread of {shards} shard(s)"),
+                facts: BTreeMap::new(),
+            },
+            plan: respread,
         }));
     }
 

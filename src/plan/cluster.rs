@@ -7,7 +7,7 @@ use std::hash::BuildHasherDefault;
 
 use super::error::PlanError;
 use super::name_map::{NameHasher, NameMap};
-use super::spread::{SpreadLimits, spread_limits};
+use super::spread::{SpreadLimits, regions_in_service, spread_limits};
 use super::steps::PlacementRejection;
 use super::topology::{Node, NodePhase, ReplicaRole, Shard, Topology};
 
@@ -61,18 +61,12 @@ impl<'a> ClusterState<'a> {
             let next_region = regions.len();
             region_of.push(*regions.entry(&n.region).or_insert(next_region));
         }
-        let live_regions: HashSet<&str, BuildHasherDefault<NameHasher>> = topo
-            .nodes
-            .iter()
-            .filter(|n| n.phase != NodePhase::Decommissioned)
-            .map(|n| n.region.as_str())
-            .collect();
         let mut state = ClusterState {
             topo,
             node_index,
             zone_of,
             region_of,
-            spread: spread_limits(topo.replication_factor, live_regions.len()),
+            spread: spread_limits(topo.replication_factor, regions_in_service(&topo.nodes)),
             mean_replica_bytes: {
                 let sizes = topo.shards.iter().map(|s| s.size_bytes as f64);
                 sizes.sum::<f64>() / topo.shards.len().max(1) as f64

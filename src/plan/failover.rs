@@ -411,6 +411,52 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_regions_replicas_are_replaced_in_the_other_regions_one_per_zone() {
+        // Three regions of two zones; r0 silent as a whole: its first node dead, the other
+        // suspect (a region's nodes are not declared dead in the same instant).
+        let mut nodes = mk_nodes(3, 2, 1);
+        nodes[0].phase = NodePhase::Offline;
+        nodes[1].phase = NodePhase::Suspect;
+        let topology = Topology {
+            replication_factor: 3,
+            nodes,
+            shards: vec![mk_shard("s", 100, &["r0z0n0", "r1z0n0", "r2z0n0"])],
+        };
+        let out = plan_failover(&topology, "r0z0n0", 0, &policy()).expect("plan");
+        let added: Vec<&str> = out
+            .plan
+            .steps()
+            .filter_map(|s| match &s.action {
+                StepAction::AddReplica { node, .. } => Some(node.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            added == ["r1z1n0"] || added == ["r2z1n0"],
+            "the replacement goes to a free zone of a region in service: {added:?}"
+        );
+        assert!(out.plan.blocked.is_empty(), "{:?}", out.plan.blocked);
+
+        // With one node of r0 still online the region is in service: one replica per region
+        // holds, and nothing in r0 can take the replica, so the replacement waits for one.
+        let mut in_service = topology.clone();
+        in_service.nodes[1].phase = NodePhase::Online;
+        in_service.nodes[1].cordoned = true;
+        let out = plan_failover(&in_service, "r0z0n0", 0, &policy()).expect("plan");
+        assert!(
+            !out.plan
+                .steps()
+                .any(|s| matches!(s.action, StepAction::AddReplica { .. })),
+            "{:#?}",
+            out.plan
+        );
+        assert!(matches!(
+            out.plan.blocked[0].reason,
+            BlockReason::NoPlacement { .. }
+        ));
+    }
+
+    #[test]
     fn a_primary_that_lost_its_quorum_is_replaced_on_a_live_node_with_nothing_re_replicated() {
         // The old primary's node is live: it stays a replica (it rejoins as a standby).
         let topology = cluster();

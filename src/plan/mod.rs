@@ -16,6 +16,7 @@ mod name_map;
 mod placement;
 mod rebalance;
 mod reshard;
+mod respread;
 mod rollout;
 mod schedule;
 mod shares;
@@ -40,11 +41,12 @@ pub use keyspace::{
 pub use placement::{plan_placement, plan_placement_within};
 pub use rebalance::{RebalancePlan, RebalancePolicy, RebalanceReport, plan_rebalance};
 pub use reshard::{NewShard, ReshardRequest, plan_reshard};
+pub use respread::plan_respread;
 pub use rollout::{NodeWork, RolloutPolicy, plan_node_rollout, plan_schema_rollout};
 pub use schedule::{ConcurrencyLimits, Plan};
 pub use shares::{Imbalance, measure_imbalance};
 pub use simulate::{apply_plan, apply_steps};
-pub use spread::{SpreadLimits, spread_limits};
+pub use spread::{SpreadLimits, regions_in_service, spread_limits};
 pub use steps::{
     BlockReason, Blocker, Operation, PlacementRejection, PlanKind, RiskClass, Step, StepAction,
     TargetShard,

@@ -1,7 +1,11 @@
 //! Where replicas may go: the fault-domain spread rule derived from the replication factor
 //! and the number of regions the cluster spans.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
+
+use super::topology::{Node, NodePhase};
 
 /// The most replicas of one shard a single zone, and a single region, may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,25 @@ pub fn spread_limits(rf: u32, regions: usize) -> SpreadLimits {
             u32::MAX
         },
     }
+}
+
+/// The regions the spread rule counts: those with a node that is neither silent nor gone
+/// (`Suspect`, `Offline`, `Decommissioned`). A region all of whose nodes are silent is lost
+/// for now, and no failure domain the cluster can place in: with fewer than 3 regions left,
+/// only zones are constrained, so a lost region's replicas are replaced in the others — and
+/// once it returns, `plan_respread` moves one replica of each crowded shard back.
+pub fn regions_in_service(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .filter(|n| {
+            !matches!(
+                n.phase,
+                NodePhase::Suspect | NodePhase::Offline | NodePhase::Decommissioned
+            )
+        })
+        .map(|n| n.region.as_str())
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 #[cfg(test)]

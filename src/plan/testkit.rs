@@ -126,13 +126,8 @@ pub(crate) fn arb_cluster() -> impl Strategy<Value = Topology> {
 /// Every shard whose replicas break the zone/region spread rule, or sit twice on a node.
 pub(crate) fn spread_violations(topology: &Topology) -> Vec<String> {
     use std::collections::{BTreeMap, BTreeSet};
-    let regions: BTreeSet<&str> = topology
-        .nodes
-        .iter()
-        .filter(|n| n.phase != NodePhase::Decommissioned)
-        .map(|n| n.region.as_str())
-        .collect();
-    let limits = super::spread::spread_limits(topology.replication_factor, regions.len());
+    let regions = super::spread::regions_in_service(&topology.nodes);
+    let limits = super::spread::spread_limits(topology.replication_factor, regions);
     let node = |name: &str| topology.nodes.iter().find(|n| n.name == name);
     let mut bad = Vec::new();
     for shard in &topology.shards {

@@ -36,6 +36,8 @@ use crate::support::operator::{self, OperatorProcess, free_addr};
 pub mod network;
 #[path = "probes.rs"]
 pub mod probes;
+#[path = "regions.rs"]
+pub mod regions;
 use network::TestNetwork;
 
 /// A node: name, region, zone, first port of its range (20 ports each).
