@@ -17,6 +17,8 @@
 //! component for `SHARDPLANE_OUTAGE_S` seconds (default 120; case g) and the share of the
 //! primaries' probes that took a write is reported. `SHARDPLANE_BENCH_RUNS` rounds (default 5).
 
+#[path = "support/mod.rs"]
+mod bench_support;
 #[path = "../tests/agent/harness.rs"]
 mod harness;
 #[path = "../tests/support/mod.rs"]
@@ -24,33 +26,25 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::ResourceExt;
-use shardplane::api::shard::{ReplicaRole, ReplicaState};
 
+use bench_support::percentile;
+use harness::faults::{Fault, node_fault};
 use harness::network::TestNetwork;
 use harness::probes::{
-    control_plane_outage, first_acknowledged, probe_every_replica, stop_probers,
-    two_writable_primaries, writable_share,
+    control_plane_outage, probe_every_replica, stop_probers, two_writable_primaries, writable_share,
 };
-use harness::{DataPlane, Ledger, NODES, report};
-use support::eventually;
+use harness::{DataPlane, Ledger, NODES};
 
 const SHARDS: usize = 2;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    Kill,
-    Isolated,
-    Standbys,
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let namespace = "bench-partitions";
     let (_cp, mut plane) =
-        harness::bench_plane_on_network(namespace, SHARDS, TestNetwork::new()).await;
+        harness::bench_plane_on_network(namespace, SHARDS, &NODES, TestNetwork::new()).await;
     plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
     let runs = std::env::var("SHARDPLANE_BENCH_RUNS")
         .ok()
@@ -68,7 +62,7 @@ async fn main() {
     let mut two_writable = 0;
     for run in 0..runs {
         for fault in faults {
-            let (took, both) = trial(&mut plane, &mut ledger, fault).await;
+            let (took, both) = node_fault(&mut plane, &mut ledger, fault).await;
             println!(
                 "run {run}: {fault:?}: first acknowledged write {took:.3} s after the fault, two writable primaries {both}"
             );
@@ -85,12 +79,11 @@ async fn main() {
         (Fault::Isolated, "partition_failover_s"),
         (Fault::Standbys, "quorum_loss_failover_s"),
     ] {
-        let mut of: Vec<f64> = samples
+        let of: Vec<f64> = samples
             .iter()
             .filter(|(f, _)| *f == fault)
             .map(|(_, s)| *s)
             .collect();
-        of.sort_by(f64::total_cmp);
         println!("| {key}_p50 | {:.3} |", percentile(&of, 0.50));
         println!("| {key}_p99 | {:.3} |", percentile(&of, 0.99));
     }
@@ -103,87 +96,6 @@ async fn main() {
     println!("| control_plane_outage_s | {} |", outage.as_secs());
     println!("| control_plane_outage_write_success_pct | {pct:.1} |");
     println!("| control_plane_outage_routed_writes_acked | {acked_during} |");
-}
-
-/// One fault on the node leading `orders-0`, under the workload: how long until an affected
-/// shard's first routed write after it was acknowledged, and how many instants with two
-/// writable primaries the probers saw. Ends with the node back as a standby of every shard
-/// and every acknowledged write found (the ledger panics otherwise).
-async fn trial(plane: &mut DataPlane, ledger: &mut Ledger, fault: Fault) -> (f64, usize) {
-    let shards = plane.shard_list().await;
-    let victim = shards[0].status.clone().unwrap().primary.unwrap().node;
-    let workload = ledger.start(20).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let probers = probe_every_replica(plane, &shards, &stop);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let at = Instant::now();
-    match fault {
-        Fault::Kill => plane.agents.get_mut(&victim).expect("agent").kill(),
-        Fault::Isolated => plane.network().isolate(&victim),
-        Fault::Standbys => {
-            let peers: Vec<_> = NODES
-                .iter()
-                .filter(|n| n.0 != victim)
-                .map(|n| plane.network().address(n.0))
-                .collect();
-            plane.network().cut(&victim, &peers);
-        }
-    }
-    let took = first_acknowledged(ledger, &shards[0], at).await;
-    // Every shard the node led moves before it returns (or a return supersedes the rest of
-    // its failover, and it leads them again).
-    let led: Vec<(String, i64)> = shards
-        .iter()
-        .filter_map(|s| {
-            let primary = s.status.as_ref()?.primary.clone()?;
-            (primary.node == victim).then(|| (s.name_any(), primary.epoch))
-        })
-        .collect();
-    let moved = eventually(Duration::from_secs(60), || async {
-        let now = plane.shard_list().await;
-        led.iter().all(|(name, epoch)| {
-            now.iter().any(|s| {
-                &s.name_any() == name
-                    && s.status
-                        .as_ref()
-                        .and_then(|st| st.primary.as_ref())
-                        .is_some_and(|p| p.node != victim && p.epoch > *epoch)
-            })
-        })
-    })
-    .await;
-    assert!(
-        moved,
-        "{fault:?}: the primaries of {victim} did not all move"
-    );
-    match fault {
-        Fault::Kill => plane.start_agent(&victim),
-        Fault::Isolated | Fault::Standbys => {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            plane.network().heal(&victim);
-        }
-    }
-    let rejoined = eventually(Duration::from_secs(120), || async {
-        plane.shard_list().await.iter().all(|shard| {
-            report(shard, &victim).is_some_and(|r| {
-                r.role == ReplicaRole::Secondary
-                    && r.state == ReplicaState::InSync
-                    && r.received_lsn.is_none()
-            })
-        })
-    })
-    .await;
-    assert!(rejoined, "{fault:?}: {victim} did not rejoin as a standby");
-    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
-    ledger
-        .finish(&format!("{fault:?} of {victim}"), workload, 20)
-        .await;
-    let probes = stop_probers(&stop, probers).await;
-    let both = two_writable_primaries(&probes);
-    for line in &both {
-        println!("{fault:?}: two writable primaries: {line}");
-    }
-    (took.as_secs_f64(), both.len())
 }
 
 /// The control plane out of reach of every component for `outage`: the share of the
@@ -222,12 +134,4 @@ async fn outage_trial(plane: &DataPlane, ledger: &mut Ledger, outage: Duration) 
         two_writable_primaries(&probes).len()
     );
     (100.0 * writable as f64 / probed.max(1) as f64, acked_during)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }

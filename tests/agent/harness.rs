@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 use crate::support::eventually;
 use crate::support::operator::{self, OperatorProcess, free_addr};
 
+#[path = "faults.rs"]
+pub mod faults;
 #[path = "network.rs"]
 pub mod network;
 #[path = "probes.rs"]
@@ -558,6 +560,11 @@ impl DataPlane {
         ));
     }
 
+    /// The names of every node the plane may run.
+    pub fn node_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.nodes.iter().map(|n| n.0)
+    }
+
     /// Every operator heartbeat address the agents are given.
     pub fn operator_addrs(&self) -> Vec<SocketAddr> {
         if self.operators.is_empty() {
@@ -1009,10 +1016,11 @@ pub async fn bench_plane(
     (cp, plane)
 }
 
-/// [`bench_plane`] with the three nodes hosts of `network` ([`DataPlane::start_on_network`]).
+/// [`bench_plane`] with `nodes` hosts of `network` ([`DataPlane::start_on_network`]).
 pub async fn bench_plane_on_network(
     namespace: &str,
     shards: usize,
+    nodes: &[NodeDef],
     network: TestNetwork,
 ) -> (shardplane::sandbox::ControlPlane, DataPlane) {
     let (cp, client) = bench_control_plane(namespace).await;
@@ -1021,7 +1029,7 @@ pub async fn bench_plane_on_network(
         namespace,
         cp.kubeconfig_path(),
         shards,
-        &NODES,
+        nodes,
         network,
     )
     .await;
