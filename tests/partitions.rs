@@ -793,3 +793,165 @@ async fn a_lost_region_is_failed_over_replaced_elsewhere_and_respread_on_its_ret
     );
     ledger.summary();
 }
+
+/// An operator leader cut off from the API server (issue #14, case f), two `shardplane
+/// operator` processes each reaching it through a proxy of its own: the leader's link frozen
+/// (packets dropped: its calls hang). It stops acting — its fence lapses at its last confirmed
+/// renewal plus the Lease duration less a margin, with no answer from the API server needed
+/// — before the standby takes the Lease; the standby then acts (a node killed meanwhile is
+/// failed over by it); once the link returns the deposed leader stays deposed, and no Event
+/// it reports is stamped after it stopped. Routed writes go on throughout; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_leader_cut_from_the_api_server_stops_acting_before_the_standby_takes_over() {
+    use k8s_openapi::api::events::v1::Event;
+    use support::operator::{leader_gauge, lease_holder};
+
+    let env = env_with_crds().await;
+    let mut plane = DataPlane::start_with_operator(
+        env.client.clone(),
+        &env.namespace,
+        env.control_plane.kubeconfig_path(),
+        SHARDS,
+        &NODES,
+        NODES.len(),
+        harness::OperatorMode::Processes(2),
+    )
+    .await;
+    plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
+    let holder = lease_holder(&plane.client, &plane.namespace).await.unwrap();
+    let leader = plane
+        .operators
+        .iter()
+        .position(|o| o.identity == holder)
+        .unwrap();
+    let standby = 1 - leader;
+    let addrs = [plane.operators[0].addr, plane.operators[1].addr];
+    let mut ledger = Ledger::new(&plane.client, &plane.namespace, 4, 200.0).await;
+    let workload = ledger.start(50).await;
+
+    // Both gauges, 20 times a second, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let gauges = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut samples: Vec<(Instant, Option<i64>, Option<i64>)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = tokio::join!(leader_gauge(addrs[0]), leader_gauge(addrs[1]));
+                samples.push((Instant::now(), a, b));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let at = Instant::now();
+    let cut_at = std::time::SystemTime::now();
+    plane.operator_proxies[leader].freeze();
+    let standby_identity = plane.operators[standby].identity.clone();
+    let took_over = eventually(Duration::from_secs(30), || async {
+        lease_holder(&plane.client, &plane.namespace)
+            .await
+            .as_deref()
+            == Some(standby_identity.as_str())
+    })
+    .await;
+    assert!(took_over, "the standby never took the Lease");
+    println!(
+        "the standby holds the Lease {:.2?} after the cut",
+        at.elapsed()
+    );
+
+    // The standby acts: the node leading the first shard dies and is failed over by it.
+    let shard = plane.shard_list().await.remove(0);
+    let primary = shard.status.clone().unwrap().primary.unwrap();
+    plane.agents.get_mut(&primary.node).unwrap().kill();
+    let killed = Instant::now();
+    let first_ack = first_acknowledged(&mut ledger, &shard, killed).await;
+    let moved = eventually(Duration::from_secs(30), || async {
+        let now = plane.shards().get(&shard.name_any()).await.unwrap();
+        now.status
+            .and_then(|s| s.primary)
+            .is_some_and(|p| p.node != primary.node && p.epoch > primary.epoch)
+    })
+    .await;
+    assert!(moved, "the new leader did not fail {} over", primary.node);
+    println!(
+        "{} killed under the new leader: first routed write acknowledged {first_ack:.2?} after",
+        primary.node
+    );
+
+    // The link returns: the deposed leader stays deposed.
+    plane.operator_proxies[leader].restore();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = gauges.await.unwrap();
+    let gauge = |s: &(Instant, Option<i64>, Option<i64>), i: usize| if i == 0 { s.1 } else { s.2 };
+    let stopped = samples
+        .iter()
+        .filter(|s| s.0 > at && gauge(s, leader) == Some(1))
+        .map(|s| s.0)
+        .max()
+        .unwrap_or(at);
+    let started = samples
+        .iter()
+        .filter(|s| s.0 > at && gauge(s, standby) == Some(1))
+        .map(|s| s.0)
+        .min()
+        .expect("the standby's gauge never showed it leading");
+    println!(
+        "the cut-off leader last led {:.2?} after the cut; the standby first led {:.2?} after it",
+        stopped - at,
+        started - at
+    );
+    assert!(
+        stopped < started,
+        "the cut-off leader still led ({:.2?} after the cut) when the standby began ({:.2?})",
+        stopped - at,
+        started - at
+    );
+    assert!(
+        stopped - at < Duration::from_secs(4),
+        "the cut-off leader led for {:.2?}, beyond its 4 s Lease",
+        stopped - at
+    );
+    assert_eq!(
+        lease_holder(&plane.client, &plane.namespace)
+            .await
+            .as_deref(),
+        Some(standby_identity.as_str()),
+        "the deposed leader took the Lease back"
+    );
+    // Nothing it reported is stamped after it stopped.
+    let stopped_at = cut_at + (stopped - at);
+    let events = Api::<Event>::namespaced(plane.client.clone(), &plane.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let late: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.reporting_instance.as_deref() == Some(holder.as_str()))
+        .filter(|e| {
+            let stamped = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.as_ref().map(|t| t.0));
+            stamped.is_some_and(|t| {
+                std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(t.as_millisecond().max(0) as u64)
+                    > stopped_at
+            })
+        })
+        .map(|e| format!("{:?}: {:?}", e.reason, e.note))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the deposed leader reported after it stopped: {late:#?}"
+    );
+    plane.start_agent(&primary.node);
+    ledger
+        .finish("the operator leader cut off", workload, 100)
+        .await;
+}

@@ -104,6 +104,8 @@ pub struct DataPlane {
     pub agents: BTreeMap<String, AgentProcess>,
     /// The operator replicas, with [`OperatorMode::Processes`] (agents heartbeat each one).
     pub operators: Vec<OperatorProcess>,
+    /// Each operator replica's own proxy to the API server, by index, to cut one off.
+    pub operator_proxies: Vec<ApiProxy>,
     operator: Option<JoinHandle<()>>,
     /// Every node the plane may run (the cluster declares their regions and zones).
     nodes: Vec<NodeDef>,
@@ -178,7 +180,7 @@ impl ApiProxy {
         let server = server.trim_matches('"').to_owned();
         let upstream: SocketAddr = server.trim_start_matches("https://").parse().unwrap();
         let indent = &server_line[..server_line.len() - server_line.trim_start().len()];
-        let proxied = dir.join(format!("proxied-kubeconfig-{ip}"));
+        let proxied = dir.join(format!("proxied-kubeconfig-{ip}-{}", proxy_addr.port()));
         std::fs::write(
             &proxied,
             text.replace(
@@ -498,6 +500,7 @@ impl DataPlane {
             None => client.clone(),
             Some(hosts) => client_of(&hosts.operator_proxy.kubeconfig).await,
         };
+        let mut operator_proxies = Vec::new();
         let (operator, operators) = match mode {
             OperatorMode::InProcess => (
                 Some(operator::start_in_process(
@@ -509,11 +512,22 @@ impl DataPlane {
                 Vec::new(),
             ),
             OperatorMode::Processes(n) => {
-                let operators: Vec<OperatorProcess> = (0..n)
-                    .map(|i| {
+                for _ in 0..n {
+                    operator_proxies.push(ApiProxy::start(kubeconfig, dir.path()).await);
+                }
+                let operators: Vec<OperatorProcess> = operator_proxies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, proxy)| {
                         let identity = format!("op-{i}");
                         let log = dir.path().join(format!("operator-{identity}.log"));
-                        OperatorProcess::spawn(namespace, kubeconfig, &identity, free_addr(), log)
+                        OperatorProcess::spawn(
+                            namespace,
+                            &proxy.kubeconfig,
+                            &identity,
+                            free_addr(),
+                            log,
+                        )
                     })
                     .collect();
                 (None, operators)
@@ -532,6 +546,7 @@ impl DataPlane {
             agents: BTreeMap::new(),
             operator,
             operators,
+            operator_proxies,
             nodes: nodes.to_vec(),
             hosts,
             dir,
