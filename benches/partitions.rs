@@ -15,7 +15,13 @@
 //! acknowledged write checked afterwards. The next trial starts only once the node is back as a
 //! standby that streams again (not merely in sync and holding all it received). Then the control plane is taken from every
 //! component for `SHARDPLANE_OUTAGE_S` seconds (default 120; case g) and the share of the
-//! primaries' probes that took a write is reported. `SHARDPLANE_BENCH_RUNS` rounds (default 5).
+//! primaries' probes that took a write is reported. Last, a slow WAN (case e): single-row
+//! routed commits one after another for 30 s on the plain links (the baseline), then for
+//! `SHARDPLANE_WAN_S` seconds (default 300) with every packet between two regions held
+//! 100 ± 20 ms and 1 % dropped, the workload running: failovers planned and node phase
+//! changes counted (both must be 0), commit latency reported, then a node killed while the
+//! WAN is still slow (its detection and failover reported). `SHARDPLANE_BENCH_RUNS` rounds
+//! (default 5).
 
 #[path = "support/mod.rs"]
 mod bench_support;
@@ -32,13 +38,21 @@ use kube::ResourceExt;
 
 use bench_support::percentile;
 use harness::faults::{Fault, node_fault};
+use harness::network::LinkShape;
 use harness::network::TestNetwork;
 use harness::probes::{
     control_plane_outage, probe_every_replica, stop_probers, two_writable_primaries, writable_share,
 };
+use harness::wan::{slow_wan, watch_commits};
 use harness::{DataPlane, Ledger, NODES};
 
 const SHARDS: usize = 2;
+/// The slow WAN of issue #14, case e: each way between two regions.
+const WAN: LinkShape = LinkShape {
+    delay: Duration::from_millis(100),
+    jitter: Duration::from_millis(20),
+    loss: 0.01,
+};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
@@ -56,6 +70,12 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(120),
     );
+    let wan_hold = Duration::from_secs(
+        std::env::var("SHARDPLANE_WAN_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300),
+    );
     let mut ledger = Ledger::new(&plane.client, namespace, 4, 200.0).await;
     let faults = [Fault::Kill, Fault::Isolated, Fault::Standbys];
     let mut samples: Vec<(Fault, f64)> = Vec::new();
@@ -71,6 +91,9 @@ async fn main() {
         }
     }
     let (pct, acked_during) = outage_trial(&plane, &mut ledger, outage).await;
+    // The slow WAN, after a baseline of the same commits on the plain links.
+    let (baseline, _) = watch_commits(&plane, &mut ledger, Duration::from_secs(30)).await;
+    let wan = slow_wan(&mut plane, &mut ledger, WAN, wan_hold).await;
     ledger.summary();
 
     println!("\n| key | value |\n|---|---|");
@@ -96,6 +119,43 @@ async fn main() {
     println!("| control_plane_outage_s | {} |", outage.as_secs());
     println!("| control_plane_outage_write_success_pct | {pct:.1} |");
     println!("| control_plane_outage_routed_writes_acked | {acked_during} |");
+    let ms = |latencies: &[Duration]| -> Vec<f64> {
+        latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect()
+    };
+    println!(
+        "| wan_shape | {} ms ± {} ms one way, {:.0} % loss, between every two regions, {} s |",
+        WAN.delay.as_millis(),
+        WAN.jitter.as_millis(),
+        WAN.loss * 100.0,
+        wan_hold.as_secs()
+    );
+    println!(
+        "| false_failovers_under_wan_faults | {} |",
+        wan.false_failovers
+    );
+    println!(
+        "| node_phase_changes_under_wan_faults | {} |",
+        wan.flaps.len()
+    );
+    for (key, latencies) in [
+        ("commit_latency_ms_plain", ms(&baseline)),
+        ("commit_latency_ms_under_wan", ms(&wan.commit_latencies)),
+    ] {
+        println!("| {key}_p50 | {:.1} |", percentile(&latencies, 0.50));
+        println!("| {key}_p99 | {:.1} |", percentile(&latencies, 0.99));
+    }
+    println!(
+        "| wan_packets_sent_dropped | {} / {} |",
+        wan.links.sent, wan.links.dropped
+    );
+    println!(
+        "| wan_kill_detected_s | {:.3} |",
+        wan.kill_detected.as_secs_f64()
+    );
+    println!(
+        "| wan_kill_failover_s | {:.3} |",
+        wan.kill_failover.as_secs_f64()
+    );
 }
 
 /// The control plane out of reach of every component for `outage`: the share of the

@@ -30,7 +30,7 @@ use bench_support::percentile;
 use harness::Ledger;
 use harness::faults::{Fault, node_fault};
 use harness::network::TestNetwork;
-use harness::regions::{REGION_NODES, lose_region, region_leading_first_shard, set_replace_after};
+use harness::regions::{REGION_NODES, lose_region, region_leading_first_shard};
 
 const SHARDS: usize = 2;
 const REPLACE_AFTER: Duration = Duration::from_secs(8);
@@ -41,7 +41,6 @@ async fn main() {
     let (_cp, mut plane) =
         harness::bench_plane_on_network(namespace, SHARDS, &REGION_NODES, TestNetwork::new()).await;
     plane.wait_serving(SHARDS, Duration::from_secs(120)).await;
-    set_replace_after(&plane, REPLACE_AFTER).await;
     let runs = std::env::var("SHARDPLANE_BENCH_RUNS")
         .ok()
         .and_then(|n| n.parse().ok())

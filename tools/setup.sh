@@ -11,9 +11,10 @@ step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 # PostgreSQL 15 runs the shard replicas; git is used by git-sync's tests; pkg-config and the
 # OpenSSL headers build libgit2's HTTPS transport; iproute2 and nftables make the partition
-# tests' hosts (network namespaces) and their faults.
+# tests' hosts (network namespaces) and their faults; iptables gives them a slow link (its
+# NFQUEUE target: this kernel has neither netem nor nftables' queue).
 debian_packages=(postgresql-15 postgresql-contrib git pkg-config libssl-dev ca-certificates
-  iproute2 nftables)
+  iproute2 nftables iptables)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \

@@ -40,6 +40,8 @@ pub mod network;
 pub mod probes;
 #[path = "regions.rs"]
 pub mod regions;
+#[path = "wan.rs"]
+pub mod wan;
 use network::TestNetwork;
 
 /// A node: name, region, zone, first port of its range (20 ports each).
@@ -575,9 +577,9 @@ impl DataPlane {
         ));
     }
 
-    /// The names of every node the plane may run.
-    pub fn node_names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.nodes.iter().map(|n| n.0)
+    /// Every node the plane may run.
+    pub fn nodes(&self) -> &[NodeDef] {
+        &self.nodes
     }
 
     /// Every operator heartbeat address the agents are given.

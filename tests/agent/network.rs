@@ -169,6 +169,53 @@ impl TestNetwork {
         );
     }
 
+    /// Makes the link from host `name` to `peers` slow as `shape` says, until the returned
+    /// [`SlowLink`] is stopped or dropped: every packet the host sends them is queued to user
+    /// space (an iptables `NFQUEUE` rule in the host's namespace — this kernel has no `netem`
+    /// and no nftables `queue`, but has the xtables target) and a thread in that namespace
+    /// holds it for the delay, in order, or drops it. Apply it on both ends for a slow link
+    /// both ways.
+    pub fn slow_link(&self, name: &str, peers: &[Ipv4Addr], shape: LinkShape) -> SlowLink {
+        let namespace = PathBuf::from(format!("/var/run/netns/{}", self.host(name).namespace));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (bound, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || hold_packets(&namespace, shape, &stop, bound)
+        });
+        ready
+            .recv()
+            .expect("the slow link's thread ended")
+            .expect("the slow link's queue is bound");
+        let destinations = listed(peers).replace(", ", ",");
+        let rule = [
+            "OUTPUT",
+            "-d",
+            &destinations,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+            "--queue-bypass",
+        ];
+        let out = self
+            .command(name, "iptables-nft")
+            .arg("-A")
+            .args(rule)
+            .output()
+            .expect("iptables-nft (Debian package iptables) runs");
+        assert!(
+            out.status.success(),
+            "iptables-nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SlowLink {
+            host: self.host(name).namespace.clone(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Opens connections from inside host `name` (its loopback reaches its own instances
     /// whatever the faults), for observing a host the test cut off.
     pub fn connector(&self, name: &str) -> Connector {
@@ -310,5 +357,143 @@ fn sweep_dead_networks() {
         if dead(name, "spb") {
             let _ = Command::new("ip").args(["link", "del", name]).output();
         }
+    }
+}
+
+/// How a slow link treats each packet a host sends over it ([`TestNetwork::slow_link`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LinkShape {
+    /// How long each packet is held...
+    pub delay: Duration,
+    /// ...give or take up to this much, uniformly; packets still leave in order (a packet is
+    /// never sent before one held before it).
+    pub jitter: Duration,
+    /// The share of packets dropped, 0 to 1.
+    pub loss: f64,
+}
+
+/// What a slow link did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkStats {
+    /// Packets held and sent.
+    pub sent: u64,
+    /// Packets dropped.
+    pub dropped: u64,
+}
+
+/// A slow link in force; [`SlowLink::stop`] (or dropping it) removes its rule and sends
+/// what it still holds.
+pub struct SlowLink {
+    host: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<LinkStats>>,
+}
+
+impl SlowLink {
+    /// Ends the slow link: its rule removed, the packets it holds sent.
+    pub fn stop(mut self) -> LinkStats {
+        self.end()
+    }
+
+    fn end(&mut self) -> LinkStats {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.host, "iptables-nft", "-F", "OUTPUT"])
+            .output();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("the slow link's thread panicked"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The slow link's thread: enters the host's namespace, binds NFQUEUE 0 there (told on
+/// `bound`), then holds or drops every packet queued to it until `stop`, when it sends what
+/// it holds and unbinds.
+fn hold_packets(
+    namespace: &std::path::Path,
+    shape: LinkShape,
+    stop: &std::sync::atomic::AtomicBool,
+    bound: std::sync::mpsc::Sender<std::io::Result<()>>,
+) -> LinkStats {
+    let open = || -> std::io::Result<nfq::Queue> {
+        let file = std::fs::File::open(namespace)?;
+        // SAFETY: setns with a valid descriptor changes only this thread's namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut queue = nfq::Queue::open()?;
+        queue.bind(0)?;
+        queue.set_copy_range(0, 0)?;
+        queue.set_queue_max_len(0, 1 << 16)?;
+        queue.set_fail_open(0, true)?;
+        queue.set_nonblocking(true);
+        Ok(queue)
+    };
+    let mut queue = match open() {
+        Ok(queue) => {
+            let _ = bound.send(Ok(()));
+            queue
+        }
+        Err(error) => {
+            let _ = bound.send(Err(error));
+            return LinkStats::default();
+        }
+    };
+    let mut stats = LinkStats::default();
+    let mut held: std::collections::VecDeque<(std::time::Instant, nfq::Message)> =
+        Default::default();
+    // xorshift64*, seeded by the namespace's name: the same trial draws the same delays.
+    let mut state = namespace
+        .to_string_lossy()
+        .bytes()
+        .fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        });
+    let mut uniform = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut last_due = std::time::Instant::now();
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+        match queue.recv() {
+            Ok(mut message) => {
+                if !stopping && uniform() < shape.loss {
+                    message.set_verdict(nfq::Verdict::Drop);
+                    queue.verdict(message).expect("a verdict");
+                    stats.dropped += 1;
+                } else {
+                    let spread = shape.jitter.as_secs_f64() * (2.0 * uniform() - 1.0);
+                    let hold =
+                        Duration::from_secs_f64((shape.delay.as_secs_f64() + spread).max(0.0));
+                    last_due = last_due.max(std::time::Instant::now() + hold);
+                    held.push_back((last_due, message));
+                }
+                continue;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("the slow link's queue: {error}"),
+        }
+        let now = std::time::Instant::now();
+        while held.front().is_some_and(|(due, _)| stopping || *due <= now) {
+            let (_, mut message) = held.pop_front().expect("a held packet");
+            message.set_verdict(nfq::Verdict::Accept);
+            queue.verdict(message).expect("a verdict");
+            stats.sent += 1;
+        }
+        if stopping {
+            let _ = queue.unbind(0);
+            return stats;
+        }
+        std::thread::sleep(Duration::from_micros(500));
     }
 }

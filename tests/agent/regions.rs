@@ -49,7 +49,7 @@ pub struct RegionLoss {
 }
 
 /// Sets the cluster's `replaceReplicasAfterSeconds`.
-pub async fn set_replace_after(plane: &DataPlane, after: Duration) {
+async fn set_replace_after(plane: &DataPlane, after: Duration) {
     Api::<DatabaseCluster>::namespaced(plane.client.clone(), &plane.namespace)
         .patch(
             "main",
@@ -97,7 +97,8 @@ fn in_sync_regions(shard: &Shard) -> Option<Vec<(&str, &'static str)>> {
 /// Cuts every host of `region` off at once under the routed workload and the probers, and
 /// checks what must follow (panicking with what did not): every shard led there takes writes
 /// on a new primary elsewhere; its lost replicas are replaced in the other regions, not
-/// before `replace_after`; after the heal the region's nodes return and every shard holds
+/// before `replace_after` (the cluster's `replaceReplicasAfterSeconds` for the trial, 300
+/// again after it); after the heal the region's nodes return and every shard holds
 /// one in-sync replica per region again; every acknowledged write is found exactly once.
 pub async fn lose_region(
     plane: &DataPlane,
@@ -121,6 +122,7 @@ pub async fn lose_region(
                 .then(|| (s.name_any(), primary.epoch))
         })
         .collect();
+    set_replace_after(plane, replace_after).await;
     let workload = ledger.start(20).await;
     let stop = Arc::new(AtomicBool::new(false));
     let probers = probe_every_replica(plane, &shards, &stop);
@@ -206,6 +208,8 @@ pub async fn lose_region(
             .collect::<Vec<_>>()
     );
     let respread = healed.elapsed();
+    // Back to the cluster's 300 s, so a node that dies and returns later keeps its replicas.
+    set_replace_after(plane, Duration::from_secs(300)).await;
     ledger.finish(&what, workload, 20).await;
     let probes = stop_probers(&stop, probers).await;
     RegionLoss {

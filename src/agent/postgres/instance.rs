@@ -277,11 +277,16 @@ impl Instance {
         )
     }
 
-    /// The `primary_conninfo` with which this instance streams from `upstream`.
+    /// The `primary_conninfo` with which this instance streams from `upstream`. Connecting
+    /// may take 10 s: across a WAN the TCP, TLS and SCRAM round trips of one attempt took
+    /// 1.9–2.4 s at 230 ms round trips (`tests/partitions.rs`, the slow WAN), so the 2 s this
+    /// was gave up on attempts that would have succeeded, and retried from scratch. A longer
+    /// deadline costs nothing when the upstream is dead: re-pointing the instance (a
+    /// reload) ends a walreceiver stuck connecting at once.
     pub(crate) fn primary_conninfo(&self, upstream: &Upstream) -> String {
         format!(
             "host={} port={} user={REPLICATION_USER} application_name={} passfile={} \
-             {} connect_timeout=2",
+             {} connect_timeout=10",
             quote_conninfo(&upstream.host),
             upstream.port,
             self.name,
