@@ -156,6 +156,7 @@ async fn main() {
         "| wan_kill_failover_s | {:.3} |",
         wan.kill_failover.as_secs_f64()
     );
+    println!("| wan_kill_failed_writes | {} |", wan.failed_writes);
 }
 
 /// The control plane out of reach of every component for `outage`: the share of the

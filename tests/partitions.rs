@@ -960,7 +960,9 @@ async fn an_operator_leader_cut_from_the_api_server_stops_acting_before_the_stan
 /// benchmark's figure is for 300), under the routed workload. No failover is planned and no
 /// node changes phase; quorum commits keep being acknowledged (at a WAN round trip each); a
 /// node killed during it is still declared Offline within twice `deadAfterMs` plus a second,
-/// and its shard takes writes again; nothing acknowledged is lost.
+/// and its shard takes writes again; nothing acknowledged is lost. (That failover is slow
+/// across the WAN, 9–40 s to the first acknowledged write here, so a routed write may run
+/// into its deadline: counted and printed, not refused — see `docs/dataplane.md`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_lossy_wan_fails_nothing_over_and_a_kill_is_still_detected() {
     let hold = Duration::from_secs(
@@ -982,7 +984,7 @@ async fn a_slow_lossy_wan_fails_nothing_over_and_a_kill_is_still_detected() {
     latencies.sort();
     let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     println!(
-        "slow WAN for {hold:?}: {} commits, latency p50 {:.0?} p99 {:.0?}; links sent {} dropped {}; false failovers {}, phase changes {:?}; workload acked {} before the kill; a kill detected after {:.2?}, writes again after {:.2?}",
+        "slow WAN for {hold:?}: {} commits, latency p50 {:.0?} p99 {:.0?}; links sent {} dropped {}; false failovers {}, phase changes {:?}; workload acked {} before the kill; a kill detected after {:.2?}, writes again after {:.2?}, {} routed writes failed meanwhile",
         latencies.len(),
         at(0.5),
         at(0.99),
@@ -992,7 +994,8 @@ async fn a_slow_lossy_wan_fails_nothing_over_and_a_kill_is_still_detected() {
         wan.flaps,
         wan.acked_before_kill,
         wan.kill_detected,
-        wan.kill_failover
+        wan.kill_failover,
+        wan.failed_writes
     );
     assert_eq!(
         wan.false_failovers, 0,

@@ -32,6 +32,10 @@ pub struct SlowWan {
     pub kill_detected: Duration,
     /// From the kill to the first routed write of the shard it led acknowledged after it.
     pub kill_failover: Duration,
+    /// Routed writes of the workload that failed (their outcome unknown: a commit still
+    /// waiting for a standby at the client's 10 s deadline, while the killed node's shard
+    /// failed over across the slow WAN).
+    pub failed_writes: usize,
     /// What the links did, summed.
     pub links: LinkStats,
 }
@@ -88,7 +92,8 @@ pub async fn watch_commits(
 
 /// Makes every link between hosts of different regions slow as `shape` says for `hold`, under
 /// the routed workload; then kills the agent of the node leading the first shard, the links
-/// still slow; then restores them and the node and checks every acknowledged write.
+/// still slow; then restores them and the node and checks every acknowledged write (a write
+/// may fail during that failover: counted, not refused).
 pub async fn slow_wan(
     plane: &mut DataPlane,
     ledger: &mut Ledger,
@@ -167,7 +172,9 @@ pub async fn slow_wan(
         "{} did not rejoin after the slow WAN",
         primary.node
     );
-    ledger.finish("slow WAN", workload, 20).await;
+    let (_, failed_writes) = ledger
+        .finish_counting_failures("slow WAN", workload, 20)
+        .await;
     SlowWan {
         false_failovers,
         flaps,
@@ -175,6 +182,7 @@ pub async fn slow_wan(
         acked_before_kill,
         kill_detected,
         kill_failover,
+        failed_writes,
         links: stats,
     }
 }
