@@ -700,6 +700,25 @@ impl DataPlane {
                     .iter()
                     .map(|o| (format!("operator {}", o.identity), &o.log)),
             );
+        // Every log of the plane (agents', operators', instances'), kept for a post-mortem.
+        if let Ok(keep) = std::env::var("SHARDPLANE_KEEP_LOGS") {
+            let kept = std::path::Path::new(&keep).join(format!(
+                "{}-{}",
+                self.namespace,
+                std::process::id()
+            ));
+            let _ = std::fs::create_dir_all(&kept);
+            let copied = Command::new("sh")
+                .arg("-c")
+                .arg("cd \"$1\" && find . -name '*.log' -exec cp --parents {} \"$2\" \\;")
+                .args([
+                    "sh",
+                    &self.dir.path().to_string_lossy(),
+                    &kept.to_string_lossy(),
+                ])
+                .status();
+            eprintln!("==== logs kept in {} ({copied:?}) ====", kept.display());
+        }
         for (what, log) in logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
