@@ -153,8 +153,12 @@ async fn main() {
         wan.kill_detected.as_secs_f64()
     );
     println!(
-        "| wan_kill_failover_s | {:.3} |",
-        wan.kill_failover.as_secs_f64()
+        "| wan_kill_failover_s | {} |",
+        wan.kill_failover
+            .map_or("none within 120 s".to_owned(), |d| format!(
+                "{:.3}",
+                d.as_secs_f64()
+            ))
     );
     println!("| wan_kill_failed_writes | {} |", wan.failed_writes);
 }

@@ -984,7 +984,7 @@ async fn a_slow_lossy_wan_fails_nothing_over_and_a_kill_is_still_detected() {
     latencies.sort();
     let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     println!(
-        "slow WAN for {hold:?}: {} commits, latency p50 {:.0?} p99 {:.0?}; links sent {} dropped {}; false failovers {}, phase changes {:?}; workload acked {} before the kill; a kill detected after {:.2?}, writes again after {:.2?}, {} routed writes failed meanwhile",
+        "slow WAN for {hold:?}: {} commits, latency p50 {:.0?} p99 {:.0?}; links sent {} dropped {}; false failovers {}, phase changes {:?}; workload acked {} before the kill; a kill detected after {:.2?}, writes again after {:?}, {} routed writes failed meanwhile",
         latencies.len(),
         at(0.5),
         at(0.99),

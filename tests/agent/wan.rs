@@ -14,7 +14,7 @@ use shardplane::api::database_node::NodePhase;
 use shardplane::routing::ShardKeyValue;
 
 use super::network::{LinkShape, LinkStats};
-use super::probes::first_acknowledged;
+use super::probes::first_acknowledged_within;
 use super::{DataPlane, Ledger, TABLE, keys_in};
 use crate::support::eventually;
 
@@ -30,8 +30,9 @@ pub struct SlowWan {
     pub acked_before_kill: u64,
     /// From the kill to the node's `Offline`.
     pub kill_detected: Duration,
-    /// From the kill to the first routed write of the shard it led acknowledged after it.
-    pub kill_failover: Duration,
+    /// From the kill to the first routed write of the shard it led acknowledged after it;
+    /// `None` if none was within 120 s.
+    pub kill_failover: Option<Duration>,
     /// Routed writes of the workload that failed (their outcome unknown: a commit still
     /// waiting for a standby at the client's 10 s deadline, while the killed node's shard
     /// failed over across the slow WAN).
@@ -149,7 +150,8 @@ pub async fn slow_wan(
         primary.node
     );
     let kill_detected = killed.elapsed();
-    let kill_failover = first_acknowledged(ledger, &shard, killed).await;
+    let kill_failover =
+        first_acknowledged_within(ledger, &shard, killed, Duration::from_secs(120)).await;
 
     let mut stats = LinkStats::default();
     for link in links {
