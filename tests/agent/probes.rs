@@ -289,6 +289,6 @@ pub async fn first_acknowledged_within(
         acked.extend(write.await.unwrap());
     }
     ledger.acked.extend(acked);
-    let first = *first.lock().unwrap();
-    first
+    let timed = first.lock().unwrap();
+    *timed
 }
