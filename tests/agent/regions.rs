@@ -94,6 +94,18 @@ fn in_sync_regions(shard: &Shard) -> Option<Vec<(&str, &'static str)>> {
         .collect()
 }
 
+/// Every shard's desired and reported replicas, for a failure's message.
+async fn replica_sets(
+    plane: &DataPlane,
+) -> Vec<(String, Option<shardplane::api::shard::ShardStatus>)> {
+    plane
+        .shard_list()
+        .await
+        .into_iter()
+        .map(|s| (s.name_any(), s.status))
+        .collect()
+}
+
 /// Cuts every host of `region` off at once under the routed workload and the probers, and
 /// checks what must follow (panicking with what did not): every shard led there takes writes
 /// on a new primary elsewhere; its lost replicas are replaced in the other regions, not
@@ -164,15 +176,7 @@ pub async fn lose_region(
     assert!(
         replaced,
         "{what}: its replicas were not replaced in the other regions: {:#?}",
-        plane
-            .shard_list()
-            .await
-            .iter()
-            .map(|s| (
-                s.name_any(),
-                s.status.as_ref().map(|st| st.replicas.clone())
-            ))
-            .collect::<Vec<_>>()
+        replica_sets(plane).await
     );
     let replaced = at.elapsed();
     assert!(
@@ -197,15 +201,7 @@ pub async fn lose_region(
     assert!(
         respread,
         "{what}: after the heal the shards did not return to one replica per region: {:#?}",
-        plane
-            .shard_list()
-            .await
-            .iter()
-            .map(|s| (
-                s.name_any(),
-                s.status.as_ref().map(|st| st.replicas.clone())
-            ))
-            .collect::<Vec<_>>()
+        replica_sets(plane).await
     );
     let respread = healed.elapsed();
     // Back to the cluster's 300 s, so a node that dies and returns later keeps its replicas.
