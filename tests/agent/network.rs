@@ -188,7 +188,13 @@ impl TestNetwork {
             .expect("the slow link's thread ended")
             .expect("the slow link's queue is bound");
         let destinations = listed(peers).replace(", ", ",");
-        let rule = [
+        let host = &self.host(name).namespace;
+        ip(&[
+            "netns",
+            "exec",
+            host,
+            "iptables-nft",
+            "-A",
             "OUTPUT",
             "-d",
             &destinations,
@@ -197,20 +203,9 @@ impl TestNetwork {
             "--queue-num",
             "0",
             "--queue-bypass",
-        ];
-        let out = self
-            .command(name, "iptables-nft")
-            .arg("-A")
-            .args(rule)
-            .output()
-            .expect("iptables-nft (Debian package iptables) runs");
-        assert!(
-            out.status.success(),
-            "iptables-nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ]);
         SlowLink {
-            host: self.host(name).namespace.clone(),
+            host: host.clone(),
             stop,
             thread: Some(thread),
         }
