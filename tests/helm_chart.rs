@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_yaml::Value;
-use shardplane::agent::protocol::renew_lease;
-use shardplane::api::{DatabaseCluster, GitSync, GitSyncSpec};
+use shardplane::agent::protocol::{renew_lease, report_node_status, report_replica};
+use shardplane::api::shard::{ObservedReplica, ReplicaRole, ReplicaState};
+use shardplane::api::{DatabaseCluster, DatabaseNode, GitSync, GitSyncSpec, Shard};
 use support::{TestEnv, control_plane, eventually, test_env};
 
 /// The chart, by absolute path so that helm finds it whatever the working directory.
@@ -201,10 +203,12 @@ fn service_account(env: &TestEnv, name: &str) -> String {
     format!("system:serviceaccount:{}:{name}", env.namespace)
 }
 
-/// Binds each user to the chart's `<release>-shardplane-<role>` ClusterRoles in the test's
-/// namespace. The test control plane runs no clusterrole-aggregation controller, so the roles
-/// are bound as the built-in view, edit and admin would contain them.
-async fn bind_roles(env: &TestEnv, release: &str, users: &[(&str, &[&str])]) {
+/// Binds each user to Kubernetes' built-in ClusterRoles (`view`, `edit`, `admin`) in the
+/// test's namespace, as a cluster's administrators grant people rights; the control plane's
+/// clusterrole-aggregation controller adds what the chart aggregates into them. Returns once
+/// the aggregated rights show (an admin may approve Plans), so that a right checked as refused
+/// is not refused merely because aggregation has not happened yet.
+async fn bind_roles(env: &TestEnv, users: &[(&str, &[&str])]) {
     for (user, roles) in users {
         for role in *roles {
             let output = env
@@ -212,7 +216,7 @@ async fn bind_roles(env: &TestEnv, release: &str, users: &[(&str, &[&str])]) {
                     "create",
                     "rolebinding",
                     &format!("{user}-{role}"),
-                    &format!("--clusterrole={release}-shardplane-{role}"),
+                    &format!("--clusterrole={role}"),
                     &format!("--user={user}"),
                 ])
                 .await;
@@ -223,6 +227,25 @@ async fn bind_roles(env: &TestEnv, release: &str, users: &[(&str, &[&str])]) {
             );
         }
     }
+    let probe = format!("shardplane-aggregation-probe-{}", env.namespace);
+    let output = env
+        .kubectl([
+            "create",
+            "rolebinding",
+            "aggregation-probe",
+            "--clusterrole=admin",
+            &format!("--user={probe}"),
+        ])
+        .await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let aggregated = eventually(SETTLE_TIMEOUT, || {
+        can_i(env, &probe, &["approve", "plans.shardplane.io"])
+    })
+    .await;
+    assert!(
+        aggregated,
+        "the chart's rights never reached the built-in admin role"
+    );
 }
 
 /// `kubectl auth can-i <args>` as `user`.
@@ -385,9 +408,12 @@ async fn rendered_rbac_has_no_wildcards() {
 
 #[tokio::test]
 async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
-    let objects = render("least", &EVERYTHING_ON).await;
+    let mut values = EVERYTHING_ON.to_vec();
+    values.extend(["--set", "agent.nodes={n1}"]);
+    let objects = render("least", &values).await;
 
     let agent = rules(find(&objects, "Role", "least-shardplane-agent"));
+    let own = rules(find(&objects, "Role", "least-shardplane-agent-n1"));
     for resource in ["shards", "tables", "plans"] {
         for verb in ["create", "delete", "deletecollection"] {
             assert!(
@@ -408,17 +434,35 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
         !allows(&agent, "", "secrets", "list"),
         "the agent may enumerate Secrets"
     );
+    // Objects of one node only by name, in that node's own Role: no agent may write every
+    // node's status or Lease, or read every Secret.
+    for (group, resource, verb) in [
+        ("shardplane.io", "databasenodes", "patch"),
+        ("shardplane.io", "databasenodes/status", "patch"),
+        ("coordination.k8s.io", "leases", "patch"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("", "secrets", "get"),
+    ] {
+        for (whose, rules) in [("shared", &agent), ("node's", &own)] {
+            assert!(
+                !allows(rules, group, resource, verb),
+                "the agents' {whose} Role may {verb} every {resource}"
+            );
+        }
+    }
+    let named = |resource: &str| -> Vec<String> {
+        own.iter()
+            .filter(|rule| rule.resources.iter().any(|r| r == resource))
+            .flat_map(|rule| rule.resource_names.clone())
+            .collect()
+    };
+    assert_eq!(named("databasenodes/status"), ["n1"]);
+    assert_eq!(named("leases"), ["shardplane-node-n1"]);
+    assert_eq!(named("secrets"), ["n1-tls"]);
     // What it needs, so that the checks above are not vacuous.
-    assert!(allows(
-        &agent,
-        "shardplane.io",
-        "databasenodes/status",
-        "patch"
-    ));
     assert!(allows(&agent, "shardplane.io", "shards/status", "patch"));
     assert!(allows(&agent, "shardplane.io", "databasenodes", "create"));
-    assert!(allows(&agent, "coordination.k8s.io", "leases", "update"));
-    assert!(allows(&agent, "coordination.k8s.io", "leases", "patch"));
+    assert!(allows(&agent, "coordination.k8s.io", "leases", "create"));
     assert!(allows(&agent, "shardplane.io", "databaseclusters", "watch"));
 
     let git_sync = rules(find(&objects, "Role", "least-shardplane-git-sync"));
@@ -448,7 +492,10 @@ async fn rendered_agent_and_git_sync_rules_are_least_privilege() {
         "gitsyncs/status",
         "patch"
     ));
-    assert!(allows(&git_sync, "", "secrets", "get"));
+    assert!(
+        !allows(&git_sync, "", "secrets", "get"),
+        "git-sync may read every Secret of its namespaces (the operator's webhook key among them)"
+    );
     // Neither the agent nor the operator touches GitSyncs.
     let operator = rules(find(&objects, "ClusterRole", "least-shardplane-operator"));
     for (who, rules) in [("agent", &agent), ("operator", &operator)] {
@@ -828,7 +875,9 @@ async fn people_rights_extend_the_built_in_view_edit_and_admin_roles() {
 #[tokio::test]
 async fn install_creates_identities_rbac_operator_service_and_established_crds() {
     let env = test_env().await;
-    let printed = install(&env, "inst", &EVERYTHING_ON).await;
+    let mut values = EVERYTHING_ON.to_vec();
+    values.extend(["--set", "agent.nodes={n1,n2}"]);
+    let printed = install(&env, "inst", &values).await;
     let notes = printed
         .split_once("NOTES:")
         .map(|(_, notes)| notes)
@@ -837,7 +886,8 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
         "kubectl get shardplane",
         "kubectl get gitsyncs",
         "inst-shardplane-operator",
-        "inst-shardplane-agent",
+        "inst-shardplane-agent-<node>",
+        "n1, n2",
     ] {
         assert!(
             notes.contains(expected),
@@ -847,7 +897,7 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
     let ns = env.namespace.as_str();
 
     let service_accounts: Api<ServiceAccount> = env.api();
-    for component in ["operator", "agent", "git-sync"] {
+    for component in ["operator", "agent-n1", "agent-n2", "git-sync"] {
         let wanted = format!("inst-shardplane-{component}");
         service_accounts
             .get(&wanted)
@@ -880,7 +930,8 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
     let roles: Api<Role> = env.api();
     let bindings: Api<RoleBinding> = env.api();
     for (role, service_account) in [
-        ("inst-shardplane-agent", "inst-shardplane-agent"),
+        ("inst-shardplane-agent-n1", "inst-shardplane-agent-n1"),
+        ("inst-shardplane-agent-n2", "inst-shardplane-agent-n2"),
         ("inst-shardplane-git-sync", "inst-shardplane-git-sync"),
     ] {
         let made = roles
@@ -911,6 +962,25 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
             "RoleBinding {role} binds {subjects:?}"
         );
     }
+    let shared = bindings.get("inst-shardplane-agent").await.unwrap();
+    let mut bound: Vec<String> = shared
+        .subjects
+        .unwrap_or_default()
+        .into_iter()
+        .map(|subject| subject.name)
+        .collect();
+    bound.sort_unstable();
+    assert_eq!(
+        (shared.role_ref.name.as_str(), bound),
+        (
+            "inst-shardplane-agent",
+            vec![
+                "inst-shardplane-agent-n1".to_owned(),
+                "inst-shardplane-agent-n2".to_owned()
+            ]
+        ),
+        "the agents' shared Role is bound to other than every node's agent"
+    );
     let cluster_role = Api::<ClusterRole>::all(env.client.clone())
         .get("inst-shardplane-operator")
         .await
@@ -990,38 +1060,285 @@ async fn install_creates_identities_rbac_operator_service_and_established_crds()
     }
 }
 
-/// Real requests under the agent's identity, not `auth can-i`: the agent renews its node
-/// Lease by server-side apply (a `patch` that creates the Lease the first time) and lists the
-/// DatabaseClusters of its namespace. Both were refused under the chart's first rules.
+/// Real requests under one node's agent identity, not `auth can-i`, sent as the agent's code
+/// sends them (`renew_lease`, `report_node_status`, `report_replica`): node n1's agent
+/// registers its node, renews its Lease, reports its status and its replica, reads its
+/// certificate, the credentials and its cluster — and is refused, each with a message, when
+/// it writes node n2's Lease, status or replica entry, the operator's Lease, a shard's primary,
+/// the operator's part of its own node's status, another node's registration, an approval on
+/// its node, or reads n2's certificate or the webhook's key.
 #[tokio::test]
-async fn the_agents_identity_renews_its_node_lease_and_reads_its_cluster() {
+async fn each_agent_writes_only_its_own_node_lease_status_and_replica_entries() {
     let env = test_env().await;
-    install(&env, "agentid", &[]).await;
+    install(&env, "agentid", &["--set", "agent.nodes={n1,n2}"]).await;
+    let node_spec = |name: &str| {
+        serde_json::json!({"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+            "metadata": {"name": name},
+            "spec": {"cluster": "commerce", "region": "eu", "zone": "eu-a", "address": "127.0.0.1",
+                     "ports": {"first": 20000, "last": 20031},
+                     "capacity": {"storageBytes": 1_000_000_000i64}}})
+    };
+    let secret = |name: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                           "stringData": {"k": "v"}})
+    };
+    let lease = |name: &str| {
+        serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": name}, "spec": {"holderIdentity": "x"}})
+    };
+    let manifests = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
+         "metadata": {"name": "commerce"},
+         "spec": {"regions": [{"name": "eu", "zones": ["eu-a"]}], "replicationFactor": 2}},
+        node_spec("n2"),
+        {"apiVersion": "shardplane.io/v1alpha1", "kind": "Shard", "metadata": {"name": "orders-0"},
+         "spec": {"table": "orders", "range": {}}},
+        secret("n1-tls"), secret("n2-tls"), secret("shardplane-postgres"),
+        lease(shardplane::protocol::OPERATOR_LEASE), lease("shardplane-node-n2"),
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("objects.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&manifests).unwrap()).unwrap();
+    let applied = env.kubectl(["apply", "-f", path.to_str().unwrap()]).await;
+    assert!(applied.status.success(), "{}", describe(&applied));
+    // The operator's decisions and n2's report, as the admin (standing in for them) writes them.
+    let shards: Api<Shard> = env.api();
+    let decided = serde_json::json!({"status": {
+        "primary": {"node": "n2", "epoch": 1},
+        "desiredReplicas": [{"node": "n2", "role": "Primary"}, {"node": "n1", "role": "Secondary"}],
+    }});
+    shards
+        .patch_status("orders-0", &PatchParams::default(), &Patch::Merge(decided))
+        .await
+        .unwrap();
+    let primary = ObservedReplica {
+        node: "n2".into(),
+        role: ReplicaRole::Primary,
+        state: ReplicaState::InSync,
+        endpoint: None,
+        lag_bytes: Some(0),
+        epoch: Some(1),
+        received_lsn: None,
+        last_seen_time: None,
+    };
+    report_replica(&shards, "orders-0", "n2", Some(&primary))
+        .await
+        .unwrap();
+
     let mut config = env.control_plane.kube_config().await.unwrap();
-    config.auth_info.impersonate = Some(service_account(&env, "agentid-shardplane-agent"));
+    config.auth_info.impersonate = Some(service_account(&env, "agentid-shardplane-agent-n1"));
     let agent = kube::Client::try_from(config).unwrap();
     let leases: Api<Lease> = Api::namespaced(agent.clone(), &env.namespace);
-    // RBAC reaches the API server's authorizer through an informer: allow it a moment.
-    let created = eventually(SETTLE_TIMEOUT, || async {
+    let nodes: Api<DatabaseNode> = Api::namespaced(agent.clone(), &env.namespace);
+    let agent_shards: Api<Shard> = Api::namespaced(agent.clone(), &env.namespace);
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), &env.namespace);
+    // RBAC and the policy reach the API server through informers: allow them a moment.
+    let settled = eventually(SETTLE_TIMEOUT, || async {
         renew_lease(&leases, "n1").await.is_ok()
+            && renew_lease(&leases, "n2")
+                .await
+                .is_err_and(|e| refused(&e, ""))
     })
     .await;
-    let renewed = renew_lease(&leases, "n1").await;
-    assert!(
-        created && renewed.is_ok(),
-        "the agent cannot renew its node Lease: {renewed:?}"
+    assert!(settled, "n1's agent never renewed only its own Lease");
+
+    let mut wrong = Vec::new();
+    let mut expect_ok = |what: &str, result: Result<(), kube::Error>| {
+        if let Err(error) = result {
+            wrong.push(format!("{what}: refused: {error}"));
+        }
+    };
+    let own_node: DatabaseNode = serde_json::from_value(node_spec("n1")).unwrap();
+    expect_ok(
+        "registering its node",
+        nodes
+            .create(&PostParams::default(), &own_node)
+            .await
+            .map(drop),
     );
-    Api::<DatabaseCluster>::namespaced(agent, &env.namespace)
-        .list(&Default::default())
-        .await
-        .unwrap_or_else(|error| panic!("the agent cannot list DatabaseClusters: {error}"));
+    expect_ok("renewing its Lease", renew_lease(&leases, "n1").await);
+    expect_ok(
+        "reporting its node's status",
+        report_node_status(
+            &nodes,
+            "n1",
+            serde_json::json!({"version": "0.1.0", "agentEpoch": 3, "usedBytes": 10}),
+        )
+        .await,
+    );
+    let report = ObservedReplica {
+        node: "n1".into(),
+        role: ReplicaRole::Secondary,
+        state: ReplicaState::CatchingUp,
+        endpoint: None,
+        lag_bytes: Some(0),
+        epoch: Some(1),
+        received_lsn: None,
+        last_seen_time: None,
+    };
+    expect_ok(
+        "reporting its replica",
+        report_replica(&agent_shards, "orders-0", "n1", Some(&report)).await,
+    );
+    for name in ["n1-tls", "shardplane-postgres"] {
+        expect_ok(
+            &format!("reading Secret {name}"),
+            secrets.get(name).await.map(drop),
+        );
+    }
+    expect_ok(
+        "listing DatabaseClusters",
+        Api::<DatabaseCluster>::namespaced(agent.clone(), &env.namespace)
+            .list(&Default::default())
+            .await
+            .map(drop),
+    );
+
+    let mut expect_refused = |what: &str, result: Result<(), kube::Error>, says: &str| match result
+    {
+        Ok(()) => wrong.push(format!("{what}: allowed")),
+        Err(error) if !refused(&error, says) => wrong.push(format!(
+            "{what}: not refused as expected ({says:?}): {error}"
+        )),
+        Err(_) => {}
+    };
+    expect_refused(
+        "renewing n2's Lease",
+        renew_lease(&leases, "n2").await,
+        "cannot patch resource \"leases\"",
+    );
+    expect_refused(
+        "renewing n3's Lease (creating it)",
+        renew_lease(&leases, "n3").await,
+        "cannot patch resource \"leases\"",
+    );
+    expect_refused(
+        "creating the Lease of node n3",
+        leases
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(lease("shardplane-node-n3")).unwrap(),
+            )
+            .await
+            .map(drop),
+        "may write only its own Lease",
+    );
+    let operator_lease =
+        serde_json::json!({"spec": {"holderIdentity": "agentid-shardplane-agent-n1"}});
+    expect_refused(
+        "taking the operator's Lease",
+        leases
+            .patch(
+                shardplane::protocol::OPERATOR_LEASE,
+                &PatchParams::default(),
+                &Patch::Merge(operator_lease),
+            )
+            .await
+            .map(drop),
+        "",
+    );
+    expect_refused(
+        "registering node n3",
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(node_spec("n3")).unwrap(),
+            )
+            .await
+            .map(drop),
+        "may write only its own DatabaseNode",
+    );
+    expect_refused(
+        "reporting n2's status",
+        report_node_status(&nodes, "n2", serde_json::json!({"version": "9.9.9"})).await,
+        "",
+    );
+    expect_refused(
+        "setting its own node's phase",
+        report_node_status(&nodes, "n1", serde_json::json!({"phase": "Online"})).await,
+        "the operator's part of its DatabaseNode's status",
+    );
+    let forged = ObservedReplica {
+        node: "n2".into(),
+        state: ReplicaState::Down,
+        ..report.clone()
+    };
+    expect_refused(
+        "reporting n2's replica",
+        report_replica(&agent_shards, "orders-0", "n2", Some(&forged)).await,
+        "only its own entries",
+    );
+    expect_refused(
+        "withdrawing n2's replica",
+        report_replica(&agent_shards, "orders-0", "n2", None).await,
+        "only its own entries",
+    );
+    let seize = serde_json::json!({"status": {"primary": {"node": "n1", "epoch": 2}}});
+    expect_refused(
+        "making itself the shard's primary",
+        agent_shards
+            .patch_status("orders-0", &PatchParams::default(), &Patch::Merge(seize))
+            .await
+            .map(drop),
+        "the operator's decisions",
+    );
+    let approve = serde_json::json!({"metadata": {"annotations": {"shardplane.io/approve-plan": "a".repeat(64)}}});
+    expect_refused(
+        "approving a plan on its node",
+        nodes
+            .patch("n1", &PatchParams::default(), &Patch::Merge(approve))
+            .await
+            .map(drop),
+        "",
+    );
+    for name in ["n2-tls", "agentid-shardplane-operator-webhook-tls"] {
+        expect_refused(
+            &format!("reading Secret {name}"),
+            secrets.get(name).await.map(drop),
+            "",
+        );
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let shard = shards.get("orders-0").await.unwrap();
+    let status = shard.status.unwrap();
+    assert_eq!(
+        status.primary.map(|p| p.node).as_deref(),
+        Some("n2"),
+        "the primary changed"
+    );
+    let reported: Vec<(String, ReplicaState)> = status
+        .replicas
+        .iter()
+        .map(|r| (r.node.clone(), r.state))
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            ("n2".to_owned(), ReplicaState::InSync),
+            ("n1".to_owned(), ReplicaState::CatchingUp)
+        ],
+        "the replica reports are not n2's own and n1's own"
+    );
+}
+
+/// Whether `error` is the API server refusing a request (403 Forbidden) with a message that
+/// contains `says`.
+fn refused(error: &kube::Error, says: &str) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403 && status.message.contains(says))
 }
 
 #[tokio::test]
 async fn service_accounts_get_exactly_their_rights() {
     let env = test_env().await;
-    install(&env, "authz", &EVERYTHING_ON).await;
-    let agent = service_account(&env, "authz-shardplane-agent");
+    let mut values = EVERYTHING_ON.to_vec();
+    values.extend([
+        "--set",
+        "agent.nodes={n1}",
+        "--set",
+        "gitSync.secretNames={repo-token}",
+    ]);
+    install(&env, "authz", &values).await;
+    let agent = service_account(&env, "authz-shardplane-agent-n1");
     let agent = agent.as_str();
     let git_sync = service_account(&env, "authz-shardplane-git-sync");
     let git_sync = git_sync.as_str();
@@ -1034,11 +1351,21 @@ async fn service_accounts_get_exactly_their_rights() {
                 agent,
                 &[
                     "patch",
-                    "databasenodes.shardplane.io",
+                    "databasenodes.shardplane.io/n1",
                     "--subresource=status",
                 ],
                 true,
             ),
+            (
+                agent,
+                &[
+                    "patch",
+                    "databasenodes.shardplane.io/n2",
+                    "--subresource=status",
+                ],
+                false,
+            ),
+            (agent, &["patch", "databasenodes.shardplane.io/n1"], false),
             (
                 agent,
                 &["patch", "shards.shardplane.io", "--subresource=status"],
@@ -1046,8 +1373,29 @@ async fn service_accounts_get_exactly_their_rights() {
             ),
             (agent, &["create", "databasenodes.shardplane.io"], true),
             (agent, &["watch", "schemaversions.shardplane.io"], true),
-            (agent, &["update", "leases.coordination.k8s.io"], true),
-            (agent, &["get", "secrets"], true),
+            (
+                agent,
+                &["update", "leases.coordination.k8s.io/shardplane-node-n1"],
+                true,
+            ),
+            (
+                agent,
+                &["update", "leases.coordination.k8s.io/shardplane-node-n2"],
+                false,
+            ),
+            (
+                agent,
+                &["update", "leases.coordination.k8s.io/shardplane-operator"],
+                false,
+            ),
+            (agent, &["get", "secrets/n1-tls"], true),
+            (agent, &["get", "secrets/shardplane-postgres"], true),
+            (agent, &["get", "secrets/n2-tls"], false),
+            (
+                agent,
+                &["get", "secrets/authz-shardplane-operator-webhook-tls"],
+                false,
+            ),
             (agent, &["list", "secrets"], false),
             (agent, &["get", "secrets", "--namespace=default"], false),
             (agent, &["delete", "shards.shardplane.io"], false),
@@ -1064,7 +1412,14 @@ async fn service_accounts_get_exactly_their_rights() {
             ),
             (git_sync, &["patch", "shards.shardplane.io"], true),
             (git_sync, &["delete", "tables.shardplane.io"], true),
-            (git_sync, &["get", "secrets"], true),
+            (git_sync, &["get", "secrets/repo-token"], true),
+            (git_sync, &["get", "secrets"], false),
+            (
+                git_sync,
+                &["get", "secrets/authz-shardplane-operator-webhook-tls"],
+                false,
+            ),
+            (git_sync, &["get", "secrets/shardplane-postgres"], false),
             (git_sync, &["watch", "gitsyncs.shardplane.io"], true),
             (
                 git_sync,
@@ -1100,12 +1455,27 @@ async fn service_accounts_get_exactly_their_rights() {
                 operator,
                 &[
                     "update",
-                    "shards.shardplane.io",
+                    "tables.shardplane.io",
                     "--subresource=finalizers",
                     "--namespace=default",
                 ],
                 true,
             ),
+            // What its code never does.
+            (
+                operator,
+                &["update", "shards.shardplane.io", "--namespace=default"],
+                false,
+            ),
+            (operator, &["create", "shards.shardplane.io"], false),
+            (operator, &["delete", "tables.shardplane.io"], false),
+            (
+                operator,
+                &["create", "databaseclusters.shardplane.io"],
+                false,
+            ),
+            (operator, &["delete", "databasenodes.shardplane.io"], false),
+            (operator, &["update", "secrets"], false),
             (operator, &["create", "leases.coordination.k8s.io"], true),
             (operator, &["delete", "secrets"], false),
             (
@@ -1144,12 +1514,12 @@ async fn scoped_operator_has_no_rights_outside_its_namespaces() {
         &[
             (
                 operator,
-                &["patch", "shards.shardplane.io", &in_watched],
+                &["patch", "tables.shardplane.io", &in_watched],
                 true,
             ),
             (operator, &["get", "secrets", &in_watched], true),
             // Leader election in its own namespace, and nothing else there.
-            (operator, &["update", "leases.coordination.k8s.io"], true),
+            (operator, &["patch", "leases.coordination.k8s.io"], true),
             (operator, &["list", "shards.shardplane.io"], false),
             (operator, &["get", "secrets"], false),
             (
@@ -1598,7 +1968,6 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
     install(&env, "people", &[]).await;
     bind_roles(
         &env,
-        "people",
         &[
             ("viewer", &["view"]),
             ("editor", &["view", "edit"]),
@@ -1614,6 +1983,12 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
             ("viewer", &["get", "gitsyncs.shardplane.io"][..], true),
             ("viewer", &["create", "tables.shardplane.io"][..], false),
             ("viewer", &["get", "secrets"][..], false),
+            ("viewer", &["approve", "plans.shardplane.io"][..], false),
+            (
+                "viewer",
+                &["patch", "tables.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
             ("editor", &["create", "tables.shardplane.io"][..], true),
             ("editor", &["delete", "shards.shardplane.io"][..], true),
             (
@@ -1623,6 +1998,27 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
             ),
             ("editor", &["create", "gitsyncs.shardplane.io"][..], true),
             ("editor", &["patch", "plans.shardplane.io"][..], false),
+            ("editor", &["approve", "plans.shardplane.io"][..], false),
+            ("editor", &["delete", "plans.shardplane.io"][..], false),
+            (
+                "editor",
+                &["update", "tables.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
+            (
+                "editor",
+                &[
+                    "patch",
+                    "databasenodes.shardplane.io",
+                    "--subresource=status",
+                ][..],
+                false,
+            ),
+            (
+                "editor",
+                &["patch", "plans.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
             (
                 "editor",
                 &["create", "schemaversions.shardplane.io"][..],
@@ -1634,6 +2030,17 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
                 false,
             ),
             ("approver", &["patch", "plans.shardplane.io"][..], true),
+            ("approver", &["approve", "plans.shardplane.io"][..], true),
+            (
+                "approver",
+                &["create", "schemaversions.shardplane.io"][..],
+                false,
+            ),
+            (
+                "approver",
+                &["patch", "shards.shardplane.io", "--subresource=status"][..],
+                false,
+            ),
             (
                 "approver",
                 &["patch", "plans.shardplane.io", "--subresource=status"][..],
@@ -1659,10 +2066,11 @@ async fn people_can_read_declare_and_approve_according_to_their_role() {
 #[tokio::test]
 async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
     let env = test_env().await;
-    install(&env, "appr", &EVERYTHING_ON).await;
+    let mut values = EVERYTHING_ON.to_vec();
+    values.extend(["--set", "agent.nodes={eu-a-1}"]);
+    install(&env, "appr", &values).await;
     bind_roles(
         &env,
-        "appr",
         &[
             ("editor", &["view", "edit"]),
             ("approver", &["view", "edit", "admin"]),
@@ -1695,11 +2103,11 @@ async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
     let applied = env.kubectl(["apply", "-f", path.to_str().unwrap()]).await;
     assert!(applied.status.success(), "{}", describe(&applied));
 
-    // The agent may patch its DatabaseNode (RBAC), so the policy is what stops it; the
-    // others are tried on the cluster.
+    // The agent tries on its own DatabaseNode (which RBAC no longer lets it patch); the
+    // others on the cluster.
     let annotate = |user: String, value: &str, dry_run: bool| {
         let env = &env;
-        let target = if user.ends_with("-agent") {
+        let target = if user.ends_with("-agent-eu-a-1") {
             "databasenode/eu-a-1"
         } else {
             "databasecluster/commerce"
@@ -1741,16 +2149,26 @@ async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
     assert!(enforced, "an editor's approval was never refused");
 
     let mut wrong = Vec::new();
-    let agent = service_account(&env, "appr-shardplane-agent");
-    for (who, output) in [
+    let agent = service_account(&env, "appr-shardplane-agent-eu-a-1");
+    for (who, output, says) in [
         (
             "an editor annotating",
             annotate("editor".into(), &hash, false).await,
+            "may not approve Plans",
         ),
-        ("the agent annotating", annotate(agent, &hash, false).await),
+        (
+            "the agent annotating",
+            annotate(agent.clone(), &hash, false).await,
+            "cannot patch resource \"databasenodes\"",
+        ),
+        (
+            "the agent patching the Plan",
+            approve(&agent, &agent).await,
+            "\"drop-orders\" is forbidden",
+        ),
     ] {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.success() || !stderr.contains("may not approve Plans") {
+        if output.status.success() || !stderr.contains(says) {
             wrong.push(format!(
                 "{who} was not refused as it should be: {}",
                 describe(&output)

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::database_node::{DatabaseNodeSpec, NodeCapacity, PortRange};
 use crate::api::{DatabaseCluster, DatabaseNode, Shard};
-use crate::protocol::{Heartbeat, agent_manager};
+use crate::protocol::Heartbeat;
 
 use super::api_client;
 use super::certificates;
@@ -44,7 +44,7 @@ use super::error::AgentError;
 use super::failsafe;
 use super::fence_locks::FenceLocks;
 use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
-use super::protocol::{HeartbeatKey, LivenessReporter};
+use super::protocol::{self, HeartbeatKey, LivenessReporter};
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
 use super::self_fence;
@@ -450,16 +450,8 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
         if let Some(expires) = certificates::installed_not_after(&ctx) {
             status["certificateNotAfter"] = json!(expires);
         }
-        let patch = json!({
-            "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
-            "metadata": {"name": ctx.node},
-            "status": status,
-        });
-        let params = PatchParams::apply(&agent_manager(&ctx.node)).force();
-        if let Err(error) = ctx
-            .api::<DatabaseNode>()
-            .patch_status(&ctx.node, &params, &Patch::Apply(patch))
-            .await
+        if let Err(error) =
+            protocol::report_node_status(&ctx.api::<DatabaseNode>(), &ctx.node, status).await
         {
             tracing::warn!(%error, "node status not reported");
         }

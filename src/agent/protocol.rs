@@ -25,8 +25,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::api::Shard;
 use crate::api::shard::ObservedReplica;
+use crate::api::{DatabaseNode, Shard};
 use crate::protocol::{
     HEARTBEAT_PATH, Heartbeat, HeartbeatAnswer, SignedHeartbeat, agent_manager, node_lease_name,
 };
@@ -178,6 +178,25 @@ pub async fn renew_lease(leases: &Api<Lease>, node: &str) -> Result<(), kube::Er
     let params = PatchParams::apply(&agent_manager(node)).force();
     leases
         .patch(&node_lease_name(node), &params, &Patch::Apply(patch))
+        .await
+        .map(drop)
+}
+
+/// Writes the agent's part of its node's status (server-side apply of the status
+/// subresource under the agent's field manager: the operator's part stays the operator's).
+pub async fn report_node_status(
+    nodes: &Api<DatabaseNode>,
+    node: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
+        "metadata": {"name": node},
+        "status": status,
+    });
+    let params = PatchParams::apply(&agent_manager(node)).force();
+    nodes
+        .patch_status(node, &params, &Patch::Apply(patch))
         .await
         .map(drop)
 }

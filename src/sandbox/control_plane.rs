@@ -32,9 +32,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Starts to try when a free port was taken by another program before a process bound it.
 const START_ATTEMPTS: usize = 3;
-/// The controllers kube-controller-manager runs: the ones tests rely on, and nothing that
-/// would need nodes, a cloud or a scheduler.
-const CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount-token";
+/// The controllers kube-controller-manager runs: the ones tests rely on (the built-in view,
+/// edit and admin roles gain what charts aggregate into them, as in a real cluster), and
+/// nothing that would need nodes, a cloud or a scheduler.
+const CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount-token,clusterrole-aggregation";
 /// Issuer of service-account tokens, as a cluster's API server would name itself.
 const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Service IPs are only allocated from this range, never contacted.
