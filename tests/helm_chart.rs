@@ -1879,6 +1879,99 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
             describe(&output)
         );
     }
+
+    // A DatabaseNode made by hand is not the repository's: a commit declaring the same name
+    // is refused (git-sync's objects policy), and the hand-made node is left as it was.
+    let hand_made = "apiVersion: shardplane.io/v1alpha1\nkind: DatabaseNode\nmetadata:\n  name: by-hand\n\
+                     spec:\n  cluster: commerce\n  region: eu-west\n  zone: eu-west-a\n\
+                     \x20 address: 127.0.0.1\n  ports: {first: 16000, last: 16010}\n\
+                     \x20 capacity: {storageBytes: 1000000000}\n";
+    let path = work.path().join("by-hand.yaml");
+    std::fs::write(&path, hand_made).unwrap();
+    let made = env.kubectl(["apply", "-f", path.to_str().unwrap()]).await;
+    assert!(made.status.success(), "{}", describe(&made));
+    std::fs::remove_file(repo.join("smuggled.yaml")).unwrap();
+    std::fs::remove_file(repo.join("staging.yaml")).unwrap();
+    std::fs::write(
+        repo.join("by-hand.yaml"),
+        hand_made.replace("last: 16010", "last: 16020"),
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &["commit", "--quiet", "-m", "declare a Shard made by hand"],
+    );
+    let third = git(&repo, &["rev-parse", "HEAD"]);
+    let refused = eventually(SETTLE_TIMEOUT, || async {
+        git_sync_ready(&git_syncs, "databases")
+            .await
+            .is_some_and(|(status, _, commit)| {
+                status == "False" && commit.as_deref() == Some(third.as_str())
+            })
+    })
+    .await;
+    let ready = git_sync_ready(&git_syncs, "databases").await;
+    let (_, message, _) = ready.clone().unwrap_or_default();
+    assert!(
+        refused && message.contains("by-hand") && message.contains("was not applied from git"),
+        "a commit taking over a hand-made node was not refused with a message saying so: \
+         {ready:?}\n--- git-sync log\n{}",
+        process.log()
+    );
+    let untouched = env
+        .kubectl([
+            "get",
+            "databasenode.shardplane.io/by-hand",
+            "-o=jsonpath={.spec.ports.last}",
+        ])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&untouched.stdout), "16010");
+
+    // A merged commit approves a plan: the approval annotation on the plan's target, applied
+    // under git-sync's own identity, passes the approvals policy.
+    std::fs::remove_file(repo.join("by-hand.yaml")).unwrap();
+    let approval = "a".repeat(64);
+    let cluster = std::fs::read_to_string(repo.join("cluster.yaml"))
+        .unwrap()
+        .replacen(
+            "name: commerce",
+            &format!(
+                "name: commerce\n  annotations:\n    shardplane.io/approve-plan: \"{approval}\""
+            ),
+            1,
+        );
+    std::fs::write(repo.join("cluster.yaml"), cluster).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "--quiet", "-m", "approve the drop plan"]);
+    let fourth = git(&repo, &["rev-parse", "HEAD"]);
+    let approved = eventually(SETTLE_TIMEOUT, || async {
+        git_sync_ready(&git_syncs, "databases")
+            .await
+            .is_some_and(|(status, _, commit)| {
+                status == "True" && commit.as_deref() == Some(fourth.as_str())
+            })
+    })
+    .await;
+    assert!(
+        approved,
+        "git-sync did not apply the approving commit: {:?}\n--- git-sync log\n{}",
+        git_sync_ready(&git_syncs, "databases").await,
+        process.log()
+    );
+    let live = env
+        .kubectl([
+            "get",
+            "databasecluster.shardplane.io/commerce",
+            "-o=jsonpath={.metadata.annotations}",
+        ])
+        .await;
+    let annotations = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        annotations.contains(&approval)
+            && annotations.contains("\"shardplane.io/git-sync\":\"databases\""),
+        "the approval or the GitSync stamp is missing: {annotations}"
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use super::error::Invalid;
 use super::inventory::ObjectId;
 use super::manifests::Manifest;
-use crate::protocol::{GIT_SYNC_MANAGER, SOURCE_COMMIT_ANNOTATION, SOURCE_DIGEST_ANNOTATION};
+use crate::protocol::{
+    GIT_SYNC_ANNOTATION, GIT_SYNC_MANAGER, SOURCE_COMMIT_ANNOTATION, SOURCE_DIGEST_ANNOTATION,
+};
 
 /// What a live object's metadata says, as far as an apply cares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,8 +32,14 @@ pub struct LiveObject {
 
 /// Stamps every manifest with the commit that last changed it: `commit`, unless the live
 /// object (`live`, in manifest order) was applied from an identical manifest, whose stamp
-/// it keeps.
-pub fn stamp(manifests: &mut [Manifest], live: &[Option<LiveObject>], commit: &str) {
+/// it keeps; and with the GitSync (`git_sync`) that applies it, which the chart's git-sync
+/// policy holds every later write and the prune of the object to.
+pub fn stamp(
+    manifests: &mut [Manifest],
+    live: &[Option<LiveObject>],
+    commit: &str,
+    git_sync: &str,
+) {
     for (manifest, live) in manifests.iter_mut().zip(live) {
         let bytes = serde_json::to_vec(&manifest.object).unwrap_or_default();
         let digest: String = Sha256::digest(&bytes)
@@ -50,6 +58,7 @@ pub fn stamp(manifests: &mut [Manifest], live: &[Option<LiveObject>], commit: &s
             .get_or_insert_with(Default::default);
         annotations.insert(SOURCE_COMMIT_ANNOTATION.to_owned(), source);
         annotations.insert(SOURCE_DIGEST_ANNOTATION.to_owned(), digest);
+        annotations.insert(GIT_SYNC_ANNOTATION.to_owned(), git_sync.to_owned());
     }
 }
 

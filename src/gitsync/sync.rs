@@ -178,7 +178,7 @@ impl Syncer {
             && status.observed_generation == object.metadata.generation;
         let mut manifests = manifests;
         let live = applier.live_objects(&manifests).await.map_err(refused)?;
-        stamp(&mut manifests, &live, &commit);
+        stamp(&mut manifests, &live, &commit, &object.name_any());
         let live_versions = if validated {
             live.into_iter()
                 .map(|l| l.and_then(|l| l.resource_version))

@@ -12,6 +12,11 @@ pub const RESTART_ANNOTATION: &str = "shardplane.io/restart-requested";
 /// names it as the cause of the plans the object's change makes.
 pub const SOURCE_COMMIT_ANNOTATION: &str = "shardplane.io/source-commit";
 
+/// The GitSync whose repository an object comes from, stamped by git-sync: git-sync may
+/// change or prune only objects carrying it, and never move one to another GitSync (the
+/// chart's git-sync policy). A person adopts an existing object into a repository by setting it.
+pub const GIT_SYNC_ANNOTATION: &str = "shardplane.io/git-sync";
+
 /// The digest of the manifest git-sync last applied to an object (drift detection).
 pub const SOURCE_DIGEST_ANNOTATION: &str = "shardplane.io/source-digest";
 
