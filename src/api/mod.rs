@@ -163,6 +163,20 @@ mod tests {
         assert!(!database_cluster::is_managed_parameter("work_mem"));
     }
 
+    /// Automatic sharding was never built: the CRD refuses it, yet a Table stored before its
+    /// removal still deserializes (a watch that cannot read one object reads none).
+    #[test]
+    fn automatic_sharding_is_refused_but_still_read() {
+        let crd = serde_json::to_value(Table::crd()).unwrap();
+        let mode = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["sharding"]["properties"]["mode"];
+        assert_eq!(mode["enum"], serde_json::json!(["Declared"]));
+        let stored: table::Sharding =
+            serde_json::from_value(serde_json::json!({"mode": "Automatic", "initialShards": 8}))
+                .unwrap();
+        assert_eq!(stored.mode, Some(table::ShardingMode::Automatic));
+    }
+
     #[test]
     fn every_field_of_every_kind_has_a_description() {
         for crd in crds() {

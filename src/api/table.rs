@@ -260,6 +260,10 @@ pub struct Sharding {
 pub enum ShardingMode {
     /// Shards are declared as Shard resources, by users through git.
     Declared,
+    /// Automatic sharding, never built: the CRD refuses it (it is not in the schema's enum);
+    /// the variant stays only so a Table stored before its removal still deserializes.
+    #[schemars(skip)]
+    Automatic,
 }
 
 /// How a row's position in the 64-bit key space is computed.
