@@ -366,6 +366,30 @@ async fn kubectl_explain_shows_field_descriptions() {
     }
 }
 
+/// The examples (what a user copies first) pass every rule: the rules refuse mistakes, not
+/// the documented shape.
+#[tokio::test]
+async fn the_examples_are_accepted() {
+    let env = env_with_crds().await;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let out = env.kubectl(["apply", "-f", file.to_str().unwrap()]).await;
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            text(&out.stderr)
+        );
+    }
+}
+
 /// An invalid manifest and the words the API server's refusal must contain: the offending
 /// field's path, and what is wrong with it.
 struct Refusal {
