@@ -390,6 +390,50 @@ async fn the_examples_are_accepted() {
     }
 }
 
+/// The replication-factor rule refuses only what `plan::spread_limits` cannot place: these
+/// topologies hold their factor (a zone holds up to `rf - quorum` replicas, at least one; a
+/// region as many once there are 3 regions), and each is accepted.
+#[tokio::test]
+async fn topologies_that_hold_their_replication_factor_are_accepted() {
+    let env = env_with_crds().await;
+    let regions = |zones: &[&[&str]]| -> Value {
+        zones
+            .iter()
+            .enumerate()
+            .map(|(i, zones)| json!({"name": format!("r{i}"), "zones": zones}))
+            .collect()
+    };
+    let cases = [
+        ("rf1-one-zone", 1, regions(&[&["a"]])),
+        ("rf2-two-zones", 2, regions(&[&["a", "b"]])),
+        ("rf3-one-region", 3, regions(&[&["a", "b", "c"]])),
+        ("rf3-two-regions", 3, regions(&[&["a", "b"], &["c"]])),
+        (
+            "rf4-four-regions",
+            4,
+            regions(&[&["a"], &["b"], &["c"], &["d"]]),
+        ),
+        ("rf5-three-regions", 5, regions(&[&["a"], &["b"], &["c"]])),
+        ("rf7-three-regions", 7, regions(&[&["a"], &["b"], &["c"]])),
+    ];
+    for (name, rf, regions) in cases {
+        let manifest = named(
+            with(
+                with(
+                    without(cluster(), "/spec/durability"),
+                    "/spec/regions",
+                    regions,
+                ),
+                "/spec/replicationFactor",
+                json!(rf),
+            ),
+            name,
+        );
+        let out = kubectl_apply(&env, &manifest).await;
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+    }
+}
+
 /// An invalid manifest and the words the API server's refusal must contain: the offending
 /// field's path, and what is wrong with it.
 struct Refusal {

@@ -86,7 +86,9 @@ pub struct DatabaseClusterSpec {
     #[schemars(length(min = 1, max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub regions: Vec<Region>,
-    /// How many replicas each shard has (one primary, the rest secondaries), 1 to 7.
+    /// How many replicas each shard has (one primary, the rest secondaries), 1 to 7; no more
+    /// than `regions` can hold, since a zone holds fewer replicas of a shard than its quorum
+    /// can lose (at least one), and so does a region once there are 3 or more.
     #[schemars(range(min = 1, max = 7))]
     pub replication_factor: i32,
     /// The node software version the cluster should run (for example `15.8-shardplane.0.1.0`);
