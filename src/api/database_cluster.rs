@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN};
 
 /// The desired shape and policies of one sharded database cluster.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -58,6 +58,9 @@ use super::Condition;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 63").message(
+        "metadata.name must be at most 63 characters: a cluster's name is a label value on its Plans and certificate Secrets; choose a shorter name"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +69,14 @@ use super::Condition;
         "rule": "!has(self.durability) || self.durability.mode != 'Quorum' || self.durability.syncReplicas < self.replicationFactor",
         "message": "spec.durability.syncReplicas must be less than spec.replicationFactor: a primary can wait only for its own secondaries",
         "fieldPath": ".durability.syncReplicas"
+    },
+    {
+        // The spread rule of `crate::plan::spread_limits`: a zone holds fewer replicas of a
+        // shard than its quorum can lose (at least one), and so does a region once the
+        // cluster spans 3 or more regions (and rf >= 3). Zones are at least one per region.
+        "rule": "(self.replicationFactor >= 3 && size(self.regions) >= 3 ? size(self.regions) : self.regions.map(r, size(r.zones)).sum()) * (self.replicationFactor <= 2 ? 1 : self.replicationFactor - self.replicationFactor / 2 - 1) >= self.replicationFactor",
+        "message": "spec.replicationFactor is more than spec.regions can hold: a zone holds at most one replica of a shard (two with a replication factor of 5 or 6, three with 7: fewer than a quorum), and a cluster of 3 or more regions holds no more in one region than in one zone; declare more zones or regions in spec.regions, or lower spec.replicationFactor",
+        "fieldPath": ".replicationFactor"
     }
 ]))]
 pub struct DatabaseClusterSpec {
@@ -75,20 +86,22 @@ pub struct DatabaseClusterSpec {
     #[schemars(length(min = 1, max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub regions: Vec<Region>,
-    /// How many replicas each shard has (one primary, the rest secondaries), 1 to 7.
+    /// How many replicas each shard has (one primary, the rest secondaries), 1 to 7; no more
+    /// than `regions` can hold, since a zone holds fewer replicas of a shard than its quorum
+    /// can lose (at least one), and so does a region once there are 3 or more.
     #[schemars(range(min = 1, max = 7))]
     pub replication_factor: i32,
     /// The node software version the cluster should run (for example `15.8-shardplane.0.1.0`);
     /// changing it starts a rolling upgrade, node by node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[0-9A-Za-z]([-0-9A-Za-z._+]*[0-9A-Za-z])?$")
+    )]
     pub version: Option<String>,
     /// How commits wait for secondaries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
-    /// Where replicas may be placed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<PlacementPolicy>,
     /// When and how fast the operator moves shards to even out load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalancing: Option<RebalancingPolicy>,
@@ -126,7 +139,7 @@ pub struct DatabaseClusterSpec {
     /// credentials (keys `superuser-password`, `replication-password`). Passwords never
     /// appear in any resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub credentials_secret: Option<String>,
     /// Where sessions may reach the cluster's instances from. Replication and the agents'
     /// own sessions (copies, subscriptions, checks) are admitted only from the addresses of
@@ -151,7 +164,7 @@ pub struct ClusterTls {
     /// operator only reads it. Unset: the operator generates an authority into
     /// `<cluster>-ca` once. Replacing the authority re-issues every node's certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub ca_secret: Option<String>,
     /// How long a node certificate is valid, in seconds (default 7,776,000: 90 days). The
     /// operator issues a new one once two thirds of it have passed; the agent installs it
@@ -171,7 +184,7 @@ pub struct ClusterNetwork {
     /// no restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[schemars(extend("items" = {
+    #[schemars(extend("x-kubernetes-list-type" = "set", "items" = {
         "type": "string",
         "maxLength": 43,
         "x-kubernetes-validations": [{
@@ -230,13 +243,14 @@ pub fn is_managed_parameter(name: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct Region {
     /// The region's name, as nodes report it (for example `eu-west`).
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
-    /// The zones (failure domains) inside the region.
-    #[schemars(length(min = 1, max = 16))]
+    /// The zones (failure domains) inside the region, named like regions (for example
+    /// `eu-west-a`).
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub zones: Vec<String>,
 }
@@ -269,31 +283,6 @@ pub enum DurabilityMode {
     Async,
     /// Commits wait for a quorum of secondaries.
     Quorum,
-}
-
-/// Where replicas may be placed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
-#[serde(rename_all = "camelCase")]
-pub struct PlacementPolicy {
-    /// The failure domain replicas of one shard are spread across: `Zone` (default) or
-    /// `Region`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spread_across: Option<FailureDomain>,
-    /// The most replicas one node may hold, whatever its capacity; absent means no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_replicas_per_node: Option<i32>,
-}
-
-/// A failure domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = super::describe_by_field)]
-pub enum FailureDomain {
-    /// A zone inside a region.
-    Zone,
-    /// A whole region.
-    Region,
 }
 
 /// When and how fast the operator moves shards to even out load.

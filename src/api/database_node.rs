@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN};
 
 /// One storage node running the PostgreSQL instances of the shard replicas placed on it.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -54,19 +54,19 @@ use super::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseNodeSpec {
     /// The DatabaseCluster (in this namespace) the node belongs to; immutable.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = OBJECT_NAME_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.cluster is immutable: a node cannot move to another cluster"}
     ]))]
     pub cluster: String,
     /// The region the node is in; one of the cluster's regions; immutable.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.region is immutable: decommission the node and register a new one"}
     ]))]
     pub region: String,
     /// The zone (failure domain) inside the region; immutable.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.zone is immutable: decommission the node and register a new one"}
     ]))]

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, OBJECT_NAME_PATTERN};
 
 /// A git repository whose manifests are applied to this namespace, transactionally.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -57,20 +57,18 @@ pub struct GitSyncSpec {
     /// The repository: `file:///path`, `https://host/repo.git` (a token from the credentials
     /// Secret) or `ssh://git@host/repo.git` (a key from the credentials Secret).
     #[schemars(length(min = 1, max = 2048))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {
-            "rule": "self.startsWith('file://') || self.startsWith('https://') || self.startsWith('ssh://')",
-            "message": "spec.url must start with file://, https:// or ssh://"
-        },
-        {
-            "rule": "!self.matches('^[a-z]+://[^/@]*:[^/@]*@')",
-            "message": "spec.url must not carry a password or token: put it in the Secret of spec.credentialsSecretRef"
-        }
-    ]))]
+    #[schemars(extend("x-kubernetes-validations" = url_rules()))]
     pub url: String,
-    /// The branch to follow.
+    /// The branch to follow: a git branch name (`main`, `release/1.2`), as
+    /// `git check-ref-format --branch` accepts it.
     #[serde(default = "default_branch")]
     #[schemars(length(min = 1, max = 255))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": r"!self.startsWith('-') && !self.startsWith('.') && !self.startsWith('/') && !self.endsWith('/') && !self.endsWith('.') && !self.endsWith('.lock') && !self.contains('..') && !self.contains('@{') && !self.contains('//') && !self.contains('/.') && self != '@' && !self.matches('[\x00-\x20~^:?*\\[\\\\\x7f]')",
+            "message": "spec.branch must be a git branch name such as main or release/1.2: no spaces, control characters or any of ~ ^ : ? * [ \\, no '..', '@{' or '//', not starting with '-', '.' or '/', not ending with '/', '.' or '.lock'"
+        }
+    ]))]
     pub branch: String,
     /// The folder inside the repository whose `*.yaml` and `*.yml` files (recursively) are
     /// applied; empty means the repository's root.
@@ -103,6 +101,18 @@ pub struct GitSyncSpec {
     pub verify: Option<SignatureVerification>,
 }
 
+/// `spec.url`'s rules: a scheme git-sync fetches from, and no credentials.
+fn url_rules() -> serde_json::Value {
+    let mut rules = vec![serde_json::json!({
+        "rule": "self.startsWith('file://') || self.startsWith('https://') || self.startsWith('ssh://')",
+        "message": "spec.url must start with file://, https:// or ssh://"
+    })];
+    if let serde_json::Value::Array(shared) = super::repository_url_rules() {
+        rules.extend(shared);
+    }
+    serde_json::Value::Array(rules)
+}
+
 fn default_branch() -> String {
     "main".to_owned()
 }
@@ -121,7 +131,7 @@ fn default_prune() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 
@@ -130,10 +140,20 @@ pub struct SecretRef {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct SignatureVerification {
-    /// The accepted signers, one per entry in OpenSSH's allowed-signers form
-    /// (`principal ssh-ed25519 AAAA...`). A commit unsigned, signed with GPG or by another key
-    /// is refused.
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 16384)))]
+    /// The accepted signers in OpenSSH's allowed-signers form (`principal ssh-ed25519
+    /// AAAA...`), one per entry or several lines to an entry; at most 64 entries (the API
+    /// server costs the check of each entry by its length). A commit unsigned, signed with GPG
+    /// or by another key is refused.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("items" = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 16384,
+        "x-kubernetes-validations": [{
+            "rule": "self.startsWith('#') || self.matches('[^ \\t\\n][ \\t]+([^\\n]*[ \\t])?(ssh-|ecdsa-|sk-)[^ \\t\\n]*[ \\t]+[^ \\t\\n]')",
+            "message": "must be a signer in OpenSSH's allowed-signers form, `principal keytype base64` (for example `alice@example.com ssh-ed25519 AAAA...`), or a # comment"
+        }]
+    }))]
     pub allowed_signers: Vec<String>,
 }
 

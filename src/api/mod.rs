@@ -27,6 +27,43 @@ pub use schema_version::{SchemaVersion, SchemaVersionSpec, SchemaVersionStatus};
 pub use shard::{Shard, ShardSpec, ShardStatus};
 pub use table::{Table, TableSpec, TableStatus};
 
+/// A Kubernetes object name of one DNS label (RFC 1123): lower-case letters, digits and
+/// `-`, starting and ending with a letter or digit. Regions and zones use it too.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A Kubernetes object name (an RFC 1123 DNS subdomain): DNS labels joined by `.`. Every
+/// reference to another object (a cluster, a table, a node, a Secret) has this form.
+pub const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A lower-case SQL identifier: what column, index and constraint names must be.
+pub const SQL_IDENTIFIER_PATTERN: &str = r"^[a-z_][a-z0-9_]*$";
+
+/// The CEL rules of a repository URL that keep credentials out of it: no `user:password@`,
+/// no user (a token) in an `https://` URL, no query string or fragment (`?access_token=`),
+/// no spaces or control characters. `ssh://git@host/...` names a user and no secret, and
+/// stays allowed. Credentials belong in the Secret of a GitSync's `credentialsSecretRef`.
+pub(crate) fn repository_url_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": "!self.matches('^[a-z]+://[^/@]*:[^/@]*@')",
+            "message": "must not carry a password or token (user:password@host): put it in the Secret of the GitSync's spec.credentialsSecretRef"
+        },
+        {
+            "rule": "!self.startsWith('https://') || !self.matches('^https://[^/]*@')",
+            "message": "must not carry a user name or token in an https URL (https://token@host/...): put `token` (and `username`) in the Secret of the GitSync's spec.credentialsSecretRef"
+        },
+        {
+            "rule": "self.startsWith('file://') || !(self.contains('?') || self.contains('#'))",
+            "message": "must not have a query string or fragment (such as ?access_token=...): a git remote needs neither; put a token in the Secret of the GitSync's spec.credentialsSecretRef"
+        },
+        {
+            "rule": r"!self.matches('[\x00-\x20\x7f]')",
+            "message": "must not contain spaces or control characters: percent-encode them (%20)"
+        }
+    ])
+}
+
 /// The API group of every Shardplane resource.
 pub const GROUP: &str = "shardplane.io";
 /// The API version served and stored.
@@ -124,6 +161,20 @@ mod tests {
             "recovery_target_time"
         ));
         assert!(!database_cluster::is_managed_parameter("work_mem"));
+    }
+
+    /// Automatic sharding was never built: the CRD refuses it, yet a Table stored before its
+    /// removal still deserializes (a watch that cannot read one object reads none).
+    #[test]
+    fn automatic_sharding_is_refused_but_still_read() {
+        let crd = serde_json::to_value(Table::crd()).unwrap();
+        let mode = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["sharding"]["properties"]["mode"];
+        assert_eq!(mode["enum"], serde_json::json!(["Declared"]));
+        let stored: table::Sharding =
+            serde_json::from_value(serde_json::json!({"mode": "Automatic", "initialShards": 8}))
+                .unwrap();
+        assert_eq!(stored.mode, Some(table::ShardingMode::Automatic));
     }
 
     #[test]

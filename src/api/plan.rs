@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, OBJECT_NAME_PATTERN};
 
 /// The steps the operator will take for one change, shown before they are taken.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -67,7 +67,7 @@ use super::Condition;
 ]))]
 pub struct PlanSpec {
     /// The DatabaseCluster (in this namespace) the plan acts on.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = OBJECT_NAME_PATTERN))]
     pub cluster: String,
     /// The object whose change the plan carries out.
     #[schemars(extend("x-kubernetes-validations" = [
@@ -165,7 +165,7 @@ pub struct PlanTarget {
     /// Its kind: DatabaseCluster, DatabaseNode, Table, Shard or SchemaVersion.
     pub kind: TargetKind,
     /// Its name, in the plan's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 
@@ -278,7 +278,7 @@ pub struct PlanStep {
 #[serde(rename_all = "camelCase")]
 pub struct PlanApproval {
     /// The hash of the plan approved; must equal spec.hash.
-    #[schemars(length(min = 64, max = 64))]
+    #[schemars(length(min = 64, max = 64), regex(pattern = r"^[0-9a-f]{64}$"))]
     pub plan_hash: String,
     /// Who approved it.
     #[schemars(length(min = 1, max = 253))]

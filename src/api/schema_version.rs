@@ -7,8 +7,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
 use super::table::TableSchema;
+use super::{Condition, OBJECT_NAME_PATTERN};
 
 /// One immutable version of a table's schema.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -43,7 +43,7 @@ use super::table::TableSchema;
 ]))]
 pub struct SchemaVersionSpec {
     /// The Table this is a version of.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = OBJECT_NAME_PATTERN))]
     pub table: String,
     /// The version number, starting at 1 and growing by one per change.
     #[schemars(range(min = 1))]
@@ -114,6 +114,7 @@ pub struct ChangeSource {
     /// The repository URL (with no credentials) the commit came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = super::repository_url_rules()))]
     pub repository: Option<String>,
     /// The file in the repository that declared the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN};
 
 /// One key range of one table, served by a replica set of PostgreSQL instances.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -63,7 +63,7 @@ use super::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct ShardSpec {
     /// The Table (in this namespace) whose rows the shard holds; immutable.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = OBJECT_NAME_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.table is immutable"}
     ]))]
@@ -107,12 +107,15 @@ pub struct KeyRangeSpec {
 pub struct ShardPlacement {
     /// DatabaseNodes that must hold a replica of this shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 7), inner(length(min = 1, max = 253)))]
+    #[schemars(
+        length(max = 7),
+        inner(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub pinned_nodes: Vec<String>,
     /// The region the primary should be in, when it can be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub preferred_primary_region: Option<String>,
 }
 

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, OBJECT_NAME_PATTERN, SQL_IDENTIFIER_PATTERN};
 
 /// The SQL types a column may have. Anything else is refused at `kubectl apply`.
 pub const COLUMN_TYPE_PATTERN: &str = r"^(smallint|integer|bigint|real|double precision|numeric|numeric\([1-9][0-9]{0,2}(,[0-9]{1,3})?\)|boolean|text|varchar\([1-9][0-9]{0,6}\)|char\([1-9][0-9]{0,6}\)|bytea|date|time|timestamp|timestamptz|interval|uuid|json|jsonb|inet)$";
@@ -41,6 +41,19 @@ pub const COLUMN_TYPE_PATTERN: &str = r"^(smallint|integer|bigint|real|double pr
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 63").message(
+        "metadata.name must be at most 63 characters: a Table's name is its PostgreSQL table name (PostgreSQL truncates identifiers longer than 63 bytes) and a label value on its SchemaVersions; choose a shorter name"
+    ),
+    validation = Rule::new(
+        "!has(self.spec.indexes) || self.spec.indexes.all(i, i.name != self.metadata.name && !(i.name.endsWith('_pkey') && i.name.substring(0, size(i.name) - 5) == self.metadata.name))"
+    ).message(
+        "spec.indexes: an index may not be named like its table or <table>_pkey, names PostgreSQL gives the table and its primary key: choose another index name"
+    ),
+    validation = Rule::new(
+        "!has(self.spec.checks) || self.spec.checks.all(c, !(c.name.endsWith('_pkey') && c.name.substring(0, size(c.name) - 5) == self.metadata.name))"
+    ).message(
+        "spec.checks: a constraint may not be named <table>_pkey, the name PostgreSQL gives the primary key: choose another constraint name"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -74,17 +87,27 @@ pub const COLUMN_TYPE_PATTERN: &str = r"^(smallint|integer|bigint|real|double pr
         "rule": "!has(self.indexes) || self.indexes.all(i, i.columns.all(k, self.columns.exists(c, c.name == k)))",
         "message": "spec.indexes must index only columns of spec.columns",
         "fieldPath": ".indexes"
+    },
+    {
+        "rule": "!has(self.indexes) || self.indexes.all(i, !has(i.unique) || !i.unique || self.shardKey in i.columns)",
+        "message": "spec.indexes: a unique index must include spec.shardKey, since uniqueness can only be enforced within a shard: add the shard key to its columns",
+        "fieldPath": ".indexes"
+    },
+    {
+        "rule": "self.columns.all(c, !has(c.deprecated) || !c.deprecated || !(c.name in self.primaryKey))",
+        "message": "spec.columns: a primary-key column cannot be deprecated, as it can never be dropped: create a new table instead",
+        "fieldPath": ".columns"
     }
 ]))]
 pub struct TableSpec {
     /// The DatabaseCluster (in this namespace) that stores the table; immutable.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = OBJECT_NAME_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.cluster is immutable: a table cannot move to another cluster"}
     ]))]
     pub cluster: String,
     /// The column whose value decides a row's shard; part of the primary key; immutable.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self == oldSelf", "message": "spec.shardKey is immutable: changing it would move every row; create a new table instead"}
     ]))]
@@ -127,13 +150,22 @@ pub struct TableSchema {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.renamedFrom) || self.renamedFrom != self.name",
+        "message": "renamedFrom must be the column's previous name, not its name: remove renamedFrom once the rename is applied",
+        "fieldPath": ".renamedFrom"
+    }
+]))]
 pub struct Column {
-    /// The column's name: a lower-case SQL identifier, not one of PostgreSQL's system
-    /// columns.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    /// The column's name: a lower-case SQL identifier of at most 63 bytes, not one of
+    /// PostgreSQL's system columns. (The 63 is a CEL rule, whose message says why; the schema's
+    /// looser `maxLength` only bounds the API server's cost estimate.)
+    #[schemars(length(min = 1, max = 128), regex(pattern = SQL_IDENTIFIER_PATTERN))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "!(self in ['tableoid', 'xmin', 'cmin', 'xmax', 'cmax', 'ctid'])",
-         "message": "is a PostgreSQL system column name (tableoid, xmin, cmin, xmax, cmax, ctid), which every table already has: rename the column"}
+         "message": "is a PostgreSQL system column name (tableoid, xmin, cmin, xmax, cmax, ctid), which every table already has: rename the column"},
+        {"rule": "size(self) <= 63", "message": "must be at most 63 bytes (PostgreSQL truncates longer identifiers): choose a shorter name"}
     ]))]
     pub name: String,
     /// The SQL type: smallint, integer, bigint, real, double precision, numeric,
@@ -148,11 +180,15 @@ pub struct Column {
     /// A SQL expression for the column's default value (for example `now()` or `0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+            "rule": "!self.contains(';') && !self.contains('--') && !self.contains('/*')",
+            "message": "must be one SQL expression, without ';' or comments ('--', '/*'): remove them"
+        }]))]
     pub default: Option<String>,
     /// The column's previous name, when this change renames it. A rename is only ever done
     /// this way, never as a drop plus an add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = SQL_IDENTIFIER_PATTERN))]
     pub renamed_from: Option<String>,
     /// Marks the column as on its way out (expand/contract): applications stop using it, and
     /// a later change that removes it drops it after approval.
@@ -165,8 +201,11 @@ pub struct Column {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    /// The index's name: a lower-case SQL identifier.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    /// The index's name: a lower-case SQL identifier of at most 63 bytes; not the table's
+    /// name, `<table>_pkey` or `shardplane_*` (an index is a relation, like the table and
+    /// Shardplane's own).
+    #[schemars(length(min = 1, max = 128), regex(pattern = SQL_IDENTIFIER_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "size(self) <= 63", "message": "must be at most 63 bytes (PostgreSQL truncates longer identifiers): choose a shorter name"}, {"rule": "!self.startsWith('shardplane_')", "message": "names starting with shardplane_ are reserved for Shardplane's own objects (shardplane_touched, shardplane_shard_range): choose another name"}]))]
     pub name: String,
     /// The indexed columns, in order; at most 8.
     #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 63)))]
@@ -182,11 +221,18 @@ pub struct Index {
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// The constraint's name: a lower-case SQL identifier.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    /// The constraint's name: a lower-case SQL identifier of at most 63 bytes; not
+    /// `<table>_pkey` or `shardplane_*`.
+    #[schemars(length(min = 1, max = 128), regex(pattern = SQL_IDENTIFIER_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "size(self) <= 63", "message": "must be at most 63 bytes (PostgreSQL truncates longer identifiers): choose a shorter name"}, {"rule": "!self.startsWith('shardplane_')", "message": "names starting with shardplane_ are reserved for Shardplane's own objects (shardplane_touched, shardplane_shard_range): choose another name"}]))]
     pub name: String,
-    /// The SQL boolean expression every row must satisfy.
+    /// The SQL boolean expression every row must satisfy: one expression, without `;` or
+    /// comments.
     #[schemars(length(min = 1, max = 4096))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+            "rule": "!self.contains(';') && !self.contains('--') && !self.contains('/*')",
+            "message": "must be one SQL expression, without ';' or comments ('--', '/*'): remove them"
+        }]))]
     pub expression: String,
 }
 
@@ -194,17 +240,9 @@ pub struct Check {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(transform = super::describe_by_field)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "!has(self.splitAboveBytes) || !has(self.mergeBelowBytes) || self.mergeBelowBytes * 2 < self.splitAboveBytes",
-        "message": "spec.sharding.mergeBelowBytes must be less than half of spec.sharding.splitAboveBytes, or a merge would be split again at once",
-        "fieldPath": ".mergeBelowBytes"
-    }
-]))]
 pub struct Sharding {
-    /// `Declared` (default): the shards are Shard manifests, in git; a split is a pull request
-    /// replacing one Shard with two. `Automatic`: the operator creates, splits and merges
-    /// Shards by the thresholds below.
+    /// `Declared` (the default and, for now, the only mode): the shards are Shard manifests,
+    /// in git; a split is a pull request replacing one Shard with two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ShardingMode>,
     /// `Hash` (default): a row's key is PostgreSQL's `hashint8extended`/`hashtextextended` of
@@ -214,22 +252,6 @@ pub struct Sharding {
         {"rule": "self == oldSelf", "message": "spec.sharding.keySpace is immutable: every row would change shard"}
     ]))]
     pub key_space: Option<KeySpace>,
-    /// With `Automatic`: how many equal shards the table starts with (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4096))]
-    pub initial_shards: Option<i32>,
-    /// With `Automatic`: a shard larger than this many bytes is split.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1048576))]
-    pub split_above_bytes: Option<i64>,
-    /// With `Automatic`: adjacent shards both smaller than this many bytes are merged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub merge_below_bytes: Option<i64>,
-    /// With `Automatic`: a shard taking more writes per second than this is split.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub split_above_writes_per_second: Option<i64>,
 }
 
 /// Who decides a table's shards.
@@ -238,7 +260,9 @@ pub struct Sharding {
 pub enum ShardingMode {
     /// Shards are declared as Shard resources, by users through git.
     Declared,
-    /// The operator creates, splits and merges shards by size and load.
+    /// Automatic sharding, never built: the CRD refuses it (it is not in the schema's enum);
+    /// the variant stays only so a Table stored before its removal still deserializes.
+    #[schemars(skip)]
     Automatic,
 }
 

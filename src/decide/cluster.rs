@@ -783,11 +783,13 @@ pub fn status(
         })
         .collect();
     let failing_instances = !failing.is_empty();
+    let outside = nodes_outside_topology(view);
     let mut problems: Vec<String> = Vec::new();
     if !offline.is_empty() {
         problems.push(format!("node(s) offline: {}", offline.join(", ")));
     }
     problems.extend(failing);
+    problems.extend(outside.iter().cloned());
     problems.extend(invalid.iter().map(|i| format!("invalid shard {i}")));
     problems.extend(blocked.iter().map(|b| format!("blocked {b}")));
     conditions::set(
@@ -800,6 +802,8 @@ pub fn status(
                 "NodesOffline"
             } else if failing_instances {
                 "InstancesFailing"
+            } else if !outside.is_empty() {
+                "NodesOutsideTopology"
             } else if !blocked.is_empty() {
                 "PlanBlocked"
             } else if !invalid.is_empty() {
@@ -824,6 +828,38 @@ pub fn status(
             ..old
         };
     (!unchanged).then_some(status)
+}
+
+/// The nodes whose `spec.region` or `spec.zone` the cluster does not declare, each in a
+/// sentence naming the field and what to do. The CRD cannot refuse such a node (it needs the
+/// cluster); the planner would count its zone as a failure domain the cluster does not have.
+fn nodes_outside_topology(view: &ClusterView) -> Vec<String> {
+    let regions = &view.cluster.spec.regions;
+    let declared = |names: &mut dyn Iterator<Item = &String>| {
+        names.map(String::as_str).collect::<Vec<_>>().join(", ")
+    };
+    view.nodes
+        .iter()
+        .filter_map(|node| {
+            let (name, spec) = (node.name(), &node.spec);
+            match regions.iter().find(|r| r.name == spec.region) {
+                None => Some(format!(
+                    "node {name}: spec.region {} is not one of the cluster's spec.regions ({}): \
+                     declare it in spec.regions, or register the node in one of those",
+                    spec.region,
+                    declared(&mut regions.iter().map(|r| &r.name)),
+                )),
+                Some(region) if !region.zones.contains(&spec.zone) => Some(format!(
+                    "node {name}: spec.zone {} is not a zone of region {} in the cluster's \
+                     spec.regions ({}): declare it there, or register the node in one of those",
+                    spec.zone,
+                    region.name,
+                    declared(&mut region.zones.iter()),
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect()
 }
 
 /// The plan object a decision becomes in the cluster's namespace (its owner is the caller's
@@ -923,6 +959,54 @@ mod tests {
         let (topology, _) = view.topology();
         let decision = decide(&view, &topology, 0).unwrap().unwrap();
         assert_eq!(decision.plan.kind, plan::PlanKind::Placement);
+    }
+
+    /// A node in a region or zone the cluster does not declare is named in `Degraded`, with
+    /// the field and what to do; the others are not.
+    #[test]
+    fn nodes_outside_the_declared_topology_degrade_the_cluster() {
+        let view = unplaced(1);
+        let mut nodes = view.nodes.clone();
+        let mut strange_zone = (*nodes[0]).clone();
+        strange_zone.spec.zone = "r0-z".into();
+        nodes[0] = Arc::new(strange_zone);
+        let mut strange_region = (*nodes[1]).clone();
+        strange_region.spec.region = "r9".into();
+        nodes[1] = Arc::new(strange_region);
+        let view = ClusterView::of(
+            view.cluster.clone(),
+            nodes,
+            view.tables.clone(),
+            view.shards.clone(),
+            Vec::new(),
+        );
+        let outside = nodes_outside_topology(&view);
+        assert_eq!(outside.len(), 2, "{outside:?}");
+        assert!(
+            outside[0].starts_with("node n0: spec.zone r0-z is not a zone of region r0")
+                && outside[0].contains("(r0-a)"),
+            "{}",
+            outside[0]
+        );
+        assert!(
+            outside[1].starts_with("node n1: spec.region r9 is not one of the cluster's")
+                && outside[1].contains("(r0, r1, r2)"),
+            "{}",
+            outside[1]
+        );
+        let (topology, _) = view.topology();
+        let status = status(&view, &topology, &[], &[], Timestamp::UNIX_EPOCH).unwrap();
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(degraded.reason, "NodesOutsideTopology");
+        assert!(
+            degraded.message.contains("spec.region r9"),
+            "{}",
+            degraded.message
+        );
     }
 
     #[test]
