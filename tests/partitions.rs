@@ -1024,5 +1024,13 @@ async fn a_slow_lossy_wan_fails_nothing_over_and_a_kill_is_still_detected() {
         "a kill under the slow WAN was detected after {:?}",
         wan.kill_detected
     );
+    // The surviving standby re-receives at most a WAL segment (1 MB) twice across the WAN
+    // (its new stream, then the new timeline) before the new primary's quorum acknowledges
+    // again; at this link's ≈ 28 KB/s that takes up to about 80 s. Before the catch-up
+    // timeout it never did (each 128 KB message took longer than the 3 s timeout).
+    assert!(
+        wan.kill_failover.is_some(),
+        "the killed primary's shard took no write within 120 s across the slow WAN"
+    );
     ledger.summary();
 }

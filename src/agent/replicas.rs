@@ -23,7 +23,10 @@ use super::context::NodeContext;
 use super::decide::{LocalReplica, ReplicaAction, ReplicaView, decide, report_due, sync_quorum};
 use super::error::AgentError;
 use super::failsafe;
-use super::postgres::{Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum, Upstream};
+use super::postgres::{
+    CATCH_UP_RECEIVER_TIMEOUT, Instance, InstanceSpec, PostgresError, StopMode, SyncQuorum,
+    Upstream,
+};
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
 use super::schema_apply::SchemaApplier;
@@ -33,6 +36,10 @@ use super::shard_schema::create_table_statements;
 const TICK: Duration = Duration::from_secs(1);
 /// A report unchanged in substance is still refreshed this often (`lastSeenTime`).
 const REPORT_REFRESH: Duration = Duration::from_secs(10);
+/// A standby streaming further behind its upstream's announced WAL than this gets the
+/// catch-up timeout (one message of a catching-up stream is up to 128 KB).
+const BEHIND_BYTES: i64 = 1024 * 1024;
+
 /// A standby further behind than this many bytes of WAL is `CatchingUp`, not `InSync`.
 const IN_SYNC_LAG_BYTES: i64 = 16 * 1024 * 1024;
 /// How long an unused slot no wanted standby names is kept before it is dropped.
@@ -120,15 +127,20 @@ impl Held {
     /// bytes it received but has not replayed, and the end of the WAL it holds.
     async fn standby_progress(&mut self) -> Result<StandbyProgress, AgentError> {
         let rows = self
-            .query(
+            .query(&format!(
                 "SELECT coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
                    (SELECT greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::int8 \
                     FROM pg_stat_wal_receiver), \
                    greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), \
                      pg_last_wal_replay_lsn()), 0), 0)::int8, \
                    pg_wal_lsn_diff(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), \
-                     '0/0')::int8",
-            )
+                     '0/0')::int8, \
+                   (SELECT greatest(pg_wal_lsn_diff(latest_end_lsn, \
+                      coalesce(written_lsn, '0/0')), 0)::int8 FROM pg_stat_wal_receiver), \
+                   coalesce((SELECT written_lsn IS NULL OR written_lsn < pg_last_wal_replay_lsn() \
+                    FROM pg_stat_wal_receiver), false), \
+                   current_setting('wal_receiver_timeout') = '{CATCH_UP_RECEIVER_TIMEOUT}'"
+            ))
             .await?;
         Ok(match rows.first() {
             Some(row) => StandbyProgress {
@@ -136,6 +148,9 @@ impl Held {
                 lag: row.get(1),
                 unreplayed: row.get(2),
                 held_lsn: row.get(3),
+                unreceived: row.get(4),
+                restreaming: row.get(5),
+                patient: row.get(6),
             },
             None => StandbyProgress::default(),
         })
@@ -149,6 +164,14 @@ struct StandbyProgress {
     lag: Option<i64>,
     unreplayed: i64,
     held_lsn: Option<i64>,
+    /// Bytes its upstream announced that this stream has not yet received.
+    unreceived: Option<i64>,
+    /// Whether the stream is still receiving WAL the standby already holds (or nothing
+    /// yet): a WAL receiver always (re)starts at the start of a segment — when it starts,
+    /// and when it follows its upstream onto a new timeline.
+    restreaming: bool,
+    /// Whether the receiver runs with the catch-up timeout ([`CATCH_UP_RECEIVER_TIMEOUT`]).
+    patient: bool,
 }
 
 impl StandbyProgress {
@@ -170,6 +193,21 @@ impl StandbyProgress {
     /// and failover needs it; while streaming it would change with every commit.
     fn final_lsn(self) -> Option<i64> {
         (!self.streaming).then_some(self.held_lsn).flatten()
+    }
+
+    /// The stream's timeout this standby should have now, if it must change: the catch-up
+    /// timeout while it re-receives what it holds or streams more than [`BEHIND_BYTES`]
+    /// behind what its upstream announced, the instance's own again once it has received all
+    /// of it. A broken stream changes nothing (a re-point sets the catch-up timeout itself).
+    fn receiver_timeout_change(self) -> Option<bool> {
+        let unreceived = self.unreceived.filter(|_| self.streaming)?;
+        if !self.patient && (self.restreaming || unreceived > BEHIND_BYTES) {
+            Some(true)
+        } else if self.patient && !self.restreaming && unreceived == 0 {
+            Some(false)
+        } else {
+            None
+        }
     }
 }
 
@@ -841,6 +879,11 @@ impl ReplicaWorker {
             let progress = held.standby_progress().await.unwrap_or_default();
             (report.state, report.lag_bytes) = progress.state(was_in_sync);
             report.received_lsn = progress.final_lsn();
+            if let Some(catching_up) = progress.receiver_timeout_change()
+                && let Err(error) = held.instance.pace_receiver(catching_up).await
+            {
+                tracing::warn!(shard = %self.shard, %error, "the stream's timeout not changed");
+            }
         } else {
             report.role = ReplicaRole::Primary;
             report.lag_bytes = Some(0);
@@ -1027,4 +1070,48 @@ async fn ensure_slots(held: &mut Held, standbys: &[String]) -> Result<(), AgentE
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_far_behind_gets_the_catch_up_timeout_and_one_caught_up_its_own_again() {
+        let streaming = |unreceived, patient| StandbyProgress {
+            streaming: true,
+            unreceived: Some(unreceived),
+            patient,
+            ..StandbyProgress::default()
+        };
+        // Re-receiving from a segment's start what it holds (a restart, a re-point, a new
+        // timeline): patient, however little is left, until past it.
+        let restreaming = |patient| StandbyProgress {
+            restreaming: true,
+            ..streaming(0, patient)
+        };
+        assert_eq!(restreaming(false).receiver_timeout_change(), Some(true));
+        assert_eq!(restreaming(true).receiver_timeout_change(), None);
+        assert_eq!(
+            streaming(BEHIND_BYTES + 1, false).receiver_timeout_change(),
+            Some(true)
+        );
+        assert_eq!(
+            streaming(BEHIND_BYTES, false).receiver_timeout_change(),
+            None
+        );
+        assert_eq!(streaming(1, true).receiver_timeout_change(), None);
+        assert_eq!(streaming(0, true).receiver_timeout_change(), Some(false));
+        assert_eq!(streaming(0, false).receiver_timeout_change(), None);
+        // A broken stream keeps what it has: an in-sync standby cut off must still notice in
+        // the instance's own (short) timeout, a re-pointed one keeps catching up.
+        let broken = |patient| StandbyProgress {
+            streaming: false,
+            unreceived: None,
+            patient,
+            ..StandbyProgress::default()
+        };
+        assert_eq!(broken(false).receiver_timeout_change(), None);
+        assert_eq!(broken(true).receiver_timeout_change(), None);
+    }
 }

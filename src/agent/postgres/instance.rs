@@ -20,7 +20,8 @@ use tokio_postgres::{Client, NoTls};
 use crate::protocol::Endpoint;
 
 use super::settings::{
-    Access, Credentials, InstanceSettings, PARAMETERS_FILE, REPLICATION_USER, SUPERUSER,
+    Access, CATCH_UP_RECEIVER_TIMEOUT, Credentials, InstanceSettings, PARAMETERS_FILE,
+    REPLICATION_USER, SUPERUSER,
 };
 use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 use super::{PostgresError, Toolchain};
@@ -86,6 +87,14 @@ pub struct Instance {
     postmaster: Option<Child>,
 }
 
+/// Size of a WAL segment, in MB (initdb's `--wal-segsize`; PostgreSQL's default is 16). A
+/// standby that starts streaming — re-pointed after a failover, or following its upstream's
+/// promotion onto a new timeline — always re-receives the segment its position is in from
+/// that segment's start; across a slow WAN that re-stream is what a failover waits for (the
+/// new primary's quorum needs the standby), so a small segment bounds it. 1 MB is the
+/// smallest PostgreSQL allows; standbys copied with `pg_basebackup` inherit it.
+const WAL_SEGMENT_MB: u32 = 1;
+
 impl Instance {
     /// Creates a new primary: `initdb`, the settings, then starts it and creates the
     /// replication role. Returns the running instance.
@@ -103,6 +112,7 @@ impl Instance {
             .arg(instance.data_dir())
             .args(["--username", SUPERUSER, "--encoding=UTF8", "--locale=C"])
             .args(["--auth-local=peer", "--auth-host=scram-sha-256"])
+            .arg(format!("--wal-segsize={WAL_SEGMENT_MB}"))
             .arg(format!("--pwfile={}", password_file.display()));
         if !spec.settings.fsync {
             initdb.arg("--no-sync");
@@ -270,9 +280,10 @@ impl Instance {
         self.append(
             &self.data_dir().join("postgresql.auto.conf"),
             &format!(
-                "primary_conninfo = {}\nprimary_slot_name = {}\n",
+                "primary_conninfo = {}\nprimary_slot_name = {}\nwal_receiver_timeout = {}\n",
                 quote_literal(&self.primary_conninfo(upstream)),
-                quote_literal(&self.name)
+                quote_literal(&self.name),
+                quote_literal(CATCH_UP_RECEIVER_TIMEOUT)
             ),
         )
     }

@@ -27,8 +27,8 @@ pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
 pub use parameters::{EffectiveParameters, Refusal};
 pub use replication::SyncQuorum;
 pub use settings::{
-    Access, Credentials, InstanceSettings, NodeTlsPem, PeerTls, REPLICATION_USER, SUPERUSER,
-    ServerTls, WalLevel,
+    Access, CATCH_UP_RECEIVER_TIMEOUT, Credentials, InstanceSettings, NodeTlsPem, PeerTls,
+    REPLICATION_USER, SUPERUSER, ServerTls, WalLevel,
 };
 pub use shared_memory::release_orphaned_segment;
 pub(crate) use sql::quote_ident;

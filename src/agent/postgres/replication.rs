@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::PostgresError;
 use super::instance::{Instance, StopMode, Upstream, connect, ensure_replication_slot};
-use super::settings::SUPERUSER;
+use super::settings::{CATCH_UP_RECEIVER_TIMEOUT, SUPERUSER};
 use super::sql::{check_replica_name, quote_conninfo, quote_ident, quote_literal};
 
 /// How long a promotion may take before it is reported as stuck.
@@ -145,7 +145,8 @@ impl Instance {
 
     /// Re-points this running standby at `upstream` (after a failover): new connection and
     /// slot settings, applied by a reload; the WAL receiver reconnects and follows the new
-    /// primary's timeline. The slot must exist on the new primary
+    /// primary's timeline, with the catch-up timeout ([`CATCH_UP_RECEIVER_TIMEOUT`]) until it
+    /// has received what the new primary has. The slot must exist on the new primary
     /// ([`Instance::create_replication_slot`]).
     pub async fn follow(&self, upstream: &Upstream) -> Result<(), PostgresError> {
         self.alter_system(
@@ -153,7 +154,22 @@ impl Instance {
             &[
                 ("primary_conninfo", Some(&self.primary_conninfo(upstream))),
                 ("primary_slot_name", Some(self.name())),
+                ("wal_receiver_timeout", Some(CATCH_UP_RECEIVER_TIMEOUT)),
             ],
+        )
+        .await
+    }
+
+    /// Gives the WAL receiver the catch-up timeout (`catching_up`) or back the instance's own
+    /// (`wal_receiver_timeout`, 3 s unless the cluster's parameters set it), by a reload that
+    /// keeps the stream.
+    pub async fn pace_receiver(&self, catching_up: bool) -> Result<(), PostgresError> {
+        self.alter_system(
+            "setting the stream's timeout",
+            &[(
+                "wal_receiver_timeout",
+                catching_up.then_some(CATCH_UP_RECEIVER_TIMEOUT),
+            )],
         )
         .await
     }

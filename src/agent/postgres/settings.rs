@@ -253,6 +253,14 @@ fn is_loopback(address: &str) -> bool {
 }
 
 /// The superuser every instance is initialised with.
+/// `wal_receiver_timeout` of a standby catching up (re-pointed, created, or fallen behind):
+/// a WAL receiver counts only whole messages as received, and a catching-up stream's are up to
+/// 128 KB, which a slow, lossy WAN link delivers in more than the 3 s an in-sync stream is
+/// given (28 KB/s measured across the test WAN: 4.6 s per message, so the receiver timed out
+/// before every message and never caught up). 30 s holds down to about 4 KB/s; an in-sync
+/// standby gets the instance's own timeout back, so a cut stream is still noticed in 3 s.
+pub const CATCH_UP_RECEIVER_TIMEOUT: &str = "30s";
+
 pub const SUPERUSER: &str = "postgres";
 
 /// The role standbys (and `pg_basebackup`) connect as.
