@@ -213,6 +213,13 @@ impl RoleApplier {
             // Fenced: its next unfenced pass applies them.
             return Ok(());
         }
+        // A primary cut off from its quorum must not hold this replica's task in a commit
+        // that waits for it: role changes commit locally. One lost by a failover is made
+        // again by the new primary's agent, which looks after every promotion.
+        session
+            .batch_execute("SET synchronous_commit = local")
+            .await
+            .map_err(sql("setting the session's commit mode"))?;
         let wanted = roles.wanted(table);
         let names: Vec<String> = wanted.iter().map(|w| w.name.clone()).collect();
         let (table_exists, observed) = observe_roles(&session, table, &names)
