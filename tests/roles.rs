@@ -19,7 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
-use shardplane::api::{DatabaseCluster, DatabaseNode, Table};
+use shardplane::api::{ConditionStatus, DatabaseCluster, DatabaseNode, Table};
 use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
 use support::{env_with_crds, eventually};
 use tokio::net::{TcpListener, TcpSocket};
@@ -292,6 +292,21 @@ async fn application_roles_get_only_their_access_follow_their_secrets_and_surviv
         })
         .await,
         "the node's status does not name role ghost's missing Secret"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let cluster = clusters.get("main").await.unwrap();
+            cluster.status.is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "RolesApplied"
+                        && c.status == ConditionStatus::False
+                        && c.message.contains("ghost on ")
+                        && c.message.contains("no-such-secret")
+                })
+            })
+        })
+        .await,
+        "the cluster's RolesApplied condition does not name role ghost"
     );
 
     // A new password in the Secret: the new one works, the old one fails.
