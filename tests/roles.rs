@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shardplane::api::{ConditionStatus, DatabaseCluster, DatabaseNode, Table};
-use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, ShardKeyValue};
+use shardplane::routing::{DatabaseCredentials, Router, RouterConfig, RoutingError, ShardKeyValue};
 use support::{env_with_crds, eventually};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -236,6 +236,19 @@ async fn application_roles_get_only_their_access_follow_their_secrets_and_surviv
         .await
         .unwrap();
     assert_eq!(deleted, 1);
+    // A statement beyond its access is refused at once, with PostgreSQL's reason, not retried.
+    let began = Instant::now();
+    let refused = router
+        .execute(&ShardKeyValue::Int(3), "TRUNCATE orders", &[])
+        .await
+        .unwrap_err();
+    match &refused {
+        RoutingError::Refused { source, .. } => {
+            assert_eq!(sqlstate(source), INSUFFICIENT_PRIVILEGE, "{refused}")
+        }
+        other => panic!("TRUNCATE as app was not refused: {other}"),
+    }
+    assert!(began.elapsed() < Duration::from_secs(5), "{refused}");
 
     // Nothing but rows: no DDL, no TRUNCATE, no roles.
     let session = login(&primary, "app", "app-pw-1", None).await.unwrap();
