@@ -250,7 +250,8 @@ impl RoleApplier {
         self.retry_at = (!failures.is_empty()).then(|| Instant::now() + RETRY);
         ctx.instances
             .publish(&shard_name, |report| report.role_failures = failures);
-        self.applied = Some((roles, table.clone()));
+        // Until the table exists its grants wait: the next pass looks again.
+        self.applied = table_exists.then(|| (roles, table.clone()));
         Ok(())
     }
 }
