@@ -11,6 +11,8 @@ pub const DEFAULT_CREDENTIALS_SECRET: &str = "shardplane-postgres";
 pub const SUPERUSER_PASSWORD_KEY: &str = "superuser-password";
 /// The Secret key of the replication role's password.
 pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+/// The key of an application role's password in its Secret (`spec.roles[].passwordSecret`).
+pub const ROLE_PASSWORD_KEY: &str = "password";
 
 /// The agent's configuration.
 #[derive(Clone, Debug)]

@@ -244,6 +244,7 @@ mod tests {
             restarted_for: restarted_for.map(str::to_owned),
             generation: Some(2),
             failure: None,
+            role_failures: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::api::database_cluster::{Durability, FailureDetection};
+use crate::api::database_cluster::{DatabaseRole, Durability, FailureDetection};
 use crate::api::{DatabaseCluster, DatabaseNode, NodePhase, Shard};
 
 use super::error::AgentError;
@@ -20,6 +20,7 @@ use super::instance_reports::InstanceReports;
 use super::liveness_record::LivenessRecord;
 use super::postgres::{Access, Credentials, InstanceSettings, Toolchain};
 use super::protocol::HeartbeatKey;
+use super::role_set::RoleSet;
 
 /// What every replica task of this node shares.
 pub(crate) struct NodeContext {
@@ -67,6 +68,8 @@ pub(crate) struct NodeContext {
     /// The node's heartbeat key (`certificates.rs` reads it, the liveness reporter signs
     /// with it).
     pub(super) heartbeat_key: HeartbeatKey,
+    /// The cluster's application roles and their passwords (`roles.rs`).
+    pub(super) roles: Mutex<Option<Arc<RoleSet>>>,
 }
 
 impl NodeContext {
@@ -121,6 +124,21 @@ impl NodeContext {
             .unwrap_or_default()
     }
 
+    /// The cluster's `spec.roles`; `None` while the cluster is unknown.
+    pub(super) fn declared_roles(&self) -> Option<Vec<DatabaseRole>> {
+        self.cluster().map(|c| c.spec.roles.clone())
+    }
+
+    /// The cluster's application roles with their passwords, as last read by
+    /// `roles::keep_read` (`None` before the first read: nothing may be dropped for want of
+    /// it). The same `Arc` until they change.
+    pub(super) fn roles(&self) -> Option<Arc<RoleSet>> {
+        self.roles
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// The cluster's `spec.postgresParameters` and the generation they are of (none while
     /// the cluster is unknown).
     pub(super) fn parameters(&self) -> (BTreeMap<String, String>, Option<i64>) {
@@ -154,8 +172,9 @@ impl NodeContext {
             .map(|n| n.spec.address.clone())
             .chain([self.address.clone()])
             .collect();
-        let clients = self
-            .cluster()
+        let cluster = self.cluster();
+        let clients = cluster
+            .as_ref()
             .and_then(|c| c.spec.network.clone())
             .and_then(|network| network.client_networks);
         let now = Access {
@@ -163,6 +182,7 @@ impl NodeContext {
             clients,
             tls: self.settings.tls.is_some(),
             certificates: self.certificates_generation(),
+            application_roles: cluster.is_some_and(|c| !c.spec.roles.is_empty()),
         };
         let mut access = self
             .access

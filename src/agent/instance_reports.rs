@@ -22,6 +22,8 @@ pub(super) struct InstanceReport {
     pub generation: Option<i64>,
     /// Why its last start failed, while it does not run.
     pub failure: Option<String>,
+    /// The application roles PostgreSQL refused on it as a primary: (role, reason).
+    pub role_failures: Vec<(String, String)>,
 }
 
 /// The node's instance reports, by shard.

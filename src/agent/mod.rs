@@ -23,6 +23,8 @@ pub mod protocol;
 pub mod record;
 mod replicas;
 mod reshard;
+mod role_set;
+mod roles;
 mod schema_apply;
 mod self_fence;
 pub mod shard_schema;

@@ -47,6 +47,7 @@ use super::postgres::{Credentials, InstanceSettings, Toolchain, WalLevel};
 use super::protocol::{self, HeartbeatKey, LivenessReporter};
 use super::record::{ReplicaRecord, replica_dir};
 use super::replicas;
+use super::roles;
 use super::self_fence;
 
 /// How often liveness is re-evaluated against the last proof.
@@ -131,6 +132,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
         failsafe: Default::default(),
         certificates: Default::default(),
         heartbeat_key,
+        roles: Default::default(),
     });
     let beat = Heartbeat {
         namespace: config.namespace.clone(),
@@ -147,6 +149,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<(), AgentError> 
     tasks.spawn(report_node_status(ctx.clone(), agent_epoch));
     let renewing = ctx.clone();
     tasks.spawn(async move { certificates::keep_renewed(&renewing).await });
+    tasks.spawn(roles::keep_read(ctx.clone()));
     tracing::info!(node = %config.node, agent_epoch, "agent started");
     tokio::select! {
         () = dispatch(ctx, shards, notify) => {}
@@ -443,6 +446,7 @@ async fn report_node_status(ctx: Arc<NodeContext>, agent_epoch: i64) {
             "agentEpoch": agent_epoch,
             "parameters": summary.parameters,
             "failedInstances": summary.failed,
+            "roleFailures": roles::failures(&ctx),
         });
         if let Some(plan) = summary.restarted_for {
             status["restartedFor"] = json!(plan);

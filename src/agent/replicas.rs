@@ -29,6 +29,7 @@ use super::postgres::{
 };
 use super::protocol::report_replica;
 use super::record::{ReplicaRecord, replica_dir, replica_name};
+use super::roles::RoleApplier;
 use super::schema_apply::SchemaApplier;
 use super::shard_schema::create_table_statements;
 
@@ -227,6 +228,8 @@ struct ReplicaWorker {
     reshard: Option<super::reshard::Prepared>,
     /// The cluster's parameters and the operator's restarts on the instance.
     config: InstanceConfig,
+    /// The cluster's application roles on the instance, while it serves as primary.
+    roles: RoleApplier,
 }
 
 /// Runs the replica of `shard` until it is removed. `updates` carries the newest Shard
@@ -260,6 +263,7 @@ async fn serve(
         schema: SchemaApplier::default(),
         not_streaming_since: None,
         reshard: None,
+        roles: RoleApplier::default(),
     };
     loop {
         let snapshot = updates.borrow_and_update().clone();
@@ -303,6 +307,7 @@ impl ReplicaWorker {
         let offline = self.ctx.offline_nodes();
         let view = replica_view(&self.ctx.node, &status, &offline, *self.ctx.live.borrow());
         let action = decide(&view, &local);
+        let serving = matches!(action, ReplicaAction::ServePrimary { .. });
         let secondaries: Vec<String> = status
             .desired_replicas
             .iter()
@@ -345,6 +350,11 @@ impl ReplicaWorker {
                     .await?
             {
                 self.confirm_restart(shard, plan).await;
+            }
+            if let (Some(shard), Some(held)) = (shard, self.held.as_mut()) {
+                self.roles
+                    .look(&self.ctx, shard, &mut held.instance, serving)
+                    .await?;
             }
         }
         Ok(next)

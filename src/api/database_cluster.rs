@@ -152,6 +152,57 @@ pub struct DatabaseClusterSpec {
     /// authority. Unset: the operator generates the authority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// The cluster's application roles: the agents create each one on every shard's primary
+    /// (standbys get it by replication), set its password from its Secret, grant it exactly
+    /// what `access` says on its `tables` and nothing else, change it when this changes and
+    /// drop it when it is removed. Applications and the routing library log in as one of
+    /// them; once one is declared, the superuser is refused from client networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub roles: Vec<DatabaseRole>,
+}
+
+/// One application role of the cluster (a PostgreSQL login role on every shard).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseRole {
+    /// The role's name, a plain PostgreSQL identifier: lower-case letters, digits and
+    /// underscores, starting with a letter or underscore, at most 63 characters; not the
+    /// superuser (`postgres`), the replication role (`replicator`), a name PostgreSQL
+    /// reserves (`public`, `none`, ...) or a `pg_` name.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "!(self in ['postgres', 'replicator', 'public', 'none', 'current_role', 'current_user', 'session_user']) && !self.startsWith('pg_')",
+            "message": "spec.roles[].name may not be postgres (the superuser), replicator (the replication role), public, none, current_role, current_user, session_user or start with pg_"
+        }
+    ]))]
+    pub name: String,
+    /// The Secret (in this namespace) whose key `password` holds the role's password. The
+    /// agents read it (so it must be one of the Secrets they may read, the chart's
+    /// `agent.credentialsSecrets`) and set a changed password within about ten seconds.
+    #[schemars(length(min = 1, max = 253))]
+    pub password_secret: String,
+    /// What the role may do on its tables: `ReadWrite` (SELECT, INSERT, UPDATE, DELETE) or
+    /// `ReadOnly` (SELECT). Never DDL, TRUNCATE, ownership or any role attribute.
+    pub access: RoleAccess,
+    /// The Tables (of this cluster) the role may use; empty: every table of the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "set", "items" = {"type": "string", "minLength": 1, "maxLength": 63}))]
+    pub tables: Vec<String>,
+}
+
+/// What an application role may do on its tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+pub enum RoleAccess {
+    /// SELECT, INSERT, UPDATE and DELETE.
+    ReadWrite,
+    /// SELECT only.
+    ReadOnly,
 }
 
 /// Where the cluster's certificate authority comes from and how long node certificates

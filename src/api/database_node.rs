@@ -221,6 +221,25 @@ pub struct DatabaseNodeStatus {
     /// (written by the agent); a rolling restart waits at this node and says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_instances: Vec<InstanceFailure>,
+    /// Application roles of the cluster's `spec.roles` that the node could not apply, and
+    /// why (written by the agent; never a password).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_failures: Vec<RoleFailure>,
+}
+
+/// An application role the agent could not apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = super::describe_by_field)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleFailure {
+    /// The role's name (`spec.roles[].name` of the DatabaseCluster).
+    pub role: String,
+    /// The shard whose primary refused it; absent when the role could not be applied
+    /// anywhere (its password Secret is missing or unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Why: the Secret and key that are missing, or PostgreSQL's message.
+    pub reason: String,
 }
 
 /// An instance that failed to start.

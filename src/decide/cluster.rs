@@ -22,7 +22,7 @@ use crate::protocol::NODE_FINALIZER;
 use super::conditions::{self, Observation};
 use super::domain::{self, desired_state};
 use super::plan_wire::{self, Decision, MAX_PLAN_STEPS, PlanContext, change_cause};
-use super::{ClusterView, Object, reshard, rollout};
+use super::{ClusterView, Object, reshard, roles, rollout};
 
 /// How many finished plans of a cluster are kept as its history.
 pub const PLAN_HISTORY: usize = 20;
@@ -761,6 +761,12 @@ pub fn status(
         &mut status.conditions,
         generation,
         rollout::parameters_observation(view),
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        generation,
+        roles::roles_observation(view),
         now,
     );
     let failing: Vec<String> = view

@@ -14,6 +14,7 @@ pub mod conditions;
 pub mod domain;
 pub mod plan_wire;
 pub mod reshard;
+pub mod roles;
 pub mod rollout;
 pub mod routing;
 pub mod schema;

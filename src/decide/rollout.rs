@@ -105,7 +105,7 @@ fn parameters_settled(view: &ClusterView) -> bool {
     online(view).all(|node| applied_generation(node) >= generation)
 }
 
-fn online(view: &ClusterView) -> impl Iterator<Item = &std::sync::Arc<DatabaseNode>> {
+pub(super) fn online(view: &ClusterView) -> impl Iterator<Item = &std::sync::Arc<DatabaseNode>> {
     view.nodes
         .iter()
         .filter(|n| n.status.as_ref().and_then(|s| s.phase) == Some(NodePhase::Online))
@@ -202,15 +202,6 @@ pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
             behind.push(node.name());
         }
     }
-    let shorten = |mut items: Vec<String>| {
-        let more = items.len().saturating_sub(5);
-        items.truncate(5);
-        let mut text = items.join("; ");
-        if more > 0 {
-            text.push_str(&format!("; and {more} more"));
-        }
-        text
-    };
     if !refused.is_empty() {
         return Observation {
             type_: "ParametersApplied",
@@ -257,6 +248,17 @@ pub fn parameters_observation(view: &ClusterView) -> Observation<'static> {
             wanted.len()
         ),
     }
+}
+
+/// The first five of `items` joined for a condition's message, and how many more there are.
+pub(super) fn shorten(mut items: Vec<String>) -> String {
+    let more = items.len().saturating_sub(5);
+    items.truncate(5);
+    let mut text = items.join("; ");
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
 }
 
 #[cfg(test)]

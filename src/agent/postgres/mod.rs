@@ -10,6 +10,7 @@ mod fence;
 mod instance;
 mod parameters;
 mod replication;
+mod roles;
 mod settings;
 mod shared_memory;
 mod sql;
@@ -26,6 +27,10 @@ pub(crate) use instance::connect;
 pub use instance::{Instance, InstanceSpec, StopMode, Upstream};
 pub use parameters::{EffectiveParameters, Refusal};
 pub use replication::SyncQuorum;
+pub use roles::{
+    ObservedRole, RoleChange, RolePassword, RoleStatement, TableAccess, WantedRole, apply_roles,
+    is_reserved_role, observe_roles, plan_roles,
+};
 pub use settings::{
     Access, CATCH_UP_RECEIVER_TIMEOUT, Credentials, InstanceSettings, NodeTlsPem, PeerTls,
     REPLICATION_USER, SUPERUSER, ServerTls, WalLevel,

@@ -167,6 +167,9 @@ pub struct Access {
     /// here are the same rules, but writing them reloads the instance, which reads the new
     /// certificate.
     pub certificates: u64,
+    /// Whether the cluster declares application roles: then client networks admit neither
+    /// the superuser nor the replication role, which log in only from the nodes.
+    pub application_roles: bool,
 }
 
 impl Default for Access {
@@ -177,6 +180,7 @@ impl Default for Access {
             clients: Some(Vec::new()),
             tls: false,
             certificates: 0,
+            application_roles: false,
         }
     }
 }
@@ -186,7 +190,8 @@ impl Access {
     /// session's type, database, user and address; a session no line matches is refused.
     /// An address that is neither an IP address, a network nor a host name (it could not
     /// be written as one field) is left out. With [`Access::tls`], every line but
-    /// loopback's admits TLS sessions only.
+    /// loopback's admits TLS sessions only. With [`Access::application_roles`], client
+    /// networks first refuse the superuser and the replication role.
     pub(crate) fn render(&self) -> String {
         let host = if self.tls { "hostssl" } else { "host" };
         let mut hba = String::from(
@@ -208,13 +213,21 @@ impl Access {
                  {host} all {SUPERUSER} {node} scram-sha-256{node_certificate}\n"
             ));
         }
-        match &self.clients {
-            None => hba.push_str(&format!("{host} all all all scram-sha-256\n")),
-            Some(networks) => {
-                for network in networks.iter().filter_map(|network| hba_address(network)) {
-                    hba.push_str(&format!("{host} all all {network} scram-sha-256\n"));
-                }
+        let networks: Vec<String> = match &self.clients {
+            None => vec!["all".to_owned()],
+            Some(networks) => networks
+                .iter()
+                .filter_map(|network| hba_address(network))
+                .collect(),
+        };
+        for network in &networks {
+            // `host` matches TLS sessions too, so the refusal covers both kinds.
+            if self.application_roles {
+                hba.push_str(&format!(
+                    "host all {SUPERUSER},{REPLICATION_USER} {network} reject\n"
+                ));
             }
+            hba.push_str(&format!("{host} all all {network} scram-sha-256\n"));
         }
         hba
     }
@@ -477,6 +490,7 @@ mod tests {
             clients: None,
             tls: true,
             certificates: 3,
+            application_roles: false,
         };
         let lines = hba_lines(&access);
         assert_eq!(
@@ -499,6 +513,39 @@ mod tests {
         assert!(conf.contains("ssl_key_file = '/var/lib/n1/tls/server.key'\n"));
         assert!(conf.contains("ssl_ca_file = '/var/lib/n1/tls/ca.crt'\n"));
         assert!(InstanceSettings::default().render().contains("ssl = off\n"));
+    }
+
+    #[test]
+    fn with_application_roles_client_networks_refuse_the_superuser_and_replication_role() {
+        let access = Access {
+            nodes: ["10.1.0.11"].map(String::from).into(),
+            clients: Some(vec!["192.0.2.0/24".into(), "198.51.100.0/24".into()]),
+            tls: true,
+            certificates: 0,
+            application_roles: true,
+        };
+        assert_eq!(
+            hba_lines(&access)[2..],
+            [
+                "hostssl replication replicator 10.1.0.11/32 scram-sha-256 clientcert=verify-ca",
+                "hostssl all postgres 10.1.0.11/32 scram-sha-256 clientcert=verify-ca",
+                "host all postgres,replicator 192.0.2.0/24 reject",
+                "hostssl all all 192.0.2.0/24 scram-sha-256",
+                "host all postgres,replicator 198.51.100.0/24 reject",
+                "hostssl all all 198.51.100.0/24 scram-sha-256",
+            ]
+        );
+        let anywhere = Access {
+            clients: None,
+            ..access
+        };
+        assert_eq!(
+            hba_lines(&anywhere)[4..],
+            [
+                "host all postgres,replicator all reject",
+                "hostssl all all all scram-sha-256",
+            ]
+        );
     }
 
     #[test]
