@@ -1089,7 +1089,7 @@ async fn each_agent_writes_only_its_own_node_lease_status_and_replica_entries() 
     let manifests = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
          "metadata": {"name": "commerce"},
-         "spec": {"regions": [{"name": "eu", "zones": ["eu-a"]}], "replicationFactor": 2}},
+         "spec": {"regions": [{"name": "eu", "zones": ["eu-a", "eu-b"]}], "replicationFactor": 2}},
         node_spec("n2"),
         {"apiVersion": "shardplane.io/v1alpha1", "kind": "Shard", "metadata": {"name": "orders-0"},
          "spec": {"table": "orders", "range": {}}},
@@ -2171,9 +2171,10 @@ async fn only_approvers_approve_plans_and_the_approver_is_the_requester() {
     )
     .await;
     let hash = "a".repeat(64);
+    // The cluster as a repository declared it (git-sync may only change what it applied).
     let manifests = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseCluster",
-         "metadata": {"name": "commerce"},
+         "metadata": {"name": "commerce", "annotations": {"shardplane.io/git-sync": "databases"}},
          "spec": {"regions": [{"name": "eu", "zones": ["eu-a"]}], "replicationFactor": 1}},
         {"apiVersion": "shardplane.io/v1alpha1", "kind": "DatabaseNode",
          "metadata": {"name": "eu-a-1"},
