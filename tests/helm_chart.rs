@@ -1748,6 +1748,17 @@ async fn git_sync_ready(
     ))
 }
 
+/// Waits until GitSync `name` has tried `commit` and its `Ready` condition is `ready`
+/// ("True": applied, "False": refused); whether it came to that in time.
+async fn git_sync_reached(api: &Api<GitSync>, name: &str, commit: &str, ready: &str) -> bool {
+    eventually(SETTLE_TIMEOUT, || async {
+        git_sync_ready(api, name)
+            .await
+            .is_some_and(|(status, _, tried)| status == ready && tried.as_deref() == Some(commit))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
     let env = test_env().await;
@@ -1796,14 +1807,7 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
         .expect("create the GitSync");
 
     let first = git(&repo, &["rev-parse", "HEAD"]);
-    let applied = eventually(SETTLE_TIMEOUT, || async {
-        git_sync_ready(&git_syncs, "databases")
-            .await
-            .is_some_and(|(status, _, commit)| {
-                status == "True" && commit.as_deref() == Some(first.as_str())
-            })
-    })
-    .await;
+    let applied = git_sync_reached(&git_syncs, "databases", &first, "True").await;
     assert!(
         applied,
         "git-sync did not apply the examples with its chart rights: {:?}\n--- git-sync log\n{}",
@@ -1847,14 +1851,7 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
         ],
     );
     let second = git(&repo, &["rev-parse", "HEAD"]);
-    let refused = eventually(SETTLE_TIMEOUT, || async {
-        git_sync_ready(&git_syncs, "databases")
-            .await
-            .is_some_and(|(status, _, commit)| {
-                status == "False" && commit.as_deref() == Some(second.as_str())
-            })
-    })
-    .await;
+    let refused = git_sync_reached(&git_syncs, "databases", &second, "False").await;
     let ready = git_sync_ready(&git_syncs, "databases").await;
     assert!(
         refused,
@@ -1903,14 +1900,7 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
         &["commit", "--quiet", "-m", "declare a Shard made by hand"],
     );
     let third = git(&repo, &["rev-parse", "HEAD"]);
-    let refused = eventually(SETTLE_TIMEOUT, || async {
-        git_sync_ready(&git_syncs, "databases")
-            .await
-            .is_some_and(|(status, _, commit)| {
-                status == "False" && commit.as_deref() == Some(third.as_str())
-            })
-    })
-    .await;
+    let refused = git_sync_reached(&git_syncs, "databases", &third, "False").await;
     let ready = git_sync_ready(&git_syncs, "databases").await;
     let (_, message, _) = ready.clone().unwrap_or_default();
     assert!(
@@ -1945,14 +1935,7 @@ async fn git_sync_syncs_a_repository_with_nothing_but_its_chart_rights() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "--quiet", "-m", "approve the drop plan"]);
     let fourth = git(&repo, &["rev-parse", "HEAD"]);
-    let approved = eventually(SETTLE_TIMEOUT, || async {
-        git_sync_ready(&git_syncs, "databases")
-            .await
-            .is_some_and(|(status, _, commit)| {
-                status == "True" && commit.as_deref() == Some(fourth.as_str())
-            })
-    })
-    .await;
+    let approved = git_sync_reached(&git_syncs, "databases", &fourth, "True").await;
     assert!(
         approved,
         "git-sync did not apply the approving commit: {:?}\n--- git-sync log\n{}",
