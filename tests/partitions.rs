@@ -880,15 +880,27 @@ async fn an_operator_leader_cut_from_the_api_server_stops_acting_before_the_stan
         primary.node
     );
 
-    // The link returns: the deposed leader stays deposed.
+    // The link returns. Either may lead afterwards (a Lease the standby fails to renew in
+    // time is the cut-off one's to take, legitimately), but never both at once.
+    let restored = Instant::now();
     plane.operator_proxies[leader].restore();
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = gauges.await.unwrap();
     let gauge = |s: &(Instant, Option<i64>, Option<i64>), i: usize| if i == 0 { s.1 } else { s.2 };
+    let both: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.1 == Some(1) && s.2 == Some(1))
+        .map(|s| s.0 - at)
+        .collect();
+    assert!(
+        both.is_empty(),
+        "both operators led at once, at {both:.2?} after the cut"
+    );
+    // While cut off, it stopped leading before the standby began.
     let stopped = samples
         .iter()
-        .filter(|s| s.0 > at && gauge(s, leader) == Some(1))
+        .filter(|s| s.0 > at && s.0 < restored && gauge(s, leader) == Some(1))
         .map(|s| s.0)
         .max()
         .unwrap_or(at);
@@ -914,15 +926,9 @@ async fn an_operator_leader_cut_from_the_api_server_stops_acting_before_the_stan
         "the cut-off leader led for {:.2?}, beyond its 4 s Lease",
         stopped - at
     );
-    assert_eq!(
-        lease_holder(&plane.client, &plane.namespace)
-            .await
-            .as_deref(),
-        Some(standby_identity.as_str()),
-        "the deposed leader took the Lease back"
-    );
-    // Nothing it reported is stamped after it stopped.
+    // Nothing it reported while cut off is stamped after it stopped.
     let stopped_at = cut_at + (stopped - at);
+    let restored_at = cut_at + (restored - at);
     let events = Api::<Event>::namespaced(plane.client.clone(), &plane.namespace)
         .list(&Default::default())
         .await
@@ -938,9 +944,9 @@ async fn an_operator_leader_cut_from_the_api_server_stops_acting_before_the_stan
                 .map(|s| s.last_observed_time.0)
                 .or(e.event_time.as_ref().map(|t| t.0));
             stamped.is_some_and(|t| {
-                std::time::SystemTime::UNIX_EPOCH
-                    + Duration::from_millis(t.as_millisecond().max(0) as u64)
-                    > stopped_at
+                let t = std::time::SystemTime::UNIX_EPOCH
+                    + Duration::from_millis(t.as_millisecond().max(0) as u64);
+                t > stopped_at && t < restored_at
             })
         })
         .map(|e| format!("{:?}: {:?}", e.reason, e.note))
