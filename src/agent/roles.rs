@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use crate::api::Shard;
 use crate::api::database_cluster::DatabaseRole;
 use crate::api::database_node::RoleFailure;
+use crate::tls::secret_text;
 
 use super::config::ROLE_PASSWORD_KEY;
 use super::context::NodeContext;
@@ -83,20 +84,18 @@ async fn read(
         }
         let secret = format!("Secret {}/{name}", ctx.namespace);
         let password = match &read[name] {
-            Ok(Some(found)) => found
-                .data
-                .as_ref()
-                .and_then(|data| data.get(ROLE_PASSWORD_KEY))
-                .ok_or_else(|| format!("{secret} has no key {ROLE_PASSWORD_KEY}"))
-                .and_then(|bytes| {
-                    String::from_utf8(bytes.0.clone())
-                        .ok()
-                        .filter(|text| !text.is_empty() && !text.contains('\0'))
-                        .ok_or_else(|| {
-                            format!(
-                                "key {ROLE_PASSWORD_KEY} of {secret} is empty or not UTF-8 text"
-                            )
-                        })
+            Ok(Some(found)) => secret_text(found, ROLE_PASSWORD_KEY)
+                .filter(|text| !text.contains('\0'))
+                .ok_or_else(|| {
+                    if found
+                        .data
+                        .as_ref()
+                        .is_some_and(|data| data.contains_key(ROLE_PASSWORD_KEY))
+                    {
+                        format!("key {ROLE_PASSWORD_KEY} of {secret} is empty or not UTF-8 text")
+                    } else {
+                        format!("{secret} has no key {ROLE_PASSWORD_KEY}")
+                    }
                 }),
             Ok(None) => Err(format!(
                 "{secret} (spec.roles[{}].passwordSecret) does not exist",
